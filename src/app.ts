@@ -1,0 +1,229 @@
+/**
+ * The composition root. It reads nothing global: given a validated config it loads the
+ * material the config points to (certificate, users file), builds the pieces — metrics,
+ * logger, authenticator, backend factory, listeners, admin endpoint — wires them together,
+ * and owns start and stop. Two `App`s can run in one process (the tests do).
+ */
+import { readFile } from 'node:fs/promises';
+import type http from 'node:http';
+import { ConfigError, type ConfigIssue } from './config/errors.js';
+import { loadConfigFile } from './config/load.js';
+import type { Config } from './config/schema.js';
+import { createLogger, type Logger } from './logging/logger.js';
+import { createMetrics, type Metrics } from './metrics/catalogue.js';
+import { boundPort, startAdminServer } from './metrics/http-server.js';
+import { FileAuthenticator, readUsersFile } from './auth/file-authenticator.js';
+import type { Authenticator } from './auth/authenticator.js';
+import { loadTlsMaterial, daysUntilExpiry, type TlsMaterial } from './listener/tls-material.js';
+import { SmtpListener } from './listener/smtp-listener.js';
+import { BackendSession, type BackendTarget } from './relay/backend-session.js';
+import type { BackendClientOptions } from './relay/smtp-client.js';
+import { demoCertificateExists, ensureDemoCertificate } from './demo/demo-certificate.js';
+import { startCaptureBackend, type CaptureBackend } from './demo/capture-backend.js';
+
+/** Everything the config points to, loaded and checked. */
+export interface RuntimeMaterial {
+  readonly tls?: TlsMaterial;
+  readonly users?: Awaited<ReturnType<typeof readUsersFile>>;
+  readonly backendCa?: Buffer;
+  readonly warnings: string[];
+}
+
+/**
+ * Loads the certificate, key, users file and backend CA, collecting every problem. Used by
+ * `check` (which reports them all) and `run` (which refuses to start on any).
+ */
+export async function loadRuntimeMaterial(config: Config, now = new Date()): Promise<RuntimeMaterial> {
+  const issues: ConfigIssue[] = [];
+  const warnings: string[] = [];
+  let tls: TlsMaterial | undefined;
+  if (config.tls) {
+    const loaded = await loadTlsMaterial(config.tls.cert, config.tls.key, 'tls');
+    if (loaded.ok) {
+      tls = loaded.material;
+      const days = daysUntilExpiry(tls, now);
+      if (days < 0) warnings.push(`tls.cert ${tls.certFile} expired on ${tls.notAfter.toISOString()}`);
+      else if (days < 14) warnings.push(`tls.cert ${tls.certFile} expires in ${Math.floor(days)} days (${tls.notAfter.toISOString()}); renew it`);
+    } else {
+      issues.push(...loaded.issues);
+    }
+  }
+  let users: RuntimeMaterial['users'];
+  if (config.auth) {
+    try {
+      users = await readUsersFile(config.auth.users);
+      if (users.size === 0) warnings.push(`auth.users ${config.auth.users} lists no users: nobody can authenticate`);
+    } catch (err) {
+      if (err instanceof ConfigError) issues.push(...err.issues);
+      else throw err;
+    }
+  }
+  let backendCa: Buffer | undefined;
+  if (config.backend.ca) {
+    try {
+      backendCa = await readFile(config.backend.ca);
+    } catch (err) {
+      issues.push({ file: config.backend.ca, path: 'backend.ca', message: `cannot read the CA bundle: ${(err as Error).message}` });
+    }
+  }
+  for (const l of config.listeners) {
+    if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
+  }
+  if (issues.length) throw new ConfigError(issues);
+  return { tls, users, backendCa, warnings };
+}
+
+/**
+ * Loads and checks a config file and everything it points to. `run` generates a demo
+ * certificate when the config asks for one; `check` never writes anything.
+ */
+export async function checkConfigFile(file: string, mode: 'run' | 'check' = 'run'): Promise<{ config: Config; material: RuntimeMaterial }> {
+  const config = await loadConfigFile(file);
+  if (config.demo?.generateCertificate && config.tls) {
+    if (mode === 'run') {
+      await ensureDemoCertificate(config.tls.cert, config.tls.key, config.hostname);
+    } else if (!(await demoCertificateExists(config.tls.cert, config.tls.key))) {
+      const { tls: _pending, ...rest } = config;
+      const material = await loadRuntimeMaterial(rest as Config);
+      return { config, material: { ...material, warnings: [...material.warnings, `tls.cert ${config.tls.cert} does not exist yet; demo mode generates a self-signed one at first start`] } };
+    }
+  }
+  return { config, material: await loadRuntimeMaterial(config) };
+}
+
+export interface AppOptions {
+  /** Defaults to a pino logger built from config.log. */
+  readonly log?: Logger;
+}
+
+export interface BoundAddresses {
+  readonly listeners: Record<string, number>;
+  readonly metrics: number;
+  readonly captureBackend?: number;
+}
+
+export class App {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly #material: RuntimeMaterial;
+  readonly #authenticator: Authenticator | undefined;
+  readonly #listeners: SmtpListener[] = [];
+  #admin: http.Server | undefined;
+  #capture: CaptureBackend | undefined;
+  #addresses: BoundAddresses | undefined;
+  #stopping = false;
+
+  constructor(config: Config, material: RuntimeMaterial, opts: AppOptions = {}) {
+    this.config = config;
+    this.#material = material;
+    this.log = opts.log ?? createLogger({ level: config.log.level, format: config.log.format });
+    this.metrics = createMetrics();
+    this.#authenticator = material.users ? new FileAuthenticator(material.users) : undefined;
+  }
+
+  get addresses(): BoundAddresses {
+    if (!this.#addresses) throw new Error('app not started');
+    return this.#addresses;
+  }
+
+  async start(): Promise<BoundAddresses> {
+    for (const w of this.#material.warnings) this.log.warn(w);
+    const { config } = this;
+
+    if (config.demo?.captureBackend) {
+      const c = config.demo.captureBackend;
+      this.#capture = await startCaptureBackend({ host: c.address.host, port: c.address.port, dir: c.dir });
+      this.log.warn({ dir: c.dir, port: this.#capture.port }, 'DEMO capture backend running: messages are written to files and delivered nowhere (development only)');
+    }
+
+    const target: BackendTarget = {
+      name: `${config.backend.address.host}:${config.backend.address.port}`,
+      options: this.#backendOptions(),
+    };
+    const events = {
+      onConnected: (t: BackendTarget, seconds: number) => this.metrics.backendConnectSeconds.observe({ backend: t.name }, seconds),
+      onError: (t: BackendTarget, err: { kind: string }) => this.metrics.backendErrors.inc({ backend: t.name, kind: err.kind }),
+    };
+    const tls = this.#material.tls;
+    const listenerPorts: Record<string, number> = {};
+    try {
+      for (const lc of config.listeners) {
+        const listener = new SmtpListener({
+          config: lc,
+          hostname: config.hostname,
+          tls: tls && config.tls ? { cert: tls.cert, key: tls.key, minVersion: config.tls.minVersion, ciphers: config.tls.ciphers } : undefined,
+          authenticator: this.#authenticator,
+          openBackend: () => new BackendSession(target, config.backend.identity, events),
+          data: { bareLineEndings: config.data.bareLineEndings, receivedHeader: config.data.receivedHeader, maxMessageBytes: config.limits.maxMessageBytes },
+          metrics: this.metrics,
+          log: this.log,
+        });
+        this.#listeners.push(listener);
+        const bound = await listener.listen();
+        listenerPorts[lc.name] = bound.port;
+        this.log.info({ listener: lc.name, address: `${bound.host}:${bound.port}`, tls: lc.tls, requireTls: lc.requireTls, requireAuth: lc.requireAuth }, 'listening');
+      }
+      this.#admin = await startAdminServer({
+        host: config.metrics.address.host,
+        port: config.metrics.address.port,
+        registry: this.metrics.registry,
+        readiness: () => this.#readiness(),
+      });
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    this.#addresses = { listeners: listenerPorts, metrics: boundPort(this.#admin), captureBackend: this.#capture?.port };
+    return this.#addresses;
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    await Promise.all(this.#listeners.map((l) => l.close()));
+    const admin = this.#admin;
+    if (admin) {
+      const closed = new Promise<void>((resolve) => admin.close(() => resolve()));
+      // Keep-alive scrapers would otherwise hold close() open until they time out.
+      admin.closeAllConnections();
+      await closed;
+    }
+    if (this.#capture) await this.#capture.close();
+  }
+
+  #readiness() {
+    const reasons: string[] = [];
+    if (this.#stopping) reasons.push('shutting down');
+    if (this.#listeners.length !== this.config.listeners.length) reasons.push('listeners not bound');
+    return { ready: reasons.length === 0, reasons };
+  }
+
+  #backendOptions(): BackendClientOptions {
+    const b = this.config.backend;
+    return {
+      host: b.address.host,
+      port: b.address.port,
+      tls: b.tls,
+      tlsOptions: {
+        rejectUnauthorized: b.tlsVerify,
+        minVersion: 'TLSv1.2',
+        ...(this.#material.backendCa ? { ca: this.#material.backendCa } : {}),
+        ...(b.servername ? { servername: b.servername } : {}),
+      },
+      heloName: b.heloName ?? this.config.hostname,
+      timeouts: {
+        connectMs: b.timeouts.connect,
+        greetingMs: b.timeouts.greeting,
+        commandMs: b.timeouts.command,
+        dataIdleMs: b.timeouts.dataIdle,
+        finalReplyMs: b.timeouts.finalReply,
+      },
+    };
+  }
+}
+
+/** Loads the config file and everything it names, then builds the app (not yet started). */
+export async function createAppFromFile(file: string, opts: AppOptions = {}): Promise<App> {
+  const { config, material } = await checkConfigFile(file);
+  return new App(config, material, opts);
+}

@@ -1,0 +1,27 @@
+/**
+ * The auth interface. Each backend (users file, passthrough to the legacy server, and later
+ * LDAP bind or an HTTP hook) is one file implementing `Authenticator`; the listener only
+ * talks to this interface.
+ */
+
+export interface AuthRequest {
+  readonly username: string;
+  readonly password: string;
+  readonly mechanism: 'PLAIN' | 'LOGIN';
+  readonly sessionId: string;
+  readonly remoteAddress: string;
+}
+
+export interface AuthenticatedUser {
+  readonly username: string;
+}
+
+export type AuthOutcome =
+  | { readonly ok: true; readonly user: AuthenticatedUser }
+  /** `unavailable`: the backend could not decide (e.g. unreachable); the client gets a 454 and may retry. */
+  | { readonly ok: false; readonly reason: 'bad_credentials' | 'unavailable' };
+
+export interface Authenticator {
+  readonly kind: string;
+  authenticate(req: AuthRequest): Promise<AuthOutcome>;
+}

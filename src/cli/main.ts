@@ -1,0 +1,105 @@
+#!/usr/bin/env node
+/**
+ * The smtpgate command line: `run` starts the proxy, `check` validates everything `run` would
+ * load without opening a port.
+ */
+import { Command } from 'commander';
+import { App, checkConfigFile } from '../app.js';
+import { ConfigError, formatIssue } from '../config/errors.js';
+import type { Config } from '../config/schema.js';
+
+const program = new Command();
+
+program
+  .name('smtpgate')
+  .description('SMTP security-enforcing proxy: TLS, AUTH, rate limits and policy in front of a legacy mail server.')
+  .showHelpAfterError()
+  .addHelpText(
+    'after',
+    `
+Examples:
+  smtpgate check --config /etc/smtpgate/smtpgate.yaml   validate config, certificate and users file
+  smtpgate run --config /etc/smtpgate/smtpgate.yaml     start the proxy
+  npm start                                            the demo (smtpgate.demo.yaml)`,
+  );
+
+program
+  .command('run')
+  .description('start the proxy with the given config (refuses to start on any config problem)')
+  .requiredOption('-c, --config <file>', 'path to the YAML config file')
+  .action(async (opts: { config: string }) => {
+    const { config, material } = await loadOrExit(opts.config);
+    const app = new App(config, material);
+    const bound = await app.start().catch((err: Error) => {
+      app.log.fatal({ err }, 'failed to start');
+      process.exit(1);
+    });
+    if (config.demo) printDemoBanner(config, bound);
+    app.log.info({ metrics: `${config.metrics.address.host}:${bound.metrics}` }, 'smtpgate ready');
+
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      app.log.info({ signal }, 'stopping');
+      app.stop().then(
+        () => process.exit(0),
+        (err: Error) => {
+          app.log.error({ err }, 'error while stopping');
+          process.exit(1);
+        },
+      );
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('unhandledRejection', (err) => app.log.error({ err }, 'unhandled rejection (bug): the session it belonged to may hang'));
+  });
+
+program
+  .command('check')
+  .description('validate the config, certificate, key and users file without opening a port; exit 1 on any problem')
+  .requiredOption('-c, --config <file>', 'path to the YAML config file')
+  .action(async (opts: { config: string }) => {
+    const { config, material } = await loadOrExit(opts.config, 'check');
+    for (const w of material.warnings) process.stdout.write(`warning: ${w}\n`);
+    process.stdout.write(`${opts.config}: OK (${config.listeners.length} listener${config.listeners.length === 1 ? '' : 's'}, backend ${config.backend.address.host}:${config.backend.address.port})\n`);
+  });
+
+async function loadOrExit(file: string, mode: 'run' | 'check' = 'run') {
+  try {
+    return await checkConfigFile(file, mode);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`smtpgate: ${err.issues.length} problem${err.issues.length === 1 ? '' : 's'} found; nothing was started:\n`);
+      for (const issue of err.issues) process.stderr.write(`  ${formatIssue(issue)}\n`);
+      process.exit(1);
+    }
+    throw err;
+  }
+}
+
+function printDemoBanner(config: Config, bound: { listeners: Record<string, number>; metrics: number }): void {
+  const starttls = config.listeners.find((l) => l.tls === 'starttls');
+  const implicit = config.listeners.find((l) => l.tls === 'implicit');
+  const dir = config.demo?.captureBackend?.dir;
+  const line = (s = '') => process.stdout.write(s + '\n');
+  line();
+  line('  smtpgate demo is running (DEMO MODE: self-signed certificate, dev-only capture backend)');
+  line();
+  if (starttls) {
+    line('  Send a message through the proxy with STARTTLS and AUTH:');
+    line(`    swaks --server 127.0.0.1:${bound.listeners[starttls.name]} --tls --auth PLAIN --auth-user demo --auth-password demo --from demo@example.test --to someone@example.test`);
+  }
+  if (implicit) {
+    line('  Or with implicit TLS:');
+    line(`    swaks --server 127.0.0.1:${bound.listeners[implicit.name]} --tlsc --auth PLAIN --auth-user demo --auth-password demo --from demo@example.test --to someone@example.test`);
+  }
+  if (dir) line(`  The message lands in ${dir}/<id>.eml (the embedded capture backend; it delivers nowhere).`);
+  line(`  Metrics: http://${config.metrics.address.host}:${bound.metrics}/metrics`);
+  line();
+}
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  process.stderr.write(`smtpgate: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,197 @@
+/**
+ * The config file's shape. One zod schema; `smtpgate check`, `run` and reload all validate
+ * through it, so a config that passes here is one the app can start with.
+ *
+ * Relative paths are resolved against the config file's folder, which is why the schema is
+ * built per file by `configSchema(baseDir)`.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+import { parseDuration, parseHostPort, parseSize } from './units.js';
+
+/** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
+export const DEFAULT_TLS12_CIPHERS = [
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
+const hostPort = z.string().transform((value, ctx) => {
+  const hp = parseHostPort(value);
+  if (!hp) {
+    ctx.addIssue({ code: 'custom', message: `expected "host:port" (e.g. 0.0.0.0:587 or [::1]:25), found ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return hp;
+});
+
+/** Like hostPort, but port 0 (pick a free port) is allowed: handy for tests and side services. */
+const bindAddress = z.string().transform((value, ctx) => {
+  const hp = parseHostPort(value.replace(/:0$/, ':1'));
+  if (!hp) {
+    ctx.addIssue({ code: 'custom', message: `expected "host:port" (e.g. 127.0.0.1:9464), found ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return /:0$/.test(value) ? { host: hp.host, port: 0 } : hp;
+});
+
+const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const ms = parseDuration(value);
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: `expected a duration such as "30s", "5m" or "1h", found ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const bytes = parseSize(value);
+  if (bytes === undefined) {
+    ctx.addIssue({ code: 'custom', message: `expected a size such as "25MB" or "512KiB", found ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+const LISTENER_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
+
+export function configSchema(baseDir: string) {
+  const filePath = z
+    .string()
+    .min(1)
+    .transform((p) => path.resolve(baseDir, p));
+
+  const listener = z
+    .object({
+      name: z.string().regex(LISTENER_NAME, 'expected a short lower-case label such as "submission" (it becomes a metric label)'),
+      address: bindAddress,
+      tls: z.enum(['starttls', 'implicit', 'none']).default('starttls'),
+      requireTls: z.boolean().default(true),
+      requireAuth: z.boolean().default(true),
+    })
+    .strict();
+
+  const tls = z
+    .object({
+      cert: filePath,
+      key: filePath,
+      minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+      ciphers: z.string().min(1).default(DEFAULT_TLS12_CIPHERS),
+    })
+    .strict();
+
+  const auth = z
+    .object({
+      backend: z.enum(['file']).default('file'),
+      users: filePath,
+    })
+    .strict();
+
+  const backend = z
+    .object({
+      address: hostPort,
+      tls: z.enum(['none', 'starttls', 'implicit']).default('none'),
+      tlsVerify: z.boolean().default(true),
+      ca: filePath.optional(),
+      servername: z.string().optional(),
+      identity: z.enum(['xclient', 'xforward', 'none']).default('xclient'),
+      heloName: z.string().regex(/^[A-Za-z0-9.-]+$/, 'expected a host name').optional(),
+      timeouts: z
+        .object({
+          connect: duration.default(10_000),
+          greeting: duration.default(30_000),
+          command: duration.default(60_000),
+          dataIdle: duration.default(60_000),
+          finalReply: duration.default(300_000),
+        })
+        .strict()
+        .default({ connect: 10_000, greeting: 30_000, command: 60_000, dataIdle: 60_000, finalReply: 300_000 }),
+    })
+    .strict();
+
+  const data = z
+    .object({
+      /** What to do with a bare CR, bare LF or NUL in a message (SMTP smuggling). */
+      bareLineEndings: z.enum(['reject', 'normalize']).default('reject'),
+      receivedHeader: z.boolean().default(true),
+    })
+    .strict();
+
+  const limits = z
+    .object({
+      maxMessageBytes: size.default(25_000_000),
+    })
+    .strict();
+
+  const demo = z
+    .object({
+      /** Generate a self-signed certificate at tls.cert/tls.key when they don't exist. */
+      generateCertificate: z.boolean().default(false),
+      /** Start the embedded capture backend: it writes every message it receives to `dir`. */
+      captureBackend: z.object({ address: hostPort, dir: filePath }).strict().optional(),
+    })
+    .strict();
+
+  return z
+    .object({
+      hostname: z
+        .string()
+        .regex(/^[A-Za-z0-9.-]+$/, 'expected a host name such as mail.example.com')
+        .default(os.hostname()),
+      listeners: z.array(listener).min(1, 'expected at least one listener'),
+      tls: tls.optional(),
+      auth: auth.optional(),
+      backend,
+      data: data.default({ bareLineEndings: 'reject', receivedHeader: true }),
+      limits: limits.default({ maxMessageBytes: 25_000_000 }),
+      metrics: z.object({ address: bindAddress }).strict().default({ address: { host: '127.0.0.1', port: 9464 } }),
+      log: z
+        .object({
+          level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+          format: z.enum(['json', 'pretty']).default('json'),
+        })
+        .strict()
+        .default({ level: 'info', format: 'json' }),
+      demo: demo.optional(),
+    })
+    .strict()
+    .superRefine((cfg, ctx) => {
+      const names = new Set<string>();
+      cfg.listeners.forEach((l, i) => {
+        if (names.has(l.name)) {
+          ctx.addIssue({ code: 'custom', path: ['listeners', i, 'name'], message: `duplicate listener name ${JSON.stringify(l.name)}; names must be unique` });
+        }
+        names.add(l.name);
+        if (l.tls === 'none' && l.requireTls) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['listeners', i, 'requireTls'],
+            message: 'a "tls: none" listener cannot require TLS; set requireTls: false, or use tls: starttls',
+          });
+        }
+        if (l.tls !== 'none' && !cfg.tls) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['tls'],
+            message: `listener ${JSON.stringify(l.name)} uses tls: ${l.tls}, so tls.cert and tls.key are required (smtpgate never falls back to a built-in certificate)`,
+          });
+        }
+        if (l.requireAuth && !cfg.auth) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['auth'],
+            message: `listener ${JSON.stringify(l.name)} has requireAuth: true, so an auth section (auth.users) is required`,
+          });
+        }
+      });
+    });
+}
+
+export type Config = z.output<ReturnType<typeof configSchema>>;
+export type ListenerConfig = Config['listeners'][number];
+export type BackendConfig = Config['backend'];
+export type TlsConfig = NonNullable<Config['tls']>;

@@ -1,0 +1,488 @@
+/**
+ * One client-facing listener: smtp-server wired into the session pipeline.
+ *
+ *   connect → tls → auth → mail → rcpt → data
+ *
+ * At every stage the checks run in the same order — the front door's own rules (TLS, AUTH),
+ * then limits and policy (later stages of the project plug in here), then the backend's
+ * answer — and the first "no" becomes the SMTP reply. Each refusal is a `Refusal` value that
+ * produces the reply, a metric and one log line with the session id.
+ */
+import { Readable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import type { Socket } from 'node:net';
+import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
+import type { ListenerConfig } from '../config/schema.js';
+import type { Authenticator } from '../auth/authenticator.js';
+import type { Logger } from '../logging/logger.js';
+import type { Metrics, Stage } from '../metrics/catalogue.js';
+import { codeClass, refusal, toServerError, type Refusal, type SmtpServerError } from '../reply.js';
+import { BackendError, type SmtpReply } from '../relay/smtp-client.js';
+import type { BackendSession, ClientIdentity } from '../relay/backend-session.js';
+import { DataEncoder, LineTooLongError, SmugglingError, type BareLineEndingMode } from '../relay/data-encoder.js';
+import { mailCommand, rcptCommand } from '../relay/envelope.js';
+import { receivedHeader } from '../relay/received-header.js';
+import { installCommandGuard } from './command-guard.js';
+
+export interface ListenerTls {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  readonly minVersion: 'TLSv1.2' | 'TLSv1.3';
+  readonly ciphers: string;
+}
+
+export interface DataSettings {
+  readonly bareLineEndings: BareLineEndingMode;
+  readonly receivedHeader: boolean;
+  readonly maxMessageBytes: number;
+}
+
+export interface ListenerDeps {
+  readonly config: ListenerConfig;
+  readonly hostname: string;
+  readonly tls: ListenerTls | undefined;
+  readonly authenticator: Authenticator | undefined;
+  /** Creates the (lazy) backend session for one client session. */
+  readonly openBackend: () => BackendSession;
+  readonly data: DataSettings;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+}
+
+/** What smtpgate knows about one client session, beyond smtp-server's own session object. */
+interface SessionState {
+  readonly id: string;
+  readonly log: Logger;
+  readonly backend: BackendSession;
+  readonly openedAt: number;
+  tlsVersion?: string;
+  user?: string;
+  messages: number;
+  bytes: number;
+  lastRefusal?: Refusal;
+}
+
+/** Thrown into the DATA body stream when the client's own stream fails (reset mid-DATA). */
+class ClientAbortError extends Error {}
+/** Thrown into the DATA body stream when the message passes limits.maxMessageBytes. */
+class MessageTooBigError extends Error {}
+
+const AUTH_IDENTITY_FORBIDDEN = /[\r\n\0]/;
+
+export class SmtpListener {
+  readonly server: SMTPServer;
+  readonly #deps: ListenerDeps;
+  readonly #sessions = new Map<string, SessionState>();
+  readonly #disabledCommands: string[];
+
+  constructor(deps: ListenerDeps) {
+    this.#deps = deps;
+    const { config, tls } = deps;
+    if (config.tls !== 'none' && !tls) throw new Error(`listener ${config.name}: TLS material missing`);
+    // STARTTLS makes no sense without a certificate, and inside implicit TLS smtp-server
+    // already answers 503.
+    this.#disabledCommands = config.tls === 'none' ? ['STARTTLS'] : [];
+
+    this.server = new SMTPServer({
+      name: deps.hostname,
+      banner: 'smtpgate',
+      secure: config.tls === 'implicit',
+      ...(tls
+        ? {
+            key: tls.key,
+            cert: tls.cert,
+            minVersion: tls.minVersion,
+            ciphers: tls.ciphers,
+            honorCipherOrder: true,
+          }
+        : {}),
+      disabledCommands: this.#disabledCommands,
+      authMethods: ['PLAIN', 'LOGIN'],
+      // smtpgate decides when AUTH is required (onMailFrom), so that the refusal carries the
+      // exact code, a metric and a log line.
+      authOptional: true,
+      size: deps.data.maxMessageBytes,
+      // No DNS lookups on the hot path: the proxy's only traffic is to the backend.
+      disableReverseLookup: true,
+      logger: false,
+      onConnect: (session, cb) => this.#onConnect(session, cb),
+      onSecure: (socket, session, cb) => this.#onSecure(socket, session, cb),
+      onAuth: (auth, session, cb) => void this.#onAuth(auth, session, cb),
+      onMailFrom: (address, session, cb) => void this.#onMailFrom(address, session, cb),
+      onRcptTo: (address, session, cb) => void this.#onRcptTo(address, session, cb),
+      onData: (stream, session, cb) => void this.#onData(stream, session, cb),
+      onClose: (session) => this.#onClose(session),
+    });
+    // Without an error listener one ECONNRESET would crash the process.
+    this.server.on('error', (err: NodeJS.ErrnoException) => {
+      const level = err.code === 'ECONNRESET' || err.code === 'EPIPE' ? 'debug' : 'warn';
+      this.#deps.log[level]({ listener: config.name, err: { code: err.code, message: err.message } }, 'client connection error');
+    });
+    installCommandGuard(this.server, (sessionId, r) => {
+      const state = this.#sessions.get(sessionId);
+      this.#count(r, 'connect');
+      (state?.log ?? this.#deps.log).info({ session: sessionId, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
+    });
+  }
+
+  get name(): string {
+    return this.#deps.config.name;
+  }
+
+  get activeSessions(): number {
+    return this.#sessions.size;
+  }
+
+  async listen(): Promise<{ host: string; port: number }> {
+    const { host, port } = this.#deps.config.address;
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      this.server.server.once('error', onError);
+      this.server.listen(port, host, () => {
+        this.server.server.off('error', onError);
+        resolve();
+      });
+    });
+    const addr = this.server.server.address();
+    return { host, port: addr && typeof addr === 'object' ? addr.port : port };
+  }
+
+  /** Stops accepting; open sessions get 421 after `closeTimeout`. */
+  close(): Promise<void> {
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  // ── connect ────────────────────────────────────────────────────────────────────────────
+
+  #onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const { config, metrics, log } = this.#deps;
+    const state: SessionState = {
+      id: session.id,
+      log: log.child({ session: session.id, listener: config.name }),
+      backend: this.#deps.openBackend(),
+      openedAt: Date.now(),
+      messages: 0,
+      bytes: 0,
+    };
+    this.#sessions.set(session.id, state);
+    metrics.connectionsOpened.inc({ listener: config.name });
+    metrics.connectionsActive.inc({ listener: config.name });
+    state.log.info({ client: session.remoteAddress, port: session.remotePort, tls: session.secure }, 'connect');
+    if (session.secure) this.#recordTls(state, session, 'implicit');
+    this.#applyCommandVisibility(session);
+    cb();
+  }
+
+  /** AUTH is offered only under TLS, on every listener: no credentials ever cross in cleartext. */
+  #applyCommandVisibility(session: SMTPServerSession): void {
+    session.disabledCommands = session.secure ? [...this.#disabledCommands] : [...this.#disabledCommands, 'AUTH'];
+  }
+
+  // ── tls ────────────────────────────────────────────────────────────────────────────────
+
+  #onSecure(_socket: Socket | TLSSocket, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const state = this.#sessions.get(session.id);
+    // onSecure runs for implicit TLS before onConnect; the handshake is recorded there.
+    if (state) {
+      this.#recordTls(state, session, 'starttls');
+      this.#applyCommandVisibility(session);
+    }
+    cb();
+  }
+
+  #recordTls(state: SessionState, session: SMTPServerSession, kind: 'starttls' | 'implicit'): void {
+    const version = session.tlsOptions ? session.tlsOptions.version : 'unknown';
+    state.tlsVersion = version;
+    this.#deps.metrics.tlsHandshakes.inc({ listener: this.name, kind, version });
+    state.log.debug({ tls: version, cipher: session.tlsOptions ? session.tlsOptions.name : undefined, kind }, 'tls established');
+  }
+
+  // ── auth ───────────────────────────────────────────────────────────────────────────────
+
+  async #onAuth(
+    auth: SMTPServerAuthentication,
+    session: SMTPServerSession,
+    cb: (err: Error | null | undefined, response?: { user?: unknown; message?: string; responseCode?: number }) => void,
+  ): Promise<void> {
+    const state = this.#sessions.get(session.id);
+    const mechanism = auth.method === 'PLAIN' || auth.method === 'LOGIN' ? auth.method : 'other';
+    const fail = (r: Refusal, result: 'failure' | 'refused' | 'error') => {
+      this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism, result });
+      if (state) this.#refuse(state, 'auth', r, { user: printable(auth.username) });
+      cb(null, { responseCode: r.code, message: `${r.enhanced} ${r.text}` });
+    };
+    if (!state) return cb(new Error('unknown session'));
+    // The command guard already refuses AUTH without TLS; this is the backstop for any path
+    // smtp-server might add, because AUTH in cleartext is never acceptable.
+    if (!session.secure) {
+      return fail(refusal(538, '5.7.11', 'Encryption required for requested authentication mechanism', 'tls_required'), 'refused');
+    }
+    const username = auth.username ?? '';
+    const password = auth.password ?? '';
+    if (mechanism === 'other' || !this.#deps.authenticator) {
+      return fail(refusal(504, '5.5.4', 'Unrecognized authentication type', 'auth_malformed'), 'refused');
+    }
+    if (!username || AUTH_IDENTITY_FORBIDDEN.test(username) || AUTH_IDENTITY_FORBIDDEN.test(password) || AUTH_IDENTITY_FORBIDDEN.test(auth.authzid ?? '')) {
+      return fail(refusal(501, '5.5.2', 'Invalid authentication data', 'auth_malformed'), 'refused');
+    }
+    // RFC 4616: an authorization identity other than the authentication identity would mean
+    // acting as someone else; smtpgate has no such delegation.
+    if (auth.authzid && auth.authzid !== username) {
+      return fail(refusal(535, '5.7.8', 'Authentication credentials invalid', 'auth_failed'), 'failure');
+    }
+    let outcome;
+    try {
+      outcome = await this.#deps.authenticator.authenticate({ username, password, mechanism, sessionId: session.id, remoteAddress: session.remoteAddress });
+    } catch (err) {
+      state.log.error({ err }, 'auth backend failed');
+      return fail(refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable'), 'error');
+    }
+    if (!outcome.ok) {
+      return outcome.reason === 'unavailable'
+        ? fail(refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable'), 'error')
+        : fail(refusal(535, '5.7.8', 'Authentication credentials invalid', 'auth_failed'), 'failure');
+    }
+    state.user = outcome.user.username;
+    this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism, result: 'success' });
+    state.log.info({ user: state.user, mechanism }, 'authenticated');
+    cb(null, { user: outcome.user.username });
+  }
+
+  // ── mail ───────────────────────────────────────────────────────────────────────────────
+
+  async #onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
+    const state = this.#sessions.get(session.id);
+    if (!state) return cb(new Error('unknown session'));
+    const { config } = this.#deps;
+    if (config.requireTls && !session.secure) {
+      return cb(this.#refuse(state, 'mail', refusal(530, '5.7.0', 'Must issue a STARTTLS command first', 'tls_required')));
+    }
+    if (config.requireAuth && !state.user) {
+      return cb(this.#refuse(state, 'mail', refusal(530, '5.7.0', 'Authentication required', 'auth_required')));
+    }
+    // limits and policy plug in here, before anything reaches the backend.
+    try {
+      const identity = this.#identity(session, state);
+      const caps = await state.backend.capabilities(identity);
+      const line = mailCommand(address, caps);
+      if (!line.ok) return cb(this.#refuse(state, 'mail', line.refusal, { from: address.address }));
+      const reply = await state.backend.mail(line.line, identity);
+      if (isPositive(reply)) {
+        state.log.debug({ from: address.address }, 'mail accepted');
+        return cb();
+      }
+      cb(this.#refuse(state, 'mail', backendRefusal(reply), { from: address.address }));
+    } catch (err) {
+      cb(this.#refuse(state, 'mail', this.#backendFailure(state, err), { from: address.address }));
+    }
+  }
+
+  // ── rcpt ───────────────────────────────────────────────────────────────────────────────
+
+  async #onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
+    const state = this.#sessions.get(session.id);
+    if (!state) return cb(new Error('unknown session'));
+    try {
+      const reply = await state.backend.rcpt(rcptCommand(address));
+      if (isPositive(reply)) return cb();
+      // The backend refused this recipient: the client hears it now, with the backend's code,
+      // so no recipient is ever dropped silently.
+      cb(this.#refuse(state, 'rcpt', backendRefusal(reply), { to: address.address }));
+    } catch (err) {
+      cb(this.#refuse(state, 'rcpt', this.#backendFailure(state, err), { to: address.address }));
+    }
+  }
+
+  // ── data ───────────────────────────────────────────────────────────────────────────────
+
+  async #onData(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): Promise<void> {
+    const state = this.#sessions.get(session.id);
+    if (!state) {
+      stream.resume();
+      return cb(new Error('unknown session'));
+    }
+    const outcome = await this.#relayMessage(stream, session, state);
+    if ('refusal' in outcome) {
+      this.#deps.metrics.messages.inc({ listener: this.name, result: outcome.refusal.reason === 'client_aborted' ? 'aborted' : 'refused' });
+      return cb(this.#refuse(state, 'data', outcome.refusal));
+    }
+    state.messages++;
+    state.bytes += outcome.bytes;
+    this.#deps.metrics.messages.inc({ listener: this.name, result: 'relayed' });
+    this.#deps.metrics.messageBytes.observe(outcome.bytes);
+    this.#deps.metrics.recipientsPerMessage.observe(session.envelope.rcptTo.length);
+    state.log.info({ bytes: outcome.bytes, recipients: session.envelope.rcptTo.length, reply: `${outcome.reply.code} ${outcome.reply.text}` }, 'message relayed');
+    cb(null, replyText(outcome.reply));
+  }
+
+  async #relayMessage(
+    stream: SMTPServerDataStream,
+    session: SMTPServerSession,
+    state: SessionState,
+  ): Promise<{ reply: SmtpReply; bytes: number } | { refusal: Refusal }> {
+    const drain = () => {
+      stream.unpipe();
+      // An unpiped stream that nobody reads never ends, and smtp-server waits for its end
+      // before it answers: always resume in error paths.
+      stream.resume();
+    };
+    let start: SmtpReply;
+    try {
+      start = await state.backend.startData();
+    } catch (err) {
+      drain();
+      return { refusal: this.#backendFailure(state, err) };
+    }
+    if (start.code !== 354) {
+      drain();
+      return { refusal: backendRefusal(start) };
+    }
+
+    const { data, metrics } = this.#deps;
+    const encoder = new DataEncoder({ mode: data.bareLineEndings });
+    stream.once('error', (err) => encoder.destroy(new ClientAbortError(err.message)));
+    stream.pipe(encoder);
+    const header = data.receivedHeader ? Buffer.from(this.#received(session, state), 'latin1') : undefined;
+    const max = data.maxMessageBytes;
+
+    async function* body(): AsyncGenerator<Buffer> {
+      if (header) yield header;
+      for await (const chunk of encoder) {
+        // Checked while streaming: the message is never held whole, and an oversized one is
+        // cut off before the final dot so the backend delivers nothing.
+        if (encoder.bytesIn > max) throw new MessageTooBigError(`message exceeds ${max} bytes`);
+        yield chunk as Buffer;
+      }
+    }
+
+    const started = process.hrtime.bigint();
+    try {
+      const reply = await state.backend.sendData(Readable.from(body(), { objectMode: false }));
+      metrics.backendFinalReplySeconds.observe({ backend: state.backend.target.name }, Number(process.hrtime.bigint() - started) / 1e9);
+      if (encoder.normalized > 0) metrics.smugglingNormalized.inc({ listener: this.name }, encoder.normalized);
+      if (!isPositive(reply)) return { refusal: backendRefusal(reply) };
+      return { reply, bytes: encoder.bytesIn };
+    } catch (err) {
+      drain();
+      state.backend.abort();
+      if (err instanceof SmugglingError) {
+        metrics.smugglingRejections.inc({ listener: this.name, kind: err.kind });
+        state.log.warn({ kind: err.kind, offset: err.offset }, 'smuggling guard: message refused');
+        return { refusal: refusal(550, '5.5.2', `Message refused: ${SMUGGLING_TEXT[err.kind]} (bare CR/LF and NUL are not allowed)`, 'smuggling') };
+      }
+      if (err instanceof LineTooLongError) {
+        return { refusal: refusal(550, '5.5.2', `Message refused: a line exceeds ${err.limit} octets (RFC 5321 §4.5.3.1.6)`, 'syntax') };
+      }
+      if (err instanceof MessageTooBigError) {
+        return { refusal: refusal(552, '5.3.4', `Message exceeds the maximum size of ${max} bytes`, 'message_too_big') };
+      }
+      if (err instanceof ClientAbortError) {
+        state.log.warn('client went away during DATA; backend transaction aborted, nothing delivered');
+        return { refusal: refusal(421, '4.4.2', 'Connection lost during DATA', 'client_aborted') };
+      }
+      return { refusal: this.#backendFailure(state, err) };
+    }
+  }
+
+  #received(session: SMTPServerSession, state: SessionState): string {
+    const rcpts = session.envelope.rcptTo;
+    return receivedHeader({
+      helo: session.hostNameAppearsAs || undefined,
+      clientAddress: session.remoteAddress,
+      byHost: this.#deps.hostname,
+      protocol: 'ESMTP' + (session.secure ? 'S' : '') + (state.user ? 'A' : ''),
+      sessionId: session.id,
+      tls: session.tlsOptions ? { version: session.tlsOptions.version, cipher: session.tlsOptions.name } : undefined,
+      recipient: rcpts.length === 1 ? rcpts[0]!.address : undefined,
+      date: new Date(),
+    });
+  }
+
+  // ── close ──────────────────────────────────────────────────────────────────────────────
+
+  #onClose(session: SMTPServerSession): void {
+    const state = this.#sessions.get(session.id);
+    if (!state) return;
+    this.#sessions.delete(session.id);
+    this.#deps.metrics.connectionsClosed.inc({ listener: this.name });
+    this.#deps.metrics.connectionsActive.dec({ listener: this.name });
+    void state.backend.close();
+    state.log.info(
+      {
+        client: session.remoteAddress,
+        tls: state.tlsVersion ?? 'none',
+        user: state.user,
+        messages: state.messages,
+        bytes: state.bytes,
+        durationMs: Date.now() - state.openedAt,
+        lastRefusal: state.lastRefusal ? `${state.lastRefusal.code} ${state.lastRefusal.enhanced}` : undefined,
+        reason: state.lastRefusal?.reason,
+      },
+      'session closed',
+    );
+  }
+
+  // ── shared ─────────────────────────────────────────────────────────────────────────────
+
+  #identity(session: SMTPServerSession, state: SessionState): ClientIdentity {
+    return {
+      addr: session.remoteAddress,
+      port: session.remotePort,
+      helo: session.hostNameAppearsAs || undefined,
+      proto: session.openingCommand === 'HELO' ? 'SMTP' : 'ESMTP',
+      login: state.user,
+    };
+  }
+
+  /** A backend that can't be reached, stalls or drops the connection: always a 4xx, never a 250. */
+  #backendFailure(state: SessionState, err: unknown): Refusal {
+    if (err instanceof BackendError) {
+      state.log.warn({ backend: state.backend.target.name, kind: err.kind, err: err.message }, 'backend failure');
+      switch (err.kind) {
+        case 'connect':
+          return refusal(451, '4.4.1', 'Mail server temporarily unreachable, try again later', 'backend_unavailable');
+        case 'timeout':
+          return refusal(451, '4.4.2', 'Mail server timed out, try again later', 'backend_timeout');
+        default:
+          return refusal(451, '4.4.2', 'Connection to the mail server failed, try again later', 'backend_failed');
+      }
+    }
+    state.log.error({ err }, 'unexpected error in relay');
+    return refusal(451, '4.3.0', 'Local error in processing, try again later', 'internal');
+  }
+
+  #refuse(state: SessionState, stage: Stage, r: Refusal, extra: Record<string, unknown> = {}): SmtpServerError {
+    state.lastRefusal = r;
+    this.#count(r, stage);
+    state.log.info({ stage, code: r.code, enhanced: r.enhanced, reason: r.reason, ...extra }, `refused: ${r.text}`);
+    return toServerError(r);
+  }
+
+  #count(r: Refusal, stage: Stage): void {
+    this.#deps.metrics.refusals.inc({ listener: this.name, stage, reason: r.reason, code_class: codeClass(r.code) });
+  }
+}
+
+const SMUGGLING_TEXT = { bare_cr: 'bare CR in message', bare_lf: 'bare LF in message', nul: 'NUL byte in message' } as const;
+
+function isPositive(reply: SmtpReply): boolean {
+  return reply.code >= 200 && reply.code < 300;
+}
+
+/** The backend's refusal, mirrored: same code, its own enhanced code and text. */
+function backendRefusal(reply: SmtpReply): Refusal {
+  // Only a 4xx/5xx can be mirrored; anything else at this point is a confused backend.
+  if (reply.code < 400 || reply.code > 599) {
+    return refusal(451, '4.3.0', `Unexpected reply ${reply.code} from the mail server, try again later`, 'backend_failed');
+  }
+  const enhanced = reply.enhanced ?? (reply.code >= 500 ? '5.0.0' : '4.0.0');
+  return refusal(reply.code, enhanced, reply.text || 'Refused by the mail server', 'backend_refused');
+}
+
+function replyText(reply: SmtpReply): string {
+  return reply.enhanced ? `${reply.enhanced} ${reply.text}` : reply.text;
+}
+
+function printable(value: string | undefined): string | undefined {
+  return value === undefined ? undefined : value.replace(/[^\x20-\x7e]/g, '?').slice(0, 128);
+}

@@ -1,0 +1,109 @@
+/**
+ * Every metric smtpgate exports, in one place. One registry per app instance (no globals), so
+ * two instances in one process (tests) don't collide.
+ *
+ * Labels come only from small, fixed sets: listener (from config), stage, result, reason
+ * (REFUSAL_REASONS), code class, mechanism, backend (from config). Never an IP, user, address
+ * or EHLO name: those go in logs.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export type Stage = 'connect' | 'tls' | 'auth' | 'mail' | 'rcpt' | 'data';
+
+export function createMetrics() {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'smtpgate_process_' });
+  const registers = [registry];
+
+  return {
+    registry,
+    connectionsOpened: new Counter({
+      name: 'smtpgate_connections_opened_total',
+      help: 'Client connections accepted, per listener.',
+      labelNames: ['listener'] as const,
+      registers,
+    }),
+    connectionsClosed: new Counter({
+      name: 'smtpgate_connections_closed_total',
+      help: 'Client connections closed, per listener.',
+      labelNames: ['listener'] as const,
+      registers,
+    }),
+    connectionsActive: new Gauge({
+      name: 'smtpgate_connections_active',
+      help: 'Client connections open now, per listener.',
+      labelNames: ['listener'] as const,
+      registers,
+    }),
+    tlsHandshakes: new Counter({
+      name: 'smtpgate_tls_handshakes_total',
+      help: 'Completed client TLS handshakes by listener, kind (starttls|implicit) and protocol version.',
+      labelNames: ['listener', 'kind', 'version'] as const,
+      registers,
+    }),
+    authAttempts: new Counter({
+      name: 'smtpgate_auth_attempts_total',
+      help: 'SMTP AUTH attempts by listener, mechanism and result (success|failure|error|refused).',
+      labelNames: ['listener', 'mechanism', 'result'] as const,
+      registers,
+    }),
+    refusals: new Counter({
+      name: 'smtpgate_refusals_total',
+      help: 'Commands refused by smtpgate or the backend, by stage, reason and reply class.',
+      labelNames: ['listener', 'stage', 'reason', 'code_class'] as const,
+      registers,
+    }),
+    messages: new Counter({
+      name: 'smtpgate_messages_total',
+      help: 'Messages by final outcome: relayed (backend said 2xx at the final dot), refused, or aborted.',
+      labelNames: ['listener', 'result'] as const,
+      registers,
+    }),
+    messageBytes: new Histogram({
+      name: 'smtpgate_message_size_bytes',
+      help: 'Size of relayed messages, in bytes as received from the client.',
+      buckets: [1e3, 1e4, 1e5, 1e6, 5e6, 1e7, 2.5e7, 5e7],
+      registers,
+    }),
+    recipientsPerMessage: new Histogram({
+      name: 'smtpgate_message_recipients',
+      help: 'Accepted recipients per relayed message.',
+      buckets: [1, 2, 5, 10, 20, 50, 100],
+      registers,
+    }),
+    backendConnectSeconds: new Histogram({
+      name: 'smtpgate_backend_connect_seconds',
+      help: 'Time to open a backend session: TCP, TLS, greeting, EHLO and identity.',
+      labelNames: ['backend'] as const,
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+      registers,
+    }),
+    backendFinalReplySeconds: new Histogram({
+      name: 'smtpgate_backend_final_reply_seconds',
+      help: 'Time from the final "." to the backend reply.',
+      labelNames: ['backend'] as const,
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+      registers,
+    }),
+    backendErrors: new Counter({
+      name: 'smtpgate_backend_errors_total',
+      help: 'Backend failures by kind (connect|timeout|closed|tls|protocol).',
+      labelNames: ['backend', 'kind'] as const,
+      registers,
+    }),
+    smugglingRejections: new Counter({
+      name: 'smtpgate_smuggling_rejections_total',
+      help: 'Messages refused by the smuggling guard, by what it found (bare_cr|bare_lf|nul).',
+      labelNames: ['listener', 'kind'] as const,
+      registers,
+    }),
+    smugglingNormalized: new Counter({
+      name: 'smtpgate_smuggling_normalized_total',
+      help: 'Stray CR, LF or NUL bytes replaced by a space in normalize mode.',
+      labelNames: ['listener'] as const,
+      registers,
+    }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

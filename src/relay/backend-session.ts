@@ -1,0 +1,203 @@
+/**
+ * One backend session per client session: opened lazily at the first approved MAIL FROM,
+ * kept for further transactions, closed at QUIT or when the client goes away. Nothing is
+ * queued: every envelope command is passed on and awaited, and the client gets the backend's
+ * reply. This is what lets smtpgate refuse a single recipient at RCPT time instead of
+ * silently dropping it.
+ */
+import type { Readable } from 'node:stream';
+import { BackendConnection, BackendError, type BackendClientOptions, type SmtpReply } from './smtp-client.js';
+
+export interface BackendTarget {
+  /** Label for logs and metrics: "host:port" from the config. */
+  readonly name: string;
+  readonly options: BackendClientOptions;
+}
+
+/** Who the client is, for XCLIENT/XFORWARD (Postfix XCLIENT_README). */
+export interface ClientIdentity {
+  readonly addr: string;
+  readonly port: number;
+  /** Reverse-resolved name, or undefined when unknown. */
+  readonly name?: string;
+  readonly helo?: string;
+  readonly proto: 'SMTP' | 'ESMTP';
+  readonly login?: string;
+}
+
+export type IdentityMode = 'xclient' | 'xforward' | 'none';
+
+export interface BackendSessionEvents {
+  /** Called once per opened connection with the time it took. */
+  onConnected(target: BackendTarget, seconds: number): void;
+  onError(target: BackendTarget, err: BackendError): void;
+}
+
+type Connect = (opts: BackendClientOptions) => Promise<BackendConnection>;
+
+export class BackendSession {
+  readonly #target: BackendTarget;
+  readonly #identityMode: IdentityMode;
+  readonly #events: BackendSessionEvents;
+  readonly #connect: Connect;
+  #conn: BackendConnection | undefined;
+  /** MAIL was accepted and neither a final dot nor RSET has ended the transaction. */
+  #inTransaction = false;
+
+  constructor(target: BackendTarget, identityMode: IdentityMode, events: BackendSessionEvents, connect: Connect = (o) => BackendConnection.connect(o)) {
+    this.#target = target;
+    this.#identityMode = identityMode;
+    this.#events = events;
+    this.#connect = connect;
+  }
+
+  get target(): BackendTarget {
+    return this.#target;
+  }
+
+  get isOpen(): boolean {
+    return this.#conn !== undefined && !this.#conn.closed;
+  }
+
+  /** The backend's EHLO capabilities; opens the session if needed. */
+  async capabilities(identity: ClientIdentity): Promise<ReadonlyMap<string, string>> {
+    return (await this.#open(identity)).capabilities;
+  }
+
+  /**
+   * Starts a transaction. A transaction the client abandoned (RSET, or a new MAIL after a
+   * refused DATA) is reset on the backend first, so the backend never merges two envelopes.
+   */
+  async mail(line: string, identity: ClientIdentity): Promise<SmtpReply> {
+    const conn = await this.#open(identity);
+    if (this.#inTransaction) {
+      const rset = await this.#run(() => conn.command('RSET'));
+      this.#inTransaction = false;
+      if (rset.code !== 250) throw new BackendError('protocol', `backend refused RSET: ${rset.code} ${rset.text}`);
+    }
+    if (this.#identityMode === 'xforward' && conn.hasCapability('XFORWARD')) {
+      // XFORWARD describes the next transaction only, so it precedes every MAIL.
+      const reply = await this.#run(() => conn.xforward(xforwardAttributes(identity)));
+      if (reply.code !== 250) throw new BackendError('protocol', `backend refused XFORWARD: ${reply.code} ${reply.text}`);
+    }
+    const reply = await this.#run(() => conn.command(line));
+    if (reply.code >= 200 && reply.code < 300) this.#inTransaction = true;
+    return reply;
+  }
+
+  async rcpt(line: string): Promise<SmtpReply> {
+    const conn = this.#require();
+    return this.#run(() => conn.command(line));
+  }
+
+  /** Sends DATA; resolves with the 354 (or the refusal). */
+  async startData(): Promise<SmtpReply> {
+    const conn = this.#require();
+    return this.#run(() => conn.command('DATA'));
+  }
+
+  /**
+   * Streams the canonical body and returns the reply to the final dot. If `body` errors
+   * (smuggling guard, size limit, client gone) the connection is dropped without the final
+   * dot, so the backend delivers nothing, and the error is rethrown.
+   */
+  async sendData(body: Readable): Promise<SmtpReply> {
+    const conn = this.#require();
+    try {
+      return await this.#run(() => conn.sendData(body));
+    } finally {
+      this.#inTransaction = false;
+      if (conn.closed) this.#conn = undefined;
+    }
+  }
+
+  /** Abandon the current transaction without a final dot: the only safe abort mid-DATA. */
+  abort(): void {
+    this.#conn?.abort();
+    this.#conn = undefined;
+    this.#inTransaction = false;
+  }
+
+  /** QUIT politely; never throws. */
+  async close(): Promise<void> {
+    const conn = this.#conn;
+    this.#conn = undefined;
+    this.#inTransaction = false;
+    if (conn && !conn.closed) await conn.quit();
+  }
+
+  async #open(identity: ClientIdentity): Promise<BackendConnection> {
+    if (this.#conn && !this.#conn.closed) return this.#conn;
+    this.#conn = undefined;
+    this.#inTransaction = false;
+    const started = process.hrtime.bigint();
+    let conn: BackendConnection;
+    try {
+      conn = await this.#connect(this.#target.options);
+    } catch (err) {
+      throw this.#report(err);
+    }
+    try {
+      if (this.#identityMode === 'xclient' && conn.hasCapability('XCLIENT')) {
+        const reply = await conn.xclient(xclientAttributes(identity));
+        // Postfix answers 220 and expects a new EHLO (the client module re-sends it).
+        if (reply.code !== 220 && reply.code !== 250) {
+          throw new BackendError('protocol', `backend refused XCLIENT: ${reply.code} ${reply.text}; check smtpd_authorized_xclient_hosts on the backend`);
+        }
+      }
+    } catch (err) {
+      conn.abort();
+      throw this.#report(err);
+    }
+    conn.on('close', () => {
+      if (this.#conn === conn) {
+        this.#conn = undefined;
+        this.#inTransaction = false;
+      }
+    });
+    this.#conn = conn;
+    this.#events.onConnected(this.#target, Number(process.hrtime.bigint() - started) / 1e9);
+    return conn;
+  }
+
+  #require(): BackendConnection {
+    if (!this.#conn || this.#conn.closed) throw this.#report(new BackendError('closed', 'backend session is not open'));
+    return this.#conn;
+  }
+
+  async #run<T>(op: () => Promise<T>): Promise<T> {
+    try {
+      return await op();
+    } catch (err) {
+      throw this.#report(err);
+    }
+  }
+
+  #report(err: unknown): unknown {
+    if (err instanceof BackendError) this.#events.onError(this.#target, err);
+    return err;
+  }
+}
+
+function xclientAttributes(id: ClientIdentity): Record<string, string> {
+  const attrs: Record<string, string> = {
+    ADDR: id.addr,
+    PORT: String(id.port),
+    NAME: id.name ?? '[UNAVAILABLE]',
+    PROTO: id.proto,
+  };
+  if (id.helo) attrs.HELO = id.helo;
+  if (id.login) attrs.LOGIN = id.login;
+  return attrs;
+}
+
+function xforwardAttributes(id: ClientIdentity): Record<string, string> {
+  const attrs: Record<string, string> = {
+    ADDR: id.addr,
+    PORT: String(id.port),
+    NAME: id.name ?? '[UNAVAILABLE]',
+    PROTO: id.proto,
+  };
+  if (id.helo) attrs.HELO = id.helo;
+  return attrs;
+}

@@ -1,0 +1,44 @@
+/**
+ * Builds the MAIL and RCPT lines sent to the backend from what the client asked for, passing
+ * on only the parameters the backend advertised. Pure: (client envelope, capabilities) →
+ * line or refusal.
+ */
+import type { SMTPServerAddress } from 'smtp-server';
+import { refusal, type Refusal } from '../reply.js';
+
+export type EnvelopeLine = { ok: true; line: string } | { ok: false; refusal: Refusal };
+
+export function mailCommand(from: SMTPServerAddress, backendCaps: ReadonlyMap<string, string>): EnvelopeLine {
+  const params: string[] = [];
+  const args = from.args || {};
+  for (const [rawKey, value] of Object.entries(args)) {
+    const key = rawKey.toUpperCase();
+    if (key === 'SIZE' && typeof value === 'string') {
+      // RFC 1870: only meaningful to a server that advertised SIZE.
+      if (backendCaps.has('SIZE')) params.push(`SIZE=${value}`);
+    } else if (key === 'BODY' && typeof value === 'string') {
+      const body = value.toUpperCase();
+      if (body === '8BITMIME') {
+        if (!backendCaps.has('8BITMIME')) {
+          return { ok: false, refusal: refusal(555, '5.6.3', 'BODY=8BITMIME is not supported by the mail server behind this gateway', 'param_unsupported') };
+        }
+        params.push('BODY=8BITMIME');
+      } else if (body === '7BIT' && backendCaps.has('8BITMIME')) {
+        params.push('BODY=7BIT');
+      }
+    } else if (key === 'SMTPUTF8') {
+      // RFC 6531 §3.4: an SMTPUTF8 message must not be downgraded silently.
+      if (!backendCaps.has('SMTPUTF8')) {
+        return { ok: false, refusal: refusal(553, '5.6.7', 'SMTPUTF8 is not supported by the mail server behind this gateway', 'param_unsupported') };
+      }
+      params.push('SMTPUTF8');
+    }
+    // Other parameters (DSN's RET/ENVID, REQUIRETLS, ...) are not advertised by smtpgate, so a
+    // client has no business sending them; they are not passed on.
+  }
+  return { ok: true, line: `MAIL FROM:<${from.address}>${params.length ? ' ' + params.join(' ') : ''}` };
+}
+
+export function rcptCommand(to: SMTPServerAddress): string {
+  return `RCPT TO:<${to.address}>`;
+}

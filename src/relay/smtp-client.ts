@@ -1,0 +1,825 @@
+/**
+ * The backend leg: a small SMTP client that sends one command and awaits one reply.
+ *
+ * nodemailer's SMTPConnection bundles MAIL+RCPT+DATA into one call, so it cannot refuse a
+ * single recipient at RCPT time; the proxy needs the backend's verdict per command (see
+ * DESIGN.md, "The session pipeline"). Everything that can go wrong on the transport
+ * (refused, timed out, closed, TLS, garbage from the server) rejects with a `BackendError`;
+ * every well-formed reply, whatever its code, resolves. Deciding what a 4xx/5xx means is
+ * the owner's job.
+ */
+import { EventEmitter } from 'node:events';
+import net from 'node:net';
+import tls from 'node:tls';
+import type { Readable } from 'node:stream';
+
+export interface SmtpReply {
+  /** Three-digit reply code (RFC 5321 §4.2). */
+  code: number;
+  /** RFC 3463 enhanced status code taken from the first line's text, e.g. "5.1.1". */
+  enhanced?: string;
+  /** Text of each line, without the "250-" / "250 " prefix. */
+  lines: string[];
+  /** All lines' text joined with ' ', without the leading enhanced code. */
+  text: string;
+}
+
+export type BackendErrorKind = 'connect' | 'timeout' | 'closed' | 'tls' | 'protocol';
+
+export class BackendError extends Error {
+  readonly kind: BackendErrorKind;
+  /** The reply that caused the error, when there was one (bad greeting, refused STARTTLS ...). */
+  readonly reply?: SmtpReply;
+
+  constructor(kind: BackendErrorKind, message: string, options?: { cause?: unknown; reply?: SmtpReply }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'BackendError';
+    this.kind = kind;
+    if (options?.reply) this.reply = options.reply;
+  }
+}
+
+export interface BackendTimeouts {
+  /** TCP connect, plus the TLS handshake for implicit TLS and for STARTTLS. */
+  connectMs: number;
+  /** The 220 greeting. */
+  greetingMs: number;
+  /** Each command's reply. */
+  commandMs: number;
+  /** Longest a DATA write may wait for the socket to drain. */
+  dataIdleMs: number;
+  /** The reply to the final ".". */
+  finalReplyMs: number;
+}
+
+export interface BackendClientOptions {
+  host: string;
+  port: number;
+  tls: 'none' | 'starttls' | 'implicit';
+  /** Merged into tls.connect (servername, ca, rejectUnauthorized, minVersion ...). */
+  tlsOptions?: tls.ConnectionOptions;
+  /** Name sent in EHLO. */
+  heloName: string;
+  timeouts: BackendTimeouts;
+}
+
+/**
+ * A reply is a few lines; 64 KiB is far beyond any honest server (RFC 5321 §4.5.3.1.5 caps
+ * a reply line at 512 octets) and keeps a hostile backend from growing our memory.
+ */
+const MAX_REPLY_BYTES = 64 * 1024;
+
+/** RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including the CRLF. */
+const MAX_COMMAND_LINE = 510;
+
+/** XCLIENT_README / XFORWARD_README: the value that stands for "not known". */
+const UNAVAILABLE = '[UNAVAILABLE]';
+
+/** RFC 3463: class "." subject "." detail, at the very start of the text. */
+const ENHANCED_RE = /^([245]\.\d{1,3}\.\d{1,3})(?: +|$)/;
+
+/** RFC 5321 §4.2: "ddd" followed by "-" (more lines follow), " " or nothing (last line). */
+const REPLY_LINE_RE = /^([2-5]\d\d)([ -]|$)/;
+
+/** What a command line may never contain: it would end the line early (or be a NUL). */
+const LINE_BREAK_RE = /[\r\n\0]/;
+
+/** ehlo-keyword (RFC 5321 §4.1.1.1); also what XCLIENT/XFORWARD attribute names look like. */
+const KEYWORD_RE = /^[A-Za-z0-9][A-Za-z0-9-]*$/;
+
+/**
+ * RFC 3461 §4 xtext, as XCLIENT and XFORWARD want their values: bytes outside "!".."~",
+ * and "+" and "=" themselves, become "+HH" (upper-case hex, which is also what smtp-server's
+ * decoder insists on). Works on UTF-8 bytes so that no character is lost.
+ */
+export function xtextEncode(value: string): string {
+  let out = '';
+  for (const byte of Buffer.from(value, 'utf8')) {
+    if (byte >= 0x21 && byte <= 0x7e && byte !== 0x2b && byte !== 0x3d) {
+      out += String.fromCharCode(byte);
+    } else {
+      out += '+' + byte.toString(16).toUpperCase().padStart(2, '0');
+    }
+  }
+  return out;
+}
+
+function buildReply(code: number, lines: string[]): SmtpReply {
+  const first = lines[0] ?? '';
+  const match = ENHANCED_RE.exec(first);
+  const enhanced = match?.[1];
+  const texts = lines.map((line, i) => {
+    if (enhanced === undefined) return line;
+    // Servers that speak ENHANCEDSTATUSCODES repeat the code on every line of a multi-line
+    // reply (RFC 2034); one copy is enough for whoever turns `text` into a reply.
+    if (i === 0 || line.startsWith(enhanced + ' ') || line === enhanced) {
+      return line.slice(enhanced.length).trimStart();
+    }
+    return line;
+  });
+  const text = texts.filter((t) => t !== '').join(' ');
+  return enhanced === undefined ? { code, lines, text } : { code, enhanced, lines, text };
+}
+
+/**
+ * Incremental reply parser. Bytes in, whole replies out, in order. Tolerates bare LF line
+ * ends (RFC 5321 §2.3.8 asks receivers not to, but we are the client here and a lenient read
+ * of *replies* cannot smuggle anything).
+ */
+class ReplyParser {
+  private partial: Buffer = Buffer.alloc(0);
+  private code: number | undefined;
+  private lines: string[] = [];
+  private replyBytes = 0;
+
+  /** True while some bytes of a reply have arrived but not the whole reply. */
+  get hasPartial(): boolean {
+    return this.partial.length > 0 || this.lines.length > 0;
+  }
+
+  /**
+   * Feeds one chunk. `onReply` is called for each complete reply and may return false to
+   * stop parsing (the connection has failed). Throws a BackendError('protocol') on garbage.
+   */
+  push(chunk: Buffer, onReply: (reply: SmtpReply) => boolean): void {
+    let data = this.partial.length > 0 ? Buffer.concat([this.partial, chunk]) : chunk;
+    let start = 0;
+    for (;;) {
+      const lf = data.indexOf(0x0a, start);
+      if (lf < 0) break;
+      const end = lf > start && data[lf - 1] === 0x0d ? lf - 1 : lf;
+      const line = data.toString('utf8', start, end);
+      this.replyBytes += lf + 1 - start;
+      start = lf + 1;
+      if (this.replyBytes > MAX_REPLY_BYTES) {
+        throw new BackendError('protocol', `backend reply exceeds ${MAX_REPLY_BYTES} bytes`);
+      }
+      const reply = this.line(line);
+      if (reply && !onReply(reply)) {
+        data = Buffer.alloc(0);
+        start = 0;
+        break;
+      }
+    }
+    this.partial = start === 0 ? data : Buffer.from(data.subarray(start));
+    if (this.replyBytes + this.partial.length > MAX_REPLY_BYTES) {
+      throw new BackendError('protocol', `backend reply exceeds ${MAX_REPLY_BYTES} bytes`);
+    }
+  }
+
+  private line(line: string): SmtpReply | undefined {
+    const m = REPLY_LINE_RE.exec(line);
+    if (!m) {
+      throw new BackendError('protocol', `malformed reply line from backend: ${JSON.stringify(line.slice(0, 80))}`);
+    }
+    const code = Number(m[1]);
+    if (this.code !== undefined && code !== this.code) {
+      // RFC 5321 §4.2.1: every line of a multi-line reply carries the same code.
+      throw new BackendError('protocol', `backend changed reply code within a reply (${this.code} then ${code})`);
+    }
+    this.code = code;
+    this.lines.push(line.slice(4));
+    if (m[2] === '-') return undefined;
+    const reply = buildReply(code, this.lines);
+    this.code = undefined;
+    this.lines = [];
+    this.replyBytes = 0;
+    return reply;
+  }
+}
+
+interface Waiter {
+  resolve: (reply: SmtpReply) => void;
+  reject: (err: BackendError) => void;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/** Where the connection is; decides which kind a transport failure gets. */
+type Phase = 'tcp' | 'tls-handshake' | 'greeting' | 'ready';
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+export interface BackendConnection {
+  /** Emitted once when the socket goes away, whatever the reason; the reason is the failure. */
+  on(event: 'close', listener: (reason: BackendError) => void): this;
+  on(event: string | symbol, listener: (...args: any[]) => void): this;
+  once(event: 'close', listener: (reason: BackendError) => void): this;
+  once(event: string | symbol, listener: (...args: any[]) => void): this;
+  off(event: 'close', listener: (reason: BackendError) => void): this;
+  off(event: string | symbol, listener: (...args: any[]) => void): this;
+}
+/* eslint-enable @typescript-eslint/no-explicit-any */
+
+export class BackendConnection extends EventEmitter {
+  /**
+   * Connects, reads the greeting, says EHLO and, for tls:'starttls', upgrades and says EHLO
+   * again. Every failure rejects with a BackendError and leaves no socket behind.
+   */
+  static async connect(opts: BackendClientOptions): Promise<BackendConnection> {
+    if (!Number.isInteger(opts.port) || opts.port < 1 || opts.port > 65535) {
+      throw new BackendError('connect', `invalid backend port ${String(opts.port)}`);
+    }
+    let conn: BackendConnection;
+    try {
+      conn = new BackendConnection(opts);
+    } catch (err) {
+      // net/tls.connect throw synchronously on bad options (an unparsable key or certificate, say).
+      throw new BackendError(opts.tls === 'implicit' ? 'tls' : 'connect', `cannot open backend connection: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+    try {
+      await conn.open();
+      return conn;
+    } catch (err) {
+      conn.abort();
+      throw err;
+    }
+  }
+
+  private readonly opts: BackendClientOptions;
+  private socket: net.Socket;
+  /** The plain socket under a STARTTLS-upgraded one; still needs its error/close watched. */
+  private rawSocket: net.Socket | undefined;
+  private readonly parser = new ReplyParser();
+  private readonly waiters: Waiter[] = [];
+  private phase: Phase = 'tcp';
+  /** Settles when the transport is up (TCP connected, or TLS handshake done). */
+  private transportWaiter: { resolve: () => void; reject: (err: BackendError) => void } | undefined;
+  private transportTimer: NodeJS.Timeout | undefined;
+  private readonly transportUp: Promise<void>;
+  /** Set once; from then on the connection is dead and every call rejects. */
+  private failure: BackendError | undefined;
+  private closeEmitted = false;
+  /** Lets an in-flight sendData() hear about a transport failure. */
+  private onFail: ((err: BackendError) => void) | undefined;
+  private dataInProgress = false;
+  private greetingReply: SmtpReply = { code: 0, lines: [], text: '' };
+  private caps: Map<string, string> = new Map();
+  private isSecure = false;
+
+  private constructor(opts: BackendClientOptions) {
+    super();
+    this.opts = opts;
+    const transportUp = new Promise<void>((resolve, reject) => {
+      this.transportWaiter = { resolve, reject };
+    });
+    // The promise is awaited by open(); this branch only keeps an early failure from being
+    // reported as unhandled before open() gets there.
+    transportUp.catch(() => undefined);
+    this.transportUp = transportUp;
+
+    // noDelay (TCP_NODELAY): every exchange is one short command waiting on one short reply;
+    // Nagle's algorithm would only add latency to each round trip. A STARTTLS upgrade keeps
+    // the same TCP socket, so the setting carries over.
+    if (opts.tls === 'implicit') {
+      const socket = tls.connect({ ...this.tlsConnectOptions(), host: opts.host, port: opts.port });
+      socket.setNoDelay(true); // tls.ConnectionOptions has no `noDelay`; applied once connected
+      this.socket = socket;
+      socket.once('connect', () => {
+        this.phase = 'tls-handshake';
+      });
+      socket.once('secureConnect', () => this.transportReady());
+    } else {
+      const socket = net.connect({ host: opts.host, port: opts.port, noDelay: true });
+      this.socket = socket;
+      socket.once('connect', () => this.transportReady());
+    }
+    this.watch(this.socket);
+    this.socket.on('data', this.onData);
+    this.armTransportTimer(opts.timeouts.connectMs, 'connect');
+  }
+
+  get greeting(): SmtpReply {
+    return this.greetingReply;
+  }
+
+  /** Upper-cased EHLO keyword → rest of its line ('' if none). Replaced by every EHLO. */
+  get capabilities(): ReadonlyMap<string, string> {
+    return this.caps;
+  }
+
+  get secure(): boolean {
+    return this.isSecure;
+  }
+
+  get closed(): boolean {
+    return this.failure !== undefined;
+  }
+
+  hasCapability(name: string): boolean {
+    return this.caps.has(name.toUpperCase());
+  }
+
+  /**
+   * Writes one command line and resolves with its reply, whatever the code. Commands may be
+   * pipelined (RFC 2920): replies are matched to commands in order.
+   */
+  command(line: string): Promise<SmtpReply> {
+    const verb = /^[A-Za-z]{1,16}\b/.exec(line)?.[0]?.toUpperCase() ?? 'command';
+    return this.send(line, verb, this.opts.timeouts.commandMs);
+  }
+
+  async ehlo(): Promise<SmtpReply> {
+    const reply = await this.send(`EHLO ${this.opts.heloName}`, 'EHLO', this.opts.timeouts.commandMs);
+    // Whatever the server said before no longer holds (RFC 3207 §4.2, XCLIENT_README):
+    // keep only what this reply advertises, nothing if it refused.
+    this.caps = reply.code === 250 ? parseCapabilities(reply) : new Map();
+    return reply;
+  }
+
+  /** RFC 4954 + RFC 4616: AUTH PLAIN with an initial response. */
+  async authPlain(user: string, pass: string): Promise<SmtpReply> {
+    if (user.includes('\0') || pass.includes('\0')) {
+      throw new BackendError('protocol', 'AUTH PLAIN credentials must not contain NUL');
+    }
+    const token = Buffer.from(`\0${user}\0${pass}`, 'utf8').toString('base64');
+    const reply = await this.send(`AUTH PLAIN ${token}`, 'AUTH PLAIN', this.opts.timeouts.commandMs);
+    if (reply.code === 334) {
+      // The server wants yet another round after a complete PLAIN response. Leaving it
+      // mid-exchange would make it read the next command as SASL data; cancel instead
+      // (RFC 4954 §4: "*" aborts) and hand back the cancel's reply, a failure.
+      return this.send('*', 'AUTH cancel', this.opts.timeouts.commandMs);
+    }
+    return reply;
+  }
+
+  /** The LOGIN mechanism (draft-murchison-sasl-login): user and password, one 334 each. */
+  async authLogin(user: string, pass: string): Promise<SmtpReply> {
+    const ms = this.opts.timeouts.commandMs;
+    let reply = await this.send('AUTH LOGIN', 'AUTH LOGIN', ms);
+    if (reply.code !== 334) return reply;
+    // Labels never include the lines themselves: those carry the credentials.
+    reply = await this.send(Buffer.from(user, 'utf8').toString('base64'), 'AUTH LOGIN username', ms);
+    if (reply.code !== 334) return reply;
+    return this.send(Buffer.from(pass, 'utf8').toString('base64'), 'AUTH LOGIN password', ms);
+  }
+
+  /**
+   * Postfix XCLIENT. Success is 220: the backend starts a new session as if the client had
+   * just connected, so EHLO is said again (capabilities refreshed) and the 220 returned.
+   * The first reply other than 220, or a failed re-EHLO, is returned as is.
+   */
+  async xclient(attrs: Record<string, string>): Promise<SmtpReply> {
+    const lines = this.identityLines('XCLIENT', attrs);
+    let last: SmtpReply | undefined;
+    for (const line of lines) {
+      last = await this.command(line);
+      if (last.code !== 220) return last;
+      const ehlo = await this.ehlo();
+      if (ehlo.code !== 250) return ehlo;
+    }
+    // identityLines() never returns an empty list.
+    return last as SmtpReply;
+  }
+
+  /**
+   * Postfix XFORWARD: 250 per command, the session carries on (no new greeting, no EHLO).
+   * The first reply other than 250 is returned as is.
+   */
+  async xforward(attrs: Record<string, string>): Promise<SmtpReply> {
+    const lines = this.identityLines('XFORWARD', attrs);
+    let last: SmtpReply | undefined;
+    for (const line of lines) {
+      last = await this.command(line);
+      if (last.code !== 250) return last;
+    }
+    return last as SmtpReply;
+  }
+
+  /**
+   * Streams an already canonical message body (CRLF line ends, dot-stuffed, ending in CRLF
+   * or empty) after DATA got 354, then writes the terminating "." and resolves with the
+   * final reply.
+   *
+   * If `body` fails, the connection is destroyed without the final dot, so the backend
+   * drops the half-sent message (RFC 5321 §4.1.1.4: no "." means no message), and the
+   * promise rejects with the body's own error. On any rejection our listeners are removed
+   * from `body`, which may be left paused: the owner decides whether to resume() it to
+   * drain it, and keeps its own 'error' listener.
+   */
+  sendData(body: Readable): Promise<SmtpReply> {
+    if (this.failure) return Promise.reject(this.closedError());
+    if (this.dataInProgress || this.waiters.length > 0) {
+      return Promise.reject(new BackendError('protocol', 'sendData() called while another command is in flight'));
+    }
+    if (body.errored) {
+      const err = body.errored;
+      this.abort();
+      return Promise.reject(err);
+    }
+    if (body.readableEnded || body.destroyed) {
+      return Promise.reject(new BackendError('protocol', 'sendData() was given a body stream that has already ended'));
+    }
+
+    this.dataInProgress = true;
+    const socket = this.socket;
+    const { dataIdleMs, finalReplyMs } = this.opts.timeouts;
+
+    return new Promise<SmtpReply>((resolve, reject) => {
+      let drainTimer: NodeJS.Timeout | undefined;
+
+      const cleanup = (): void => {
+        body.off('data', onData);
+        body.off('end', onEnd);
+        body.off('error', onError);
+        body.off('close', onClose);
+        socket.off('drain', onDrain);
+        if (drainTimer) clearTimeout(drainTimer);
+        drainTimer = undefined;
+        this.onFail = undefined;
+        this.dataInProgress = false;
+      };
+      const onData = (chunk: Buffer | string): void => {
+        if (this.failure) return;
+        if (!socket.write(chunk)) {
+          // Backpressure: stop reading the client's stream until the backend catches up,
+          // so a slow backend never makes us buffer a whole message.
+          body.pause();
+          socket.once('drain', onDrain);
+          drainTimer = setTimeout(() => {
+            this.fail(new BackendError('timeout', `backend did not accept message data for ${dataIdleMs} ms`));
+          }, dataIdleMs);
+        }
+      };
+      const onDrain = (): void => {
+        if (drainTimer) clearTimeout(drainTimer);
+        drainTimer = undefined;
+        body.resume();
+      };
+      const onEnd = (): void => {
+        cleanup();
+        this.send('.', 'end of data', finalReplyMs).then(resolve, reject);
+      };
+      const onError = (err: unknown): void => {
+        cleanup();
+        this.abort();
+        reject(err);
+      };
+      const onClose = (): void => {
+        // Destroyed without 'end' and without 'error': the message is incomplete all the same.
+        onError(new BackendError('protocol', 'message body stream closed before its end'));
+      };
+      this.onFail = (err) => {
+        cleanup();
+        reject(err);
+      };
+
+      body.on('error', onError);
+      body.on('close', onClose);
+      body.on('end', onEnd);
+      body.on('data', onData);
+      // A stream paused by its owner (e.g. after an unpipe) would never flow on its own.
+      body.resume();
+    });
+  }
+
+  /** Drops the connection at once, e.g. to abandon a transaction without the final dot. */
+  abort(): void {
+    this.fail(new BackendError('closed', 'backend connection aborted'));
+  }
+
+  /** RFC 5321 §4.1.1.10: QUIT and wait for 221 (or the close), bounded; never rejects. */
+  async quit(): Promise<void> {
+    if (this.failure) return;
+    try {
+      await this.send('QUIT', 'QUIT', this.opts.timeouts.commandMs);
+    } catch {
+      // Timed out or closed: either way the connection is finished.
+    }
+    this.fail(new BackendError('closed', 'backend connection closed after QUIT'), true);
+  }
+
+  // ---- internals ----------------------------------------------------------------------
+
+  private async open(): Promise<void> {
+    const { timeouts } = this.opts;
+    const greetingWait = this.expectReply(timeouts.greetingMs, 'greeting', false);
+    // The greeting waiter is queued before any byte can arrive; its timer starts only once
+    // the transport is up, so a slow TCP connect is charged to connectMs alone.
+    greetingWait.promise.catch(() => undefined);
+    await this.transportUp;
+    greetingWait.arm();
+    const greeting = await greetingWait.promise;
+    this.greetingReply = greeting;
+    if (greeting.code < 200 || greeting.code > 299) {
+      // RFC 5321 §3.1: a 554 (or 421) greeting means "no service"; there is nothing to try.
+      throw new BackendError('protocol', `backend refused the session: ${greeting.code} ${greeting.text}`, {
+        reply: greeting,
+      });
+    }
+    this.phase = 'ready';
+
+    await this.hello();
+
+    if (this.opts.tls === 'starttls') {
+      await this.startTls();
+    }
+  }
+
+  /** EHLO, falling back to HELO for a server that does not know EHLO (RFC 5321 §4.1.4). */
+  private async hello(): Promise<void> {
+    const ehlo = await this.ehlo();
+    if (ehlo.code === 250) return;
+    if (ehlo.code >= 500 && this.opts.tls !== 'starttls') {
+      const helo = await this.send(`HELO ${this.opts.heloName}`, 'HELO', this.opts.timeouts.commandMs);
+      if (helo.code === 250) return;
+      throw new BackendError('protocol', `backend refused HELO: ${helo.code} ${helo.text}`, { reply: helo });
+    }
+    if (this.opts.tls === 'starttls' && ehlo.code >= 500) {
+      // No EHLO, no extensions, hence no STARTTLS (RFC 3207 §4).
+      throw new BackendError('tls', `backend refused EHLO, so it cannot offer STARTTLS: ${ehlo.code} ${ehlo.text}`, {
+        reply: ehlo,
+      });
+    }
+    throw new BackendError('protocol', `backend refused EHLO: ${ehlo.code} ${ehlo.text}`, { reply: ehlo });
+  }
+
+  private async startTls(): Promise<void> {
+    if (!this.hasCapability('STARTTLS')) {
+      // Never fall back to plaintext: that is exactly the downgrade STARTTLS stripping exploits.
+      throw new BackendError('tls', 'backend does not offer STARTTLS');
+    }
+    const reply = await this.send('STARTTLS', 'STARTTLS', this.opts.timeouts.commandMs);
+    if (reply.code !== 220) {
+      throw new BackendError('tls', `backend refused STARTTLS: ${reply.code} ${reply.text}`, { reply });
+    }
+    if (this.failure) throw this.failure;
+    if (this.parser.hasPartial) {
+      // Bytes after the 220 but before the handshake would be read as if they came over
+      // TLS: the STARTTLS response injection of CVE-2011-0411. RFC 3207 §4.2 bars them.
+      throw new BackendError('tls', 'backend sent data after its STARTTLS reply, before the TLS handshake');
+    }
+    // RFC 3207 §4.2: forget everything learnt before TLS.
+    this.caps = new Map();
+
+    const raw = this.socket;
+    raw.off('data', this.onData);
+    this.rawSocket = raw;
+    this.phase = 'tls-handshake';
+    let secured: tls.TLSSocket;
+    try {
+      secured = tls.connect({ ...this.tlsConnectOptions(), host: this.opts.host, socket: raw });
+    } catch (err) {
+      throw new BackendError('tls', `cannot start TLS with the backend: ${errorMessage(err)}`, { cause: err });
+    }
+    // Nothing below can complete the handshake synchronously, so the listeners are in time.
+    const transportUp = new Promise<void>((resolve, reject) => {
+      this.transportWaiter = { resolve, reject };
+    });
+    this.armTransportTimer(this.opts.timeouts.connectMs, 'TLS handshake');
+    this.socket = secured;
+    this.watch(secured);
+    secured.on('data', this.onData);
+    secured.once('secureConnect', () => this.transportReady());
+    await transportUp;
+
+    const ehlo = await this.ehlo();
+    if (ehlo.code !== 250) {
+      throw new BackendError('protocol', `backend refused EHLO after STARTTLS: ${ehlo.code} ${ehlo.text}`, {
+        reply: ehlo,
+      });
+    }
+  }
+
+  private tlsConnectOptions(): tls.ConnectionOptions {
+    const options: tls.ConnectionOptions = { ...this.opts.tlsOptions };
+    // SNI must be a host name, never an IP literal (RFC 6066 §3). Certificate checks still
+    // use `host`, which covers IP SANs.
+    if (options.servername === undefined && net.isIP(this.opts.host) === 0) {
+      options.servername = this.opts.host;
+    }
+    return options;
+  }
+
+  private armTransportTimer(ms: number, what: string): void {
+    this.transportTimer = setTimeout(() => {
+      this.fail(new BackendError('timeout', `${what} to ${this.opts.host}:${this.opts.port} timed out after ${ms} ms`));
+    }, ms);
+  }
+
+  private transportReady(): void {
+    if (this.transportTimer) clearTimeout(this.transportTimer);
+    this.transportTimer = undefined;
+    this.isSecure = this.socket instanceof tls.TLSSocket;
+    this.phase = this.phase === 'tls-handshake' && this.rawSocket ? 'ready' : 'greeting';
+    const waiter = this.transportWaiter;
+    this.transportWaiter = undefined;
+    waiter?.resolve();
+  }
+
+  private watch(socket: net.Socket): void {
+    socket.on('error', (err: Error) => this.onTransportError(err));
+    socket.on('close', () => this.onTransportClose());
+  }
+
+  private send(line: string, label: string, timeoutMs: number): Promise<SmtpReply> {
+    if (LINE_BREAK_RE.test(line)) {
+      // A CR or LF would end the command early and start another one of the caller's
+      // choosing: command injection. Nothing is written.
+      return Promise.reject(new BackendError('protocol', `refusing to send ${label}: the line contains CR, LF or NUL`));
+    }
+    if (this.failure) return Promise.reject(this.closedError());
+    if (this.dataInProgress) {
+      return Promise.reject(new BackendError('protocol', `refusing to send ${label} while message data is being sent`));
+    }
+    const wait = this.expectReply(timeoutMs, label, true);
+    this.socket.write(`${line}\r\n`, 'utf8');
+    return wait.promise;
+  }
+
+  /** Queues a waiter for the next reply. The timer runs from arm() (immediately if `armNow`). */
+  private expectReply(
+    timeoutMs: number,
+    label: string,
+    armNow: boolean,
+  ): { promise: Promise<SmtpReply>; arm: () => void } {
+    let waiter!: Waiter;
+    const promise = new Promise<SmtpReply>((resolve, reject) => {
+      waiter = { resolve, reject, timer: undefined };
+    });
+    this.waiters.push(waiter);
+    const arm = (): void => {
+      if (this.failure || waiter.timer) return;
+      waiter.timer = setTimeout(() => {
+        this.fail(new BackendError('timeout', `no reply from backend to ${label} within ${timeoutMs} ms`));
+      }, timeoutMs);
+    };
+    if (armNow) arm();
+    return { promise, arm };
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.failure) return;
+    try {
+      this.parser.push(chunk, (reply) => this.deliver(reply));
+    } catch (err) {
+      this.fail(err instanceof BackendError ? err : new BackendError('protocol', errorMessage(err), { cause: err }));
+    }
+  };
+
+  /** Hands a reply to the oldest waiter; returns false once the connection has failed. */
+  private deliver(reply: SmtpReply): boolean {
+    const waiter = this.waiters.shift();
+    if (!waiter) {
+      // RFC 5321 §3.8: a server about to shut down may say 421 unprompted, then close.
+      const err =
+        reply.code === 421
+          ? new BackendError('closed', `backend is closing the connection: 421 ${reply.text}`, { reply })
+          : new BackendError('protocol', `unexpected reply from backend with no command pending: ${reply.code}`, {
+              reply,
+            });
+      this.fail(err);
+      return false;
+    }
+    if (waiter.timer) clearTimeout(waiter.timer);
+    waiter.resolve(reply);
+    return this.failure === undefined;
+  }
+
+  private onTransportError(err: Error): void {
+    if (this.failure) return;
+    const where = `${this.opts.host}:${this.opts.port}`;
+    switch (this.phase) {
+      case 'tcp':
+        this.fail(new BackendError('connect', `cannot connect to backend ${where}: ${err.message}`, { cause: err }));
+        break;
+      case 'tls-handshake':
+        this.fail(new BackendError('tls', `TLS handshake with backend ${where} failed: ${err.message}`, { cause: err }));
+        break;
+      case 'greeting':
+        this.fail(new BackendError('connect', `backend ${where} failed before its greeting: ${err.message}`, { cause: err }));
+        break;
+      case 'ready':
+        this.fail(new BackendError('closed', `backend connection failed: ${err.message}`, { cause: err }));
+        break;
+    }
+  }
+
+  private onTransportClose(): void {
+    if (!this.failure) {
+      const where = `${this.opts.host}:${this.opts.port}`;
+      switch (this.phase) {
+        case 'tcp':
+        case 'greeting':
+          this.fail(new BackendError('connect', `backend ${where} closed the connection before its greeting`));
+          break;
+        case 'tls-handshake':
+          this.fail(new BackendError('tls', `backend ${where} closed the connection during the TLS handshake`));
+          break;
+        case 'ready':
+          this.fail(new BackendError('closed', `backend ${where} closed the connection`));
+          break;
+      }
+    }
+    if (!this.closeEmitted) {
+      this.closeEmitted = true;
+      this.emit('close', this.failure ?? this.closedError());
+    }
+  }
+
+  /**
+   * The single way the connection dies. Idempotent, so whichever of error, close, timeout
+   * or abort comes first wins and the others are no-ops: every pending promise is settled
+   * exactly once and every timer cleared.
+   */
+  private fail(err: BackendError, graceful = false): void {
+    if (this.failure) return;
+    this.failure = err;
+    if (this.transportTimer) clearTimeout(this.transportTimer);
+    this.transportTimer = undefined;
+    const transport = this.transportWaiter;
+    this.transportWaiter = undefined;
+    transport?.reject(err);
+    for (const waiter of this.waiters.splice(0)) {
+      if (waiter.timer) clearTimeout(waiter.timer);
+      waiter.reject(err);
+    }
+    const onFail = this.onFail;
+    this.onFail = undefined;
+    onFail?.(err);
+
+    const socket = this.socket;
+    const raw = this.rawSocket;
+    if (graceful && !socket.destroyed) {
+      // After QUIT: send our FIN (and TLS close_notify), then let go without waiting for
+      // the server's.
+      socket.end(() => {
+        socket.destroy();
+        raw?.destroy();
+      });
+    } else {
+      socket.destroy();
+      raw?.destroy();
+    }
+  }
+
+  private closedError(): BackendError {
+    return new BackendError('closed', 'backend connection is closed', { cause: this.failure });
+  }
+
+  /**
+   * Builds XCLIENT / XFORWARD command lines: only attributes the server advertised, values
+   * xtext-encoded, each line within 512 octets (XCLIENT_README "Note 1": split into several
+   * commands rather than exceed it).
+   */
+  private identityLines(verb: 'XCLIENT' | 'XFORWARD', attrs: Record<string, string>): string[] {
+    const advertised = this.caps.get(verb);
+    if (advertised === undefined) {
+      throw new BackendError('protocol', `backend does not advertise ${verb}`);
+    }
+    const allowed = new Set(advertised.toUpperCase().split(/\s+/).filter(Boolean));
+    const parts: string[] = [];
+    let addr: string | undefined;
+    for (const [rawName, rawValue] of Object.entries(attrs)) {
+      if (!KEYWORD_RE.test(rawName)) {
+        throw new BackendError('protocol', `invalid ${verb} attribute name ${JSON.stringify(rawName)}`);
+      }
+      const name = rawName.toUpperCase();
+      if (!allowed.has(name)) continue;
+      const value = rawValue === '' || rawValue === undefined || rawValue === null ? UNAVAILABLE : xtextEncode(rawValue);
+      let part = `${name}=${value}`;
+      if (verb.length + 1 + part.length > MAX_COMMAND_LINE) {
+        // Too long to send in any command, so not a valid value (NAME and HELO are at most
+        // 255 characters per XCLIENT_README): say we do not know it rather than truncate.
+        part = `${name}=${UNAVAILABLE}`;
+      }
+      // ADDR goes last: some servers (smtp-server) stop offering XCLIENT once ADDR has
+      // handed the session to the real client, which would refuse a later split command.
+      if (name === 'ADDR') addr = part;
+      else parts.push(part);
+    }
+    if (addr !== undefined) parts.push(addr);
+    if (parts.length === 0) {
+      throw new BackendError('protocol', `none of the ${verb} attributes is advertised by the backend`);
+    }
+    const lines: string[] = [];
+    let line = verb;
+    for (const part of parts) {
+      if (line !== verb && line.length + 1 + part.length > MAX_COMMAND_LINE) {
+        lines.push(line);
+        line = verb;
+      }
+      line += ` ${part}`;
+    }
+    lines.push(line);
+    return lines;
+  }
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** EHLO reply → capability map. The first line is the server's name, not a capability. */
+function parseCapabilities(reply: SmtpReply): Map<string, string> {
+  const caps = new Map<string, string>();
+  for (const line of reply.lines.slice(1)) {
+    // "AUTH=PLAIN LOGIN" is the pre-RFC 4954 spelling some servers still send; "=" is not
+    // an ehlo-keyword character, so splitting on it is safe.
+    const m = /^([^\s=]+)[\s=]*(.*)$/.exec(line.trim());
+    if (!m?.[1]) continue;
+    const keyword = m[1].toUpperCase();
+    if (!caps.has(keyword)) caps.set(keyword, (m[2] ?? '').trim());
+  }
+  return caps;
+}

@@ -1,0 +1,67 @@
+/**
+ * The one reply type. Every refusal smtpgate makes is a `Refusal` value; the same value
+ * becomes the SMTP reply line, the `reason` label of a metric and the log line.
+ */
+
+/** Bounded set of refusal reasons: used as a Prometheus label, so never free text. */
+export const REFUSAL_REASONS = [
+  'tls_required',
+  'auth_required',
+  'auth_failed',
+  'auth_malformed',
+  'auth_unavailable',
+  'relay_denied',
+  'backend_refused',
+  'backend_unavailable',
+  'backend_timeout',
+  'backend_failed',
+  'smuggling',
+  'message_too_big',
+  'param_unsupported',
+  'syntax',
+  'client_aborted',
+  'shutting_down',
+  'internal',
+] as const;
+
+export type RefusalReason = (typeof REFUSAL_REASONS)[number];
+
+export interface Refusal {
+  /** Three-digit SMTP reply code (RFC 5321 §4.2). */
+  readonly code: number;
+  /** Enhanced status code (RFC 3463), e.g. "5.7.1". */
+  readonly enhanced: string;
+  readonly text: string;
+  readonly reason: RefusalReason;
+}
+
+export function refusal(code: number, enhanced: string, text: string, reason: RefusalReason): Refusal {
+  return { code, enhanced, text, reason };
+}
+
+/** "4xx" / "5xx": the bounded label for a reply code. */
+export function codeClass(code: number): string {
+  return `${Math.floor(code / 100)}xx`;
+}
+
+/**
+ * smtp-server writes `${responseCode} ${message}`; with ENHANCEDSTATUSCODES hidden (its default)
+ * it adds no enhanced code of its own, so the message carries ours: "550 5.5.2 text".
+ */
+export interface SmtpServerError extends Error {
+  responseCode: number;
+  refusal: Refusal;
+}
+
+export function toServerError(r: Refusal): SmtpServerError {
+  const err = new Error(r.enhanced ? `${r.enhanced} ${r.text}` : r.text) as SmtpServerError;
+  err.responseCode = r.code;
+  err.refusal = r;
+  return err;
+}
+
+/** Reply text must never carry a line break into the reply stream. */
+export function sanitizeReplyText(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\x00-\x1f\x7f]+/g, ' ').trim();
+}

@@ -1,0 +1,89 @@
+/**
+ * In-process test backends: a recording smtp-server that keeps every envelope and message,
+ * and can be told to refuse a sender, a recipient, DATA or the final dot.
+ */
+import { SMTPServer, type SMTPServerSession } from 'smtp-server';
+
+export interface RecordedMessage {
+  readonly from: string;
+  readonly to: string[];
+  readonly data: Buffer;
+  readonly xclient: Record<string, string>;
+  readonly helo: string;
+}
+
+export interface RecordingBackendOptions {
+  /** Recipients to refuse at RCPT: address → reply (e.g. "550 5.1.1 No such user"). */
+  refuseRcpt?: Record<string, string>;
+  refuseMail?: string;
+  /** Reply to the final dot instead of 250. */
+  finalReply?: string;
+  xclient?: boolean;
+}
+
+export interface RecordingBackend {
+  readonly port: number;
+  readonly messages: RecordedMessage[];
+  /** Commands counted per session: how many sessions were opened. */
+  readonly sessions: number;
+  close(): Promise<void>;
+}
+
+function replyError(spec: string): Error {
+  const m = /^(\d{3}) (.*)$/.exec(spec);
+  if (!m) throw new Error(`bad reply spec ${spec}`);
+  return Object.assign(new Error(m[2]), { responseCode: Number(m[1]) });
+}
+
+export async function startRecordingBackend(opts: RecordingBackendOptions = {}): Promise<RecordingBackend> {
+  const messages: RecordedMessage[] = [];
+  let sessions = 0;
+  const server = new SMTPServer({
+    name: 'backend.test',
+    authOptional: true,
+    disabledCommands: ['AUTH', 'STARTTLS'],
+    disableReverseLookup: true,
+    useXClient: opts.xclient === false ? false : ['127.0.0.1', '::1'],
+    logger: false,
+    onConnect(_session, cb) {
+      sessions++;
+      cb();
+    },
+    onMailFrom(address, _session, cb) {
+      if (opts.refuseMail) return cb(replyError(opts.refuseMail));
+      void address;
+      cb();
+    },
+    onRcptTo(address, _session, cb) {
+      const refuse = opts.refuseRcpt?.[address.address];
+      if (refuse) return cb(replyError(refuse));
+      cb();
+    },
+    onData(stream, session: SMTPServerSession, cb) {
+      const chunks: Buffer[] = [];
+      stream.on('data', (c: Buffer) => chunks.push(c));
+      stream.on('end', () => {
+        if (opts.finalReply) return cb(replyError(opts.finalReply));
+        messages.push({
+          from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+          to: session.envelope.rcptTo.map((r) => r.address),
+          data: Buffer.concat(chunks),
+          xclient: Object.fromEntries([...session.xClient.entries()].map(([k, v]) => [k, String(v)])),
+          helo: session.hostNameAppearsAs,
+        });
+        cb(null, `2.0.0 Ok: queued as Q${messages.length}`);
+      });
+    },
+  });
+  server.on('error', () => {});
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  const addr = server.server.address();
+  return {
+    port: addr && typeof addr === 'object' ? addr.port : 0,
+    messages,
+    get sessions() {
+      return sessions;
+    },
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}

@@ -1,0 +1,115 @@
+/**
+ * Starts a real smtpgate App for a test: a temp folder with a certificate and users file, a
+ * config written as YAML (so it goes through the same loader as production), and a log
+ * stream the test can read back.
+ */
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { hashSync } from '@node-rs/bcrypt';
+import { pino } from 'pino';
+import { App, checkConfigFile } from '../../src/app.js';
+import { makeTestCert, type TestCert } from './pki.js';
+
+export interface GateUser {
+  readonly name: string;
+  readonly password: string;
+}
+
+export const ALICE: GateUser = { name: 'alice', password: 'correct horse battery staple' };
+
+export interface StartGateOptions {
+  backendPort: number;
+  /** YAML for the listeners list; defaults to one STARTTLS and one implicit-TLS listener on free ports. */
+  listenersYaml?: string;
+  /** Extra top-level YAML appended to the config. */
+  extraYaml?: string;
+  users?: GateUser[];
+}
+
+export interface Gate {
+  readonly app: App;
+  readonly dir: string;
+  readonly cert: TestCert;
+  port(listener: string): number;
+  readonly metricsPort: number;
+  /** Parsed JSON log lines written so far. */
+  readonly logs: Record<string, unknown>[];
+  stop(): Promise<void>;
+}
+
+const DEFAULT_LISTENERS = `
+  - name: submission
+    address: 127.0.0.1:0
+    tls: starttls
+  - name: smtps
+    address: 127.0.0.1:0
+    tls: implicit
+  - name: plain
+    address: 127.0.0.1:0
+    tls: none
+    requireTls: false
+`;
+
+export async function startGate(opts: StartGateOptions): Promise<Gate> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-test-'));
+  const cert = await makeTestCert('localhost');
+  const users = opts.users ?? [ALICE];
+  // Cost 4: fast tests; production hashes come from `htpasswd -B` (cost 5+) or smtpgate user.
+  await writeFile(path.join(dir, 'users'), users.map((u) => `${u.name}:${hashSync(u.password, 4)}\n`).join(''));
+  const configFile = path.join(dir, 'smtpgate.yaml');
+  await writeFile(
+    configFile,
+    `hostname: gate.test
+listeners:${opts.listenersYaml ?? DEFAULT_LISTENERS}
+tls:
+  cert: ${cert.certFile}
+  key: ${cert.keyFile}
+auth:
+  users: users
+backend:
+  address: 127.0.0.1:${opts.backendPort}
+metrics:
+  address: 127.0.0.1:0
+log:
+  level: debug
+${opts.extraYaml ?? ''}
+`,
+  );
+  const { config, material } = await checkConfigFile(configFile);
+  const logs: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as Record<string, unknown>);
+      cb();
+    },
+  });
+  const app = new App(config, material, { log: pino({ level: 'debug' }, sink) });
+  const bound = await app.start();
+  return {
+    app,
+    dir,
+    cert,
+    logs,
+    metricsPort: bound.metrics,
+    port(name: string) {
+      const p = bound.listeners[name];
+      if (p === undefined) throw new Error(`no listener ${name}`);
+      return p;
+    },
+    stop: () => app.stop(),
+  };
+}
+
+/** Reads /metrics and returns the value of one sample, e.g. metric('smtpgate_messages_total', {result: 'relayed'}). */
+export async function metricValue(gate: Gate, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${gate.metricsPort}/metrics`)).text();
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name + '{') && !line.startsWith(name + ' ')) continue;
+    const ok = Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`));
+    if (ok) total += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return total;
+}

@@ -1,0 +1,119 @@
+/**
+ * A deliberately dumb SMTP client for protocol tests: it writes exactly the bytes a test
+ * gives it and hands back each reply, so tests can send what a well-behaved client wouldn't.
+ */
+import net from 'node:net';
+import tls from 'node:tls';
+
+export interface Reply {
+  readonly code: number;
+  readonly lines: string[];
+  /** The whole reply as received, e.g. "250-a\r\n250 b". */
+  readonly raw: string;
+}
+
+export class SmtpTalk {
+  #socket: net.Socket | tls.TLSSocket;
+  #buffer = '';
+  #replies: Reply[] = [];
+  #waiters: Array<(r: Reply | undefined) => void> = [];
+  #ended = false;
+  readonly closed: Promise<void>;
+  #onClosed!: () => void;
+
+  private constructor(socket: net.Socket | tls.TLSSocket) {
+    this.#socket = socket;
+    this.closed = new Promise((resolve) => (this.#onClosed = resolve));
+    this.#attach(socket);
+  }
+
+  static async connect(port: number, opts: { implicitTls?: boolean } = {}): Promise<SmtpTalk> {
+    const socket = opts.implicitTls
+      ? tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, servername: 'localhost' })
+      : net.connect({ host: '127.0.0.1', port });
+    await new Promise<void>((resolve, reject) => {
+      socket.once(opts.implicitTls ? 'secureConnect' : 'connect', () => resolve());
+      socket.once('error', reject);
+    });
+    return new SmtpTalk(socket);
+  }
+
+  get secure(): boolean {
+    return this.#socket instanceof tls.TLSSocket;
+  }
+
+  get tlsSocket(): tls.TLSSocket | undefined {
+    return this.#socket instanceof tls.TLSSocket ? this.#socket : undefined;
+  }
+
+  #attach(socket: net.Socket) {
+    socket.on('data', (chunk: Buffer) => this.#onData(chunk.toString('latin1')));
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      this.#ended = true;
+      for (const w of this.#waiters.splice(0)) w(undefined);
+      this.#onClosed();
+    });
+  }
+
+  #onData(text: string) {
+    this.#buffer += text;
+    const lines: string[] = [];
+    for (;;) {
+      const i = this.#buffer.indexOf('\r\n');
+      if (i < 0) break;
+      lines.push(this.#buffer.slice(0, i));
+      this.#buffer = this.#buffer.slice(i + 2);
+      const last = lines[lines.length - 1]!;
+      if (/^\d{3}( |$)/.test(last)) {
+        const reply = { code: Number(last.slice(0, 3)), lines: lines.map((l) => l.slice(4)), raw: lines.join('\r\n') };
+        lines.length = 0;
+        const w = this.#waiters.shift();
+        if (w) w(reply);
+        else this.#replies.push(reply);
+      }
+    }
+    if (lines.length) this.#buffer = lines.map((l) => l + '\r\n').join('') + this.#buffer;
+  }
+
+  /** The next reply; rejects if the connection closes first. */
+  read(): Promise<Reply> {
+    const queued = this.#replies.shift();
+    if (queued) return Promise.resolve(queued);
+    if (this.#ended) return Promise.reject(new Error('connection closed'));
+    return new Promise((resolve, reject) => this.#waiters.push((r) => (r ? resolve(r) : reject(new Error('connection closed')))));
+  }
+
+  write(data: string | Buffer): void {
+    this.#socket.write(data);
+  }
+
+  async cmd(line: string): Promise<Reply> {
+    this.write(line + '\r\n');
+    return this.read();
+  }
+
+  /** STARTTLS and the handshake; the caller sends the new EHLO. */
+  async starttls(): Promise<Reply> {
+    const reply = await this.cmd('STARTTLS');
+    if (reply.code !== 220) return reply;
+    const plain = this.#socket;
+    plain.removeAllListeners('data');
+    const secure = tls.connect({ socket: plain, rejectUnauthorized: false, servername: 'localhost' });
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secureConnect', () => resolve());
+      secure.once('error', reject);
+    });
+    this.#socket = secure;
+    this.#attach(secure);
+    return reply;
+  }
+
+  async authPlain(user: string, pass: string): Promise<Reply> {
+    return this.cmd(`AUTH PLAIN ${Buffer.from(`\0${user}\0${pass}`).toString('base64')}`);
+  }
+
+  close(): void {
+    this.#socket.destroy();
+  }
+}

@@ -1,0 +1,162 @@
+/**
+ * A bad config never starts: every mistake is reported with the file, the line, the path
+ * inside it, what was expected and what was found.
+ */
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, test } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { ConfigError } from '../../src/config/errors.js';
+import { checkConfigFile } from '../../src/app.js';
+import { parseDuration, parseHostPort, parseSize } from '../../src/config/units.js';
+import { makeTestCert } from '../helpers/pki.js';
+
+const MINIMAL = `
+listeners:
+  - name: submission
+    address: 0.0.0.0:587
+tls:
+  cert: cert.pem
+  key: key.pem
+auth:
+  users: users
+backend:
+  address: 10.0.0.5:25
+`;
+
+function issuesOf(text: string): string[] {
+  try {
+    parseConfig(text, '/etc/smtpgate/smtpgate.yaml');
+  } catch (err) {
+    if (err instanceof ConfigError) return err.message.split('\n');
+    throw err;
+  }
+  throw new Error('expected the config to be refused');
+}
+
+describe('config schema', () => {
+  test('the documented example shape is accepted, with defaults filled in and paths resolved', () => {
+    const cfg = parseConfig(MINIMAL, '/etc/smtpgate/smtpgate.yaml');
+    expect(cfg.listeners[0]).toEqual({ name: 'submission', address: { host: '0.0.0.0', port: 587 }, tls: 'starttls', requireTls: true, requireAuth: true });
+    expect(cfg.tls?.cert).toBe('/etc/smtpgate/cert.pem');
+    expect(cfg.tls?.minVersion).toBe('TLSv1.2');
+    expect(cfg.auth?.users).toBe('/etc/smtpgate/users');
+    expect(cfg.backend.identity).toBe('xclient');
+    expect(cfg.data.bareLineEndings).toBe('reject');
+    expect(cfg.metrics.address).toEqual({ host: '127.0.0.1', port: 9464 });
+  });
+
+  test('a misspelled key names the file, line and path, and suggests the right key', () => {
+    const issues = issuesOf(MINIMAL.replace('    address: 0.0.0.0:587', '    address: 0.0.0.0:587\n    requireTLS: true'));
+    expect(issues).toEqual(['/etc/smtpgate/smtpgate.yaml:5: listeners[0].requireTLS: unknown key "requireTLS"; did you mean "requireTls"?']);
+  });
+
+  test('a wrong type says what was expected and what was found', () => {
+    const issues = issuesOf(MINIMAL.replace('    address: 0.0.0.0:587', '    address: 0.0.0.0:587\n    requireAuth: "yes"'));
+    expect(issues).toEqual(['/etc/smtpgate/smtpgate.yaml:5: listeners[0].requireAuth: expected boolean, found string "yes"']);
+  });
+
+  test('a wrong enum value lists the choices', () => {
+    const issues = issuesOf(MINIMAL.replace('    address: 0.0.0.0:587', '    address: 0.0.0.0:587\n    tls: startls'));
+    expect(issues[0]).toBe('/etc/smtpgate/smtpgate.yaml:5: listeners[0].tls: expected one of "starttls" | "implicit" | "none", found string "startls"');
+  });
+
+  test('every problem is reported at once, not just the first', () => {
+    const issues = issuesOf(MINIMAL.replace('10.0.0.5:25', '10.0.0.5').replace('auth:', 'auht:'));
+    expect(issues).toHaveLength(2);
+    expect(issues.join('\n')).toContain('backend.address: expected "host:port"');
+    expect(issues.join('\n')).toContain('unknown key "auht"; did you mean "auth"?');
+  });
+
+  test('tls: none with requireTls: true is refused with the fix', () => {
+    const issues = issuesOf(MINIMAL.replace('    address: 0.0.0.0:587', '    address: 0.0.0.0:25\n    tls: none'));
+    expect(issues[0]).toContain('listeners[0].requireTls: a "tls: none" listener cannot require TLS; set requireTls: false');
+  });
+
+  test('a TLS listener without a certificate is refused: no built-in certificate fallback', () => {
+    const issues = issuesOf(MINIMAL.replace(/tls:\n {2}cert: cert.pem\n {2}key: key.pem\n/, ''));
+    expect(issues.join('\n')).toContain('tls: listener "submission" uses tls: starttls, so tls.cert and tls.key are required');
+  });
+
+  test('invalid YAML is reported with its line', () => {
+    const issues = issuesOf('listeners:\n  - name: [oops\n');
+    expect(issues[0]).toMatch(/^\/etc\/smtpgate\/smtpgate\.yaml:\d+: not valid YAML/);
+  });
+});
+
+describe('units', () => {
+  test('durations', () => {
+    expect(parseDuration('250ms')).toBe(250);
+    expect(parseDuration('30s')).toBe(30_000);
+    expect(parseDuration('5m')).toBe(300_000);
+    expect(parseDuration('1h')).toBe(3_600_000);
+    expect(parseDuration(2)).toBe(2000);
+    expect(parseDuration('soon')).toBeUndefined();
+  });
+  test('sizes: KB/MB decimal, KiB/MiB binary', () => {
+    expect(parseSize('25MB')).toBe(25_000_000);
+    expect(parseSize('512KiB')).toBe(524_288);
+    expect(parseSize(100)).toBe(100);
+    expect(parseSize('lots')).toBeUndefined();
+  });
+  test('host:port, including IPv6 literals', () => {
+    expect(parseHostPort('0.0.0.0:587')).toEqual({ host: '0.0.0.0', port: 587 });
+    expect(parseHostPort('[::1]:25')).toEqual({ host: '::1', port: 25 });
+    expect(parseHostPort(':25')).toEqual({ host: '0.0.0.0', port: 25 });
+    expect(parseHostPort('10.0.0.5')).toBeUndefined();
+    expect(parseHostPort('host:70000')).toBeUndefined();
+  });
+});
+
+describe('check: files the config points to', () => {
+  async function setup(files: { users?: string; cert?: boolean; wrongKey?: boolean }) {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-check-'));
+    const a = await makeTestCert('a.test');
+    const b = await makeTestCert('b.test');
+    if (files.cert !== false) {
+      await writeFile(path.join(dir, 'cert.pem'), a.cert);
+      await writeFile(path.join(dir, 'key.pem'), files.wrongKey ? b.key : a.key);
+    }
+    await writeFile(path.join(dir, 'users'), files.users ?? 'alice:$2y$05$abcdefghijklmnopqrstuu5Zx0Nq6PzGQy4Qb0fxVt7bLqfJ0mB1e\n');
+    const file = path.join(dir, 'smtpgate.yaml');
+    await writeFile(file, MINIMAL);
+    return { dir, file };
+  }
+  async function problems(file: string): Promise<string[]> {
+    try {
+      await checkConfigFile(file, 'check');
+    } catch (err) {
+      if (err instanceof ConfigError) return err.message.split('\n');
+      throw err;
+    }
+    return [];
+  }
+
+  test('a complete config passes', async () => {
+    const { file } = await setup({});
+    expect(await problems(file)).toEqual([]);
+  });
+
+  test('a missing certificate file is named with its path', async () => {
+    const { dir, file } = await setup({ cert: false });
+    const p = await problems(file);
+    expect(p).toContain(`${dir}/cert.pem: tls.cert: cannot read the certificate: the file does not exist`);
+    expect(p).toContain(`${dir}/key.pem: tls.key: cannot read the private key: the file does not exist`);
+  });
+
+  test('a key that does not match the certificate is refused', async () => {
+    const { dir, file } = await setup({ wrongKey: true });
+    const p = await problems(file);
+    expect(p[0]).toContain(`${dir}/key.pem: tls.key: this key does not belong to the certificate`);
+  });
+
+  test('a malformed users file names the line and the fix', async () => {
+    const { dir, file } = await setup({ users: '# users\nalice:$apr1$xyz$abc\nbob\n' });
+    const p = await problems(file);
+    expect(p).toEqual([
+      `${dir}/users:2: user "alice": an MD5 ($apr1$) hash; expected bcrypt ($2y$/$2b$), e.g. "smtpgate user passwd alice" or "htpasswd -B"`,
+      `${dir}/users:3: expected "NAME:HASH" (as written by htpasswd -B), found a line without a ":"`,
+    ]);
+  });
+});
