@@ -17,6 +17,8 @@ import type { Authenticator } from './auth/authenticator.js';
 import { loadTlsMaterial, daysUntilExpiry, type TlsMaterial } from './listener/tls-material.js';
 import { SmtpListener } from './listener/smtp-listener.js';
 import { BackendSession, type BackendTarget } from './relay/backend-session.js';
+import { BackendPool } from './relay/backend-pool.js';
+import type { HostPort } from './config/units.js';
 import type { BackendClientOptions } from './relay/smtp-client.js';
 import { demoCertificateExists, ensureDemoCertificate } from './demo/demo-certificate.js';
 import { startCaptureBackend, type CaptureBackend } from './demo/capture-backend.js';
@@ -26,7 +28,14 @@ export interface RuntimeMaterial {
   readonly tls?: TlsMaterial;
   readonly users?: Awaited<ReturnType<typeof readUsersFile>>;
   readonly backendCa?: Buffer;
+  /** backend.auth's password, read from passwordFile when given. */
+  readonly backendPassword?: string;
   readonly warnings: string[];
+}
+
+/** "host:port", with brackets for IPv6: the backend's label in logs and metrics. */
+export function hostPortLabel(a: HostPort): string {
+  return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
 
 /**
@@ -66,11 +75,21 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
       issues.push({ file: config.backend.ca, path: 'backend.ca', message: `cannot read the CA bundle: ${(err as Error).message}` });
     }
   }
+  let backendPassword = config.backend.auth?.password;
+  const passwordFile = config.backend.auth?.passwordFile;
+  if (passwordFile) {
+    try {
+      backendPassword = (await readFile(passwordFile, 'utf8')).replace(/\r?\n$/, '');
+      if (/[\r\n\0]/.test(backendPassword)) issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: 'the password file must hold one line without CR, LF or NUL' });
+    } catch (err) {
+      issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: `cannot read the password file: ${(err as Error).message}` });
+    }
+  }
   for (const l of config.listeners) {
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
   if (issues.length) throw new ConfigError(issues);
-  return { tls, users, backendCa, warnings };
+  return { tls, users, backendCa, backendPassword, warnings };
 }
 
 /**
@@ -137,10 +156,13 @@ export class App {
       this.log.warn({ dir: c.dir, port: this.#capture.port }, 'DEMO capture backend running: messages are written to files and delivered nowhere (development only)');
     }
 
-    const target: BackendTarget = {
-      name: `${config.backend.address.host}:${config.backend.address.port}`,
-      options: this.#backendOptions(),
-    };
+    const b = config.backend;
+    const pool = new BackendPool(
+      b.address.map((a) => ({ name: hostPortLabel(a), options: this.#backendOptions(a) })),
+      b.strategy,
+      b.markDownFor,
+    );
+    const backendAuth = b.auth ? { user: b.auth.user, password: this.#material.backendPassword ?? '', mechanism: b.auth.mechanism } : undefined;
     const events = {
       onConnected: (t: BackendTarget, seconds: number) => this.metrics.backendConnectSeconds.observe({ backend: t.name }, seconds),
       onError: (t: BackendTarget, err: { kind: string }) => this.metrics.backendErrors.inc({ backend: t.name, kind: err.kind }),
@@ -154,8 +176,13 @@ export class App {
           hostname: config.hostname,
           tls: tls && config.tls ? { cert: tls.cert, key: tls.key, minVersion: config.tls.minVersion, ciphers: config.tls.ciphers } : undefined,
           authenticator: this.#authenticator,
-          openBackend: () => new BackendSession(target, config.backend.identity, events),
-          data: { bareLineEndings: config.data.bareLineEndings, receivedHeader: config.data.receivedHeader, maxMessageBytes: config.limits.maxMessageBytes },
+          openBackend: () => new BackendSession(pool, { identity: b.identity, auth: backendAuth }, events),
+          data: {
+            bareLineEndings: config.data.bareLineEndings,
+            receivedHeader: config.data.receivedHeader,
+            authenticatedUserHeader: config.data.authenticatedUserHeader,
+            maxMessageBytes: config.limits.maxMessageBytes,
+          },
           metrics: this.metrics,
           log: this.log,
         });
@@ -198,11 +225,11 @@ export class App {
     return { ready: reasons.length === 0, reasons };
   }
 
-  #backendOptions(): BackendClientOptions {
+  #backendOptions(address: HostPort): BackendClientOptions {
     const b = this.config.backend;
     return {
-      host: b.address.host,
-      port: b.address.port,
+      host: address.host,
+      port: address.port,
       tls: b.tls,
       tlsOptions: {
         rejectUnauthorized: b.tlsVerify,

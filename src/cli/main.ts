@@ -1,12 +1,13 @@
 #!/usr/bin/env node
 /**
  * The smtpgate command line: `run` starts the proxy, `check` validates everything `run` would
- * load without opening a port.
+ * load without opening a port, `user` edits the users file.
  */
 import { Command } from 'commander';
-import { App, checkConfigFile } from '../app.js';
+import { App, checkConfigFile, hostPortLabel } from '../app.js';
 import { ConfigError, formatIssue } from '../config/errors.js';
 import type { Config } from '../config/schema.js';
+import { registerUserCommand } from './user-command.js';
 
 const program = new Command();
 
@@ -20,6 +21,7 @@ program
 Examples:
   smtpgate check --config /etc/smtpgate/smtpgate.yaml   validate config, certificate and users file
   smtpgate run --config /etc/smtpgate/smtpgate.yaml     start the proxy
+  smtpgate user add alice --file /etc/smtpgate/users    add a user (asks for the password)
   npm start                                            the demo (smtpgate.demo.yaml)`,
   );
 
@@ -62,8 +64,10 @@ program
   .action(async (opts: { config: string }) => {
     const { config, material } = await loadOrExit(opts.config, 'check');
     for (const w of material.warnings) process.stdout.write(`warning: ${w}\n`);
-    process.stdout.write(`${opts.config}: OK (${config.listeners.length} listener${config.listeners.length === 1 ? '' : 's'}, backend ${config.backend.address.host}:${config.backend.address.port})\n`);
+    process.stdout.write(`${opts.config}: OK (${config.listeners.length} listener${config.listeners.length === 1 ? '' : 's'}, backend ${config.backend.address.map(hostPortLabel).join(', ')})\n`);
   });
+
+registerUserCommand(program);
 
 async function loadOrExit(file: string, mode: 'run' | 'check' = 'run') {
   try {

@@ -93,13 +93,30 @@ export function configSchema(baseDir: string) {
 
   const backend = z
     .object({
-      address: hostPort,
+      /** One server, or a list tried according to `strategy`. */
+      address: z.union([hostPort, z.array(hostPort).min(1, 'expected at least one backend address')]).transform((a) => (Array.isArray(a) ? a : [a])),
+      strategy: z.enum(['failover', 'round-robin']).default('failover'),
+      /** How long a backend that refused or timed out is skipped. */
+      markDownFor: duration.default(30_000),
       tls: z.enum(['none', 'starttls', 'implicit']).default('none'),
       tlsVerify: z.boolean().default(true),
       ca: filePath.optional(),
       servername: z.string().optional(),
       identity: z.enum(['xclient', 'xforward', 'none']).default('xclient'),
       heloName: z.string().regex(/^[A-Za-z0-9.-]+$/, 'expected a host name').optional(),
+      /** Fixed credentials for a backend that demands AUTH from smtpgate itself. */
+      auth: z
+        .object({
+          user: z.string().min(1).regex(/^[^\r\n\0]+$/, 'must not contain CR, LF or NUL'),
+          password: z.string().regex(/^[^\r\n\0]*$/, 'must not contain CR, LF or NUL').optional(),
+          passwordFile: filePath.optional(),
+          mechanism: z.enum(['PLAIN', 'LOGIN']).default('PLAIN'),
+        })
+        .strict()
+        .refine((a) => (a.password === undefined) !== (a.passwordFile === undefined), {
+          message: 'give exactly one of password or passwordFile',
+        })
+        .optional(),
       timeouts: z
         .object({
           connect: duration.default(10_000),
@@ -118,6 +135,8 @@ export function configSchema(baseDir: string) {
       /** What to do with a bare CR, bare LF or NUL in a message (SMTP smuggling). */
       bareLineEndings: z.enum(['reject', 'normalize']).default('reject'),
       receivedHeader: z.boolean().default(true),
+      /** Add "X-Authenticated-User: <login>" for the backend's filters. */
+      authenticatedUserHeader: z.boolean().default(false),
     })
     .strict();
 
@@ -146,7 +165,7 @@ export function configSchema(baseDir: string) {
       tls: tls.optional(),
       auth: auth.optional(),
       backend,
-      data: data.default({ bareLineEndings: 'reject', receivedHeader: true }),
+      data: data.default({ bareLineEndings: 'reject', receivedHeader: true, authenticatedUserHeader: false }),
       limits: limits.default({ maxMessageBytes: 25_000_000 }),
       metrics: z.object({ address: bindAddress }).strict().default({ address: { host: '127.0.0.1', port: 9464 } }),
       log: z

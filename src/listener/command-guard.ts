@@ -6,6 +6,10 @@
  *   when AUTH is hidden from EHLO. smtpgate never accepts AUTH in cleartext, on any listener,
  *   and answers RFC 3207/4954's 538 5.7.11 before a single credential byte is exchanged.
  * - BDAT: not supported (no CHUNKING advertised); RFC 3030 clients get 502.
+ * - Bare LF line endings in the command stream (smtp-server splits commands on /\r?\n/):
+ *   RFC 5321 §2.3.8 requires CRLF, and accepting LF alone is half of every SMTP smuggling
+ *   attack (SEC Consult, Dec 2023). Like Postfix's smtpd_forbid_bare_newline, the session is
+ *   refused and closed: a client that can't frame lines can't be resynchronised safely.
  *
  * The decision is pure (`checkCommand`); `installCommandGuard` wires it into one connection.
  */
@@ -31,14 +35,60 @@ export function checkCommand(line: string, facts: CommandFacts): Refusal | undef
   return undefined;
 }
 
+export const BARE_LF_REFUSAL = refusal(521, '5.5.2', 'Bare LF received: SMTP command lines must end with CRLF (RFC 5321 §2.3.8)', 'syntax');
+
+/**
+ * True when `chunk` holds an LF not preceded by CR. `previous` is the last byte of the chunk
+ * before (-1 at the start), since a CRLF may be split across two reads.
+ */
+export function hasBareLf(chunk: Buffer, previous: number): boolean {
+  let i = chunk.indexOf(0x0a);
+  while (i !== -1) {
+    const before = i === 0 ? previous : chunk[i - 1];
+    if (before !== 0x0d) return true;
+    i = chunk.indexOf(0x0a, i + 1);
+  }
+  return false;
+}
+
+/** smtp-server's command parser (SMTPStream), the parts the bare-LF watch relies on. */
+interface CommandParser {
+  _dataMode: boolean;
+  _write(chunk: Buffer, encoding: string, done: (err?: Error) => void): void;
+}
+
 /** The parts of smtp-server's (untyped) SMTPConnection the guard relies on. */
 interface GuardedConnection {
   id: string;
   secure: boolean;
   _nextHandler: unknown;
   _upgrading: boolean;
+  _parser: CommandParser;
+  _createParser(): CommandParser;
   _onCommand(command: Buffer, callback?: () => void): void;
   send(code: number, data: string, context?: string | false): void;
+  close(): void;
+}
+
+/**
+ * Marks the connection when a bare LF arrives while the parser is in command mode. Message
+ * content (data mode) is left to the smuggling guard. A new parser is created after STARTTLS,
+ * so parser creation is wrapped too.
+ */
+function watchBareLf(conn: GuardedConnection, onBareLf: () => void): void {
+  const watch = (parser: CommandParser) => {
+    const write = parser._write.bind(parser);
+    let previous = -1;
+    parser._write = (chunk, encoding, done) => {
+      if (!parser._dataMode && chunk.length > 0 && hasBareLf(chunk, previous)) onBareLf();
+      if (chunk.length > 0) previous = chunk[chunk.length - 1]!;
+      write(chunk, encoding, done);
+    };
+    return parser;
+  };
+  watch(conn._parser);
+  const create = conn._createParser.bind(conn);
+  conn._createParser = () => watch(create());
 }
 
 export type OnGuardRefusal = (sessionId: string, r: Refusal) => void;
@@ -54,8 +104,16 @@ export function installCommandGuard(server: SMTPServer, onRefusal: OnGuardRefusa
   connections.add = (value: unknown) => {
     const conn = value as GuardedConnection;
     const dispatch = conn._onCommand.bind(conn);
+    let bareLf = false;
+    watchBareLf(conn, () => (bareLf = true));
     conn._onCommand = (command: Buffer, callback?: () => void) => {
       if (conn._upgrading) return dispatch(command, callback);
+      if (bareLf) {
+        onRefusal(conn.id, BARE_LF_REFUSAL);
+        conn.send(BARE_LF_REFUSAL.code, `${BARE_LF_REFUSAL.enhanced} ${BARE_LF_REFUSAL.text}`, false);
+        conn.close();
+        return;
+      }
       const r = checkCommand(command.toString('latin1'), { secure: conn.secure, continuation: Boolean(conn._nextHandler) });
       if (!r) return dispatch(command, callback);
       onRefusal(conn.id, r);

@@ -21,7 +21,7 @@ import { BackendError, type SmtpReply } from '../relay/smtp-client.js';
 import type { BackendSession, ClientIdentity } from '../relay/backend-session.js';
 import { DataEncoder, LineTooLongError, SmugglingError, type BareLineEndingMode } from '../relay/data-encoder.js';
 import { mailCommand, rcptCommand } from '../relay/envelope.js';
-import { receivedHeader } from '../relay/received-header.js';
+import { headerSafe, receivedHeader } from '../relay/received-header.js';
 import { installCommandGuard } from './command-guard.js';
 
 export interface ListenerTls {
@@ -34,6 +34,7 @@ export interface ListenerTls {
 export interface DataSettings {
   readonly bareLineEndings: BareLineEndingMode;
   readonly receivedHeader: boolean;
+  readonly authenticatedUserHeader: boolean;
   readonly maxMessageBytes: number;
 }
 
@@ -342,7 +343,7 @@ export class SmtpListener {
     const encoder = new DataEncoder({ mode: data.bareLineEndings });
     stream.once('error', (err) => encoder.destroy(new ClientAbortError(err.message)));
     stream.pipe(encoder);
-    const header = data.receivedHeader ? Buffer.from(this.#received(session, state), 'latin1') : undefined;
+    const header = this.#prependedHeaders(session, state);
     const max = data.maxMessageBytes;
 
     async function* body(): AsyncGenerator<Buffer> {
@@ -358,7 +359,7 @@ export class SmtpListener {
     const started = process.hrtime.bigint();
     try {
       const reply = await state.backend.sendData(Readable.from(body(), { objectMode: false }));
-      metrics.backendFinalReplySeconds.observe({ backend: state.backend.target.name }, Number(process.hrtime.bigint() - started) / 1e9);
+      metrics.backendFinalReplySeconds.observe({ backend: state.backend.targetName }, Number(process.hrtime.bigint() - started) / 1e9);
       if (encoder.normalized > 0) metrics.smugglingNormalized.inc({ listener: this.name }, encoder.normalized);
       if (!isPositive(reply)) return { refusal: backendRefusal(reply) };
       return { reply, bytes: encoder.bytesIn };
@@ -382,6 +383,14 @@ export class SmtpListener {
       }
       return { refusal: this.#backendFailure(state, err) };
     }
+  }
+
+  /** Headers smtpgate adds on top of the message; never built from raw client input. */
+  #prependedHeaders(session: SMTPServerSession, state: SessionState): Buffer | undefined {
+    let text = '';
+    if (this.#deps.data.receivedHeader) text += this.#received(session, state);
+    if (this.#deps.data.authenticatedUserHeader && state.user) text += `X-Authenticated-User: ${headerSafe(state.user, 128)}\r\n`;
+    return text ? Buffer.from(text, 'latin1') : undefined;
   }
 
   #received(session: SMTPServerSession, state: SessionState): string {
@@ -437,7 +446,7 @@ export class SmtpListener {
   /** A backend that can't be reached, stalls or drops the connection: always a 4xx, never a 250. */
   #backendFailure(state: SessionState, err: unknown): Refusal {
     if (err instanceof BackendError) {
-      state.log.warn({ backend: state.backend.target.name, kind: err.kind, err: err.message }, 'backend failure');
+      state.log.warn({ backend: state.backend.targetName, kind: err.kind, err: err.message }, 'backend failure');
       switch (err.kind) {
         case 'connect':
           return refusal(451, '4.4.1', 'Mail server temporarily unreachable, try again later', 'backend_unavailable');

@@ -7,6 +7,7 @@
  */
 import type { Readable } from 'node:stream';
 import { BackendConnection, BackendError, type BackendClientOptions, type SmtpReply } from './smtp-client.js';
+import type { BackendPool } from './backend-pool.js';
 
 export interface BackendTarget {
   /** Label for logs and metrics: "host:port" from the config. */
@@ -27,6 +28,12 @@ export interface ClientIdentity {
 
 export type IdentityMode = 'xclient' | 'xforward' | 'none';
 
+export interface BackendSessionSettings {
+  readonly identity: IdentityMode;
+  /** Fixed credentials smtpgate itself presents to a backend that demands AUTH. */
+  readonly auth?: { readonly user: string; readonly password: string; readonly mechanism: 'PLAIN' | 'LOGIN' };
+}
+
 export interface BackendSessionEvents {
   /** Called once per opened connection with the time it took. */
   onConnected(target: BackendTarget, seconds: number): void;
@@ -36,23 +43,26 @@ export interface BackendSessionEvents {
 type Connect = (opts: BackendClientOptions) => Promise<BackendConnection>;
 
 export class BackendSession {
-  readonly #target: BackendTarget;
-  readonly #identityMode: IdentityMode;
+  readonly #pool: BackendPool;
+  readonly #settings: BackendSessionSettings;
   readonly #events: BackendSessionEvents;
   readonly #connect: Connect;
   #conn: BackendConnection | undefined;
+  /** The backend the open (or last) connection went to. */
+  #target: BackendTarget | undefined;
   /** MAIL was accepted and neither a final dot nor RSET has ended the transaction. */
   #inTransaction = false;
 
-  constructor(target: BackendTarget, identityMode: IdentityMode, events: BackendSessionEvents, connect: Connect = (o) => BackendConnection.connect(o)) {
-    this.#target = target;
-    this.#identityMode = identityMode;
+  constructor(pool: BackendPool, settings: BackendSessionSettings, events: BackendSessionEvents, connect: Connect = (o) => BackendConnection.connect(o)) {
+    this.#pool = pool;
+    this.#settings = settings;
     this.#events = events;
     this.#connect = connect;
   }
 
-  get target(): BackendTarget {
-    return this.#target;
+  /** Label of the backend this session talks to ("none" before it connected). */
+  get targetName(): string {
+    return this.#target?.name ?? 'none';
   }
 
   get isOpen(): boolean {
@@ -75,7 +85,7 @@ export class BackendSession {
       this.#inTransaction = false;
       if (rset.code !== 250) throw new BackendError('protocol', `backend refused RSET: ${rset.code} ${rset.text}`);
     }
-    if (this.#identityMode === 'xforward' && conn.hasCapability('XFORWARD')) {
+    if (this.#settings.identity === 'xforward' && conn.hasCapability('XFORWARD')) {
       // XFORWARD describes the next transaction only, so it precedes every MAIL.
       const reply = await this.#run(() => conn.xforward(xforwardAttributes(identity)));
       if (reply.code !== 250) throw new BackendError('protocol', `backend refused XFORWARD: ${reply.code} ${reply.text}`);
@@ -131,19 +141,21 @@ export class BackendSession {
     this.#conn = undefined;
     this.#inTransaction = false;
     const started = process.hrtime.bigint();
-    let conn: BackendConnection;
+    const { conn, target } = await this.#connectFirstAvailable();
+    this.#target = target;
     try {
-      conn = await this.#connect(this.#target.options);
-    } catch (err) {
-      throw this.#report(err);
-    }
-    try {
-      if (this.#identityMode === 'xclient' && conn.hasCapability('XCLIENT')) {
+      if (this.#settings.identity === 'xclient' && conn.hasCapability('XCLIENT')) {
         const reply = await conn.xclient(xclientAttributes(identity));
         // Postfix answers 220 and expects a new EHLO (the client module re-sends it).
         if (reply.code !== 220 && reply.code !== 250) {
           throw new BackendError('protocol', `backend refused XCLIENT: ${reply.code} ${reply.text}; check smtpd_authorized_xclient_hosts on the backend`);
         }
+      }
+      // After XCLIENT, which resets the backend's session state, so the login sticks.
+      const auth = this.#settings.auth;
+      if (auth) {
+        const reply = auth.mechanism === 'LOGIN' ? await conn.authLogin(auth.user, auth.password) : await conn.authPlain(auth.user, auth.password);
+        if (reply.code !== 235) throw new BackendError('protocol', `backend refused smtpgate's own credentials (backend.auth): ${reply.code} ${reply.text}`);
       }
     } catch (err) {
       conn.abort();
@@ -156,8 +168,30 @@ export class BackendSession {
       }
     });
     this.#conn = conn;
-    this.#events.onConnected(this.#target, Number(process.hrtime.bigint() - started) / 1e9);
+    this.#events.onConnected(target, Number(process.hrtime.bigint() - started) / 1e9);
     return conn;
+  }
+
+  /**
+   * Tries the pool's candidates in order. A backend that can't be reached, times out or greets
+   * with a refusal is marked down and the next is tried; nothing of the client's transaction
+   * has been sent at this point, so failing over can't duplicate a message.
+   */
+  async #connectFirstAvailable(): Promise<{ conn: BackendConnection; target: BackendTarget }> {
+    let last: unknown;
+    for (const target of this.#pool.candidates()) {
+      try {
+        const conn = await this.#connect(target.options);
+        this.#pool.markUp(target);
+        return { conn, target };
+      } catch (err) {
+        if (!(err instanceof BackendError)) throw err;
+        this.#pool.markDown(target);
+        this.#events.onError(target, err);
+        last = err;
+      }
+    }
+    throw last;
   }
 
   #require(): BackendConnection {
@@ -174,14 +208,19 @@ export class BackendSession {
   }
 
   #report(err: unknown): unknown {
-    if (err instanceof BackendError) this.#events.onError(this.#target, err);
+    if (err instanceof BackendError && this.#target) this.#events.onError(this.#target, err);
     return err;
   }
 }
 
+/** XCLIENT_README: an IPv6 ADDR carries the "IPV6:" prefix. */
+function xclientAddr(addr: string): string {
+  return addr.includes(':') ? `IPV6:${addr}` : addr;
+}
+
 function xclientAttributes(id: ClientIdentity): Record<string, string> {
   const attrs: Record<string, string> = {
-    ADDR: id.addr,
+    ADDR: xclientAddr(id.addr),
     PORT: String(id.port),
     NAME: id.name ?? '[UNAVAILABLE]',
     PROTO: id.proto,
@@ -193,7 +232,7 @@ function xclientAttributes(id: ClientIdentity): Record<string, string> {
 
 function xforwardAttributes(id: ClientIdentity): Record<string, string> {
   const attrs: Record<string, string> = {
-    ADDR: id.addr,
+    ADDR: xclientAddr(id.addr),
     PORT: String(id.port),
     NAME: id.name ?? '[UNAVAILABLE]',
     PROTO: id.proto,

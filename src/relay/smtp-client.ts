@@ -392,7 +392,7 @@ export class BackendConnection extends EventEmitter {
    * final reply.
    *
    * If `body` fails, the connection is destroyed without the final dot, so the backend
-   * drops the half-sent message (RFC 5321 §4.1.1.4: no "." means no message), and the
+   * drops the half-sent message (RFC 5321 §3.8: a connection lost mid-transaction is an RSET), and the
    * promise rejects with the body's own error. On any rejection our listeners are removed
    * from `body`, which may be left paused: the owner decides whether to resume() it to
    * drain it, and keeps its own 'error' listener.
@@ -431,7 +431,7 @@ export class BackendConnection extends EventEmitter {
       };
       const onData = (chunk: Buffer | string): void => {
         if (this.failure) return;
-        if (!socket.write(chunk)) {
+        if (!socket.write(chunk) && drainTimer === undefined) {
           // Backpressure: stop reading the client's stream until the backend catches up,
           // so a slow backend never makes us buffer a whole message.
           body.pause();

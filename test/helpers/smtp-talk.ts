@@ -47,6 +47,7 @@ export class SmtpTalk {
   }
 
   #attach(socket: net.Socket) {
+    socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.#onData(chunk.toString('latin1')));
     socket.on('error', () => {});
     socket.on('close', () => {

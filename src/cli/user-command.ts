@@ -1,0 +1,304 @@
+/**
+ * `smtpgate user add|passwd|del NAME`: edits the users file in place.
+ *
+ * The edit itself is pure (`../auth/users-file-edit.ts`); this file owns the I/O around it:
+ * finding the file (`--file`, or `auth.users` of `--config`), reading the password (a hidden
+ * prompt on a terminal, the first line of stdin otherwise), hashing, and replacing the file
+ * atomically with its mode and owner kept.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Stats } from 'node:fs';
+import { open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { ReadStream } from 'node:tty';
+import { hash as bcryptHash } from '@node-rs/bcrypt';
+import type { Command } from 'commander';
+import { applyUsersFileEdit, checkUsersFileEdit, type UsersFileEdit } from '../auth/users-file-edit.js';
+import { ConfigError, formatIssue, type ConfigIssue } from '../config/errors.js';
+import { loadConfigFile } from '../config/load.js';
+
+const DEFAULT_COST = 12;
+const MIN_COST = 4;
+const MAX_COST = 15;
+const MIN_PASSWORD_CHARS = 8;
+/** bcrypt reads at most 72 bytes of the password; anything after them is silently ignored. */
+const MAX_PASSWORD_BYTES = 72;
+/** Mode of a users file that `add` creates: the proxy's group may read it, nobody else. */
+const NEW_FILE_MODE = 0o640;
+const RELOAD_NOTE = '(a running smtpgate picks it up on reload)';
+
+interface UserCommandOptions {
+  file?: string;
+  config?: string;
+  cost?: string;
+}
+
+/** A refusal the user can act on: printed as `smtpgate: message`, then any issues, exit 1. */
+class UserCommandError extends Error {
+  constructor(
+    message: string,
+    readonly issues: readonly ConfigIssue[] = [],
+  ) {
+    super(message);
+    this.name = 'UserCommandError';
+  }
+}
+
+export function registerUserCommand(program: Command): void {
+  const user = program
+    .command('user')
+    .description('add a user, change a password or remove a user in the users file (htpasswd format, bcrypt)')
+    .addHelpText(
+      'after',
+      `
+On a terminal the password is asked for twice, without echo; otherwise it is the first line
+of stdin. It must be 8 to 72 bytes long, without NUL, CR or LF.
+
+Examples:
+  smtpgate user add alice --config /etc/smtpgate/smtpgate.yaml
+  smtpgate user passwd alice --file /etc/smtpgate/users
+  printf '%s\\n' "$PASSWORD" | smtpgate user add alice --file /etc/smtpgate/users
+  smtpgate user del alice --file /etc/smtpgate/users`,
+    );
+
+  const withFileOptions = (cmd: Command) =>
+    cmd
+      .option('-f, --file <path>', 'the users file to edit')
+      .option('-c, --config <file>', 'edit the users file named by auth.users in this config');
+  const withCostOption = (cmd: Command) =>
+    cmd.option('--cost <n>', `bcrypt cost, ${MIN_COST}-${MAX_COST}; each step doubles the work (default ${DEFAULT_COST})`);
+
+  withCostOption(withFileOptions(user.command('add <name>').description('add a user; fails if it already exists')))
+    .action((name: string, opts: UserCommandOptions) => runUserCommand('add', name, opts));
+  withCostOption(withFileOptions(user.command('passwd <name>').description("change a user's password; fails if the user does not exist")))
+    .action((name: string, opts: UserCommandOptions) => runUserCommand('passwd', name, opts));
+  withFileOptions(user.command('del <name>').description('remove a user; fails if the user does not exist'))
+    .action((name: string, opts: UserCommandOptions) => runUserCommand('del', name, opts));
+}
+
+async function runUserCommand(op: UsersFileEdit['op'], username: string, opts: UserCommandOptions): Promise<void> {
+  try {
+    process.stdout.write(`${await editUser(op, username, opts)}\n`);
+  } catch (err) {
+    if (!(err instanceof UserCommandError)) throw err;
+    process.stderr.write(`smtpgate: ${err.message}\n`);
+    for (const issue of err.issues) process.stderr.write(`  ${formatIssue(issue)}\n`);
+    process.exitCode = 1;
+  }
+}
+
+/** Performs the edit and returns the confirmation line. */
+async function editUser(op: UsersFileEdit['op'], username: string, opts: UserCommandOptions): Promise<string> {
+  const cost = op === 'del' ? DEFAULT_COST : parseCost(opts.cost);
+  const file = await usersFilePath(opts);
+  const target = await followSymlinks(file);
+
+  // Check before asking for a password, so a doomed edit fails before anyone types one.
+  const before = await readUsersText(target, file);
+  if (!before.stats && op !== 'add') throw new UserCommandError(`${file} does not exist; nothing was changed`);
+  const refusal = checkUsersFileEdit(before.text, file, op, username);
+  if (refusal) throw new UserCommandError(refusal.message, 'issues' in refusal ? refusal.issues : []);
+
+  let edit: UsersFileEdit;
+  if (op === 'del') {
+    edit = { op, username };
+  } else {
+    const password = await readPassword(username);
+    const problem = passwordProblem(password);
+    if (problem) throw new UserCommandError(`${problem}; nothing was changed`);
+    edit = { op, username, hash: await bcryptHash(password, cost) };
+  }
+
+  // Re-read: the file may have changed while the password was typed, and that change must
+  // not be lost by writing back the text read before.
+  const current = await readUsersText(target, file);
+  const result = applyUsersFileEdit(current.text, file, edit);
+  if (!result.ok) throw new UserCommandError(result.message, 'issues' in result ? result.issues : []);
+  await replaceFileAtomically(target, file, result.text, current.stats);
+
+  switch (op) {
+    case 'add':
+      return `added user ${username} to ${file} ${RELOAD_NOTE}`;
+    case 'passwd':
+      return `changed the password of user ${username} in ${file} ${RELOAD_NOTE}`;
+    case 'del':
+      return `removed user ${username} from ${file} ${RELOAD_NOTE}`;
+  }
+}
+
+function parseCost(raw: string | undefined): number {
+  if (raw === undefined) return DEFAULT_COST;
+  const cost = /^\d{1,2}$/.test(raw) ? Number(raw) : NaN;
+  if (!(cost >= MIN_COST && cost <= MAX_COST)) {
+    throw new UserCommandError(`--cost: expected a whole number from ${MIN_COST} to ${MAX_COST} (default ${DEFAULT_COST}), found ${JSON.stringify(raw)}`);
+  }
+  return cost;
+}
+
+async function usersFilePath(opts: UserCommandOptions): Promise<string> {
+  if (opts.file !== undefined && opts.config !== undefined) throw new UserCommandError('give either --file or --config, not both');
+  if (opts.file !== undefined) return opts.file;
+  if (opts.config === undefined) {
+    throw new UserCommandError('which users file? Pass --file PATH (the users file itself) or --config FILE (uses its auth.users)');
+  }
+  let config;
+  try {
+    config = await loadConfigFile(opts.config);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    const n = err.issues.length;
+    throw new UserCommandError(`${opts.config}: ${n} problem${n === 1 ? '' : 's'} found; nothing was changed:`, err.issues);
+  }
+  if (!config.auth) throw new UserCommandError(`${opts.config} has no auth section, so it names no users file (auth.users); pass --file PATH instead`);
+  return config.auth.users;
+}
+
+/** The file a symlink points to, so that replacing it keeps the link (and edits what the proxy reads). */
+async function followSymlinks(file: string): Promise<string> {
+  try {
+    return await realpath(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return file;
+    throw new UserCommandError(`cannot read ${file}: ${(err as Error).message}`);
+  }
+}
+
+/** The file's text and stats; an empty text and no stats when it does not exist yet. */
+async function readUsersText(target: string, shownAs: string): Promise<{ text: string; stats?: Stats }> {
+  try {
+    const stats = await stat(target);
+    return { text: await readFile(target, 'utf8'), stats };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { text: '' };
+    throw new UserCommandError(`cannot read ${shownAs}: ${(err as Error).message}`);
+  }
+}
+
+/** Why a password is refused, or undefined when it is acceptable. */
+export function passwordProblem(password: string): string | undefined {
+  if (password === '') return 'the password is empty';
+  // SASL PLAIN (RFC 4616) separates its fields with NUL; CR and LF would end the line on stdin.
+  if (/[\0\r\n]/.test(password)) return 'the password contains NUL, CR or LF';
+  const chars = [...password].length;
+  if (chars < MIN_PASSWORD_CHARS) return `the password is too short (${chars} characters); use at least ${MIN_PASSWORD_CHARS}`;
+  const bytes = Buffer.byteLength(password, 'utf8');
+  if (bytes > MAX_PASSWORD_BYTES) return `the password is ${bytes} bytes long; bcrypt ignores everything after byte ${MAX_PASSWORD_BYTES}, so use at most ${MAX_PASSWORD_BYTES}`;
+  return undefined;
+}
+
+async function readPassword(username: string): Promise<string> {
+  const stdin = process.stdin;
+  if (!stdin.isTTY) {
+    const line = await readFirstLine(stdin);
+    if (line === undefined) throw new UserCommandError('no password: stdin is not a terminal and is empty (pipe the password as its first line)');
+    return line;
+  }
+  const first = await promptHidden(stdin as ReadStream, `Password for ${username}: `);
+  const again = await promptHidden(stdin as ReadStream, 'Again: ');
+  if (first !== again) throw new UserCommandError('the passwords do not match; nothing was changed');
+  return first;
+}
+
+/** The first line of a stream without its "\n" or "\r\n"; undefined if the stream is empty. */
+async function readFirstLine(stream: NodeJS.ReadableStream): Promise<string | undefined> {
+  const limit = 1024;
+  const chunks: Buffer[] = [];
+  let length = 0;
+  let sawData = false;
+  for await (const chunk of stream) {
+    const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    sawData ||= buf.length > 0;
+    const newline = buf.indexOf(0x0a);
+    chunks.push(newline >= 0 ? buf.subarray(0, newline) : buf);
+    length += buf.length;
+    if (newline >= 0 || length > limit) break;
+  }
+  if (!sawData) return undefined;
+  const bytes = Buffer.concat(chunks);
+  if (bytes.length > limit) throw new UserCommandError(`the first line of stdin is longer than ${limit} bytes; it should be the password`);
+  const line = bytes.at(-1) === 0x0d ? bytes.subarray(0, -1) : bytes;
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(line);
+  } catch {
+    throw new UserCommandError('the password on stdin is not valid UTF-8');
+  }
+}
+
+/** Reads one line from a terminal without echoing it. Ctrl-C or Ctrl-D aborts. */
+function promptHidden(input: ReadStream, prompt: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const out = process.stderr;
+    out.write(prompt);
+    let value = '';
+    const wasRaw = input.isRaw;
+    const finish = (err?: Error) => {
+      input.removeListener('data', onData);
+      input.setRawMode(wasRaw);
+      input.pause();
+      out.write('\n');
+      if (err) reject(err);
+      else resolve(value);
+    };
+    const onData = (text: string) => {
+      for (const ch of text) {
+        if (ch === '\r' || ch === '\n') return finish();
+        if (ch === '\u0003' || (ch === '\u0004' && value === '')) return finish(new UserCommandError('aborted; nothing was changed'));
+        if (ch === '\u007f' || ch === '\b') value = [...value].slice(0, -1).join('');
+        else if (ch === '\u0015') value = ''; // Ctrl-U: erase the line, as a terminal would
+        else value += ch;
+      }
+    };
+    input.setRawMode(true);
+    input.setEncoding('utf8');
+    input.on('data', onData);
+    input.resume();
+  });
+}
+
+/**
+ * Replaces `target` with `text` so that a reader (the proxy, or a crash) sees either the old
+ * file or the new one, never half of one: a temp file in the same directory, fsync, rename.
+ * The old file's mode and owner are kept, so the proxy can still read what it read before.
+ */
+async function replaceFileAtomically(target: string, shownAs: string, text: string, previous: Stats | undefined): Promise<void> {
+  const dir = path.dirname(target);
+  const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  let fh;
+  try {
+    fh = await open(tmp, 'wx', 0o600);
+  } catch (err) {
+    throw new UserCommandError(`cannot write ${shownAs}: cannot create a temporary file in ${dir}: ${(err as Error).message}; nothing was changed`);
+  }
+  try {
+    if (previous) {
+      const mine = await fh.stat();
+      if (mine.uid !== previous.uid || mine.gid !== previous.gid) {
+        await fh.chown(previous.uid, previous.gid).catch((err: Error) => {
+          throw new UserCommandError(
+            `cannot keep the owner ${previous.uid}:${previous.gid} of ${shownAs} (${err.message}); run this as that user or as root. Nothing was changed`,
+          );
+        });
+      }
+    }
+    await fh.writeFile(text, 'utf8');
+    // Explicitly, since the mode given to open() is narrowed by the umask.
+    await fh.chmod(previous ? previous.mode & 0o7777 : NEW_FILE_MODE);
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await rename(tmp, target);
+  } catch (err) {
+    await fh?.close().catch(() => undefined);
+    await rm(tmp, { force: true });
+    if (err instanceof UserCommandError) throw err;
+    throw new UserCommandError(`cannot write ${shownAs}: ${(err as Error).message}; nothing was changed`);
+  }
+  // Make the rename itself durable. Best effort: some filesystems refuse fsync on a directory,
+  // and by now the new file is in place either way.
+  try {
+    const d = await open(dir, 'r');
+    await d.sync().finally(() => d.close());
+  } catch {
+    /* see above */
+  }
+}

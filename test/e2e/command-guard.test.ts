@@ -1,0 +1,76 @@
+/**
+ * Command-stream rules smtpgate enforces before smtp-server dispatches a command.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { checkCommand, hasBareLf } from '../../src/listener/command-guard.js';
+import { startGate, type Gate } from '../helpers/gate.js';
+import { startRecordingBackend, type RecordingBackend } from '../helpers/backends.js';
+import { SmtpTalk } from '../helpers/smtp-talk.js';
+
+describe('checkCommand (pure)', () => {
+  test('AUTH without TLS is refused with 538 5.7.11, whatever the mechanism or case', () => {
+    for (const line of ['AUTH PLAIN AGEAYg==', 'auth login', '  Auth CRAM-MD5']) {
+      expect(checkCommand(line, { secure: false, continuation: false })).toMatchObject({ code: 538, enhanced: '5.7.11', reason: 'tls_required' });
+    }
+    expect(checkCommand('AUTH PLAIN AGEAYg==', { secure: true, continuation: false })).toBeUndefined();
+  });
+  test('an AUTH LOGIN continuation line is not a command', () => {
+    expect(checkCommand('AUTH', { secure: false, continuation: true })).toBeUndefined();
+  });
+  test('BDAT gets 502 5.5.1', () => {
+    expect(checkCommand('BDAT 100 LAST', { secure: true, continuation: false })).toMatchObject({ code: 502, enhanced: '5.5.1' });
+  });
+});
+
+describe('hasBareLf (pure)', () => {
+  test('finds an LF without CR, including one split from its CR across reads', () => {
+    expect(hasBareLf(Buffer.from('EHLO x\r\n'), -1)).toBe(false);
+    expect(hasBareLf(Buffer.from('EHLO x\n'), -1)).toBe(true);
+    expect(hasBareLf(Buffer.from('\nNOOP\r\n'), 0x0d)).toBe(false);
+    expect(hasBareLf(Buffer.from('\nNOOP\r\n'), 0x78)).toBe(true);
+    expect(hasBareLf(Buffer.from('a\r\nb\r\nc\n'), -1)).toBe(true);
+  });
+});
+
+describe('over a real connection', () => {
+  let backend: RecordingBackend;
+  let gate: Gate;
+  beforeAll(async () => {
+    backend = await startRecordingBackend();
+    gate = await startGate({ backendPort: backend.port });
+  });
+  afterAll(async () => {
+    await gate?.stop();
+    await backend?.close();
+  });
+
+  test('a command line ending in a bare LF gets 521 5.5.2 and the connection is closed', async () => {
+    const c = await SmtpTalk.connect(gate.port('plain'));
+    await c.read();
+    expect((await c.cmd('EHLO client.test')).code).toBe(250);
+    c.write('NOOP\n');
+    expect((await c.read()).raw).toMatch(/^521 5\.5\.2 Bare LF received/);
+    await c.closed;
+  });
+
+  test('a CRLF split across two TCP segments is not a bare LF', async () => {
+    const c = await SmtpTalk.connect(gate.port('plain'));
+    await c.read();
+    c.write('EHLO client.test\r');
+    // Not a readiness wait: a pause so the two halves arrive as separate reads.
+    await new Promise((r) => setTimeout(r, 50));
+    c.write('\n');
+    expect((await c.read()).code).toBe(250);
+    expect((await c.cmd('NOOP')).code).toBe(250);
+    c.close();
+  });
+
+  test('BDAT gets 502 5.5.1 and the session goes on', async () => {
+    const c = await SmtpTalk.connect(gate.port('plain'));
+    await c.read();
+    await c.cmd('EHLO client.test');
+    expect((await c.cmd('BDAT 10 LAST')).raw).toMatch(/^502 5\.5\.1 /);
+    expect((await c.cmd('NOOP')).code).toBe(250);
+    c.close();
+  });
+});
