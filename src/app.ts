@@ -14,7 +14,9 @@ import { createMetrics, type Metrics } from './metrics/catalogue.js';
 import { boundPort, startAdminServer } from './metrics/http-server.js';
 import { FileAuthenticator, readUsersFile } from './auth/file-authenticator.js';
 import type { Authenticator } from './auth/authenticator.js';
-import { loadTlsMaterial, daysUntilExpiry, type TlsMaterial } from './listener/tls-material.js';
+import { daysUntilExpiry } from './listener/tls-material.js';
+import { TlsManager, describeIssues, loadCertificates, type CertificateSource, type LoadedCertificate } from './listener/tls-manager.js';
+import { BackendAuthenticator } from './auth/backend-authenticator.js';
 import { SmtpListener } from './listener/smtp-listener.js';
 import { BackendSession, type BackendTarget } from './relay/backend-session.js';
 import { BackendPool } from './relay/backend-pool.js';
@@ -25,11 +27,14 @@ import { startCaptureBackend, type CaptureBackend } from './demo/capture-backend
 
 /** Everything the config points to, loaded and checked. */
 export interface RuntimeMaterial {
-  readonly tls?: TlsMaterial;
+  /** The default certificate first, then the SNI ones. */
+  readonly certs?: readonly LoadedCertificate[];
   readonly users?: Awaited<ReturnType<typeof readUsersFile>>;
   readonly backendCa?: Buffer;
   /** backend.auth's password, read from passwordFile when given. */
   readonly backendPassword?: string;
+  /** Client-certificate CA bundles by listener name. */
+  readonly clientCas: ReadonlyMap<string, Buffer>;
   readonly warnings: string[];
 }
 
@@ -45,26 +50,33 @@ export function hostPortLabel(a: HostPort): string {
 export async function loadRuntimeMaterial(config: Config, now = new Date()): Promise<RuntimeMaterial> {
   const issues: ConfigIssue[] = [];
   const warnings: string[] = [];
-  let tls: TlsMaterial | undefined;
+  let certs: LoadedCertificate[] | undefined;
   if (config.tls) {
-    const loaded = await loadTlsMaterial(config.tls.cert, config.tls.key, 'tls');
+    const loaded = await loadCertificates(certificateSources(config.tls));
     if (loaded.ok) {
-      tls = loaded.material;
-      const days = daysUntilExpiry(tls, now);
-      if (days < 0) warnings.push(`tls.cert ${tls.certFile} expired on ${tls.notAfter.toISOString()}`);
-      else if (days < 14) warnings.push(`tls.cert ${tls.certFile} expires in ${Math.floor(days)} days (${tls.notAfter.toISOString()}); renew it`);
+      certs = loaded.certs;
+      warnings.push(...expiryWarnings(certs, now));
     } else {
       issues.push(...loaded.issues);
     }
   }
   let users: RuntimeMaterial['users'];
-  if (config.auth) {
+  if (config.auth?.users) {
     try {
       users = await readUsersFile(config.auth.users);
       if (users.size === 0) warnings.push(`auth.users ${config.auth.users} lists no users: nobody can authenticate`);
     } catch (err) {
       if (err instanceof ConfigError) issues.push(...err.issues);
       else throw err;
+    }
+  }
+  const clientCas = new Map<string, Buffer>();
+  for (const [i, l] of config.listeners.entries()) {
+    if (!l.clientCerts) continue;
+    try {
+      clientCas.set(l.name, await readFile(l.clientCerts.ca));
+    } catch (err) {
+      issues.push({ file: l.clientCerts.ca, path: `listeners[${i}].clientCerts.ca`, message: `cannot read the CA bundle: ${(err as Error).message}` });
     }
   }
   let backendCa: Buffer | undefined;
@@ -89,7 +101,25 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
   if (issues.length) throw new ConfigError(issues);
-  return { tls, users, backendCa, backendPassword, warnings };
+  return { certs, users, backendCa, backendPassword, clientCas, warnings };
+}
+
+/** The default pair first, then each SNI pair. */
+export function certificateSources(tls: NonNullable<Config['tls']>): CertificateSource[] {
+  return [
+    { label: 'default', names: [], certFile: tls.cert, keyFile: tls.key, where: 'tls' },
+    ...tls.sni.map((s, i) => ({ label: s.names[0]!, names: s.names, certFile: s.cert, keyFile: s.key, where: `tls.sni[${i}]` })),
+  ];
+}
+
+function expiryWarnings(certs: readonly LoadedCertificate[], now: Date): string[] {
+  const out: string[] = [];
+  for (const { material: m, source } of certs) {
+    const days = daysUntilExpiry(m, now);
+    if (days < 0) out.push(`${source.where}.cert ${m.certFile} expired on ${m.notAfter.toISOString()}`);
+    else if (days < 14) out.push(`${source.where}.cert ${m.certFile} expires in ${Math.floor(days)} days (${m.notAfter.toISOString()}); renew it`);
+  }
+  return out;
 }
 
 /**
@@ -102,8 +132,7 @@ export async function checkConfigFile(file: string, mode: 'run' | 'check' = 'run
     if (mode === 'run') {
       await ensureDemoCertificate(config.tls.cert, config.tls.key, config.hostname);
     } else if (!(await demoCertificateExists(config.tls.cert, config.tls.key))) {
-      const { tls: _pending, ...rest } = config;
-      const material = await loadRuntimeMaterial(rest as Config);
+      const material = await loadRuntimeMaterial({ ...config, tls: undefined });
       return { config, material: { ...material, warnings: [...material.warnings, `tls.cert ${config.tls.cert} does not exist yet; demo mode generates a self-signed one at first start`] } };
     }
   }
@@ -129,6 +158,7 @@ export class App {
   readonly #authenticator: Authenticator | undefined;
   readonly #listeners: SmtpListener[] = [];
   #admin: http.Server | undefined;
+  #tls: TlsManager | undefined;
   #capture: CaptureBackend | undefined;
   #addresses: BoundAddresses | undefined;
   #stopping = false;
@@ -138,7 +168,8 @@ export class App {
     this.#material = material;
     this.log = opts.log ?? createLogger({ level: config.log.level, format: config.log.format });
     this.metrics = createMetrics();
-    this.#authenticator = material.users ? new FileAuthenticator(material.users) : undefined;
+    this.#authenticator =
+      config.auth?.backend === 'backend' ? new BackendAuthenticator() : material.users ? new FileAuthenticator(material.users) : undefined;
   }
 
   get addresses(): BoundAddresses {
@@ -167,14 +198,30 @@ export class App {
       onConnected: (t: BackendTarget, seconds: number) => this.metrics.backendConnectSeconds.observe({ backend: t.name }, seconds),
       onError: (t: BackendTarget, err: { kind: string }) => this.metrics.backendErrors.inc({ backend: t.name, kind: err.kind }),
     };
-    const tls = this.#material.tls;
+    if (this.#material.certs && config.tls) {
+      this.#tls = new TlsManager(this.#material.certs, { minVersion: config.tls.minVersion, ciphers: config.tls.ciphers }, {
+        onReloaded: (certs) => {
+          this.metrics.reloads.inc({ component: 'certificate', result: 'success' });
+          this.#recordExpiry(certs);
+          this.log.info({ certificates: certs.map((c) => ({ label: c.source.label, subject: c.material.subject, notAfter: c.material.notAfter })) }, 'certificates reloaded');
+          for (const w of expiryWarnings(certs, new Date())) this.log.warn(w);
+        },
+        onReloadFailed: (issues) => {
+          this.metrics.reloads.inc({ component: 'certificate', result: 'failure' });
+          this.log.error({ problems: describeIssues(issues) }, 'certificate reload failed; the previous certificates stay in force');
+        },
+      });
+      this.#recordExpiry(this.#material.certs);
+      await this.#tls.watch(config.tls.reloadInterval);
+    }
+    const tlsManager = this.#tls;
     const listenerPorts: Record<string, number> = {};
     try {
       for (const lc of config.listeners) {
         const listener = new SmtpListener({
           config: lc,
           hostname: config.hostname,
-          tls: tls && config.tls ? { cert: tls.cert, key: tls.key, minVersion: config.tls.minVersion, ciphers: config.tls.ciphers } : undefined,
+          tls: tlsManager ? { manager: tlsManager, clientCa: this.#material.clientCas.get(lc.name) } : undefined,
           authenticator: this.#authenticator,
           openBackend: () => new BackendSession(pool, { identity: b.identity, auth: backendAuth }, events),
           data: {
@@ -205,8 +252,18 @@ export class App {
     return this.#addresses;
   }
 
+  /** The TLS manager, for an explicit reload (SIGHUP) or tests. */
+  get tls(): TlsManager | undefined {
+    return this.#tls;
+  }
+
+  #recordExpiry(certs: readonly LoadedCertificate[]): void {
+    for (const c of certs) this.metrics.certificateExpiry.set({ certificate: c.source.label }, c.material.notAfter.getTime() / 1000);
+  }
+
   async stop(): Promise<void> {
     this.#stopping = true;
+    this.#tls?.stop();
     await Promise.all(this.#listeners.map((l) => l.close()));
     const admin = this.#admin;
     if (admin) {

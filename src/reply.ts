@@ -21,6 +21,7 @@ export const REFUSAL_REASONS = [
   'syntax',
   'client_aborted',
   'shutting_down',
+  'proxy_protocol',
   'internal',
 ] as const;
 

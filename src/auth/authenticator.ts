@@ -1,3 +1,5 @@
+import type { BackendSession, ClientIdentity } from '../relay/backend-session.js';
+
 /**
  * The auth interface. Each backend (users file, passthrough to the legacy server, and later
  * LDAP bind or an HTTP hook) is one file implementing `Authenticator`; the listener only
@@ -21,7 +23,16 @@ export type AuthOutcome =
   /** `unavailable`: the backend could not decide (e.g. unreachable); the client gets a 454 and may retry. */
   | { readonly ok: false; readonly reason: 'bad_credentials' | 'unavailable' };
 
+/**
+ * What the session offers an authenticator beyond the credentials: passthrough auth uses the
+ * session's own backend connection, so the login sticks to the connection that relays mail.
+ */
+export interface AuthContext {
+  readonly backend: BackendSession;
+  readonly identity: ClientIdentity;
+}
+
 export interface Authenticator {
   readonly kind: string;
-  authenticate(req: AuthRequest): Promise<AuthOutcome>;
+  authenticate(req: AuthRequest, ctx: AuthContext): Promise<AuthOutcome>;
 }

@@ -52,7 +52,7 @@ export function registerUserCommand(program: Command): void {
       'after',
       `
 On a terminal the password is asked for twice, without echo; otherwise it is the first line
-of stdin. It must be 8 to 72 bytes long, without NUL, CR or LF.
+of stdin. It needs at least 8 characters, at most 72 bytes, and no NUL, CR or LF.
 
 Examples:
   smtpgate user add alice --config /etc/smtpgate/smtpgate.yaml
@@ -149,7 +149,10 @@ async function usersFilePath(opts: UserCommandOptions): Promise<string> {
     const n = err.issues.length;
     throw new UserCommandError(`${opts.config}: ${n} problem${n === 1 ? '' : 's'} found; nothing was changed:`, err.issues);
   }
-  if (!config.auth) throw new UserCommandError(`${opts.config} has no auth section, so it names no users file (auth.users); pass --file PATH instead`);
+  if (!config.auth?.users) {
+    const why = config.auth ? `auth.backend is ${config.auth.backend}` : 'it has no auth section';
+    throw new UserCommandError(`${opts.config} names no users file (auth.users): ${why}; pass --file PATH to edit a users file anyway`);
+  }
   return config.auth.users;
 }
 
@@ -193,8 +196,7 @@ async function readPassword(username: string): Promise<string> {
     if (line === undefined) throw new UserCommandError('no password: stdin is not a terminal and is empty (pipe the password as its first line)');
     return line;
   }
-  const first = await promptHidden(stdin as ReadStream, `Password for ${username}: `);
-  const again = await promptHidden(stdin as ReadStream, 'Again: ');
+  const [first = '', again] = await readHiddenAnswers(stdin as ReadStream, [`Password for ${username}: `, 'Again: ']);
   if (first !== again) throw new UserCommandError('the passwords do not match; nothing was changed');
   return first;
 }
@@ -224,11 +226,15 @@ async function readFirstLine(stream: NodeJS.ReadableStream): Promise<string | un
   }
 }
 
-/** Reads one line from a terminal without echoing it. Ctrl-C or Ctrl-D aborts. */
-function promptHidden(input: ReadStream, prompt: string): Promise<string> {
+/**
+ * Asks each prompt in turn on a terminal and reads one line for each, without echo. Raw mode
+ * is on before the first prompt is shown and stays on until the last answer, so typing ahead
+ * never echoes a password. Ctrl-C, or Ctrl-D on an empty line, aborts.
+ */
+function readHiddenAnswers(input: ReadStream, prompts: readonly string[]): Promise<string[]> {
   return new Promise((resolve, reject) => {
     const out = process.stderr;
-    out.write(prompt);
+    const answers: string[] = [];
     let value = '';
     const wasRaw = input.isRaw;
     const finish = (err?: Error) => {
@@ -237,20 +243,30 @@ function promptHidden(input: ReadStream, prompt: string): Promise<string> {
       input.pause();
       out.write('\n');
       if (err) reject(err);
-      else resolve(value);
+      else resolve(answers);
     };
     const onData = (text: string) => {
       for (const ch of text) {
-        if (ch === '\r' || ch === '\n') return finish();
-        if (ch === '\u0003' || (ch === '\u0004' && value === '')) return finish(new UserCommandError('aborted; nothing was changed'));
-        if (ch === '\u007f' || ch === '\b') value = [...value].slice(0, -1).join('');
-        else if (ch === '\u0015') value = ''; // Ctrl-U: erase the line, as a terminal would
-        else value += ch;
+        if (ch === '\r' || ch === '\n') {
+          answers.push(value);
+          value = '';
+          if (answers.length === prompts.length) return finish();
+          out.write(`\n${prompts[answers.length]}`);
+        } else if (ch === '\u0003' || (ch === '\u0004' && value === '')) {
+          return finish(new UserCommandError('aborted; nothing was changed'));
+        } else if (ch === '\u007f' || ch === '\b') {
+          value = [...value].slice(0, -1).join('');
+        } else if (ch === '\u0015') {
+          value = ''; // Ctrl-U: erase the line, as a terminal would
+        } else {
+          value += ch;
+        }
       }
     };
     input.setRawMode(true);
     input.setEncoding('utf8');
     input.on('data', onData);
+    out.write(prompts[0] ?? '');
     input.resume();
   });
 }

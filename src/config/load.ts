@@ -93,6 +93,14 @@ function describeIssue(
           message: `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(' | ')}, found ${describeValue(found)}`,
         },
       ];
+    case 'invalid_union': {
+      // A value that may take several forms (e.g. one address or a list): report the problems
+      // of the form the value was written in, not zod's generic "Invalid input".
+      const branches = issue.errors.map((branch) => branch.filter((i) => !(i.code === 'invalid_type' && i.path.length === 0)));
+      const best = branches.find((b) => b.length > 0);
+      if (!best) return [{ file, path: formatPath(segments), line: lineOf(segments), message: `expected one of the documented forms, found ${describeValue(found)}` }];
+      return best.flatMap((inner) => describeIssue({ ...inner, path: [...segments, ...inner.path] } as z.core.$ZodIssue, raw, file, schema, lineOf));
+    }
     default:
       return [{ file, path: formatPath(segments), line: lineOf(segments), message: issue.message }];
   }

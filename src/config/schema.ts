@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration, parseHostPort, parseSize } from './units.js';
+import { parseCidr, type Cidr } from './cidr.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
 export const DEFAULT_TLS12_CIPHERS = [
@@ -57,6 +58,17 @@ const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
   return bytes;
 });
 
+const cidr = z.string().transform((value, ctx): Cidr => {
+  const c = parseCidr(value);
+  if (!c) {
+    ctx.addIssue({ code: 'custom', message: `expected an address or CIDR such as 10.0.0.0/8 or 2001:db8::/32, found ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return c;
+});
+
+const HOST_NAME = /^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
+
 const LISTENER_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
 
 export function configSchema(baseDir: string) {
@@ -72,6 +84,41 @@ export function configSchema(baseDir: string) {
       tls: z.enum(['starttls', 'implicit', 'none']).default('starttls'),
       requireTls: z.boolean().default(true),
       requireAuth: z.boolean().default(true),
+      /** Clients in these networks may send without AUTH (internal apps, printers). */
+      trusted: z
+        .object({
+          networks: z.array(cidr).min(1),
+          /** Trusted clients must still use TLS; defaults to the listener's requireTls. */
+          requireTls: z.boolean().optional(),
+        })
+        .strict()
+        .optional(),
+      /** Behind HAProxy or a load balancer: take the client address from a PROXY v1/v2 header. */
+      proxyProtocol: z
+        .object({
+          /** Only these peers may (and must) send the header; any other peer is disconnected. */
+          trusted: z.array(cidr).min(1),
+          timeout: duration.default(5_000),
+        })
+        .strict()
+        .optional(),
+      /** Ask for client certificates; a verified one can authenticate the session. */
+      clientCerts: z
+        .object({
+          ca: filePath,
+          required: z.boolean().default(false),
+          /** Certificate → user: by SHA-256 fingerprint ("AB:CD:…") or subject common name. */
+          users: z
+            .array(
+              z
+                .object({ fingerprint: z.string().regex(/^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$/, 'expected a SHA-256 fingerprint like AB:CD:…(32 pairs)').optional(), subjectCN: z.string().min(1).optional(), user: z.string().min(1) })
+                .strict()
+                .refine((m) => (m.fingerprint === undefined) !== (m.subjectCN === undefined), { message: 'give exactly one of fingerprint or subjectCN' }),
+            )
+            .default([]),
+        })
+        .strict()
+        .optional(),
     })
     .strict();
 
@@ -81,15 +128,31 @@ export function configSchema(baseDir: string) {
       key: filePath,
       minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
       ciphers: z.string().min(1).default(DEFAULT_TLS12_CIPHERS),
+      /** Extra certificates picked by SNI; an unknown name gets the default pair above. */
+      sni: z
+        .array(
+          z
+            .object({
+              names: z.array(z.string().regex(HOST_NAME, 'expected a host name such as mail.example.com or *.example.com')).min(1),
+              cert: filePath,
+              key: filePath,
+            })
+            .strict(),
+        )
+        .default([]),
+      /** How often the certificate files are checked for changes (ACME renewals). */
+      reloadInterval: duration.default(5_000),
     })
     .strict();
 
   const auth = z
     .object({
-      backend: z.enum(['file']).default('file'),
-      users: filePath,
+      /** file: the users file; backend: pass AUTH through to the legacy server's own accounts. */
+      backend: z.enum(['file', 'backend']).default('file'),
+      users: filePath.optional(),
     })
-    .strict();
+    .strict()
+    .refine((a) => a.backend !== 'file' || a.users !== undefined, { message: 'auth.backend: file needs auth.users (the htpasswd users file)', path: ['users'] });
 
   const backend = z
     .object({

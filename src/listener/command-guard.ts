@@ -19,15 +19,31 @@ import { refusal, type Refusal } from '../reply.js';
 export interface CommandFacts {
   /** The session runs under TLS. */
   readonly secure: boolean;
-  /** The line is a continuation of an exchange (AUTH LOGIN username/password), not a command. */
+  /** The line answers a 334 challenge (AUTH LOGIN username/password), it is not a command. */
   readonly continuation: boolean;
 }
 
+/** RFC 4648 base64, padded, nothing else: Node's decoder would silently skip junk. */
+const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+const MALFORMED_BASE64 = refusal(501, '5.5.2', 'Invalid base64 data in AUTH exchange (RFC 4954)', 'auth_malformed');
+
+/** RFC 4954 §4: "=" is an empty initial response, "*" cancels; anything else must be base64. */
+function isSaslToken(token: string, allowCancel: boolean): boolean {
+  if (token === '=') return true;
+  if (allowCancel && token === '*') return true;
+  return token.length > 0 && STRICT_BASE64.test(token);
+}
+
 export function checkCommand(line: string, facts: CommandFacts): Refusal | undefined {
-  if (facts.continuation) return undefined;
+  if (facts.continuation) return isSaslToken(line.trim(), true) ? undefined : MALFORMED_BASE64;
   const verb = /^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase();
   if (verb === 'AUTH' && !facts.secure) {
     return refusal(538, '5.7.11', 'Encryption required for requested authentication mechanism: issue STARTTLS first', 'tls_required');
+  }
+  if (verb === 'AUTH') {
+    const initial = line.trim().split(/\s+/)[2];
+    if (initial !== undefined && !isSaslToken(initial, false)) return MALFORMED_BASE64;
   }
   if (verb === 'BDAT') {
     return refusal(502, '5.5.1', 'BDAT (CHUNKING) is not supported; use DATA', 'syntax');
@@ -117,6 +133,8 @@ export function installCommandGuard(server: SMTPServer, onRefusal: OnGuardRefusa
       const r = checkCommand(command.toString('latin1'), { secure: conn.secure, continuation: Boolean(conn._nextHandler) });
       if (!r) return dispatch(command, callback);
       onRefusal(conn.id, r);
+      // A refused continuation line ends the SASL exchange (RFC 4954 §4).
+      conn._nextHandler = false;
       conn.send(r.code, `${r.enhanced} ${r.text}`, false);
       if (callback) setImmediate(callback);
     };

@@ -23,12 +23,15 @@ import { DataEncoder, LineTooLongError, SmugglingError, type BareLineEndingMode 
 import { mailCommand, rcptCommand } from '../relay/envelope.js';
 import { headerSafe, receivedHeader } from '../relay/received-header.js';
 import { installCommandGuard } from './command-guard.js';
+import type { TlsManager } from './tls-manager.js';
+import { CidrSet } from '../config/cidr.js';
+import { readProxyHeader, ProxyHeaderError } from './proxy-protocol.js';
+import { randomBytes } from 'node:crypto';
 
 export interface ListenerTls {
-  readonly cert: Buffer;
-  readonly key: Buffer;
-  readonly minVersion: 'TLSv1.2' | 'TLSv1.3';
-  readonly ciphers: string;
+  readonly manager: TlsManager;
+  /** CA bundle for client certificates, when the listener asks for them. */
+  readonly clientCa?: Buffer;
 }
 
 export interface DataSettings {
@@ -58,6 +61,10 @@ interface SessionState {
   readonly openedAt: number;
   tlsVersion?: string;
   user?: string;
+  /** How `user` was established. */
+  authMethod?: 'password' | 'certificate';
+  /** The client is in the listener's trusted networks. */
+  trusted: boolean;
   messages: number;
   bytes: number;
   lastRefusal?: Refusal;
@@ -75,6 +82,7 @@ export class SmtpListener {
   readonly #deps: ListenerDeps;
   readonly #sessions = new Map<string, SessionState>();
   readonly #disabledCommands: string[];
+  readonly #trusted: CidrSet | undefined;
 
   constructor(deps: ListenerDeps) {
     this.#deps = deps;
@@ -83,19 +91,18 @@ export class SmtpListener {
     // STARTTLS makes no sense without a certificate, and inside implicit TLS smtp-server
     // already answers 503.
     this.#disabledCommands = config.tls === 'none' ? ['STARTTLS'] : [];
+    this.#trusted = config.trusted ? new CidrSet(config.trusted.networks) : undefined;
+    const clientCerts = config.clientCerts;
 
     this.server = new SMTPServer({
       name: deps.hostname,
       banner: 'smtpgate',
       secure: config.tls === 'implicit',
-      ...(tls
-        ? {
-            key: tls.key,
-            cert: tls.cert,
-            minVersion: tls.minVersion,
-            ciphers: tls.ciphers,
-            honorCipherOrder: true,
-          }
+      ...(tls ? tls.manager.serverOptions() : {}),
+      ...(tls && clientCerts
+        ? // Verification is decided per session in onSecure (required → refuse), so the
+          // handshake itself accepts any certificate and we can answer with an SMTP reply.
+          { requestCert: true, rejectUnauthorized: false, ca: tls.clientCa }
         : {}),
       disabledCommands: this.#disabledCommands,
       authMethods: ['PLAIN', 'LOGIN'],
@@ -119,6 +126,8 @@ export class SmtpListener {
       const level = err.code === 'ECONNRESET' || err.code === 'EPIPE' ? 'debug' : 'warn';
       this.#deps.log[level]({ listener: config.name, err: { code: err.code, message: err.message } }, 'client connection error');
     });
+    if (tls) tls.manager.attach(this.server);
+    if (config.proxyProtocol) this.#installProxyProtocol(config.proxyProtocol);
     installCommandGuard(this.server, (sessionId, r) => {
       const state = this.#sessions.get(sessionId);
       this.#count(r, 'connect');
@@ -164,14 +173,42 @@ export class SmtpListener {
       openedAt: Date.now(),
       messages: 0,
       bytes: 0,
+      trusted: this.#trusted?.has(session.remoteAddress) ?? false,
     };
     this.#sessions.set(session.id, state);
     metrics.connectionsOpened.inc({ listener: config.name });
     metrics.connectionsActive.inc({ listener: config.name });
-    state.log.info({ client: session.remoteAddress, port: session.remotePort, tls: session.secure }, 'connect');
-    if (session.secure) this.#recordTls(state, session, 'implicit');
+    state.log.info({ client: session.remoteAddress, port: session.remotePort, trusted: state.trusted }, 'connect');
     this.#applyCommandVisibility(session);
     cb();
+  }
+
+  /**
+   * PROXY protocol v1/v2 (smtp-server only knows v1). Only listed peers may send the header,
+   * and they must; any other peer is disconnected before a byte of SMTP is exchanged.
+   * smtp-server asks `_handleProxy` for every accepted socket, before any TLS handshake.
+   */
+  #installProxyProtocol(opts: NonNullable<ListenerConfig['proxyProtocol']>): void {
+    const peers = new CidrSet(opts.trusted);
+    type Callback = (err: Error | null, socketOptions?: { id: string; remoteAddress?: string; remotePort?: number }) => void;
+    const server = this.server as unknown as { _handleProxy(socket: Socket, cb: Callback): void };
+    server._handleProxy = (socket: Socket, cb: Callback) => {
+      const id = BigInt('0x' + randomBytes(10).toString('hex')).toString(32).padStart(16, '0');
+      const peer = socket.remoteAddress ?? '';
+      const refuse = (why: string) => {
+        this.#deps.log.warn({ listener: this.name, peer, why }, 'PROXY protocol: connection refused');
+        this.#deps.metrics.refusals.inc({ listener: this.name, stage: 'connect', reason: 'proxy_protocol', code_class: 'none' });
+        socket.on('error', () => {});
+        socket.destroy();
+        cb(new Error(why));
+      };
+      if (!peers.has(peer)) return refuse('peer is not in proxyProtocol.trusted');
+      readProxyHeader(socket, { timeoutMs: opts.timeout }).then(
+        (header) =>
+          cb(null, header.family === 'unknown' || !header.sourceAddress ? { id } : { id, remoteAddress: header.sourceAddress, remotePort: header.sourcePort }),
+        (err: unknown) => refuse(err instanceof ProxyHeaderError ? `${err.kind}: ${err.message}` : String(err)),
+      );
+    };
   }
 
   /** AUTH is offered only under TLS, on every listener: no credentials ever cross in cleartext. */
@@ -181,14 +218,43 @@ export class SmtpListener {
 
   // ── tls ────────────────────────────────────────────────────────────────────────────────
 
-  #onSecure(_socket: Socket | TLSSocket, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+  /** After the implicit-TLS handshake (right after onConnect) or after STARTTLS. */
+  #onSecure(socket: Socket | TLSSocket, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
     const state = this.#sessions.get(session.id);
-    // onSecure runs for implicit TLS before onConnect; the handshake is recorded there.
-    if (state) {
-      this.#recordTls(state, session, 'starttls');
-      this.#applyCommandVisibility(session);
+    if (!state) return cb();
+    this.#recordTls(state, session, this.#deps.config.tls === 'implicit' ? 'implicit' : 'starttls');
+    // RFC 3207 §4.2: nothing learned before the handshake is trusted after it.
+    state.user = undefined;
+    state.authMethod = undefined;
+    this.#applyCommandVisibility(session);
+    const clientCerts = this.#deps.config.clientCerts;
+    if (clientCerts && 'getPeerCertificate' in socket) {
+      const outcome = this.#clientCertificate(socket, clientCerts, state);
+      if (outcome) return cb(this.#refuse(state, 'tls', outcome));
     }
     cb();
+  }
+
+  /** Maps a verified client certificate to a user; refuses when one is required and missing. */
+  #clientCertificate(socket: TLSSocket, opts: NonNullable<ListenerConfig['clientCerts']>, state: SessionState): Refusal | undefined {
+    const cert = socket.getPeerCertificate();
+    const present = Boolean(cert && cert.fingerprint256);
+    if (!present || !socket.authorized) {
+      if (opts.required) {
+        const why = present ? `client certificate not trusted (${String(socket.authorizationError)})` : 'a client certificate is required';
+        return refusal(554, '5.7.1', why, 'tls_required');
+      }
+      return undefined;
+    }
+    const cn = typeof cert.subject?.CN === 'string' ? cert.subject.CN : undefined;
+    const match = opts.users.find((m) => (m.fingerprint && m.fingerprint.toUpperCase() === cert.fingerprint256.toUpperCase()) || (m.subjectCN && m.subjectCN === cn));
+    state.log.info({ fingerprint: cert.fingerprint256, subjectCN: cn, user: match?.user }, 'client certificate verified');
+    if (match) {
+      state.user = match.user;
+      state.authMethod = 'certificate';
+      this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism: 'certificate', result: 'success' });
+    }
+    return undefined;
   }
 
   #recordTls(state: SessionState, session: SMTPServerSession, kind: 'starttls' | 'implicit'): void {
@@ -233,7 +299,10 @@ export class SmtpListener {
     }
     let outcome;
     try {
-      outcome = await this.#deps.authenticator.authenticate({ username, password, mechanism, sessionId: session.id, remoteAddress: session.remoteAddress });
+      outcome = await this.#deps.authenticator.authenticate(
+        { username, password, mechanism, sessionId: session.id, remoteAddress: session.remoteAddress },
+        { backend: state.backend, identity: this.#identity(session, state) },
+      );
     } catch (err) {
       state.log.error({ err }, 'auth backend failed');
       return fail(refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable'), 'error');
@@ -244,6 +313,7 @@ export class SmtpListener {
         : fail(refusal(535, '5.7.8', 'Authentication credentials invalid', 'auth_failed'), 'failure');
     }
     state.user = outcome.user.username;
+    state.authMethod = 'password';
     this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism, result: 'success' });
     state.log.info({ user: state.user, mechanism }, 'authenticated');
     cb(null, { user: outcome.user.username });
@@ -255,10 +325,11 @@ export class SmtpListener {
     const state = this.#sessions.get(session.id);
     if (!state) return cb(new Error('unknown session'));
     const { config } = this.#deps;
-    if (config.requireTls && !session.secure) {
+    const requireTls = state.trusted ? (config.trusted?.requireTls ?? config.requireTls) : config.requireTls;
+    if (requireTls && !session.secure) {
       return cb(this.#refuse(state, 'mail', refusal(530, '5.7.0', 'Must issue a STARTTLS command first', 'tls_required')));
     }
-    if (config.requireAuth && !state.user) {
+    if (config.requireAuth && !state.user && !state.trusted) {
       return cb(this.#refuse(state, 'mail', refusal(530, '5.7.0', 'Authentication required', 'auth_required')));
     }
     // limits and policy plug in here, before anything reaches the backend.

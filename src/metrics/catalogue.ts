@@ -97,6 +97,18 @@ export function createMetrics() {
       labelNames: ['listener', 'kind'] as const,
       registers,
     }),
+    reloads: new Counter({
+      name: 'smtpgate_reloads_total',
+      help: 'Reloads by component (certificate|users|config|policy) and result (success|failure). A failure keeps the old one in force.',
+      labelNames: ['component', 'result'] as const,
+      registers,
+    }),
+    certificateExpiry: new Gauge({
+      name: 'smtpgate_tls_certificate_expiry_timestamp_seconds',
+      help: 'When each served certificate expires (Unix time), by certificate label ("default" or its first SNI name).',
+      labelNames: ['certificate'] as const,
+      registers,
+    }),
     smugglingNormalized: new Counter({
       name: 'smtpgate_smuggling_normalized_total',
       help: 'Stray CR, LF or NUL bytes replaced by a space in normalize mode.',

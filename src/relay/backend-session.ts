@@ -95,6 +95,15 @@ export class BackendSession {
     return reply;
   }
 
+  /**
+   * Passthrough AUTH: opens the session (with the client's identity) and forwards the client's
+   * credentials. A refused login leaves the connection open for another try, as SMTP allows.
+   */
+  async authenticate(user: string, password: string, mechanism: 'PLAIN' | 'LOGIN', identity: ClientIdentity): Promise<SmtpReply> {
+    const conn = await this.#open(identity);
+    return this.#run(() => (mechanism === 'LOGIN' ? conn.authLogin(user, password) : conn.authPlain(user, password)));
+  }
+
   async rcpt(line: string): Promise<SmtpReply> {
     const conn = this.#require();
     return this.#run(() => conn.command(line));

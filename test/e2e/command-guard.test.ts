@@ -14,8 +14,18 @@ describe('checkCommand (pure)', () => {
     }
     expect(checkCommand('AUTH PLAIN AGEAYg==', { secure: true, continuation: false })).toBeUndefined();
   });
-  test('an AUTH LOGIN continuation line is not a command', () => {
-    expect(checkCommand('AUTH', { secure: false, continuation: true })).toBeUndefined();
+  test('an AUTH LOGIN continuation line is not a command, but must be strict base64 or "*"', () => {
+    expect(checkCommand('QVVUSA==', { secure: false, continuation: true })).toBeUndefined();
+    expect(checkCommand('*', { secure: true, continuation: true })).toBeUndefined();
+    expect(checkCommand('ali', { secure: true, continuation: true })).toMatchObject({ code: 501, enhanced: '5.5.2' });
+    expect(checkCommand('YWxp!Y2U=', { secure: true, continuation: true })).toMatchObject({ code: 501, enhanced: '5.5.2' });
+  });
+  test('an AUTH initial response must be strict base64 (Node would skip the junk)', () => {
+    expect(checkCommand('AUTH PLAIN AGFsaWNlAHNlY3JldA==', { secure: true, continuation: false })).toBeUndefined();
+    expect(checkCommand('AUTH PLAIN =', { secure: true, continuation: false })).toBeUndefined();
+    expect(checkCommand('AUTH PLAIN AGFsaWNl.AHNlY3JldA==', { secure: true, continuation: false })).toMatchObject({ code: 501 });
+    expect(checkCommand('AUTH PLAIN AGFsaWNlAHNlY3JldA', { secure: true, continuation: false })).toMatchObject({ code: 501 });
+    expect(checkCommand('AUTH LOGIN', { secure: true, continuation: false })).toBeUndefined();
   });
   test('BDAT gets 502 5.5.1', () => {
     expect(checkCommand('BDAT 100 LAST', { secure: true, continuation: false })).toMatchObject({ code: 502, enhanced: '5.5.1' });

@@ -9,6 +9,10 @@ export interface RecordedMessage {
   readonly to: string[];
   readonly data: Buffer;
   readonly xclient: Record<string, string>;
+  /** XFORWARD attributes the backend was given (only with `xforward: true`). */
+  readonly xforward: Record<string, string>;
+  /** The login smtpgate itself authenticated with (only with `auth`). */
+  readonly authUser?: string;
   readonly helo: string;
 }
 
@@ -19,6 +23,10 @@ export interface RecordingBackendOptions {
   /** Reply to the final dot instead of 250. */
   finalReply?: string;
   xclient?: boolean;
+  /** Accept XFORWARD from 127.0.0.1 (and then not XCLIENT, as a Postfix that only trusts XFORWARD). */
+  xforward?: boolean;
+  /** Demand AUTH (PLAIN or LOGIN, cleartext allowed) with exactly these credentials before MAIL. */
+  auth?: { user: string; password: string };
 }
 
 export interface RecordingBackend {
@@ -40,11 +48,20 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
   let sessions = 0;
   const server = new SMTPServer({
     name: 'backend.test',
-    authOptional: true,
-    disabledCommands: ['AUTH', 'STARTTLS'],
+    authOptional: !opts.auth,
+    disabledCommands: opts.auth ? ['STARTTLS'] : ['AUTH', 'STARTTLS'],
+    ...(opts.auth ? { authMethods: ['PLAIN', 'LOGIN'], allowInsecureAuth: true } : {}),
     disableReverseLookup: true,
-    useXClient: opts.xclient === false ? false : ['127.0.0.1', '::1'],
+    useXClient: opts.xclient === false || opts.xforward ? false : ['127.0.0.1', '::1'],
+    useXForward: opts.xforward ? ['127.0.0.1', '::1'] : false,
     logger: false,
+    onAuth(auth, _session, cb) {
+      // XCLIENT LOGIN=… from an authorised proxy is accepted as smtp-server's default does.
+      if (auth.method === 'XCLIENT') return cb(null, { user: auth.username });
+      const want = opts.auth;
+      if (want && auth.username === want.user && auth.password === want.password) return cb(null, { user: auth.username });
+      cb(Object.assign(new Error('5.7.8 Authentication credentials invalid'), { responseCode: 535 }));
+    },
     onConnect(_session, cb) {
       sessions++;
       cb();
@@ -69,6 +86,8 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
           to: session.envelope.rcptTo.map((r) => r.address),
           data: Buffer.concat(chunks),
           xclient: Object.fromEntries([...session.xClient.entries()].map(([k, v]) => [k, String(v)])),
+          xforward: Object.fromEntries([...session.xForward.entries()].map(([k, v]) => [k, String(v)])),
+          ...(session.user === undefined ? {} : { authUser: String(session.user) }),
           helo: session.hostNameAppearsAs,
         });
         cb(null, `2.0.0 Ok: queued as Q${messages.length}`);

@@ -20,12 +20,22 @@ export interface GateUser {
 export const ALICE: GateUser = { name: 'alice', password: 'correct horse battery staple' };
 
 export interface StartGateOptions {
-  backendPort: number;
+  /** Port of a single backend on 127.0.0.1; ignored when `backendYaml` is given. */
+  backendPort?: number;
+  /**
+   * The whole `backend:` section (starting with the line `backend:`), for tests that need
+   * several addresses, a strategy, timeouts, an identity mode or fixed credentials.
+   */
+  backendYaml?: string;
   /** YAML for the listeners list; defaults to one STARTTLS and one implicit-TLS listener on free ports. */
   listenersYaml?: string;
   /** Extra top-level YAML appended to the config. */
   extraYaml?: string;
   users?: GateUser[];
+  /** log.level; the in-process gate defaults to debug. */
+  logLevel?: string;
+  /** log.format (json unless told); only matters for a gate run as a child process. */
+  logFormat?: 'json' | 'pretty';
 }
 
 export interface Gate {
@@ -52,12 +62,34 @@ const DEFAULT_LISTENERS = `
     requireTls: false
 `;
 
-export async function startGate(opts: StartGateOptions): Promise<Gate> {
+/**
+ * A listener without TLS or AUTH, for relay tests where the front door is not the subject and
+ * a plain TCP socket is needed (a client that resets the connection, a 50 MB stream).
+ */
+export const OPEN_LISTENER_YAML = `
+  - name: open
+    address: 127.0.0.1:0
+    tls: none
+    requireTls: false
+    requireAuth: false
+`;
+
+export interface GateFiles {
+  readonly dir: string;
+  readonly cert: TestCert;
+  /** The YAML config, ready for `checkConfigFile` or `smtpgate run --config`. */
+  readonly configFile: string;
+}
+
+/** Writes a temp folder with a certificate, a users file and the config; starts nothing. */
+export async function writeGateFiles(opts: StartGateOptions): Promise<GateFiles> {
+  if (opts.backendYaml === undefined && opts.backendPort === undefined) throw new Error('startGate needs backendPort or backendYaml');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-test-'));
   const cert = await makeTestCert('localhost');
   const users = opts.users ?? [ALICE];
   // Cost 4: fast tests; production hashes come from `htpasswd -B` (cost 5+) or smtpgate user.
   await writeFile(path.join(dir, 'users'), users.map((u) => `${u.name}:${hashSync(u.password, 4)}\n`).join(''));
+  const backend = opts.backendYaml ?? `backend:\n  address: 127.0.0.1:${opts.backendPort}`;
   const configFile = path.join(dir, 'smtpgate.yaml');
   await writeFile(
     configFile,
@@ -68,15 +100,20 @@ tls:
   key: ${cert.keyFile}
 auth:
   users: users
-backend:
-  address: 127.0.0.1:${opts.backendPort}
+${backend.trim()}
 metrics:
   address: 127.0.0.1:0
 log:
-  level: debug
+  level: ${opts.logLevel ?? 'debug'}
+  format: ${opts.logFormat ?? 'json'}
 ${opts.extraYaml ?? ''}
 `,
   );
+  return { dir, cert, configFile };
+}
+
+export async function startGate(opts: StartGateOptions): Promise<Gate> {
+  const { dir, cert, configFile } = await writeGateFiles(opts);
   const { config, material } = await checkConfigFile(configFile);
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
@@ -85,7 +122,7 @@ ${opts.extraYaml ?? ''}
       cb();
     },
   });
-  const app = new App(config, material, { log: pino({ level: 'debug' }, sink) });
+  const app = new App(config, material, { log: pino({ level: opts.logLevel ?? 'debug' }, sink) });
   const bound = await app.start();
   return {
     app,

@@ -27,10 +27,12 @@ export class SmtpTalk {
     this.#attach(socket);
   }
 
-  static async connect(port: number, opts: { implicitTls?: boolean } = {}): Promise<SmtpTalk> {
+  /** `localAddress` binds the client's end, e.g. to 127.0.0.2, to tell it apart from the proxy's own 127.0.0.1. */
+  static async connect(port: number, opts: { implicitTls?: boolean; localAddress?: string } = {}): Promise<SmtpTalk> {
+    const local = opts.localAddress ? { localAddress: opts.localAddress } : {};
     const socket = opts.implicitTls
-      ? tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, servername: 'localhost' })
-      : net.connect({ host: '127.0.0.1', port });
+      ? tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, servername: 'localhost', ...local })
+      : net.connect({ host: '127.0.0.1', port, ...local });
     await new Promise<void>((resolve, reject) => {
       socket.once(opts.implicitTls ? 'secureConnect' : 'connect', () => resolve());
       socket.once('error', reject);
@@ -114,7 +116,29 @@ export class SmtpTalk {
     return this.cmd(`AUTH PLAIN ${Buffer.from(`\0${user}\0${pass}`).toString('base64')}`);
   }
 
+  /** The write side's backpressure, for tests that stream large messages. */
+  async writeAll(data: Buffer): Promise<void> {
+    const socket = this.#socket;
+    if (socket.write(data) || socket.destroyed) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        socket.off('drain', done);
+        socket.off('close', done);
+        resolve();
+      };
+      socket.once('drain', done);
+      socket.once('close', done);
+    });
+  }
+
   close(): void {
     this.#socket.destroy();
+  }
+
+  /** Drops the connection with a TCP RST, as a crashing client or a middlebox would (plain TCP only). */
+  reset(): void {
+    const s = this.#socket;
+    if (s instanceof tls.TLSSocket) throw new Error('reset() needs a plain TCP connection');
+    s.resetAndDestroy();
   }
 }

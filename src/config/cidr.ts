@@ -1,0 +1,42 @@
+/**
+ * CIDR lists ("10.0.0.0/8", "2001:db8::/32", or a bare address) as used for trusted networks,
+ * PROXY protocol peers and limit overrides. Backed by node's BlockList.
+ */
+import net from 'node:net';
+
+export interface Cidr {
+  readonly address: string;
+  readonly prefix: number;
+  readonly family: 'ipv4' | 'ipv6';
+}
+
+export function parseCidr(text: string): Cidr | undefined {
+  const m = /^([^/\s]+)(?:\/(\d{1,3}))?$/.exec(text.trim());
+  if (!m) return undefined;
+  const address = m[1]!;
+  const version = net.isIP(address);
+  if (version === 0) return undefined;
+  const max = version === 4 ? 32 : 128;
+  const prefix = m[2] === undefined ? max : Number(m[2]);
+  if (prefix > max) return undefined;
+  return { address, prefix, family: version === 4 ? 'ipv4' : 'ipv6' };
+}
+
+export class CidrSet {
+  readonly #list = new net.BlockList();
+  readonly size: number;
+
+  constructor(cidrs: readonly Cidr[]) {
+    for (const c of cidrs) this.#list.addSubnet(c.address, c.prefix, c.family);
+    this.size = cidrs.length;
+  }
+
+  has(ip: string): boolean {
+    const version = net.isIP(ip);
+    if (version === 0) return false;
+    // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+    if (mapped) return this.#list.check(mapped[1]!, 'ipv4');
+    return this.#list.check(ip, version === 4 ? 'ipv4' : 'ipv6');
+  }
+}
