@@ -13,6 +13,9 @@ import { createLogger, type Logger } from './logging/logger.js';
 import { createMetrics, type Metrics } from './metrics/catalogue.js';
 import { boundPort, startAdminServer } from './metrics/http-server.js';
 import { FileAuthenticator, readUsersFile } from './auth/file-authenticator.js';
+import { readUserAttributes, NO_ATTRIBUTES, type UserAttributes } from './auth/user-attributes.js';
+import type { UserRecord } from './auth/users-file.js';
+import { FileWatcher } from './config/file-watch.js';
 import type { Authenticator } from './auth/authenticator.js';
 import { daysUntilExpiry } from './listener/tls-material.js';
 import { TlsManager, describeIssues, loadCertificates, type CertificateSource, type LoadedCertificate } from './listener/tls-manager.js';
@@ -30,6 +33,7 @@ export interface RuntimeMaterial {
   /** The default certificate first, then the SNI ones. */
   readonly certs?: readonly LoadedCertificate[];
   readonly users?: Awaited<ReturnType<typeof readUsersFile>>;
+  readonly attributes: ReadonlyMap<string, UserAttributes>;
   readonly backendCa?: Buffer;
   /** backend.auth's password, read from passwordFile when given. */
   readonly backendPassword?: string;
@@ -60,16 +64,11 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
       issues.push(...loaded.issues);
     }
   }
-  let users: RuntimeMaterial['users'];
-  if (config.auth?.users) {
-    try {
-      users = await readUsersFile(config.auth.users);
-      if (users.size === 0) warnings.push(`auth.users ${config.auth.users} lists no users: nobody can authenticate`);
-    } catch (err) {
-      if (err instanceof ConfigError) issues.push(...err.issues);
-      else throw err;
-    }
-  }
+  const directory = await loadUserDirectory(config);
+  if (!directory.ok) issues.push(...directory.issues);
+  else if (directory.users && directory.users.size === 0) warnings.push(`auth.users ${config.auth?.users} lists no users: nobody can authenticate`);
+  const users = directory.ok ? directory.users : undefined;
+  const attributes = directory.ok ? directory.attributes : new Map<string, UserAttributes>();
   const clientCas = new Map<string, Buffer>();
   for (const [i, l] of config.listeners.entries()) {
     if (!l.clientCerts) continue;
@@ -101,7 +100,25 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
   if (issues.length) throw new ConfigError(issues);
-  return { certs, users, backendCa, backendPassword, clientCas, warnings };
+  return { certs, users, attributes, backendCa, backendPassword, clientCas, warnings };
+}
+
+type UserDirectoryLoad =
+  | { ok: true; users?: Map<string, UserRecord>; attributes: Map<string, UserAttributes> }
+  | { ok: false; issues: ConfigIssue[] };
+
+/** The users file (file auth) and the attributes file, both or neither. */
+async function loadUserDirectory(config: Config): Promise<UserDirectoryLoad> {
+  const issues: ConfigIssue[] = [];
+  let users: Map<string, UserRecord> | undefined;
+  let attributes = new Map<string, UserAttributes>();
+  const collect = (err: unknown) => {
+    if (err instanceof ConfigError) issues.push(...err.issues);
+    else throw err;
+  };
+  if (config.auth?.users) users = await readUsersFile(config.auth.users).catch((err: unknown) => void collect(err));
+  if (config.auth?.attributes) attributes = (await readUserAttributes(config.auth.attributes).catch((err: unknown) => void collect(err))) ?? attributes;
+  return issues.length ? { ok: false, issues } : { ok: true, users, attributes };
 }
 
 /** The default pair first, then each SNI pair. */
@@ -156,6 +173,8 @@ export class App {
   readonly metrics: Metrics;
   readonly #material: RuntimeMaterial;
   readonly #authenticator: Authenticator | undefined;
+  #attributes: ReadonlyMap<string, UserAttributes>;
+  #usersWatcher: FileWatcher | undefined;
   readonly #listeners: SmtpListener[] = [];
   #admin: http.Server | undefined;
   #tls: TlsManager | undefined;
@@ -170,6 +189,7 @@ export class App {
     this.metrics = createMetrics();
     this.#authenticator =
       config.auth?.backend === 'backend' ? new BackendAuthenticator() : material.users ? new FileAuthenticator(material.users) : undefined;
+    this.#attributes = material.attributes;
   }
 
   get addresses(): BoundAddresses {
@@ -215,6 +235,11 @@ export class App {
       await this.#tls.watch(config.tls.reloadInterval);
     }
     const tlsManager = this.#tls;
+    const userFiles = [config.auth?.users, config.auth?.attributes].filter((f): f is string => f !== undefined);
+    if (userFiles.length && config.auth) {
+      this.#usersWatcher = new FileWatcher(() => userFiles, () => this.reloadUsers().then(() => undefined));
+      await this.#usersWatcher.start(config.auth.reloadInterval);
+    }
     const listenerPorts: Record<string, number> = {};
     try {
       for (const lc of config.listeners) {
@@ -257,6 +282,35 @@ export class App {
     return this.#tls;
   }
 
+  /** Attributes (addresses, groups) of a user, for policy. */
+  userAttributes(user: string): UserAttributes {
+    return this.#attributes.get(user) ?? NO_ATTRIBUTES;
+  }
+
+  /**
+   * Re-reads the users and attributes files. Both are validated before either is swapped in;
+   * a broken file keeps the old data, logs the problems and counts a failure.
+   */
+  async reloadUsers(): Promise<boolean> {
+    const loaded = await loadUserDirectory(this.config);
+    if (!loaded.ok) {
+      this.metrics.reloads.inc({ component: 'users', result: 'failure' });
+      this.log.error({ problems: describeIssues(loaded.issues) }, 'users reload failed; the previous users stay in force');
+      return false;
+    }
+    if (loaded.users && this.#authenticator instanceof FileAuthenticator) this.#authenticator.replaceUsers(loaded.users);
+    this.#attributes = loaded.attributes;
+    this.metrics.reloads.inc({ component: 'users', result: 'success' });
+    this.log.info({ users: loaded.users?.size, attributes: loaded.attributes.size }, 'users reloaded');
+    return true;
+  }
+
+  /** SIGHUP: everything that can change without a restart. Each part keeps its old state on failure. */
+  async reload(): Promise<void> {
+    await this.reloadUsers();
+    await this.#tls?.reload();
+  }
+
   #recordExpiry(certs: readonly LoadedCertificate[]): void {
     for (const c of certs) this.metrics.certificateExpiry.set({ certificate: c.source.label }, c.material.notAfter.getTime() / 1000);
   }
@@ -264,6 +318,7 @@ export class App {
   async stop(): Promise<void> {
     this.#stopping = true;
     this.#tls?.stop();
+    this.#usersWatcher?.stop();
     await Promise.all(this.#listeners.map((l) => l.close()));
     const admin = this.#admin;
     if (admin) {

@@ -52,6 +52,10 @@ program
         },
       );
     };
+    process.on('SIGHUP', () => {
+      app.log.info('SIGHUP: reloading users, attributes and certificates');
+      void app.reload();
+    });
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('unhandledRejection', (err) => app.log.error({ err }, 'unhandled rejection (bug): the session it belonged to may hang'));

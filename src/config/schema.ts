@@ -150,6 +150,10 @@ export function configSchema(baseDir: string) {
       /** file: the users file; backend: pass AUTH through to the legacy server's own accounts. */
       backend: z.enum(['file', 'backend']).default('file'),
       users: filePath.optional(),
+      /** YAML: per-user addresses (sender binding) and groups, for policy rules. */
+      attributes: filePath.optional(),
+      /** How often the users and attributes files are checked for changes. */
+      reloadInterval: duration.default(5_000),
     })
     .strict()
     .refine((a) => a.backend !== 'file' || a.users !== undefined, { message: 'auth.backend: file needs auth.users (the htpasswd users file)', path: ['users'] });

@@ -4,8 +4,8 @@
  * key that doesn't match — keeps the old certificate in force, logs an error and counts a
  * failure; open sessions are never touched.
  */
-import { stat } from 'node:fs/promises';
 import tls from 'node:tls';
+import { FileWatcher } from '../config/file-watch.js';
 import type { ConfigIssue } from '../config/errors.js';
 import { formatIssue } from '../config/errors.js';
 import { loadTlsMaterial, type TlsMaterial } from './tls-material.js';
@@ -72,9 +72,7 @@ export class TlsManager {
   readonly #consumers = new Set<CertificateConsumer>();
   #certs: readonly LoadedCertificate[];
   #sni = new Map<string, tls.SecureContext>();
-  #fingerprint: string;
-  #timer: NodeJS.Timeout | undefined;
-  #checking = false;
+  readonly #watcher: FileWatcher;
 
   constructor(certs: readonly LoadedCertificate[], settings: TlsSettings, events: TlsManagerEvents) {
     if (!certs[0] || certs[0].source.names.length !== 0) throw new Error('the first certificate must be the default pair');
@@ -83,7 +81,10 @@ export class TlsManager {
     this.#events = events;
     this.#certs = certs;
     this.#sni = this.#buildSni(certs);
-    this.#fingerprint = '';
+    this.#watcher = new FileWatcher(
+      () => this.#sources.flatMap((s) => [s.certFile, s.keyFile]),
+      async () => void (await this.reload()),
+    );
   }
 
   get certificates(): readonly LoadedCertificate[] {
@@ -111,30 +112,18 @@ export class TlsManager {
     this.#consumers.add(consumer);
   }
 
-  /** Polls the files' stat (so symlink swaps by ACME clients are seen) every `intervalMs`. */
-  async watch(intervalMs: number): Promise<void> {
-    this.#fingerprint = await this.#statFingerprint();
-    this.#timer = setInterval(() => void this.checkForChanges(), intervalMs);
-    this.#timer.unref();
+  /** Polls the files (see FileWatcher) every `intervalMs` and reloads when one changed. */
+  watch(intervalMs: number): Promise<void> {
+    return this.#watcher.start(intervalMs);
   }
 
   stop(): void {
-    if (this.#timer) clearInterval(this.#timer);
-    this.#timer = undefined;
+    this.#watcher.stop();
   }
 
-  /** Reloads when any file changed since the last look. Returns true when it reloaded. */
-  async checkForChanges(): Promise<boolean> {
-    if (this.#checking) return false;
-    this.#checking = true;
-    try {
-      const fingerprint = await this.#statFingerprint();
-      if (fingerprint === this.#fingerprint) return false;
-      this.#fingerprint = fingerprint;
-      return await this.reload();
-    } finally {
-      this.#checking = false;
-    }
+  /** Reloads when any file changed since the last look. Returns true when it tried. */
+  checkForChanges(): Promise<boolean> {
+    return this.#watcher.poll();
   }
 
   /** Loads every pair again; swaps them in only if all are good. */
@@ -173,17 +162,6 @@ export class TlsManager {
       for (const n of c.source.names) map.set(n.toLowerCase(), ctx);
     }
     return map;
-  }
-
-  async #statFingerprint(): Promise<string> {
-    const parts: string[] = [];
-    for (const s of this.#sources) {
-      for (const f of [s.certFile, s.keyFile]) {
-        const st = await stat(f).catch(() => undefined);
-        parts.push(st ? `${st.ino}:${st.size}:${st.mtimeMs}` : 'missing');
-      }
-    }
-    return parts.join('|');
   }
 }
 

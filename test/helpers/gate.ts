@@ -32,6 +32,10 @@ export interface StartGateOptions {
   /** Extra top-level YAML appended to the config. */
   extraYaml?: string;
   users?: GateUser[];
+  /** Runs after the temp folder is written and before the app loads it (extra files). */
+  beforeStart?: (dir: string) => Promise<void>;
+  /** Replaces the whole `auth:` section (default: the generated users file). */
+  authYaml?: string;
   /** log.level; the in-process gate defaults to debug. */
   logLevel?: string;
   /** log.format (json unless told); only matters for a gate run as a child process. */
@@ -98,8 +102,7 @@ listeners:${opts.listenersYaml ?? DEFAULT_LISTENERS}
 tls:
   cert: ${cert.certFile}
   key: ${cert.keyFile}
-auth:
-  users: users
+${(opts.authYaml ?? 'auth:\n  users: users').trim()}
 ${backend.trim()}
 metrics:
   address: 127.0.0.1:0
@@ -114,6 +117,7 @@ ${opts.extraYaml ?? ''}
 
 export async function startGate(opts: StartGateOptions): Promise<Gate> {
   const { dir, cert, configFile } = await writeGateFiles(opts);
+  await opts.beforeStart?.(dir);
   const { config, material } = await checkConfigFile(configFile);
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
