@@ -315,11 +315,18 @@ export class App {
     for (const c of certs) this.metrics.certificateExpiry.set({ certificate: c.source.label }, c.material.notAfter.getTime() / 1000);
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Stops the app. With `drain`, /readyz turns 503 at once, idle sessions get 421 4.3.2, and
+   * transactions under way get `shutdown.drainSeconds` to finish (SIGTERM). Without it,
+   * everything is closed at once.
+   */
+  async stop(opts: { drain?: boolean } = {}): Promise<void> {
     this.#stopping = true;
     this.#tls?.stop();
     this.#usersWatcher?.stop();
-    await Promise.all(this.#listeners.map((l) => l.close()));
+    const grace = opts.drain ? this.config.shutdown.drainSeconds * 1000 : 0;
+    if (opts.drain) this.log.info({ drainSeconds: this.config.shutdown.drainSeconds, sessions: this.#listeners.reduce((n, l) => n + l.activeSessions, 0) }, 'draining');
+    await Promise.all(this.#listeners.map((l) => l.drain(grace)));
     const admin = this.#admin;
     if (admin) {
       const closed = new Promise<void>((resolve) => admin.close(() => resolve()));

@@ -44,7 +44,7 @@ program
       if (stopping) return;
       stopping = true;
       app.log.info({ signal }, 'stopping');
-      app.stop().then(
+      app.stop({ drain: signal === 'SIGTERM' }).then(
         () => process.exit(0),
         (err: Error) => {
           app.log.error({ err }, 'error while stopping');

@@ -242,6 +242,13 @@ export function configSchema(baseDir: string) {
         })
         .strict()
         .default({ level: 'info', format: 'json' }),
+      shutdown: z
+        .object({
+          /** On SIGTERM, how long mail transactions under way may take to finish. */
+          drainSeconds: z.number().int().min(0).max(3600).default(30),
+        })
+        .strict()
+        .default({ drainSeconds: 30 }),
       demo: demo.optional(),
     })
     .strict()

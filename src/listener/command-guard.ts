@@ -21,7 +21,14 @@ export interface CommandFacts {
   readonly secure: boolean;
   /** The line answers a 334 challenge (AUTH LOGIN username/password), it is not a command. */
   readonly continuation: boolean;
+  /** The proxy is draining: only a session in a mail transaction may go on. */
+  readonly draining?: boolean;
+  /** MAIL was accepted and the transaction hasn't ended. */
+  readonly inTransaction?: boolean;
 }
+
+/** RFC 3463 4.3.2: system not accepting network messages. */
+export const DRAIN_REFUSAL = refusal(421, '4.3.2', 'Service shutting down, try again later', 'shutting_down');
 
 /** RFC 4648 base64, padded, nothing else: Node's decoder would silently skip junk. */
 const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
@@ -38,6 +45,9 @@ function isSaslToken(token: string, allowCancel: boolean): boolean {
 export function checkCommand(line: string, facts: CommandFacts): Refusal | undefined {
   if (facts.continuation) return isSaslToken(line.trim(), true) ? undefined : MALFORMED_BASE64;
   const verb = /^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase();
+  // While draining, a session outside a transaction is told to go elsewhere; QUIT still gets
+  // its 221. A transaction under way may finish (the drain deadline bounds it).
+  if (facts.draining && !facts.inTransaction && verb !== 'QUIT') return DRAIN_REFUSAL;
   if (verb === 'AUTH' && !facts.secure) {
     return refusal(538, '5.7.11', 'Encryption required for requested authentication mechanism: issue STARTTLS first', 'tls_required');
   }
@@ -74,9 +84,10 @@ interface CommandParser {
 }
 
 /** The parts of smtp-server's (untyped) SMTPConnection the guard relies on. */
-interface GuardedConnection {
+export interface GuardedConnection {
   id: string;
   secure: boolean;
+  session: { envelope?: { mailFrom?: unknown } };
   _nextHandler: unknown;
   _upgrading: boolean;
   _parser: CommandParser;
@@ -107,14 +118,22 @@ function watchBareLf(conn: GuardedConnection, onBareLf: () => void): void {
   conn._createParser = () => watch(create());
 }
 
-export type OnGuardRefusal = (sessionId: string, r: Refusal) => void;
+export interface GuardHooks {
+  onRefusal(sessionId: string, r: Refusal): void;
+  draining(): boolean;
+}
+
+export function inTransaction(conn: GuardedConnection): boolean {
+  return Boolean(conn.session.envelope?.mailFrom);
+}
 
 /**
  * Hooks the guard into every connection the server creates. smtp-server has no public
  * pre-command hook; it looks `_onCommand` up on the connection for each line, so wrapping it
  * per connection is the narrowest seam. smtp-server is pinned and the protocol tests cover it.
  */
-export function installCommandGuard(server: SMTPServer, onRefusal: OnGuardRefusal): void {
+export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void {
+  const onRefusal = hooks.onRefusal;
   const connections = server.connections as Set<unknown>;
   const add = connections.add.bind(connections);
   connections.add = (value: unknown) => {
@@ -130,7 +149,12 @@ export function installCommandGuard(server: SMTPServer, onRefusal: OnGuardRefusa
         conn.close();
         return;
       }
-      const r = checkCommand(command.toString('latin1'), { secure: conn.secure, continuation: Boolean(conn._nextHandler) });
+      const r = checkCommand(command.toString('latin1'), {
+        secure: conn.secure,
+        continuation: Boolean(conn._nextHandler),
+        draining: hooks.draining(),
+        inTransaction: inTransaction(conn),
+      });
       if (!r) return dispatch(command, callback);
       onRefusal(conn.id, r);
       // A refused continuation line ends the SASL exchange (RFC 4954 §4).

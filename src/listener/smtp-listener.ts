@@ -22,7 +22,7 @@ import type { BackendSession, ClientIdentity } from '../relay/backend-session.js
 import { DataEncoder, LineTooLongError, SmugglingError, type BareLineEndingMode } from '../relay/data-encoder.js';
 import { mailCommand, rcptCommand } from '../relay/envelope.js';
 import { headerSafe, receivedHeader } from '../relay/received-header.js';
-import { installCommandGuard } from './command-guard.js';
+import { DRAIN_REFUSAL, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
 import type { TlsManager } from './tls-manager.js';
 import { CidrSet } from '../config/cidr.js';
 import { readProxyHeader, ProxyHeaderError } from './proxy-protocol.js';
@@ -83,6 +83,7 @@ export class SmtpListener {
   readonly #sessions = new Map<string, SessionState>();
   readonly #disabledCommands: string[];
   readonly #trusted: CidrSet | undefined;
+  #draining = false;
 
   constructor(deps: ListenerDeps) {
     this.#deps = deps;
@@ -128,10 +129,13 @@ export class SmtpListener {
     });
     if (tls) tls.manager.attach(this.server);
     if (config.proxyProtocol) this.#installProxyProtocol(config.proxyProtocol);
-    installCommandGuard(this.server, (sessionId, r) => {
-      const state = this.#sessions.get(sessionId);
-      this.#count(r, 'connect');
-      (state?.log ?? this.#deps.log).info({ session: sessionId, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
+    installCommandGuard(this.server, {
+      onRefusal: (sessionId, r) => {
+        const state = this.#sessions.get(sessionId);
+        this.#count(r, 'connect');
+        (state?.log ?? this.#deps.log).info({ session: sessionId, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
+      },
+      draining: () => this.#draining,
     });
   }
 
@@ -157,9 +161,27 @@ export class SmtpListener {
     return { host, port: addr && typeof addr === 'object' ? addr.port : port };
   }
 
-  /** Stops accepting; open sessions get 421 after `closeTimeout`. */
+  /**
+   * Graceful drain: stop accepting, tell idle sessions 421 4.3.2 at once, let sessions in a
+   * mail transaction finish (their next command after it gets the 421), and after `timeoutMs`
+   * close whatever is left with 421. A message still in DATA at the deadline is aborted
+   * without the final dot, so it is never half-sent: the client retries it.
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    this.#draining = true;
+    const connections = this.server.connections as unknown as Set<GuardedConnection>;
+    const stopped = new Promise<void>((resolve) => this.server.server.close(() => resolve()));
+    // smtp-server closes the connection after any 421 it sends.
+    const tellToLeave = (conn: GuardedConnection) => conn.send(DRAIN_REFUSAL.code, `${DRAIN_REFUSAL.enhanced} ${DRAIN_REFUSAL.text}`, false);
+    for (const conn of connections) if (!inTransaction(conn)) tellToLeave(conn);
+    const deadline = setTimeout(() => connections.forEach(tellToLeave), timeoutMs);
+    await stopped;
+    clearTimeout(deadline);
+  }
+
+  /** Immediate stop: like a drain with no grace period. */
   close(): Promise<void> {
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    return this.drain(0);
   }
 
   // ── connect ────────────────────────────────────────────────────────────────────────────
