@@ -19,6 +19,7 @@ export const REFUSAL_REASONS = [
   'message_too_big',
   'param_unsupported',
   'syntax',
+  'protocol',
   'client_aborted',
   'shutting_down',
   'proxy_protocol',
@@ -46,8 +47,8 @@ export function codeClass(code: number): string {
 }
 
 /**
- * smtp-server writes `${responseCode} ${message}`; with ENHANCEDSTATUSCODES hidden (its default)
- * it adds no enhanced code of its own, so the message carries ours: "550 5.5.2 text".
+ * smtp-server writes `${responseCode} ${message}`. The message carries our enhanced code
+ * ("550 5.5.2 text"); the command guard stops smtp-server from adding one of its own.
  */
 export interface SmtpServerError extends Error {
   responseCode: number;

@@ -93,7 +93,8 @@ export interface GuardedConnection {
   _parser: CommandParser;
   _createParser(): CommandParser;
   _onCommand(command: Buffer, callback?: () => void): void;
-  send(code: number, data: string, context?: string | false): void;
+  _getEnhancedStatusCode(code: number, context?: string | false): string;
+  send(code: number, data: string | string[], context?: string | false): void;
   close(): void;
 }
 
@@ -119,8 +120,30 @@ function watchBareLf(conn: GuardedConnection, onBareLf: () => void): void {
 }
 
 export interface GuardHooks {
+  /** A refusal the guard made itself. */
   onRefusal(sessionId: string, r: Refusal): void;
+  /** A 4xx/5xx smtp-server made on its own (syntax, sequence, AUTH exchange, timeouts). */
+  onLibraryRefusal(sessionId: string, r: Refusal): void;
   draining(): boolean;
+}
+
+const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
+
+/**
+ * RFC 2034: once ENHANCEDSTATUSCODES is advertised every reply carries one. smtp-server adds
+ * one from its own table to every reply; smtpgate's replies already carry the exact code in
+ * their text ("550 5.5.2 …"), so for those the table's code is suppressed, never doubled.
+ */
+function wrapSend(conn: GuardedConnection, hooks: GuardHooks): void {
+  const send = conn.send.bind(conn);
+  conn.send = (code: number, data: string | string[], context?: string | false) => {
+    if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) return send(code, data, false);
+    if (code >= 400 && typeof data === 'string') {
+      const enhanced = conn._getEnhancedStatusCode(code, context) || `${Math.floor(code / 100)}.0.0`;
+      hooks.onLibraryRefusal(conn.id, refusal(code, enhanced, data, 'protocol'));
+    }
+    return send(code, data, context);
+  };
 }
 
 export function inTransaction(conn: GuardedConnection): boolean {
@@ -141,6 +164,7 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
     const dispatch = conn._onCommand.bind(conn);
     let bareLf = false;
     watchBareLf(conn, () => (bareLf = true));
+    wrapSend(conn, hooks);
     conn._onCommand = (command: Buffer, callback?: () => void) => {
       if (conn._upgrading) return dispatch(command, callback);
       if (bareLf) {

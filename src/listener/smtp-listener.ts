@@ -99,7 +99,7 @@ export class SmtpListener {
       name: deps.hostname,
       banner: 'smtpgate',
       secure: config.tls === 'implicit',
-      ...(tls ? tls.manager.serverOptions() : {}),
+      ...(tls ? tls.manager.serverOptions(clientCerts ? tls.clientCa : undefined) : {}),
       ...(tls && clientCerts
         ? // Verification is decided per session in onSecure (required → refuse), so the
           // handshake itself accepts any certificate and we can answer with an SMTP reply.
@@ -110,6 +110,8 @@ export class SmtpListener {
       // smtpgate decides when AUTH is required (onMailFrom), so that the refusal carries the
       // exact code, a metric and a log line.
       authOptional: true,
+      // RFC 2034/3463: every reply carries an enhanced status code (see command-guard.ts).
+      hideENHANCEDSTATUSCODES: false,
       size: deps.data.maxMessageBytes,
       // No DNS lookups on the hot path: the proxy's only traffic is to the backend.
       disableReverseLookup: true,
@@ -132,6 +134,12 @@ export class SmtpListener {
     installCommandGuard(this.server, {
       onRefusal: (sessionId, r) => {
         const state = this.#sessions.get(sessionId);
+        this.#count(r, 'connect');
+        (state?.log ?? this.#deps.log).info({ session: sessionId, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
+      },
+      onLibraryRefusal: (sessionId, r) => {
+        const state = this.#sessions.get(sessionId);
+        if (state) state.lastRefusal = r;
         this.#count(r, 'connect');
         (state?.log ?? this.#deps.log).info({ session: sessionId, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
       },

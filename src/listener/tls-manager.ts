@@ -71,7 +71,11 @@ export class TlsManager {
   readonly #events: TlsManagerEvents;
   readonly #consumers = new Set<CertificateConsumer>();
   #certs: readonly LoadedCertificate[];
-  #sni = new Map<string, tls.SecureContext>();
+  /**
+   * SNI contexts per client-certificate CA: a listener that asks for client certificates
+   * needs its CA in every context it may pick, or OpenSSL can't verify the client against it.
+   */
+  #sni = new Map<Buffer | undefined, Map<string, tls.SecureContext>>();
   readonly #watcher: FileWatcher;
 
   constructor(certs: readonly LoadedCertificate[], settings: TlsSettings, events: TlsManagerEvents) {
@@ -80,7 +84,7 @@ export class TlsManager {
     this.#settings = settings;
     this.#events = events;
     this.#certs = certs;
-    this.#sni = this.#buildSni(certs);
+    this.#sni.set(undefined, this.#buildSni(certs, undefined));
     this.#watcher = new FileWatcher(
       () => this.#sources.flatMap((s) => [s.certFile, s.keyFile]),
       async () => void (await this.reload()),
@@ -95,16 +99,17 @@ export class TlsManager {
     return this.#certs[0]!.material;
   }
 
-  /** Options for smtp-server: the default pair plus our SNI callback. */
-  serverOptions(): tls.SecureContextOptions & { SNICallback: (name: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void) => void; honorCipherOrder: boolean } {
+  /** Options for smtp-server: the default pair plus our SNI callback (and the listener's client CA). */
+  serverOptions(clientCa?: Buffer): tls.SecureContextOptions & { SNICallback: (name: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void) => void; honorCipherOrder: boolean } {
     const m = this.defaultMaterial;
+    if (!this.#sni.has(clientCa)) this.#sni.set(clientCa, this.#buildSni(this.#certs, clientCa));
     return {
       key: m.key,
       cert: m.cert,
       minVersion: this.#settings.minVersion,
       ciphers: this.#settings.ciphers,
       honorCipherOrder: true,
-      SNICallback: (name, cb) => cb(null, pickSni(name, this.#sni)),
+      SNICallback: (name, cb) => cb(null, pickSni(name, this.#sni.get(clientCa) ?? new Map())),
     };
   }
 
@@ -133,9 +138,9 @@ export class TlsManager {
       this.#events.onReloadFailed(loaded.issues);
       return false;
     }
-    let sni: Map<string, tls.SecureContext>;
+    const sni = new Map<Buffer | undefined, Map<string, tls.SecureContext>>();
     try {
-      sni = this.#buildSni(loaded.certs);
+      for (const ca of this.#sni.keys()) sni.set(ca, this.#buildSni(loaded.certs, ca));
     } catch (err) {
       this.#events.onReloadFailed([{ file: this.#sources[0]!.certFile, path: 'tls', message: `cannot build a TLS context: ${(err as Error).message}` }]);
       return false;
@@ -148,7 +153,7 @@ export class TlsManager {
     return true;
   }
 
-  #buildSni(certs: readonly LoadedCertificate[]): Map<string, tls.SecureContext> {
+  #buildSni(certs: readonly LoadedCertificate[], clientCa: Buffer | undefined): Map<string, tls.SecureContext> {
     const map = new Map<string, tls.SecureContext>();
     for (const c of certs) {
       if (c.source.names.length === 0) continue;
@@ -158,6 +163,7 @@ export class TlsManager {
         minVersion: this.#settings.minVersion,
         ciphers: this.#settings.ciphers,
         honorCipherOrder: true,
+        ...(clientCa ? { ca: clientCa } : {}),
       });
       for (const n of c.source.names) map.set(n.toLowerCase(), ctx);
     }

@@ -40,6 +40,10 @@ export interface StartGateOptions {
   logLevel?: string;
   /** log.format (json unless told); only matters for a gate run as a child process. */
   logFormat?: 'json' | 'pretty';
+  /** The default certificate (tls.cert/tls.key); a fresh EC one for "localhost" unless given. */
+  cert?: TestCert;
+  /** Extra keys inside the `tls:` section, each line indented two spaces (e.g. "  reloadInterval: 200ms"). */
+  tlsYaml?: string;
 }
 
 export interface Gate {
@@ -89,7 +93,7 @@ export interface GateFiles {
 export async function writeGateFiles(opts: StartGateOptions): Promise<GateFiles> {
   if (opts.backendYaml === undefined && opts.backendPort === undefined) throw new Error('startGate needs backendPort or backendYaml');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-test-'));
-  const cert = await makeTestCert('localhost');
+  const cert = opts.cert ?? (await makeTestCert('localhost'));
   const users = opts.users ?? [ALICE];
   // Cost 4: fast tests; production hashes come from `htpasswd -B` (cost 5+) or smtpgate user.
   await writeFile(path.join(dir, 'users'), users.map((u) => `${u.name}:${hashSync(u.password, 4)}\n`).join(''));
@@ -102,7 +106,7 @@ listeners:${opts.listenersYaml ?? DEFAULT_LISTENERS}
 tls:
   cert: ${cert.certFile}
   key: ${cert.keyFile}
-${(opts.authYaml ?? 'auth:\n  users: users').trim()}
+${opts.tlsYaml ? opts.tlsYaml.replace(/^\n+|\n+$/g, '') + '\n' : ''}${(opts.authYaml ?? 'auth:\n  users: users').trim()}
 ${backend.trim()}
 metrics:
   address: 127.0.0.1:0

@@ -12,11 +12,12 @@ export interface TestCert {
   readonly key: string;
 }
 
-export async function makeTestCert(commonName = 'localhost', opts: { days?: number } = {}): Promise<TestCert> {
+/** `keyType: 'rsa'` for tests that need RSA key exchange to exist at all (sslscan). */
+export async function makeTestCert(commonName = 'localhost', opts: { days?: number; keyType?: 'ec' | 'rsa' } = {}): Promise<TestCert> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-pki-'));
   const notBefore = new Date(Date.now() - 60_000);
   const pems = await generate([{ name: 'commonName', value: commonName }], {
-    keyType: 'ec',
+    ...(opts.keyType === 'rsa' ? { keyType: 'rsa' as const, keySize: 2048 } : { keyType: 'ec' as const }),
     algorithm: 'sha256',
     notBeforeDate: notBefore,
     notAfterDate: new Date(notBefore.getTime() + (opts.days ?? 30) * 86_400_000),
@@ -24,6 +25,46 @@ export async function makeTestCert(commonName = 'localhost', opts: { days?: numb
   });
   const certFile = path.join(dir, 'cert.pem');
   const keyFile = path.join(dir, 'key.pem');
+  await writeFile(certFile, pems.cert);
+  await writeFile(keyFile, pems.private);
+  return { dir, certFile, keyFile, cert: pems.cert, key: pems.private };
+}
+
+/** A throwaway certificate authority, for client-certificate tests. */
+export async function makeTestCa(commonName = 'smtpgate test CA'): Promise<TestCert> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-ca-'));
+  const pems = await generate([{ name: 'commonName', value: commonName }], {
+    keyType: 'ec',
+    algorithm: 'sha256',
+    notBeforeDate: new Date(Date.now() - 60_000),
+    extensions: [
+      { name: 'basicConstraints', cA: true, critical: true },
+      { name: 'keyUsage', keyCertSign: true, cRLSign: true, digitalSignature: true, critical: true },
+    ],
+  });
+  const certFile = path.join(dir, 'ca.pem');
+  const keyFile = path.join(dir, 'ca-key.pem');
+  await writeFile(certFile, pems.cert);
+  await writeFile(keyFile, pems.private);
+  return { dir, certFile, keyFile, cert: pems.cert, key: pems.private };
+}
+
+/** A TLS client certificate with subject CN `commonName`, signed by `ca`. */
+export async function issueClientCert(ca: TestCert, commonName: string): Promise<TestCert> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-client-'));
+  const pems = await generate([{ name: 'commonName', value: commonName }], {
+    keyType: 'ec',
+    algorithm: 'sha256',
+    notBeforeDate: new Date(Date.now() - 60_000),
+    ca: { key: ca.key, cert: ca.cert },
+    extensions: [
+      { name: 'basicConstraints', cA: false },
+      { name: 'keyUsage', digitalSignature: true, critical: true },
+      { name: 'extKeyUsage', clientAuth: true },
+    ],
+  });
+  const certFile = path.join(dir, 'client.pem');
+  const keyFile = path.join(dir, 'client-key.pem');
   await writeFile(certFile, pems.cert);
   await writeFile(keyFile, pems.private);
   return { dir, certFile, keyFile, cert: pems.cert, key: pems.private };

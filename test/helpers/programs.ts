@@ -26,6 +26,7 @@ const INSTALL_HINT: Record<string, string> = {
   postfix: 'apt-get install postfix',
   'redis-server': 'apt-get install redis-server',
   openssl: 'apt-get install openssl',
+  sslscan: 'apt-get install sslscan',
 };
 
 /**

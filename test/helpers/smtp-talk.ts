@@ -27,16 +27,29 @@ export class SmtpTalk {
     this.#attach(socket);
   }
 
-  /** `localAddress` binds the client's end, e.g. to 127.0.0.2, to tell it apart from the proxy's own 127.0.0.1. */
-  static async connect(port: number, opts: { implicitTls?: boolean; localAddress?: string } = {}): Promise<SmtpTalk> {
+  /**
+   * `localAddress` binds the client's end, e.g. to 127.0.0.2, to tell it apart from the proxy's own 127.0.0.1.
+   * `tls` adds client TLS options (versions, ciphers, servername, a client certificate) for implicit TLS.
+   * `preamble` is written first, before any TLS handshake, as a load balancer writes a PROXY protocol header.
+   */
+  static async connect(port: number, opts: { implicitTls?: boolean; localAddress?: string; tls?: tls.ConnectionOptions; preamble?: Buffer } = {}): Promise<SmtpTalk> {
     const local = opts.localAddress ? { localAddress: opts.localAddress } : {};
+    const connected = (socket: net.Socket, event: 'connect' | 'secureConnect') =>
+      new Promise<void>((resolve, reject) => {
+        socket.once(event, () => resolve());
+        socket.once('error', reject);
+      });
+    let plain: net.Socket | undefined;
+    if (opts.preamble) {
+      plain = net.connect({ host: '127.0.0.1', port, ...local });
+      await connected(plain, 'connect');
+      plain.write(opts.preamble);
+      if (!opts.implicitTls) return new SmtpTalk(plain);
+    }
     const socket = opts.implicitTls
-      ? tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, servername: 'localhost', ...local })
+      ? tls.connect({ ...(plain ? { socket: plain } : { host: '127.0.0.1', port, ...local }), rejectUnauthorized: false, servername: 'localhost', ...opts.tls })
       : net.connect({ host: '127.0.0.1', port, ...local });
-    await new Promise<void>((resolve, reject) => {
-      socket.once(opts.implicitTls ? 'secureConnect' : 'connect', () => resolve());
-      socket.once('error', reject);
-    });
+    await connected(socket, opts.implicitTls ? 'secureConnect' : 'connect');
     return new SmtpTalk(socket);
   }
 
@@ -96,20 +109,29 @@ export class SmtpTalk {
     return this.read();
   }
 
-  /** STARTTLS and the handshake; the caller sends the new EHLO. */
-  async starttls(): Promise<Reply> {
+  /** STARTTLS and the handshake; the caller sends the new EHLO. `options` as for `handshake`. */
+  async starttls(options: tls.ConnectionOptions = {}): Promise<Reply> {
     const reply = await this.cmd('STARTTLS');
     if (reply.code !== 220) return reply;
+    await this.handshake(options);
+    return reply;
+  }
+
+  /**
+   * The client's TLS handshake on the plain connection, for a test that sent STARTTLS itself
+   * and read the 220. Rejects when the handshake fails. `options` adds client TLS options
+   * (versions, ciphers, servername, a client certificate).
+   */
+  async handshake(options: tls.ConnectionOptions = {}): Promise<void> {
     const plain = this.#socket;
     plain.removeAllListeners('data');
-    const secure = tls.connect({ socket: plain, rejectUnauthorized: false, servername: 'localhost' });
+    const secure = tls.connect({ socket: plain, rejectUnauthorized: false, servername: 'localhost', ...options });
     await new Promise<void>((resolve, reject) => {
       secure.once('secureConnect', () => resolve());
       secure.once('error', reject);
     });
     this.#socket = secure;
     this.#attach(secure);
-    return reply;
   }
 
   async authPlain(user: string, pass: string): Promise<Reply> {
