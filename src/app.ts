@@ -23,6 +23,7 @@ import { BackendAuthenticator } from './auth/backend-authenticator.js';
 import { SmtpListener } from './listener/smtp-listener.js';
 import { BackendSession, type BackendTarget } from './relay/backend-session.js';
 import { BackendPool } from './relay/backend-pool.js';
+import { createLimits, type Limits } from './limits/limits.js';
 import type { HostPort } from './config/units.js';
 import type { BackendClientOptions } from './relay/smtp-client.js';
 import { demoCertificateExists, ensureDemoCertificate } from './demo/demo-certificate.js';
@@ -171,6 +172,7 @@ export class App {
   readonly config: Config;
   readonly log: Logger;
   readonly metrics: Metrics;
+  readonly limits: Limits;
   readonly #material: RuntimeMaterial;
   readonly #authenticator: Authenticator | undefined;
   #attributes: ReadonlyMap<string, UserAttributes>;
@@ -187,6 +189,7 @@ export class App {
     this.#material = material;
     this.log = opts.log ?? createLogger({ level: config.log.level, format: config.log.format });
     this.metrics = createMetrics();
+    this.limits = createLimits({ config: config.limits, log: this.log, metrics: this.metrics.limits });
     this.#authenticator =
       config.auth?.backend === 'backend' ? new BackendAuthenticator() : material.users ? new FileAuthenticator(material.users) : undefined;
     this.#attributes = material.attributes;
@@ -234,6 +237,9 @@ export class App {
       this.#recordExpiry(this.#material.certs);
       await this.#tls.watch(config.tls.reloadInterval);
     }
+    const limits = this.limits;
+    // A store that can't be reached yet doesn't stop the start: onStoreFailure decides meanwhile.
+    if (!(await limits.start(2000))) this.log.warn({ store: config.limits.store.kind, onStoreFailure: config.limits.onStoreFailure }, 'limiter store not reachable at start');
     const tlsManager = this.#tls;
     const userFiles = [config.auth?.users, config.auth?.attributes].filter((f): f is string => f !== undefined);
     if (userFiles.length && config.auth) {
@@ -245,6 +251,8 @@ export class App {
       for (const lc of config.listeners) {
         const listener = new SmtpListener({
           config: lc,
+          limits,
+          attributes: (user) => this.userAttributes(user),
           hostname: config.hostname,
           tls: tlsManager ? { manager: tlsManager, clientCa: this.#material.clientCas.get(lc.name) } : undefined,
           authenticator: this.#authenticator,
@@ -335,12 +343,14 @@ export class App {
       await closed;
     }
     if (this.#capture) await this.#capture.close();
+    await this.limits.close();
   }
 
   #readiness() {
     const reasons: string[] = [];
     if (this.#stopping) reasons.push('shutting down');
     if (this.#listeners.length !== this.config.listeners.length) reasons.push('listeners not bound');
+    if (!this.limits.storeUp && this.config.limits.onStoreFailure === 'deny') reasons.push('limiter store unreachable and limits.onStoreFailure is deny');
     return { ready: reasons.length === 0, reasons };
   }
 

@@ -23,6 +23,12 @@ export const REFUSAL_REASONS = [
   'client_aborted',
   'shutting_down',
   'proxy_protocol',
+  'rate_limited',
+  'too_many_connections',
+  'locked_out',
+  'suspended',
+  'too_many_recipients',
+  'limiter_unavailable',
   'internal',
 ] as const;
 

@@ -8,8 +8,9 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { parseDuration, parseHostPort, parseSize } from './units.js';
+import { parseDuration, parseHostPort } from './units.js';
 import { parseCidr, type Cidr } from './cidr.js';
+import { limitsSection } from '../limits/config.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
 export const DEFAULT_TLS12_CIPHERS = [
@@ -49,14 +50,6 @@ const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
   return ms;
 });
 
-const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
-  const bytes = parseSize(value);
-  if (bytes === undefined) {
-    ctx.addIssue({ code: 'custom', message: `expected a size such as "25MB" or "512KiB", found ${JSON.stringify(value)}` });
-    return z.NEVER;
-  }
-  return bytes;
-});
 
 const cidr = z.string().transform((value, ctx): Cidr => {
   const c = parseCidr(value);
@@ -207,11 +200,6 @@ export function configSchema(baseDir: string) {
     })
     .strict();
 
-  const limits = z
-    .object({
-      maxMessageBytes: size.default(25_000_000),
-    })
-    .strict();
 
   const demo = z
     .object({
@@ -233,7 +221,7 @@ export function configSchema(baseDir: string) {
       auth: auth.optional(),
       backend,
       data: data.default({ bareLineEndings: 'reject', receivedHeader: true, authenticatedUserHeader: false }),
-      limits: limits.default({ maxMessageBytes: 25_000_000 }),
+      limits: limitsSection,
       metrics: z.object({ address: bindAddress }).strict().default({ address: { host: '127.0.0.1', port: 9464 } }),
       log: z
         .object({

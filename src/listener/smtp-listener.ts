@@ -23,6 +23,8 @@ import { DataEncoder, LineTooLongError, SmugglingError, type BareLineEndingMode 
 import { mailCommand, rcptCommand } from '../relay/envelope.js';
 import { headerSafe, receivedHeader } from '../relay/received-header.js';
 import { DRAIN_REFUSAL, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
+import type { Limits, ClientFacts } from '../limits/limits.js';
+import type { UserAttributes } from '../auth/user-attributes.js';
 import type { TlsManager } from './tls-manager.js';
 import { CidrSet } from '../config/cidr.js';
 import { readProxyHeader, ProxyHeaderError } from './proxy-protocol.js';
@@ -43,6 +45,10 @@ export interface DataSettings {
 
 export interface ListenerDeps {
   readonly config: ListenerConfig;
+  /** Rate limits, lockouts and the compromised-account brake. */
+  readonly limits: Limits;
+  /** Groups and allowed addresses of a user (auth.attributes). */
+  readonly attributes: (user: string) => UserAttributes;
   readonly hostname: string;
   readonly tls: ListenerTls | undefined;
   readonly authenticator: Authenticator | undefined;
@@ -116,7 +122,7 @@ export class SmtpListener {
       // No DNS lookups on the hot path: the proxy's only traffic is to the backend.
       disableReverseLookup: true,
       logger: false,
-      onConnect: (session, cb) => this.#onConnect(session, cb),
+      onConnect: (session, cb) => void this.#onConnect(session, cb),
       onSecure: (socket, session, cb) => this.#onSecure(socket, session, cb),
       onAuth: (auth, session, cb) => void this.#onAuth(auth, session, cb),
       onMailFrom: (address, session, cb) => void this.#onMailFrom(address, session, cb),
@@ -194,7 +200,7 @@ export class SmtpListener {
 
   // ── connect ────────────────────────────────────────────────────────────────────────────
 
-  #onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+  async #onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
     const { config, metrics, log } = this.#deps;
     const state: SessionState = {
       id: session.id,
@@ -209,6 +215,9 @@ export class SmtpListener {
     metrics.connectionsOpened.inc({ listener: config.name });
     metrics.connectionsActive.inc({ listener: config.name });
     state.log.info({ client: session.remoteAddress, port: session.remotePort, trusted: state.trusted }, 'connect');
+    const limited = await this.#deps.limits.connectionOpened(this.#facts(session, state));
+    // smtp-server sends the 421 and closes the connection.
+    if (limited) return cb(this.#refuse(state, 'connect', limited));
     this.#applyCommandVisibility(session);
     cb();
   }
@@ -322,11 +331,22 @@ export class SmtpListener {
     if (!username || AUTH_IDENTITY_FORBIDDEN.test(username) || AUTH_IDENTITY_FORBIDDEN.test(password) || AUTH_IDENTITY_FORBIDDEN.test(auth.authzid ?? '')) {
       return fail(refusal(501, '5.5.2', 'Invalid authentication data', 'auth_malformed'), 'refused');
     }
+    const limits = this.#deps.limits;
+    const authFacts = { ...this.#facts(session, state), username };
+    // Brute-force lockout is checked before the password is, so a locked-out guesser learns
+    // nothing, not even from timing.
+    const locked = await limits.authAllowed(authFacts);
+    if (locked) return fail(locked, 'refused');
+    const badCredentials = async () => {
+      const failure = await limits.authFailed(authFacts);
+      if (failure.lockedOut) {
+        state.log.warn({ client: session.remoteAddress, user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
+      }
+      fail(refusal(535, '5.7.8', 'Authentication credentials invalid', 'auth_failed'), 'failure');
+    };
     // RFC 4616: an authorization identity other than the authentication identity would mean
     // acting as someone else; smtpgate has no such delegation.
-    if (auth.authzid && auth.authzid !== username) {
-      return fail(refusal(535, '5.7.8', 'Authentication credentials invalid', 'auth_failed'), 'failure');
-    }
+    if (auth.authzid && auth.authzid !== username) return badCredentials();
     let outcome;
     try {
       outcome = await this.#deps.authenticator.authenticate(
@@ -340,8 +360,11 @@ export class SmtpListener {
     if (!outcome.ok) {
       return outcome.reason === 'unavailable'
         ? fail(refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable'), 'error')
-        : fail(refusal(535, '5.7.8', 'Authentication credentials invalid', 'auth_failed'), 'failure');
+        : badCredentials();
     }
+    // A suspended account (compromised-account brake) is told so only once the password is right.
+    const suspended = await limits.authSucceeded({ ...authFacts, username: outcome.user.username });
+    if (suspended) return fail(suspended, 'refused');
     state.user = outcome.user.username;
     state.authMethod = 'password';
     this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism, result: 'success' });
@@ -362,7 +385,12 @@ export class SmtpListener {
     if (config.requireAuth && !state.user && !state.trusted) {
       return cb(this.#refuse(state, 'mail', refusal(530, '5.7.0', 'Authentication required', 'auth_required')));
     }
-    // limits and policy plug in here, before anything reaches the backend.
+    const limited = await this.#deps.limits.mailFrom({
+      ...this.#facts(session, state),
+      sender: address.address,
+      size: address.args && typeof address.args.SIZE === 'string' ? Number(address.args.SIZE) || undefined : undefined,
+    });
+    if (limited) return cb(this.#refuse(state, 'mail', limited, { from: address.address }));
     try {
       const identity = this.#identity(session, state);
       const caps = await state.backend.capabilities(identity);
@@ -384,6 +412,8 @@ export class SmtpListener {
   async #onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
     const state = this.#sessions.get(session.id);
     if (!state) return cb(new Error('unknown session'));
+    const limited = await this.#deps.limits.rcptTo({ ...this.#facts(session, state), recipientsSoFar: session.envelope.rcptTo.length });
+    if (limited) return cb(this.#refuse(state, 'rcpt', limited, { to: address.address }));
     try {
       const reply = await state.backend.rcpt(rcptCommand(address));
       if (isPositive(reply)) return cb();
@@ -414,6 +444,7 @@ export class SmtpListener {
     this.#deps.metrics.messageBytes.observe(outcome.bytes);
     this.#deps.metrics.recipientsPerMessage.observe(session.envelope.rcptTo.length);
     state.log.info({ bytes: outcome.bytes, recipients: session.envelope.rcptTo.length, reply: `${outcome.reply.code} ${outcome.reply.text}` }, 'message relayed');
+    this.#deps.limits.messageBytes(this.#facts(session, state), outcome.bytes).catch((err: unknown) => state.log.error({ err }, 'bytes quota update failed'));
     cb(null, replyText(outcome.reply));
   }
 
@@ -514,6 +545,7 @@ export class SmtpListener {
     const state = this.#sessions.get(session.id);
     if (!state) return;
     this.#sessions.delete(session.id);
+    this.#deps.limits.connectionClosed({ session: session.id });
     this.#deps.metrics.connectionsClosed.inc({ listener: this.name });
     this.#deps.metrics.connectionsActive.dec({ listener: this.name });
     void state.backend.close();
@@ -533,6 +565,17 @@ export class SmtpListener {
   }
 
   // ── shared ─────────────────────────────────────────────────────────────────────────────
+
+  /** What limits and policy know about the client now. */
+  #facts(session: SMTPServerSession, state: SessionState): ClientFacts {
+    return {
+      session: session.id,
+      ip: session.remoteAddress,
+      listener: this.name,
+      user: state.user,
+      groups: state.user ? this.#deps.attributes(state.user).groups : undefined,
+    };
+  }
 
   #identity(session: SMTPServerSession, state: SessionState): ClientIdentity {
     return {

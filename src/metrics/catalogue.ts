@@ -7,6 +7,7 @@
  * or EHLO name: those go in logs.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { createLimitMetrics } from '../limits/metrics.js';
 
 export type Stage = 'connect' | 'tls' | 'auth' | 'mail' | 'rcpt' | 'data';
 
@@ -17,6 +18,8 @@ export function createMetrics() {
 
   return {
     registry,
+    /** Limiter decisions, lockouts, suspensions and the store's health (src/limits/metrics.ts). */
+    limits: createLimitMetrics(registry),
     connectionsOpened: new Counter({
       name: 'smtpgate_connections_opened_total',
       help: 'Client connections accepted, per listener.',

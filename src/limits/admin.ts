@@ -1,0 +1,251 @@
+/**
+ * What `smtpgate limits list` and `smtpgate limits clear IP|USER` need.
+ *
+ * The pure half (summarize entries into a report, plan what a clear removes, format for a
+ * terminal) is here; `Limits.listState()` and `Limits.clear()` run it against the store.
+ *
+ * How the CLI reaches the state:
+ * - redis: it builds a `Limits` from the same config and asks Redis directly.
+ * - memory: the state is inside the running process, so the CLI goes through the admin HTTP
+ *   address: `limitsAdminRoutes` serves GET /limits and POST /limits/clear, and
+ *   `fetchLimitsState` / `requestLimitsClear` are the client side.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, userKey } from './keys.js';
+import { formatWindow, retrySeconds } from './rate.js';
+import type { LimiterName } from './replies.js';
+import type { StoredEntry } from './limiter-store.js';
+
+export interface LockedIp {
+  readonly ip: string;
+  readonly failures: number;
+  readonly retryAfterSeconds: number;
+}
+
+export interface LockedUser {
+  readonly user: string;
+  readonly ip: string;
+  readonly failures: number;
+  readonly retryAfterSeconds: number;
+}
+
+export interface SuspendedUser {
+  readonly user: string;
+  /** ISO time the brake suspended the account. */
+  readonly since: string;
+  /** ISO time it lifts by itself; null: until an admin clears it. */
+  readonly until: string | null;
+}
+
+export interface TopSender {
+  readonly user: string;
+  readonly messages: number;
+  readonly limit: number;
+  readonly window: string;
+  readonly windowEndsInSeconds: number;
+}
+
+export interface BrakeCount {
+  readonly user: string;
+  readonly quotaHits: number;
+  readonly suspendAt: number;
+}
+
+export interface LimitsState {
+  readonly generatedAt: string;
+  readonly store: { readonly kind: string; readonly up: boolean };
+  readonly lockedIps: readonly LockedIp[];
+  readonly lockedUsers: readonly LockedUser[];
+  readonly suspendedUsers: readonly SuspendedUser[];
+  readonly topSenders: readonly TopSender[];
+  /** Users on their way to a suspension. */
+  readonly brake: readonly BrakeCount[];
+}
+
+/** The limiter names whose entries the listing reads. */
+export const STATE_LIMITERS = ['auth_ip', 'auth_user_ip', 'suspension', 'messages_user', 'brake'] as const satisfies readonly LimiterName[];
+
+export type StateEntries = Readonly<Record<(typeof STATE_LIMITERS)[number], readonly StoredEntry[]>>;
+
+/** Pure: raw store entries → the report. A lockout is an entry at (or past) its limit. */
+export function summarizeState(entries: StateEntries, opts: { now: number; top: number; store: { kind: string; up: boolean } }): LimitsState {
+  const locked = (e: StoredEntry) => e.value >= e.points;
+  const retry = (e: StoredEntry) => (e.msBeforeNext < 0 ? -1 : retrySeconds(e.msBeforeNext));
+  const byRetry = <T extends { retryAfterSeconds: number }>(a: T, b: T) => b.retryAfterSeconds - a.retryAfterSeconds;
+  return {
+    generatedAt: new Date(opts.now).toISOString(),
+    store: opts.store,
+    lockedIps: entries.auth_ip
+      .filter(locked)
+      .map((e) => ({ ip: e.key, failures: e.value, retryAfterSeconds: retry(e) }))
+      .sort(byRetry),
+    lockedUsers: entries.auth_user_ip
+      .filter(locked)
+      .map((e) => ({ ...splitUserIpKey(e.key), failures: e.value, retryAfterSeconds: retry(e) }))
+      .sort(byRetry),
+    suspendedUsers: entries.suspension
+      .map((e) => ({
+        user: e.key,
+        since: new Date(e.value * 1000).toISOString(),
+        until: e.msBeforeNext < 0 ? null : new Date(opts.now + e.msBeforeNext).toISOString(),
+      }))
+      .sort((a, b) => a.since.localeCompare(b.since)),
+    topSenders: [...entries.messages_user]
+      .sort((a, b) => b.value - a.value)
+      .slice(0, opts.top)
+      .map((e) => ({ user: e.key, messages: e.value, limit: e.points, window: formatWindow(e.windowMs), windowEndsInSeconds: retry(e) })),
+    brake: entries.brake.map((e) => ({ user: e.key, quotaHits: e.value, suspendAt: e.points })).sort((a, b) => b.quotaHits - a.quotaHits),
+  };
+}
+
+export interface ClearPlan {
+  readonly kind: 'ip' | 'user';
+  /** The key the target maps to: the /64 network for IPv6, the lower-cased user. */
+  readonly key: string;
+  /** Which entries go, per limiter. */
+  readonly match: Readonly<Partial<Record<LimiterName, (key: string) => boolean>>>;
+}
+
+/**
+ * Pure: what `clear TARGET` removes. An address (or an IPv6 network) clears that client's
+ * lockouts and counters; anything else is a user, whose suspension, brake count, lockouts from
+ * every address and quotas are cleared.
+ */
+export function planClear(target: string, ipv6Prefix: number): ClearPlan | undefined {
+  const t = target.trim();
+  if (!t) return undefined;
+  const cidr = t.includes('/') ? parseCidr(t) : undefined;
+  if (parseIp(t) || cidr) {
+    const key = ipKey(cidr ? t.split('/')[0]! : t, ipv6Prefix);
+    const same = (k: string) => k === key;
+    return {
+      kind: 'ip',
+      key,
+      match: { auth_ip: same, auth_user_ip: (k) => splitUserIpKey(k).ip === key, connection_rate: same, messages_ip: same },
+    };
+  }
+  const key = userKey(t);
+  const same = (k: string) => k === key;
+  const sender = senderKey(t);
+  return {
+    kind: 'user',
+    key,
+    match: {
+      suspension: same,
+      brake: same,
+      auth_user_ip: (k) => splitUserIpKey(k).user === key,
+      messages_user: same,
+      recipients_user: same,
+      bytes_user: same,
+      // Logins are often addresses: the same text as a sender is cleared too.
+      ...(sender?.includes('@') ? { messages_sender: (k: string) => k === sender } : {}),
+    },
+  };
+}
+
+export interface ClearResult {
+  readonly target: string;
+  readonly kind: 'ip' | 'user';
+  readonly key: string;
+  readonly removed: readonly { readonly limiter: LimiterName; readonly key: string }[];
+}
+
+/** Pure: the report as a terminal table. */
+export function formatLimitsState(s: LimitsState): string {
+  const lines: string[] = [`limits state at ${s.generatedAt} (store: ${s.store.kind}, ${s.store.up ? 'up' : 'DOWN'})`];
+  const section = (title: string, rows: string[]) => {
+    lines.push('', `${title}:`);
+    lines.push(...(rows.length ? rows.map((r) => `  ${r}`) : ['  (none)']));
+  };
+  const when = (secs: number) => (secs < 0 ? 'until cleared' : `${secs}s left`);
+  section('locked-out addresses', s.lockedIps.map((l) => `${l.ip}  ${l.failures} failures  ${when(l.retryAfterSeconds)}`));
+  section('locked-out users', s.lockedUsers.map((l) => `${l.user} from ${l.ip}  ${l.failures} failures  ${when(l.retryAfterSeconds)}`));
+  section('suspended users', s.suspendedUsers.map((u) => `${u.user}  since ${u.since}  ${u.until ? `until ${u.until}` : 'until cleared'}`));
+  section('top senders (current window)', s.topSenders.map((t) => `${t.user}  ${t.messages}/${t.limit} per ${t.window}  window ends in ${t.windowEndsInSeconds}s`));
+  section('quota hits towards a suspension', s.brake.map((b) => `${b.user}  ${b.quotaHits} of ${b.suspendAt}`));
+  return lines.join('\n');
+}
+
+/** What the HTTP routes need from the running app. */
+export interface LimitsAdmin {
+  listState(opts?: { top?: number }): Promise<LimitsState>;
+  clear(target: string): Promise<ClearResult>;
+}
+
+/**
+ * Routes for the admin HTTP server: GET /limits (the state as JSON) and POST /limits/clear
+ * with body {"target": "..."}. Returns false for any other path, so the caller can go on.
+ * With `token`, both need "Authorization: Bearer <token>"; without it, bind the admin address
+ * to loopback only, since clearing a lockout is a privileged act.
+ */
+export function limitsAdminRoutes(admin: LimitsAdmin, opts: { token?: string } = {}) {
+  return (req: IncomingMessage, res: ServerResponse): boolean => {
+    const url = new URL(req.url ?? '/', 'http://admin.invalid');
+    if (url.pathname !== '/limits' && url.pathname !== '/limits/clear') return false;
+    const reply = (status: number, body: unknown) => {
+      res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body) + '\n');
+    };
+    if (opts.token && req.headers.authorization !== `Bearer ${opts.token}`) {
+      reply(401, { error: 'missing or wrong bearer token' });
+      return true;
+    }
+    if (url.pathname === '/limits') {
+      if (req.method !== 'GET') {
+        reply(405, { error: 'use GET' });
+        return true;
+      }
+      const top = Number(url.searchParams.get('top') ?? 10);
+      admin.listState({ top: Number.isInteger(top) && top > 0 ? Math.min(top, 1000) : 10 }).then(
+        (s) => reply(200, s),
+        (err: Error) => reply(503, { error: err.message }),
+      );
+      return true;
+    }
+    if (req.method !== 'POST') {
+      reply(405, { error: 'use POST' });
+      return true;
+    }
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (c: string) => {
+      body += c;
+      if (body.length > 4096) req.destroy();
+    });
+    req.on('end', () => {
+      let target: unknown;
+      try {
+        target = (JSON.parse(body) as { target?: unknown }).target;
+      } catch {
+        return reply(400, { error: 'expected a JSON body {"target": "IP or USER"}' });
+      }
+      if (typeof target !== 'string' || !target.trim()) return reply(400, { error: 'expected a JSON body {"target": "IP or USER"}' });
+      admin.clear(target).then(
+        (r) => reply(200, r),
+        (err: Error) => reply(err instanceof RangeError ? 400 : 503, { error: err.message }),
+      );
+    });
+    return true;
+  };
+}
+
+/** Client side of GET /limits, for the CLI with a memory store. `base` is "http://127.0.0.1:9464". */
+export async function fetchLimitsState(base: string, opts: { token?: string; top?: number } = {}): Promise<LimitsState> {
+  const res = await fetch(new URL(`/limits?top=${opts.top ?? 10}`, base), { headers: authHeader(opts.token) });
+  if (!res.ok) throw new Error(`GET /limits: ${res.status} ${await res.text()}`);
+  return (await res.json()) as LimitsState;
+}
+
+/** Client side of POST /limits/clear. */
+export async function requestLimitsClear(base: string, target: string, opts: { token?: string } = {}): Promise<ClearResult> {
+  const res = await fetch(new URL('/limits/clear', base), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...authHeader(opts.token) },
+    body: JSON.stringify({ target }),
+  });
+  if (!res.ok) throw new Error(`POST /limits/clear: ${res.status} ${await res.text()}`);
+  return (await res.json()) as ClearResult;
+}
+
+function authHeader(token: string | undefined): Record<string, string> {
+  return token ? { authorization: `Bearer ${token}` } : {};
+}

@@ -1,0 +1,368 @@
+/**
+ * The counters behind every limit, and what happens when the store behind them fails.
+ *
+ * A `StoreBackend` makes rate-limiter-flexible limiters for one kind of store: memory
+ * (`RateLimiterMemory`, this process), redis (`RateLimiterRedis`, shared by every instance),
+ * and later a node-cluster backend (`RateLimiterCluster`, exact across workers of one
+ * machine). It also lists and removes stored entries for `smtpgate limits list|clear`.
+ *
+ * `LimiterStore` runs each operation on the backend's limiter and sorts the outcome the way
+ * rate-limiter-flexible reports it: a resolved `RateLimiterRes` is "allowed"; a rejected
+ * `RateLimiterRes` is "over the limit"; a rejected `Error` is "the store failed". On a store
+ * failure it answers per `limits.onStoreFailure`:
+ *
+ * - memory: the same operation on an insurance `RateLimiterMemory` (one per limiter). This is
+ *   rate-limiter-flexible's `insuranceLimiter`, invoked here rather than inside the library so
+ *   that the failure is seen, counted and logged. Its counts are not merged back.
+ * - allow: every check passes (fail open).
+ * - deny: the caller gets `unavailable` and refuses with 4.3.0 (fail closed).
+ *
+ * Every store operation races a deadline, so no SMTP command waits on a store that hangs.
+ */
+import { RateLimiterMemory, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import type { StoreFailureMode } from './config.js';
+import type { LimiterName } from './replies.js';
+
+export interface LimiterSpec {
+  readonly name: LimiterName;
+  readonly points: number;
+  /** Window length; 0 means entries never expire (suspensions). */
+  readonly windowMs: number;
+}
+
+/** One stored counter, as the admin listing sees it. */
+export interface StoredEntry {
+  readonly name: LimiterName;
+  readonly points: number;
+  readonly windowMs: number;
+  /** The limit key: "192.0.2.1", "alice", "alice|192.0.2.1". */
+  readonly key: string;
+  readonly value: number;
+  /** Milliseconds until the entry expires; -1 when it never does. */
+  readonly msBeforeNext: number;
+}
+
+export type StoreKind = 'memory' | 'redis' | 'cluster';
+
+export interface StoreBackend {
+  readonly kind: StoreKind;
+  /** Makes the limiter for one spec; LimiterStore calls it once per keyPrefix and caches it. */
+  createLimiter(spec: LimiterSpec, keyPrefix: string): RateLimiterAbstract;
+  /** False while the store is known to be unreachable: operations go straight to the fallback. */
+  readonly usable: boolean;
+  /** A store operation failed: the backend stops being `usable` until it has checked itself. */
+  reportFailure(err: Error): void;
+  /** Called on every change between reachable (true) and unreachable (false). */
+  onHealthChange(listener: (up: boolean, detail: string) => void): void;
+  /** Resolves true once the store is reachable, false after `timeoutMs`. */
+  ready(timeoutMs: number): Promise<boolean>;
+  /** All live entries whose limiter name is `name`, under `keyPrefix`. */
+  entries(keyPrefix: string, name: LimiterName): Promise<StoredEntry[]>;
+  /** Removes entries (as returned by `entries`); resolves with how many existed. */
+  remove(keyPrefix: string, entries: readonly StoredEntry[]): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** "<base>:<name>:<points>-<windowSeconds>": the spec is in the prefix, so changing a limit starts fresh counts. */
+export function limiterKeyPrefix(base: string, spec: LimiterSpec): string {
+  return `${base}:${spec.name}:${spec.points}-${Math.round(spec.windowMs / 1000)}`;
+}
+
+/** The reverse: splits "<base>:<name>:<points>-<seconds>:<key>" (the key may contain ":"). */
+export function parseStoredKey(base: string, name: LimiterName, storedKey: string): { points: number; windowMs: number; key: string } | undefined {
+  const head = `${base}:${name}:`;
+  if (!storedKey.startsWith(head)) return undefined;
+  const m = /^(\d+)-(\d+):([\s\S]*)$/.exec(storedKey.slice(head.length));
+  if (!m) return undefined;
+  return { points: Number(m[1]), windowMs: Number(m[2]) * 1000, key: m[3]! };
+}
+
+/** In-process counters: exact for one process, forgotten at restart. Also the insurance store. */
+export class MemoryBackend implements StoreBackend {
+  readonly kind = 'memory' as const;
+  readonly usable = true;
+  readonly #limiters = new Map<string, { spec: LimiterSpec; limiter: RateLimiterMemory }>();
+
+  createLimiter(spec: LimiterSpec, keyPrefix: string): RateLimiterMemory {
+    const existing = this.#limiters.get(keyPrefix);
+    if (existing) return existing.limiter;
+    const limiter = new RateLimiterMemory({ points: spec.points, duration: Math.round(spec.windowMs / 1000), keyPrefix });
+    this.#limiters.set(keyPrefix, { spec, limiter });
+    return limiter;
+  }
+
+  reportFailure(err: Error): void {
+    // The memory store has no outage to fall back from: a failure here is a bug.
+    throw err;
+  }
+
+  onHealthChange(): void {
+    /* always up */
+  }
+
+  async ready(): Promise<boolean> {
+    return true;
+  }
+
+  async entries(keyPrefix: string, name: LimiterName): Promise<StoredEntry[]> {
+    const now = Date.now();
+    const out: StoredEntry[] = [];
+    for (const [prefix, { spec, limiter }] of this.#limiters) {
+      if (spec.name !== name || !prefix.startsWith(`${keyPrefix}:${name}:`)) continue;
+      for (const rec of limiter.dump().storage) {
+        if (rec.expiresAt !== null && rec.expiresAt <= now) continue;
+        out.push({
+          name,
+          points: spec.points,
+          windowMs: spec.windowMs,
+          key: String(rec.key),
+          value: rec.value,
+          msBeforeNext: rec.expiresAt === null ? -1 : rec.expiresAt - now,
+        });
+      }
+    }
+    return out;
+  }
+
+  async remove(keyPrefix: string, entries: readonly StoredEntry[]): Promise<number> {
+    let removed = 0;
+    for (const e of entries) {
+      const found = this.#limiters.get(limiterKeyPrefix(keyPrefix, e));
+      if (found && (await found.limiter.delete(e.key))) removed++;
+    }
+    return removed;
+  }
+
+  async close(): Promise<void> {
+    this.#limiters.clear();
+  }
+}
+
+/** Where an answer came from: the shared store, the insurance memory, or nowhere (fail open). */
+export type AnswerSource = 'store' | 'insurance' | 'none';
+
+export type CountResult =
+  | { readonly kind: 'allowed' | 'limited'; readonly consumed: number; readonly msBeforeNext: number; readonly source: AnswerSource }
+  | { readonly kind: 'unavailable' };
+
+export type PeekResult =
+  | { readonly kind: 'found'; readonly value: number; readonly msBeforeNext: number; readonly source: AnswerSource }
+  | { readonly kind: 'none'; readonly source: AnswerSource }
+  | { readonly kind: 'unavailable' };
+
+export class StoreUnavailableError extends Error {
+  constructor(detail: string) {
+    super(`limiter store unavailable: ${detail}`);
+  }
+}
+
+class DeadlineError extends Error {}
+
+export interface LimiterStoreOptions {
+  readonly backend: StoreBackend;
+  readonly onFailure: StoreFailureMode;
+  /** First segment of every key: "smtpgate". */
+  readonly keyPrefix: string;
+  /** Upper bound for one store operation before the fallback answers. */
+  readonly opTimeoutMs?: number;
+}
+
+export class LimiterStore {
+  readonly keyPrefix: string;
+  readonly onFailure: StoreFailureMode;
+  readonly #backend: StoreBackend;
+  /** Only with onFailure: memory and a store that can fail. */
+  readonly #insurance: MemoryBackend | undefined;
+  readonly #limiters = new Map<string, RateLimiterAbstract>();
+  readonly #opTimeoutMs: number;
+
+  constructor(opts: LimiterStoreOptions) {
+    this.#backend = opts.backend;
+    this.keyPrefix = opts.keyPrefix;
+    this.onFailure = opts.onFailure;
+    this.#opTimeoutMs = opts.opTimeoutMs ?? 500;
+    this.#insurance = opts.onFailure === 'memory' && opts.backend.kind !== 'memory' ? new MemoryBackend() : undefined;
+  }
+
+  get kind(): StoreKind {
+    return this.#backend.kind;
+  }
+
+  /** True while answers come from the shared store. */
+  get up(): boolean {
+    return this.#backend.usable;
+  }
+
+  onHealthChange(listener: (up: boolean, detail: string) => void): void {
+    this.#backend.onHealthChange(listener);
+  }
+
+  ready(timeoutMs: number): Promise<boolean> {
+    return this.#backend.ready(timeoutMs);
+  }
+
+  /** Counts `points` and says whether the total is still within `spec.points`. */
+  async consume(spec: LimiterSpec, key: string, points = 1): Promise<CountResult> {
+    const tried = await this.#primary(spec, (l) => l.consume(key, points));
+    if (tried.ok) return counted(tried.value, 'allowed', 'store');
+    if (tried.over) return counted(tried.over, 'limited', 'store');
+    return this.#fallbackCount(spec, (l) => l.consume(key, points));
+  }
+
+  /** Counts `points` without a verdict of its own ("limited" once the total passes spec.points). */
+  async penalty(spec: LimiterSpec, key: string, points: number): Promise<CountResult> {
+    const tried = await this.#primary(spec, (l) => l.penalty(key, points));
+    if (tried.ok) return counted(tried.value, tried.value.consumedPoints > spec.points ? 'limited' : 'allowed', 'store');
+    return this.#fallbackCount(spec, (l) => l.penalty(key, points));
+  }
+
+  /**
+   * Gives points back (a refused MAIL must not use up the quotas that did allow it), to the
+   * store that counted them: a count made in the insurance memory is not taken off Redis.
+   */
+  async reward(spec: LimiterSpec, key: string, points: number, source: AnswerSource): Promise<void> {
+    if (source === 'store') await this.#primary(spec, (l) => l.reward(key, points));
+    else if (source === 'insurance' && this.#insurance) await this.#insuranceLimiter(spec).reward(key, points);
+  }
+
+  /**
+   * Reads a counter. With `mirror`, what the shared store says is copied into the insurance
+   * memory, so a suspension seen once is still enforced by this instance during an outage.
+   */
+  async get(spec: LimiterSpec, key: string, opts: { mirror?: boolean } = {}): Promise<PeekResult> {
+    const tried = await this.#primary(spec, (l) => l.get(key));
+    if (tried.ok) {
+      const res = tried.value;
+      if (opts.mirror && this.#insurance) {
+        const ins = this.#insuranceLimiter(spec);
+        if (res) await ins.set(key, res.consumedPoints, res.msBeforeNext > 0 ? Math.ceil(res.msBeforeNext / 1000) : 0);
+        else await ins.delete(key);
+      }
+      return res ? { kind: 'found', value: res.consumedPoints, msBeforeNext: res.msBeforeNext, source: 'store' } : { kind: 'none', source: 'store' };
+    }
+    switch (this.onFailure) {
+      case 'memory': {
+        const res = await this.#insuranceLimiter(spec).get(key);
+        return res ? { kind: 'found', value: res.consumedPoints, msBeforeNext: res.msBeforeNext, source: 'insurance' } : { kind: 'none', source: 'insurance' };
+      }
+      case 'allow':
+        return { kind: 'none', source: 'none' };
+      case 'deny':
+        return { kind: 'unavailable' };
+    }
+  }
+
+  /** Sets a counter to `value` for `durationMs` (0: no expiry). With `mirror`, the insurance memory gets it too. */
+  async set(spec: LimiterSpec, key: string, value: number, durationMs: number, opts: { mirror?: boolean } = {}): Promise<boolean> {
+    const secs = Math.ceil(durationMs / 1000);
+    const tried = await this.#primary(spec, (l) => l.set(key, value, secs));
+    if (this.#insurance && (opts.mirror || !tried.ok)) await this.#insuranceLimiter(spec).set(key, value, secs);
+    return tried.ok;
+  }
+
+  async delete(spec: LimiterSpec, key: string): Promise<boolean> {
+    const tried = await this.#primary(spec, (l) => l.delete(key));
+    // The insurance copy goes too, so a cleared lockout isn't resurrected by the next outage.
+    if (this.#insurance) await this.#insuranceLimiter(spec).delete(key);
+    return tried.ok ? tried.value : false;
+  }
+
+  /** Entries of one limiter in the shared store. Admin use: throws StoreUnavailableError rather than guessing. */
+  async entries(name: LimiterName): Promise<StoredEntry[]> {
+    if (!this.#backend.usable) throw new StoreUnavailableError('the store is not reachable');
+    try {
+      return await this.#backend.entries(this.keyPrefix, name);
+    } catch (err) {
+      if (err instanceof Error && this.#backend.kind !== 'memory') {
+        this.#backend.reportFailure(err);
+        throw new StoreUnavailableError(err.message);
+      }
+      throw err;
+    }
+  }
+
+  /** Removes entries from the shared store and from the insurance memory. */
+  async remove(entries: readonly StoredEntry[]): Promise<number> {
+    if (this.#insurance) await this.#insurance.remove(this.keyPrefix, entries);
+    if (!this.#backend.usable) throw new StoreUnavailableError('the store is not reachable');
+    return this.#backend.remove(this.keyPrefix, entries);
+  }
+
+  /** Entries only this process's insurance memory holds (counted while the store was away). */
+  async insuranceEntries(name: LimiterName): Promise<StoredEntry[]> {
+    return this.#insurance ? this.#insurance.entries(this.keyPrefix, name) : [];
+  }
+
+  async close(): Promise<void> {
+    await this.#backend.close();
+    if (this.#insurance) await this.#insurance.close();
+  }
+
+  #limiter(spec: LimiterSpec): RateLimiterAbstract {
+    const prefix = limiterKeyPrefix(this.keyPrefix, spec);
+    let l = this.#limiters.get(prefix);
+    if (!l) {
+      l = this.#backend.createLimiter(spec, prefix);
+      this.#limiters.set(prefix, l);
+    }
+    return l;
+  }
+
+  #insuranceLimiter(spec: LimiterSpec): RateLimiterMemory {
+    return this.#insurance!.createLimiter(spec, limiterKeyPrefix(this.keyPrefix, spec));
+  }
+
+  /**
+   * Runs one operation on the shared store. rate-limiter-flexible rejects with a
+   * `RateLimiterRes` when over the limit and with an `Error` when the store failed: the two
+   * must never be confused, or a Redis outage would read as "everyone is over the limit".
+   */
+  async #primary<T>(
+    spec: LimiterSpec,
+    op: (l: RateLimiterAbstract) => Promise<T>,
+  ): Promise<{ ok: true; value: T } | { ok: false; over: RateLimiterRes } | { ok: false; over: undefined }> {
+    if (!this.#backend.usable) return { ok: false, over: undefined };
+    try {
+      return { ok: true, value: await this.#deadline(op(this.#limiter(spec))) };
+    } catch (e) {
+      if (e instanceof Error) {
+        this.#backend.reportFailure(e);
+        return { ok: false, over: undefined };
+      }
+      if (e instanceof RateLimiterRes) return { ok: false, over: e };
+      throw e;
+    }
+  }
+
+  async #fallbackCount(spec: LimiterSpec, op: (l: RateLimiterAbstract) => Promise<RateLimiterRes>): Promise<CountResult> {
+    switch (this.onFailure) {
+      case 'memory': {
+        try {
+          const res = await op(this.#insuranceLimiter(spec));
+          return counted(res, res.consumedPoints > spec.points ? 'limited' : 'allowed', 'insurance');
+        } catch (e) {
+          if (e instanceof RateLimiterRes) return counted(e, 'limited', 'insurance');
+          throw e;
+        }
+      }
+      case 'allow':
+        return { kind: 'allowed', consumed: 0, msBeforeNext: 0, source: 'none' };
+      case 'deny':
+        return { kind: 'unavailable' };
+    }
+  }
+
+  #deadline<T>(p: Promise<T>): Promise<T> {
+    if (this.#backend.kind === 'memory') return p;
+    let timer: NodeJS.Timeout | undefined;
+    const limit = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new DeadlineError(`no answer from the limiter store within ${this.#opTimeoutMs}ms`)), this.#opTimeoutMs);
+      timer.unref();
+    });
+    return Promise.race([p, limit]).finally(() => clearTimeout(timer));
+  }
+}
+
+function counted(res: RateLimiterRes, kind: 'allowed' | 'limited', source: AnswerSource): CountResult {
+  return { kind, consumed: res.consumedPoints, msBeforeNext: res.msBeforeNext, source };
+}

@@ -1,0 +1,552 @@
+/**
+ * The limits the listener asks at each stage of a session:
+ *
+ *   connect  connectionOpened   per-listener and per-address open connections, new connections per address
+ *   auth     authAllowed        lockouts (before the password is checked)
+ *            authFailed         counts the failure per address and per user+address; may start a lockout
+ *            authSucceeded      suspended accounts are refused here; clears the user+address count
+ *   mail     mailFrom           suspension; messages per user, per sender, per address; bytes per user
+ *   rcpt     rcptTo             recipients per message; recipients per user
+ *   data     messageBytes       counts the bytes of a relayed message
+ *   close    connectionClosed   gives back the connection slots
+ *
+ * Each check returns a `Refusal` (the SMTP reply, metric reason and log text in one value) or
+ * undefined. Which limit applies to whom is decided by pure functions (quotas.ts, keys.ts,
+ * replies.ts); the counting is done by the LimiterStore (memory or Redis).
+ *
+ * The compromised-account brake: every time a per-user quota (messages, recipients, bytes)
+ * runs out in its window, the user gets a "quota hit". At `brake.quotaHits` hits within
+ * `brake.window` the account is suspended: a record in the store (so every instance sees
+ * it) that lasts until an admin clears it, or `brake.suspendFor`.
+ */
+import type { Registry } from 'prom-client';
+import type { Refusal } from '../reply.js';
+import type { Logger } from '../logging/logger.js';
+import type { LimitsConfig } from './config.js';
+import { ipKey, parseIp, senderKey, userIpKey, userKey, type ParsedIp } from './keys.js';
+import type { CountResult, LimiterSpec, LimiterStore, PeekResult, StoredEntry } from './limiter-store.js';
+import { createLimitMetrics, type DecisionResult, type LimitMetrics } from './metrics.js';
+import { resolveQuotas, type Quotas } from './quotas.js';
+import type { Rate } from './rate.js';
+import { retrySeconds } from './rate.js';
+import {
+  concurrentIpRefusal,
+  concurrentListenerRefusal,
+  connectionRateRefusal,
+  limiterUnavailableRefusal,
+  lockedOutDisconnect,
+  lockedOutRefusal,
+  quotaRefusal,
+  suspendedAuthRefusal,
+  suspendedMailRefusal,
+  tooManyRecipientsRefusal,
+  type LimiterName,
+  type LockoutScope,
+  type QuotaLimiter,
+} from './replies.js';
+import { ConcurrencyCounter } from './concurrency.js';
+import { planClear, STATE_LIMITERS, summarizeState, type ClearResult, type LimitsAdmin, type LimitsState, type StateEntries } from './admin.js';
+import { createLimiterStore } from './store-factory.js';
+
+/** What the listener knows about the client at any stage. */
+export interface ClientFacts {
+  /** smtp-server's session id: ties a session's connect, AUTH tries and close together. */
+  readonly session: string;
+  readonly ip: string;
+  /** The listener's name from the config. */
+  readonly listener: string;
+  /** The authenticated user, once AUTH succeeded. */
+  readonly user?: string;
+  readonly groups?: readonly string[];
+}
+
+export interface AuthFacts extends ClientFacts {
+  /** The username being tried (AUTH PLAIN/LOGIN authentication identity). */
+  readonly username: string;
+}
+
+export interface MailFacts extends ClientFacts {
+  /** The envelope sender; "" for the null sender. */
+  readonly sender: string;
+  /** The SIZE= the client declared, if any: checked against the bytes quota up front. */
+  readonly size?: number;
+}
+
+export interface RcptFacts extends ClientFacts {
+  /** Recipients already accepted in this transaction. */
+  readonly recipientsSoFar: number;
+}
+
+export interface AuthFailure {
+  /** The client (or this user from this client) is now locked out. */
+  readonly lockedOut: boolean;
+  readonly scope?: LockoutScope;
+  readonly retryAfterSeconds?: number;
+}
+
+interface SessionLimits {
+  readonly ipKey: string;
+  readonly ip: ParsedIp | undefined;
+  /** Connection slots this session holds, released at close. */
+  readonly held: { counter: ConcurrencyCounter; key: string }[];
+  /** AUTH attempts answered 454 during a lockout, for the 421 that ends them. */
+  lockedRefusals: number;
+}
+
+export interface LimitsDeps {
+  readonly config: LimitsConfig;
+  readonly store: LimiterStore;
+  readonly metrics: LimitMetrics;
+  readonly log: Logger;
+  /** Clock for suspension timestamps (rate windows use the store's own clock). */
+  readonly now?: () => number;
+}
+
+const SUSPENSION: LimiterSpec = { name: 'suspension', points: 1, windowMs: 0 };
+
+function spec(name: LimiterName, rate: Rate): LimiterSpec {
+  return { name, points: rate.amount, windowMs: rate.windowMs };
+}
+
+export class Limits implements LimitsAdmin {
+  #config: LimitsConfig;
+  readonly #store: LimiterStore;
+  readonly #metrics: LimitMetrics;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #sessions = new Map<string, SessionLimits>();
+  readonly #perIp = new ConcurrencyCounter();
+  readonly #perListener = new ConcurrencyCounter();
+  #wasDown = false;
+
+  constructor(deps: LimitsDeps) {
+    this.#config = deps.config;
+    this.#store = deps.store;
+    this.#metrics = deps.metrics;
+    this.#log = deps.log;
+    this.#now = deps.now ?? Date.now;
+    this.#metrics.storeUp.set(this.#store.up ? 1 : 0);
+    const where = this.#storeLabel();
+    // One line per change of state, never one per message: an outage is logged once, and so is its end.
+    this.#store.onHealthChange((up, detail) => {
+      this.#metrics.storeUp.set(up ? 1 : 0);
+      if (up && !this.#wasDown) this.#log.info({ store: where }, 'limiter store connected');
+      else if (up) this.#log.info({ store: where, detail }, 'limiter store reachable again: limits are shared again');
+      else
+        this.#log.warn(
+          { store: where, detail, onStoreFailure: this.config.onStoreFailure },
+          `limiter store unavailable: ${FAILURE_TEXT[this.config.onStoreFailure]} until it returns`,
+        );
+      this.#wasDown ||= !up;
+    });
+  }
+
+  /**
+   * Waits (bounded) until the store answers, so the first sessions see shared counts. Resolves
+   * false on timeout; smtpgate runs anyway, with limits.onStoreFailure in force until it does.
+   */
+  async start(timeoutMs = 2000): Promise<boolean> {
+    const up = await this.#store.ready(timeoutMs);
+    this.#metrics.storeUp.set(this.#store.up ? 1 : 0);
+    return up;
+  }
+
+  get config(): LimitsConfig {
+    return this.#config;
+  }
+
+  /**
+   * Config reload: new quotas, overrides, lockout and brake settings take effect for the next
+   * check; open connections, counts and the store stay. A different store, keyPrefix or
+   * onStoreFailure needs a restart, so that is refused (the old config stays in force).
+   */
+  reconfigure(next: LimitsConfig): void {
+    const was = this.#config;
+    if (JSON.stringify(was.store) !== JSON.stringify(next.store) || was.onStoreFailure !== next.onStoreFailure) {
+      throw new RangeError('limits.store and limits.onStoreFailure cannot change on reload; restart smtpgate to change them');
+    }
+    this.#config = next;
+  }
+
+  get storeUp(): boolean {
+    return this.#store.up;
+  }
+
+  /** Sessions holding connection slots now (tests, readiness). */
+  get openSessions(): number {
+    return this.#sessions.size;
+  }
+
+  async close(): Promise<void> {
+    await this.#store.close();
+  }
+
+  // ── connect ────────────────────────────────────────────────────────────────────────────
+
+  async connectionOpened(f: ClientFacts): Promise<Refusal | undefined> {
+    const s = this.#session(f);
+    const { quotas } = resolveQuotas(this.config, { ip: s.ip });
+    const perListener = this.config.concurrentPerListener;
+    // Slots are taken before anything is awaited, so a burst can't slip past the count.
+    if (perListener !== null) {
+      if (!this.#perListener.tryAcquire(f.listener, perListener)) {
+        this.#decide('concurrent_listener', 'limited');
+        return concurrentListenerRefusal(perListener);
+      }
+      s.held.push({ counter: this.#perListener, key: f.listener });
+      this.#decide('concurrent_listener', 'allowed');
+    }
+    if (quotas.concurrentPerIp !== null) {
+      if (!this.#perIp.tryAcquire(s.ipKey, quotas.concurrentPerIp)) {
+        this.#release(s);
+        this.#decide('concurrent_ip', 'limited');
+        return concurrentIpRefusal(quotas.concurrentPerIp);
+      }
+      s.held.push({ counter: this.#perIp, key: s.ipKey });
+      this.#decide('concurrent_ip', 'allowed');
+    }
+    if (quotas.connectionRate) {
+      const r = await this.#store.consume(spec('connection_rate', quotas.connectionRate), s.ipKey);
+      this.#decideCount('connection_rate', r);
+      if (r.kind === 'unavailable' || r.kind === 'limited') {
+        this.#release(s);
+        return r.kind === 'unavailable' ? limiterUnavailableRefusal('connect') : connectionRateRefusal(quotas.connectionRate, r.msBeforeNext);
+      }
+    }
+    return undefined;
+  }
+
+  /** Idempotent; call it from onClose whether or not the connection was admitted. */
+  connectionClosed(f: Pick<ClientFacts, 'session'>): void {
+    const s = this.#sessions.get(f.session);
+    if (!s) return;
+    this.#release(s);
+    this.#sessions.delete(f.session);
+  }
+
+  // ── auth ───────────────────────────────────────────────────────────────────────────────
+
+  /** Before the password is verified: is this client, or this user from this client, locked out? */
+  async authAllowed(f: AuthFacts): Promise<Refusal | undefined> {
+    const s = this.#session(f);
+    const { failuresPerIp, failuresPerUserIp, refusalsBeforeDisconnect } = this.config.auth;
+    const user = userKey(f.username);
+    const [ip, userIp] = await Promise.all([
+      failuresPerIp ? this.#store.get(spec('auth_ip', failuresPerIp), s.ipKey) : undefined,
+      failuresPerUserIp ? this.#store.get(spec('auth_user_ip', failuresPerUserIp), userIpKey(user, s.ipKey)) : undefined,
+    ]);
+    if (ip?.kind === 'unavailable' || userIp?.kind === 'unavailable') {
+      this.#metrics.decisions.inc({ limiter: 'auth_ip', result: 'store_error' });
+      return limiterUnavailableRefusal('auth');
+    }
+    const ipLock = failuresPerIp ? this.#lock('auth_ip', ip, failuresPerIp.amount) : undefined;
+    const userLock = failuresPerUserIp ? this.#lock('auth_user_ip', userIp, failuresPerUserIp.amount) : undefined;
+    const lock = [ipLock, userLock].filter((l) => l !== undefined).sort((a, b) => b.msBeforeNext - a.msBeforeNext)[0];
+    if (!lock) return undefined;
+    s.lockedRefusals++;
+    this.#log.debug({ session: f.session, ip: f.ip, user: f.username, scope: lock.scope, attempt: s.lockedRefusals }, 'AUTH refused: locked out');
+    if (s.lockedRefusals > refusalsBeforeDisconnect) return lockedOutDisconnect(lock.msBeforeNext);
+    return lockedOutRefusal(lock.scope, lock.msBeforeNext);
+  }
+
+  /** After a wrong password: counts it per address and per user+address; the count that reaches the limit starts a lockout. */
+  async authFailed(f: AuthFacts): Promise<AuthFailure> {
+    const s = this.#session(f);
+    const { failuresPerIp, failuresPerUserIp, lockFor } = this.config.auth;
+    const user = userKey(f.username);
+    const count = async (scope: LockoutScope, rate: Rate | null, key: string) => {
+      if (!rate) return undefined;
+      const limiter = scope === 'ip' ? 'auth_ip' : 'auth_user_ip';
+      const sp = spec(limiter, rate);
+      const r = await this.#store.consume(sp, key);
+      this.#decideCount(limiter, r);
+      if (r.kind === 'unavailable') return undefined;
+      if (r.kind === 'allowed' && r.consumed === rate.amount) {
+        // Exactly one caller sees the count reach the limit (the store counts atomically):
+        // that one starts the lockout, counts it and logs it.
+        await this.#store.set(sp, key, rate.amount, lockFor);
+        this.#metrics.lockouts.inc({ scope });
+        this.#log.warn(
+          { session: f.session, ip: f.ip, network: s.ipKey, user: f.username, scope, failures: rate.amount, lockSeconds: lockFor / 1000 },
+          scope === 'ip' ? 'AUTH lockout: too many failed logins from this address' : 'AUTH lockout: too many failed logins for this user from this address',
+        );
+        return { scope, msBeforeNext: lockFor };
+      }
+      return r.consumed >= rate.amount ? { scope, msBeforeNext: r.msBeforeNext } : undefined;
+    };
+    const locks = (await Promise.all([count('ip', failuresPerIp, s.ipKey), count('user_ip', failuresPerUserIp, userIpKey(user, s.ipKey))])).filter(
+      (l) => l !== undefined,
+    );
+    const lock = locks.sort((a, b) => b.msBeforeNext - a.msBeforeNext)[0];
+    return lock ? { lockedOut: true, scope: lock.scope, retryAfterSeconds: retrySeconds(lock.msBeforeNext) } : { lockedOut: false };
+  }
+
+  /**
+   * After a correct password. A suspended account is refused here (535 5.7.8), so the reason
+   * is only told to someone who knew the password. Otherwise the user+address failure count
+   * is cleared (the per-address count stays: it guards against spraying many users).
+   */
+  async authSucceeded(f: AuthFacts): Promise<Refusal | undefined> {
+    const s = this.#session(f);
+    const user = userKey(f.username);
+    const suspended = await this.#suspension(user);
+    if (suspended === 'unavailable') return limiterUnavailableRefusal('auth');
+    if (suspended) {
+      this.#log.info({ session: f.session, ip: f.ip, user: f.username }, 'AUTH refused: account suspended');
+      return suspendedAuthRefusal();
+    }
+    s.lockedRefusals = 0;
+    const rate = this.config.auth.failuresPerUserIp;
+    if (rate) await this.#store.delete(spec('auth_user_ip', rate), userIpKey(user, s.ipKey));
+    return undefined;
+  }
+
+  // ── mail ───────────────────────────────────────────────────────────────────────────────
+
+  /** Counts one message against each configured quota; a refused MAIL gives back what it took. */
+  async mailFrom(f: MailFacts): Promise<Refusal | undefined> {
+    const s = this.#session(f);
+    const user = f.user !== undefined ? userKey(f.user) : undefined;
+    const { quotas } = resolveQuotas(this.config, { user: f.user, groups: f.groups, ip: s.ip });
+    const sender = senderKey(f.sender);
+    const counters: { limiter: QuotaLimiter; rate: Rate; key: string }[] = [];
+    if (user !== undefined && quotas.messagesPerUser) counters.push({ limiter: 'messages_user', rate: quotas.messagesPerUser, key: user });
+    if (sender !== undefined && quotas.messagesPerSender) counters.push({ limiter: 'messages_sender', rate: quotas.messagesPerSender, key: sender });
+    if (quotas.messagesPerIp) counters.push({ limiter: 'messages_ip', rate: quotas.messagesPerIp, key: s.ipKey });
+    const bytesRate = user !== undefined ? quotas.bytesPerUser : null;
+
+    const [suspended, bytes, ...counts] = await Promise.all([
+      user !== undefined ? this.#suspension(user) : false,
+      bytesRate ? this.#store.get(spec('bytes_user', bytesRate), user!) : undefined,
+      ...counters.map((c) => this.#store.consume(spec(c.limiter, c.rate), c.key)),
+    ]);
+    counters.forEach((c, i) => this.#decideCount(c.limiter, counts[i]!));
+    const giveBack = () =>
+      Promise.all(
+        counters.map((c, i) => {
+          const r = counts[i]!;
+          return r.kind === 'allowed' ? this.#store.reward(spec(c.limiter, c.rate), c.key, 1, r.source) : undefined;
+        }),
+      );
+
+    if (suspended === 'unavailable' || bytes?.kind === 'unavailable' || counts.some((r) => r.kind === 'unavailable')) {
+      await giveBack();
+      return limiterUnavailableRefusal('mail');
+    }
+    if (suspended) {
+      await giveBack();
+      return suspendedMailRefusal();
+    }
+
+    const over: { limiter: QuotaLimiter; rate: Rate; msBeforeNext: number }[] = [];
+    let hit: QuotaLimiter | undefined;
+    counters.forEach((c, i) => {
+      const r = counts[i] as Exclude<CountResult, { kind: 'unavailable' }>;
+      if (r.kind !== 'limited') return;
+      over.push({ limiter: c.limiter, rate: c.rate, msBeforeNext: r.msBeforeNext });
+      // The first refusal in a window is the quota hit; the retries after it are not.
+      if (c.limiter === 'messages_user' && r.consumed === c.rate.amount + 1) hit = 'messages_user';
+    });
+    if (bytesRate && bytes?.kind === 'found') {
+      const used = bytes.value;
+      const full = used >= bytesRate.amount || (f.size !== undefined && used + f.size > bytesRate.amount);
+      this.#decide('bytes_user', full ? 'limited' : 'allowed', bytes.source);
+      if (full) over.push({ limiter: 'bytes_user', rate: bytesRate, msBeforeNext: bytes.msBeforeNext });
+    } else if (bytesRate) {
+      this.#decide('bytes_user', 'allowed', bytes?.kind === 'none' ? bytes.source : 'store');
+    }
+    if (over.length === 0) return undefined;
+
+    // Store round trips run side by side where they can: a slow Redis costs each wave once.
+    const [, suspendedNow] = await Promise.all([giveBack(), hit && user !== undefined ? this.#quotaHit(user, f, hit) : false]);
+    if (suspendedNow) return suspendedMailRefusal();
+    const worst = over.sort((a, b) => b.msBeforeNext - a.msBeforeNext)[0]!;
+    this.#log.debug({ session: f.session, ip: f.ip, user: f.user, limiter: worst.limiter }, 'MAIL refused: quota reached');
+    return quotaRefusal(worst.limiter, worst.rate, worst.msBeforeNext);
+  }
+
+  // ── rcpt ───────────────────────────────────────────────────────────────────────────────
+
+  async rcptTo(f: RcptFacts): Promise<Refusal | undefined> {
+    const s = this.#session(f);
+    const user = f.user !== undefined ? userKey(f.user) : undefined;
+    const { quotas } = resolveQuotas(this.config, { user: f.user, groups: f.groups, ip: s.ip });
+    const perMessage = quotas.recipientsPerMessage;
+    if (perMessage !== null) {
+      // RFC 5321 §4.5.3.1.10: 452 tells the client to send the rest in a later transaction.
+      const full = f.recipientsSoFar >= perMessage;
+      this.#decide('recipients_message', full ? 'limited' : 'allowed');
+      if (full) return tooManyRecipientsRefusal(perMessage);
+    }
+    if (user === undefined) return undefined;
+    const rate = quotas.recipientsPerUser;
+    const [suspended, r] = await Promise.all([this.#suspension(user), rate ? this.#store.consume(spec('recipients_user', rate), user) : undefined]);
+    if (r) this.#decideCount('recipients_user', r);
+    const giveBack = async () => {
+      if (rate && r?.kind === 'allowed') await this.#store.reward(spec('recipients_user', rate), user, 1, r.source);
+    };
+    if (suspended === 'unavailable' || r?.kind === 'unavailable') {
+      await giveBack();
+      return limiterUnavailableRefusal('rcpt');
+    }
+    if (suspended) {
+      await giveBack();
+      return suspendedMailRefusal();
+    }
+    if (!rate || r?.kind !== 'limited') return undefined;
+    if (r.consumed === rate.amount + 1 && (await this.#quotaHit(user, f, 'recipients_user'))) return suspendedMailRefusal();
+    this.#log.debug({ session: f.session, ip: f.ip, user: f.user, limiter: 'recipients_user' }, 'RCPT refused: quota reached');
+    return quotaRefusal('recipients_user', rate, r.msBeforeNext);
+  }
+
+  // ── data ───────────────────────────────────────────────────────────────────────────────
+
+  /** After the backend accepted a message: counts its bytes. The message that uses up the quota is a quota hit. */
+  async messageBytes(f: ClientFacts, bytes: number): Promise<void> {
+    if (f.user === undefined || bytes <= 0) return;
+    const s = this.#session(f);
+    const { quotas } = resolveQuotas(this.config, { user: f.user, groups: f.groups, ip: s.ip });
+    const rate = quotas.bytesPerUser;
+    if (!rate) return;
+    const user = userKey(f.user);
+    const r = await this.#store.penalty(spec('bytes_user', rate), user, Math.round(bytes));
+    if (r.kind === 'unavailable' || r.source === 'none') return;
+    if (r.consumed >= rate.amount && r.consumed - bytes < rate.amount) await this.#quotaHit(user, f, 'bytes_user');
+  }
+
+  // ── admin ──────────────────────────────────────────────────────────────────────────────
+
+  /** Locked-out addresses and users, suspended users and the top senders, from the store. */
+  async listState(opts: { top?: number } = {}): Promise<LimitsState> {
+    const lists = await Promise.all(STATE_LIMITERS.map((name) => this.#store.entries(name)));
+    const entries = Object.fromEntries(STATE_LIMITERS.map((name, i) => [name, lists[i]!])) as unknown as StateEntries;
+    return summarizeState(entries, { now: this.#now(), top: opts.top ?? 10, store: { kind: this.#store.kind, up: this.#store.up } });
+  }
+
+  /**
+   * Clears everything the store holds about an address (lockouts, connection and message
+   * counts) or a user (suspension, brake count, lockouts from any address, quotas).
+   * Throws RangeError for an empty target and StoreUnavailableError while Redis is away.
+   */
+  async clear(target: string): Promise<ClearResult> {
+    const plan = planClear(target, this.config.ipv6Prefix);
+    if (!plan) throw new RangeError('expected an IP address or a user name');
+    const doomed: StoredEntry[] = [];
+    for (const [name, match] of Object.entries(plan.match) as [LimiterName, (k: string) => boolean][]) {
+      const [shared, local] = await Promise.all([this.#store.entries(name), this.#store.insuranceEntries(name)]);
+      for (const e of [...shared, ...local]) if (match(e.key)) doomed.push(e);
+    }
+    await this.#store.remove(doomed);
+    const removed = dedupe(doomed.map((e) => ({ limiter: e.name, key: e.key })));
+    this.#log.info({ target, kind: plan.kind, key: plan.key, removed: removed.length }, 'limits cleared by an admin');
+    return { target, kind: plan.kind, key: plan.key, removed };
+  }
+
+  // ── internals ──────────────────────────────────────────────────────────────────────────
+
+  #session(f: Pick<ClientFacts, 'session' | 'ip'>): SessionLimits {
+    let s = this.#sessions.get(f.session);
+    if (!s) {
+      s = { ipKey: ipKey(f.ip, this.config.ipv6Prefix), ip: parseIp(f.ip), held: [], lockedRefusals: 0 };
+      this.#sessions.set(f.session, s);
+    }
+    return s;
+  }
+
+  #release(s: SessionLimits): void {
+    for (const h of s.held.splice(0)) h.counter.release(h.key);
+  }
+
+  #lock(limiter: 'auth_ip' | 'auth_user_ip', r: PeekResult | undefined, limit: number): { scope: LockoutScope; msBeforeNext: number } | undefined {
+    if (!r || r.kind === 'unavailable') return undefined;
+    const locked = r.kind === 'found' && r.value >= limit;
+    this.#decide(limiter, locked ? 'limited' : 'allowed', r.source);
+    return locked ? { scope: limiter === 'auth_ip' ? 'ip' : 'user_ip', msBeforeNext: r.msBeforeNext } : undefined;
+  }
+
+  /** false, the suspension record (truthy), or 'unavailable' under onStoreFailure: deny. */
+  async #suspension(user: string): Promise<false | 'unavailable' | { since: number; msBeforeNext: number }> {
+    const r = await this.#store.get(SUSPENSION, user, { mirror: true });
+    if (r.kind === 'unavailable') {
+      this.#metrics.decisions.inc({ limiter: 'suspension', result: 'store_error' });
+      return 'unavailable';
+    }
+    this.#decide('suspension', r.kind === 'found' ? 'limited' : 'allowed', r.source);
+    return r.kind === 'found' ? { since: r.value, msBeforeNext: r.msBeforeNext } : false;
+  }
+
+  /** A per-user quota ran out. Returns true when this hit suspended the account. */
+  async #quotaHit(user: string, f: ClientFacts, limiter: QuotaLimiter): Promise<boolean> {
+    this.#metrics.quotaExhaustions.inc({ limiter });
+    const { quotaHits, window, suspendFor } = this.config.brake;
+    this.#log.warn({ session: f.session, ip: f.ip, user: f.user, limiter }, 'quota exhausted for this window');
+    if (quotaHits === null) return false;
+    const brake: LimiterSpec = { name: 'brake', points: quotaHits, windowMs: window };
+    const r = await this.#store.penalty(brake, user, 1);
+    this.#decideCount('brake', r);
+    if (r.kind === 'unavailable' || r.source === 'none' || r.consumed !== quotaHits) return false;
+    await Promise.all([this.#store.set(SUSPENSION, user, Math.floor(this.#now() / 1000), suspendFor ?? 0, { mirror: true }), this.#store.delete(brake, user)]);
+    this.#metrics.suspensions.inc();
+    this.#log.warn(
+      { session: f.session, ip: f.ip, user: f.user, quotaHits, window: window / 1000, suspendForSeconds: suspendFor === null ? null : suspendFor / 1000 },
+      `account suspended: ${quotaHits} quota hits within ${window / 1000}s; ${suspendFor === null ? 'until an admin clears it' : `for ${suspendFor / 1000}s`}`,
+    );
+    return true;
+  }
+
+  #decide(limiter: LimiterName, result: 'allowed' | 'limited', source: 'store' | 'insurance' | 'none' = 'store'): void {
+    this.#metrics.decisions.inc({ limiter, result: (source === 'store' ? result : 'store_error') satisfies DecisionResult });
+  }
+
+  #decideCount(limiter: LimiterName, r: CountResult): void {
+    if (r.kind === 'unavailable') this.#metrics.decisions.inc({ limiter, result: 'store_error' });
+    else this.#decide(limiter, r.kind, r.source);
+  }
+
+  #storeLabel(): string {
+    const s = this.config.store;
+    if (s.kind === 'memory') return 'memory';
+    if (s.url) return redactUrl(s.url);
+    if (s.sentinels) return `sentinel ${s.name} via ${s.sentinels.map((n) => `${n.host}:${n.port}`).join(',')}`;
+    return `cluster ${s.cluster!.map((n) => `${n.host}:${n.port}`).join(',')}`;
+  }
+}
+
+const FAILURE_TEXT = {
+  memory: 'each instance counts in its own memory (insurance limiter)',
+  allow: 'limits are NOT enforced (onStoreFailure: allow)',
+  deny: 'mail is refused with 4.3.0 (onStoreFailure: deny)',
+} as const;
+
+function redactUrl(url: string): string {
+  return url.replace(/\/\/[^@/]*@/, '//***@');
+}
+
+function dedupe<T extends { limiter: string; key: string }>(xs: T[]): T[] {
+  const seen = new Set<string>();
+  return xs.filter((x) => {
+    const id = `${x.limiter}\0${x.key}`;
+    if (seen.has(id)) return false;
+    seen.add(id);
+    return true;
+  });
+}
+
+export interface CreateLimitsOptions {
+  readonly config: LimitsConfig;
+  readonly log: Logger;
+  /** The app's registry; the metrics are registered on it. */
+  readonly registry?: Registry;
+  /** Already-created metrics (when the catalogue made them). */
+  readonly metrics?: LimitMetrics;
+  readonly now?: () => number;
+}
+
+/** Builds the store `config.store` names and the Limits over it. Call `start()` before listening. */
+export function createLimits(opts: CreateLimitsOptions): Limits {
+  const metrics = opts.metrics ?? (opts.registry ? createLimitMetrics(opts.registry) : undefined);
+  if (!metrics) throw new Error('createLimits needs registry or metrics');
+  return new Limits({ config: opts.config, store: createLimiterStore(opts.config), metrics, log: opts.log, ...(opts.now ? { now: opts.now } : {}) });
+}
+
+export type { Quotas };

@@ -1,0 +1,53 @@
+/**
+ * The limits' metrics. The lead's catalogue calls `createLimitMetrics(registry)` with the app's
+ * registry, so they appear on /metrics next to the rest.
+ *
+ * Labels come from fixed sets only: `limiter` (LIMITER_NAMES), `result`, `scope`. Never an IP,
+ * user or address: those are in the log lines.
+ */
+import { Counter, Gauge, type Registry } from 'prom-client';
+import { LIMITER_NAMES } from './replies.js';
+
+export type DecisionResult = 'allowed' | 'limited' | 'store_error';
+
+export function createLimitMetrics(registry: Registry) {
+  const registers = [registry];
+  const metrics = {
+    decisions: new Counter({
+      name: 'smtpgate_limiter_decisions_total',
+      help: 'Limit checks by limiter and result: allowed, limited, or store_error (the shared store failed and limits.onStoreFailure answered).',
+      labelNames: ['limiter', 'result'] as const,
+      registers,
+    }),
+    lockouts: new Counter({
+      name: 'smtpgate_auth_lockouts_total',
+      help: 'AUTH lockouts started, by scope: ip (a client address) or user_ip (one user from one address).',
+      labelNames: ['scope'] as const,
+      registers,
+    }),
+    quotaExhaustions: new Counter({
+      name: 'smtpgate_quota_exhaustions_total',
+      help: 'Times a per-user quota (messages, recipients, bytes) ran out in its window; the compromised-account brake counts these.',
+      labelNames: ['limiter'] as const,
+      registers,
+    }),
+    suspensions: new Counter({
+      name: 'smtpgate_account_suspensions_total',
+      help: 'Accounts suspended by the compromised-account brake.',
+      registers,
+    }),
+    storeUp: new Gauge({
+      name: 'smtpgate_limiter_store_up',
+      help: '1 while the limiter store answers; 0 while limits come from limits.onStoreFailure (insurance memory, allow or deny).',
+      registers,
+    }),
+  };
+  // Series that alerts look for exist from the start, at zero.
+  for (const scope of ['ip', 'user_ip']) metrics.lockouts.inc({ scope }, 0);
+  metrics.suspensions.inc(0);
+  for (const limiter of ['messages_user', 'recipients_user', 'bytes_user']) metrics.quotaExhaustions.inc({ limiter }, 0);
+  for (const limiter of LIMITER_NAMES) for (const result of ['allowed', 'limited', 'store_error']) metrics.decisions.inc({ limiter, result }, 0);
+  return metrics;
+}
+
+export type LimitMetrics = ReturnType<typeof createLimitMetrics>;

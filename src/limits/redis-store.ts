@@ -1,0 +1,207 @@
+/**
+ * The shared store: Redis through ioredis, as one server (url), Sentinel (sentinels + name)
+ * or Cluster (seed nodes). Every instance of smtpgate counts in the same keys.
+ *
+ * ioredis is configured to fail fast, because with its defaults a command waits about a
+ * minute while Redis is down and that would stall the SMTP session: no offline queue, one
+ * retry, a command timeout of a few hundred ms, and `rejectIfRedisNotReady` on every limiter.
+ *
+ * Health: the backend is `usable` while the connection is ready and no command has failed
+ * since. After a failure (a timeout on a connection that still looks open, say) it stops
+ * sending limiter commands and PINGs every half second; the first answer, or a fresh "ready",
+ * makes it usable again. So only the first commands after an outage pay the timeout.
+ */
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import { RateLimiterRedis } from 'rate-limiter-flexible';
+import type { StoreConfig } from './config.js';
+import { limiterKeyPrefix, parseStoredKey, type LimiterSpec, type StoreBackend, type StoredEntry } from './limiter-store.js';
+import type { LimiterName } from './replies.js';
+
+export type RedisClient = Redis | Cluster;
+
+/** Reconnect quickly (capped at 1 s) so limiting resumes soon after Redis returns. */
+function reconnectDelay(times: number): number {
+  return Math.min(50 * 2 ** Math.min(times, 5), 1000);
+}
+
+export function createRedisClient(cfg: StoreConfig): RedisClient {
+  const common: RedisOptions = {
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    commandTimeout: cfg.commandTimeout,
+    connectTimeout: 1000,
+    retryStrategy: reconnectDelay,
+    ...(cfg.username !== undefined ? { username: cfg.username } : {}),
+    ...(cfg.password !== undefined ? { password: cfg.password } : {}),
+    ...(cfg.db !== undefined ? { db: cfg.db } : {}),
+    ...(cfg.tls ? { tls: {} } : {}),
+  };
+  if (cfg.cluster) {
+    const { retryStrategy: _r, enableOfflineQueue: _q, ...redisOptions } = common;
+    const options: ClusterOptions = {
+      enableOfflineQueue: false,
+      clusterRetryStrategy: reconnectDelay,
+      redisOptions,
+    };
+    return new Cluster(
+      cfg.cluster.map((n) => ({ host: n.host, port: n.port })),
+      options,
+    );
+  }
+  if (cfg.sentinels) {
+    return new Redis({
+      ...common,
+      sentinels: cfg.sentinels.map((n) => ({ host: n.host, port: n.port })),
+      name: cfg.name,
+      ...(cfg.sentinelPassword !== undefined ? { sentinelPassword: cfg.sentinelPassword } : {}),
+      sentinelCommandTimeout: cfg.commandTimeout,
+      sentinelRetryStrategy: reconnectDelay,
+      // Subscribes to +switch-master, so a failover is followed at once rather than at the next error.
+      failoverDetector: true,
+      ...(cfg.tls ? { enableTLSForSentinelMode: true } : {}),
+    });
+  }
+  if (!cfg.url) throw new Error('limits.store: kind redis needs url, sentinels or cluster');
+  return new Redis(cfg.url, common);
+}
+
+/** Redis glob: escape the characters SCAN MATCH treats specially. */
+function globEscape(s: string): string {
+  return s.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
+}
+
+const PROBE_INTERVAL_MS = 500;
+
+export class RedisBackend implements StoreBackend {
+  readonly kind = 'redis' as const;
+  readonly client: RedisClient;
+  #failed = false;
+  #probe: NodeJS.Timeout | undefined;
+  #closing = false;
+  #lastUp: boolean | undefined;
+  readonly #listeners: ((up: boolean, detail: string) => void)[] = [];
+
+  constructor(client: RedisClient) {
+    this.client = client;
+    // Without an error listener ioredis prints every failed reconnect; health is reported through onHealthChange.
+    client.on('error', () => {});
+    client.on('ready', () => {
+      this.#failed = false;
+      this.#stopProbe();
+      this.#emit(true, 'connected');
+    });
+    client.on('close', () => {
+      if (!this.#closing) this.#emit(false, 'connection closed');
+    });
+  }
+
+  get usable(): boolean {
+    return !this.#failed && this.client.status === 'ready';
+  }
+
+  createLimiter(spec: LimiterSpec, keyPrefix: string): RateLimiterRedis {
+    return new RateLimiterRedis({
+      storeClient: this.client,
+      points: spec.points,
+      duration: Math.round(spec.windowMs / 1000),
+      keyPrefix,
+      rejectIfRedisNotReady: true,
+    });
+  }
+
+  reportFailure(err: Error): void {
+    if (this.#closing) return;
+    this.#failed = true;
+    this.#emit(false, err.message);
+    if (!this.#probe) {
+      this.#probe = setInterval(() => void this.#check(), PROBE_INTERVAL_MS);
+      this.#probe.unref();
+    }
+  }
+
+  onHealthChange(listener: (up: boolean, detail: string) => void): void {
+    this.#listeners.push(listener);
+  }
+
+  ready(timeoutMs: number): Promise<boolean> {
+    if (this.usable) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.client.off('ready', onReady);
+        resolve(false);
+      }, timeoutMs);
+      const onReady = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.client.once('ready', onReady);
+    });
+  }
+
+  async entries(keyPrefix: string, name: LimiterName): Promise<StoredEntry[]> {
+    const pattern = `${globEscape(`${keyPrefix}:${name}:`)}*`;
+    // A Cluster spreads keys over its masters: scan each, and read each key on the node that holds it.
+    const nodes: Redis[] = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
+    const out: StoredEntry[] = [];
+    for (const node of nodes) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 500);
+        cursor = next;
+        if (keys.length === 0) continue;
+        const pipeline = node.pipeline();
+        for (const k of keys) pipeline.get(k).pttl(k);
+        const replies = (await pipeline.exec()) ?? [];
+        keys.forEach((k, i) => {
+          const value = replies[2 * i]?.[1];
+          const pttl = replies[2 * i + 1]?.[1];
+          const parsed = parseStoredKey(keyPrefix, name, k);
+          if (!parsed || value === null || value === undefined || pttl === -2) return;
+          out.push({ name, ...parsed, value: Number(value), msBeforeNext: typeof pttl === 'number' ? pttl : -1 });
+        });
+      } while (cursor !== '0');
+    }
+    return out;
+  }
+
+  async remove(keyPrefix: string, entries: readonly StoredEntry[]): Promise<number> {
+    let removed = 0;
+    // One DEL per key: keys of different limiters may sit in different Cluster slots.
+    for (const e of entries) removed += await this.client.del(`${limiterKeyPrefix(keyPrefix, e)}:${e.key}`);
+    return removed;
+  }
+
+  async close(): Promise<void> {
+    this.#closing = true;
+    this.#stopProbe();
+    try {
+      await this.client.quit();
+    } catch {
+      this.client.disconnect();
+    }
+  }
+
+  async #check(): Promise<void> {
+    if (this.client.status !== 'ready') return; // the 'ready' event will end the outage
+    try {
+      await this.client.ping();
+      this.#failed = false;
+      this.#stopProbe();
+      this.#emit(true, 'answering again');
+    } catch {
+      /* still down; try again at the next tick */
+    }
+  }
+
+  #stopProbe(): void {
+    if (this.#probe) clearInterval(this.#probe);
+    this.#probe = undefined;
+  }
+
+  /** Only changes are passed on: the caller logs once per outage, not once per message. */
+  #emit(up: boolean, detail: string): void {
+    if (this.#lastUp === up) return;
+    this.#lastUp = up;
+    for (const l of this.#listeners) l(up, detail);
+  }
+}
