@@ -24,6 +24,8 @@ import { SmtpListener } from './listener/smtp-listener.js';
 import { BackendSession, type BackendTarget } from './relay/backend-session.js';
 import { BackendPool } from './relay/backend-pool.js';
 import { createLimits, type Limits } from './limits/limits.js';
+import { emptyPolicySet, loadPolicySet } from './policy/load.js';
+import type { PolicySet } from './policy/types.js';
 import type { HostPort } from './config/units.js';
 import type { BackendClientOptions } from './relay/smtp-client.js';
 import { demoCertificateExists, ensureDemoCertificate } from './demo/demo-certificate.js';
@@ -40,8 +42,13 @@ export interface RuntimeMaterial {
   readonly backendPassword?: string;
   /** Client-certificate CA bundles by listener name. */
   readonly clientCas: ReadonlyMap<string, Buffer>;
+  /** The policy rules (or the built-in set: relay protection only). */
+  readonly policy: PolicySet;
   readonly warnings: string[];
 }
+
+/** How often the policy folder is checked for changes. */
+const POLICY_POLL_MS = 2_000;
 
 /** "host:port", with brackets for IPv6: the backend's label in logs and metrics. */
 export function hostPortLabel(a: HostPort): string {
@@ -79,6 +86,15 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
       issues.push({ file: l.clientCerts.ca, path: `listeners[${i}].clientCerts.ca`, message: `cannot read the CA bundle: ${(err as Error).message}` });
     }
   }
+  let policy = emptyPolicySet();
+  if (config.policies) {
+    try {
+      policy = await loadPolicySet(config.policies);
+    } catch (err) {
+      if (err instanceof ConfigError) issues.push(...err.issues);
+      else throw err;
+    }
+  }
   let backendCa: Buffer | undefined;
   if (config.backend.ca) {
     try {
@@ -101,7 +117,7 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
   if (issues.length) throw new ConfigError(issues);
-  return { certs, users, attributes, backendCa, backendPassword, clientCas, warnings };
+  return { certs, users, attributes, backendCa, backendPassword, clientCas, policy, warnings };
 }
 
 type UserDirectoryLoad =
@@ -177,6 +193,8 @@ export class App {
   readonly #authenticator: Authenticator | undefined;
   #attributes: ReadonlyMap<string, UserAttributes>;
   #usersWatcher: FileWatcher | undefined;
+  #policy: PolicySet;
+  #policyWatcher: FileWatcher | undefined;
   readonly #listeners: SmtpListener[] = [];
   #admin: http.Server | undefined;
   #tls: TlsManager | undefined;
@@ -193,6 +211,8 @@ export class App {
     this.#authenticator =
       config.auth?.backend === 'backend' ? new BackendAuthenticator() : material.users ? new FileAuthenticator(material.users) : undefined;
     this.#attributes = material.attributes;
+    this.#policy = material.policy;
+    this.metrics.policy.setPolicySet(material.policy);
   }
 
   get addresses(): BoundAddresses {
@@ -237,6 +257,12 @@ export class App {
       this.#recordExpiry(this.#material.certs);
       await this.#tls.watch(config.tls.reloadInterval);
     }
+    const policiesDir = config.policies;
+    if (policiesDir) {
+      // The folder itself is watched too: its mtime changes when a file is added or removed.
+      this.#policyWatcher = new FileWatcher(() => [policiesDir, ...this.#policy.files], () => this.reloadPolicies().then(() => undefined));
+      await this.#policyWatcher.start(POLICY_POLL_MS);
+    }
     const limits = this.limits;
     // A store that can't be reached yet doesn't stop the start: onStoreFailure decides meanwhile.
     if (!(await limits.start(2000))) this.log.warn({ store: config.limits.store.kind, onStoreFailure: config.limits.onStoreFailure }, 'limiter store not reachable at start');
@@ -253,6 +279,7 @@ export class App {
           config: lc,
           limits,
           attributes: (user) => this.userAttributes(user),
+          policy: () => this.#policy,
           hostname: config.hostname,
           tls: tlsManager ? { manager: tlsManager, clientCa: this.#material.clientCas.get(lc.name) } : undefined,
           authenticator: this.#authenticator,
@@ -313,9 +340,37 @@ export class App {
     return true;
   }
 
+  /** The policy set in force for new sessions. */
+  get policy(): PolicySet {
+    return this.#policy;
+  }
+
+  /**
+   * Loads the whole policy folder again and swaps it in at once. An invalid set is refused
+   * whole: the old rules stay in force, the problems are logged with file, rule and field,
+   * and the failure is counted. Sessions already open keep the set they started with.
+   */
+  async reloadPolicies(): Promise<boolean> {
+    if (!this.config.policies) return true;
+    try {
+      const next = await loadPolicySet(this.config.policies);
+      this.#policy = next;
+      this.metrics.policy.setPolicySet(next);
+      this.metrics.reloads.inc({ component: 'policy', result: 'success' });
+      this.log.info({ dir: next.dir, rules: next.ruleCount, files: next.files.length }, 'policies reloaded');
+      return true;
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      this.metrics.reloads.inc({ component: 'policy', result: 'failure' });
+      this.log.error({ problems: describeIssues(err.issues) }, 'policy reload failed; the previous rules stay in force');
+      return false;
+    }
+  }
+
   /** SIGHUP: everything that can change without a restart. Each part keeps its old state on failure. */
   async reload(): Promise<void> {
     await this.reloadUsers();
+    await this.reloadPolicies();
     await this.#tls?.reload();
   }
 
@@ -332,6 +387,7 @@ export class App {
     this.#stopping = true;
     this.#tls?.stop();
     this.#usersWatcher?.stop();
+    this.#policyWatcher?.stop();
     const grace = opts.drain ? this.config.shutdown.drainSeconds * 1000 : 0;
     if (opts.drain) this.log.info({ drainSeconds: this.config.shutdown.drainSeconds, sessions: this.#listeners.reduce((n, l) => n + l.activeSessions, 0) }, 'draining');
     await Promise.all(this.#listeners.map((l) => l.drain(grace)));

@@ -29,6 +29,8 @@ export const REFUSAL_REASONS = [
   'suspended',
   'too_many_recipients',
   'limiter_unavailable',
+  'policy',
+  'sender_binding',
   'internal',
 ] as const;
 

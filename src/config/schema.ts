@@ -220,6 +220,8 @@ export function configSchema(baseDir: string) {
       tls: tls.optional(),
       auth: auth.optional(),
       backend,
+      /** Folder of policy rule files (docs/policies.md); without it, only relay protection applies. */
+      policies: filePath.optional(),
       data: data.default({ bareLineEndings: 'reject', receivedHeader: true, authenticatedUserHeader: false }),
       limits: limitsSection,
       metrics: z.object({ address: bindAddress }).strict().default({ address: { host: '127.0.0.1', port: 9464 } }),

@@ -365,6 +365,18 @@ export class Limits implements LimitsAdmin {
     return quotaRefusal(worst.limiter, worst.rate, worst.msBeforeNext);
   }
 
+  /**
+   * A policy rule's own limit (`action: limit`, e.g. 50/1h per user): one point under the
+   * rule's bucket. Returns the time to wait when over; 'unavailable' when the store is away
+   * and onStoreFailure is deny.
+   */
+  async policyLimit(req: { bucket: string; amount: number; windowMs: number }): Promise<{ limited: false } | { limited: true; msBeforeNext: number } | 'unavailable'> {
+    const r = await this.#store.consume({ name: 'policy', points: req.amount, windowMs: req.windowMs }, req.bucket);
+    this.#decideCount('policy', r);
+    if (r.kind === 'unavailable') return 'unavailable';
+    return r.kind === 'limited' ? { limited: true, msBeforeNext: r.msBeforeNext } : { limited: false };
+  }
+
   // ── rcpt ───────────────────────────────────────────────────────────────────────────────
 
   async rcptTo(f: RcptFacts): Promise<Refusal | undefined> {

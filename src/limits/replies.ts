@@ -39,6 +39,7 @@ export const LIMITER_NAMES = [
   'recipients_message',
   'bytes_user',
   'brake',
+  'policy',
 ] as const;
 export type LimiterName = (typeof LIMITER_NAMES)[number];
 

@@ -25,6 +25,12 @@ import { headerSafe, receivedHeader } from '../relay/received-header.js';
 import { DRAIN_REFUSAL, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
 import type { Limits, ClientFacts } from '../limits/limits.js';
 import type { UserAttributes } from '../auth/user-attributes.js';
+import { evaluate, unmetRequirement } from '../policy/evaluate.js';
+import { buildUserFacts, dataFacts } from '../policy/facts.js';
+import { MessageScanner } from '../policy/mime.js';
+import { limitRefusal } from '../policy/replies.js';
+import { limiterUnavailableRefusal } from '../limits/replies.js';
+import type { Decision, HeaderToAdd, PolicySet, PolicyStage, SessionFacts } from '../policy/types.js';
 import type { TlsManager } from './tls-manager.js';
 import { CidrSet } from '../config/cidr.js';
 import { readProxyHeader, ProxyHeaderError } from './proxy-protocol.js';
@@ -49,6 +55,8 @@ export interface ListenerDeps {
   readonly limits: Limits;
   /** Groups and allowed addresses of a user (auth.attributes). */
   readonly attributes: (user: string) => UserAttributes;
+  /** The policy set in force now; a session keeps the one it started with. */
+  readonly policy: () => PolicySet;
   readonly hostname: string;
   readonly tls: ListenerTls | undefined;
   readonly authenticator: Authenticator | undefined;
@@ -71,6 +79,13 @@ interface SessionState {
   authMethod?: 'password' | 'certificate';
   /** The client is in the listener's trusted networks. */
   trusted: boolean;
+  /** The policy set captured at connect: a reload never changes the rules mid-session. */
+  readonly policy: PolicySet;
+  /** require_tls / require_auth decided at connect or auth, checked at MAIL. */
+  requirements: Decision[];
+  /** add_header results: from connect/auth for the whole session, from mail/rcpt per transaction. */
+  sessionHeaders: HeaderToAdd[];
+  txHeaders: HeaderToAdd[];
   messages: number;
   bytes: number;
   lastRefusal?: Refusal;
@@ -80,6 +95,12 @@ interface SessionState {
 class ClientAbortError extends Error {}
 /** Thrown into the DATA body stream when the message passes limits.maxMessageBytes. */
 class MessageTooBigError extends Error {}
+/** Thrown into the DATA body stream when a data-stage rule refuses: no final dot is sent. */
+class PolicyRefusalError extends Error {
+  constructor(readonly refusal: Refusal, readonly rule: string) {
+    super(refusal.text);
+  }
+}
 
 const AUTH_IDENTITY_FORBIDDEN = /[\r\n\0]/;
 
@@ -210,6 +231,10 @@ export class SmtpListener {
       messages: 0,
       bytes: 0,
       trusted: this.#trusted?.has(session.remoteAddress) ?? false,
+      policy: this.#deps.policy(),
+      requirements: [],
+      sessionHeaders: [],
+      txHeaders: [],
     };
     this.#sessions.set(session.id, state);
     metrics.connectionsOpened.inc({ listener: config.name });
@@ -218,6 +243,8 @@ export class SmtpListener {
     const limited = await this.#deps.limits.connectionOpened(this.#facts(session, state));
     // smtp-server sends the 421 and closes the connection.
     if (limited) return cb(this.#refuse(state, 'connect', limited));
+    const refused = await this.#policy('connect', this.#policyFacts(session, state), state);
+    if (refused) return cb(this.#refuse(state, 'connect', refused.refusal, { rule: refused.rule }));
     this.#applyCommandVisibility(session);
     cb();
   }
@@ -365,7 +392,10 @@ export class SmtpListener {
     // A suspended account (compromised-account brake) is told so only once the password is right.
     const suspended = await limits.authSucceeded({ ...authFacts, username: outcome.user.username });
     if (suspended) return fail(suspended, 'refused');
-    state.user = outcome.user.username;
+    const name = outcome.user.username;
+    const refused = await this.#policy('auth', { ...this.#policyFacts(session, state), authenticated: true, user: buildUserFacts(name, this.#deps.attributes(name)) }, state);
+    if (refused) return fail(refused.refusal, 'refused');
+    state.user = name;
     state.authMethod = 'password';
     this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism, result: 'success' });
     state.log.info({ user: state.user, mechanism }, 'authenticated');
@@ -391,6 +421,18 @@ export class SmtpListener {
       size: address.args && typeof address.args.SIZE === 'string' ? Number(address.args.SIZE) || undefined : undefined,
     });
     if (limited) return cb(this.#refuse(state, 'mail', limited, { from: address.address }));
+    state.txHeaders = [];
+    const mailFacts: SessionFacts = {
+      ...this.#policyFacts(session, state),
+      from: address.address,
+      declaredSize: address.args && typeof address.args.SIZE === 'string' ? Number(address.args.SIZE) || undefined : undefined,
+    };
+    for (const held of state.requirements) {
+      const unmet = unmetRequirement(held, mailFacts);
+      if (unmet) return cb(this.#refuse(state, 'mail', unmet, { from: address.address, rule: held.rule }));
+    }
+    const refused = await this.#policy('mail', mailFacts, state);
+    if (refused) return cb(this.#refuse(state, 'mail', refused.refusal, { from: address.address, rule: refused.rule }));
     try {
       const identity = this.#identity(session, state);
       const caps = await state.backend.capabilities(identity);
@@ -414,6 +456,9 @@ export class SmtpListener {
     if (!state) return cb(new Error('unknown session'));
     const limited = await this.#deps.limits.rcptTo({ ...this.#facts(session, state), recipientsSoFar: session.envelope.rcptTo.length });
     if (limited) return cb(this.#refuse(state, 'rcpt', limited, { to: address.address }));
+    const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+    const refused = await this.#policy('rcpt', { ...this.#policyFacts(session, state), from, recipient: address.address }, state);
+    if (refused) return cb(this.#refuse(state, 'rcpt', refused.refusal, { to: address.address, rule: refused.rule }));
     try {
       const reply = await state.backend.rcpt(rcptCommand(address));
       if (isPositive(reply)) return cb();
@@ -474,9 +519,17 @@ export class SmtpListener {
     const { data, metrics } = this.#deps;
     const encoder = new DataEncoder({ mode: data.bareLineEndings });
     stream.once('error', (err) => encoder.destroy(new ClientAbortError(err.message)));
+    // Data-stage rules look at the header block and MIME part headers; the scanner keeps only
+    // those (bounded), never the body.
+    const set = state.policy;
+    const scanner = set.needs.headers || set.needs.attachments ? new MessageScanner() : undefined;
+    if (scanner) stream.on('data', (chunk: Buffer) => scanner.write(chunk));
     stream.pipe(encoder);
     const header = this.#prependedHeaders(session, state);
     const max = data.maxMessageBytes;
+    const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+    const dataStageFacts = () => ({ ...this.#policyFacts(session, state), from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: encoder.bytesIn });
+    const judge = (facts: SessionFacts) => this.#policy('data', facts, state);
 
     async function* body(): AsyncGenerator<Buffer> {
       if (header) yield header;
@@ -486,6 +539,9 @@ export class SmtpListener {
         if (encoder.bytesIn > max) throw new MessageTooBigError(`message exceeds ${max} bytes`);
         yield chunk as Buffer;
       }
+      // Before the final dot: a data-stage refusal aborts the backend transaction.
+      const refused = await judge(dataStageFacts());
+      if (refused) throw new PolicyRefusalError(refused.refusal, refused.rule);
     }
 
     const started = process.hrtime.bigint();
@@ -506,6 +562,10 @@ export class SmtpListener {
       if (err instanceof LineTooLongError) {
         return { refusal: refusal(550, '5.5.2', `Message refused: a line exceeds ${err.limit} octets (RFC 5321 §4.5.3.1.6)`, 'syntax') };
       }
+      if (err instanceof PolicyRefusalError) {
+        state.log.info({ rule: err.rule }, 'data-stage policy refusal: backend transaction aborted');
+        return { refusal: err.refusal };
+      }
       if (err instanceof MessageTooBigError) {
         return { refusal: refusal(552, '5.3.4', `Message exceeds the maximum size of ${max} bytes`, 'message_too_big') };
       }
@@ -521,6 +581,8 @@ export class SmtpListener {
   #prependedHeaders(session: SMTPServerSession, state: SessionState): Buffer | undefined {
     let text = '';
     if (this.#deps.data.receivedHeader) text += this.#received(session, state);
+    // Static text from the policy files (validated at load: no CR/LF, no client input).
+    for (const h of [...state.sessionHeaders, ...state.txHeaders]) text += `${h.name}: ${h.value}\r\n`;
     if (this.#deps.data.authenticatedUserHeader && state.user) text += `X-Authenticated-User: ${headerSafe(state.user, 128)}\r\n`;
     return text ? Buffer.from(text, 'latin1') : undefined;
   }
@@ -565,6 +627,48 @@ export class SmtpListener {
   }
 
   // ── shared ─────────────────────────────────────────────────────────────────────────────
+
+  /** Facts for the policy engine at any stage; stage-specific ones are added by the caller. */
+  #policyFacts(session: SMTPServerSession, state: SessionState): SessionFacts {
+    return {
+      ip: session.remoteAddress,
+      listener: this.name,
+      tls: session.secure && session.tlsOptions ? { version: session.tlsOptions.version } : undefined,
+      authenticated: state.user !== undefined,
+      user: state.user ? buildUserFacts(state.user, this.#deps.attributes(state.user)) : undefined,
+      trusted: state.trusted,
+      helo: session.hostNameAppearsAs || undefined,
+      recipients: session.envelope?.rcptTo?.map((r) => r.address) ?? [],
+      now: new Date(),
+    };
+  }
+
+  /**
+   * Evaluates one stage of the session's policy set: counts the decision, logs audit hits
+   * ("would have refused") and the trace, applies the rules' own limits and collects the
+   * headers to add. Returns the refusal, if any, with the rule that made it.
+   */
+  async #policy(stage: PolicyStage, facts: SessionFacts, state: SessionState): Promise<{ refusal: Refusal; rule: string } | undefined> {
+    const ev = evaluate(state.policy, stage, facts);
+    this.#deps.metrics.policy.record(ev);
+    if (state.log.isLevelEnabled('debug')) state.log.debug({ stage, decision: ev.decision.kind, rule: ev.decision.rule, trace: ev.trace }, 'policy evaluated');
+    for (const a of ev.audits) {
+      state.log.warn({ stage, rule: a.rule, code: a.refusal.code, enhanced: a.refusal.enhanced }, `policy audit: would have refused: ${a.refusal.text}`);
+    }
+    const d = ev.decision;
+    if (d.kind === 'refuse') return { refusal: d.refusal, rule: d.rule };
+    if (d.kind === 'require_tls' || d.kind === 'require_auth') state.requirements.push(d);
+    for (const req of ev.limits) {
+      const r = await this.#deps.limits.policyLimit({ bucket: req.bucket, amount: req.rate.amount, windowMs: req.rate.windowMs });
+      if (r === 'unavailable') return { refusal: limiterUnavailableRefusal(stage === 'data' ? 'rcpt' : stage), rule: req.rule };
+      if (r.limited) return { refusal: limitRefusal(req, r.msBeforeNext), rule: req.rule };
+    }
+    const target = stage === 'connect' || stage === 'auth' ? state.sessionHeaders : state.txHeaders;
+    for (const h of ev.headers) {
+      if (!target.some((t) => t.rule === h.rule && t.name === h.name)) target.push(h);
+    }
+    return undefined;
+  }
 
   /** What limits and policy know about the client now. */
   #facts(session: SMTPServerSession, state: SessionState): ClientFacts {

@@ -8,6 +8,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { createLimitMetrics } from '../limits/metrics.js';
+import { createPolicyMetrics } from '../policy/metrics.js';
 
 export type Stage = 'connect' | 'tls' | 'auth' | 'mail' | 'rcpt' | 'data';
 
@@ -20,6 +21,8 @@ export function createMetrics() {
     registry,
     /** Limiter decisions, lockouts, suspensions and the store's health (src/limits/metrics.ts). */
     limits: createLimitMetrics(registry),
+    /** Policy decisions by rule, stage and action, and audit hits (src/policy/metrics.ts). */
+    policy: createPolicyMetrics(registry),
     connectionsOpened: new Counter({
       name: 'smtpgate_connections_opened_total',
       help: 'Client connections accepted, per listener.',

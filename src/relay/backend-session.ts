@@ -154,7 +154,11 @@ export class BackendSession {
     this.#target = target;
     try {
       if (this.#settings.identity === 'xclient' && conn.hasCapability('XCLIENT')) {
-        const reply = await conn.xclient(xclientAttributes(identity));
+        // A backend session holds one SASL identity: with fixed backend credentials smtpgate
+        // logs in itself, so XCLIENT must not claim the client's login (the AUTH would get 503).
+        const attrs = xclientAttributes(identity);
+        if (this.#settings.auth) delete attrs.LOGIN;
+        const reply = await conn.xclient(attrs);
         // Postfix answers 220 and expects a new EHLO (the client module re-sends it).
         if (reply.code !== 220 && reply.code !== 250) {
           throw new BackendError('protocol', `backend refused XCLIENT: ${reply.code} ${reply.text}; check smtpd_authorized_xclient_hosts on the backend`);

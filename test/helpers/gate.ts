@@ -74,12 +74,18 @@ const DEFAULT_LISTENERS = `
  * A listener without TLS or AUTH, for relay tests where the front door is not the subject and
  * a plain TCP socket is needed (a client that resets the connection, a 50 MB stream).
  */
+/**
+ * A plaintext listener for internal apps on loopback: no TLS, no AUTH, and loopback is a
+ * trusted network, so relay protection lets it send anywhere (as an internal app relay does).
+ */
 export const OPEN_LISTENER_YAML = `
   - name: open
     address: 127.0.0.1:0
     tls: none
     requireTls: false
     requireAuth: false
+    trusted:
+      networks: [127.0.0.0/8]
 `;
 
 export interface GateFiles {

@@ -1,0 +1,56 @@
+/**
+ * The policy engine's metrics. The app calls `createPolicyMetrics(registry)` with its own
+ * registry (no globals) and `record(evaluation)` after each `evaluate()`.
+ *
+ * Labels: `rule` (rule names from the policy files: a small set the admin controls; rule
+ * names are restricted to letters, digits, "_", "." and "-"), `stage`, `action`. Never an IP,
+ * user or address: those go in the log line.
+ */
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { Decision, Evaluation, PolicySet } from './types.js';
+
+/** The `action` label of a decision: accept, continue (no rule decided), reject, tempfail, require_tls, require_auth. */
+export function decisionAction(d: Decision): string {
+  return d.kind === 'refuse' ? d.action : d.kind;
+}
+
+export function createPolicyMetrics(registry: Registry) {
+  const registers = [registry];
+  const decisions = new Counter({
+    name: 'smtpgate_policy_decisions_total',
+    help: 'Policy decisions by rule, stage and action (accept, continue = no rule decided, reject, tempfail, require_tls, require_auth, add_header, limit).',
+    labelNames: ['rule', 'stage', 'action'] as const,
+    registers,
+  });
+  const audits = new Counter({
+    name: 'smtpgate_policy_audit_total',
+    help: 'Audit-mode rules that would have refused (not enforced), by rule and stage.',
+    labelNames: ['rule', 'stage'] as const,
+    registers,
+  });
+  const rules = new Gauge({
+    name: 'smtpgate_policy_rules',
+    help: 'Rules in the policy set in force.',
+    registers,
+  });
+
+  return {
+    decisions,
+    audits,
+    rules,
+    /** Counts one evaluation: its decision, each add_header and limit rule that matched, each audit hit. */
+    record(ev: Evaluation): void {
+      decisions.inc({ rule: ev.decision.rule, stage: ev.stage, action: decisionAction(ev.decision) });
+      for (const rule of new Set(ev.headers.map((h) => h.rule))) decisions.inc({ rule, stage: ev.stage, action: 'add_header' });
+      for (const l of ev.limits) decisions.inc({ rule: l.rule, stage: ev.stage, action: 'limit' });
+      for (const a of ev.audits) audits.inc({ rule: a.rule, stage: a.stage });
+    },
+    /** After a (re)load: the rule count, and every rule's audit series at zero so alerts see it. */
+    setPolicySet(set: PolicySet): void {
+      rules.set(set.ruleCount);
+      for (const r of set.rules) if (r.mode === 'audit') audits.inc({ rule: r.name, stage: r.stage }, 0);
+    },
+  };
+}
+
+export type PolicyMetrics = ReturnType<typeof createPolicyMetrics>;

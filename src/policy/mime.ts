@@ -1,0 +1,556 @@
+/**
+ * What `data` rules look at: the message's header block and its MIME parts' names and types.
+ *
+ * - `parseHeaderBlock(buf)`: a complete header block → headers (unfolded, names lower-cased).
+ * - `MessageScanner`: fed the message chunk by chunk as it streams to the backend, it keeps
+ *   the top-level header block and, for every MIME part, only the part's own header block:
+ *   never a body. Memory is bounded by the limits below whatever the client sends.
+ *
+ * Every limit that is hit is reported (`incomplete`), so a rule can refuse a message that was
+ * built to be too deep or too wide to scan (`scanIncomplete: true`).
+ */
+import type { Header, MimePart } from './types.js';
+
+export interface HeaderLimits {
+  /** Header fields kept; further ones are dropped and the block is marked truncated. */
+  readonly maxHeaders: number;
+  /** Bytes of the header block looked at. */
+  readonly maxBytes: number;
+}
+
+export const DEFAULT_HEADER_LIMITS: HeaderLimits = { maxHeaders: 1000, maxBytes: 256 * 1024 };
+
+export interface HeaderBlock {
+  readonly headers: Header[];
+  /** The blank line that ends the header block was seen. */
+  readonly complete: boolean;
+  /** Offset of the first body byte, when complete. */
+  readonly bodyOffset?: number;
+  /** A limit was hit: headers after it are missing. */
+  readonly truncated: boolean;
+}
+
+/** Collects header fields line by line (lines without their CRLF). */
+class HeaderAccumulator {
+  readonly headers: Header[] = [];
+  truncated = false;
+  #bytes = 0;
+  #current: { name: string; value: string } | undefined;
+  readonly #limits: HeaderLimits;
+
+  constructor(limits: HeaderLimits) {
+    this.#limits = limits;
+  }
+
+  push(line: Buffer): void {
+    if (this.truncated) return;
+    this.#bytes += line.length + 2;
+    if (this.#bytes > this.#limits.maxBytes) {
+      this.truncated = true;
+      this.#flush();
+      return;
+    }
+    // RFC 5322 §2.2.3: a line starting with white space continues the previous field.
+    if (line[0] === 0x20 || line[0] === 0x09) {
+      if (this.#current) this.#current.value += line.toString('utf8');
+      return;
+    }
+    this.#flush();
+    const text = line.toString('utf8');
+    const colon = text.indexOf(':');
+    // Not a header field: skipped, not taken as the end of the block. A backend may still
+    // read the fields after it, so they must not escape the rules.
+    if (colon <= 0) return;
+    // RFC 5322 §4.5 (obsolete syntax): white space before the colon.
+    const name = text.slice(0, colon).replace(/[ \t]+$/, '');
+    if (!/^[\x21-\x39\x3b-\x7e]+$/.test(name)) return;
+    if (this.headers.length >= this.#limits.maxHeaders) {
+      this.truncated = true;
+      return;
+    }
+    this.#current = { name: name.toLowerCase(), value: text.slice(colon + 1) };
+  }
+
+  finish(): Header[] {
+    this.#flush();
+    return this.headers;
+  }
+
+  #flush(): void {
+    if (!this.#current) return;
+    const value = this.#current.value.replace(/^[ \t]+|[ \t]+$/g, '');
+    this.headers.push({ name: this.#current.name, value, decoded: decodeEncodedWords(value) });
+    this.#current = undefined;
+  }
+}
+
+/**
+ * Parses a header block: everything up to the first empty line. Folded lines are unfolded,
+ * names lower-cased, values decoded as UTF-8 (RFC 6532) with `decoded` also undoing RFC 2047
+ * encoded-words. Lines that are not header fields are skipped.
+ */
+export function parseHeaderBlock(buf: Buffer, limits: HeaderLimits = DEFAULT_HEADER_LIMITS): HeaderBlock {
+  const acc = new HeaderAccumulator(limits);
+  let pos = 0;
+  while (pos < buf.length && !acc.truncated) {
+    const lf = buf.indexOf(0x0a, pos);
+    const end = lf < 0 ? buf.length : lf;
+    const line = buf.subarray(pos, end > pos && buf[end - 1] === 0x0d ? end - 1 : end);
+    const next = lf < 0 ? buf.length : lf + 1;
+    if (line.length === 0 && lf >= 0) return { headers: acc.finish(), complete: true, bodyOffset: next, truncated: false };
+    acc.push(line);
+    pos = next;
+  }
+  return { headers: acc.finish(), complete: false, truncated: acc.truncated };
+}
+
+// ── RFC 2047 and RFC 2231 ─────────────────────────────────────────────────────────────────
+
+function decodeBytes(bytes: Buffer, charset: string): string {
+  const label = charset.trim().toLowerCase();
+  try {
+    return new TextDecoder(label || 'utf-8').decode(bytes);
+  } catch {
+    // An unknown charset: latin1 shows every byte, so an ".exe" still reads as ".exe".
+    return bytes.toString('latin1');
+  }
+}
+
+const ENCODED_WORD = /=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=/g;
+
+function encodedWordBytes(encoding: string, data: string): Buffer {
+  if (encoding.toLowerCase() === 'b') return Buffer.from(data, 'base64');
+  const out: number[] = [];
+  for (let i = 0; i < data.length; i++) {
+    const ch = data[i]!;
+    if (ch === '_') out.push(0x20);
+    else if (ch === '=' && /^[0-9a-fA-F]{2}$/.test(data.slice(i + 1, i + 3))) {
+      out.push(parseInt(data.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else out.push(ch.charCodeAt(0) & 0xff);
+  }
+  return Buffer.from(out);
+}
+
+/**
+ * Decodes RFC 2047 encoded-words ("=?UTF-8?B?...?=", "=?iso-8859-1?Q?...?="). White space
+ * between two encoded-words is dropped (§6.2), and adjacent words in one charset are decoded
+ * together, so a character split across words survives.
+ */
+export function decodeEncodedWords(text: string): string {
+  if (!text.includes('=?')) return text;
+  let out = '';
+  let last = 0;
+  let pending: { charset: string; bytes: Buffer[] } | undefined;
+  const flush = () => {
+    if (pending) out += decodeBytes(Buffer.concat(pending.bytes), pending.charset);
+    pending = undefined;
+  };
+  for (const m of text.matchAll(ENCODED_WORD)) {
+    const between = text.slice(last, m.index);
+    // RFC 2231 §5: a language suffix "charset*lang".
+    const charset = m[1]!.replace(/\*.*$/, '').toLowerCase();
+    const bytes = encodedWordBytes(m[2]!, m[3]!);
+    if (pending && /^[ \t\r\n]*$/.test(between)) {
+      if (pending.charset === charset) pending.bytes.push(bytes);
+      else {
+        flush();
+        pending = { charset, bytes: [bytes] };
+      }
+    } else {
+      flush();
+      out += between;
+      pending = { charset, bytes: [bytes] };
+    }
+    last = m.index + m[0].length;
+  }
+  flush();
+  return out + text.slice(last);
+}
+
+/** Removes RFC 5322 comments "(...)" outside quoted strings. */
+function stripComments(text: string): string {
+  let out = '';
+  let depth = 0;
+  let quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i]!;
+    if (ch === '\\' && (quoted || depth > 0)) {
+      if (depth === 0) out += ch + (text[i + 1] ?? '');
+      i++;
+      continue;
+    }
+    if (depth === 0 && ch === '"') quoted = !quoted;
+    if (!quoted) {
+      if (ch === '(') {
+        depth++;
+        continue;
+      }
+      if (ch === ')' && depth > 0) {
+        depth--;
+        continue;
+      }
+    }
+    if (depth === 0) out += ch;
+  }
+  return out;
+}
+
+/** Splits on `sep` outside quoted strings (and, optionally, outside <...>). */
+function splitOutside(text: string, sep: string, angles = false): string[] {
+  const parts: string[] = [];
+  let cur = '';
+  let quoted = false;
+  let angle = 0;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i]!;
+    if (ch === '\\' && quoted) {
+      cur += ch + (text[i + 1] ?? '');
+      i++;
+      continue;
+    }
+    if (ch === '"') quoted = !quoted;
+    else if (angles && !quoted && ch === '<') angle++;
+    else if (angles && !quoted && ch === '>' && angle > 0) angle--;
+    if (ch === sep && !quoted && angle === 0) {
+      parts.push(cur);
+      cur = '';
+    } else cur += ch;
+  }
+  parts.push(cur);
+  return parts;
+}
+
+function unquote(value: string): string {
+  const v = value.trim();
+  if (v.length >= 2 && v.startsWith('"') && v.endsWith('"')) return v.slice(1, -1).replace(/\\(.)/g, '$1');
+  return v;
+}
+
+export interface StructuredValue {
+  /** The value before the parameters, lower-cased: "multipart/mixed", "attachment". */
+  readonly value: string;
+  /**
+   * Parameters by lower-cased name, RFC 2231 continuations and charsets decoded, RFC 2047
+   * words (which many mailers put in quoted parameters) decoded. A name given both plain and
+   * extended (`filename` and `filename*`) keeps both values.
+   */
+  readonly params: ReadonlyMap<string, readonly string[]>;
+}
+
+const MAX_PARAM_CHARS = 4096;
+
+/** Parses a Content-Type or Content-Disposition value with its parameters (RFC 2045, RFC 2231). */
+export function parseStructuredValue(text: string): StructuredValue {
+  const [head = '', ...rest] = splitOutside(stripComments(text), ';');
+  const plain = new Map<string, string[]>();
+  const sections = new Map<string, { index: number; extended: boolean; value: string }[]>();
+  for (const seg of rest) {
+    const eq = seg.indexOf('=');
+    if (eq <= 0) continue;
+    const rawName = seg.slice(0, eq).trim().toLowerCase();
+    const value = unquote(seg.slice(eq + 1)).slice(0, MAX_PARAM_CHARS);
+    const m = /^([^*\s]+)(?:\*(\d{1,3}))?(\*)?$/.exec(rawName);
+    if (!m) continue;
+    const base = m[1]!;
+    if (m[2] === undefined && m[3] === undefined) {
+      plain.set(base, [...(plain.get(base) ?? []), value]);
+      continue;
+    }
+    const list = sections.get(base) ?? [];
+    list.push({ index: m[2] === undefined ? 0 : Number(m[2]), extended: m[3] !== undefined, value });
+    sections.set(base, list);
+  }
+  const params = new Map<string, string[]>();
+  for (const [name, values] of plain) params.set(name, values.map(decodeEncodedWords));
+  for (const [name, list] of sections) {
+    list.sort((a, b) => a.index - b.index);
+    let charset = 'utf-8';
+    const bytes: Buffer[] = [];
+    list.forEach((s, i) => {
+      let v = s.value;
+      if (s.extended) {
+        if (i === 0) {
+          // RFC 2231 §4: charset'language'value
+          const q = /^([^']*)'[^']*'(.*)$/s.exec(v);
+          if (q) {
+            charset = q[1] || 'us-ascii';
+            v = q[2]!;
+          }
+        }
+        bytes.push(percentDecode(v));
+      } else bytes.push(Buffer.from(v, 'utf8'));
+    });
+    const decoded = decodeEncodedWords(decodeBytes(Buffer.concat(bytes), charset === 'us-ascii' ? 'utf-8' : charset));
+    const values = params.get(name) ?? [];
+    if (!values.includes(decoded)) values.push(decoded);
+    params.set(name, values);
+  }
+  return { value: head.trim().toLowerCase(), params };
+}
+
+function percentDecode(v: string): Buffer {
+  const out: number[] = [];
+  for (let i = 0; i < v.length; i++) {
+    if (v[i] === '%' && /^[0-9a-fA-F]{2}$/.test(v.slice(i + 1, i + 3))) {
+      out.push(parseInt(v.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else out.push(...Buffer.from(v[i]!, 'utf8'));
+  }
+  return Buffer.from(out);
+}
+
+/**
+ * The name a file would get on disk: control characters removed, any folder part dropped,
+ * and trailing dots and spaces trimmed (Windows ignores them, so "x.exe." is an .exe).
+ */
+export function normalizeFilename(name: string): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = name.replace(/[\x00-\x1f\x7f]/g, '');
+  const base = clean.slice(Math.max(clean.lastIndexOf('/'), clean.lastIndexOf('\\')) + 1);
+  return base.trim().replace(/[. ]+$/, '').slice(0, 1024);
+}
+
+// ── the streaming scanner ─────────────────────────────────────────────────────────────────
+
+export interface ScanLimits {
+  /** The message's own header block. */
+  readonly header: HeaderLimits;
+  /** Each MIME part's header block. */
+  readonly partHeader: HeaderLimits;
+  /** MIME parts recorded. */
+  readonly maxParts: number;
+  /** multipart and message/rfc822 nesting. */
+  readonly maxDepth: number;
+  /** Bytes of one line kept while it is incomplete; the rest of a longer line is skipped. */
+  readonly maxLineBytes: number;
+}
+
+export const DEFAULT_SCAN_LIMITS: ScanLimits = {
+  header: DEFAULT_HEADER_LIMITS,
+  partHeader: { maxHeaders: 100, maxBytes: 16 * 1024 },
+  maxParts: 1000,
+  maxDepth: 20,
+  maxLineBytes: 8 * 1024,
+};
+
+export interface ScanResult {
+  /** The message's top-level header block. */
+  readonly headers: readonly Header[];
+  /** The top-level header block ended with its blank line. */
+  readonly headersComplete: boolean;
+  /** Leaf MIME parts, in message order. */
+  readonly attachments: readonly MimePart[];
+  /** Bytes fed in. */
+  readonly size: number;
+  /** A limit was hit, so some parts or headers were not seen. `problems` says which. */
+  readonly incomplete: boolean;
+  readonly problems: readonly string[];
+}
+
+/** RFC 2046 §5.1.1 caps a boundary at 70 characters; longer ones are accepted up to this. */
+const MAX_BOUNDARY = 200;
+/** Transfer encodings under which an attached message's text can be read as it streams. */
+const READABLE_ENCODINGS = new Set(['', '7bit', '8bit', 'binary']);
+
+interface PartInProgress {
+  readonly depth: number;
+  readonly top: boolean;
+  readonly acc: HeaderAccumulator;
+}
+
+/**
+ * Streaming MIME structure scanner. `write()` each chunk of the message as received (after
+ * dot-unstuffing, as smtp-server's DATA stream gives it), then `end()`. Only header blocks are
+ * kept; body lines are looked at for boundaries and dropped.
+ *
+ * Boundaries are matched by prefix ("--b" followed by anything), as lenient mail readers do:
+ * a part hidden behind a boundary line with trailing junk is still seen.
+ */
+export class MessageScanner {
+  readonly #limits: ScanLimits;
+  #pending: Buffer[] = [];
+  #pendingBytes = 0;
+  #pendingCut = false;
+  #size = 0;
+  #part: PartInProgress | undefined;
+  /** Open multiparts, outermost first; `depth` is the depth of their child parts. */
+  readonly #stack: { boundary: string; depth: number }[] = [];
+  #topHeaders: Header[] = [];
+  #headersComplete = false;
+  readonly #parts: MimePart[] = [];
+  readonly #problems = new Set<string>();
+  #ended = false;
+
+  constructor(limits: Partial<ScanLimits> = {}) {
+    this.#limits = { ...DEFAULT_SCAN_LIMITS, ...limits };
+    this.#part = { depth: 0, top: true, acc: new HeaderAccumulator(this.#limits.header) };
+  }
+
+  /** True once the message's own header block has ended (its blank line arrived). */
+  get headersDone(): boolean {
+    return this.#headersComplete;
+  }
+
+  /** The message's header block: complete once `headersDone`. */
+  get headers(): readonly Header[] {
+    return this.#topHeaders;
+  }
+
+  write(chunk: Buffer | string): void {
+    if (this.#ended) throw new Error('MessageScanner: write after end');
+    const buf = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
+    this.#size += buf.length;
+    let pos = 0;
+    while (pos < buf.length) {
+      // Past the last boundary of a message (or in a single-part body) nothing is left to find.
+      if (!this.#part && this.#stack.length === 0) return;
+      const lf = buf.indexOf(0x0a, pos);
+      if (lf < 0) {
+        this.#keep(buf.subarray(pos));
+        return;
+      }
+      if (this.#pendingBytes === 0 && !this.#pendingCut) {
+        // The whole line is in this chunk: look at it in place, no copy.
+        const cut = lf - pos > this.#limits.maxLineBytes;
+        this.#finishLine(buf.subarray(pos, cut ? pos + this.#limits.maxLineBytes : lf), cut);
+      } else {
+        this.#keep(buf.subarray(pos, lf));
+        this.#completeLine();
+      }
+      pos = lf + 1;
+    }
+  }
+
+  end(): ScanResult {
+    if (!this.#ended) {
+      if (this.#pendingBytes > 0 || this.#pendingCut) this.#completeLine();
+      if (this.#part) this.#endHeaders(false);
+      if (this.#stack.length > 0) this.#problems.add('a multipart was not closed');
+      this.#ended = true;
+    }
+    const incompleteProblems = [...this.#problems].filter((p) => p !== 'a multipart was not closed');
+    return {
+      headers: this.#topHeaders,
+      headersComplete: this.#headersComplete,
+      attachments: this.#parts,
+      size: this.#size,
+      incomplete: incompleteProblems.length > 0,
+      problems: [...this.#problems],
+    };
+  }
+
+  /** Keeps at most maxLineBytes of the current line. */
+  #keep(piece: Buffer): void {
+    const room = this.#limits.maxLineBytes - this.#pendingBytes;
+    if (piece.length > room) {
+      if (room > 0) this.#pending.push(Buffer.from(piece.subarray(0, room)));
+      this.#pendingBytes += Math.max(room, 0);
+      this.#pendingCut = true;
+    } else if (piece.length > 0) {
+      // Copied: the caller may reuse its chunk buffer.
+      this.#pending.push(Buffer.from(piece));
+      this.#pendingBytes += piece.length;
+    }
+  }
+
+  #completeLine(): void {
+    const line = this.#pending.length === 1 ? this.#pending[0]! : Buffer.concat(this.#pending);
+    const cut = this.#pendingCut;
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    this.#pendingCut = false;
+    this.#finishLine(line, cut);
+  }
+
+  /** A line without its LF (and, unless cut short, without its CR). */
+  #finishLine(line: Buffer, cut: boolean): void {
+    this.#line(!cut && line.length > 0 && line[line.length - 1] === 0x0d ? line.subarray(0, -1) : line, cut);
+  }
+
+  #line(line: Buffer, cut: boolean): void {
+    if (this.#stack.length > 0 && line.length >= 2 && line[0] === 0x2d && line[1] === 0x2d) {
+      const text = line.toString('latin1');
+      for (let i = this.#stack.length - 1; i >= 0; i--) {
+        const delimiter = `--${this.#stack[i]!.boundary}`;
+        if (text.startsWith(delimiter)) {
+          this.#boundary(i, text.startsWith('--', delimiter.length));
+          return;
+        }
+      }
+    }
+    if (!this.#part) return; // a body line: only boundaries matter
+    if (line.length === 0 && !cut) {
+      this.#endHeaders(true);
+      return;
+    }
+    if (cut) this.#problems.add('a header line longer than the scan limit');
+    this.#part.acc.push(line);
+  }
+
+  #boundary(level: number, close: boolean): void {
+    // Part headers that a boundary cuts short still describe a part.
+    if (this.#part) this.#endHeaders(false);
+    this.#stack.length = level + 1;
+    const depth = this.#stack[level]!.depth;
+    if (close) {
+      this.#stack.length = level;
+      return;
+    }
+    this.#part = { depth, top: false, acc: new HeaderAccumulator(this.#limits.partHeader) };
+  }
+
+  #endHeaders(complete: boolean): void {
+    const part = this.#part!;
+    this.#part = undefined;
+    const headers = part.acc.finish();
+    if (part.acc.truncated) this.#problems.add(part.top ? 'the header block exceeds the scan limit' : 'a part header block exceeds the scan limit');
+    if (part.top) {
+      this.#topHeaders = headers;
+      this.#headersComplete = complete;
+    }
+    const field = (name: string) => headers.filter((h) => h.name === name).map((h) => h.value);
+    const types = field('content-type').map(parseStructuredValue);
+    const dispositions = field('content-disposition').map(parseStructuredValue);
+    // RFC 2045 §5.2: no (or no usable) Content-Type means text/plain.
+    const contentType = types[0]?.value || 'text/plain';
+
+    const boundary = types[0]?.params.get('boundary')?.[0];
+    if (contentType.startsWith('multipart/') && boundary && boundary.length <= MAX_BOUNDARY) {
+      if (this.#stack.length >= this.#limits.maxDepth) {
+        this.#problems.add('MIME nesting deeper than the scan limit');
+        return;
+      }
+      this.#stack.push({ boundary, depth: part.depth + 1 });
+      return;
+    }
+
+    const filenames: string[] = [];
+    for (const v of [...dispositions.flatMap((d) => d.params.get('filename') ?? []), ...types.flatMap((t) => t.params.get('name') ?? [])]) {
+      const name = normalizeFilename(v);
+      if (name && !filenames.includes(name)) filenames.push(name);
+    }
+    if (this.#parts.length >= this.#limits.maxParts) this.#problems.add('more MIME parts than the scan limit');
+    else {
+      const disposition = dispositions[0]?.value;
+      this.#parts.push(disposition ? { contentType, filenames, disposition, depth: part.depth } : { contentType, filenames, depth: part.depth });
+    }
+
+    // An attached message (RFC 2046 §5.2.1) has its own header block and MIME tree.
+    const encoding = (field('content-transfer-encoding')[0] ?? '').trim().toLowerCase();
+    if ((contentType === 'message/rfc822' || contentType === 'message/global') && READABLE_ENCODINGS.has(encoding)) {
+      if (part.depth + 1 > this.#limits.maxDepth) {
+        this.#problems.add('MIME nesting deeper than the scan limit');
+        return;
+      }
+      this.#part = { depth: part.depth + 1, top: false, acc: new HeaderAccumulator(this.#limits.partHeader) };
+    }
+  }
+}
+
+/** Scans a whole message held in memory (tests, `policy test --message`). */
+export function scanMessage(message: Buffer | string, limits?: Partial<ScanLimits>): ScanResult {
+  const scanner = new MessageScanner(limits);
+  scanner.write(message);
+  return scanner.end();
+}

@@ -1,0 +1,45 @@
+/**
+ * XCLIENT against the real thing: a Postfix smtpd as the legacy server. What Postfix logs is
+ * what its operators see, so that is what is checked: the client's own address and login, not
+ * smtpgate's.
+ */
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { startGate, type Gate } from '../helpers/gate.js';
+import { startPostfix, type Postfix } from '../helpers/postfix.js';
+import { describeWith } from '../helpers/programs.js';
+import { authenticatedSession, envelope } from '../helpers/sessions.js';
+
+describeWith(['postfix'], 'XCLIENT to a real Postfix smtpd', () => {
+  let postfix: Postfix;
+  let gate: Gate;
+  beforeAll(async () => {
+    postfix = await startPostfix();
+    gate = await startGate({ backendPort: postfix.port });
+  });
+  afterAll(async () => {
+    await gate?.stop();
+    await postfix?.stop();
+  });
+
+  test("Postfix logs the client's own address (127.0.0.2) and its login (sasl_username=alice), and the client gets Postfix's own 250", async () => {
+    // The client comes from 127.0.0.2; smtpgate itself connects to Postfix from 127.0.0.1.
+    const c = await authenticatedSession(gate, { localAddress: '127.0.0.2' });
+    const { mail, rcpt, data } = await envelope(c, 'alice@corp.test', ['bob@corp.test']);
+    expect(mail.code).toBe(250);
+    expect(rcpt[0]!.code).toBe(250);
+    expect(data?.code).toBe(354);
+    const final = await c.cmd('Subject: via smtpgate\r\n\r\nhello Postfix\r\n.');
+    const queued = /^250 2\.0\.0 Ok: queued as ([0-9A-Za-z]+)$/.exec(final.raw);
+    expect(queued, final.raw).not.toBeNull();
+    const id = queued![1]!;
+    await c.cmd('QUIT');
+
+    const client = await postfix.logLine(new RegExp(`postfix/smtpd\\[\\d+\\]: ${id}: client=`), `the client= line of ${id}`);
+    expect(client).toMatch(new RegExp(`: ${id}: client=unknown\\[127\\.0\\.0\\.2\\], sasl_method=XCLIENT, sasl_username=alice$`));
+    // The proxy's own connection is the only trace of 127.0.0.1.
+    expect(postfix.log()).toMatch(/postfix\/smtpd\[\d+\]: connect from \S+\[127\.0\.0\.1\]/);
+    // And the message went nowhere: the discard transport took it.
+    const delivery = await postfix.logLine(new RegExp(`postfix/discard\\[\\d+\\]: ${id}: to=<bob@corp\\.test>`), `the discard of ${id}`);
+    expect(delivery).toMatch(/relay=none, .*status=sent/);
+  });
+});
