@@ -24,6 +24,7 @@ import { SmtpListener } from './listener/smtp-listener.js';
 import { BackendSession, type BackendTarget } from './relay/backend-session.js';
 import { BackendPool } from './relay/backend-pool.js';
 import { createLimits, type Limits } from './limits/limits.js';
+import { limitsAdminRoutes } from './limits/admin.js';
 import { emptyPolicySet, loadPolicySet } from './policy/load.js';
 import type { PolicySet } from './policy/types.js';
 import type { HostPort } from './config/units.js';
@@ -303,6 +304,8 @@ export class App {
         port: config.metrics.address.port,
         registry: this.metrics.registry,
         readiness: () => this.#readiness(),
+        // `smtpgate limits list|clear` reach a memory store through here; loopback by default.
+        routes: [limitsAdminRoutes(this.limits)],
       });
     } catch (err) {
       await this.stop();

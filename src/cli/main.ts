@@ -8,6 +8,8 @@ import { App, checkConfigFile, hostPortLabel } from '../app.js';
 import { ConfigError, formatIssue } from '../config/errors.js';
 import type { Config } from '../config/schema.js';
 import { registerUserCommand } from './user-command.js';
+import { registerPolicyCommand } from './policy-command.js';
+import { registerLimitsCommand } from './limits-command.js';
 
 const program = new Command();
 
@@ -72,6 +74,8 @@ program
   });
 
 registerUserCommand(program);
+registerPolicyCommand(program);
+registerLimitsCommand(program);
 
 async function loadOrExit(file: string, mode: 'run' | 'check' = 'run') {
   try {

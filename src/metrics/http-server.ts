@@ -16,10 +16,13 @@ export interface AdminServerOptions {
   port: number;
   registry: Registry;
   readiness: () => Readiness;
+  /** More routes (e.g. /limits); each returns true when it handled the request. */
+  routes?: ReadonlyArray<(req: http.IncomingMessage, res: http.ServerResponse) => boolean>;
 }
 
 export async function startAdminServer(opts: AdminServerOptions): Promise<http.Server> {
   const server = http.createServer((req, res) => {
+    for (const route of opts.routes ?? []) if (route(req, res)) return;
     const url = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD' }).end();

@@ -1,0 +1,82 @@
+/**
+ * `smtpgate limits list` and `smtpgate limits clear IP|USER`. With a Redis store the command
+ * talks to Redis directly (every instance shares it); with the memory store it asks the
+ * running instance through its admin address (the metrics address).
+ */
+import type { Command } from 'commander';
+import { pino } from 'pino';
+import { Registry } from 'prom-client';
+import { loadConfigFile } from '../config/load.js';
+import { ConfigError, formatIssue } from '../config/errors.js';
+import { createLimits } from '../limits/limits.js';
+import { fetchLimitsState, formatLimitsState, requestLimitsClear, type ClearResult, type LimitsState } from '../limits/admin.js';
+import type { Config } from '../config/schema.js';
+
+interface LimitsCommandOptions {
+  config: string;
+  top?: string;
+  json?: boolean;
+}
+
+/** Runs `op` against the live store: Redis directly, or the running instance's admin address. */
+async function withStore<T>(config: Config, remote: (base: string) => Promise<T>, local: (limits: ReturnType<typeof createLimits>) => Promise<T>): Promise<T> {
+  if (config.limits.store.kind === 'memory') {
+    const { host, port } = config.metrics.address;
+    const h = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+    return remote(`http://${h.includes(':') ? `[${h}]` : h}:${port}`);
+  }
+  const limits = createLimits({ config: config.limits, log: pino({ level: 'silent' }), registry: new Registry() });
+  try {
+    if (!(await limits.start(3000))) throw new Error(`the limiter store (${config.limits.store.kind}) can't be reached`);
+    return await local(limits);
+  } finally {
+    await limits.close();
+  }
+}
+
+async function run(action: (config: Config) => Promise<void>, opts: LimitsCommandOptions): Promise<void> {
+  try {
+    await action(await loadConfigFile(opts.config));
+  } catch (err) {
+    if (err instanceof ConfigError) process.stderr.write(`smtpgate: ${err.issues.map(formatIssue).join('\n  ')}\n`);
+    else process.stderr.write(`smtpgate: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  }
+}
+
+export function registerLimitsCommand(program: Command): void {
+  const limits = program.command('limits').description('see and lift lockouts, suspensions and the top senders, from the live limiter store');
+
+  limits
+    .command('list')
+    .description('locked-out IPs and users, suspended users and the top senders in the current window')
+    .requiredOption('-c, --config <file>', 'the config of the running smtpgate')
+    .option('--top <n>', 'how many top senders', '10')
+    .option('--json', 'print JSON')
+    .action((opts: LimitsCommandOptions) =>
+      run(async (config) => {
+        const top = Number(opts.top ?? 10);
+        const state: LimitsState = await withStore(
+          config,
+          (base) => fetchLimitsState(base, { top }),
+          (l) => l.listState({ top }),
+        );
+        process.stdout.write(opts.json ? JSON.stringify(state, null, 2) + '\n' : formatLimitsState(state) + '\n');
+      }, opts),
+    );
+
+  limits
+    .command('clear <target>')
+    .description('lift the lockouts of an IP (or CIDR), or the lockouts and suspension of a user')
+    .requiredOption('-c, --config <file>', 'the config of the running smtpgate')
+    .action((target: string, opts: LimitsCommandOptions) =>
+      run(async (config) => {
+        const r: ClearResult = await withStore(
+          config,
+          (base) => requestLimitsClear(base, target),
+          (l) => l.clear(target),
+        );
+        process.stdout.write(`${JSON.stringify(r)}\n`);
+      }, opts),
+    );
+}
