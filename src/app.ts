@@ -23,6 +23,7 @@ import { BackendAuthenticator } from './auth/backend-authenticator.js';
 import { SmtpListener } from './listener/smtp-listener.js';
 import { BackendSession, type BackendTarget } from './relay/backend-session.js';
 import { BackendPool } from './relay/backend-pool.js';
+import { BackendHealth } from './relay/backend-health.js';
 import { createLimits, type Limits } from './limits/limits.js';
 import { limitsAdminRoutes } from './limits/admin.js';
 import { emptyPolicySet, loadPolicySet } from './policy/load.js';
@@ -196,6 +197,7 @@ export class App {
   #usersWatcher: FileWatcher | undefined;
   #policy: PolicySet;
   #policyWatcher: FileWatcher | undefined;
+  #health: BackendHealth | undefined;
   readonly #listeners: SmtpListener[] = [];
   #admin: http.Server | undefined;
   #tls: TlsManager | undefined;
@@ -237,6 +239,16 @@ export class App {
       b.strategy,
       b.markDownFor,
     );
+    this.#health = new BackendHealth(pool, {
+      onResult: (t, up, detail) => {
+        this.metrics.backendUp.set({ backend: t.name }, up ? 1 : 0);
+        if (up) this.log.info({ backend: t.name }, 'backend health check: up');
+        else this.log.warn({ backend: t.name, detail }, 'backend health check: down');
+      },
+    });
+    // The first round runs before the listeners open, so /readyz is right from the start.
+    // An interval of 0 turns the probes off (and /readyz then ignores backends).
+    if (b.healthCheckInterval > 0) await this.#health.start(b.healthCheckInterval);
     const backendAuth = b.auth ? { user: b.auth.user, password: this.#material.backendPassword ?? '', mechanism: b.auth.mechanism } : undefined;
     const events = {
       onConnected: (t: BackendTarget, seconds: number) => this.metrics.backendConnectSeconds.observe({ backend: t.name }, seconds),
@@ -391,6 +403,7 @@ export class App {
     this.#tls?.stop();
     this.#usersWatcher?.stop();
     this.#policyWatcher?.stop();
+    this.#health?.stop();
     const grace = opts.drain ? this.config.shutdown.drainSeconds * 1000 : 0;
     if (opts.drain) this.log.info({ drainSeconds: this.config.shutdown.drainSeconds, sessions: this.#listeners.reduce((n, l) => n + l.activeSessions, 0) }, 'draining');
     await Promise.all(this.#listeners.map((l) => l.drain(grace)));
@@ -409,6 +422,9 @@ export class App {
     const reasons: string[] = [];
     if (this.#stopping) reasons.push('shutting down');
     if (this.#listeners.length !== this.config.listeners.length) reasons.push('listeners not bound');
+    // "Recently": within three health-check rounds, so one lost probe doesn't flap readiness.
+    const interval = this.config.backend.healthCheckInterval;
+    if (interval > 0 && !this.#health?.anyUpWithin(3 * interval)) reasons.push('no backend answered a recent health check');
     if (!this.limits.storeUp && this.config.limits.onStoreFailure === 'deny') reasons.push('limiter store unreachable and limits.onStoreFailure is deny');
     return { ready: reasons.length === 0, reasons };
   }

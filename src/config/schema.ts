@@ -158,6 +158,8 @@ export function configSchema(baseDir: string) {
       strategy: z.enum(['failover', 'round-robin']).default('failover'),
       /** How long a backend that refused or timed out is skipped. */
       markDownFor: duration.default(30_000),
+      /** How often each backend is probed (connect, EHLO, QUIT) for /readyz and smtpgate_backend_up. */
+      healthCheckInterval: duration.default(15_000),
       tls: z.enum(['none', 'starttls', 'implicit']).default('none'),
       tlsVerify: z.boolean().default(true),
       ca: filePath.optional(),

@@ -91,6 +91,12 @@ export function createMetrics() {
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
       registers,
     }),
+    backendUp: new Gauge({
+      name: 'smtpgate_backend_up',
+      help: 'Whether the last health check of each configured backend succeeded (1) or not (0).',
+      labelNames: ['backend'] as const,
+      registers,
+    }),
     backendErrors: new Counter({
       name: 'smtpgate_backend_errors_total',
       help: 'Backend failures by kind (connect|timeout|closed|tls|protocol).',

@@ -44,6 +44,11 @@ export interface StartGateOptions {
   cert?: TestCert;
   /** Extra keys inside the `tls:` section, each line indented two spaces (e.g. "  reloadInterval: 200ms"). */
   tlsYaml?: string;
+  /**
+   * metrics.address (default 127.0.0.1:0). Give a fixed port when a separate process must find
+   * the running instance from its config alone (`smtpgate limits list` with the memory store).
+   */
+  metricsAddress?: string;
 }
 
 export interface Gate {
@@ -103,7 +108,10 @@ export async function writeGateFiles(opts: StartGateOptions): Promise<GateFiles>
   const users = opts.users ?? [ALICE];
   // Cost 4: fast tests; production hashes come from `htpasswd -B` (cost 5+) or smtpgate user.
   await writeFile(path.join(dir, 'users'), users.map((u) => `${u.name}:${hashSync(u.password, 4)}\n`).join(''));
-  const backend = opts.backendYaml ?? `backend:\n  address: 127.0.0.1:${opts.backendPort}`;
+  const given = opts.backendYaml ?? `backend:\n  address: 127.0.0.1:${opts.backendPort}`;
+  // Health probes would be extra connections in tests that count the backend's connections;
+  // they are off unless a test turns them on.
+  const backend = given.includes('healthCheckInterval') ? given : given.replace(/^backend:\n/, 'backend:\n  healthCheckInterval: 0\n');
   const configFile = path.join(dir, 'smtpgate.yaml');
   await writeFile(
     configFile,
@@ -115,7 +123,7 @@ tls:
 ${opts.tlsYaml ? opts.tlsYaml.replace(/^\n+|\n+$/g, '') + '\n' : ''}${(opts.authYaml ?? 'auth:\n  users: users').trim()}
 ${backend.trim()}
 metrics:
-  address: 127.0.0.1:0
+  address: ${opts.metricsAddress ?? '127.0.0.1:0'}
 log:
   level: ${opts.logLevel ?? 'debug'}
   format: ${opts.logFormat ?? 'json'}
