@@ -303,6 +303,7 @@ export class App {
             authenticatedUserHeader: config.data.authenticatedUserHeader,
             maxMessageBytes: config.limits.maxMessageBytes,
           },
+          client: config.client,
           metrics: this.metrics,
           log: this.log,
         });

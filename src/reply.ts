@@ -20,6 +20,7 @@ export const REFUSAL_REASONS = [
   'param_unsupported',
   'syntax',
   'protocol',
+  'timeout',
   'client_aborted',
   'shutting_down',
   'proxy_protocol',

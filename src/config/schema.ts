@@ -234,6 +234,29 @@ export function configSchema(baseDir: string) {
         })
         .strict()
         .default({ level: 'info', format: 'json' }),
+      /** How long and how badly a client may behave (slow, silent or broken clients). */
+      client: z
+        .object({
+          timeouts: z
+            .object({
+              /** Idle time allowed between commands (RFC 5321 §4.5.3.2: at least 5 minutes). */
+              command: duration.default(300_000),
+              /** A STARTTLS handshake must finish within this. */
+              tlsHandshake: duration.default(30_000),
+              /** The whole DATA phase, from 354 to the final dot. */
+              data: duration.default(600_000),
+              /** The whole session, however busy. */
+              session: duration.default(3_600_000),
+            })
+            .strict()
+            .default({ command: 300_000, tlsHandshake: 30_000, data: 600_000, session: 3_600_000 }),
+          /** Bytes per second a client must keep up during DATA (after 10 s); 0 turns it off. Like Postfix's smtpd_min_data_rate. */
+          minDataRate: z.number().int().min(0).default(500),
+          /** Syntax and sequence errors a session may make before it gets 421 and is closed. */
+          maxProtocolErrors: z.number().int().min(1).max(1000).default(10),
+        })
+        .strict()
+        .default({ timeouts: { command: 300_000, tlsHandshake: 30_000, data: 600_000, session: 3_600_000 }, minDataRate: 500, maxProtocolErrors: 10 }),
       shutdown: z
         .object({
           /** On SIGTERM, how long mail transactions under way may take to finish. */

@@ -11,6 +11,14 @@
  *   attack (SEC Consult, Dec 2023). Like Postfix's smtpd_forbid_bare_newline, the session is
  *   refused and closed: a client that can't frame lines can't be resynchronised safely.
  *
+ * - Line length (RFC 5321 §4.5.3.1.4): a command line over 512 octets gets 500; AUTH lines may
+ *   be longer (RFC 4954 §4 allows 12288). A line that never ends is cut off by smtp-server's
+ *   maxCommandLength with 421, so memory stays bounded.
+ * - Bytes that don't belong in a command: NUL, a CR inside the line (e.g. in an EHLO name), and
+ *   8-bit bytes outside MAIL/RCPT get 500/501. (Non-ASCII addresses are judged at MAIL/RCPT.)
+ * - An error budget: after `maxProtocolErrors` syntax or sequence errors (5xx replies of the
+ *   500–504 kind, and the guard's own) the session gets 421 and is closed.
+ *
  * The decision is pure (`checkCommand`); `installCommandGuard` wires it into one connection.
  */
 import type { SMTPServer } from 'smtp-server';
@@ -42,9 +50,28 @@ function isSaslToken(token: string, allowCancel: boolean): boolean {
   return token.length > 0 && STRICT_BASE64.test(token);
 }
 
+/** RFC 5321 §4.5.3.1.4: 512 octets including CRLF, so 510 without. */
+export const MAX_COMMAND_OCTETS = 510;
+/** RFC 4954 §4: an AUTH command or response line may be up to 12288 octets. */
+export const MAX_AUTH_LINE_OCTETS = 12288;
+
+const LINE_TOO_LONG = refusal(500, '5.5.2', 'Line too long (RFC 5321 §4.5.3.1.4: 512 octets)', 'syntax');
+const NUL_IN_COMMAND = refusal(500, '5.5.2', 'NUL byte in command', 'syntax');
+const CR_IN_COMMAND = refusal(501, '5.5.2', 'Bare CR in command', 'syntax');
+const EIGHT_BIT_IN_COMMAND = refusal(500, '5.5.2', '8-bit bytes are not allowed in this command', 'syntax');
+
 export function checkCommand(line: string, facts: CommandFacts): Refusal | undefined {
-  if (facts.continuation) return isSaslToken(line.trim(), true) ? undefined : MALFORMED_BASE64;
+  // Bytes first: a NUL or stray CR is never part of a valid line, continuation or not.
+  if (line.includes('\0')) return NUL_IN_COMMAND;
+  if (line.includes('\r')) return CR_IN_COMMAND;
+  if (facts.continuation) {
+    if (line.length > MAX_AUTH_LINE_OCTETS) return LINE_TOO_LONG;
+    return isSaslToken(line.trim(), true) ? undefined : MALFORMED_BASE64;
+  }
   const verb = /^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase();
+  if (line.length > (verb === 'AUTH' ? MAX_AUTH_LINE_OCTETS : MAX_COMMAND_OCTETS)) return LINE_TOO_LONG;
+  // SMTPUTF8 (RFC 6531) allows UTF-8 only in MAIL/RCPT addresses (and their parameters).
+  if (verb !== 'MAIL' && verb !== 'RCPT' && /[\x80-\xff]/.test(line)) return EIGHT_BIT_IN_COMMAND;
   // While draining, a session outside a transaction is told to go elsewhere; QUIT still gets
   // its 221. A transaction under way may finish (the drain deadline bounds it).
   if (facts.draining && !facts.inTransaction && verb !== 'QUIT') return DRAIN_REFUSAL;
@@ -103,12 +130,15 @@ export interface GuardedConnection {
  * content (data mode) is left to the smuggling guard. A new parser is created after STARTTLS,
  * so parser creation is wrapped too.
  */
-function watchBareLf(conn: GuardedConnection, onBareLf: () => void): void {
+function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChunk: () => void): void {
   const watch = (parser: CommandParser) => {
     const write = parser._write.bind(parser);
     let previous = -1;
     parser._write = (chunk, encoding, done) => {
-      if (!parser._dataMode && chunk.length > 0 && hasBareLf(chunk, previous)) onBareLf();
+      if (!parser._dataMode) {
+        onChunk();
+        if (chunk.length > 0 && hasBareLf(chunk, previous)) onBareLf();
+      }
       if (chunk.length > 0) previous = chunk[chunk.length - 1]!;
       write(chunk, encoding, done);
     };
@@ -119,12 +149,34 @@ function watchBareLf(conn: GuardedConnection, onBareLf: () => void): void {
   conn._createParser = () => watch(create());
 }
 
+/**
+ * RFC 2920 §3.1: DATA ends a pipelined group; the message follows only after the 354. A client
+ * that sent its message right behind a DATA that was refused would have every line of it run as
+ * a command. Lines that arrived in the same read as a refused DATA are therefore refused, and
+ * the session is closed, as Postfix's protocol-synchronization check does.
+ */
+export const PIPELINING_REFUSAL = refusal(554, '5.5.0', 'SMTP protocol synchronization: commands sent right after a refused DATA', 'protocol');
+
+/** Replies that mean the client broke the protocol, for the error budget. */
+function isProtocolError(code: number, r?: Refusal): boolean {
+  if (r) return r.reason === 'syntax' || r.reason === 'protocol' || r.reason === 'auth_malformed';
+  return code >= 500 && code <= 504;
+}
+
+export const ERROR_BUDGET_REFUSAL = refusal(421, '4.7.0', 'Too many errors in this session, closing', 'protocol');
+
 export interface GuardHooks {
   /** A refusal the guard made itself. */
   onRefusal(sessionId: string, r: Refusal): void;
   /** A 4xx/5xx smtp-server made on its own (syntax, sequence, AUTH exchange, timeouts). */
   onLibraryRefusal(sessionId: string, r: Refusal): void;
   draining(): boolean;
+  /** Syntax/sequence errors a session may make before it is closed with 421. */
+  readonly maxProtocolErrors: number;
+  /** A new client connection: the listener keeps it to close it on a timeout. */
+  onConnection(conn: GuardedConnection): void;
+  /** STARTTLS was accepted: the handshake deadline starts. */
+  onStartTls(sessionId: string): void;
 }
 
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
@@ -134,15 +186,20 @@ const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
  * one from its own table to every reply; smtpgate's replies already carry the exact code in
  * their text ("550 5.5.2 …"), so for those the table's code is suppressed, never doubled.
  */
-function wrapSend(conn: GuardedConnection, hooks: GuardHooks): void {
+function wrapSend(conn: GuardedConnection, hooks: GuardHooks, onProtocolError: () => void, onReply: (code: number) => void): void {
   const send = conn.send.bind(conn);
   conn.send = (code: number, data: string | string[], context?: string | false) => {
-    if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) return send(code, data, false);
+    onReply(code);
+    if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) {
+      send(code, data, false);
+      return;
+    }
     if (code >= 400 && typeof data === 'string') {
       const enhanced = conn._getEnhancedStatusCode(code, context) || `${Math.floor(code / 100)}.0.0`;
-      hooks.onLibraryRefusal(conn.id, refusal(code, enhanced, data, 'protocol'));
+      hooks.onLibraryRefusal(conn.id, refusal(code, enhanced, data, code === 421 && /timeout/i.test(data) ? 'timeout' : 'protocol'));
     }
-    return send(code, data, context);
+    send(code, data, context);
+    if (isProtocolError(code)) onProtocolError();
   };
 }
 
@@ -163,27 +220,54 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
     const conn = value as GuardedConnection;
     const dispatch = conn._onCommand.bind(conn);
     let bareLf = false;
-    watchBareLf(conn, () => (bareLf = true));
-    wrapSend(conn, hooks);
+    // Reads of command-mode input, to tell lines that arrived together from later ones.
+    let reads = 0;
+    let dataAt = -1;
+    let dataRefusedAt = -2;
+    watchCommandStream(
+      conn,
+      () => (bareLf = true),
+      () => reads++,
+    );
+    let errors = 0;
+    let closing = false;
+    const countError = () => {
+      if (closing || ++errors < hooks.maxProtocolErrors) return;
+      closing = true;
+      const r = ERROR_BUDGET_REFUSAL;
+      onRefusal(conn.id, r);
+      conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+    };
+    wrapSend(conn, hooks, countError, (code) => {
+      if (dataAt >= 0 && code !== 354) dataRefusedAt = dataAt;
+      dataAt = -1;
+    });
+    hooks.onConnection(conn);
     conn._onCommand = (command: Buffer, callback?: () => void) => {
       if (conn._upgrading) return dispatch(command, callback);
-      if (bareLf) {
-        onRefusal(conn.id, BARE_LF_REFUSAL);
-        conn.send(BARE_LF_REFUSAL.code, `${BARE_LF_REFUSAL.enhanced} ${BARE_LF_REFUSAL.text}`, false);
+      const closeWith = (r: Refusal) => {
+        onRefusal(conn.id, r);
+        conn.send(r.code, `${r.enhanced} ${r.text}`, false);
         conn.close();
-        return;
-      }
+      };
+      if (bareLf) return closeWith(BARE_LF_REFUSAL);
+      if (dataRefusedAt === reads) return closeWith(PIPELINING_REFUSAL);
+      if (/^\s*DATA\s*$/i.test(command.toString('latin1'))) dataAt = reads;
       const r = checkCommand(command.toString('latin1'), {
         secure: conn.secure,
         continuation: Boolean(conn._nextHandler),
         draining: hooks.draining(),
         inTransaction: inTransaction(conn),
       });
-      if (!r) return dispatch(command, callback);
+      if (!r) {
+        if (/^\s*STARTTLS\s*$/i.test(command.toString('latin1')) && !conn.secure) hooks.onStartTls(conn.id);
+        return dispatch(command, callback);
+      }
       onRefusal(conn.id, r);
       // A refused continuation line ends the SASL exchange (RFC 4954 §4).
       conn._nextHandler = false;
       conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+      if (isProtocolError(r.code, r)) countError();
       if (callback) setImmediate(callback);
     };
     return add(value);

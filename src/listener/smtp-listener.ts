@@ -22,8 +22,9 @@ import type { BackendSession, ClientIdentity } from '../relay/backend-session.js
 import { DataEncoder, LineTooLongError, SmugglingError, type BareLineEndingMode } from '../relay/data-encoder.js';
 import { mailCommand, rcptCommand } from '../relay/envelope.js';
 import { headerSafe, receivedHeader } from '../relay/received-header.js';
-import { DRAIN_REFUSAL, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
+import { DRAIN_REFUSAL, MAX_AUTH_LINE_OCTETS, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
 import type { Limits, ClientFacts } from '../limits/limits.js';
+import { checkRecipient, checkSender } from './address-check.js';
 import type { UserAttributes } from '../auth/user-attributes.js';
 import { evaluate, unmetRequirement } from '../policy/evaluate.js';
 import { buildUserFacts, dataFacts } from '../policy/facts.js';
@@ -40,6 +41,12 @@ export interface ListenerTls {
   readonly manager: TlsManager;
   /** CA bundle for client certificates, when the listener asks for them. */
   readonly clientCa?: Buffer;
+}
+
+export interface ClientSettings {
+  readonly timeouts: { readonly command: number; readonly tlsHandshake: number; readonly data: number; readonly session: number };
+  readonly minDataRate: number;
+  readonly maxProtocolErrors: number;
 }
 
 export interface DataSettings {
@@ -63,6 +70,7 @@ export interface ListenerDeps {
   /** Creates the (lazy) backend session for one client session. */
   readonly openBackend: () => BackendSession;
   readonly data: DataSettings;
+  readonly client: ClientSettings;
   readonly metrics: Metrics;
   readonly log: Logger;
 }
@@ -83,6 +91,8 @@ interface SessionState {
   readonly policy: PolicySet;
   /** require_tls / require_auth decided at connect or auth, checked at MAIL. */
   requirements: Decision[];
+  /** Session cap and STARTTLS handshake deadline; cleared at close. */
+  timers: NodeJS.Timeout[];
   /** add_header results: from connect/auth for the whole session, from mail/rcpt per transaction. */
   sessionHeaders: HeaderToAdd[];
   txHeaders: HeaderToAdd[];
@@ -111,6 +121,8 @@ export class SmtpListener {
   readonly #disabledCommands: string[];
   readonly #trusted: CidrSet | undefined;
   #draining = false;
+  /** smtp-server's connection objects by session id, to close a session on a timeout. */
+  readonly #connections = new Map<string, GuardedConnection>();
 
   constructor(deps: ListenerDeps) {
     this.#deps = deps;
@@ -142,6 +154,10 @@ export class SmtpListener {
       size: deps.data.maxMessageBytes,
       // No DNS lookups on the hot path: the proxy's only traffic is to the backend.
       disableReverseLookup: true,
+      // Idle time between commands; smtp-server also times implicit TLS handshakes with it.
+      socketTimeout: deps.client.timeouts.command,
+      // A line that never ends is cut off here (421); the guard enforces the 512-octet rule.
+      maxCommandLength: MAX_AUTH_LINE_OCTETS + 2,
       logger: false,
       onConnect: (session, cb) => void this.#onConnect(session, cb),
       onSecure: (socket, session, cb) => this.#onSecure(socket, session, cb),
@@ -171,6 +187,15 @@ export class SmtpListener {
         (state?.log ?? this.#deps.log).info({ session: sessionId, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
       },
       draining: () => this.#draining,
+      maxProtocolErrors: deps.client.maxProtocolErrors,
+      onConnection: (conn) => this.#connections.set(conn.id, conn),
+      onStartTls: (sessionId) => {
+        const state = this.#sessions.get(sessionId);
+        if (!state) return;
+        const timer = setTimeout(() => this.#kick(sessionId, refusal(421, '4.4.2', 'TLS handshake timed out', 'timeout'), false), deps.client.timeouts.tlsHandshake);
+        timer.unref();
+        state.timers.push(timer);
+      },
     });
   }
 
@@ -233,6 +258,7 @@ export class SmtpListener {
       trusted: this.#trusted?.has(session.remoteAddress) ?? false,
       policy: this.#deps.policy(),
       requirements: [],
+      timers: [],
       sessionHeaders: [],
       txHeaders: [],
     };
@@ -240,6 +266,9 @@ export class SmtpListener {
     metrics.connectionsOpened.inc({ listener: config.name });
     metrics.connectionsActive.inc({ listener: config.name });
     state.log.info({ client: session.remoteAddress, port: session.remotePort, trusted: state.trusted }, 'connect');
+    const cap = setTimeout(() => this.#kick(session.id, refusal(421, '4.4.2', 'Session time limit reached, closing', 'timeout')), this.#deps.client.timeouts.session);
+    cap.unref();
+    state.timers.push(cap);
     const limited = await this.#deps.limits.connectionOpened(this.#facts(session, state));
     // smtp-server sends the 421 and closes the connection.
     if (limited) return cb(this.#refuse(state, 'connect', limited));
@@ -289,6 +318,8 @@ export class SmtpListener {
     const state = this.#sessions.get(session.id);
     if (!state) return cb();
     this.#recordTls(state, session, this.#deps.config.tls === 'implicit' ? 'implicit' : 'starttls');
+    // The handshake finished: its deadline (every timer after the session cap) is over.
+    for (const t of state.timers.splice(1)) clearTimeout(t);
     // RFC 3207 §4.2: nothing learned before the handshake is trusted after it.
     state.user = undefined;
     state.authMethod = undefined;
@@ -415,6 +446,8 @@ export class SmtpListener {
     if (config.requireAuth && !state.user && !state.trusted) {
       return cb(this.#refuse(state, 'mail', refusal(530, '5.7.0', 'Authentication required', 'auth_required')));
     }
+    const badSender = checkSender(address.address, Boolean(address.args && address.args.SMTPUTF8));
+    if (badSender) return cb(this.#refuse(state, 'mail', badSender, { from: address.address }));
     const limited = await this.#deps.limits.mailFrom({
       ...this.#facts(session, state),
       sender: address.address,
@@ -454,6 +487,8 @@ export class SmtpListener {
   async #onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
     const state = this.#sessions.get(session.id);
     if (!state) return cb(new Error('unknown session'));
+    const badRecipient = checkRecipient(address.address, Boolean(session.envelope.smtpUtf8));
+    if (badRecipient) return cb(this.#refuse(state, 'rcpt', badRecipient, { to: address.address }));
     const limited = await this.#deps.limits.rcptTo({ ...this.#facts(session, state), recipientsSoFar: session.envelope.rcptTo.length });
     if (limited) return cb(this.#refuse(state, 'rcpt', limited, { to: address.address }));
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
@@ -517,7 +552,8 @@ export class SmtpListener {
     }
 
     const { data, metrics } = this.#deps;
-    const encoder = new DataEncoder({ mode: data.bareLineEndings });
+    // RFC 5321 §4.5.3.1.6: the backend never sees a line over 1000 octets.
+    const encoder = new DataEncoder({ mode: data.bareLineEndings, maxLineOctets: 1000 });
     stream.once('error', (err) => encoder.destroy(new ClientAbortError(err.message)));
     // Data-stage rules look at the header block and MIME part headers; the scanner keeps only
     // those (bounded), never the body.
@@ -545,13 +581,18 @@ export class SmtpListener {
     }
 
     const started = process.hrtime.bigint();
+    const watchdog = this.#dataWatchdog(session.id, () => encoder.bytesIn);
+    // The client's part ends at its final dot; waiting for the backend's reply is not its fault.
+    stream.once('end', () => clearInterval(watchdog));
     try {
       const reply = await state.backend.sendData(Readable.from(body(), { objectMode: false }));
       metrics.backendFinalReplySeconds.observe({ backend: state.backend.targetName }, Number(process.hrtime.bigint() - started) / 1e9);
+      clearInterval(watchdog);
       if (encoder.normalized > 0) metrics.smugglingNormalized.inc({ listener: this.name }, encoder.normalized);
       if (!isPositive(reply)) return { refusal: backendRefusal(reply) };
       return { reply, bytes: encoder.bytesIn };
     } catch (err) {
+      clearInterval(watchdog);
       drain();
       state.backend.abort();
       if (err instanceof SmugglingError) {
@@ -607,6 +648,8 @@ export class SmtpListener {
     const state = this.#sessions.get(session.id);
     if (!state) return;
     this.#sessions.delete(session.id);
+    this.#connections.delete(session.id);
+    for (const t of state.timers) clearTimeout(t);
     this.#deps.limits.connectionClosed({ session: session.id });
     this.#deps.metrics.connectionsClosed.inc({ listener: this.name });
     this.#deps.metrics.connectionsActive.dec({ listener: this.name });
@@ -627,6 +670,43 @@ export class SmtpListener {
   }
 
   // ── shared ─────────────────────────────────────────────────────────────────────────────
+
+  /**
+   * Closes a session with a 421 (smtp-server closes after any 421). A message in DATA is then
+   * aborted without the final dot by the client-abort path. `reply: false` when no reply can
+   * be written (mid-handshake).
+   */
+  #kick(sessionId: string, r: Refusal, reply = true): void {
+    const conn = this.#connections.get(sessionId);
+    const state = this.#sessions.get(sessionId);
+    if (!conn) return;
+    if (state) this.#refuse(state, 'connect', r);
+    if (reply) conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+    else conn.close();
+  }
+
+  /**
+   * During DATA: the whole phase has a deadline, and after a 10 s grace the client must keep up
+   * `minDataRate` bytes per second (Postfix's smtpd_min_data_rate), so a slow drip can't hold a
+   * session and a backend connection forever.
+   */
+  #dataWatchdog(sessionId: string, bytes: () => number): NodeJS.Timeout {
+    const { data: deadline } = this.#deps.client.timeouts;
+    const minRate = this.#deps.client.minDataRate;
+    const start = Date.now();
+    const timer = setInterval(() => {
+      const elapsed = Date.now() - start;
+      if (elapsed > deadline) {
+        clearInterval(timer);
+        this.#kick(sessionId, refusal(421, '4.4.2', 'DATA took too long, closing', 'timeout'));
+      } else if (minRate > 0 && elapsed > 10_000 && (bytes() * 1000) / elapsed < minRate) {
+        clearInterval(timer);
+        this.#kick(sessionId, refusal(421, '4.4.2', `Data rate below ${minRate} bytes/s, closing`, 'timeout'));
+      }
+    }, 1000);
+    timer.unref();
+    return timer;
+  }
 
   /** Facts for the policy engine at any stage; stage-specific ones are added by the caller. */
   #policyFacts(session: SMTPServerSession, state: SessionState): SessionFacts {

@@ -1,0 +1,29 @@
+/**
+ * Envelope address rules smtpgate enforces before limits, policy or the backend see an
+ * address. A legacy backend may still honour old routing syntax ("%" hack, "!" UUCP paths),
+ * and would then deliver somewhere the policy never judged: those are refused outright.
+ * Source routes are already reduced to the final mailbox by smtp-server (RFC 5321 §4.1.2),
+ * and quoted local parts with "@" or a second "@" are refused by its parser.
+ */
+import { refusal, type Refusal } from '../reply.js';
+
+export function checkRecipient(address: string, smtputf8: boolean): Refusal | undefined {
+  const at = address.lastIndexOf('@');
+  const local = at >= 0 ? address.slice(0, at) : address;
+  if (/[%!]/.test(local)) {
+    return refusal(553, '5.1.3', 'Routing with "%" or "!" in the local part is not accepted', 'syntax');
+  }
+  return checkUtf8(address, smtputf8);
+}
+
+export function checkSender(address: string, smtputf8: boolean): Refusal | undefined {
+  return checkUtf8(address, smtputf8);
+}
+
+/** RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter on MAIL. */
+function checkUtf8(address: string, smtputf8: boolean): Refusal | undefined {
+  if (!smtputf8 && /[^\x00-\x7f]/.test(address)) {
+    return refusal(553, '5.6.7', 'Non-ASCII address without SMTPUTF8', 'param_unsupported');
+  }
+  return undefined;
+}
