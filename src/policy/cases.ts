@@ -26,7 +26,7 @@ import { buildUserFacts } from './facts.js';
 import { scanMessage } from './mime.js';
 import { headerFromLine, simulateSession, type SessionSpec, type StageReport } from './simulate.js';
 import { POLICY_STAGES, type Decision, type Header, type MimePart, type PolicySet, type PolicyStage } from './types.js';
-import { describeZodIssues, parseYaml, valueAt, type PolicyIssue } from './yaml-source.js';
+import { describeZodIssues, parseYaml, valueAt, type PolicyIssue } from '../config/yaml-source.js';
 
 const oneOrMany = z.union([z.string(), z.array(z.string())]);
 const sizeValue = z.union([z.string(), z.number()]);

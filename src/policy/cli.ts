@@ -10,7 +10,7 @@ import { lintPolicySet, type Finding } from './lint.js';
 import { loadPolicySet } from './load.js';
 import { simulateSession, type SessionSpec, type StageReport } from './simulate.js';
 import type { PolicySet, TraceEntry } from './types.js';
-import type { PolicyIssue } from './yaml-source.js';
+import type { PolicyIssue } from '../config/yaml-source.js';
 
 export interface CommandResult {
   readonly exitCode: number;

@@ -39,7 +39,7 @@ import {
   type RuleMode,
   type TimeRange,
 } from './types.js';
-import { describeZodIssues, parseYaml, valueAt, type FindingKind, type PolicyIssue, type YamlSource } from './yaml-source.js';
+import { describeZodIssues, parseYaml, valueAt, type FindingKind, type PolicyIssue, type YamlSource } from '../config/yaml-source.js';
 
 // ── public entry points ───────────────────────────────────────────────────────────────────
 

@@ -231,7 +231,8 @@ function xclientAddr(addr: string): string {
   return addr.includes(':') ? `IPV6:${addr}` : addr;
 }
 
-function xclientAttributes(id: ClientIdentity): Record<string, string> {
+/** The attributes XCLIENT and XFORWARD share; LOGIN is XCLIENT's alone. */
+function identityAttributes(id: ClientIdentity): Record<string, string> {
   const attrs: Record<string, string> = {
     ADDR: xclientAddr(id.addr),
     PORT: String(id.port),
@@ -239,17 +240,13 @@ function xclientAttributes(id: ClientIdentity): Record<string, string> {
     PROTO: id.proto,
   };
   if (id.helo) attrs.HELO = id.helo;
+  return attrs;
+}
+
+function xclientAttributes(id: ClientIdentity): Record<string, string> {
+  const attrs = identityAttributes(id);
   if (id.login) attrs.LOGIN = id.login;
   return attrs;
 }
 
-function xforwardAttributes(id: ClientIdentity): Record<string, string> {
-  const attrs: Record<string, string> = {
-    ADDR: xclientAddr(id.addr),
-    PORT: String(id.port),
-    NAME: id.name ?? '[UNAVAILABLE]',
-    PROTO: id.proto,
-  };
-  if (id.helo) attrs.HELO = id.helo;
-  return attrs;
-}
+const xforwardAttributes = identityAttributes;

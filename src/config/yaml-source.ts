@@ -1,13 +1,14 @@
 /**
- * A policy or policy-test YAML file as the loader sees it: the parsed document, a line for
- * any path inside it, and zod's issues turned into ConfigIssues that name the file, the line,
- * the path, the rule, what was expected and what was found.
+ * A YAML file as a loader sees it (the config, a policy file, a policy test file): the parsed
+ * document, a line for any path inside it, and zod's issues turned into ConfigIssues that name
+ * the file, the line, the path (and the rule, for policies), what was expected and what was
+ * found, with a "did you mean" for misspelled keys.
  */
 import { LineCounter, isNode, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
-import { formatPath, type ConfigIssue } from '../config/errors.js';
+import { formatPath, type ConfigIssue } from './errors.js';
 
-/** What `smtpgate policy check` reports; load errors carry the kinds the linter shares. */
+/** What `smtpgate policy check` reports; load errors carry the kinds the linter shares. The config uses 'invalid' and 'unknown_field'. */
 export type FindingKind = 'invalid' | 'unknown_field' | 'bad_cidr' | 'unreachable' | 'unknown_group' | 'open_relay';
 
 export interface PolicyIssue extends ConfigIssue {
