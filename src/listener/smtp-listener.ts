@@ -370,9 +370,9 @@ export class SmtpListener {
   ): Promise<void> {
     const state = this.#sessions.get(session.id);
     const mechanism = auth.method === 'PLAIN' || auth.method === 'LOGIN' ? auth.method : 'other';
-    const fail = (r: Refusal, result: 'failure' | 'refused' | 'error') => {
+    const fail = (r: Refusal, result: 'failure' | 'refused' | 'error', rule?: string) => {
       this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism, result });
-      if (state) this.#refuse(state, 'auth', r, { user: printable(auth.username) });
+      if (state) this.#refuse(state, 'auth', r, { user: printable(auth.username), ...(rule ? { rule } : {}) });
       cb(null, { responseCode: r.code, message: `${r.enhanced} ${r.text}` });
     };
     if (!state) return cb(new Error('unknown session'));
@@ -425,7 +425,7 @@ export class SmtpListener {
     if (suspended) return fail(suspended, 'refused');
     const name = outcome.user.username;
     const refused = await this.#policy('auth', { ...this.#policyFacts(session, state), authenticated: true, user: buildUserFacts(name, this.#deps.attributes(name)) }, state);
-    if (refused) return fail(refused.refusal, 'refused');
+    if (refused) return fail(refused.refusal, 'refused', refused.rule);
     state.user = name;
     state.authMethod = 'password';
     this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism, result: 'success' });
@@ -516,7 +516,7 @@ export class SmtpListener {
     const outcome = await this.#relayMessage(stream, session, state);
     if ('refusal' in outcome) {
       this.#deps.metrics.messages.inc({ listener: this.name, result: outcome.refusal.reason === 'client_aborted' ? 'aborted' : 'refused' });
-      return cb(this.#refuse(state, 'data', outcome.refusal));
+      return cb(this.#refuse(state, 'data', outcome.refusal, outcome.rule ? { rule: outcome.rule } : {}));
     }
     state.messages++;
     state.bytes += outcome.bytes;
@@ -532,7 +532,7 @@ export class SmtpListener {
     stream: SMTPServerDataStream,
     session: SMTPServerSession,
     state: SessionState,
-  ): Promise<{ reply: SmtpReply; bytes: number } | { refusal: Refusal }> {
+  ): Promise<{ reply: SmtpReply; bytes: number } | { refusal: Refusal; rule?: string }> {
     const drain = () => {
       stream.unpipe();
       // An unpiped stream that nobody reads never ends, and smtp-server waits for its end
@@ -605,7 +605,7 @@ export class SmtpListener {
       }
       if (err instanceof PolicyRefusalError) {
         state.log.info({ rule: err.rule }, 'data-stage policy refusal: backend transaction aborted');
-        return { refusal: err.refusal };
+        return { refusal: err.refusal, rule: err.rule };
       }
       if (err instanceof MessageTooBigError) {
         return { refusal: refusal(552, '5.3.4', `Message exceeds the maximum size of ${max} bytes`, 'message_too_big') };
