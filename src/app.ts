@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import type http from 'node:http';
 import { ConfigError, type ConfigIssue } from './config/errors.js';
 import { loadConfigFile } from './config/load.js';
+import { applyLiveChanges, diffConfig } from './config/diff.js';
 import type { Config } from './config/schema.js';
 import { createLogger, type Logger } from './logging/logger.js';
 import { createMetrics, type Metrics } from './metrics/catalogue.js';
@@ -178,6 +179,8 @@ export async function checkConfigFile(file: string, mode: 'run' | 'check' = 'run
 export interface AppOptions {
   /** Defaults to a pino logger built from config.log. */
   readonly log?: Logger;
+  /** Where the config came from, so SIGHUP can re-read it. */
+  readonly configFile?: string;
 }
 
 export interface BoundAddresses {
@@ -187,7 +190,9 @@ export interface BoundAddresses {
 }
 
 export class App {
-  readonly config: Config;
+  #config: Config;
+  /** The file the config came from, for reloads; undefined for a config built in code. */
+  readonly #configFile: string | undefined;
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly limits: Limits;
@@ -206,7 +211,8 @@ export class App {
   #stopping = false;
 
   constructor(config: Config, material: RuntimeMaterial, opts: AppOptions = {}) {
-    this.config = config;
+    this.#config = config;
+    this.#configFile = opts.configFile;
     this.#material = material;
     this.log = opts.log ?? createLogger({ level: config.log.level, format: config.log.format });
     this.metrics = createMetrics();
@@ -383,8 +389,40 @@ export class App {
     }
   }
 
+  /** The config in force (a reload swaps in the parts that can change live). */
+  get config(): Config {
+    return this.#config;
+  }
+
+  /**
+   * Re-reads the config file. An invalid file changes nothing. Of a valid one, the parts that
+   * can change live (log level, limit numbers, drain time) are applied; every other change is
+   * reported as needing a restart, never silently ignored.
+   */
+  async reloadConfig(): Promise<{ applied: readonly string[]; needRestart: readonly string[] } | undefined> {
+    if (!this.#configFile) return { applied: [], needRestart: [] };
+    let next: Config;
+    try {
+      next = await loadConfigFile(this.#configFile);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      this.metrics.reloads.inc({ component: 'config', result: 'failure' });
+      this.log.error({ problems: describeIssues(err.issues) }, 'config reload failed; the running config stays in force');
+      return undefined;
+    }
+    const diff = diffConfig(this.#config, next);
+    this.#config = applyLiveChanges(this.#config, next);
+    this.log.level = this.#config.log.level;
+    this.limits.reconfigure(this.#config.limits);
+    this.metrics.reloads.inc({ component: 'config', result: 'success' });
+    this.log.info({ applied: diff.applied }, 'config reloaded');
+    if (diff.needRestart.length) this.log.warn({ needRestart: diff.needRestart }, `changed settings take effect only after a restart: ${diff.needRestart.join(', ')}`);
+    return diff;
+  }
+
   /** SIGHUP: everything that can change without a restart. Each part keeps its old state on failure. */
   async reload(): Promise<void> {
+    await this.reloadConfig();
     await this.reloadUsers();
     await this.reloadPolicies();
     await this.#tls?.reload();
@@ -457,5 +495,5 @@ export class App {
 /** Loads the config file and everything it names, then builds the app (not yet started). */
 export async function createAppFromFile(file: string, opts: AppOptions = {}): Promise<App> {
   const { config, material } = await checkConfigFile(file);
-  return new App(config, material, opts);
+  return new App(config, material, { ...opts, configFile: file });
 }

@@ -33,7 +33,7 @@ program
   .requiredOption('-c, --config <file>', 'path to the YAML config file')
   .action(async (opts: { config: string }) => {
     const { config, material } = await loadOrExit(opts.config);
-    const app = new App(config, material);
+    const app = new App(config, material, { configFile: opts.config });
     const bound = await app.start().catch((err: Error) => {
       app.log.fatal({ err }, 'failed to start');
       process.exit(1);
@@ -55,7 +55,7 @@ program
       );
     };
     process.on('SIGHUP', () => {
-      app.log.info('SIGHUP: reloading users, attributes and certificates');
+      app.log.info('SIGHUP: reloading the config, users, attributes, policies and certificates');
       void app.reload();
     });
     process.on('SIGTERM', () => stop('SIGTERM'));

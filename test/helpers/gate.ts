@@ -144,7 +144,7 @@ export async function startGate(opts: StartGateOptions): Promise<Gate> {
       cb();
     },
   });
-  const app = new App(config, material, { log: pino({ level: opts.logLevel ?? 'debug' }, sink) });
+  const app = new App(config, material, { log: pino({ level: opts.logLevel ?? 'debug' }, sink), configFile });
   const bound = await app.start();
   return {
     app,
