@@ -181,6 +181,8 @@ export interface AppOptions {
   readonly log?: Logger;
   /** Where the config came from, so SIGHUP can re-read it. */
   readonly configFile?: string;
+  /** Serve /metrics, /healthz, /readyz (default true; a cluster worker leaves it to the primary). */
+  readonly admin?: boolean;
 }
 
 export interface BoundAddresses {
@@ -203,6 +205,7 @@ export class App {
   #policy: PolicySet;
   #policyWatcher: FileWatcher | undefined;
   #health: BackendHealth | undefined;
+  readonly #serveAdmin: boolean;
   readonly #listeners: SmtpListener[] = [];
   #admin: http.Server | undefined;
   #tls: TlsManager | undefined;
@@ -213,6 +216,7 @@ export class App {
   constructor(config: Config, material: RuntimeMaterial, opts: AppOptions = {}) {
     this.#config = config;
     this.#configFile = opts.configFile;
+    this.#serveAdmin = opts.admin ?? true;
     this.#material = material;
     this.log = opts.log ?? createLogger({ level: config.log.level, format: config.log.format });
     this.metrics = createMetrics();
@@ -318,7 +322,7 @@ export class App {
         listenerPorts[lc.name] = bound.port;
         this.log.info({ listener: lc.name, address: `${bound.host}:${bound.port}`, tls: lc.tls, requireTls: lc.requireTls, requireAuth: lc.requireAuth }, 'listening');
       }
-      this.#admin = await startAdminServer({
+      if (this.#serveAdmin) this.#admin = await startAdminServer({
         host: config.metrics.address.host,
         port: config.metrics.address.port,
         registry: this.metrics.registry,
@@ -330,7 +334,7 @@ export class App {
       await this.stop();
       throw err;
     }
-    this.#addresses = { listeners: listenerPorts, metrics: boundPort(this.#admin), captureBackend: this.#capture?.port };
+    this.#addresses = { listeners: listenerPorts, metrics: this.#admin ? boundPort(this.#admin) : 0, captureBackend: this.#capture?.port };
     return this.#addresses;
   }
 

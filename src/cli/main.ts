@@ -4,7 +4,8 @@
  * load without opening a port, `user` edits the users file.
  */
 import { Command } from 'commander';
-import { App, checkConfigFile, hostPortLabel } from '../app.js';
+import { checkConfigFile, hostPortLabel } from '../app.js';
+import { run } from './run-command.js';
 import { ConfigError, formatIssue } from '../config/errors.js';
 import type { Config } from '../config/schema.js';
 import { registerUserCommand } from './user-command.js';
@@ -33,34 +34,7 @@ program
   .requiredOption('-c, --config <file>', 'path to the YAML config file')
   .action(async (opts: { config: string }) => {
     const { config, material } = await loadOrExit(opts.config);
-    const app = new App(config, material, { configFile: opts.config });
-    const bound = await app.start().catch((err: Error) => {
-      app.log.fatal({ err }, 'failed to start');
-      process.exit(1);
-    });
-    if (config.demo) printDemoBanner(config, bound);
-    app.log.info({ metrics: `${config.metrics.address.host}:${bound.metrics}` }, 'smtpgate ready');
-
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      app.log.info({ signal }, 'stopping');
-      app.stop({ drain: signal === 'SIGTERM' }).then(
-        () => process.exit(0),
-        (err: Error) => {
-          app.log.error({ err }, 'error while stopping');
-          process.exit(1);
-        },
-      );
-    };
-    process.on('SIGHUP', () => {
-      app.log.info('SIGHUP: reloading the config, users, attributes, policies and certificates');
-      void app.reload();
-    });
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-    process.on('unhandledRejection', (err) => app.log.error({ err }, 'unhandled rejection (bug): the session it belonged to may hang'));
+    await run(config, material, { configFile: opts.config, onReady: (c, bound) => c.demo && printDemoBanner(c, bound) });
   });
 
 program

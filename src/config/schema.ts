@@ -234,6 +234,8 @@ export function configSchema(baseDir: string) {
         })
         .strict()
         .default({ level: 'info', format: 'json' }),
+      /** Processes serving connections: one per core with "auto" (node cluster). */
+      workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)]).default(1),
       /** How long and how badly a client may behave (slow, silent or broken clients). */
       client: z
         .object({
@@ -268,6 +270,13 @@ export function configSchema(baseDir: string) {
     })
     .strict()
     .superRefine((cfg, ctx) => {
+      if (resolveWorkers(cfg.workers) > 1 && cfg.limits.store.kind === 'memory') {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['workers'],
+          message: `${cfg.workers} workers need limits.store.kind: redis: the memory store counts per process, so every limit would silently multiply by the number of workers`,
+        });
+      }
       const names = new Set<string>();
       cfg.listeners.forEach((l, i) => {
         if (names.has(l.name)) {
@@ -297,6 +306,11 @@ export function configSchema(baseDir: string) {
         }
       });
     });
+}
+
+/** "auto" is one worker per core. */
+export function resolveWorkers(workers: 'auto' | number): number {
+  return workers === 'auto' ? os.availableParallelism() : workers;
 }
 
 export type Config = z.output<ReturnType<typeof configSchema>>;

@@ -38,6 +38,8 @@ export function createLimitMetrics(registry: Registry) {
     }),
     storeUp: new Gauge({
       name: 'smtpgate_limiter_store_up',
+      // Across cluster workers: degraded if any worker is.
+      aggregator: 'min',
       help: '1 while the limiter store answers; 0 while limits come from limits.onStoreFailure (insurance memory, allow or deny).',
       registers,
     }),

@@ -93,6 +93,8 @@ export function createMetrics() {
     }),
     backendUp: new Gauge({
       name: 'smtpgate_backend_up',
+      // Across cluster workers: up only if every worker reaches it.
+      aggregator: 'min',
       help: 'Whether the last health check of each configured backend succeeded (1) or not (0).',
       labelNames: ['backend'] as const,
       registers,
@@ -117,6 +119,8 @@ export function createMetrics() {
     }),
     certificateExpiry: new Gauge({
       name: 'smtpgate_tls_certificate_expiry_timestamp_seconds',
+      // Across cluster workers: the earliest expiry any worker serves.
+      aggregator: 'min',
       help: 'When each served certificate expires (Unix time), by certificate label ("default" or its first SNI name).',
       labelNames: ['certificate'] as const,
       registers,

@@ -4,7 +4,11 @@
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Registry } from 'prom-client';
+/** A registry, or the cluster aggregator: whatever produces the exposition text. */
+export interface MetricsSource {
+  metrics(): Promise<string>;
+  readonly contentType: string;
+}
 
 export interface Readiness {
   ready: boolean;
@@ -14,7 +18,7 @@ export interface Readiness {
 export interface AdminServerOptions {
   host: string;
   port: number;
-  registry: Registry;
+  registry: MetricsSource;
   readiness: () => Readiness;
   /** More routes (e.g. /limits); each returns true when it handled the request. */
   routes?: ReadonlyArray<(req: http.IncomingMessage, res: http.ServerResponse) => boolean>;

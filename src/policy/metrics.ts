@@ -30,6 +30,8 @@ export function createPolicyMetrics(registry: Registry) {
   });
   const rules = new Gauge({
     name: 'smtpgate_policy_rules',
+    // Across cluster workers: every worker loads the same folder.
+    aggregator: 'max',
     help: 'Rules in the policy set in force.',
     registers,
   });

@@ -1,0 +1,79 @@
+/**
+ * `smtpgate run`: one process, or with `workers` > 1 a cluster primary and its workers. The
+ * signal handling is the same either way: SIGHUP reloads, SIGTERM drains, SIGINT stops.
+ */
+import cluster from 'node:cluster';
+import { AggregatorRegistry } from 'prom-client';
+import { App, type BoundAddresses } from '../app.js';
+import type { Config } from '../config/schema.js';
+import { resolveWorkers } from '../config/schema.js';
+import type { RuntimeMaterial } from '../app.js';
+import { createLogger } from '../logging/logger.js';
+import { forwardReload, runPrimary, type WorkerMessage } from '../cluster/primary.js';
+
+export interface RunOptions {
+  readonly configFile: string;
+  readonly onReady?: (config: Config, bound: BoundAddresses) => void;
+}
+
+export async function run(config: Config, material: RuntimeMaterial, opts: RunOptions): Promise<void> {
+  const workers = resolveWorkers(config.workers);
+  if (workers > 1 && cluster.isPrimary) return runClusterPrimary(config, workers);
+  const inCluster = cluster.isWorker;
+
+  const app = new App(config, material, { configFile: opts.configFile, admin: !inCluster });
+  const bound = await app.start().catch((err: Error) => {
+    app.log.fatal({ err }, 'failed to start');
+    process.exit(1);
+  });
+  if (inCluster) {
+    // The primary serves /metrics for all workers; this worker reports its own registry.
+    // prom-client answers the primary's requests only once an AggregatorRegistry exists here.
+    AggregatorRegistry.setRegistries([app.metrics.registry]);
+    new AggregatorRegistry();
+    process.send?.({ type: 'smtpgate:ready' } satisfies WorkerMessage);
+  } else {
+    opts.onReady?.(config, bound);
+  }
+  app.log.info({ metrics: inCluster ? 'served by the primary' : `${config.metrics.address.host}:${bound.metrics}`, pid: process.pid }, 'smtpgate ready');
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    app.log.info({ signal }, 'stopping');
+    app.stop({ drain: signal === 'SIGTERM' }).then(
+      () => process.exit(0),
+      (err: Error) => {
+        app.log.error({ err }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGHUP', () => {
+    app.log.info('SIGHUP: reloading the config, users, attributes, policies and certificates');
+    void app.reload();
+  });
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('unhandledRejection', (err) => app.log.error({ err }, 'unhandled rejection (bug): the session it belonged to may hang'));
+}
+
+async function runClusterPrimary(config: Config, workers: number): Promise<void> {
+  const log = createLogger({ level: config.log.level, format: config.log.format }).child({ role: 'primary' });
+  const primary = await runPrimary(config, workers, log);
+  log.info({ workers, metrics: `${config.metrics.address.host}:${primary.metricsPort}`, pid: process.pid }, 'smtpgate primary ready');
+  let stopping = false;
+  const stop = (signal: 'SIGTERM' | 'SIGINT') => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping the workers');
+    primary.stop(signal).then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGHUP', () => forwardReload(log));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
