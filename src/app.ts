@@ -11,7 +11,7 @@ import { loadConfigFile } from './config/load.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
 import type { Config } from './config/schema.js';
 import { createLogger, type Logger } from './logging/logger.js';
-import { createMetrics, type Metrics } from './metrics/catalogue.js';
+import { createMetrics, initSeries, type Metrics } from './metrics/catalogue.js';
 import { boundPort, startAdminServer } from './metrics/http-server.js';
 import { FileAuthenticator, readUsersFile } from './auth/file-authenticator.js';
 import { readUserAttributes, NO_ATTRIBUTES, type UserAttributes } from './auth/user-attributes.js';
@@ -47,7 +47,22 @@ export interface RuntimeMaterial {
   readonly clientCas: ReadonlyMap<string, Buffer>;
   /** The policy rules (or the built-in set: relay protection only). */
   readonly policy: PolicySet;
+  /** Bearer token for the admin routes, from metrics.adminTokenFile. */
+  readonly adminToken?: string;
   readonly warnings: string[];
+}
+
+/** The admin bearer token: one line, at least 16 characters. */
+export async function readAdminToken(file: string): Promise<string> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read the admin token file: ${(err as Error).message}`);
+  }
+  const token = text.trim();
+  if (token.length < 16 || /\s/.test(token)) throw new Error('the admin token file must hold one token of at least 16 characters, without spaces');
+  return token;
 }
 
 /** How often the policy folder is checked for changes. */
@@ -89,6 +104,14 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
       issues.push({ file: l.clientCerts.ca, path: `listeners[${i}].clientCerts.ca`, message: `cannot read the CA bundle: ${(err as Error).message}` });
     }
   }
+  let adminToken: string | undefined;
+  if (config.metrics.adminTokenFile) {
+    try {
+      adminToken = await readAdminToken(config.metrics.adminTokenFile);
+    } catch (err) {
+      issues.push({ file: config.metrics.adminTokenFile, path: 'metrics.adminTokenFile', message: (err as Error).message });
+    }
+  }
   let policy = emptyPolicySet();
   if (config.policies) {
     try {
@@ -120,7 +143,7 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
   if (issues.length) throw new ConfigError(issues);
-  return { certs, users, attributes, backendCa, backendPassword, clientCas, policy, warnings };
+  return { certs, users, attributes, backendCa, backendPassword, clientCas, policy, adminToken, warnings };
 }
 
 type UserDirectoryLoad =
@@ -249,6 +272,7 @@ export class App {
       b.strategy,
       b.markDownFor,
     );
+    initSeries(this.metrics, { listeners: config.listeners.map((l) => l.name), backends: pool.targets.map((t) => t.name) });
     this.#health = new BackendHealth(pool, {
       onResult: (t, up, detail) => {
         this.metrics.backendUp.set({ backend: t.name }, up ? 1 : 0);
@@ -328,7 +352,7 @@ export class App {
         registry: this.metrics.registry,
         readiness: () => this.#readiness(),
         // `smtpgate limits list|clear` reach a memory store through here; loopback by default.
-        routes: [limitsAdminRoutes(this.limits)],
+        routes: [limitsAdminRoutes(this.limits, this.#material.adminToken ? { token: this.#material.adminToken } : {})],
       });
     } catch (err) {
       await this.stop();

@@ -11,6 +11,7 @@ import { ConfigError, formatIssue } from '../config/errors.js';
 import { createLimits } from '../limits/limits.js';
 import { fetchLimitsState, formatLimitsState, requestLimitsClear, type ClearResult, type LimitsState } from '../limits/admin.js';
 import type { Config } from '../config/schema.js';
+import { readAdminToken } from '../app.js';
 
 interface LimitsCommandOptions {
   config: string;
@@ -19,11 +20,12 @@ interface LimitsCommandOptions {
 }
 
 /** Runs `op` against the live store: Redis directly, or the running instance's admin address. */
-async function withStore<T>(config: Config, remote: (base: string) => Promise<T>, local: (limits: ReturnType<typeof createLimits>) => Promise<T>): Promise<T> {
+async function withStore<T>(config: Config, remote: (base: string, token?: string) => Promise<T>, local: (limits: ReturnType<typeof createLimits>) => Promise<T>): Promise<T> {
   if (config.limits.store.kind === 'memory') {
     const { host, port } = config.metrics.address;
     const h = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
-    return remote(`http://${h.includes(':') ? `[${h}]` : h}:${port}`);
+    const token = config.metrics.adminTokenFile ? await readAdminToken(config.metrics.adminTokenFile) : undefined;
+    return remote(`http://${h.includes(':') ? `[${h}]` : h}:${port}`, token);
   }
   const limits = createLimits({ config: config.limits, log: pino({ level: 'silent' }), registry: new Registry() });
   try {
@@ -58,7 +60,7 @@ export function registerLimitsCommand(program: Command): void {
         const top = Number(opts.top ?? 10);
         const state: LimitsState = await withStore(
           config,
-          (base) => fetchLimitsState(base, { top }),
+          (base, token) => fetchLimitsState(base, { top, ...(token ? { token } : {}) }),
           (l) => l.listState({ top }),
         );
         process.stdout.write(opts.json ? JSON.stringify(state, null, 2) + '\n' : formatLimitsState(state) + '\n');
@@ -73,7 +75,7 @@ export function registerLimitsCommand(program: Command): void {
       run(async (config) => {
         const r: ClearResult = await withStore(
           config,
-          (base) => requestLimitsClear(base, target),
+          (base, token) => requestLimitsClear(base, target, token ? { token } : {}),
           (l) => l.clear(target),
         );
         process.stdout.write(`${JSON.stringify(r)}\n`);

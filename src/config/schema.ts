@@ -226,7 +226,17 @@ export function configSchema(baseDir: string) {
       policies: filePath.optional(),
       data: data.default({ bareLineEndings: 'reject', receivedHeader: true, authenticatedUserHeader: false }),
       limits: limitsSection,
-      metrics: z.object({ address: bindAddress }).strict().default({ address: { host: '127.0.0.1', port: 9464 } }),
+      metrics: z
+        .object({
+          address: bindAddress,
+          /**
+           * A file holding a bearer token for the admin routes (/limits, /limits/clear). Without
+           * it they answer anyone who reaches the address: keep it on loopback then.
+           */
+          adminTokenFile: filePath.optional(),
+        })
+        .strict()
+        .default({ address: { host: '127.0.0.1', port: 9464 } }),
       log: z
         .object({
           level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),

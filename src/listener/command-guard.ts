@@ -165,11 +165,32 @@ function isProtocolError(code: number, r?: Refusal): boolean {
 
 export const ERROR_BUDGET_REFUSAL = refusal(421, '4.7.0', 'Too many errors in this session, closing', 'protocol');
 
+/** The session stage a command belongs to, for the refusal metric's `stage` label. */
+export type CommandStage = 'connect' | 'tls' | 'auth' | 'mail' | 'rcpt' | 'data';
+
+export function stageOf(verb: string | undefined): CommandStage {
+  switch (verb) {
+    case 'AUTH':
+      return 'auth';
+    case 'STARTTLS':
+      return 'tls';
+    case 'MAIL':
+      return 'mail';
+    case 'RCPT':
+      return 'rcpt';
+    case 'DATA':
+    case 'BDAT':
+      return 'data';
+    default:
+      return 'connect';
+  }
+}
+
 export interface GuardHooks {
-  /** A refusal the guard made itself. */
-  onRefusal(sessionId: string, r: Refusal): void;
+  /** A refusal the guard made itself, with the stage of the command it answered. */
+  onRefusal(sessionId: string, r: Refusal, stage: CommandStage): void;
   /** A 4xx/5xx smtp-server made on its own (syntax, sequence, AUTH exchange, timeouts). */
-  onLibraryRefusal(sessionId: string, r: Refusal): void;
+  onLibraryRefusal(sessionId: string, r: Refusal, stage: CommandStage): void;
   draining(): boolean;
   /** Syntax/sequence errors a session may make before it is closed with 421. */
   readonly maxProtocolErrors: number;
@@ -186,7 +207,7 @@ const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
  * one from its own table to every reply; smtpgate's replies already carry the exact code in
  * their text ("550 5.5.2 …"), so for those the table's code is suppressed, never doubled.
  */
-function wrapSend(conn: GuardedConnection, hooks: GuardHooks, onProtocolError: () => void, onReply: (code: number) => void): void {
+function wrapSend(conn: GuardedConnection, hooks: GuardHooks, onProtocolError: () => void, onReply: (code: number) => void, stage: () => CommandStage): void {
   const send = conn.send.bind(conn);
   conn.send = (code: number, data: string | string[], context?: string | false) => {
     onReply(code);
@@ -196,7 +217,7 @@ function wrapSend(conn: GuardedConnection, hooks: GuardHooks, onProtocolError: (
     }
     if (code >= 400 && typeof data === 'string') {
       const enhanced = conn._getEnhancedStatusCode(code, context) || `${Math.floor(code / 100)}.0.0`;
-      hooks.onLibraryRefusal(conn.id, refusal(code, enhanced, data, code === 421 && /timeout/i.test(data) ? 'timeout' : 'protocol'));
+      hooks.onLibraryRefusal(conn.id, refusal(code, enhanced, data, code === 421 && /timeout/i.test(data) ? 'timeout' : 'protocol'), stage());
     }
     send(code, data, context);
     if (isProtocolError(code)) onProtocolError();
@@ -213,12 +234,14 @@ export function inTransaction(conn: GuardedConnection): boolean {
  * per connection is the narrowest seam. smtp-server is pinned and the protocol tests cover it.
  */
 export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void {
-  const onRefusal = hooks.onRefusal;
   const connections = server.connections as Set<unknown>;
   const add = connections.add.bind(connections);
   connections.add = (value: unknown) => {
     const conn = value as GuardedConnection;
     const dispatch = conn._onCommand.bind(conn);
+    // The stage of the command being answered: a continuation line belongs to its AUTH.
+    let stage: CommandStage = 'connect';
+    const onRefusal = (id: string, r: Refusal) => hooks.onRefusal(id, r, stage);
     let bareLf = false;
     // Reads of command-mode input, to tell lines that arrived together from later ones.
     let reads = 0;
@@ -238,13 +261,20 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
       onRefusal(conn.id, r);
       conn.send(r.code, `${r.enhanced} ${r.text}`, false);
     };
-    wrapSend(conn, hooks, countError, (code) => {
-      if (dataAt >= 0 && code !== 354) dataRefusedAt = dataAt;
-      dataAt = -1;
-    });
+    wrapSend(
+      conn,
+      hooks,
+      countError,
+      (code) => {
+        if (dataAt >= 0 && code !== 354) dataRefusedAt = dataAt;
+        dataAt = -1;
+      },
+      () => stage,
+    );
     hooks.onConnection(conn);
     conn._onCommand = (command: Buffer, callback?: () => void) => {
       if (conn._upgrading) return dispatch(command, callback);
+      if (!conn._nextHandler) stage = stageOf(/^\s*([A-Za-z]+)/.exec(command.toString('latin1'))?.[1]?.toUpperCase());
       const closeWith = (r: Refusal) => {
         onRefusal(conn.id, r);
         conn.send(r.code, `${r.enhanced} ${r.text}`, false);

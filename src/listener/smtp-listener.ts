@@ -175,15 +175,15 @@ export class SmtpListener {
     if (tls) tls.manager.attach(this.server);
     if (config.proxyProtocol) this.#installProxyProtocol(config.proxyProtocol);
     installCommandGuard(this.server, {
-      onRefusal: (sessionId, r) => {
+      onRefusal: (sessionId, r, stage) => {
         const state = this.#sessions.get(sessionId);
-        this.#count(r, 'connect');
+        this.#count(r, stage);
         (state?.log ?? this.#deps.log).info({ session: sessionId, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
       },
-      onLibraryRefusal: (sessionId, r) => {
+      onLibraryRefusal: (sessionId, r, stage) => {
         const state = this.#sessions.get(sessionId);
         if (state) state.lastRefusal = r;
-        this.#count(r, 'connect');
+        this.#count(r, stage);
         (state?.log ?? this.#deps.log).info({ session: sessionId, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
       },
       draining: () => this.#draining,

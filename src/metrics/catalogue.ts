@@ -14,7 +14,7 @@ export type Stage = 'connect' | 'tls' | 'auth' | 'mail' | 'rcpt' | 'data';
 
 export function createMetrics() {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'smtpgate_process_' });
+  collectDefaultMetrics({ register: registry, prefix: 'smtpgate_' });
   const registers = [registry];
 
   return {
@@ -135,3 +135,28 @@ export function createMetrics() {
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+/**
+ * Creates the series whose label values are known up front at zero, so Prometheus sees them
+ * before their first event: rate() and increase() can't count an event on a series that
+ * first appears already at 1.
+ */
+export function initSeries(m: Metrics, known: { listeners: readonly string[]; backends: readonly string[] }): void {
+  for (const component of ['certificate', 'users', 'config', 'policy']) {
+    for (const result of ['success', 'failure']) m.reloads.inc({ component, result }, 0);
+  }
+  for (const backend of known.backends) {
+    for (const kind of ['connect', 'timeout', 'closed', 'tls', 'protocol']) m.backendErrors.inc({ backend, kind }, 0);
+  }
+  for (const listener of known.listeners) {
+    m.connectionsOpened.inc({ listener }, 0);
+    m.connectionsClosed.inc({ listener }, 0);
+    m.connectionsActive.inc({ listener }, 0);
+    m.smugglingNormalized.inc({ listener }, 0);
+    for (const result of ['relayed', 'refused', 'aborted']) m.messages.inc({ listener, result }, 0);
+    for (const kind of ['bare_cr', 'bare_lf', 'nul']) m.smugglingRejections.inc({ listener, kind }, 0);
+    for (const mechanism of ['PLAIN', 'LOGIN']) {
+      for (const result of ['success', 'failure', 'error', 'refused']) m.authAttempts.inc({ listener, mechanism, result }, 0);
+    }
+  }
+}

@@ -49,6 +49,8 @@ export interface StartGateOptions {
    * the running instance from its config alone (`smtpgate limits list` with the memory store).
    */
   metricsAddress?: string;
+  /** metrics.adminTokenFile, relative to the gate's folder (write it in beforeStart). */
+  adminTokenFile?: string;
 }
 
 export interface Gate {
@@ -123,7 +125,7 @@ tls:
 ${opts.tlsYaml ? opts.tlsYaml.replace(/^\n+|\n+$/g, '') + '\n' : ''}${(opts.authYaml ?? 'auth:\n  users: users').trim()}
 ${backend.trim()}
 metrics:
-  address: ${opts.metricsAddress ?? '127.0.0.1:0'}
+  address: ${opts.metricsAddress ?? '127.0.0.1:0'}${opts.adminTokenFile ? `\n  adminTokenFile: ${opts.adminTokenFile}` : ''}
 log:
   level: ${opts.logLevel ?? 'debug'}
   format: ${opts.logFormat ?? 'json'}

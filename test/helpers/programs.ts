@@ -27,6 +27,10 @@ const INSTALL_HINT: Record<string, string> = {
   'redis-server': 'apt-get install redis-server',
   openssl: 'apt-get install openssl',
   sslscan: 'apt-get install sslscan',
+  nmap: 'apt-get install nmap',
+  prometheus: 'apt-get install prometheus',
+  promtool: 'apt-get install prometheus',
+  'systemd-analyze': 'apt-get install systemd',
 };
 
 /**
