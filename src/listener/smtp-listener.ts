@@ -554,6 +554,10 @@ export class SmtpListener {
     const { data, metrics } = this.#deps;
     // RFC 5321 §4.5.3.1.6: the backend never sees a line over 1000 octets.
     const encoder = new DataEncoder({ mode: data.bareLineEndings, maxLineOctets: 1000 });
+    // The encoder may fail (smuggling guard, line length) before body() reads from it, e.g. when
+    // the whole message was pipelined behind DATA; pipe()'s own error handler would then rethrow
+    // and crash the process. body()'s for-await still sees the stored error and refuses the mail.
+    encoder.on('error', () => {});
     stream.once('error', (err) => encoder.destroy(new ClientAbortError(err.message)));
     // Data-stage rules look at the header block and MIME part headers; the scanner keeps only
     // those (bounded), never the body.

@@ -52,6 +52,8 @@ export class BackendSession {
   #target: BackendTarget | undefined;
   /** MAIL was accepted and neither a final dot nor RSET has ended the transaction. */
   #inTransaction = false;
+  /** The client session is over: a connection that finishes opening after this is dropped. */
+  #closed = false;
 
   constructor(pool: BackendPool, settings: BackendSessionSettings, events: BackendSessionEvents, connect: Connect = (o) => BackendConnection.connect(o)) {
     this.#pool = pool;
@@ -139,6 +141,7 @@ export class BackendSession {
 
   /** QUIT politely; never throws. */
   async close(): Promise<void> {
+    this.#closed = true;
     const conn = this.#conn;
     this.#conn = undefined;
     this.#inTransaction = false;
@@ -146,6 +149,7 @@ export class BackendSession {
   }
 
   async #open(identity: ClientIdentity): Promise<BackendConnection> {
+    if (this.#closed) throw new BackendError('closed', 'the client session is over');
     if (this.#conn && !this.#conn.closed) return this.#conn;
     this.#conn = undefined;
     this.#inTransaction = false;
@@ -173,6 +177,11 @@ export class BackendSession {
     } catch (err) {
       conn.abort();
       throw this.#report(err);
+    }
+    // The client left while this connection was being opened: nobody will ever close it.
+    if (this.#closed) {
+      void conn.quit();
+      throw new BackendError('closed', 'the client session ended while the backend session was opening');
     }
     conn.on('close', () => {
       if (this.#conn === conn) {
