@@ -262,13 +262,15 @@ export function configSchema(baseDir: string) {
             })
             .strict()
             .default({ command: 300_000, tlsHandshake: 30_000, data: 600_000, session: 3_600_000 }),
-          /** Bytes per second a client must keep up during DATA (after 10 s); 0 turns it off. Like Postfix's smtpd_min_data_rate. */
+          /** Bytes per second a client must keep up during DATA (after the grace); 0 turns it off. Like Postfix's smtpd_min_data_rate. */
           minDataRate: z.number().int().min(0).default(500),
+          /** How long a DATA phase runs before minDataRate is enforced. */
+          minDataRateGrace: duration.default(10_000),
           /** Syntax and sequence errors a session may make before it gets 421 and is closed. */
           maxProtocolErrors: z.number().int().min(1).max(1000).default(10),
         })
         .strict()
-        .default({ timeouts: { command: 300_000, tlsHandshake: 30_000, data: 600_000, session: 3_600_000 }, minDataRate: 500, maxProtocolErrors: 10 }),
+        .default({ timeouts: { command: 300_000, tlsHandshake: 30_000, data: 600_000, session: 3_600_000 }, minDataRate: 500, minDataRateGrace: 10_000, maxProtocolErrors: 10 }),
       shutdown: z
         .object({
           /** On SIGTERM, how long mail transactions under way may take to finish. */

@@ -46,6 +46,7 @@ export interface ListenerTls {
 export interface ClientSettings {
   readonly timeouts: { readonly command: number; readonly tlsHandshake: number; readonly data: number; readonly session: number };
   readonly minDataRate: number;
+  readonly minDataRateGrace: number;
   readonly maxProtocolErrors: number;
 }
 
@@ -690,20 +691,20 @@ export class SmtpListener {
   }
 
   /**
-   * During DATA: the whole phase has a deadline, and after a 10 s grace the client must keep up
+   * During DATA: the whole phase has a deadline, and after a grace period the client must keep up
    * `minDataRate` bytes per second (Postfix's smtpd_min_data_rate), so a slow drip can't hold a
    * session and a backend connection forever.
    */
   #dataWatchdog(sessionId: string, bytes: () => number): NodeJS.Timeout {
     const { data: deadline } = this.#deps.client.timeouts;
-    const minRate = this.#deps.client.minDataRate;
+    const { minDataRate: minRate, minDataRateGrace: grace } = this.#deps.client;
     const start = Date.now();
     const timer = setInterval(() => {
       const elapsed = Date.now() - start;
       if (elapsed > deadline) {
         clearInterval(timer);
         this.#kick(sessionId, refusal(421, '4.4.2', 'DATA took too long, closing', 'timeout'));
-      } else if (minRate > 0 && elapsed > 10_000 && (bytes() * 1000) / elapsed < minRate) {
+      } else if (minRate > 0 && elapsed > grace && (bytes() * 1000) / elapsed < minRate) {
         clearInterval(timer);
         this.#kick(sessionId, refusal(421, '4.4.2', `Data rate below ${minRate} bytes/s, closing`, 'timeout'));
       }
