@@ -185,6 +185,8 @@ export class Limits implements LimitsAdmin {
 
   async connectionOpened(f: ClientFacts): Promise<Refusal | undefined> {
     const s = this.#session(f);
+    // Only a connection's opening registers its session; connectionClosed removes it.
+    this.#sessions.set(f.session, s);
     const { quotas } = resolveQuotas(this.config, { ip: s.ip });
     const perListener = this.config.concurrentPerListener;
     // Slots are taken before anything is awaited, so a burst can't slip past the count.
@@ -456,13 +458,13 @@ export class Limits implements LimitsAdmin {
 
   // ── internals ──────────────────────────────────────────────────────────────────────────
 
+  /**
+   * The session's state, or a throwaway one: a hook that finishes after the client left (AUTH
+   * waiting on bcrypt, a message's byte count) must not bring a closed session back, or the
+   * map would grow with every client that hangs up mid-command.
+   */
   #session(f: Pick<ClientFacts, 'session' | 'ip'>): SessionLimits {
-    let s = this.#sessions.get(f.session);
-    if (!s) {
-      s = { ipKey: ipKey(f.ip, this.config.ipv6Prefix), ip: parseIp(f.ip), held: [], lockedRefusals: 0 };
-      this.#sessions.set(f.session, s);
-    }
-    return s;
+    return this.#sessions.get(f.session) ?? { ipKey: ipKey(f.ip, this.config.ipv6Prefix), ip: parseIp(f.ip), held: [], lockedRefusals: 0 };
   }
 
   #release(s: SessionLimits): void {

@@ -6,6 +6,7 @@
  * and quoted local parts with "@" or a second "@" are refused by its parser.
  */
 import { refusal, type Refusal } from '../reply.js';
+import { wireAddress } from '../relay/envelope.js';
 
 export function checkRecipient(address: string, smtputf8: boolean): Refusal | undefined {
   const at = address.lastIndexOf('@');
@@ -20,9 +21,13 @@ export function checkSender(address: string, smtputf8: boolean): Refusal | undef
   return checkUtf8(address, smtputf8);
 }
 
-/** RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter on MAIL. */
+/**
+ * RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter on MAIL. smtp-server decodes
+ * IDN domains to Unicode, so the domain is judged in its ASCII (A-label) form, which is what
+ * the client sent and what the backend gets.
+ */
 function checkUtf8(address: string, smtputf8: boolean): Refusal | undefined {
-  if (!smtputf8 && /[^\x00-\x7f]/.test(address)) {
+  if (!smtputf8 && /[^\x00-\x7f]/.test(wireAddress(address, false))) {
     return refusal(553, '5.6.7', 'Non-ASCII address without SMTPUTF8', 'param_unsupported');
   }
   return undefined;

@@ -55,6 +55,7 @@ export const MAX_COMMAND_OCTETS = 510;
 /** RFC 4954 §4: an AUTH command or response line may be up to 12288 octets. */
 export const MAX_AUTH_LINE_OCTETS = 12288;
 
+const AUTH_IN_TRANSACTION = refusal(503, '5.5.1', 'AUTH not permitted during a mail transaction', 'protocol');
 const LINE_TOO_LONG = refusal(500, '5.5.2', 'Line too long (RFC 5321 §4.5.3.1.4: 512 octets)', 'syntax');
 const NUL_IN_COMMAND = refusal(500, '5.5.2', 'NUL byte in command', 'syntax');
 const CR_IN_COMMAND = refusal(501, '5.5.2', 'Bare CR in command', 'syntax');
@@ -78,6 +79,9 @@ export function checkCommand(line: string, facts: CommandFacts): Refusal | undef
   if (verb === 'AUTH' && !facts.secure) {
     return refusal(538, '5.7.11', 'Encryption required for requested authentication mechanism: issue STARTTLS first', 'tls_required');
   }
+  // RFC 4954 §4: AUTH is not permitted during a mail transaction. Otherwise a MAIL judged as
+  // unauthenticated (no sender binding, no per-user quota) would be relayed as the user's.
+  if (verb === 'AUTH' && facts.inTransaction) return AUTH_IN_TRANSACTION;
   if (verb === 'AUTH') {
     const initial = line.trim().split(/\s+/)[2];
     if (initial !== undefined && !isSaslToken(initial, false)) return MALFORMED_BASE64;

@@ -160,11 +160,12 @@ export class SmtpListener {
       // A line that never ends is cut off here (421); the guard enforces the 512-octet rule.
       maxCommandLength: MAX_AUTH_LINE_OCTETS + 2,
       logger: false,
-      onConnect: (session, cb) => void this.#onConnect(session, cb),
+      // A hook that throws (a bug) must still answer, or the session would hang.
+      onConnect: (session, cb) => void this.#onConnect(session, cb).catch((err: unknown) => cb(this.#internalError(session, err))),
       onSecure: (socket, session, cb) => this.#onSecure(socket, session, cb),
       onAuth: (auth, session, cb) => void this.#onAuth(auth, session, cb),
-      onMailFrom: (address, session, cb) => void this.#onMailFrom(address, session, cb),
-      onRcptTo: (address, session, cb) => void this.#onRcptTo(address, session, cb),
+      onMailFrom: (address, session, cb) => void this.#onMailFrom(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, err))),
+      onRcptTo: (address, session, cb) => void this.#onRcptTo(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, err))),
       onData: (stream, session, cb) => void this.#onData(stream, session, cb),
       onClose: (session) => this.#onClose(session),
     });
@@ -377,6 +378,9 @@ export class SmtpListener {
       cb(null, { responseCode: r.code, message: `${r.enhanced} ${r.text}` });
     };
     if (!state) return cb(new Error('unknown session'));
+    if (session.envelope?.mailFrom) {
+      return fail(refusal(503, '5.5.1', 'AUTH not permitted during a mail transaction', 'protocol'), 'refused');
+    }
     // The command guard already refuses AUTH without TLS; this is the backstop for any path
     // smtp-server might add, because AUTH in cleartext is never acceptable.
     if (!session.secure) {
@@ -422,11 +426,17 @@ export class SmtpListener {
         : badCredentials();
     }
     // A suspended account (compromised-account brake) is told so only once the password is right.
+    // With passthrough auth the backend connection is now logged in as this user: if smtpgate
+    // refuses the login after all, that connection must not carry this session's mail.
+    const refuseLogin = (r: Refusal, rule?: string) => {
+      if (this.#deps.authenticator?.kind === 'backend') state.backend.abort();
+      fail(r, 'refused', rule);
+    };
     const suspended = await limits.authSucceeded({ ...authFacts, username: outcome.user.username });
-    if (suspended) return fail(suspended, 'refused');
+    if (suspended) return refuseLogin(suspended);
     const name = outcome.user.username;
     const refused = await this.#policy('auth', { ...this.#policyFacts(session, state), authenticated: true, user: buildUserFacts(name, this.#deps.attributes(name)) }, state);
-    if (refused) return fail(refused.refusal, 'refused', refused.rule);
+    if (refused) return refuseLogin(refused.refusal, refused.rule);
     state.user = name;
     state.authMethod = 'password';
     this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism, result: 'success' });
@@ -488,7 +498,11 @@ export class SmtpListener {
   async #onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
     const state = this.#sessions.get(session.id);
     if (!state) return cb(new Error('unknown session'));
-    const badRecipient = checkRecipient(address.address, Boolean(session.envelope.smtpUtf8));
+    // From the MAIL that was accepted: smtp-server sets envelope.smtpUtf8 even for a MAIL that
+    // was then refused, so that flag may be stale.
+    const mailFrom = session.envelope.mailFrom;
+    const smtputf8 = Boolean(mailFrom && mailFrom.args && mailFrom.args.SMTPUTF8);
+    const badRecipient = checkRecipient(address.address, smtputf8);
     if (badRecipient) return cb(this.#refuse(state, 'rcpt', badRecipient, { to: address.address }));
     const limited = await this.#deps.limits.rcptTo({ ...this.#facts(session, state), recipientsSoFar: session.envelope.rcptTo.length });
     if (limited) return cb(this.#refuse(state, 'rcpt', limited, { to: address.address }));
@@ -496,7 +510,7 @@ export class SmtpListener {
     const refused = await this.#policy('rcpt', { ...this.#policyFacts(session, state), from, recipient: address.address }, state);
     if (refused) return cb(this.#refuse(state, 'rcpt', refused.refusal, { to: address.address, rule: refused.rule }));
     try {
-      const reply = await state.backend.rcpt(rcptCommand(address));
+      const reply = await state.backend.rcpt(rcptCommand(address, smtputf8));
       if (isPositive(reply)) return cb();
       // The backend refused this recipient: the client hears it now, with the backend's code,
       // so no recipient is ever dropped silently.
@@ -650,10 +664,11 @@ export class SmtpListener {
   // ── close ──────────────────────────────────────────────────────────────────────────────
 
   #onClose(session: SMTPServerSession): void {
+    // First, before anything else: a client that left before onConnect ran has no state.
+    this.#connections.delete(session.id);
     const state = this.#sessions.get(session.id);
     if (!state) return;
     this.#sessions.delete(session.id);
-    this.#connections.delete(session.id);
     for (const t of state.timers) clearTimeout(t);
     this.#deps.limits.connectionClosed({ session: session.id });
     this.#deps.metrics.connectionsClosed.inc({ listener: this.name });
@@ -791,6 +806,15 @@ export class SmtpListener {
     }
     state.log.error({ err }, 'unexpected error in relay');
     return refusal(451, '4.3.0', 'Local error in processing, try again later', 'internal');
+  }
+
+  /** A bug surfaced in a hook: log it and answer 451 4.3.0, so the client retries later. */
+  #internalError(session: SMTPServerSession, err: unknown): SmtpServerError {
+    const r = refusal(451, '4.3.0', 'Local error in processing, try again later', 'internal');
+    const state = this.#sessions.get(session.id);
+    (state?.log ?? this.#deps.log).error({ session: session.id, err }, 'internal error in a session hook');
+    if (state) return this.#refuse(state, 'connect', r);
+    return toServerError(r);
   }
 
   #refuse(state: SessionState, stage: Stage, r: Refusal, extra: Record<string, unknown> = {}): SmtpServerError {

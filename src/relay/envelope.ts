@@ -3,6 +3,7 @@
  * on only the parameters the backend advertised. Pure: (client envelope, capabilities) →
  * line or refusal.
  */
+import { domainToASCII } from 'node:url';
 import type { SMTPServerAddress } from 'smtp-server';
 import { refusal, type Refusal } from '../reply.js';
 
@@ -36,9 +37,24 @@ export function mailCommand(from: SMTPServerAddress, backendCaps: ReadonlyMap<st
     // Other parameters (DSN's RET/ENVID, REQUIRETLS, ...) are not advertised by smtpgate, so a
     // client has no business sending them; they are not passed on.
   }
-  return { ok: true, line: `MAIL FROM:<${from.address}>${params.length ? ' ' + params.join(' ') : ''}` };
+  const smtputf8 = Boolean(args.SMTPUTF8);
+  return { ok: true, line: `MAIL FROM:<${wireAddress(from.address, smtputf8)}>${params.length ? ' ' + params.join(' ') : ''}` };
 }
 
-export function rcptCommand(to: SMTPServerAddress): string {
-  return `RCPT TO:<${to.address}>`;
+export function rcptCommand(to: SMTPServerAddress, smtputf8: boolean): string {
+  return `RCPT TO:<${wireAddress(to.address, smtputf8)}>`;
+}
+
+/**
+ * smtp-server hands addresses over with IDN domains decoded to Unicode. Without SMTPUTF8 the
+ * backend gets the ASCII (A-label, RFC 5890) form the client sent.
+ */
+export function wireAddress(address: string, smtputf8: boolean): string {
+  if (smtputf8) return address;
+  const at = address.lastIndexOf('@');
+  if (at < 0) return address;
+  const domain = address.slice(at + 1);
+  if (/^[\x00-\x7f]*$/.test(domain)) return address;
+  const ascii = domainToASCII(domain);
+  return ascii ? `${address.slice(0, at)}@${ascii}` : address;
 }

@@ -135,13 +135,27 @@ describe('AUTH lockout', () => {
   test('after refusalsBeforeDisconnect answers of 454, the next AUTH gets 421 4.7.0 (the connection closes)', async () => {
     const { limits } = setup(AUTH);
     const c = { ...client('192.0.2.1'), username: 'alice' };
+    // The per-connection count lives with the connection, which connectionOpened registers.
+    expect(await limits.connectionOpened(c)).toBeUndefined();
     for (let i = 0; i < 3; i++) await limits.authFailed(c);
     refused(await limits.authAllowed(c), 454, '4.7.0', 'locked_out');
     refused(await limits.authAllowed(c), 454, '4.7.0', 'locked_out');
     const text = refused(await limits.authAllowed(c), 421, '4.7.0', 'locked_out');
     expect(text).toMatch(/closing connection, try again in \d+ seconds/);
     // A new connection starts its own count.
+    expect(await limits.connectionOpened({ ...c, session: 'fresh' })).toBeUndefined();
     refused(await limits.authAllowed({ ...c, session: 'fresh' }), 454, '4.7.0', 'locked_out');
+  });
+
+  test('a hook that finishes after the connection closed leaves no session state behind', async () => {
+    const { limits } = setup(AUTH);
+    const c = { ...client('192.0.2.9'), username: 'alice' };
+    expect(await limits.connectionOpened(c)).toBeUndefined();
+    limits.connectionClosed(c);
+    await limits.authFailed(c);
+    await limits.authSucceeded(c);
+    await limits.messageBytes(c, 100);
+    expect(limits.openSessions).toBe(0);
   });
 
   test('N failures from one address, any usernames, lock the address for everyone', async () => {
