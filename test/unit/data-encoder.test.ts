@@ -1,3 +1,4 @@
+import { loadSmugglingVectors } from '../helpers/smuggling-vectors.js';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Readable, Writable } from 'node:stream';
@@ -244,40 +245,7 @@ function lenientEndOfData(wire: string): number {
 // ---------------------------------------------------------------------------------------------
 // fixture
 
-function decodeCEscapes(line: string): Buffer {
-  const out: number[] = [];
-  for (let i = 0; i < line.length; i++) {
-    const c = line.charAt(i);
-    if (c !== '\\') {
-      out.push(line.charCodeAt(i));
-      continue;
-    }
-    const e = line.charAt(++i);
-    if (e === 'r') out.push(CR);
-    else if (e === 'n') out.push(LF);
-    else if (e === 't') out.push(0x09);
-    else if (e === '0') out.push(NUL);
-    else if (e === '\\') out.push(0x5c);
-    else if (e === 'x') {
-      const hex = line.slice(i + 1, i + 3);
-      if (!/^[0-9a-fA-F]{2}$/.test(hex)) throw new Error(`bad \\x escape in vector: ${line}`);
-      out.push(parseInt(hex, 16));
-      i += 2;
-    } else throw new Error(`unknown escape \\${e} in vector: ${line}`);
-  }
-  return Buffer.from(out);
-}
-
-function loadVectors(): Buffer[] {
-  const text = readFileSync(new URL('../fixtures/smuggling-vectors.txt', import.meta.url), 'utf8');
-  return text
-    .split('\n')
-    .map((l) => l.replace(/\r$/, ''))
-    .filter((l) => l.trim() !== '' && !l.startsWith('#'))
-    .map(decodeCEscapes);
-}
-
-const VECTORS = loadVectors();
+const VECTORS = loadSmugglingVectors();
 const SMUGGLED =
   'MAIL FROM:<spoof@corp.test>\r\nRCPT TO:<victim@corp.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n';
 // The first message's body either ends mid-line (the vector supplies the line ending, as in
