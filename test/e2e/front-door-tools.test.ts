@@ -8,7 +8,7 @@
 import { execFile } from 'node:child_process';
 import net from 'node:net';
 import tls from 'node:tls';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, expect, test } from 'vitest';
 import { ALICE, startGate, type Gate } from '../helpers/gate.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/backends.js';
 import { makeTestCert } from '../helpers/pki.js';

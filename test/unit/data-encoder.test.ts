@@ -1,6 +1,5 @@
 import { loadSmugglingVectors } from '../helpers/smuggling-vectors.js';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import fc from 'fast-check';
