@@ -1,0 +1,201 @@
+/**
+ * One measured run: one workload through one peer, with a fresh sink and a fresh instance of
+ * the peer, torn down afterwards whatever happens.
+ *
+ * A run only counts when the sink received every message (smtp-source doesn't fail on a
+ * refused message, it just goes on), or every W5 session completed, or every W6 connection
+ * opened. Otherwise it is recorded as failed with the reason.
+ */
+import { mkdtemp } from 'node:fs/promises';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { startSink, runSource, SENDER, RECIPIENT, type SourceLoad } from './lib/postfix-tools.js';
+import { spawnChild, RssSampler, settledRssKb, procCpuSeconds } from './lib/processes.js';
+import type { Peer, RunningPeer, TlsFiles } from './peers/peer.js';
+import type { Workload } from './workloads.js';
+import { SmtpDialogue } from './clients/smtp-dialogue.js';
+
+const CLIENTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'clients');
+
+/** Before every timed smtp-source run: JIT, pools and caches warm, for every peer alike. */
+const WARM_UP: SourceLoad = { reuse: true, sessions: 10, messages: 200, length: 4096 };
+
+export interface RunEnv {
+  readonly workDir: string;
+  readonly tls: TlsFiles;
+  readonly usersFiles: { readonly default: string; readonly cost4: string };
+  readonly user: { readonly name: string; readonly password: string };
+  readonly profileDir?: string;
+  readonly smtpgateNodeArgs?: readonly string[];
+  readonly smtpgateEnv?: Readonly<Record<string, string>>;
+}
+
+export interface RunResult {
+  readonly workload: string;
+  readonly peer: string;
+  readonly rep: number;
+  readonly ok: boolean;
+  /** The workload's metric (msg/s, ms, MB/s, sessions/s, KB per connection). */
+  readonly value?: number;
+  /** Other figures: elapsed seconds, peer CPU seconds, RSS growth, counts. */
+  readonly extra: Record<string, number>;
+  readonly error?: string;
+}
+
+export async function measure(w: Workload, peer: Peer, rep: number, env: RunEnv): Promise<RunResult> {
+  const base = { workload: w.id, peer: peer.id, rep };
+  const began = Date.now();
+  const dir = await mkdtemp(path.join(env.workDir, `${w.id}-${peer.id.replace('+', '-')}-r${rep}-`));
+  const sink = await startSink({ maxConnections: w.kind === 'idle' ? w.count + 500 : 2000 });
+  let running: RunningPeer | undefined;
+  try {
+    running = await peer.start({
+      dir,
+      sinkPort: sink.port,
+      sinkPid: sink.child.pid,
+      tls: env.tls,
+      usersFile: w.kind === 'tls-auth' && w.bcryptCost === 4 ? env.usersFiles.cost4 : env.usersFiles.default,
+      profileDir: env.profileDir,
+      nodeArgs: env.smtpgateNodeArgs,
+      env: env.smtpgateEnv,
+    });
+    const outcome = await (w.kind === 'source'
+      ? sourceRun(w, running, sink)
+      : w.kind === 'tls-auth'
+        ? tlsAuthRun(w, running, sink, env, dir)
+        : w.kind === 'idle'
+          ? idleRun(w, running, dir)
+          : greetingRun(w, running));
+    // Start to measured end, teardown excluded: what the run costs the bench's time budget.
+    return { ...base, ...outcome, extra: { ...outcome.extra, wallSeconds: (Date.now() - began) / 1000 } };
+  } catch (err) {
+    return { ...base, ok: false, extra: {}, error: `${(err as Error).message} (files: ${dir})` };
+  } finally {
+    await running?.stop().catch(() => undefined);
+    await sink.stop();
+  }
+}
+
+type Outcome = Omit<RunResult, 'workload' | 'peer' | 'rep'>;
+type Sink = Awaited<ReturnType<typeof startSink>>;
+
+async function sourceRun(w: Extract<Workload, { kind: 'source' }>, peer: RunningPeer, sink: Sink): Promise<Outcome> {
+  const warm = await runSource(WARM_UP, peer.port, 60_000);
+  const warmed = await sink.waitForMessages(WARM_UP.messages);
+  if (warmed !== WARM_UP.messages) return { ok: false, extra: {}, error: `warm-up: sink got ${warmed} of ${WARM_UP.messages} messages; ${warm.stderr.slice(0, 300)}` };
+  const sampler = w.measure === 'mbPerSec' ? new RssSampler(peer.pid) : undefined;
+  await sampler?.start();
+  const cpuBefore = await procCpuSeconds(peer.pid);
+  const run = await runSource(w.load, peer.port, 10 * 60_000);
+  const cpu = (await procCpuSeconds(peer.pid)) - cpuBefore;
+  const rss = await sampler?.stop();
+  const expected = WARM_UP.messages + w.load.messages;
+  const got = await sink.waitForMessages(expected);
+  const extra: Record<string, number> = { seconds: run.seconds, peerCpuSeconds: cpu, messages: w.load.messages };
+  if (rss) extra.rssGrowthMb = (rss.peakKb - rss.baselineKb) / 1024;
+  if (got !== expected || run.exitCode !== 0) {
+    const problem = got !== expected ? `sink got ${got - WARM_UP.messages} of ${w.load.messages} messages` : `smtp-source exited ${run.exitCode}`;
+    return { ok: false, extra, error: `${problem}; ${run.stderr.split('\n').slice(0, 3).join(' | ')}` };
+  }
+  const { load } = w;
+  const value =
+    w.measure === 'msgPerSec'
+      ? load.messages / run.seconds
+      : w.measure === 'msPerMessagePerSession'
+        ? (run.seconds * 1000 * load.sessions) / load.messages
+        : (load.messages * load.length) / 1e6 / run.seconds;
+  return { ok: true, value, extra };
+}
+
+async function tlsAuthRun(w: Extract<Workload, { kind: 'tls-auth' }>, peer: RunningPeer, sink: Sink, env: RunEnv, dir: string): Promise<Outcome> {
+  if (!peer.startTlsPort) return { ok: false, extra: {}, error: 'the peer has no STARTTLS listener' };
+  const options = {
+    port: peer.startTlsPort,
+    sessions: w.sessions,
+    concurrency: w.concurrency,
+    user: env.user.name,
+    password: env.user.password,
+    from: SENDER,
+    to: RECIPIENT,
+    bytes: w.bytes,
+    timeoutMs: 120_000,
+  };
+  const cpuBefore = await procCpuSeconds(peer.pid);
+  const child = spawnChild('tls-auth-load', process.execPath, [path.join(CLIENTS, 'tls-auth-load.js'), JSON.stringify(options)], {
+    pipe: true,
+    logFile: path.join(dir, 'load-generator.log'),
+  });
+  const line = await firstLine(child.process.stdout!, 10 * 60_000);
+  await child.stop(1000);
+  const cpu = (await procCpuSeconds(peer.pid)) - cpuBefore;
+  const r = JSON.parse(line) as { ok: number; failed: number; seconds: number; errors: string[] };
+  const got = await sink.waitForMessages(r.ok, 2000);
+  const extra = { seconds: r.seconds, peerCpuSeconds: cpu, sessions: r.ok };
+  if (r.failed > 0 || r.ok !== w.sessions || got !== r.ok) {
+    return { ok: false, extra, error: `${r.ok} of ${w.sessions} sessions completed (sink got ${got}); ${r.errors.join(' | ')}` };
+  }
+  return { ok: true, value: r.ok / r.seconds, extra };
+}
+
+async function idleRun(w: Extract<Workload, { kind: 'idle' }>, peer: RunningPeer, dir: string): Promise<Outcome> {
+  const port = w.tls ? peer.startTlsPort : peer.port;
+  if (!port) return { ok: false, extra: {}, error: 'the peer has no STARTTLS listener' };
+  const before = await settledRssKb(peer.pid);
+  const options = { port, count: w.count, concurrency: 200, tls: w.tls, timeoutMs: 60_000, maxLifetimeMs: 10 * 60_000 };
+  const child = spawnChild('idle-clients', process.execPath, [path.join(CLIENTS, 'idle-clients.js'), JSON.stringify(options)], {
+    pipe: true,
+    stdin: true,
+    logFile: path.join(dir, 'load-generator.log'),
+  });
+  try {
+    const r = JSON.parse(await firstLine(child.process.stdout!, 5 * 60_000)) as { open: number; failed: number; seconds: number; errors: string[] };
+    // Let the last handshakes' garbage settle before sampling, as a long-idle server would.
+    const after = await settledRssKb(peer.pid, 7, 300);
+    const extra = { openSeconds: r.seconds, connections: r.open, rssBeforeMb: before / 1024, rssAfterMb: after / 1024 };
+    if (r.open !== w.count) return { ok: false, extra, error: `${r.open} of ${w.count} connections opened; ${r.errors.join(' | ')}` };
+    return { ok: true, value: (after - before) / w.count, extra };
+  } finally {
+    child.process.stdin?.end();
+    await child.stop(5000);
+  }
+}
+
+/**
+ * Connect → first byte of the 220 greeting, one connection at a time (then QUIT): the fixed
+ * delay a client waits before it may speak, which bounds new-connection throughput at
+ * sessions ÷ delay.
+ */
+async function greetingRun(w: Extract<Workload, { kind: 'greeting' }>, peer: RunningPeer): Promise<Outcome> {
+  const times: number[] = [];
+  for (let i = 0; i < w.connections; i++) {
+    const started = process.hrtime.bigint();
+    const d = await SmtpDialogue.connect(peer.port, 10_000);
+    times.push(Number(process.hrtime.bigint() - started) / 1e6);
+    await d.command('QUIT', 221).catch(() => undefined);
+    d.close();
+  }
+  times.sort((a, b) => a - b);
+  return { ok: true, value: times[Math.floor(times.length / 2)]!, extra: { minMs: times[0]!, maxMs: times[times.length - 1]! } };
+}
+
+/** The first line a child prints on stdout, or an error when it prints none in time. */
+function firstLine(stream: NodeJS.ReadableStream, timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const rl = readline.createInterface({ input: stream });
+    const timer = setTimeout(() => {
+      rl.close();
+      reject(new Error(`no result within ${timeoutMs} ms`));
+    }, timeoutMs);
+    rl.once('line', (line) => {
+      clearTimeout(timer);
+      // Settle first: close() emits 'close' at once.
+      resolve(line);
+      rl.close();
+    });
+    rl.once('close', () => {
+      clearTimeout(timer);
+      reject(new Error('the load generator ended without a result'));
+    });
+  });
+}

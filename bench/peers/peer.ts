@@ -1,0 +1,58 @@
+/**
+ * A peer is one way of getting mail from the load generator into smtp-sink: straight in
+ * ("direct", the physical limit), through smtpgate (plain, or with limits and policy on),
+ * through nginx's mail proxy, or through Haraka with queue/smtp_proxy.
+ *
+ * Each measured run starts a fresh instance against a fresh sink, so one workload's memory or
+ * counters never leak into the next.
+ */
+
+export type PeerId = 'direct' | 'smtpgate' | 'smtpgate+policy' | 'nginx' | 'haraka';
+
+export const PEER_IDS: readonly PeerId[] = ['direct', 'smtpgate', 'smtpgate+policy', 'nginx', 'haraka'];
+
+/** Why a peer can't run on this machine, and the command that fixes it. */
+export interface Unavailable {
+  readonly reason: string;
+  readonly install: string;
+}
+
+export interface TlsFiles {
+  readonly cert: string;
+  readonly key: string;
+}
+
+export interface PeerContext {
+  /** A fresh folder for this instance's config and logs. */
+  readonly dir: string;
+  readonly sinkPort: number;
+  readonly sinkPid: number;
+  readonly tls: TlsFiles;
+  /** smtpgate only: the htpasswd users file (W5 picks the bcrypt cost through it). */
+  readonly usersFile: string;
+  /** smtpgate only: write a V8 CPU profile (node --cpu-prof) into this folder. */
+  readonly profileDir?: string;
+  /** smtpgate only: extra node arguments (experiments: --max-semi-space-size, --import). */
+  readonly nodeArgs?: readonly string[];
+  /** smtpgate only: extra environment variables (experiments: MALLOC_ARENA_MAX, …). */
+  readonly env?: Readonly<Record<string, string>>;
+}
+
+export interface RunningPeer {
+  /** The process whose memory is measured (nginx's single process, Haraka's, smtpgate's, smtp-sink's). */
+  readonly pid: number;
+  /** Plaintext SMTP without AUTH; 127.0.0.1 may relay (smtp-source's workloads). */
+  readonly port: number;
+  /** STARTTLS (W6 after TLS, and for smtpgate W5 with AUTH), when the peer has it. */
+  readonly startTlsPort?: number;
+  stop(): Promise<void>;
+}
+
+export interface Peer {
+  readonly id: PeerId;
+  /** One line for the report: what runs, which version. */
+  readonly description: string;
+  /** One-time setup for the whole bench run (Haraka's npm install); undefined when ready. */
+  prepare(workDir: string): Promise<Unavailable | undefined>;
+  start(ctx: PeerContext): Promise<RunningPeer>;
+}

@@ -1,0 +1,103 @@
+/**
+ * smtpgate as the CLI runs it (`node dist/cli/main.js run --config …`), with a generated
+ * config: a trusted plaintext listener for smtp-source (127.0.0.1 in trusted networks, no TLS,
+ * no AUTH required) and a STARTTLS + AUTH submission listener for W5 and W6.
+ *
+ * Logging stays at the default level (info: a line per connect, message and close) and goes to
+ * a file, as it would to a journal. Health probes stay at their default interval.
+ */
+import { access, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { spawnChild, freePort, waitForPort } from '../lib/processes.js';
+import type { Peer, PeerContext, PeerId, RunningPeer, Unavailable } from './peer.js';
+import { PLAIN_LIMITS_YAML, POLICY_LIMITS_YAML, writePolicyFiles } from './smtpgate-policy.js';
+
+/** The repository root: bench/dist/peers → ../../.. */
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export const SMTPGATE_MAIN = path.join(REPO_ROOT, 'dist', 'cli', 'main.js');
+
+export class SmtpgatePeer implements Peer {
+  readonly id: PeerId;
+  readonly #policy: boolean;
+
+  constructor(policy: boolean) {
+    this.#policy = policy;
+    this.id = policy ? 'smtpgate+policy' : 'smtpgate';
+  }
+
+  get description(): string {
+    return this.#policy
+      ? 'smtpgate (dist/cli/main.js), limits on (memory store) + 14 policy rules + sender binding'
+      : 'smtpgate (dist/cli/main.js), default config, connection limits lifted, no policy folder';
+  }
+
+  async prepare(): Promise<Unavailable | undefined> {
+    try {
+      await access(SMTPGATE_MAIN);
+      return undefined;
+    } catch {
+      return { reason: `${SMTPGATE_MAIN} is missing`, install: 'npm run build' };
+    }
+  }
+
+  async start(ctx: PeerContext): Promise<RunningPeer> {
+    const port = await freePort();
+    const startTlsPort = await freePort();
+    let extra = PLAIN_LIMITS_YAML;
+    let attributes = '';
+    if (this.#policy) {
+      const files = await writePolicyFiles(ctx.dir);
+      extra = `${POLICY_LIMITS_YAML}policies: ${files.policies}\n`;
+      attributes = `  attributes: ${files.attributes}\n`;
+    }
+    const configFile = path.join(ctx.dir, 'smtpgate.yaml');
+    await writeFile(
+      configFile,
+      `hostname: gate.bench.test
+# One process, like nginx (master_process off) and Haraka (nodes=0): memory and CPU are read
+# from that one pid. (More workers would also need the Redis limits store.)
+workers: 1
+listeners:
+  - name: open
+    address: 127.0.0.1:${port}
+    tls: none
+    requireTls: false
+    requireAuth: false
+    trusted:
+      networks: [127.0.0.0/8]
+  - name: submission
+    address: 127.0.0.1:${startTlsPort}
+    tls: starttls
+tls:
+  cert: ${ctx.tls.cert}
+  key: ${ctx.tls.key}
+auth:
+  users: ${ctx.usersFile}
+${attributes}backend:
+  address: 127.0.0.1:${ctx.sinkPort}
+metrics:
+  address: 127.0.0.1:0
+log:
+  level: info
+shutdown:
+  drainSeconds: 1
+${extra}`,
+    );
+    const nodeArgs = [...(ctx.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${ctx.profileDir}`] : []), ...(ctx.nodeArgs ?? [])];
+    const child = spawnChild(this.id, process.execPath, [...nodeArgs, SMTPGATE_MAIN, 'run', '--config', configFile], {
+      logFile: path.join(ctx.dir, 'smtpgate.log'),
+      cwd: ctx.dir,
+      env: { ...process.env, ...ctx.env },
+    });
+    await waitForPort(port, child);
+    await waitForPort(startTlsPort, child);
+    return {
+      pid: child.pid,
+      port,
+      startTlsPort,
+      // SIGTERM drains (a second at most here); the CPU profile is written on that exit.
+      stop: () => child.stop(10_000),
+    };
+  }
+}

@@ -1,0 +1,184 @@
+/**
+ * The workloads of the "Benchmarks" issue, with the counts for the default run and for
+ * `--quick`, and the targets smtpgate is held to (ratios within one run).
+ */
+import type { SourceLoad } from './lib/postfix-tools.js';
+import type { PeerId } from './peers/peer.js';
+
+export type WorkloadId = 'W1' | 'W2' | 'W2-greeting' | 'W3' | 'W4' | 'W5' | 'W5-cost4' | 'W6-plain' | 'W6-tls';
+
+/** What a run reports as its value, and which way is better. */
+export interface Metric {
+  readonly unit: string;
+  readonly better: 'higher' | 'lower';
+  readonly decimals: number;
+}
+
+export type Target =
+  /** smtpgate's value ÷ another peer's (same rep), compared with `threshold`. */
+  | { readonly kind: 'ratio'; readonly against: PeerId; readonly op: '>=' | '<='; readonly threshold: number }
+  /** smtpgate's value compared with a fixed number; `measure` names an extra figure of the run. */
+  | { readonly kind: 'absolute'; readonly measure: 'value' | 'rssGrowthMb'; readonly op: '<=' | '<'; readonly threshold: number; readonly unit: string }
+  /** smtpgate's value ÷ its own value in another workload (W5 ÷ W2): reported, no threshold. */
+  | { readonly kind: 'info-ratio'; readonly againstWorkload: WorkloadId };
+
+interface Common {
+  readonly id: WorkloadId;
+  readonly title: string;
+  readonly metric: Metric;
+  readonly targets: readonly Target[];
+  /** Peers this workload applies to; the others show "n/a" with `notApplicable`. */
+  readonly peers: readonly PeerId[];
+  readonly notApplicable?: string;
+  /**
+   * A memory measurement: it runs in the first repetition only unless --memory-reps says
+   * otherwise (CPU noise doesn't move it, and the time it takes is better spent on W1–W5).
+   */
+  readonly memory?: boolean;
+}
+
+export type Workload =
+  | (Common & { readonly kind: 'source'; readonly load: SourceLoad; readonly measure: 'msgPerSec' | 'msPerMessagePerSession' | 'mbPerSec' })
+  | (Common & {
+      readonly kind: 'tls-auth';
+      readonly sessions: number;
+      readonly concurrency: number;
+      readonly bytes: number;
+      /** Which users file smtpgate loads: the project default cost, or cost 4. */
+      readonly bcryptCost: 'default' | 4;
+    })
+  | (Common & { readonly kind: 'idle'; readonly count: number; readonly tls: boolean })
+  /** Time from connect to the 220 greeting, one connection after the other. */
+  | (Common & { readonly kind: 'greeting'; readonly connections: number });
+
+const ALL: readonly PeerId[] = ['direct', 'smtpgate', 'smtpgate+policy', 'nginx', 'haraka'];
+const SMTPGATE_ONLY: readonly PeerId[] = ['smtpgate', 'smtpgate+policy'];
+
+const MSG_PER_SEC: Metric = { unit: 'msg/s', better: 'higher', decimals: 0 };
+
+export function workloads(quick: boolean): Workload[] {
+  const q = (full: number, small: number) => (quick ? small : full);
+  return [
+    {
+      id: 'W1',
+      title: 'W1 throughput, reused connections',
+      kind: 'source',
+      load: { reuse: true, sessions: 200, messages: q(8000, 800), length: 4096 },
+      measure: 'msgPerSec',
+      metric: MSG_PER_SEC,
+      peers: ALL,
+      targets: [
+        { kind: 'ratio', against: 'nginx', op: '>=', threshold: 1.2 },
+        { kind: 'ratio', against: 'haraka', op: '>=', threshold: 2.5 },
+      ],
+    },
+    {
+      id: 'W2',
+      title: 'W2 new connection per message',
+      kind: 'source',
+      load: { reuse: false, sessions: 200, messages: q(4000, 400), length: 4096 },
+      measure: 'msgPerSec',
+      metric: MSG_PER_SEC,
+      peers: ALL,
+      targets: [
+        { kind: 'ratio', against: 'nginx', op: '>=', threshold: 1.0 },
+        { kind: 'ratio', against: 'haraka', op: '>=', threshold: 3 },
+      ],
+    },
+    {
+      id: 'W2-greeting',
+      title: 'W2 detail: time to the 220 greeting (smtp-server waits 100 ms for early talkers)',
+      kind: 'greeting',
+      connections: q(40, 10),
+      metric: { unit: 'ms', better: 'lower', decimals: 1 },
+      peers: ALL,
+      targets: [],
+    },
+    {
+      id: 'W3',
+      title: 'W3 latency, 20 sessions (time per message per session)',
+      kind: 'source',
+      load: { reuse: true, sessions: 20, messages: q(4000, 400), length: 4096 },
+      measure: 'msPerMessagePerSession',
+      metric: { unit: 'ms', better: 'lower', decimals: 1 },
+      peers: ALL,
+      targets: [{ kind: 'ratio', against: 'nginx', op: '<=', threshold: 0.1 }],
+    },
+    {
+      id: 'W4',
+      title: `W4 large messages (${q(50, 10)} MB)`,
+      kind: 'source',
+      load: { reuse: false, sessions: 2, messages: q(4, 2), length: q(50_000_000, 10_000_000) },
+      measure: 'mbPerSec',
+      metric: { unit: 'MB/s', better: 'higher', decimals: 1 },
+      peers: ALL,
+      targets: [
+        { kind: 'ratio', against: 'direct', op: '>=', threshold: 0.8 },
+        { kind: 'absolute', measure: 'rssGrowthMb', op: '<', threshold: 32, unit: 'MB RSS growth' },
+      ],
+    },
+    {
+      id: 'W5',
+      title: 'W5 STARTTLS + AUTH PLAIN + 1 message (bcrypt cost 12, the project default)',
+      kind: 'tls-auth',
+      sessions: q(40, 10),
+      concurrency: 30,
+      bytes: 4096,
+      bcryptCost: 'default',
+      metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
+      peers: SMTPGATE_ONLY,
+      notApplicable: 'n/a',
+      targets: [{ kind: 'info-ratio', againstWorkload: 'W2' }],
+    },
+    {
+      id: 'W5-cost4',
+      title: 'W5 same, bcrypt cost 4 (TLS + protocol cost without the hash)',
+      kind: 'tls-auth',
+      sessions: q(400, 60),
+      concurrency: 30,
+      bytes: 4096,
+      bcryptCost: 4,
+      metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
+      peers: SMTPGATE_ONLY,
+      notApplicable: 'n/a',
+      targets: [{ kind: 'info-ratio', againstWorkload: 'W2' }],
+    },
+    {
+      id: 'W6-plain',
+      title: `W6 ${q(5000, 500)} idle connections, plaintext (RSS per connection)`,
+      kind: 'idle',
+      count: q(5000, 500),
+      tls: false,
+      memory: true,
+      metric: { unit: 'KB/conn', better: 'lower', decimals: 1 },
+      peers: ALL,
+      targets: [{ kind: 'absolute', measure: 'value', op: '<=', threshold: 64, unit: 'KB' }],
+    },
+    {
+      id: 'W6-tls',
+      title: `W6 ${q(5000, 500)} idle connections after STARTTLS (RSS per connection)`,
+      kind: 'idle',
+      count: q(5000, 500),
+      tls: true,
+      memory: true,
+      metric: { unit: 'KB/conn', better: 'lower', decimals: 1 },
+      peers: ['smtpgate', 'smtpgate+policy', 'nginx', 'haraka'],
+      notApplicable: 'n/a',
+      targets: [],
+    },
+  ];
+}
+
+/** One line of smtp-source arguments for the report ("-d -s 200 -m 8000 -l 4096"). */
+export function describeLoad(w: Workload): string {
+  switch (w.kind) {
+    case 'source':
+      return `smtp-source ${w.load.reuse ? '-d ' : ''}-s ${w.load.sessions} -m ${w.load.messages} -l ${w.load.length}`;
+    case 'tls-auth':
+      return `${w.sessions} sessions, ${w.concurrency} concurrent, ${w.bytes}-byte message, bcrypt cost ${w.bcryptCost === 'default' ? '12 (default)' : w.bcryptCost}`;
+    case 'idle':
+      return `${w.count} connections${w.tls ? ' + STARTTLS' : ''}, then idle`;
+    case 'greeting':
+      return `${w.connections} connections one after the other, median connect → 220`;
+  }
+}
