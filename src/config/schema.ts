@@ -64,6 +64,12 @@ const HOST_NAME = /^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9](
 
 const LISTENER_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
 
+/**
+ * Postfix postscreen's greet wait is 6s. A longer pause only holds sockets open, uncounted: the
+ * connection caps and rate run in onConnect, after the pause.
+ */
+const MAX_GREETING_DELAY_MS = 30_000;
+
 export function configSchema(baseDir: string) {
   const filePath = z
     .string()
@@ -86,6 +92,15 @@ export function configSchema(baseDir: string) {
         })
         .strict()
         .optional(),
+      /**
+       * How long a client waits for the 220 greeting; one that talks first gets 421 (an early
+       * talker, usually a spam bot). Clients in `trusted.networks` are greeted at once.
+       */
+      greetingDelay: duration
+        .superRefine((ms, ctx) => {
+          if (ms > MAX_GREETING_DELAY_MS) ctx.addIssue({ code: 'custom', message: `expected at most 30s, found ${ms / 1000}s (a bare number counts seconds: write 100ms, not 100)` });
+        })
+        .default(100),
       /** Behind HAProxy or a load balancer: take the client address from a PROXY v1/v2 header. */
       proxyProtocol: z
         .object({

@@ -19,9 +19,14 @@
  * - An error budget: after `maxProtocolErrors` syntax or sequence errors (5xx replies of the
  *   500–504 kind, and the guard's own) the session gets 421 and is closed.
  *
- * The decision is pure (`checkCommand`); `installCommandGuard` wires it into one connection.
+ * It also sets how long a new connection waits for its greeting (`greetingDelayFor`), in place
+ * of smtp-server's hard-coded 100 ms early-talker wait.
+ *
+ * The decisions are pure (`checkCommand`, `greetingDelayFor`); `installCommandGuard` wires them
+ * into one connection.
  */
 import type { SMTPServer } from 'smtp-server';
+import type { CidrSet } from '../config/cidr.js';
 import { refusal, type Refusal } from '../reply.js';
 
 export interface CommandFacts {
@@ -108,6 +113,24 @@ export function hasBareLf(chunk: Buffer, previous: number): boolean {
   return false;
 }
 
+export interface GreetingSettings {
+  /** listeners[].greetingDelay, in ms. */
+  readonly delayMs: number;
+  /** listeners[].trusted.networks, when the listener has them. */
+  readonly trusted: CidrSet | undefined;
+}
+
+/**
+ * How long a client waits for the 220. The wait catches early talkers: spam bots that send
+ * before the greeting get smtp-server's "421 You talk too soon". A client in the listener's
+ * trusted networks is greeted at once, deliberately: it is an internal app, and the check buys
+ * nothing there (like Postfix postscreen's permit_mynetworks). `address` must be the real
+ * client's, i.e. the one a PROXY protocol header named.
+ */
+export function greetingDelayFor(address: string, settings: GreetingSettings): number {
+  return settings.trusted?.has(address) ? 0 : settings.delayMs;
+}
+
 /** smtp-server's command parser (SMTPStream), the parts the bare-LF watch relies on. */
 interface CommandParser {
   _dataMode: boolean;
@@ -117,12 +140,19 @@ interface CommandParser {
 /** The parts of smtp-server's (untyped) SMTPConnection the guard relies on. */
 export interface GuardedConnection {
   id: string;
+  /** The client's address; with the PROXY protocol, the one its header named. */
+  remoteAddress: string;
+  /** The host name smtp-server greets with. */
+  name: string;
   secure: boolean;
   session: { envelope?: { mailFrom?: unknown } };
   _nextHandler: unknown;
   _upgrading: boolean;
   _parser: CommandParser;
   _createParser(): CommandParser;
+  init(): void;
+  _setListeners(callback: () => void): void;
+  connectionReady(): void;
   _onCommand(command: Buffer, callback?: () => void): void;
   _getEnhancedStatusCode(code: number, context?: string | false): string;
   send(code: number, data: string | string[], context?: string | false): void;
@@ -151,6 +181,21 @@ function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChu
   watch(conn._parser);
   const create = conn._createParser.bind(conn);
   conn._createParser = () => watch(create());
+}
+
+/**
+ * smtp-server's SMTPConnection.init() (3.21.6) with `delayMs` in place of its hard-coded 100 ms.
+ * The early-talker check itself is untouched: smtp-server answers any input with "421 You talk
+ * too soon" until connectionReady() has run onConnect and sent the 220, however long the wait.
+ */
+function replaceGreetingWait(conn: GuardedConnection, server: SMTPServer, delayMs: number): void {
+  conn.init = () =>
+    conn._setListeners(() => {
+      // smtp-server's own maxClients check, kept as it was (smtpgate doesn't set maxClients).
+      const max = server.options.maxClients;
+      if (max && server.connections.size > max) return conn.send(421, `${conn.name} Too many connected clients, try again in a moment`, false);
+      setTimeout(() => conn.connectionReady(), delayMs).unref();
+    });
 }
 
 /**
@@ -202,6 +247,8 @@ export interface GuardHooks {
   onConnection(conn: GuardedConnection): void;
   /** STARTTLS was accepted: the handshake deadline starts. */
   onStartTls(sessionId: string): void;
+  /** The wait before the greeting (see `greetingDelayFor`). */
+  readonly greeting: GreetingSettings;
 }
 
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
@@ -235,7 +282,8 @@ export function inTransaction(conn: GuardedConnection): boolean {
 /**
  * Hooks the guard into every connection the server creates. smtp-server has no public
  * pre-command hook; it looks `_onCommand` up on the connection for each line, so wrapping it
- * per connection is the narrowest seam. smtp-server is pinned and the protocol tests cover it.
+ * per connection is the narrowest seam; the greeting wait is likewise set per connection, by
+ * replacing its init(). smtp-server is pinned and the protocol tests cover it.
  */
 export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void {
   const connections = server.connections as Set<unknown>;
@@ -276,6 +324,9 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
       () => stage,
     );
     hooks.onConnection(conn);
+    // smtp-server calls init() right after adding the connection, and the PROXY header (if
+    // any) was read before: remoteAddress is the real client's.
+    replaceGreetingWait(conn, server, greetingDelayFor(conn.remoteAddress, hooks.greeting));
     conn._onCommand = (command: Buffer, callback?: () => void) => {
       if (conn._upgrading) return dispatch(command, callback);
       if (!conn._nextHandler) stage = stageOf(/^\s*([A-Za-z]+)/.exec(command.toString('latin1'))?.[1]?.toUpperCase());

@@ -190,6 +190,7 @@ export class SmtpListener {
       },
       draining: () => this.#draining,
       maxProtocolErrors: deps.client.maxProtocolErrors,
+      greeting: { delayMs: config.greetingDelay, trusted: this.#trusted },
       onConnection: (conn) => this.#connections.set(conn.id, conn),
       onStartTls: (sessionId) => {
         const state = this.#sessions.get(sessionId);

@@ -38,7 +38,7 @@ function issuesOf(text: string): string[] {
 describe('config schema', () => {
   test('the documented example shape is accepted, with defaults filled in and paths resolved', () => {
     const cfg = parseConfig(MINIMAL, '/etc/smtpgate/smtpgate.yaml');
-    expect(cfg.listeners[0]).toEqual({ name: 'submission', address: { host: '0.0.0.0', port: 587 }, tls: 'starttls', requireTls: true, requireAuth: true });
+    expect(cfg.listeners[0]).toEqual({ name: 'submission', address: { host: '0.0.0.0', port: 587 }, tls: 'starttls', requireTls: true, requireAuth: true, greetingDelay: 100 });
     expect(cfg.tls?.cert).toBe('/etc/smtpgate/cert.pem');
     expect(cfg.tls?.minVersion).toBe('TLSv1.2');
     expect(cfg.auth?.users).toBe('/etc/smtpgate/users');
