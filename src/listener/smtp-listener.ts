@@ -8,7 +8,6 @@
  * answer — and the first "no" becomes the SMTP reply. Each refusal is a `Refusal` value that
  * produces the reply, a metric and one log line with the session id.
  */
-import { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
 import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
@@ -19,7 +18,7 @@ import type { Metrics, Stage } from '../metrics/catalogue.js';
 import { codeClass, refusal, toServerError, type Refusal, type SmtpServerError } from '../reply.js';
 import { BackendError, type SmtpReply } from '../relay/smtp-client.js';
 import type { BackendSession, ClientIdentity } from '../relay/backend-session.js';
-import { DataEncoder, LineTooLongError, SmugglingError, type BareLineEndingMode } from '../relay/data-encoder.js';
+import { BodyEncoder, LineTooLongError, SmugglingError, type BareLineEndingMode } from '../relay/data-encoder.js';
 import { mailCommand, rcptCommand } from '../relay/envelope.js';
 import { headerSafe, receivedHeader } from '../relay/received-header.js';
 import { DRAIN_REFUSAL, MAX_AUTH_LINE_OCTETS, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
@@ -569,73 +568,113 @@ export class SmtpListener {
 
     const { data, metrics } = this.#deps;
     // RFC 5321 §4.5.3.1.6: the backend never sees a line over 1000 octets.
-    const encoder = new DataEncoder({ mode: data.bareLineEndings, maxLineOctets: 1000 });
-    // The encoder may fail (smuggling guard, line length) before body() reads from it, e.g. when
-    // the whole message was pipelined behind DATA; pipe()'s own error handler would then rethrow
-    // and crash the process. body()'s for-await still sees the stored error and refuses the mail.
-    encoder.on('error', () => {});
-    stream.once('error', (err) => encoder.destroy(new ClientAbortError(err.message)));
+    const encoder = new BodyEncoder({ mode: data.bareLineEndings, maxLineOctets: 1000 });
     // Data-stage rules look at the header block and MIME part headers; the scanner keeps only
     // those (bounded), never the body.
     const set = state.policy;
     const scanner = set.needs.headers || set.needs.attachments ? new MessageScanner() : undefined;
-    if (scanner) stream.on('data', (chunk: Buffer) => scanner.write(chunk));
-    stream.pipe(encoder);
-    const header = this.#prependedHeaders(session, state);
     const max = data.maxMessageBytes;
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-    const dataStageFacts = () => ({ ...this.#policyFacts(session, state), from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: encoder.bytesIn });
-    const judge = (facts: SessionFacts) => this.#policy('data', facts, state);
-
-    async function* body(): AsyncGenerator<Buffer> {
-      if (header) yield header;
-      for await (const chunk of encoder) {
-        // Checked while streaming: the message is never held whole, and an oversized one is
-        // cut off before the final dot so the backend delivers nothing.
-        if (encoder.bytesIn > max) throw new MessageTooBigError(`message exceeds ${max} bytes`);
-        yield chunk as Buffer;
-      }
-      // Before the final dot: a data-stage refusal aborts the backend transaction.
-      const refused = await judge(dataStageFacts());
-      if (refused) throw new PolicyRefusalError(refused.refusal, refused.rule);
-    }
-
     const started = process.hrtime.bigint();
     const watchdog = this.#dataWatchdog(session.id, () => encoder.bytesIn);
-    // The client's part ends at its final dot; waiting for the backend's reply is not its fault.
-    stream.once('end', () => clearInterval(watchdog));
+
+    // The client's bytes go through the encoder straight onto the backend socket, chunk by
+    // chunk as smtp-server hands them over: the message is never held whole. The final dot is
+    // written only once the whole message passed every check; any failure before that aborts
+    // the backend connection without it, so the backend delivers nothing.
+    let failure: unknown;
     try {
-      const reply = await state.backend.sendData(Readable.from(body(), { objectMode: false }));
+      const reply = await new Promise<SmtpReply>((resolve, reject) => {
+        let settled = false;
+        const fail = (err: unknown): void => {
+          if (settled) return;
+          settled = true;
+          reject(err);
+        };
+        const writer = state.backend.beginData(fail);
+        const header = this.#prependedHeaders(session, state);
+        if (header) writer.write(header);
+
+        const onData = (chunk: Buffer): void => {
+          if (settled) return;
+          scanner?.write(chunk);
+          let pieces: Buffer[];
+          try {
+            pieces = encoder.encode(chunk);
+          } catch (err) {
+            return fail(err);
+          }
+          // Checked while streaming: an oversized message is cut off before the final dot.
+          if (encoder.bytesIn > max) return fail(new MessageTooBigError(`message exceeds ${max} bytes`));
+          let flowing = true;
+          for (const piece of pieces) flowing = writer.write(piece) && flowing;
+          if (!flowing) {
+            stream.pause();
+            writer.onDrain(() => stream.resume());
+          }
+        };
+        let ended = false;
+        const onEnd = (): void => {
+          ended = true;
+          // The client's part ends at its final dot; waiting for the backend is not its fault.
+          clearInterval(watchdog);
+          if (settled) return;
+          try {
+            for (const piece of encoder.end()) writer.write(piece);
+          } catch (err) {
+            return fail(err);
+          }
+          // Before the final dot: a data-stage refusal aborts the backend transaction.
+          const facts: SessionFacts = { ...this.#policyFacts(session, state), from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: encoder.bytesIn };
+          this.#policy('data', facts, state).then((refused) => {
+            if (refused) return fail(new PolicyRefusalError(refused.refusal, refused.rule));
+            if (settled) return;
+            settled = true;
+            state.backend.finishData(writer).then(resolve, reject);
+          }, fail);
+        };
+        // smtp-server destroys the stream with this error when the client leaves mid-message
+        // (it passes the error only to a stream that has an 'error' listener).
+        stream.on('error', (err) => fail(new ClientAbortError(err.message)));
+        stream.on('close', () => {
+          if (!ended) fail(new ClientAbortError('connection closed during DATA'));
+        });
+        stream.on('data', onData);
+        stream.once('end', onEnd);
+      });
       metrics.backendFinalReplySeconds.observe({ backend: state.backend.targetName }, Number(process.hrtime.bigint() - started) / 1e9);
       clearInterval(watchdog);
       if (encoder.normalized > 0) metrics.smugglingNormalized.inc({ listener: this.name }, encoder.normalized);
       if (!isPositive(reply)) return { refusal: backendRefusal(reply) };
       return { reply, bytes: encoder.bytesIn };
     } catch (err) {
-      clearInterval(watchdog);
-      drain();
-      state.backend.abort();
-      if (err instanceof SmugglingError) {
-        metrics.smugglingRejections.inc({ listener: this.name, kind: err.kind });
-        state.log.warn({ kind: err.kind, offset: err.offset }, 'smuggling guard: message refused');
-        return { refusal: refusal(550, '5.5.2', `Message refused: ${SMUGGLING_TEXT[err.kind]} (bare CR/LF and NUL are not allowed)`, 'smuggling') };
-      }
-      if (err instanceof LineTooLongError) {
-        return { refusal: refusal(550, '5.5.2', `Message refused: a line exceeds ${err.limit} octets (RFC 5321 §4.5.3.1.6)`, 'syntax') };
-      }
-      if (err instanceof PolicyRefusalError) {
-        state.log.info({ rule: err.rule }, 'data-stage policy refusal: backend transaction aborted');
-        return { refusal: err.refusal, rule: err.rule };
-      }
-      if (err instanceof MessageTooBigError) {
-        return { refusal: refusal(552, '5.3.4', `Message exceeds the maximum size of ${max} bytes`, 'message_too_big') };
-      }
-      if (err instanceof ClientAbortError) {
-        state.log.warn('client went away during DATA; backend transaction aborted, nothing delivered');
-        return { refusal: refusal(421, '4.4.2', 'Connection lost during DATA', 'client_aborted') };
-      }
-      return { refusal: this.#backendFailure(state, err) };
+      failure = err;
     }
+
+    clearInterval(watchdog);
+    drain();
+    state.backend.abort();
+    const err = failure;
+    if (err instanceof SmugglingError) {
+      metrics.smugglingRejections.inc({ listener: this.name, kind: err.kind });
+      state.log.warn({ kind: err.kind, offset: err.offset }, 'smuggling guard: message refused');
+      return { refusal: refusal(550, '5.5.2', `Message refused: ${SMUGGLING_TEXT[err.kind]} (bare CR/LF and NUL are not allowed)`, 'smuggling') };
+    }
+    if (err instanceof LineTooLongError) {
+      return { refusal: refusal(550, '5.5.2', `Message refused: a line exceeds ${err.limit} octets (RFC 5321 §4.5.3.1.6)`, 'syntax') };
+    }
+    if (err instanceof PolicyRefusalError) {
+      state.log.info({ rule: err.rule }, 'data-stage policy refusal: backend transaction aborted');
+      return { refusal: err.refusal, rule: err.rule };
+    }
+    if (err instanceof MessageTooBigError) {
+      return { refusal: refusal(552, '5.3.4', `Message exceeds the maximum size of ${max} bytes`, 'message_too_big') };
+    }
+    if (err instanceof ClientAbortError) {
+      state.log.warn('client went away during DATA; backend transaction aborted, nothing delivered');
+      return { refusal: refusal(421, '4.4.2', 'Connection lost during DATA', 'client_aborted') };
+    }
+    return { refusal: this.#backendFailure(state, err) };
   }
 
   /** Headers smtpgate adds on top of the message; never built from raw client input. */

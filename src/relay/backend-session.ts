@@ -5,8 +5,7 @@
  * reply. This is what lets smtpgate refuse a single recipient at RCPT time instead of
  * silently dropping it.
  */
-import type { Readable } from 'node:stream';
-import { BackendConnection, BackendError, type BackendClientOptions, type SmtpReply } from './smtp-client.js';
+import { BackendConnection, BackendError, type BackendClientOptions, type DataWriter, type SmtpReply } from './smtp-client.js';
 import type { BackendPool } from './backend-pool.js';
 
 export interface BackendTarget {
@@ -118,17 +117,30 @@ export class BackendSession {
   }
 
   /**
-   * Streams the canonical body and returns the reply to the final dot. If `body` errors
-   * (smuggling guard, size limit, client gone) the connection is dropped without the final
-   * dot, so the backend delivers nothing, and the error is rethrown.
+   * After the 354: returns the writer for the canonical body (see BackendConnection.beginData).
+   * `onFailure` hears of a connection failure before finishData(); the message is then lost.
+   * To abandon the message (smuggling guard, size limit, client gone), call abort(): the
+   * connection is dropped without the final dot, so the backend delivers nothing.
    */
-  async sendData(body: Readable): Promise<SmtpReply> {
+  beginData(onFailure: (err: unknown) => void): DataWriter {
     const conn = this.#require();
+    let writer: DataWriter;
     try {
-      return await this.#run(() => conn.sendData(body));
+      writer = conn.beginData();
+    } catch (err) {
+      throw this.#report(err);
+    }
+    writer.onFailure((err) => onFailure(this.#report(err)));
+    return writer;
+  }
+
+  /** Writes the final dot and returns the backend's reply to the message. */
+  async finishData(writer: DataWriter): Promise<SmtpReply> {
+    try {
+      return await this.#run(() => writer.finish());
     } finally {
       this.#inTransaction = false;
-      if (conn.closed) this.#conn = undefined;
+      if (this.#conn?.closed) this.#conn = undefined;
     }
   }
 

@@ -19,6 +19,9 @@ const CR = 0x0d;
 const LF = 0x0a;
 const NUL = 0x00;
 const DOT = 0x2e;
+/** Fresh Buffers are made from these for every use, so no caller can alias or mutate a shared one. */
+const SPACE = ' ';
+const CRLF = '\r\n';
 
 const KIND_TEXT: Readonly<Record<SmugglingKind, string>> = {
   bare_cr: 'bare CR',
@@ -74,23 +77,24 @@ function next(buf: Buffer, byte: number, from: number): number {
 }
 
 /**
- * Transform from unstuffed message bytes (any chunking) to CRLF-only, dot-stuffed bytes ready
- * to be written after the backend's 354. It does not emit the final ".\r\n": the caller sends
+ * Re-encodes unstuffed message bytes (any chunking) into CRLF-only, dot-stuffed bytes ready
+ * to be written after the backend's 354, synchronously: `encode(chunk)` returns the pieces to
+ * write now and throws SmugglingError / LineTooLongError on a refused byte; `end()` returns
+ * what is still owed. The relay writes the pieces straight to the backend socket; `DataEncoder`
+ * below is the same thing as a Transform stream. It does not emit the final ".\r\n": the caller sends
  * that only when the whole message was accepted, so an error here leaves the backend
  * transaction unterminated and nothing is delivered.
  *
- * Output is built from subarrays of the input chunks (one Buffer.concat per chunk at most), so
- * memory stays proportional to the chunk size, not the message size. Callers must not mutate a
- * chunk after writing it, as usual for Node streams.
+ * Output pieces are subarrays of the input chunks (no copy; a clean chunk comes back as itself),
+ * so memory stays proportional to the chunk size, not the message size. Callers must not
+ * mutate a chunk after encoding it. After an error the encoder is spent: every later call
+ * returns nothing.
  */
-export class DataEncoder extends Transform {
+export class BodyEncoder {
   readonly #reject: boolean;
   /** Max content octets per line: maxLineOctets minus the CRLF; Infinity = unchecked. */
   readonly #maxContent: number;
   readonly #limit: number;
-  /** Per instance (no module-level mutable state); #emit never hands either one out itself. */
-  readonly #space = Buffer.from(' ');
-  readonly #crlf = Buffer.from('\r\n');
 
   #bytesIn = 0;
   #bytesOut = 0;
@@ -112,15 +116,14 @@ export class DataEncoder extends Transform {
   #failed = false;
 
   constructor(opts: DataEncoderOptions) {
-    super();
     // Validated at runtime because the mode comes from an operator's YAML: a typo must not
     // silently pick a weaker behaviour.
     if (opts.mode !== 'reject' && opts.mode !== 'normalize') {
-      throw new TypeError(`DataEncoder: mode must be 'reject' or 'normalize', got ${String(opts.mode)}`);
+      throw new TypeError(`BodyEncoder: mode must be 'reject' or 'normalize', got ${String(opts.mode)}`);
     }
     const limit = opts.maxLineOctets ?? 0;
     if (!Number.isSafeInteger(limit) || limit < 0 || limit === 1) {
-      throw new RangeError(`DataEncoder: maxLineOctets must be 0 (off) or an integer >= 2, got ${limit}`);
+      throw new RangeError(`BodyEncoder: maxLineOctets must be 0 (off) or an integer >= 2, got ${limit}`);
     }
     this.#reject = opts.mode === 'reject';
     this.#limit = limit;
@@ -142,19 +145,13 @@ export class DataEncoder extends Transform {
     return this.#normalized;
   }
 
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    if (this.#failed) {
-      callback();
-      return;
-    }
-    const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
+  /** The pieces to write for `buf`, in order (possibly none); throws on a refused byte. */
+  encode(buf: Buffer): Buffer[] {
+    if (this.#failed) return [];
     const len = buf.length;
     const base = this.#bytesIn;
     this.#bytesIn += len;
-    if (len === 0) {
-      callback();
-      return;
-    }
+    if (len === 0) return [];
 
     // Output of the previous chunk that was held behind its trailing CR comes first.
     const pieces = this.#held;
@@ -177,8 +174,8 @@ export class DataEncoder extends Transform {
         pos = 1;
       } else {
         const err = this.#stray('bare_cr', base - 1);
-        if (err) return this.#fail(err, callback);
-        pieces.push(this.#space);
+        if (err) this.#fail(err);
+        pieces.push(Buffer.from(SPACE));
         total += 1;
       }
       this.#pendingCR = null;
@@ -210,7 +207,7 @@ export class DataEncoder extends Transform {
       const special = Math.min(nextCR, nextLF, nextNUL);
       if (special > pos) {
         const err = this.#content(special - pos, base + pos);
-        if (err) return this.#fail(err, callback);
+        if (err) this.#fail(err);
       }
       if (special === len) break;
 
@@ -241,12 +238,12 @@ export class DataEncoder extends Transform {
       // gateway shipped, and it manufactures exactly the `<CRLF>.<CRLF>` the attacker needs
       // once a following "." is no longer at the start of a line in the client's view.
       const err = this.#stray(byte === CR ? 'bare_cr' : byte === LF ? 'bare_lf' : 'nul', base + special);
-      if (err) return this.#fail(err, callback);
+      if (err) this.#fail(err);
       if (special > emitFrom) {
         pieces.push(buf.subarray(emitFrom, special));
         total += special - emitFrom;
       }
-      pieces.push(this.#space);
+      pieces.push(Buffer.from(SPACE));
       total += 1;
       emitFrom = special + 1;
       pos = special + 1;
@@ -263,20 +260,16 @@ export class DataEncoder extends Transform {
       // This chunk now ends in an undecided CR. What the previous chunk owed is proven clean,
       // so it goes out now: held output never spans more than one chunk, however many
       // consecutive chunks end in CR (bounded memory for a hostile client).
-      if (carried > 0) this.#emit(pieces.slice(0, carried), carriedLen);
       this.#held = carried > 0 ? pieces.slice(carried) : pieces;
       this.#heldLen = total - carriedLen;
-    } else {
-      this.#emit(pieces, total);
+      return this.#emit(carried > 0 ? pieces.slice(0, carried) : [], carriedLen);
     }
-    callback();
+    return this.#emit(pieces, total);
   }
 
-  override _flush(callback: TransformCallback): void {
-    if (this.#failed) {
-      callback();
-      return;
-    }
+  /** What is still owed at the end of the message (before the caller's ".\r\n"); throws on a refused byte. */
+  end(): Buffer[] {
+    if (this.#failed) return [];
     const pieces = this.#held;
     let total = this.#heldLen;
     this.#held = [];
@@ -285,20 +278,19 @@ export class DataEncoder extends Transform {
       // A CR as the very last byte has no LF after it: bare by definition.
       this.#pendingCR = null;
       const err = this.#stray('bare_cr', this.#bytesIn - 1);
-      if (err) return this.#fail(err, callback);
-      pieces.push(this.#space);
+      if (err) this.#fail(err);
+      pieces.push(Buffer.from(SPACE));
       total += 1;
     }
     if (!this.#atLineStart) {
       // Only reachable when fed directly (smtp-server always ends with CRLF): the caller's
       // ".\r\n" must start a line of its own, or the backend would never see end-of-data.
-      pieces.push(this.#crlf);
+      pieces.push(Buffer.from(CRLF));
       total += 2;
       this.#atLineStart = true;
       this.#lineLen = 0;
     }
-    this.#emit(pieces, total);
-    callback();
+    return this.#emit(pieces, total);
   }
 
   /** Accounts for a stray byte: an error in reject mode, a counted space in normalize mode. */
@@ -318,22 +310,63 @@ export class DataEncoder extends Transform {
     return null;
   }
 
-  #emit(pieces: Buffer[], total: number): void {
-    if (pieces.length === 0) return;
-    let out = pieces.length === 1 ? (pieces[0] as Buffer) : Buffer.concat(pieces, total);
-    // Our own constants are reused; hand out a copy so nobody downstream can alias them.
-    if (out === this.#space || out === this.#crlf) out = Buffer.from(out);
-    this.#bytesOut += out.length;
-    this.push(out);
+  #emit(pieces: Buffer[], total: number): Buffer[] {
+    this.#bytesOut += total;
+    return pieces;
   }
 
-  #fail(err: Error, callback: TransformCallback): void {
-    // Drop everything not yet pushed, including output held back behind a trailing CR.
+  #fail(err: Error): never {
+    // Drop everything not yet returned, including output held back behind a trailing CR.
     this.#failed = true;
     this.#held = [];
     this.#heldLen = 0;
     this.#pendingCR = null;
-    callback(err);
+    throw err;
+  }
+}
+
+/**
+ * BodyEncoder as a Transform stream: one output chunk per input chunk at most. It does not
+ * emit the final ".\r\n" either.
+ */
+export class DataEncoder extends Transform {
+  readonly #encoder: BodyEncoder;
+
+  constructor(opts: DataEncoderOptions) {
+    super();
+    this.#encoder = new BodyEncoder(opts);
+  }
+
+  get bytesIn(): number {
+    return this.#encoder.bytesIn;
+  }
+
+  get bytesOut(): number {
+    return this.#encoder.bytesOut;
+  }
+
+  get normalized(): number {
+    return this.#encoder.normalized;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.#pass(() => this.#encoder.encode(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array)), callback);
+  }
+
+  override _flush(callback: TransformCallback): void {
+    this.#pass(() => this.#encoder.end(), callback);
+  }
+
+  #pass(encode: () => Buffer[], callback: TransformCallback): void {
+    let pieces: Buffer[];
+    try {
+      pieces = encode();
+    } catch (err) {
+      callback(err as Error);
+      return;
+    }
+    if (pieces.length > 0) this.push(pieces.length === 1 ? pieces[0] : Buffer.concat(pieces));
+    callback();
   }
 }
 

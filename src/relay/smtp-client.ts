@@ -387,21 +387,46 @@ export class BackendConnection extends EventEmitter {
   }
 
   /**
-   * Streams an already canonical message body (CRLF line ends, dot-stuffed, ending in CRLF
-   * or empty) after DATA got 354, then writes the terminating "." and resolves with the
-   * final reply.
+   * Starts sending a message body after DATA got 354: the caller writes already canonical
+   * bytes (CRLF line ends, dot-stuffed, ending in CRLF or empty) to the returned writer and
+   * ends with `finish()`, which writes the terminating "." and resolves with the final reply.
+   * Writes made in one turn of the event loop leave in one syscall (the socket is corked until
+   * the next turn, or until finish()), so a small message's header, body and dot are one
+   * packet.
    *
-   * If `body` fails, the connection is destroyed without the final dot, so the backend
-   * drops the half-sent message (RFC 5321 §3.8: a connection lost mid-transaction is an RSET), and the
-   * promise rejects with the body's own error. On any rejection our listeners are removed
-   * from `body`, which may be left paused: the owner decides whether to resume() it to
-   * drain it, and keeps its own 'error' listener.
+   * To abandon the message, `abort()` the connection: it is destroyed without the final dot,
+   * so the backend drops the half-sent message (RFC 5321 §3.8: a connection lost
+   * mid-transaction is an RSET).
+   */
+  beginData(): DataWriter {
+    if (this.failure) throw this.closedError();
+    if (this.dataInProgress || this.waiters.length > 0) {
+      throw new BackendError('protocol', 'message data started while another command is in flight');
+    }
+    this.dataInProgress = true;
+    return new DataWriter(this.socket, this.opts.timeouts, {
+      failure: () => this.failure,
+      fail: (err) => this.fail(err),
+      setOnFail: (cb) => {
+        this.onFail = cb;
+      },
+      finish: () => {
+        this.dataInProgress = false;
+        return this.send('.', 'end of data', this.opts.timeouts.finalReplyMs);
+      },
+    });
+  }
+
+  /**
+   * Streams an already canonical message body from a Readable (see beginData) and resolves
+   * with the final reply.
+   *
+   * If `body` fails, the connection is destroyed without the final dot and the promise
+   * rejects with the body's own error. On any rejection our listeners are removed from
+   * `body`, which may be left paused: the owner decides whether to resume() it to drain it,
+   * and keeps its own 'error' listener.
    */
   sendData(body: Readable): Promise<SmtpReply> {
-    if (this.failure) return Promise.reject(this.closedError());
-    if (this.dataInProgress || this.waiters.length > 0) {
-      return Promise.reject(new BackendError('protocol', 'sendData() called while another command is in flight'));
-    }
     if (body.errored) {
       const err = body.errored;
       this.abort();
@@ -410,59 +435,46 @@ export class BackendConnection extends EventEmitter {
     if (body.readableEnded || body.destroyed) {
       return Promise.reject(new BackendError('protocol', 'sendData() was given a body stream that has already ended'));
     }
-
-    this.dataInProgress = true;
-    const socket = this.socket;
-    const { dataIdleMs, finalReplyMs } = this.opts.timeouts;
+    let writer: DataWriter;
+    try {
+      writer = this.beginData();
+    } catch (err) {
+      return Promise.reject(err);
+    }
 
     return new Promise<SmtpReply>((resolve, reject) => {
-      let drainTimer: NodeJS.Timeout | undefined;
-
       const cleanup = (): void => {
         body.off('data', onData);
         body.off('end', onEnd);
         body.off('error', onError);
         body.off('close', onClose);
-        socket.off('drain', onDrain);
-        if (drainTimer) clearTimeout(drainTimer);
-        drainTimer = undefined;
-        this.onFail = undefined;
-        this.dataInProgress = false;
       };
       const onData = (chunk: Buffer | string): void => {
-        if (this.failure) return;
-        if (!socket.write(chunk) && drainTimer === undefined) {
-          // Backpressure: stop reading the client's stream until the backend catches up,
-          // so a slow backend never makes us buffer a whole message.
+        // Backpressure: stop reading the client's stream until the backend catches up,
+        // so a slow backend never makes us buffer a whole message.
+        if (!writer.write(typeof chunk === 'string' ? Buffer.from(chunk) : chunk)) {
           body.pause();
-          socket.once('drain', onDrain);
-          drainTimer = setTimeout(() => {
-            this.fail(new BackendError('timeout', `backend did not accept message data for ${dataIdleMs} ms`));
-          }, dataIdleMs);
+          writer.onDrain(() => body.resume());
         }
-      };
-      const onDrain = (): void => {
-        if (drainTimer) clearTimeout(drainTimer);
-        drainTimer = undefined;
-        body.resume();
       };
       const onEnd = (): void => {
         cleanup();
-        this.send('.', 'end of data', finalReplyMs).then(resolve, reject);
+        writer.finish().then(resolve, reject);
       };
       const onError = (err: unknown): void => {
         cleanup();
-        this.abort();
+        // Rejected first: the abort below also reports its own failure to onFailure.
         reject(err);
+        this.abort();
       };
       const onClose = (): void => {
         // Destroyed without 'end' and without 'error': the message is incomplete all the same.
         onError(new BackendError('protocol', 'message body stream closed before its end'));
       };
-      this.onFail = (err) => {
+      writer.onFailure((err) => {
         cleanup();
         reject(err);
-      };
+      });
 
       body.on('error', onError);
       body.on('close', onClose);
@@ -822,4 +834,102 @@ function parseCapabilities(reply: SmtpReply): Map<string, string> {
     if (!caps.has(keyword)) caps.set(keyword, (m[2] ?? '').trim());
   }
   return caps;
+}
+
+/** What a DataWriter needs from its connection. */
+interface DataWriterHost {
+  failure(): BackendError | undefined;
+  fail(err: BackendError): void;
+  setOnFail(cb: ((err: BackendError) => void) | undefined): void;
+  finish(): Promise<SmtpReply>;
+}
+
+/**
+ * One message body on its way to the backend (see BackendConnection.beginData). Not reusable:
+ * after finish() or a failure it writes nothing more.
+ */
+export class DataWriter {
+  readonly #socket: net.Socket;
+  readonly #timeouts: BackendTimeouts;
+  readonly #host: DataWriterHost;
+  #corked = false;
+  #open = true;
+  #drainTimer: NodeJS.Timeout | undefined;
+  #drainWaiter: (() => void) | undefined;
+
+  constructor(socket: net.Socket, timeouts: BackendTimeouts, host: DataWriterHost) {
+    this.#socket = socket;
+    this.#timeouts = timeouts;
+    this.#host = host;
+    host.setOnFail(() => this.#close());
+  }
+
+  /**
+   * Queues canonical bytes. Returns false when the backend is not keeping up: write no more
+   * until the callback given to onDrain() runs (a slow backend must never make us buffer a
+   * whole message). Writes nothing once the connection has failed.
+   */
+  write(chunk: Buffer): boolean {
+    if (!this.#open || this.#host.failure()) return true;
+    if (!this.#corked) {
+      this.#corked = true;
+      this.#socket.cork();
+      setImmediate(this.#uncork);
+    }
+    if (this.#socket.write(chunk)) return true;
+    if (this.#drainTimer === undefined) {
+      const { dataIdleMs } = this.#timeouts;
+      this.#socket.once('drain', this.#drained);
+      this.#drainTimer = setTimeout(() => {
+        this.#host.fail(new BackendError('timeout', `backend did not accept message data for ${dataIdleMs} ms`));
+      }, dataIdleMs);
+    }
+    return false;
+  }
+
+  /** Runs `cb` once the backend has taken what was written (at once if nothing is pending). */
+  onDrain(cb: () => void): void {
+    if (this.#drainTimer === undefined) cb();
+    else this.#drainWaiter = cb;
+  }
+
+  /** Runs `cb` if the connection fails before finish() (the message is then lost, not sent). */
+  onFailure(cb: (err: BackendError) => void): void {
+    this.#host.setOnFail((err) => {
+      this.#close();
+      cb(err);
+    });
+  }
+
+  /** Writes the terminating "." and resolves with the backend's reply to the message. */
+  finish(): Promise<SmtpReply> {
+    if (!this.#open) return Promise.reject(new BackendError('protocol', 'message data already finished'));
+    this.#close();
+    const reply = this.#host.finish();
+    this.#uncork();
+    return reply;
+  }
+
+  #close(): void {
+    this.#open = false;
+    this.#host.setOnFail(undefined);
+    if (this.#drainTimer) clearTimeout(this.#drainTimer);
+    this.#drainTimer = undefined;
+    this.#drainWaiter = undefined;
+    this.#socket.off('drain', this.#drained);
+  }
+
+  readonly #uncork = (): void => {
+    if (!this.#corked) return;
+    this.#corked = false;
+    this.#socket.uncork();
+  };
+
+  readonly #drained = (): void => {
+    if (this.#drainTimer) clearTimeout(this.#drainTimer);
+    this.#drainTimer = undefined;
+    const waiter = this.#drainWaiter;
+    this.#drainWaiter = undefined;
+    waiter?.();
+  };
 }
