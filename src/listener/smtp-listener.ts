@@ -459,18 +459,12 @@ export class SmtpListener {
     }
     const badSender = checkSender(address.address, Boolean(address.args && address.args.SMTPUTF8));
     if (badSender) return cb(this.#refuse(state, 'mail', badSender, { from: address.address }));
-    const limited = await this.#deps.limits.mailFrom({
-      ...this.#facts(session, state),
-      sender: address.address,
-      size: address.args && typeof address.args.SIZE === 'string' ? Number(address.args.SIZE) || undefined : undefined,
-    });
+    const size = address.args && typeof address.args.SIZE === 'string' ? Number(address.args.SIZE) || undefined : undefined;
+    const facts = this.#facts(session, state);
+    const limited = await this.#deps.limits.mailFrom({ ...facts, sender: address.address, size });
     if (limited) return cb(this.#refuse(state, 'mail', limited, { from: address.address }));
     state.txHeaders = [];
-    const mailFacts: SessionFacts = {
-      ...this.#policyFacts(session, state),
-      from: address.address,
-      declaredSize: address.args && typeof address.args.SIZE === 'string' ? Number(address.args.SIZE) || undefined : undefined,
-    };
+    const mailFacts: SessionFacts = { ...this.#policyFacts(session, state), from: address.address, declaredSize: size };
     for (const held of state.requirements) {
       const unmet = unmetRequirement(held, mailFacts);
       if (unmet) return cb(this.#refuse(state, 'mail', unmet, { from: address.address, rule: held.rule }));
@@ -479,7 +473,7 @@ export class SmtpListener {
     if (refused) return cb(this.#refuse(state, 'mail', refused.refusal, { from: address.address, rule: refused.rule }));
     try {
       const identity = this.#identity(session, state);
-      const caps = await state.backend.capabilities(identity);
+      const caps = state.backend.openCapabilities ?? (await state.backend.capabilities(identity));
       const line = mailCommand(address, caps);
       if (!line.ok) return cb(this.#refuse(state, 'mail', line.refusal, { from: address.address }));
       const reply = await state.backend.mail(line.line, identity);

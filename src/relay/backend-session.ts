@@ -75,23 +75,29 @@ export class BackendSession {
     return (await this.#open(identity)).capabilities;
   }
 
+  /** The capabilities of the open connection, without opening one (undefined if none is open). */
+  get openCapabilities(): ReadonlyMap<string, string> | undefined {
+    return this.#conn && !this.#conn.closed && !this.#closed ? this.#conn.capabilities : undefined;
+  }
+
   /**
    * Starts a transaction. A transaction the client abandoned (RSET, or a new MAIL after a
    * refused DATA) is reset on the backend first, so the backend never merges two envelopes.
    */
   async mail(line: string, identity: ClientIdentity): Promise<SmtpReply> {
-    const conn = await this.#open(identity);
+    const open = this.#conn;
+    const conn = open && !open.closed && !this.#closed ? open : await this.#open(identity);
     if (this.#inTransaction) {
-      const rset = await this.#run(() => conn.command('RSET'));
+      const rset = await this.#run(conn.command('RSET'));
       this.#inTransaction = false;
       if (rset.code !== 250) throw new BackendError('protocol', `backend refused RSET: ${rset.code} ${rset.text}`);
     }
     if (this.#settings.identity === 'xforward' && conn.hasCapability('XFORWARD')) {
       // XFORWARD describes the next transaction only, so it precedes every MAIL.
-      const reply = await this.#run(() => conn.xforward(xforwardAttributes(identity)));
+      const reply = await this.#run(conn.xforward(xforwardAttributes(identity)));
       if (reply.code !== 250) throw new BackendError('protocol', `backend refused XFORWARD: ${reply.code} ${reply.text}`);
     }
-    const reply = await this.#run(() => conn.command(line));
+    const reply = await this.#run(conn.command(line));
     if (reply.code >= 200 && reply.code < 300) this.#inTransaction = true;
     return reply;
   }
@@ -102,18 +108,25 @@ export class BackendSession {
    */
   async authenticate(user: string, password: string, mechanism: 'PLAIN' | 'LOGIN', identity: ClientIdentity): Promise<SmtpReply> {
     const conn = await this.#open(identity);
-    return this.#run(() => (mechanism === 'LOGIN' ? conn.authLogin(user, password) : conn.authPlain(user, password)));
+    return this.#run(mechanism === 'LOGIN' ? conn.authLogin(user, password) : conn.authPlain(user, password));
   }
 
-  async rcpt(line: string): Promise<SmtpReply> {
-    const conn = this.#require();
-    return this.#run(() => conn.command(line));
+  rcpt(line: string): Promise<SmtpReply> {
+    return this.#command(line);
   }
 
   /** Sends DATA; resolves with the 354 (or the refusal). */
-  async startData(): Promise<SmtpReply> {
-    const conn = this.#require();
-    return this.#run(() => conn.command('DATA'));
+  startData(): Promise<SmtpReply> {
+    return this.#command('DATA');
+  }
+
+  /** One command on the open connection (rejects if none is open). */
+  #command(line: string): Promise<SmtpReply> {
+    try {
+      return this.#run(this.#require().command(line));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   /**
@@ -137,7 +150,7 @@ export class BackendSession {
   /** Writes the final dot and returns the backend's reply to the message. */
   async finishData(writer: DataWriter): Promise<SmtpReply> {
     try {
-      return await this.#run(() => writer.finish());
+      return await this.#run(writer.finish());
     } finally {
       this.#inTransaction = false;
       if (this.#conn?.closed) this.#conn = undefined;
@@ -233,12 +246,11 @@ export class BackendSession {
     return this.#conn;
   }
 
-  async #run<T>(op: () => Promise<T>): Promise<T> {
-    try {
-      return await op();
-    } catch (err) {
+  /** Reports a BackendError from `op` to the pool's events on its way to the caller. */
+  #run<T>(op: Promise<T>): Promise<T> {
+    return op.catch((err: unknown) => {
       throw this.#report(err);
-    }
+    });
   }
 
   #report(err: unknown): unknown {

@@ -104,6 +104,11 @@ export function xtextEncode(value: string): string {
   return out;
 }
 
+/** A command's name for messages, computed only when one is written. */
+function labelText(label: string | (() => string)): string {
+  return typeof label === 'string' ? label : label();
+}
+
 function buildReply(code: number, lines: string[]): SmtpReply {
   const first = lines[0] ?? '';
   const match = ENHANCED_RE.exec(first);
@@ -315,8 +320,8 @@ export class BackendConnection extends EventEmitter {
    * pipelined (RFC 2920): replies are matched to commands in order.
    */
   command(line: string): Promise<SmtpReply> {
-    const verb = /^[A-Za-z]{1,16}\b/.exec(line)?.[0]?.toUpperCase() ?? 'command';
-    return this.send(line, verb, this.opts.timeouts.commandMs);
+    // The label (the verb) is only needed if the reply times out.
+    return this.send(line, () => /^[A-Za-z]{1,16}\b/.exec(line)?.[0]?.toUpperCase() ?? 'command', this.opts.timeouts.commandMs);
   }
 
   async ehlo(): Promise<SmtpReply> {
@@ -624,15 +629,15 @@ export class BackendConnection extends EventEmitter {
     socket.on('close', () => this.onTransportClose());
   }
 
-  private send(line: string, label: string, timeoutMs: number): Promise<SmtpReply> {
+  private send(line: string, label: string | (() => string), timeoutMs: number): Promise<SmtpReply> {
     if (LINE_BREAK_RE.test(line)) {
       // A CR or LF would end the command early and start another one of the caller's
       // choosing: command injection. Nothing is written.
-      return Promise.reject(new BackendError('protocol', `refusing to send ${label}: the line contains CR, LF or NUL`));
+      return Promise.reject(new BackendError('protocol', `refusing to send ${labelText(label)}: the line contains CR, LF or NUL`));
     }
     if (this.failure) return Promise.reject(this.closedError());
     if (this.dataInProgress) {
-      return Promise.reject(new BackendError('protocol', `refusing to send ${label} while message data is being sent`));
+      return Promise.reject(new BackendError('protocol', `refusing to send ${labelText(label)} while message data is being sent`));
     }
     const wait = this.expectReply(timeoutMs, label, true);
     this.socket.write(`${line}\r\n`, 'utf8');
@@ -642,7 +647,7 @@ export class BackendConnection extends EventEmitter {
   /** Queues a waiter for the next reply. The timer runs from arm() (immediately if `armNow`). */
   private expectReply(
     timeoutMs: number,
-    label: string,
+    label: string | (() => string),
     armNow: boolean,
   ): { promise: Promise<SmtpReply>; arm: () => void } {
     let waiter!: Waiter;
@@ -653,7 +658,7 @@ export class BackendConnection extends EventEmitter {
     const arm = (): void => {
       if (this.failure || waiter.timer) return;
       waiter.timer = setTimeout(() => {
-        this.fail(new BackendError('timeout', `no reply from backend to ${label} within ${timeoutMs} ms`));
+        this.fail(new BackendError('timeout', `no reply from backend to ${labelText(label)} within ${timeoutMs} ms`));
       }, timeoutMs);
     };
     if (armNow) arm();
