@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import net from 'node:net';
 import { Readable } from 'node:stream';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { generate } from 'selfsigned';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import {
@@ -779,6 +779,47 @@ describe('DATA', () => {
   function sha256(data: Buffer): string {
     return createHash('sha256').update(data).digest('hex');
   }
+
+  it('sends what beginData() is given in one turn, and the final dot with it, in a single packet', async () => {
+    // What the backend reads once it answered 354.
+    const packets: Buffer[] = [];
+    const { port } = await startScripted({
+      ...basicScript([], (line, conn) => {
+        if (line !== 'DATA') return false;
+        conn.write('354 go ahead\r\n');
+        conn.inData = true;
+        return true;
+      }),
+      onData: (chunk, conn) => {
+        if (!conn.inData) return;
+        packets.push(chunk);
+        if (Buffer.concat(packets).toString('latin1').endsWith('\r\n.\r\n')) conn.write('250 2.0.0 queued\r\n');
+      },
+    });
+    const conn = await connect(port);
+    await conn.command('MAIL FROM:<a@example.com>');
+    await conn.command('RCPT TO:<b@example.com>');
+    expect((await conn.command('DATA')).code).toBe(354);
+    // Socket writes towards the backend (each is one write/writev syscall); the backend's own
+    // socket, whose remote port is not the backend's, is not counted.
+    const toBackend: string[] = [];
+    const proto = net.Socket.prototype as unknown as Record<'_write' | '_writev', (...args: unknown[]) => void>;
+    for (const method of ['_write', '_writev'] as const) {
+      const original = proto[method];
+      vi.spyOn(proto, method).mockImplementation(function (this: net.Socket, ...args: unknown[]) {
+        if (this.remotePort === port) toBackend.push(method);
+        return original.apply(this, args);
+      });
+    }
+    const writer = conn.beginData();
+    expect(writer.write(Buffer.from('Received: by test\r\n'))).toBe(true);
+    expect(writer.write(Buffer.from('Subject: one\r\n\r\nbody\r\n'))).toBe(true);
+    const reply = await writer.finish();
+    vi.restoreAllMocks();
+    expect(reply.code).toBe(250);
+    expect(toBackend).toEqual(['_writev']);
+    expect(Buffer.concat(packets).toString('latin1')).toBe('Received: by test\r\nSubject: one\r\n\r\nbody\r\n.\r\n');
+  });
 
   it('streams a 5 MB body and smtp-server receives exactly those bytes', async () => {
     const received = deferred<Buffer>();
