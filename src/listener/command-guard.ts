@@ -329,7 +329,8 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
     replaceGreetingWait(conn, server, greetingDelayFor(conn.remoteAddress, hooks.greeting));
     conn._onCommand = (command: Buffer, callback?: () => void) => {
       if (conn._upgrading) return dispatch(command, callback);
-      if (!conn._nextHandler) stage = stageOf(/^\s*([A-Za-z]+)/.exec(command.toString('latin1'))?.[1]?.toUpperCase());
+      const line = command.toString('latin1');
+      if (!conn._nextHandler) stage = stageOf(/^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase());
       const closeWith = (r: Refusal) => {
         onRefusal(conn.id, r);
         conn.send(r.code, `${r.enhanced} ${r.text}`, false);
@@ -337,15 +338,15 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
       };
       if (bareLf) return closeWith(BARE_LF_REFUSAL);
       if (dataRefusedAt === reads) return closeWith(PIPELINING_REFUSAL);
-      if (/^\s*DATA\s*$/i.test(command.toString('latin1'))) dataAt = reads;
-      const r = checkCommand(command.toString('latin1'), {
+      if (stage === 'data' && /^\s*DATA\s*$/i.test(line)) dataAt = reads;
+      const r = checkCommand(line, {
         secure: conn.secure,
         continuation: Boolean(conn._nextHandler),
         draining: hooks.draining(),
         inTransaction: inTransaction(conn),
       });
       if (!r) {
-        if (/^\s*STARTTLS\s*$/i.test(command.toString('latin1')) && !conn.secure) hooks.onStartTls(conn.id);
+        if (stage === 'tls' && !conn.secure && /^\s*STARTTLS\s*$/i.test(line)) hooks.onStartTls(conn.id);
         return dispatch(command, callback);
       }
       onRefusal(conn.id, r);

@@ -137,6 +137,9 @@ export class SmtpListener {
     this.server = new SMTPServer({
       name: deps.hostname,
       banner: 'smtpgate',
+      // TCP_NODELAY: SMTP is lock-step, one short reply per command; Nagle would hold a reply
+      // back until the client's delayed ACK (up to 40 ms) whenever an earlier segment is unacked.
+      noDelay: true,
       secure: config.tls === 'implicit',
       ...(tls ? tls.manager.serverOptions(clientCerts ? tls.clientCa : undefined) : {}),
       ...(tls && clientCerts
