@@ -30,7 +30,7 @@ import { buildUserFacts, dataFacts } from '../policy/facts.js';
 import { MessageScanner } from '../policy/mime.js';
 import { limitRefusal } from '../policy/replies.js';
 import { limiterUnavailableRefusal } from '../limits/replies.js';
-import type { Decision, HeaderToAdd, PolicySet, PolicyStage, SessionFacts } from '../policy/types.js';
+import type { Decision, EvaluateOptions, HeaderToAdd, PolicySet, PolicyStage, SessionFacts } from '../policy/types.js';
 import type { TlsManager } from './tls-manager.js';
 import { CidrSet } from '../config/cidr.js';
 import { readProxyHeader, ProxyHeaderError } from './proxy-protocol.js';
@@ -101,7 +101,10 @@ interface SessionState {
   lastRefusal?: Refusal;
 }
 
-/** Thrown into the DATA body stream when the client's own stream fails (reset mid-DATA). */
+const TRACED: EvaluateOptions = { trace: true };
+const UNTRACED: EvaluateOptions = { trace: false };
+
+/** The client's stream failed (reset mid-DATA), or it closed before the final dot. */
 class ClientAbortError extends Error {}
 /** Thrown into the DATA body stream when the message passes limits.maxMessageBytes. */
 class MessageTooBigError extends Error {}
@@ -786,9 +789,11 @@ export class SmtpListener {
    * headers to add. Returns the refusal, if any, with the rule that made it.
    */
   async #policy(stage: PolicyStage, facts: SessionFacts, state: SessionState): Promise<{ refusal: Refusal; rule: string } | undefined> {
-    const ev = evaluate(state.policy, stage, facts);
+    // The trace (a line per rule, with why it matched) is built only when it will be logged.
+    const debug = state.log.isLevelEnabled('debug');
+    const ev = evaluate(state.policy, stage, facts, debug ? TRACED : UNTRACED);
     this.#deps.metrics.policy.record(ev);
-    if (state.log.isLevelEnabled('debug')) state.log.debug({ stage, decision: ev.decision.kind, rule: ev.decision.rule, trace: ev.trace }, 'policy evaluated');
+    if (debug) state.log.debug({ stage, decision: ev.decision.kind, rule: ev.decision.rule, trace: ev.trace }, 'policy evaluated');
     for (const a of ev.audits) {
       state.log.warn({ stage, rule: a.rule, code: a.refusal.code, enhanced: a.refusal.enhanced }, `policy audit: would have refused: ${a.refusal.text}`);
     }

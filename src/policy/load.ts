@@ -17,6 +17,7 @@ import { parseSize } from '../config/units.js';
 import { parseRate } from '../limits/rate.js';
 import type { z } from 'zod';
 import type { Refusal } from '../reply.js';
+import { planStages } from './evaluate.js';
 import { PatternList } from './patterns.js';
 import { BUILTIN_DEFAULTS, defaultRefusal, parseReply } from './replies.js';
 import { CONDITION_KEYS, FILE_KEYS, RULE_KEYS, SETTING_KEYS, fileSchema, ruleSchema, type RawCondition, type RawPolicyFile, type RawRule, type SettingKey } from './schema.js';
@@ -781,6 +782,7 @@ function compilePolicySet(dir: string, files: readonly ParsedFile[], lists: List
     rules,
     ruleCount: names.size,
     byStage,
+    plan: planStages(byStage, settings),
     needs: {
       headers: dataRules.some((r) => uses(r.when, (c) => c.kind === 'header' || (c.kind === 'builtin' && c.check.type === 'sender_binding'))),
       attachments: dataRules.some((r) => uses(r.when, (c) => c.kind === 'attachmentName' || c.kind === 'attachmentType' || c.kind === 'scanIncomplete')),

@@ -1,6 +1,7 @@
 /**
  * The policy engine's metrics. The app calls `createPolicyMetrics(registry)` with its own
- * registry (no globals) and `record(evaluation)` after each `evaluate()`.
+ * registry (no globals) and `record(evaluation)` after each `evaluate()`. Counts reach the
+ * counters when the registry is read (a scrape, `registry.metrics()`, `counter.get()`).
  *
  * Labels: `rule` (rule names from the policy files: a small set the admin controls; rule
  * names are restricted to letters, digits, "_", "." and "-"), `stage`, `action`. Never an IP,
@@ -14,19 +15,71 @@ export function decisionAction(d: Decision): string {
   return d.kind === 'refuse' ? d.action : d.kind;
 }
 
+/**
+ * Counts per label set, kept between scrapes and added to the counter when it is read.
+ * `record()` runs for every command of every session, and prom-client's `inc()` builds and
+ * checks a key from the label object on every call (a `labels()` child only binds the object).
+ * The label sets are few and bounded: rule names × stages × actions.
+ */
+class PendingCounts {
+  readonly #names: readonly string[];
+  readonly #counts = new Map<string, Map<string, Map<string, { readonly labels: Record<string, string>; n: number }>>>();
+
+  constructor(names: readonly string[]) {
+    this.#names = names;
+  }
+
+  /** One more for the label values (the third is '' when there are two labels). */
+  add(a: string, b: string, c = ''): void {
+    let byB = this.#counts.get(a);
+    if (!byB) this.#counts.set(a, (byB = new Map()));
+    let byC = byB.get(b);
+    if (!byC) byB.set(b, (byC = new Map()));
+    let pending = byC.get(c);
+    if (!pending) {
+      const values = [a, b, c];
+      byC.set(c, (pending = { labels: Object.fromEntries(this.#names.map((name, i) => [name, values[i]!])), n: 0 }));
+    }
+    pending.n++;
+  }
+
+  /** Adds what was counted since the last read to `counter`. */
+  flushInto(counter: Counter<string>): void {
+    for (const byB of this.#counts.values()) {
+      for (const byC of byB.values()) {
+        for (const pending of byC.values()) {
+          if (pending.n === 0) continue;
+          counter.inc(pending.labels, pending.n);
+          pending.n = 0;
+        }
+      }
+    }
+  }
+}
+
+/** An add_header rule counts once, however many headers it adds. */
+function isFirstOfRule(headers: Evaluation['headers'], i: number): boolean {
+  for (let j = 0; j < i; j++) if (headers[j]!.rule === headers[i]!.rule) return false;
+  return true;
+}
+
 export function createPolicyMetrics(registry: Registry) {
   const registers = [registry];
-  const decisions = new Counter({
+  const decisionCounts = new PendingCounts(['rule', 'stage', 'action']);
+  const auditCounts = new PendingCounts(['rule', 'stage']);
+  const decisions: Counter<'rule' | 'stage' | 'action'> = new Counter({
     name: 'smtpgate_policy_decisions_total',
     help: 'Policy decisions by rule, stage and action (accept, continue = no rule decided, reject, tempfail, require_tls, require_auth, add_header, limit).',
     labelNames: ['rule', 'stage', 'action'] as const,
     registers,
+    collect: () => decisionCounts.flushInto(decisions),
   });
-  const audits = new Counter({
+  const audits: Counter<'rule' | 'stage'> = new Counter({
     name: 'smtpgate_policy_audit_total',
     help: 'Audit-mode rules that would have refused (not enforced), by rule and stage.',
     labelNames: ['rule', 'stage'] as const,
     registers,
+    collect: () => auditCounts.flushInto(audits),
   });
   const rules = new Gauge({
     name: 'smtpgate_policy_rules',
@@ -42,10 +95,12 @@ export function createPolicyMetrics(registry: Registry) {
     rules,
     /** Counts one evaluation: its decision, each add_header and limit rule that matched, each audit hit. */
     record(ev: Evaluation): void {
-      decisions.inc({ rule: ev.decision.rule, stage: ev.stage, action: decisionAction(ev.decision) });
-      for (const rule of new Set(ev.headers.map((h) => h.rule))) decisions.inc({ rule, stage: ev.stage, action: 'add_header' });
-      for (const l of ev.limits) decisions.inc({ rule: l.rule, stage: ev.stage, action: 'limit' });
-      for (const a of ev.audits) audits.inc({ rule: a.rule, stage: a.stage });
+      decisionCounts.add(ev.decision.rule, ev.stage, decisionAction(ev.decision));
+      for (let i = 0; i < ev.headers.length; i++) {
+        if (isFirstOfRule(ev.headers, i)) decisionCounts.add(ev.headers[i]!.rule, ev.stage, 'add_header');
+      }
+      for (const l of ev.limits) decisionCounts.add(l.rule, ev.stage, 'limit');
+      for (const a of ev.audits) auditCounts.add(a.rule, a.stage);
     },
     /** After a (re)load: the rule count, and every rule's audit series at zero so alerts see it. */
     setPolicySet(set: PolicySet): void {

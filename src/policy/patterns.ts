@@ -52,11 +52,11 @@ export class PatternList {
 export function domainOf(address: string): string {
   const at = address.lastIndexOf('@');
   if (at < 0) return '';
-  return address
-    .slice(at + 1)
-    .toLowerCase()
-    .replace(/\.$/, '');
+  const domain = address.slice(at + 1).toLowerCase();
+  return domain.endsWith('.') ? domain.slice(0, -1) : domain;
 }
+
+const ROUTING = /[%!@]/;
 
 /**
  * Sender-specified routing in a recipient: user%other@ours, user!other@ours, "user@other"@ours,
@@ -68,7 +68,7 @@ export function hasSenderRouting(address: string): boolean {
   if (address.startsWith('@')) return true;
   const at = address.lastIndexOf('@');
   const local = at < 0 ? address : address.slice(0, at);
-  return /[%!@]/.test(local);
+  return ROUTING.test(local);
 }
 
 /** Users' allowed addresses: globs, and "@domain" as a short form of "*@domain". */

@@ -11,7 +11,7 @@
  */
 import { evaluate, unmetRequirement } from './evaluate.js';
 import { decodeEncodedWords } from './mime.js';
-import type { Decision, Evaluation, Header, MimePart, PolicySet, PolicyStage, SessionFacts, UserFacts } from './types.js';
+import type { Decision, EvaluateOptions, Evaluation, Header, MimePart, PolicySet, PolicyStage, SessionFacts, UserFacts } from './types.js';
 
 export interface SessionSpec {
   readonly ip: string;
@@ -45,13 +45,14 @@ export function passes(d: Decision): boolean {
   return d.kind !== 'refuse';
 }
 
-export function simulateSession(set: PolicySet, spec: SessionSpec): StageReport[] {
+/** `options` go to every `evaluate()` (`{ trace: false }`: the listener's path, without the trace). */
+export function simulateSession(set: PolicySet, spec: SessionSpec, options?: EvaluateOptions): StageReport[] {
   const reports: StageReport[] = [];
   const tls = spec.tls ? { version: spec.tls } : undefined;
   let facts: SessionFacts = { ip: spec.ip, listener: spec.listener, tls, authenticated: false, trusted: spec.trusted, recipients: [], now: spec.now };
   const requirements: Decision[] = [];
   const run = (stage: PolicyStage, f: SessionFacts, subject?: string): Decision => {
-    const evaluation = evaluate(set, stage, f);
+    const evaluation = evaluate(set, stage, f, options);
     reports.push({ stage, ...(subject !== undefined ? { subject } : {}), decision: evaluation.decision, evaluation });
     if (evaluation.decision.kind === 'require_tls' || evaluation.decision.kind === 'require_auth') requirements.push(evaluation.decision);
     return evaluation.decision;

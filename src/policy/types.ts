@@ -241,6 +241,53 @@ export interface PolicySet {
   readonly byStage: Readonly<Record<PolicyStage, readonly Rule[]>>;
   /** What the data stage needs, so the listener only scans what some rule looks at. */
   readonly needs: { readonly headers: boolean; readonly attachments: boolean };
+  /** What `evaluate()` works out once per set instead of on every call (built by `planStages`). */
+  readonly plan: Readonly<Record<PolicyStage, StagePlan>>;
+}
+
+/**
+ * One stage of a set, prepared for `evaluate()`. Everything in it is frozen and shared by the
+ * evaluations that return it: callers must not mutate an `Evaluation`.
+ */
+export interface StagePlan {
+  /** `byStage[stage]`, each rule with what it decides or collects when it matches. */
+  readonly steps: readonly RuleStep[];
+  /** The stage's default, for when no rule decides. */
+  readonly fallback: Decision;
+  readonly fallbackTrace: TraceEntry;
+  /** The answer without a trace when no rule decides and nothing was collected. */
+  readonly untraced: Evaluation;
+  /**
+   * When no rule at the stage can act (none, or all mode: off), the answer doesn't depend on
+   * the facts: both forms, ready.
+   */
+  readonly fixed: { readonly traced: Evaluation; readonly untraced: Evaluation } | undefined;
+}
+
+/** A rule at its stage with the parts of its answer that don't depend on the facts. */
+export interface RuleStep {
+  readonly rule: Rule;
+  /**
+   * What the rule decides when it matches and decides: accept, or (mode: enforce) a refusal,
+   * or a require_tls / require_auth held from connect or auth. Undefined for add_header, limit
+   * and audit-mode rules.
+   */
+  readonly decision: Decision | undefined;
+  /** `decision` as a whole answer, for when nothing was collected before it. */
+  readonly decided: Evaluation | undefined;
+  /** mode: audit: the hit it records when it would refuse. */
+  readonly audit: AuditHit | undefined;
+  /** add_header: the headers it asks for. */
+  readonly headers: readonly HeaderToAdd[];
+}
+
+export interface EvaluateOptions {
+  /**
+   * Build the trace (default true): what `smtpgate policy test` prints and the listener logs
+   * at debug level. With false the evaluation builds no trace and no texts at all, and returns
+   * `trace: []`; the decision, headers, limits and audits are the same.
+   */
+  readonly trace?: boolean;
 }
 
 // ── answers ───────────────────────────────────────────────────────────────────────────────
@@ -313,6 +360,7 @@ export interface TraceEntry {
   readonly why: readonly string[];
 }
 
+/** May be shared by several calls (frozen, from the set's plan): read it, don't change it. */
 export interface Evaluation {
   readonly stage: PolicyStage;
   readonly decision: Decision;
