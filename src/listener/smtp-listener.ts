@@ -280,7 +280,7 @@ export class SmtpListener {
     const limited = await this.#deps.limits.connectionOpened(this.#facts(session, state));
     // smtp-server sends the 421 and closes the connection.
     if (limited) return cb(this.#refuse(state, 'connect', limited));
-    const refused = await this.#policy('connect', this.#policyFacts(session, state), state);
+    const refused = await this.#policy('connect', () => this.#policyFacts(session, state), state);
     if (refused) return cb(this.#refuse(state, 'connect', refused.refusal, { rule: refused.rule }));
     this.#applyCommandVisibility(session);
     cb();
@@ -441,7 +441,7 @@ export class SmtpListener {
     const suspended = await limits.authSucceeded({ ...authFacts, username: outcome.user.username });
     if (suspended) return refuseLogin(suspended);
     const name = outcome.user.username;
-    const refused = await this.#policy('auth', { ...this.#policyFacts(session, state), authenticated: true, user: buildUserFacts(name, this.#deps.attributes(name)) }, state);
+    const refused = await this.#policy('auth', () => ({ ...this.#policyFacts(session, state), authenticated: true, user: buildUserFacts(name, this.#deps.attributes(name)) }), state);
     if (refused) return refuseLogin(refused.refusal, refused.rule);
     state.user = name;
     state.authMethod = 'password';
@@ -470,9 +470,9 @@ export class SmtpListener {
     const limited = await this.#deps.limits.mailFrom({ ...facts, sender: address.address, size });
     if (limited) return cb(this.#refuse(state, 'mail', limited, { from: address.address }));
     state.txHeaders = [];
-    const mailFacts: SessionFacts = { ...this.#policyFacts(session, state), from: address.address, declaredSize: size };
+    const mailFacts = (): SessionFacts => ({ ...this.#policyFacts(session, state), from: address.address, declaredSize: size });
     for (const held of state.requirements) {
-      const unmet = unmetRequirement(held, mailFacts);
+      const unmet = unmetRequirement(held, mailFacts());
       if (unmet) return cb(this.#refuse(state, 'mail', unmet, { from: address.address, rule: held.rule }));
     }
     const refused = await this.#policy('mail', mailFacts, state);
@@ -507,7 +507,7 @@ export class SmtpListener {
     const limited = await this.#deps.limits.rcptTo({ ...this.#facts(session, state), recipientsSoFar: session.envelope.rcptTo.length });
     if (limited) return cb(this.#refuse(state, 'rcpt', limited, { to: address.address }));
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-    const refused = await this.#policy('rcpt', { ...this.#policyFacts(session, state), from, recipient: address.address }, state);
+    const refused = await this.#policy('rcpt', () => ({ ...this.#policyFacts(session, state), from, recipient: address.address }), state);
     if (refused) return cb(this.#refuse(state, 'rcpt', refused.refusal, { to: address.address, rule: refused.rule }));
     try {
       const reply = await state.backend.rcpt(rcptCommand(address, smtputf8));
@@ -625,7 +625,7 @@ export class SmtpListener {
             return fail(err);
           }
           // Before the final dot: a data-stage refusal aborts the backend transaction.
-          const facts: SessionFacts = { ...this.#policyFacts(session, state), from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: encoder.bytesIn };
+          const facts = (): SessionFacts => ({ ...this.#policyFacts(session, state), from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: encoder.bytesIn });
           this.#policy('data', facts, state).then((refused) => {
             if (refused) return fail(new PolicyRefusalError(refused.refusal, refused.rule));
             if (settled) return;
@@ -788,7 +788,7 @@ export class SmtpListener {
    * ("would have refused") and the trace, applies the rules' own limits and collects the
    * headers to add. Returns the refusal, if any, with the rule that made it.
    */
-  async #policy(stage: PolicyStage, facts: SessionFacts, state: SessionState): Promise<{ refusal: Refusal; rule: string } | undefined> {
+  async #policy(stage: PolicyStage, facts: () => SessionFacts, state: SessionState): Promise<{ refusal: Refusal; rule: string } | undefined> {
     // The trace (a line per rule, with why it matched) is built only when it will be logged.
     const debug = state.log.isLevelEnabled('debug');
     const ev = evaluate(state.policy, stage, facts, debug ? TRACED : UNTRACED);

@@ -40,10 +40,15 @@ const NONE: readonly never[] = Object.freeze([]);
 const SKIPPED_WHY: readonly string[] = Object.freeze(['mode: off']);
 const CATCH_ALL_WHY = 'no conditions: matches every session';
 
-export function evaluate(set: PolicySet, stage: PolicyStage, facts: SessionFacts, options?: EvaluateOptions): Evaluation {
+/**
+ * `facts` may be a function that builds them: it is called only when some rule at the stage
+ * can act, so a caller pays nothing for facts at a stage without rules.
+ */
+export function evaluate(set: PolicySet, stage: PolicyStage, factsOrBuild: SessionFacts | (() => SessionFacts), options?: EvaluateOptions): Evaluation {
   const plan = set.plan[stage];
   const tracing = options?.trace !== false;
   if (plan.fixed) return tracing ? plan.fixed.traced : plan.fixed.untraced;
+  const facts = typeof factsOrBuild === 'function' ? factsOrBuild() : factsOrBuild;
 
   const trace: TraceEntry[] | undefined = tracing ? [] : undefined;
   // Allocated when a rule first adds to them.
