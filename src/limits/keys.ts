@@ -18,7 +18,7 @@ export interface ParsedIp {
 
 /** Parses an IPv4 or IPv6 address; an IPv4-mapped IPv6 address becomes IPv4. Zone ids are dropped. */
 export function parseIp(text: string): ParsedIp | undefined {
-  const ip = text.trim().replace(/%.*$/, '');
+  const ip = withoutZone(text.trim());
   if (isIPv4(ip)) return { version: 4, value: ipv4Value(ip) };
   if (!isIPv6(ip)) return undefined;
   const value = ipv6Value(ip);
@@ -26,8 +26,28 @@ export function parseIp(text: string): ParsedIp | undefined {
   return { version: 6, value };
 }
 
+/** Drops a zone id ("fe80::1%eth0"); the regex only runs for the rare address that has one. */
+function withoutZone(ip: string): string {
+  return ip.includes('%') ? ip.replace(/%.*$/, '') : ip;
+}
+
+/**
+ * `ip` has passed isIPv4: four decimal octets of 0-255 and three dots, nothing else. Read with
+ * plain numbers and made a BigInt once: it runs for every new connection.
+ */
 function ipv4Value(ip: string): bigint {
-  return ip.split('.').reduce((acc, octet) => (acc << 8n) | BigInt(Number(octet)), 0n);
+  let value = 0;
+  let octet = 0;
+  for (let i = 0; i < ip.length; i++) {
+    const ch = ip.charCodeAt(i);
+    if (ch === 0x2e) {
+      value = value * 256 + octet;
+      octet = 0;
+    } else {
+      octet = octet * 10 + (ch - 0x30);
+    }
+  }
+  return BigInt(value * 256 + octet);
 }
 
 /** `ip` has passed isIPv6, so only the shapes it accepts need handling here. */
@@ -52,7 +72,8 @@ function ipv6Value(ip: string): bigint {
 }
 
 function formatIpv4(value: bigint): string {
-  return [24n, 16n, 8n, 0n].map((s) => String((value >> s) & 0xffn)).join('.');
+  const n = Number(value);
+  return `${n >>> 24}.${(n >>> 16) & 0xff}.${(n >>> 8) & 0xff}.${n & 0xff}`;
 }
 
 /** RFC 5952 text: lower case, no leading zeros, the longest run of two or more zero hextets as "::". */
@@ -88,7 +109,11 @@ function mask(value: bigint, bits: number, prefix: number): bigint {
  * IPv6 (the /ipv6Prefix network). Anything unparseable is counted under its own text.
  */
 export function ipKey(ip: string, ipv6Prefix = 64): string {
-  const parsed = parseIp(ip);
+  return ipKeyOf(ip, parseIp(ip), ipv6Prefix);
+}
+
+/** ipKey for an address already parsed (`parsed` is `parseIp(ip)`), so a session parses it once. */
+export function ipKeyOf(ip: string, parsed: ParsedIp | undefined, ipv6Prefix = 64): string {
   if (!parsed) return ip.trim().toLowerCase() || 'unknown';
   if (parsed.version === 4) return formatIpv4(parsed.value);
   return `${formatIpv6(mask(parsed.value, 128, ipv6Prefix))}/${ipv6Prefix}`;
@@ -131,7 +156,7 @@ export interface Cidr {
 export function parseCidr(text: string): Cidr | undefined {
   const [addr, len, extra] = text.trim().split('/');
   if (extra !== undefined || addr === undefined) return undefined;
-  const ip = addr.trim().replace(/%.*$/, '');
+  const ip = withoutZone(addr.trim());
   const version = isIPv4(ip) ? 4 : isIPv6(ip) ? 6 : undefined;
   if (!version) return undefined;
   const bits = version === 4 ? 32 : 128;

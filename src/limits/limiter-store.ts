@@ -174,6 +174,8 @@ export class LimiterStore {
   /** Only with onFailure: memory and a store that can fail. */
   readonly #insurance: MemoryBackend | undefined;
   readonly #limiters = new Map<string, RateLimiterAbstract>();
+  /** The same limiters by spec object: callers that keep their specs (Limits does, per config) skip building the prefix. */
+  readonly #bySpec = new WeakMap<LimiterSpec, RateLimiterAbstract>();
   readonly #opTimeoutMs: number;
 
   constructor(opts: LimiterStoreOptions) {
@@ -299,12 +301,15 @@ export class LimiterStore {
   }
 
   #limiter(spec: LimiterSpec): RateLimiterAbstract {
+    const known = this.#bySpec.get(spec);
+    if (known) return known;
     const prefix = limiterKeyPrefix(this.keyPrefix, spec);
     let l = this.#limiters.get(prefix);
     if (!l) {
       l = this.#backend.createLimiter(spec, prefix);
       this.#limiters.set(prefix, l);
     }
+    this.#bySpec.set(spec, l);
     return l;
   }
 

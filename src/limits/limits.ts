@@ -23,10 +23,10 @@ import type { Registry } from 'prom-client';
 import type { Refusal } from '../reply.js';
 import type { Logger } from '../logging/logger.js';
 import type { LimitsConfig } from './config.js';
-import { ipKey, parseIp, senderKey, userIpKey, userKey, type ParsedIp } from './keys.js';
+import { ipKeyOf, parseIp, senderKey, userIpKey, userKey, type ParsedIp } from './keys.js';
 import type { CountResult, LimiterSpec, LimiterStore, PeekResult, StoredEntry } from './limiter-store.js';
 import { createLimitMetrics, type DecisionResult, type LimitMetrics } from './metrics.js';
-import { resolveQuotas, type Quotas } from './quotas.js';
+import { QuotaResolver, type Quotas } from './quotas.js';
 import type { Rate } from './rate.js';
 import { retrySeconds } from './rate.js';
 import {
@@ -91,6 +91,8 @@ interface SessionLimits {
   readonly held: { counter: ConcurrencyCounter; key: string }[];
   /** AUTH attempts answered 454 during a lockout, for the 421 that ends them. */
   lockedRefusals: number;
+  /** The quotas last resolved for this session, and for whom: MAIL, RCPT and the byte count ask again for the same. */
+  quotas?: { readonly resolver: QuotaResolver; readonly user: string | undefined; readonly groups: readonly string[] | undefined; readonly quotas: Quotas };
 }
 
 export interface LimitsDeps {
@@ -104,12 +106,12 @@ export interface LimitsDeps {
 
 const SUSPENSION: LimiterSpec = { name: 'suspension', points: 1, windowMs: 0 };
 
-function spec(name: LimiterName, rate: Rate): LimiterSpec {
-  return { name, points: rate.amount, windowMs: rate.windowMs };
-}
+/** Distinct policy-rule amounts whose specs are kept (far more than any policy folder holds). */
+const MAX_POLICY_RATES = 256;
 
 export class Limits implements LimitsAdmin {
   #config: LimitsConfig;
+  #resolver: QuotaResolver;
   readonly #store: LimiterStore;
   readonly #metrics: LimitMetrics;
   readonly #log: Logger;
@@ -117,10 +119,19 @@ export class Limits implements LimitsAdmin {
   readonly #sessions = new Map<string, SessionLimits>();
   readonly #perIp = new ConcurrencyCounter();
   readonly #perListener = new ConcurrencyCounter();
+  /**
+   * Specs of the limits at their configured rates, made once per rate object: a config's rates
+   * live as long as the config, and the store finds a limiter by its spec object without
+   * building its key.
+   */
+  readonly #specs = new WeakMap<Rate, Partial<Record<LimiterName, LimiterSpec>>>();
+  /** The same for policy rules' limits, by amount and window: the rates in the policy files. */
+  readonly #policySpecs = new Map<number, Map<number, LimiterSpec>>();
   #wasDown = false;
 
   constructor(deps: LimitsDeps) {
     this.#config = deps.config;
+    this.#resolver = new QuotaResolver(deps.config);
     this.#store = deps.store;
     this.#metrics = deps.metrics;
     this.#log = deps.log;
@@ -166,6 +177,7 @@ export class Limits implements LimitsAdmin {
       throw new RangeError('limits.store and limits.onStoreFailure cannot change on reload; restart smtpgate to change them');
     }
     this.#config = next;
+    this.#resolver = new QuotaResolver(next);
   }
 
   get storeUp(): boolean {
@@ -187,7 +199,8 @@ export class Limits implements LimitsAdmin {
     const s = this.#session(f);
     // Only a connection's opening registers its session; connectionClosed removes it.
     this.#sessions.set(f.session, s);
-    const { quotas } = resolveQuotas(this.config, { ip: s.ip });
+    // At connect the client is known by its address only.
+    const quotas = this.#quotasFor(s, undefined, undefined);
     const perListener = this.config.concurrentPerListener;
     // Slots are taken before anything is awaited, so a burst can't slip past the count.
     if (perListener !== null) {
@@ -208,7 +221,7 @@ export class Limits implements LimitsAdmin {
       this.#decide('concurrent_ip', 'allowed');
     }
     if (quotas.connectionRate) {
-      const r = await this.#store.consume(spec('connection_rate', quotas.connectionRate), s.ipKey);
+      const r = await this.#store.consume(this.#spec('connection_rate', quotas.connectionRate), s.ipKey);
       this.#decideCount('connection_rate', r);
       if (r.kind === 'unavailable' || r.kind === 'limited') {
         this.#release(s);
@@ -234,11 +247,11 @@ export class Limits implements LimitsAdmin {
     const { failuresPerIp, failuresPerUserIp, refusalsBeforeDisconnect } = this.config.auth;
     const user = userKey(f.username);
     const [ip, userIp] = await Promise.all([
-      failuresPerIp ? this.#store.get(spec('auth_ip', failuresPerIp), s.ipKey) : undefined,
-      failuresPerUserIp ? this.#store.get(spec('auth_user_ip', failuresPerUserIp), userIpKey(user, s.ipKey)) : undefined,
+      failuresPerIp ? this.#store.get(this.#spec('auth_ip', failuresPerIp), s.ipKey) : undefined,
+      failuresPerUserIp ? this.#store.get(this.#spec('auth_user_ip', failuresPerUserIp), userIpKey(user, s.ipKey)) : undefined,
     ]);
     if (ip?.kind === 'unavailable' || userIp?.kind === 'unavailable') {
-      this.#metrics.decisions.inc({ limiter: 'auth_ip', result: 'store_error' });
+      this.#metrics.decide('auth_ip', 'store_error');
       return limiterUnavailableRefusal('auth');
     }
     const ipLock = failuresPerIp ? this.#lock('auth_ip', ip, failuresPerIp.amount) : undefined;
@@ -259,7 +272,7 @@ export class Limits implements LimitsAdmin {
     const count = async (scope: LockoutScope, rate: Rate | null, key: string) => {
       if (!rate) return undefined;
       const limiter = scope === 'ip' ? 'auth_ip' : 'auth_user_ip';
-      const sp = spec(limiter, rate);
+      const sp = this.#spec(limiter, rate);
       const r = await this.#store.consume(sp, key);
       this.#decideCount(limiter, r);
       if (r.kind === 'unavailable') return undefined;
@@ -299,7 +312,7 @@ export class Limits implements LimitsAdmin {
     }
     s.lockedRefusals = 0;
     const rate = this.config.auth.failuresPerUserIp;
-    if (rate) await this.#store.delete(spec('auth_user_ip', rate), userIpKey(user, s.ipKey));
+    if (rate) await this.#store.delete(this.#spec('auth_user_ip', rate), userIpKey(user, s.ipKey));
     return undefined;
   }
 
@@ -309,25 +322,33 @@ export class Limits implements LimitsAdmin {
   async mailFrom(f: MailFacts): Promise<Refusal | undefined> {
     const s = this.#session(f);
     const user = f.user !== undefined ? userKey(f.user) : undefined;
-    const { quotas } = resolveQuotas(this.config, { user: f.user, groups: f.groups, ip: s.ip });
-    const sender = senderKey(f.sender);
+    const quotas = this.#quotasFor(s, f.user, f.groups);
+    const sender = quotas.messagesPerSender ? senderKey(f.sender) : undefined;
+    const perUser = user !== undefined ? quotas.messagesPerUser : null;
+    const bytesRate = user !== undefined ? quotas.bytesPerUser : null;
+    // Without a user there is no suspension to look up: with no sender or address quota either, nothing is counted.
+    if (user === undefined && sender === undefined && !quotas.messagesPerIp) return undefined;
+    if (user !== undefined && !perUser && sender === undefined && !quotas.messagesPerIp && !bytesRate) {
+      const suspended = await this.#suspension(user);
+      if (suspended === 'unavailable') return limiterUnavailableRefusal('mail');
+      return suspended ? suspendedMailRefusal() : undefined;
+    }
     const counters: { limiter: QuotaLimiter; rate: Rate; key: string }[] = [];
-    if (user !== undefined && quotas.messagesPerUser) counters.push({ limiter: 'messages_user', rate: quotas.messagesPerUser, key: user });
+    if (user !== undefined && perUser) counters.push({ limiter: 'messages_user', rate: perUser, key: user });
     if (sender !== undefined && quotas.messagesPerSender) counters.push({ limiter: 'messages_sender', rate: quotas.messagesPerSender, key: sender });
     if (quotas.messagesPerIp) counters.push({ limiter: 'messages_ip', rate: quotas.messagesPerIp, key: s.ipKey });
-    const bytesRate = user !== undefined ? quotas.bytesPerUser : null;
 
     const [suspended, bytes, ...counts] = await Promise.all([
       user !== undefined ? this.#suspension(user) : false,
-      bytesRate ? this.#store.get(spec('bytes_user', bytesRate), user!) : undefined,
-      ...counters.map((c) => this.#store.consume(spec(c.limiter, c.rate), c.key)),
+      bytesRate ? this.#store.get(this.#spec('bytes_user', bytesRate), user!) : undefined,
+      ...counters.map((c) => this.#store.consume(this.#spec(c.limiter, c.rate), c.key)),
     ]);
     counters.forEach((c, i) => this.#decideCount(c.limiter, counts[i]!));
     const giveBack = () =>
       Promise.all(
         counters.map((c, i) => {
           const r = counts[i]!;
-          return r.kind === 'allowed' ? this.#store.reward(spec(c.limiter, c.rate), c.key, 1, r.source) : undefined;
+          return r.kind === 'allowed' ? this.#store.reward(this.#spec(c.limiter, c.rate), c.key, 1, r.source) : undefined;
         }),
       );
 
@@ -373,7 +394,7 @@ export class Limits implements LimitsAdmin {
    * and onStoreFailure is deny.
    */
   async policyLimit(req: { bucket: string; amount: number; windowMs: number }): Promise<{ limited: false } | { limited: true; msBeforeNext: number } | 'unavailable'> {
-    const r = await this.#store.consume({ name: 'policy', points: req.amount, windowMs: req.windowMs }, req.bucket);
+    const r = await this.#store.consume(this.#policySpec(req.amount, req.windowMs), req.bucket);
     this.#decideCount('policy', r);
     if (r.kind === 'unavailable') return 'unavailable';
     return r.kind === 'limited' ? { limited: true, msBeforeNext: r.msBeforeNext } : { limited: false };
@@ -384,7 +405,7 @@ export class Limits implements LimitsAdmin {
   async rcptTo(f: RcptFacts): Promise<Refusal | undefined> {
     const s = this.#session(f);
     const user = f.user !== undefined ? userKey(f.user) : undefined;
-    const { quotas } = resolveQuotas(this.config, { user: f.user, groups: f.groups, ip: s.ip });
+    const quotas = this.#quotasFor(s, f.user, f.groups);
     const perMessage = quotas.recipientsPerMessage;
     if (perMessage !== null) {
       // RFC 5321 §4.5.3.1.10: 452 tells the client to send the rest in a later transaction.
@@ -394,12 +415,18 @@ export class Limits implements LimitsAdmin {
     }
     if (user === undefined) return undefined;
     const rate = quotas.recipientsPerUser;
-    const [suspended, r] = await Promise.all([this.#suspension(user), rate ? this.#store.consume(spec('recipients_user', rate), user) : undefined]);
-    if (r) this.#decideCount('recipients_user', r);
+    if (!rate) {
+      const suspended = await this.#suspension(user);
+      if (suspended === 'unavailable') return limiterUnavailableRefusal('rcpt');
+      return suspended ? suspendedMailRefusal() : undefined;
+    }
+    const sp = this.#spec('recipients_user', rate);
+    const [suspended, r] = await Promise.all([this.#suspension(user), this.#store.consume(sp, user)]);
+    this.#decideCount('recipients_user', r);
     const giveBack = async () => {
-      if (rate && r?.kind === 'allowed') await this.#store.reward(spec('recipients_user', rate), user, 1, r.source);
+      if (r.kind === 'allowed') await this.#store.reward(sp, user, 1, r.source);
     };
-    if (suspended === 'unavailable' || r?.kind === 'unavailable') {
+    if (suspended === 'unavailable' || r.kind === 'unavailable') {
       await giveBack();
       return limiterUnavailableRefusal('rcpt');
     }
@@ -407,7 +434,7 @@ export class Limits implements LimitsAdmin {
       await giveBack();
       return suspendedMailRefusal();
     }
-    if (!rate || r?.kind !== 'limited') return undefined;
+    if (r.kind !== 'limited') return undefined;
     if (r.consumed === rate.amount + 1 && (await this.#quotaHit(user, f, 'recipients_user'))) return suspendedMailRefusal();
     this.#log.debug({ session: f.session, ip: f.ip, user: f.user, limiter: 'recipients_user' }, 'RCPT refused: quota reached');
     return quotaRefusal('recipients_user', rate, r.msBeforeNext);
@@ -419,11 +446,10 @@ export class Limits implements LimitsAdmin {
   async messageBytes(f: ClientFacts, bytes: number): Promise<void> {
     if (f.user === undefined || bytes <= 0) return;
     const s = this.#session(f);
-    const { quotas } = resolveQuotas(this.config, { user: f.user, groups: f.groups, ip: s.ip });
-    const rate = quotas.bytesPerUser;
+    const rate = this.#quotasFor(s, f.user, f.groups).bytesPerUser;
     if (!rate) return;
     const user = userKey(f.user);
-    const r = await this.#store.penalty(spec('bytes_user', rate), user, Math.round(bytes));
+    const r = await this.#store.penalty(this.#spec('bytes_user', rate), user, Math.round(bytes));
     if (r.kind === 'unavailable' || r.source === 'none') return;
     if (r.consumed >= rate.amount && r.consumed - bytes < rate.amount) await this.#quotaHit(user, f, 'bytes_user');
   }
@@ -464,11 +490,48 @@ export class Limits implements LimitsAdmin {
    * map would grow with every client that hangs up mid-command.
    */
   #session(f: Pick<ClientFacts, 'session' | 'ip'>): SessionLimits {
-    return this.#sessions.get(f.session) ?? { ipKey: ipKey(f.ip, this.config.ipv6Prefix), ip: parseIp(f.ip), held: [], lockedRefusals: 0 };
+    const known = this.#sessions.get(f.session);
+    if (known) return known;
+    const ip = parseIp(f.ip);
+    return { ipKey: ipKeyOf(f.ip, ip, this.config.ipv6Prefix), ip, held: [], lockedRefusals: 0 };
   }
 
   #release(s: SessionLimits): void {
-    for (const h of s.held.splice(0)) h.counter.release(h.key);
+    for (const h of s.held) h.counter.release(h.key);
+    s.held.length = 0;
+  }
+
+  #spec(name: LimiterName, rate: Rate): LimiterSpec {
+    let byName = this.#specs.get(rate);
+    if (!byName) this.#specs.set(rate, (byName = {}));
+    return (byName[name] ??= { name, points: rate.amount, windowMs: rate.windowMs });
+  }
+
+  #policySpec(amount: number, windowMs: number): LimiterSpec {
+    let byWindow = this.#policySpecs.get(amount);
+    if (!byWindow) {
+      // Policy reloads may bring new rates; a bound keeps the map from growing with each.
+      if (this.#policySpecs.size >= MAX_POLICY_RATES) this.#policySpecs.clear();
+      this.#policySpecs.set(amount, (byWindow = new Map()));
+    }
+    let sp = byWindow.get(windowMs);
+    if (!sp) byWindow.set(windowMs, (sp = { name: 'policy', points: amount, windowMs }));
+    return sp;
+  }
+
+  /**
+   * The quotas for this session's client as `user` (with `groups`): resolveQuotas, asked once
+   * per session and config rather than at every stage. The address is the session's own.
+   */
+  #quotasFor(s: SessionLimits, user: string | undefined, groups: readonly string[] | undefined): Quotas {
+    const resolver = this.#resolver;
+    const who = { user, groups, ip: s.ip };
+    if (!resolver.mayOverride(who)) return resolver.defaults;
+    const last = s.quotas;
+    if (last && last.resolver === resolver && last.user === user && sameList(last.groups, groups)) return last.quotas;
+    const quotas = resolver.resolve(who);
+    s.quotas = { resolver, user, groups, quotas };
+    return quotas;
   }
 
   #lock(limiter: 'auth_ip' | 'auth_user_ip', r: PeekResult | undefined, limit: number): { scope: LockoutScope; msBeforeNext: number } | undefined {
@@ -482,7 +545,7 @@ export class Limits implements LimitsAdmin {
   async #suspension(user: string): Promise<false | 'unavailable' | { since: number; msBeforeNext: number }> {
     const r = await this.#store.get(SUSPENSION, user, { mirror: true });
     if (r.kind === 'unavailable') {
-      this.#metrics.decisions.inc({ limiter: 'suspension', result: 'store_error' });
+      this.#metrics.decide('suspension', 'store_error');
       return 'unavailable';
     }
     this.#decide('suspension', r.kind === 'found' ? 'limited' : 'allowed', r.source);
@@ -509,11 +572,11 @@ export class Limits implements LimitsAdmin {
   }
 
   #decide(limiter: LimiterName, result: 'allowed' | 'limited', source: 'store' | 'insurance' | 'none' = 'store'): void {
-    this.#metrics.decisions.inc({ limiter, result: (source === 'store' ? result : 'store_error') satisfies DecisionResult });
+    this.#metrics.decide(limiter, (source === 'store' ? result : 'store_error') satisfies DecisionResult);
   }
 
   #decideCount(limiter: LimiterName, r: CountResult): void {
-    if (r.kind === 'unavailable') this.#metrics.decisions.inc({ limiter, result: 'store_error' });
+    if (r.kind === 'unavailable') this.#metrics.decide(limiter, 'store_error');
     else this.#decide(limiter, r.kind, r.source);
   }
 
@@ -534,6 +597,13 @@ const FAILURE_TEXT = {
 
 function redactUrl(url: string): string {
   return url.replace(/\/\/[^@/]*@/, '//***@');
+}
+
+function sameList(a: readonly string[] | undefined, b: readonly string[] | undefined): boolean {
+  if (a === b) return true;
+  if (!a || !b || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 function dedupe<T extends { limiter: string; key: string }>(xs: T[]): T[] {

@@ -6,19 +6,54 @@
  * user or address: those are in the log lines.
  */
 import { Counter, Gauge, type Registry } from 'prom-client';
-import { LIMITER_NAMES } from './replies.js';
+import { LIMITER_NAMES, type LimiterName } from './replies.js';
 
-export type DecisionResult = 'allowed' | 'limited' | 'store_error';
+const DECISION_RESULTS = ['allowed', 'limited', 'store_error'] as const;
+export type DecisionResult = (typeof DECISION_RESULTS)[number];
+
+const LIMITER_INDEX = Object.fromEntries(LIMITER_NAMES.map((name, i) => [name, i])) as Record<LimiterName, number>;
+const RESULT_INDEX: Record<DecisionResult, number> = { allowed: 0, limited: 1, store_error: 2 };
+
+/**
+ * Decisions counted since the counter was last read, one slot per limiter × result. Limits
+ * counts a decision at every stage of every message, and prom-client's `inc()` builds and
+ * looks up a key from the label object on every call (a `labels()` child only binds the
+ * object), so the counts wait here and reach the counter when it is read (a scrape,
+ * `registry.metrics()`, `counter.get()`): what a reader sees is the same.
+ */
+class PendingDecisions {
+  readonly #counts = new Float64Array(LIMITER_NAMES.length * DECISION_RESULTS.length);
+  readonly #labels = LIMITER_NAMES.flatMap((limiter) => DECISION_RESULTS.map((result) => ({ limiter, result })));
+
+  add(limiter: LimiterName, result: DecisionResult): void {
+    this.#counts[LIMITER_INDEX[limiter] * DECISION_RESULTS.length + RESULT_INDEX[result]]!++;
+  }
+
+  flushInto(counter: Counter<'limiter' | 'result'>): void {
+    for (let i = 0; i < this.#counts.length; i++) {
+      const n = this.#counts[i]!;
+      if (n === 0) continue;
+      this.#counts[i] = 0;
+      counter.inc(this.#labels[i]!, n);
+    }
+  }
+}
 
 export function createLimitMetrics(registry: Registry) {
   const registers = [registry];
+  const pending = new PendingDecisions();
+  const decisions: Counter<'limiter' | 'result'> = new Counter({
+    name: 'smtpgate_limiter_decisions_total',
+    help: 'Limit checks by limiter and result: allowed, limited, or store_error (the shared store failed and limits.onStoreFailure answered).',
+    labelNames: ['limiter', 'result'] as const,
+    registers,
+    collect: () => pending.flushInto(decisions),
+  });
   const metrics = {
-    decisions: new Counter({
-      name: 'smtpgate_limiter_decisions_total',
-      help: 'Limit checks by limiter and result: allowed, limited, or store_error (the shared store failed and limits.onStoreFailure answered).',
-      labelNames: ['limiter', 'result'] as const,
-      registers,
-    }),
+    /** Read it through the registry or `get()`; count with `decide()`. */
+    decisions,
+    /** Counts one limit check in `smtpgate_limiter_decisions_total`. */
+    decide: (limiter: LimiterName, result: DecisionResult): void => pending.add(limiter, result),
     lockouts: new Counter({
       name: 'smtpgate_auth_lockouts_total',
       help: 'AUTH lockouts started, by scope: ip (a client address) or user_ip (one user from one address).',
@@ -48,7 +83,7 @@ export function createLimitMetrics(registry: Registry) {
   for (const scope of ['ip', 'user_ip']) metrics.lockouts.inc({ scope }, 0);
   metrics.suspensions.inc(0);
   for (const limiter of ['messages_user', 'recipients_user', 'bytes_user']) metrics.quotaExhaustions.inc({ limiter }, 0);
-  for (const limiter of LIMITER_NAMES) for (const result of ['allowed', 'limited', 'store_error']) metrics.decisions.inc({ limiter, result }, 0);
+  for (const limiter of LIMITER_NAMES) for (const result of DECISION_RESULTS) metrics.decisions.inc({ limiter, result }, 0);
   return metrics;
 }
 

@@ -50,3 +50,37 @@ export function resolveQuotas(config: LimitsConfig, who: Who): ResolvedQuotas {
   });
   return { quotas: quotas as Quotas, applied };
 }
+
+/**
+ * resolveQuotas for one config, without its work for clients no override can select: with no
+ * overrides, or with only user and group overrides and no user (a trusted relay client), the
+ * answer is the defaults every time. A new config gets a new resolver (Limits.reconfigure).
+ */
+export class QuotaResolver {
+  readonly config: LimitsConfig;
+  /** The configured limits with no override applied. */
+  readonly defaults: Quotas;
+  readonly #byUser: boolean;
+  readonly #byGroup: boolean;
+  readonly #byCidr: boolean;
+
+  constructor(config: LimitsConfig) {
+    this.config = config;
+    this.defaults = Object.freeze(resolveQuotas({ ...config, overrides: [] }, {}).quotas);
+    this.#byUser = config.overrides.some((o) => o.users !== undefined);
+    this.#byGroup = config.overrides.some((o) => o.groups !== undefined);
+    this.#byCidr = config.overrides.some((o) => o.cidrs !== undefined);
+  }
+
+  /** Same as `resolveQuotas(config, who).quotas`. */
+  resolve(who: Who): Quotas {
+    return this.mayOverride(who) ? resolveQuotas(this.config, who).quotas : this.defaults;
+  }
+
+  /** False when no override has a selector `who` could match (overrideMatches is then false for all). */
+  mayOverride(who: Who): boolean {
+    if (this.#byUser && who.user !== undefined) return true;
+    if (this.#byGroup && who.groups !== undefined && who.groups.length > 0) return true;
+    return this.#byCidr && who.ip !== undefined;
+  }
+}

@@ -2,6 +2,7 @@
  * Which bucket a client is counted in. IPv6 clients share their /64 (one subscriber holds a
  * whole /64); users and senders are case-insensitive.
  */
+import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
 import { cidrContains, ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, userIpKey, userKey } from '../../src/limits/keys.js';
 
@@ -42,6 +43,23 @@ describe('ipKey', () => {
     expect(ipKey('2001:db8:0:0:1:0:0:0', 128)).toBe('2001:db8:0:0:1::/128');
     expect(ipKey('2001:0:0:1:0:0:0:1', 128)).toBe('2001:0:0:1::1/128');
     expect(ipKey('2001:db8:1:1:1:1:0:1', 128)).toBe('2001:db8:1:1:1:1:0:1/128');
+  });
+
+  test('every IPv4 address, plain or IPv4-mapped, has the value of its four octets and is its own key', () => {
+    const octet = fc.integer({ min: 0, max: 255 });
+    fc.assert(
+      fc.property(octet, octet, octet, octet, (a, b, c, d) => {
+        const text = `${a}.${b}.${c}.${d}`;
+        const value = (BigInt(a) << 24n) | (BigInt(b) << 16n) | (BigInt(c) << 8n) | BigInt(d);
+        expect(parseIp(text)).toEqual({ version: 4, value });
+        expect(parseIp(`::ffff:${text}`)).toEqual({ version: 4, value });
+        expect(ipKey(text)).toBe(text);
+        expect(ipKey(`::FFFF:${text}`)).toBe(text);
+        expect(cidrContains(parseCidr(`${text}/32`)!, parseIp(text))).toBe(true);
+      }),
+    );
+    expect(parseIp('255.255.255.255')).toEqual({ version: 4, value: 0xffffffffn });
+    expect(ipKey('255.255.255.255')).toBe('255.255.255.255');
   });
 
   test('an unparseable address is counted under its own text', () => {
