@@ -28,6 +28,7 @@
 import type { SMTPServer } from 'smtp-server';
 import type { CidrSet } from '../config/cidr.js';
 import { refusal, type Refusal } from '../reply.js';
+import { installFastDataParser, type DataParser } from './data-stream.js';
 
 export interface CommandFacts {
   /** The session runs under TLS. */
@@ -166,6 +167,8 @@ export interface GuardedConnection {
  */
 function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChunk: () => void): void {
   const watch = (parser: CommandParser) => {
+    // smtp-server's DATA parser copies every message byte; this one hands the reads on as they are.
+    installFastDataParser(parser as unknown as DataParser);
     const write = parser._write.bind(parser);
     let previous = -1;
     parser._write = (chunk, encoding, done) => {
