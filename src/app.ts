@@ -31,6 +31,7 @@ import { emptyPolicySet, loadPolicySet } from './policy/load.js';
 import type { PolicySet } from './policy/types.js';
 import type { HostPort } from './config/units.js';
 import type { BackendClientOptions } from './relay/smtp-client.js';
+import { WriteBatcher } from './transport/write-batcher.js';
 import { demoCertificateExists, ensureDemoCertificate } from './demo/demo-certificate.js';
 import { startCaptureBackend, type CaptureBackend } from './demo/capture-backend.js';
 
@@ -215,6 +216,8 @@ export interface BoundAddresses {
 }
 
 export class App {
+  /** Socket writes of one event-loop turn leave together (client replies and backend commands). */
+  readonly #writes = new WriteBatcher();
   #config: Config;
   /** The file the config came from, for reloads; undefined for a config built in code. */
   readonly #configFile: string | undefined;
@@ -338,6 +341,7 @@ export class App {
             maxMessageBytes: config.limits.maxMessageBytes,
           },
           client: config.client,
+          writes: this.#writes,
           metrics: this.metrics,
           log: this.log,
         });
@@ -509,6 +513,7 @@ export class App {
         ...(b.servername ? { servername: b.servername } : {}),
       },
       heloName: b.heloName ?? this.config.hostname,
+      writes: this.#writes,
       timeouts: {
         connectMs: b.timeouts.connect,
         greetingMs: b.timeouts.greeting,

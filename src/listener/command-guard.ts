@@ -25,7 +25,9 @@
  * The decisions are pure (`checkCommand`, `greetingDelayFor`); `installCommandGuard` wires them
  * into one connection.
  */
+import type { Writable } from 'node:stream';
 import type { SMTPServer } from 'smtp-server';
+import type { WriteBatcher } from '../transport/write-batcher.js';
 import type { CidrSet } from '../config/cidr.js';
 import { refusal, type Refusal } from '../reply.js';
 import { installFastDataParser, type DataParser } from './data-stream.js';
@@ -149,6 +151,8 @@ export interface GuardedConnection {
   session: { envelope?: { mailFrom?: unknown } };
   _nextHandler: unknown;
   _upgrading: boolean;
+  /** The client's socket (a TLSSocket after STARTTLS). */
+  _socket: Writable;
   _parser: CommandParser;
   _createParser(): CommandParser;
   init(): void;
@@ -248,6 +252,8 @@ export interface GuardHooks {
   readonly maxProtocolErrors: number;
   /** A new client connection: the listener keeps it to close it on a timeout. */
   onConnection(conn: GuardedConnection): void;
+  /** Holds the replies of one event-loop turn so they leave together; none: each is written at once. */
+  writes?: WriteBatcher;
   /** STARTTLS was accepted: the handshake deadline starts. */
   onStartTls(sessionId: string): void;
   /** The wait before the greeting (see `greetingDelayFor`). */
@@ -263,8 +269,15 @@ const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
  */
 function wrapSend(conn: GuardedConnection, hooks: GuardHooks, onProtocolError: () => void, onReply: (code: number) => void, stage: () => CommandStage): void {
   const send = conn.send.bind(conn);
+  const writes = hooks.writes;
   conn.send = (code: number, data: string | string[], context?: string | false) => {
     onReply(code);
+    if (writes) {
+      // STARTTLS's 220 must be on the wire before the socket is wrapped for TLS, and so must
+      // any reply still held from earlier in this turn.
+      if (stage() === 'tls' || conn._upgrading) writes.release(conn._socket);
+      else writes.hold(conn._socket);
+    }
     if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) {
       send(code, data, false);
       return;

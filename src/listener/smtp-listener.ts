@@ -32,6 +32,7 @@ import { limitRefusal } from '../policy/replies.js';
 import { limiterUnavailableRefusal } from '../limits/replies.js';
 import type { Decision, EvaluateOptions, HeaderToAdd, PolicySet, PolicyStage, SessionFacts } from '../policy/types.js';
 import type { TlsManager } from './tls-manager.js';
+import type { WriteBatcher } from '../transport/write-batcher.js';
 import { CidrSet } from '../config/cidr.js';
 import { readProxyHeader, ProxyHeaderError } from './proxy-protocol.js';
 import { randomBytes } from 'node:crypto';
@@ -71,6 +72,8 @@ export interface ListenerDeps {
   readonly openBackend: () => BackendSession;
   readonly data: DataSettings;
   readonly client: ClientSettings;
+  /** Holds the replies of one event-loop turn so they leave together (optional: tests may write directly). */
+  readonly writes?: WriteBatcher;
   readonly metrics: Metrics;
   readonly log: Logger;
 }
@@ -196,6 +199,7 @@ export class SmtpListener {
       draining: () => this.#draining,
       maxProtocolErrors: deps.client.maxProtocolErrors,
       greeting: { delayMs: config.greetingDelay, trusted: this.#trusted },
+      writes: deps.writes,
       onConnection: (conn) => this.#connections.set(conn.id, conn),
       onStartTls: (sessionId) => {
         const state = this.#sessions.get(sessionId);

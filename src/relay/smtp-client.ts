@@ -8,6 +8,7 @@
  * every well-formed reply, whatever its code, resolves. Deciding what a 4xx/5xx means is
  * the owner's job.
  */
+import type { WriteBatcher } from '../transport/write-batcher.js';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -61,6 +62,8 @@ export interface BackendClientOptions {
   /** Name sent in EHLO. */
   heloName: string;
   timeouts: BackendTimeouts;
+  /** Holds the commands of one event-loop turn so they leave together; none: each is written at once. */
+  writes?: WriteBatcher;
 }
 
 /**
@@ -640,6 +643,7 @@ export class BackendConnection extends EventEmitter {
       return Promise.reject(new BackendError('protocol', `refusing to send ${labelText(label)} while message data is being sent`));
     }
     const wait = this.expectReply(timeoutMs, label, true);
+    this.opts.writes?.hold(this.socket);
     this.socket.write(`${line}\r\n`, 'utf8');
     return wait.promise;
   }

@@ -144,6 +144,22 @@ describe('STARTTLS (RFC 3207)', () => {
     expect(backend.messages.length).toBe(messagesBefore);
   });
 
+  test('EHLO and STARTTLS in one packet: both replies arrive in cleartext, in order, and the handshake completes', async () => {
+    // Replies of one event-loop turn are held and sent together; the 220 to STARTTLS (and the
+    // EHLO reply held before it) must still leave before the socket is wrapped for TLS.
+    const c = await SmtpTalk.connect(gate.port('submission'));
+    expect((await c.read()).code).toBe(220);
+    c.write('EHLO client.test\r\nSTARTTLS\r\n');
+    const ehlo = await c.read();
+    expect(ehlo.code).toBe(250);
+    expect(ehlo.lines).toContain('STARTTLS');
+    expect((await c.read()).code).toBe(220);
+    await c.handshake();
+    expect((await c.cmd('EHLO client.test')).lines).toContain('AUTH PLAIN LOGIN');
+    expect((await c.authPlain(ALICE.name, ALICE.password)).code).toBe(235);
+    c.close();
+  });
+
   test('after the handshake a new EHLO is required: MAIL and AUTH get 503 until then', async () => {
     const c = await beforeStarttls();
     expect((await c.starttls()).code).toBe(220);
