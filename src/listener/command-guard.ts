@@ -201,7 +201,9 @@ function replaceGreetingWait(conn: GuardedConnection, server: SMTPServer, delayM
       // smtp-server's own maxClients check, kept as it was (smtpgate doesn't set maxClients).
       const max = server.options.maxClients;
       if (max && server.connections.size > max) return conn.send(421, `${conn.name} Too many connected clients, try again in a moment`, false);
-      setTimeout(() => conn.connectionReady(), delayMs).unref();
+      // No wait at all means none: setTimeout(0) would still cost a millisecond.
+      if (delayMs === 0) setImmediate(() => conn.connectionReady());
+      else setTimeout(() => conn.connectionReady(), delayMs).unref();
     });
 }
 
