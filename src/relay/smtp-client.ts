@@ -845,6 +845,9 @@ function parseCapabilities(reply: SmtpReply): Map<string, string> {
   return caps;
 }
 
+/** Message pieces at least this large are written at once rather than held until the turn ends. */
+const DIRECT_WRITE_BYTES = 16 * 1024;
+
 /** What a DataWriter needs from its connection. */
 interface DataWriterHost {
   failure(): BackendError | undefined;
@@ -880,7 +883,10 @@ export class DataWriter {
    */
   write(chunk: Buffer): boolean {
     if (!this.#open || this.#host.failure()) return true;
-    if (!this.#corked) {
+    if (chunk.length >= DIRECT_WRITE_BYTES) {
+      // A large piece gains nothing from waiting: what is held goes first, then this, at once.
+      this.#uncork();
+    } else if (!this.#corked) {
       this.#corked = true;
       this.#socket.cork();
       setImmediate(this.#uncork);
