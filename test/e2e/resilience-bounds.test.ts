@@ -167,9 +167,13 @@ test('limits.concurrentPerIp: 3 — of 5 connections from 127.0.0.1 exactly 2 ge
     }
     expect(backend.messages).toHaveLength(3);
 
-    // One leaves: its slot is free again (the refused ones never held one).
+    // One leaves: its slot is free again (the refused ones never held one) once the gate has
+    // seen its connection close, a moment after the client has.
+    const closedSessions = () => gate.logs.filter((l) => l.msg === 'session closed').length;
+    const closedBefore = closedSessions();
     expect((await admitted[0]!.cmd('QUIT')).code).toBe(221);
     await admitted[0]!.closed;
+    await eventually(() => closedSessions() > closedBefore, 'the gate closes the session that said QUIT');
     const late = await SmtpTalk.connect(port);
     clients.push(late);
     expect((await late.read()).code).toBe(220);
