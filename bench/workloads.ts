@@ -87,7 +87,7 @@ export function workloads(quick: boolean): Workload[] {
     },
     {
       id: 'W2-greeting',
-      title: 'W2 detail: time to the 220 greeting (smtp-server waits 100 ms for early talkers)',
+      title: 'W2 detail: time to the 220 greeting (trusted clients, as here, skip the 100 ms early-talker wait: listeners[].greetingDelay)',
       kind: 'greeting',
       connections: q(40, 10),
       metric: { unit: 'ms', better: 'lower', decimals: 1 },
