@@ -120,8 +120,24 @@ function feedDataStream(parser: DataParser, chunk: Buffer, done: Done, timing: T
   // the test's "quirk"). Elsewhere the setImmediate would only cost time.
   let escaped = false;
   const deferred = (): boolean => escaped && timing.inContinue;
-  /** Done with this read; on a later turn of the event loop where the original is. */
+  /**
+   * Done with this read: the next one is taken once the data stream has room (backpressure, on
+   * every path: a read of escape-dot lines writes many small pieces, and the stream may not be
+   * read at all while the relay waits for the backend's 354), and on a later turn of the event
+   * loop where the original takes it. A stream that the application destroys never drains; it
+   * only closes.
+   */
   const readDone = (): void => {
+    if (stream.writable && stream.writableNeedDrain && !stream.destroyed) {
+      const onDrain = () => {
+        stream.removeListener('drain', onDrain);
+        stream.removeListener('close', onDrain);
+        done();
+      };
+      stream.once('drain', onDrain);
+      stream.once('close', onDrain);
+      return;
+    }
     if (deferred()) setImmediate(done);
     else done();
   };
@@ -218,17 +234,5 @@ function feedDataStream(parser: DataParser, chunk: Buffer, done: Done, timing: T
     return;
   }
   send(segment, sendTo);
-  // Backpressure, as in the original: wait for the stream to drain before taking the next read.
-  // A stream that the application destroys never drains; it only closes.
-  if (stream.writable && stream.writableNeedDrain && !stream.destroyed) {
-    const onDrain = () => {
-      stream.removeListener('drain', onDrain);
-      stream.removeListener('close', onDrain);
-      done();
-    };
-    stream.once('drain', onDrain);
-    stream.once('close', onDrain);
-    return;
-  }
   readDone();
 }

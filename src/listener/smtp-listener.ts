@@ -558,12 +558,15 @@ export class SmtpListener {
       // before it answers: always resume in error paths.
       stream.resume();
     };
+    // The client's message stream cut off before its end: the client has left, whatever failed
+    // first (e.g. the backend session, closed by the client's leaving while its 354 was awaited).
+    const clientLeft = () => stream.destroyed && !stream.readableEnded;
     let start: SmtpReply;
     try {
       start = await state.backend.startData();
     } catch (err) {
       drain();
-      return { refusal: this.#backendFailure(state, err) };
+      return { refusal: clientLeft() ? this.#clientAborted(state) : this.#backendFailure(state, err) };
     }
     if (start.code !== 354) {
       drain();
@@ -645,6 +648,9 @@ export class SmtpListener {
         });
         stream.on('data', onData);
         stream.once('end', onEnd);
+        // The client may have left while the backend's 354 was awaited: its stream was
+        // destroyed before these listeners were there to hear it.
+        if (stream.destroyed && !stream.readableEnded) fail(new ClientAbortError('connection closed during DATA'));
       });
       metrics.backendFinalReplySeconds.observe({ backend: state.backend.targetName }, Number(process.hrtime.bigint() - started) / 1e9);
       clearInterval(watchdog);
@@ -674,11 +680,13 @@ export class SmtpListener {
     if (err instanceof MessageTooBigError) {
       return { refusal: refusal(552, '5.3.4', `Message exceeds the maximum size of ${max} bytes`, 'message_too_big') };
     }
-    if (err instanceof ClientAbortError) {
-      state.log.warn('client went away during DATA; backend transaction aborted, nothing delivered');
-      return { refusal: refusal(421, '4.4.2', 'Connection lost during DATA', 'client_aborted') };
-    }
+    if (err instanceof ClientAbortError || clientLeft()) return { refusal: this.#clientAborted(state) };
     return { refusal: this.#backendFailure(state, err) };
+  }
+
+  #clientAborted(state: SessionState): Refusal {
+    state.log.warn('client went away during DATA; backend transaction aborted, nothing delivered');
+    return refusal(421, '4.4.2', 'Connection lost during DATA', 'client_aborted');
   }
 
   /** Headers smtpgate adds on top of the message; never built from raw client input. */

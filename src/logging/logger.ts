@@ -24,6 +24,15 @@ export function createLogger(opts: LoggerOptions): Logger {
   // exit (also after an uncaught exception): one write syscall per busy stretch instead of one
   // per line, which at thousands of messages a second is a measurable share of the CPU.
   const dest = pino.destination({ dest: 1, sync: true, minLength: 4096, periodicFlush: 250 });
-  process.once('exit', () => dest.flushSync());
+  // flush(), not flushSync(): in sync mode it writes at once too, but a reader that is gone
+  // (EPIPE) becomes an 'error' that pino swallows, where flushSync() would retry for ever and
+  // keep a crashed process from exiting.
+  process.once('exit', () => {
+    try {
+      dest.flush();
+    } catch {
+      // Nothing left to do on the way out.
+    }
+  });
   return pino(base, dest);
 }

@@ -164,13 +164,19 @@ export class BackendSession {
     this.#inTransaction = false;
   }
 
-  /** QUIT politely; never throws. */
+  /**
+   * QUIT politely; never throws. A connection in the middle of an exchange (the client left
+   * while the backend's reply to DATA was awaited, say) is dropped instead: after a 354 the
+   * backend would take the QUIT for message text and hold the connection open.
+   */
   async close(): Promise<void> {
     this.#closed = true;
     const conn = this.#conn;
     this.#conn = undefined;
     this.#inTransaction = false;
-    if (conn && !conn.closed) await conn.quit();
+    if (!conn || conn.closed) return;
+    if (conn.busy) conn.abort();
+    else await conn.quit();
   }
 
   async #open(identity: ClientIdentity): Promise<BackendConnection> {

@@ -314,6 +314,11 @@ export class BackendConnection extends EventEmitter {
     return this.failure !== undefined;
   }
 
+  /** A command awaits its reply, or message data is being sent: a QUIT now would not be read as one. */
+  get busy(): boolean {
+    return this.waiters.length > 0 || this.dataInProgress;
+  }
+
   hasCapability(name: string): boolean {
     return this.caps.has(name.toUpperCase());
   }

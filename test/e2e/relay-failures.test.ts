@@ -103,6 +103,20 @@ describe('the client goes away mid-DATA', () => {
   }
 });
 
+test('a client that leaves while the backend has not yet answered DATA: counted as aborted, not as a backend failure, and nothing is delivered', async () => {
+  const { backend, gate } = await rawBackendBehindGate({ dataReplyDelayMs: 300 });
+  const before = await metricValue(gate, 'smtpgate_messages_total', { result: 'aborted' });
+  const c = await openSession(gate);
+  // smtp-server answers 354 at once; smtpgate is still waiting for the backend's.
+  const { data } = await envelope(c, 'alice@corp.test', ['bob@corp.test']);
+  expect(data?.code).toBe(354);
+  c.reset();
+  await eventually(async () => (await metricValue(gate, 'smtpgate_messages_total', { result: 'aborted' })) === before + 1, 'messages_total{result="aborted"} + 1');
+  expect(await metricValue(gate, 'smtpgate_refusals_total', { reason: 'backend_failed' })).toBe(0);
+  await backend.connections[0]!.closed;
+  expect(backend.messages).toHaveLength(0);
+});
+
 describe('limits.maxMessageBytes', () => {
   test('a message over the limit gets 552 5.3.4, the backend never gets its final dot, and the session can send a small one next', async () => {
     const backend = await forThisTest(startRecordingBackend(), closeBackend);

@@ -26,6 +26,8 @@ export interface RawBackendOptions {
   data?: string;
   /** The reply to the end of data; 'silent' never answers. */
   final?: string | 'silent';
+  /** Wait this long before answering DATA (a slow backend). */
+  dataReplyDelayMs?: number;
   /** Drop the connection once this many bytes of message data have arrived (a backend dying mid-DATA). */
   dropAfterDataBytes?: number;
 }
@@ -148,6 +150,10 @@ export async function startRawBackend(opts: RawBackendOptions = {}): Promise<Raw
           if (reply.startsWith('354')) {
             mode = 'data';
             pending = Buffer.concat([Buffer.from('\r\n'), pending]);
+          }
+          if (opts.dataReplyDelayMs) {
+            setTimeout(() => send(reply + '\r\n'), opts.dataReplyDelayMs);
+            return;
           }
           return send(reply + '\r\n');
         }

@@ -474,3 +474,39 @@ describe('property: same as smtp-server for any input and any split into reads',
     );
   });
 });
+
+describe('backpressure (a stream nobody reads holds no more than a read)', () => {
+  /** Feeds reads until the parser stops asking for more (its write callback doesn't come). */
+  async function readsTaken(read: Buffer, max: number): Promise<{ taken: number; buffered: number }> {
+    const parser = new SMTPStream();
+    installFastDataParser(parser as unknown as Parameters<typeof installFastDataParser>[0]);
+    let stream: ReturnType<SMTPStream['startDataMode']> | undefined;
+    parser.oncommand = (command: Buffer, callback?: () => void) => {
+      // The relay does not read the message while it waits for the backend's 354.
+      if (command.toString() === 'DATA') stream = parser.startDataMode();
+      callback?.();
+    };
+    await new Promise<void>((resolve) => parser.write(b('DATA\r\n'), () => resolve()));
+    let taken = 0;
+    for (; taken < max; taken++) {
+      const accepted = await Promise.race([
+        new Promise<boolean>((resolve) => parser.write(read, () => resolve(true))),
+        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 50)),
+      ]);
+      if (!accepted) break;
+    }
+    return { taken, buffered: stream ? stream.writableLength + stream.readableLength : 0 };
+  }
+
+  it('stops taking reads of plain text once the stream is full', async () => {
+    const { taken } = await readsTaken(Buffer.alloc(16384, 'a'), 50);
+    expect(taken).toBeLessThan(5);
+  });
+
+  it('stops taking reads of escape-dot lines too (each read writes thousands of small pieces)', async () => {
+    // 16 KiB of "..\r\n": every read ends within 4 bytes of an escape dot.
+    const { taken, buffered } = await readsTaken(b('..\r\n'.repeat(4096)), 50);
+    expect(taken).toBeLessThan(5);
+    expect(buffered).toBeLessThan(5 * 16384);
+  });
+});

@@ -40,6 +40,18 @@ describe('createLogger on stdout', () => {
     expect(r.lines).toEqual(['before the crash']);
   });
 
+  it('still exits after a crash when nobody reads its stdout any more (EPIPE)', async () => {
+    // A journald restart or a dead `| logger`: the exit flush must not retry for ever, or the
+    // crashed process would never exit and never be restarted.
+    const script = `import { createLogger } from ${JSON.stringify(LOGGER)};\nconst log = createLogger({ level: 'info', format: 'json' });\nlog.info('one');\nsetTimeout(() => { log.info('two'); throw new Error('boom'); }, 100);`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+    child.stdout.destroy();
+    const exited = new Promise<'exited'>((resolve) => child.on('exit', () => resolve('exited')));
+    const outcome = await Promise.race([exited, new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 5000))]);
+    child.kill('SIGKILL');
+    expect(outcome).toBe('exited');
+  });
+
   it('writes a lone line within a second while the process keeps running', async () => {
     const r = await run(`log.info('idle line');\nsetInterval(() => {}, 1000);`, (lines) => lines.includes('idle line'));
     expect(r.lines).toEqual(['idle line']);
