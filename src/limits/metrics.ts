@@ -7,41 +7,14 @@
  */
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { LIMITER_NAMES, type LimiterName } from './replies.js';
+import { PendingCounts } from '../metrics/pending-counts.js';
 
 const DECISION_RESULTS = ['allowed', 'limited', 'store_error'] as const;
 export type DecisionResult = (typeof DECISION_RESULTS)[number];
 
-const LIMITER_INDEX = Object.fromEntries(LIMITER_NAMES.map((name, i) => [name, i])) as Record<LimiterName, number>;
-const RESULT_INDEX: Record<DecisionResult, number> = { allowed: 0, limited: 1, store_error: 2 };
-
-/**
- * Decisions counted since the counter was last read, one slot per limiter × result. Limits
- * counts a decision at every stage of every message, and prom-client's `inc()` builds and
- * looks up a key from the label object on every call (a `labels()` child only binds the
- * object), so the counts wait here and reach the counter when it is read (a scrape,
- * `registry.metrics()`, `counter.get()`): what a reader sees is the same.
- */
-class PendingDecisions {
-  readonly #counts = new Float64Array(LIMITER_NAMES.length * DECISION_RESULTS.length);
-  readonly #labels = LIMITER_NAMES.flatMap((limiter) => DECISION_RESULTS.map((result) => ({ limiter, result })));
-
-  add(limiter: LimiterName, result: DecisionResult): void {
-    this.#counts[LIMITER_INDEX[limiter] * DECISION_RESULTS.length + RESULT_INDEX[result]]!++;
-  }
-
-  flushInto(counter: Counter<'limiter' | 'result'>): void {
-    for (let i = 0; i < this.#counts.length; i++) {
-      const n = this.#counts[i]!;
-      if (n === 0) continue;
-      this.#counts[i] = 0;
-      counter.inc(this.#labels[i]!, n);
-    }
-  }
-}
-
 export function createLimitMetrics(registry: Registry) {
   const registers = [registry];
-  const pending = new PendingDecisions();
+  const pending = new PendingCounts(['limiter', 'result'] as const);
   const decisions: Counter<'limiter' | 'result'> = new Counter({
     name: 'smtpgate_limiter_decisions_total',
     help: 'Limit checks by limiter and result: allowed, limited, or store_error (the shared store failed and limits.onStoreFailure answered).',
@@ -52,7 +25,7 @@ export function createLimitMetrics(registry: Registry) {
   const metrics = {
     /** Read it through the registry or `get()`; count with `decide()`. */
     decisions,
-    /** Counts one limit check in `smtpgate_limiter_decisions_total`. */
+    /** Counts one limit check in `smtpgate_limiter_decisions_total` (added when it is read: see PendingCounts). */
     decide: (limiter: LimiterName, result: DecisionResult): void => pending.add(limiter, result),
     lockouts: new Counter({
       name: 'smtpgate_auth_lockouts_total',

@@ -9,52 +9,11 @@
  */
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Decision, Evaluation, PolicySet } from './types.js';
+import { PendingCounts } from '../metrics/pending-counts.js';
 
 /** The `action` label of a decision: accept, continue (no rule decided), reject, tempfail, require_tls, require_auth. */
 export function decisionAction(d: Decision): string {
   return d.kind === 'refuse' ? d.action : d.kind;
-}
-
-/**
- * Counts per label set, kept between scrapes and added to the counter when it is read.
- * `record()` runs for every command of every session, and prom-client's `inc()` builds and
- * checks a key from the label object on every call (a `labels()` child only binds the object).
- * The label sets are few and bounded: rule names × stages × actions.
- */
-class PendingCounts {
-  readonly #names: readonly string[];
-  readonly #counts = new Map<string, Map<string, Map<string, { readonly labels: Record<string, string>; n: number }>>>();
-
-  constructor(names: readonly string[]) {
-    this.#names = names;
-  }
-
-  /** One more for the label values (the third is '' when there are two labels). */
-  add(a: string, b: string, c = ''): void {
-    let byB = this.#counts.get(a);
-    if (!byB) this.#counts.set(a, (byB = new Map()));
-    let byC = byB.get(b);
-    if (!byC) byB.set(b, (byC = new Map()));
-    let pending = byC.get(c);
-    if (!pending) {
-      const values = [a, b, c];
-      byC.set(c, (pending = { labels: Object.fromEntries(this.#names.map((name, i) => [name, values[i]!])), n: 0 }));
-    }
-    pending.n++;
-  }
-
-  /** Adds what was counted since the last read to `counter`. */
-  flushInto(counter: Counter<string>): void {
-    for (const byB of this.#counts.values()) {
-      for (const byC of byB.values()) {
-        for (const pending of byC.values()) {
-          if (pending.n === 0) continue;
-          counter.inc(pending.labels, pending.n);
-          pending.n = 0;
-        }
-      }
-    }
-  }
 }
 
 /** An add_header rule counts once, however many headers it adds. */
