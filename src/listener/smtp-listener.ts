@@ -552,12 +552,9 @@ export class SmtpListener {
     session: SMTPServerSession,
     state: SessionState,
   ): Promise<{ reply: SmtpReply; bytes: number } | { refusal: Refusal; rule?: string }> {
-    const drain = () => {
-      stream.unpipe();
-      // An unpiped stream that nobody reads never ends, and smtp-server waits for its end
-      // before it answers: always resume in error paths.
-      stream.resume();
-    };
+    // A stream that nobody reads never ends, and smtp-server waits for its end before it
+    // answers: every error path lets the rest of the message flow away.
+    const drain = () => stream.resume();
     // The client's message stream cut off before its end: the client has left, whatever failed
     // first (e.g. the backend session, closed by the client's leaving while its 354 was awaited).
     const clientLeft = () => stream.destroyed && !stream.readableEnded;
@@ -650,7 +647,7 @@ export class SmtpListener {
         stream.once('end', onEnd);
         // The client may have left while the backend's 354 was awaited: its stream was
         // destroyed before these listeners were there to hear it.
-        if (stream.destroyed && !stream.readableEnded) fail(new ClientAbortError('connection closed during DATA'));
+        if (clientLeft()) fail(new ClientAbortError('connection closed during DATA'));
       });
       metrics.backendFinalReplySeconds.observe({ backend: state.backend.targetName }, Number(process.hrtime.bigint() - started) / 1e9);
       clearInterval(watchdog);
