@@ -10,16 +10,13 @@ import { mkdtemp } from 'node:fs/promises';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { startSink, runSource, SENDER, RECIPIENT, type SourceLoad } from './lib/postfix-tools.js';
+import { startSink, runSource, SENDER, RECIPIENT } from './lib/postfix-tools.js';
 import { spawnChild, RssSampler, settledRssKb, procCpuSeconds } from './lib/processes.js';
 import type { Peer, RunningPeer, TlsFiles } from './peers/peer.js';
 import type { Workload } from './workloads.js';
 import { SmtpDialogue } from './clients/smtp-dialogue.js';
 
 const CLIENTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'clients');
-
-/** Before every timed smtp-source run: JIT, pools and caches warm, for every peer alike. */
-const WARM_UP: SourceLoad = { reuse: true, sessions: 10, messages: 200, length: 4096 };
 
 export interface RunEnv {
   readonly workDir: string;
@@ -81,21 +78,22 @@ type Outcome = Omit<RunResult, 'workload' | 'peer' | 'rep'>;
 type Sink = Awaited<ReturnType<typeof startSink>>;
 
 async function sourceRun(w: Extract<Workload, { kind: 'source' }>, peer: RunningPeer, sink: Sink): Promise<Outcome> {
-  const warm = await runSource(WARM_UP, peer.port, 60_000);
-  const warmed = await sink.waitForMessages(WARM_UP.messages);
-  if (warmed !== WARM_UP.messages) return { ok: false, extra: {}, error: `warm-up: sink got ${warmed} of ${WARM_UP.messages} messages; ${warm.stderr.slice(0, 300)}` };
+  // Before every timed smtp-source run: JIT, pools and caches warm, for every peer alike.
+  const warm = await runSource(w.warmUp, peer.port, 60_000);
+  const warmed = await sink.waitForMessages(w.warmUp.messages);
+  if (warmed !== w.warmUp.messages) return { ok: false, extra: {}, error: `warm-up: sink got ${warmed} of ${w.warmUp.messages} messages; ${warm.stderr.slice(0, 300)}` };
   const sampler = w.measure === 'mbPerSec' ? new RssSampler(peer.pid) : undefined;
   await sampler?.start();
   const cpuBefore = await procCpuSeconds(peer.pid);
   const run = await runSource(w.load, peer.port, 10 * 60_000);
   const cpu = (await procCpuSeconds(peer.pid)) - cpuBefore;
   const rss = await sampler?.stop();
-  const expected = WARM_UP.messages + w.load.messages;
+  const expected = w.warmUp.messages + w.load.messages;
   const got = await sink.waitForMessages(expected);
   const extra: Record<string, number> = { seconds: run.seconds, peerCpuSeconds: cpu, messages: w.load.messages };
   if (rss) extra.rssGrowthMb = (rss.peakKb - rss.baselineKb) / 1024;
   if (got !== expected || run.exitCode !== 0) {
-    const problem = got !== expected ? `sink got ${got - WARM_UP.messages} of ${w.load.messages} messages` : `smtp-source exited ${run.exitCode}`;
+    const problem = got !== expected ? `sink got ${got - w.warmUp.messages} of ${w.load.messages} messages` : `smtp-source exited ${run.exitCode}`;
     return { ok: false, extra, error: `${problem}; ${run.stderr.split('\n').slice(0, 3).join(' | ')}` };
   }
   const { load } = w;
