@@ -32,6 +32,7 @@ import type { PolicySet } from './policy/types.js';
 import type { HostPort } from './config/units.js';
 import type { BackendClientOptions } from './relay/smtp-client.js';
 import { WriteBatcher } from './transport/write-batcher.js';
+import { collectorFromV8, ReadBufferReclaimer, type Collect } from './transport/read-buffer-reclaimer.js';
 import { demoCertificateExists, ensureDemoCertificate } from './demo/demo-certificate.js';
 import { startCaptureBackend, type CaptureBackend } from './demo/capture-backend.js';
 
@@ -207,6 +208,8 @@ export interface AppOptions {
   readonly configFile?: string;
   /** Serve /metrics, /healthz, /readyz (default true; a cluster worker leaves it to the primary). */
   readonly admin?: boolean;
+  /** Collects young garbage after every few MB read from clients; defaults to V8's scavenge. */
+  readonly collect?: Collect;
 }
 
 export interface BoundAddresses {
@@ -218,6 +221,8 @@ export interface BoundAddresses {
 export class App {
   /** Socket writes of one event-loop turn leave together (client replies and backend commands). */
   readonly #writes = new WriteBatcher();
+  /** Collects the read buffers relayed client data leaves behind (see read-buffer-reclaimer.ts). */
+  readonly #reclaimer: ReadBufferReclaimer | undefined;
   #config: Config;
   /** The file the config came from, for reloads; undefined for a config built in code. */
   readonly #configFile: string | undefined;
@@ -252,6 +257,9 @@ export class App {
     this.#attributes = material.attributes;
     this.#policy = material.policy;
     this.metrics.policy.setPolicySet(material.policy);
+    const collect = opts.collect ?? collectorFromV8();
+    if (collect) this.#reclaimer = new ReadBufferReclaimer(collect);
+    else this.log.warn('V8 offers no young-generation collection here: memory after large messages is left to its own scheduling');
   }
 
   get addresses(): BoundAddresses {
@@ -342,6 +350,7 @@ export class App {
           },
           client: config.client,
           writes: this.#writes,
+          reclaimer: this.#reclaimer,
           metrics: this.metrics,
           log: this.log,
         });

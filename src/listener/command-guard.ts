@@ -28,6 +28,7 @@
 import type { Writable } from 'node:stream';
 import type { SMTPServer } from 'smtp-server';
 import type { WriteBatcher } from '../transport/write-batcher.js';
+import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import type { CidrSet } from '../config/cidr.js';
 import { refusal, type Refusal } from '../reply.js';
 import { installFastDataParser, type DataParser } from './data-stream.js';
@@ -169,13 +170,14 @@ export interface GuardedConnection {
  * content (data mode) is left to the smuggling guard. A new parser is created after STARTTLS,
  * so parser creation is wrapped too.
  */
-function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChunk: () => void): void {
+function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChunk: () => void, onRead: (bytes: number) => void): void {
   const watch = (parser: CommandParser) => {
     // smtp-server's DATA parser copies every message byte; this one hands the reads on as they are.
     installFastDataParser(parser as unknown as DataParser);
     const write = parser._write.bind(parser);
     let previous = -1;
     parser._write = (chunk, encoding, done) => {
+      onRead(chunk.length);
       if (!parser._dataMode) {
         onChunk();
         if (chunk.length > 0 && hasBareLf(chunk, previous)) onBareLf();
@@ -256,6 +258,8 @@ export interface GuardHooks {
   onConnection(conn: GuardedConnection): void;
   /** Holds the replies of one event-loop turn so they leave together; none: each is written at once. */
   writes?: WriteBatcher;
+  /** Told of every read from the client, to collect the read buffers relayed data leaves behind. */
+  reclaimer?: ReadBufferReclaimer;
   /** STARTTLS was accepted: the handshake deadline starts. */
   onStartTls(sessionId: string): void;
   /** The wait before the greeting (see `greetingDelayFor`). */
@@ -321,6 +325,7 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
       conn,
       () => (bareLf = true),
       () => reads++,
+      (bytes) => hooks.reclaimer?.read(bytes),
     );
     let errors = 0;
     let closing = false;

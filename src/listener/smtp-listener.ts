@@ -33,6 +33,7 @@ import { limiterUnavailableRefusal } from '../limits/replies.js';
 import type { Decision, EvaluateOptions, HeaderToAdd, PolicySet, PolicyStage, SessionFacts } from '../policy/types.js';
 import type { TlsManager } from './tls-manager.js';
 import type { WriteBatcher } from '../transport/write-batcher.js';
+import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import { CidrSet } from '../config/cidr.js';
 import { readProxyHeader, ProxyHeaderError } from './proxy-protocol.js';
 import { randomBytes } from 'node:crypto';
@@ -74,6 +75,8 @@ export interface ListenerDeps {
   readonly client: ClientSettings;
   /** Holds the replies of one event-loop turn so they leave together (optional: tests may write directly). */
   readonly writes?: WriteBatcher;
+  /** Collects the read buffers relayed client data leaves behind (optional: tests may leave it to V8). */
+  readonly reclaimer?: ReadBufferReclaimer;
   readonly metrics: Metrics;
   readonly log: Logger;
 }
@@ -200,6 +203,7 @@ export class SmtpListener {
       maxProtocolErrors: deps.client.maxProtocolErrors,
       greeting: { delayMs: config.greetingDelay, trusted: this.#trusted },
       writes: deps.writes,
+      reclaimer: deps.reclaimer,
       onConnection: (conn) => this.#connections.set(conn.id, conn),
       onStartTls: (sessionId) => {
         const state = this.#sessions.get(sessionId);
