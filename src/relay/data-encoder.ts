@@ -10,8 +10,6 @@
  * backend never receives a CR or LF outside a CRLF pair, nor a NUL, and that every line is
  * dot-stuffed (RFC 5321 §4.5.2) so that no CRLF.CRLF can appear before the caller's own.
  */
-import { Transform, type TransformCallback } from 'node:stream';
-
 export type BareLineEndingMode = 'reject' | 'normalize';
 export type SmugglingKind = 'bare_cr' | 'bare_lf' | 'nul';
 
@@ -64,7 +62,7 @@ export class LineTooLongError extends Error {
   }
 }
 
-export interface DataEncoderOptions {
+export interface BodyEncoderOptions {
   mode: BareLineEndingMode;
   /** RFC 5321 §4.5.3.1.6: 1000 octets including CRLF. 0/undefined = no check. */
   maxLineOctets?: number;
@@ -80,10 +78,9 @@ function next(buf: Buffer, byte: number, from: number): number {
  * Re-encodes unstuffed message bytes (any chunking) into CRLF-only, dot-stuffed bytes ready
  * to be written after the backend's 354, synchronously: `encode(chunk)` returns the pieces to
  * write now and throws SmugglingError / LineTooLongError on a refused byte; `end()` returns
- * what is still owed. The relay writes the pieces straight to the backend socket; `DataEncoder`
- * below is the same thing as a Transform stream. It does not emit the final ".\r\n": the caller sends
- * that only when the whole message was accepted, so an error here leaves the backend
- * transaction unterminated and nothing is delivered.
+ * what is still owed. The relay writes the pieces straight to the backend socket. It does not
+ * emit the final ".\r\n": the caller sends that only when the whole message was accepted, so
+ * an error here leaves the backend transaction unterminated and nothing is delivered.
  *
  * Output pieces are subarrays of the input chunks (no copy; a clean chunk comes back as itself),
  * so memory stays proportional to the chunk size, not the message size. Callers must not
@@ -104,10 +101,10 @@ export class BodyEncoder {
   #lineLen = 0;
   /**
    * A CR that ended the previous chunk. Whether it is half of a CRLF or a bare CR depends on
-   * the next byte, so neither it nor the rest of its chunk's output (`#held`) is pushed yet:
+   * the next byte, so neither it nor the rest of its chunk's output (`#held`) is returned yet:
    * in reject mode nothing from the chunk that holds the offending byte reaches the backend.
    * The one exception: a chunk that starts with the LF of a straddling CRLF and itself ends in
-   * CR has that LF pushed with its CR, because a CR may never leave on its own and holding
+   * CR has that LF returned with its CR, because a CR may never leave on its own and holding
    * more than one chunk would let a client grow our memory with chunks that all end in CR.
    */
   #pendingCR: Buffer | null = null;
@@ -115,7 +112,7 @@ export class BodyEncoder {
   #heldLen = 0;
   #failed = false;
 
-  constructor(opts: DataEncoderOptions) {
+  constructor(opts: BodyEncoderOptions) {
     // Validated at runtime because the mode comes from an operator's YAML: a typo must not
     // silently pick a weaker behaviour.
     if (opts.mode !== 'reject' && opts.mode !== 'normalize') {
@@ -135,7 +132,7 @@ export class BodyEncoder {
     return this.#bytesIn;
   }
 
-  /** Bytes pushed so far (dot-stuffed, CRLF-only). */
+  /** Bytes returned so far (dot-stuffed, CRLF-only). */
   get bytesOut(): number {
     return this.#bytesOut;
   }
@@ -165,8 +162,8 @@ export class BodyEncoder {
 
     if (this.#pendingCR !== null) {
       if (buf[0] === LF) {
-        // CRLF split across chunks: a line ending, not a bare CR. CR and LF always travel in
-        // the same push so that a bare CR can never leave, even if this chunk fails later.
+        // CRLF split across chunks: a line ending, not a bare CR. CR and LF are always returned
+        // by the same call so that a bare CR can never leave, even if this chunk fails later.
         pieces.push(this.#pendingCR, buf.subarray(0, 1));
         total += 2;
         this.#lineLen = 0;
@@ -322,51 +319,6 @@ export class BodyEncoder {
     this.#heldLen = 0;
     this.#pendingCR = null;
     throw err;
-  }
-}
-
-/**
- * BodyEncoder as a Transform stream: one output chunk per input chunk at most. It does not
- * emit the final ".\r\n" either.
- */
-export class DataEncoder extends Transform {
-  readonly #encoder: BodyEncoder;
-
-  constructor(opts: DataEncoderOptions) {
-    super();
-    this.#encoder = new BodyEncoder(opts);
-  }
-
-  get bytesIn(): number {
-    return this.#encoder.bytesIn;
-  }
-
-  get bytesOut(): number {
-    return this.#encoder.bytesOut;
-  }
-
-  get normalized(): number {
-    return this.#encoder.normalized;
-  }
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.#pass(() => this.#encoder.encode(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array)), callback);
-  }
-
-  override _flush(callback: TransformCallback): void {
-    this.#pass(() => this.#encoder.end(), callback);
-  }
-
-  #pass(encode: () => Buffer[], callback: TransformCallback): void {
-    let pieces: Buffer[];
-    try {
-      pieces = encode();
-    } catch (err) {
-      callback(err as Error);
-      return;
-    }
-    if (pieces.length > 0) this.push(pieces.length === 1 ? pieces[0] : Buffer.concat(pieces));
-    callback();
   }
 }
 

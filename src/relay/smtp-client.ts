@@ -12,7 +12,6 @@ import type { WriteBatcher } from '../transport/write-batcher.js';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
-import type { Readable } from 'node:stream';
 
 export interface SmtpReply {
   /** Three-digit reply code (RFC 5321 §4.2). */
@@ -258,7 +257,7 @@ export class BackendConnection extends EventEmitter {
   /** Set once; from then on the connection is dead and every call rejects. */
   private failure: BackendError | undefined;
   private closeEmitted = false;
-  /** Lets an in-flight sendData() hear about a transport failure. */
+  /** Lets the DataWriter of a message being sent hear about a transport failure. */
   private onFail: ((err: BackendError) => void) | undefined;
   private dataInProgress = false;
   private greetingReply: SmtpReply = { code: 0, lines: [], text: '' };
@@ -427,74 +426,6 @@ export class BackendConnection extends EventEmitter {
         this.dataInProgress = false;
         return this.send('.', 'end of data', this.opts.timeouts.finalReplyMs);
       },
-    });
-  }
-
-  /**
-   * Streams an already canonical message body from a Readable (see beginData) and resolves
-   * with the final reply.
-   *
-   * If `body` fails, the connection is destroyed without the final dot and the promise
-   * rejects with the body's own error. On any rejection our listeners are removed from
-   * `body`, which may be left paused: the owner decides whether to resume() it to drain it,
-   * and keeps its own 'error' listener.
-   */
-  sendData(body: Readable): Promise<SmtpReply> {
-    if (body.errored) {
-      const err = body.errored;
-      this.abort();
-      return Promise.reject(err);
-    }
-    if (body.readableEnded || body.destroyed) {
-      return Promise.reject(new BackendError('protocol', 'sendData() was given a body stream that has already ended'));
-    }
-    let writer: DataWriter;
-    try {
-      writer = this.beginData();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-
-    return new Promise<SmtpReply>((resolve, reject) => {
-      const cleanup = (): void => {
-        body.off('data', onData);
-        body.off('end', onEnd);
-        body.off('error', onError);
-        body.off('close', onClose);
-      };
-      const onData = (chunk: Buffer | string): void => {
-        // Backpressure: stop reading the client's stream until the backend catches up,
-        // so a slow backend never makes us buffer a whole message.
-        if (!writer.write(typeof chunk === 'string' ? Buffer.from(chunk) : chunk)) {
-          body.pause();
-          writer.onDrain(() => body.resume());
-        }
-      };
-      const onEnd = (): void => {
-        cleanup();
-        writer.finish().then(resolve, reject);
-      };
-      const onError = (err: unknown): void => {
-        cleanup();
-        // Rejected first: the abort below also reports its own failure to onFailure.
-        reject(err);
-        this.abort();
-      };
-      const onClose = (): void => {
-        // Destroyed without 'end' and without 'error': the message is incomplete all the same.
-        onError(new BackendError('protocol', 'message body stream closed before its end'));
-      };
-      writer.onFailure((err) => {
-        cleanup();
-        reject(err);
-      });
-
-      body.on('error', onError);
-      body.on('close', onClose);
-      body.on('end', onEnd);
-      body.on('data', onData);
-      // A stream paused by its owner (e.g. after an unpipe) would never flow on its own.
-      body.resume();
     });
   }
 

@@ -318,12 +318,14 @@ describe('an in-process gate', () => {
 
 /**
  * A client may pipeline the message right behind DATA (RFC 2920 forbids it, nothing stops it).
- * Then the body is already buffered when smtpgate's DataEncoder is piped in, and a body the
- * encoder refuses — bare CR, NUL, a line over 1000 octets — must still be a 550, not a crash.
+ * Then the body is already buffered when smtpgate starts encoding it for the backend, and a
+ * body the encoder (BodyEncoder) refuses — bare CR, NUL, a line over 1000 octets — must still
+ * be a 550, not a crash.
  *
  * Regression (src/listener/smtp-listener.ts, #relayMessage; found by this test and the fuzz):
- * the encoder used to error before body() iterated it, with only pipe()'s rethrowing 'error'
- * listener attached, and one TCP write killed `smtpgate run` for every client.
+ * the encoder, then a Transform stream piped from the message stream, used to error before
+ * body() iterated it, with only pipe()'s rethrowing 'error' listener attached, and one TCP
+ * write killed `smtpgate run` for every client.
  */
 describe('a message pipelined right behind DATA, with a body the smuggling guard refuses', () => {
   const BAD_BODIES = {

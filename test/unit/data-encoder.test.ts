@@ -1,16 +1,14 @@
 import { loadSmugglingVectors } from '../helpers/smuggling-vectors.js';
 import { createHash } from 'node:crypto';
-import { Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
-  DataEncoder,
+  BodyEncoder,
   LineTooLongError,
   SmugglingError,
   dotUnstuff,
   isCanonical,
-  type DataEncoderOptions,
+  type BodyEncoderOptions,
   type SmugglingKind,
 } from '../../src/relay/data-encoder.js';
 
@@ -27,42 +25,36 @@ const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 const s = (buf: Buffer): string => buf.toString('latin1');
 
 interface Run {
-  /** What a consumer reading the stream received. */
+  /**
+   * Everything encode() and end() returned before the end or the first error: what the relay
+   * would have written to the backend.
+   */
   out: Buffer;
-  /** Everything the encoder ever push()ed, even if the stream was destroyed before delivery. */
-  pushed: Buffer;
-  pushes: number[];
+  /** Bytes returned by each call that returned any, in order. */
+  writes: number[];
   error: Error | undefined;
-  enc: DataEncoder;
+  enc: BodyEncoder;
 }
 
-async function encode(chunks: readonly Buffer[], opts: DataEncoderOptions): Promise<Run> {
-  const enc = new DataEncoder(opts);
-  const pushedParts: Buffer[] = [];
-  const realPush = enc.push.bind(enc);
-  enc.push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
-    if (Buffer.isBuffer(chunk)) pushedParts.push(chunk);
-    return realPush(chunk, encoding);
+/** Feeds `chunks`, then end(), to a fresh BodyEncoder as the relay does, stopping at the first error. */
+function encode(chunks: readonly Buffer[], opts: BodyEncoderOptions): Run {
+  const enc = new BodyEncoder(opts);
+  const parts: Buffer[] = [];
+  const writes: number[] = [];
+  const take = (pieces: Buffer[]): void => {
+    if (pieces.length === 0) return;
+    parts.push(...pieces);
+    writes.push(pieces.reduce((n, piece) => n + piece.length, 0));
   };
-  const outParts: Buffer[] = [];
-  const settled = new Promise<Error | undefined>((resolve) => {
-    enc.on('data', (chunk: Buffer) => outParts.push(chunk));
-    enc.once('end', () => resolve(undefined));
-    enc.once('error', (err: Error) => resolve(err));
-  });
-  for (const chunk of chunks) {
-    if (enc.destroyed) break;
-    enc.write(chunk);
+  let error: Error | undefined;
+  try {
+    for (const chunk of chunks) take(enc.encode(chunk));
+    take(enc.end());
+  } catch (err) {
+    if (!(err instanceof Error)) throw err;
+    error = err;
   }
-  if (!enc.destroyed) enc.end();
-  const error = await settled;
-  return {
-    out: Buffer.concat(outParts),
-    pushed: Buffer.concat(pushedParts),
-    pushes: pushedParts.map((p) => p.length),
-    error,
-    enc,
-  };
+  return { out: Buffer.concat(parts), writes, error, enc };
 }
 
 function splitAt(input: Buffer, cuts: readonly number[]): Buffer[] {
@@ -140,7 +132,7 @@ function spacesForStrays(input: Buffer): Buffer {
 }
 
 /**
- * Error-path guarantee: what was pushed before the error is canonical, is a clean prefix of the
+ * Error-path guarantee: what was returned before the error is canonical, is a clean prefix of the
  * message, and contains nothing at or after the offending byte. Nor anything from the chunk
  * that holds it, with one exception: when that chunk starts with the LF of a CRLF split across
  * the boundary and the offending byte is its own trailing CR, the LF went out with its CR.
@@ -158,8 +150,8 @@ function expectNothingFromOffendingChunk(input: Buffer, chunks: readonly Buffer[
     chunkStart += c.length;
     if (c.length > 0) prev = c;
   }
-  expect(isCanonical(run.pushed)).toBe(true);
-  const unstuffed = dotUnstuff(run.pushed);
+  expect(isCanonical(run.out)).toBe(true);
+  const unstuffed = dotUnstuff(run.out);
   expect(unstuffed.length).toBeLessThanOrEqual(chunkStart + allowance);
   expect(unstuffed.length).toBeLessThanOrEqual(offset);
   expect(s(unstuffed)).toBe(s(spacesForStrays(input).subarray(0, unstuffed.length)));
@@ -179,7 +171,7 @@ function strayKind(byte: number): SmugglingKind {
   return byte === NUL ? 'nul' : byte === CR ? 'bare_cr' : 'bare_lf';
 }
 
-function model(input: Buffer, opts: DataEncoderOptions): ModelResult {
+function model(input: Buffer, opts: BodyEncoderOptions): ModelResult {
   const limit = opts.maxLineOctets ?? 0;
   const maxContent = limit > 0 ? limit - 2 : Infinity;
   const norm: number[] = [];
@@ -283,21 +275,21 @@ describe('smuggling vectors (test/fixtures/smuggling-vectors.txt)', () => {
   describe.each(vectorCases)('$name', ({ input }) => {
     const expected = firstStray(input);
 
-    it('reject mode fails with a SmugglingError of the right kind and offset, pushing nothing from the offending chunk', async () => {
+    it('reject mode fails with a SmugglingError of the right kind and offset, returning nothing from the offending chunk', () => {
       expect(expected).toBeDefined();
-      const whole = await encode([input], { mode: 'reject' });
+      const whole = encode([input], { mode: 'reject' });
       expect(whole.error).toBeInstanceOf(SmugglingError);
       expect(shape(whole.error)).toEqual({ name: 'SmugglingError', ...expected });
-      expect(whole.pushed.length).toBe(0);
+      expect(whole.out.length).toBe(0);
       for (const chunks of [oneByteChunks(input), ...Array.from({ length: input.length + 1 }, (_, i) => splitAt(input, [i]))]) {
-        const r = await encode(chunks, { mode: 'reject' });
+        const r = encode(chunks, { mode: 'reject' });
         expect(shape(r.error)).toEqual({ name: 'SmugglingError', ...expected });
         expectNothingFromOffendingChunk(input, chunks, r, (expected as { offset: number }).offset);
       }
     });
 
-    it('normalize mode yields canonical output that even a lenient receiver reads as exactly one message', async () => {
-      const r = await encode([input], { mode: 'normalize' });
+    it('normalize mode yields canonical output that even a lenient receiver reads as exactly one message', () => {
+      const r = encode([input], { mode: 'normalize' });
       expect(r.error).toBeUndefined();
       expect(isCanonical(r.out)).toBe(true);
       expect(s(r.out).endsWith('\r\n')).toBe(true);
@@ -311,7 +303,7 @@ describe('smuggling vectors (test/fixtures/smuggling-vectors.txt)', () => {
       expect(m.ok && s(m.out)).toBe(s(r.out));
 
       for (const chunks of [oneByteChunks(input), ...Array.from({ length: input.length + 1 }, (_, i) => splitAt(input, [i]))]) {
-        const c = await encode(chunks, { mode: 'normalize' });
+        const c = encode(chunks, { mode: 'normalize' });
         expect(s(c.out)).toBe(s(r.out));
       }
     });
@@ -336,10 +328,10 @@ describe('dot-stuffing (RFC 5321 §4.5.2)', () => {
   ];
 
   describe.each(cases)('%j', (input, expected) => {
-    it.each(['reject', 'normalize'] as const)('%s mode stuffs it identically under every chunking', async (mode) => {
+    it.each(['reject', 'normalize'] as const)('%s mode stuffs it identically under every chunking', (mode) => {
       const buf = b(input);
       for (const chunks of chunkings(buf)) {
-        const r = await encode(chunks, { mode });
+        const r = encode(chunks, { mode });
         expect(r.error).toBeUndefined();
         expect(s(r.out)).toBe(expected);
         expect(r.enc.bytesIn).toBe(buf.length);
@@ -352,43 +344,43 @@ describe('dot-stuffing (RFC 5321 §4.5.2)', () => {
     });
   });
 
-  it('a "." line landing exactly on chunk boundaries is still stuffed', async () => {
+  it('a "." line landing exactly on chunk boundaries is still stuffed', () => {
     const chunks = ['x\r', '\n', '.', '\r', '\n', '.', '.', '\r\n'].map(b);
-    const r = await encode(chunks, { mode: 'reject' });
+    const r = encode(chunks, { mode: 'reject' });
     expect(r.error).toBeUndefined();
     expect(s(r.out)).toBe('x\r\n..\r\n...\r\n');
   });
 
-  it('does not emit the final ".\\r\\n" itself', async () => {
-    const r = await encode([b('hello\r\n')], { mode: 'reject' });
+  it('does not emit the final ".\\r\\n" itself', () => {
+    const r = encode([b('hello\r\n')], { mode: 'reject' });
     expect(s(r.out)).toBe('hello\r\n');
   });
 });
 
 describe('line endings across chunks', () => {
-  it('a CRLF split across chunks is a line ending, not a bare CR', async () => {
+  it('a CRLF split across chunks is a line ending, not a bare CR', () => {
     for (const chunks of [
       ['abc\r', '\ndef\r\n'],
       ['abc\r', '', '\n', 'def\r', '\n'],
       ['\r', '\n'],
       ['abc\r', '\n.\r', '\n'],
     ]) {
-      const r = await encode(chunks.map(b), { mode: 'reject' });
+      const r = encode(chunks.map(b), { mode: 'reject' });
       expect(r.error).toBeUndefined();
       expect(isCanonical(r.out)).toBe(true);
       expect(s(dotUnstuff(r.out))).toBe(chunks.join(''));
     }
   });
 
-  it('a trailing lone CR is bare: bare_cr in reject mode', async () => {
+  it('a trailing lone CR is bare: bare_cr in reject mode', () => {
     for (const chunks of [['abc\r'], ['abc', '\r'], ['abc\r', '']]) {
-      const r = await encode(chunks.map(b), { mode: 'reject' });
+      const r = encode(chunks.map(b), { mode: 'reject' });
       expect(shape(r.error)).toEqual({ name: 'SmugglingError', kind: 'bare_cr', offset: 3 });
       expectNothingFromOffendingChunk(b('abc\r'), chunks.map(b), r, 3);
     }
   });
 
-  it('a trailing lone CR is bare: a space (then the closing CRLF) in normalize mode', async () => {
+  it('a trailing lone CR is bare: a space (then the closing CRLF) in normalize mode', () => {
     for (const [chunks, expected] of [
       [['abc\r'], 'abc \r\n'],
       [['abc', '\r'], 'abc \r\n'],
@@ -396,14 +388,14 @@ describe('line endings across chunks', () => {
       [['abc\r\n\r'], 'abc\r\n \r\n'],
       [['.\r'], '.. \r\n'],
     ] as const) {
-      const r = await encode(chunks.map(b), { mode: 'normalize' });
+      const r = encode(chunks.map(b), { mode: 'normalize' });
       expect(r.error).toBeUndefined();
       expect(s(r.out)).toBe(expected);
       expect(r.enc.normalized).toBe(1);
     }
   });
 
-  it('normalize mode turns each stray CR, LF and NUL into one space and never into CRLF', async () => {
+  it('normalize mode turns each stray CR, LF and NUL into one space and never into CRLF', () => {
     const cases: Array<[string, string, number]> = [
       ['a\nb', 'a b\r\n', 1],
       ['a\rb', 'a b\r\n', 1],
@@ -418,7 +410,7 @@ describe('line endings across chunks', () => {
     ];
     for (const [input, expected, count] of cases) {
       for (const chunks of chunkings(b(input))) {
-        const r = await encode(chunks, { mode: 'normalize' });
+        const r = encode(chunks, { mode: 'normalize' });
         expect(r.error).toBeUndefined();
         expect(s(r.out)).toBe(expected);
         expect(r.enc.normalized).toBe(count);
@@ -426,36 +418,36 @@ describe('line endings across chunks', () => {
     }
   });
 
-  it('reject mode pushes nothing from the chunk that holds the offending byte', async () => {
-    const r1 = await encode(['hello\r\n', 'world\r\n', 'evil\n.\nMAIL FROM:<x>\r\n'].map(b), { mode: 'reject' });
+  it('reject mode returns nothing from the chunk that holds the offending byte', () => {
+    const r1 = encode(['hello\r\n', 'world\r\n', 'evil\n.\nMAIL FROM:<x>\r\n'].map(b), { mode: 'reject' });
     expect(shape(r1.error)).toEqual({ name: 'SmugglingError', kind: 'bare_lf', offset: 18 });
-    expect(s(r1.pushed)).toBe('hello\r\nworld\r\n');
+    expect(s(r1.out)).toBe('hello\r\nworld\r\n');
 
     // The chunk ending in CR is held back until the CR is decided, so it is withheld too.
-    const r2 = await encode(['hello\r\n', 'abc\r', 'x\r\n'].map(b), { mode: 'reject' });
+    const r2 = encode(['hello\r\n', 'abc\r', 'x\r\n'].map(b), { mode: 'reject' });
     expect(shape(r2.error)).toEqual({ name: 'SmugglingError', kind: 'bare_cr', offset: 10 });
-    expect(s(r2.pushed)).toBe('hello\r\n');
+    expect(s(r2.out)).toBe('hello\r\n');
 
-    const r3 = await encode(['a\x00'].map(b), { mode: 'reject' });
+    const r3 = encode(['a\x00'].map(b), { mode: 'reject' });
     expect(shape(r3.error)).toEqual({ name: 'SmugglingError', kind: 'nul', offset: 1 });
-    expect(r3.pushed.length).toBe(0);
+    expect(r3.out.length).toBe(0);
   });
 
-  it('output held behind a trailing CR never spans more than one chunk', async () => {
+  it('output held behind a trailing CR never spans more than one chunk', () => {
     const chunks = Array.from({ length: 5000 }, () => b('xy\r'));
-    const r = await encode(chunks, { mode: 'normalize' });
+    const r = encode(chunks, { mode: 'normalize' });
     expect(r.error).toBeUndefined();
-    // Each push is one chunk's worth ("xy" + the space for its CR); the last adds the CRLF.
-    expect(Math.max(...r.pushes)).toBeLessThanOrEqual(5);
-    expect(r.pushes.length).toBeGreaterThanOrEqual(4999);
+    // Each call returns one chunk's worth ("xy" + the space for its CR); end() adds the CRLF.
+    expect(Math.max(...r.writes)).toBeLessThanOrEqual(5);
+    expect(r.writes.length).toBeGreaterThanOrEqual(4999);
     expect(r.out.length).toBe(5000 * 3 + 2);
     expect(r.enc.normalized).toBe(5000);
   });
 
-  it('an empty message produces empty output', async () => {
+  it('an empty message produces empty output', () => {
     for (const chunks of [[], [Buffer.alloc(0)], [Buffer.alloc(0), Buffer.alloc(0)]]) {
       for (const mode of ['reject', 'normalize'] as const) {
-        const r = await encode(chunks, { mode });
+        const r = encode(chunks, { mode });
         expect(r.error).toBeUndefined();
         expect(r.out.length).toBe(0);
         expect(r.enc.bytesIn).toBe(0);
@@ -464,8 +456,8 @@ describe('line endings across chunks', () => {
     }
   });
 
-  it('a last line without CRLF (only possible when fed directly) gets one, so the caller\'s dot starts a line', async () => {
-    const r = await encode([b('a\r\nno newline')], { mode: 'reject' });
+  it('a last line without CRLF (only possible when fed directly) gets one, so the caller\'s dot starts a line', () => {
+    const r = encode([b('a\r\nno newline')], { mode: 'reject' });
     expect(s(r.out)).toBe('a\r\nno newline\r\n');
     expect(r.enc.bytesIn).toBe(13);
     expect(r.enc.bytesOut).toBe(15);
@@ -473,17 +465,17 @@ describe('line endings across chunks', () => {
 });
 
 describe('maxLineOctets (RFC 5321 §4.5.3.1.6)', () => {
-  it('a line of exactly the limit (CRLF included) passes, limit+1 fails', async () => {
+  it('a line of exactly the limit (CRLF included) passes, limit+1 fails', () => {
     for (const mode of ['reject', 'normalize'] as const) {
       const ok = b(`${'x'.repeat(8)}\r\n`);
       for (const chunks of chunkings(ok)) {
-        const r = await encode(chunks, { mode, maxLineOctets: 10 });
+        const r = encode(chunks, { mode, maxLineOctets: 10 });
         expect(r.error).toBeUndefined();
         expect(s(r.out)).toBe(s(ok));
       }
       const bad = b(`${'x'.repeat(9)}\r\n`);
       for (const chunks of chunkings(bad)) {
-        const r = await encode(chunks, { mode, maxLineOctets: 10 });
+        const r = encode(chunks, { mode, maxLineOctets: 10 });
         expect(r.error).toBeInstanceOf(LineTooLongError);
         expect(shape(r.error)).toEqual({ name: 'LineTooLongError', offset: 8, limit: 10 });
         expectNothingFromOffendingChunk(bad, chunks, r, 8);
@@ -491,61 +483,66 @@ describe('maxLineOctets (RFC 5321 §4.5.3.1.6)', () => {
     }
   });
 
-  it('RFC default of 1000: 998 octets + CRLF pass, 999 + CRLF fail', async () => {
-    const ok = await encode([b(`${'a'.repeat(998)}\r\n`)], { mode: 'reject', maxLineOctets: 1000 });
+  it('RFC default of 1000: 998 octets + CRLF pass, 999 + CRLF fail', () => {
+    const ok = encode([b(`${'a'.repeat(998)}\r\n`)], { mode: 'reject', maxLineOctets: 1000 });
     expect(ok.error).toBeUndefined();
-    const bad = await encode([b(`${'a'.repeat(999)}\r\n`)], { mode: 'reject', maxLineOctets: 1000 });
+    const bad = encode([b(`${'a'.repeat(999)}\r\n`)], { mode: 'reject', maxLineOctets: 1000 });
     expect(shape(bad.error)).toEqual({ name: 'LineTooLongError', offset: 998, limit: 1000 });
   });
 
-  it('counts unstuffed octets: a stuffed dot does not make a line too long', async () => {
-    const r = await encode([b(`.${'x'.repeat(7)}\r\n`)], { mode: 'reject', maxLineOctets: 10 });
+  it('counts unstuffed octets: a stuffed dot does not make a line too long', () => {
+    const r = encode([b(`.${'x'.repeat(7)}\r\n`)], { mode: 'reject', maxLineOctets: 10 });
     expect(r.error).toBeUndefined();
     expect(s(r.out)).toBe(`..${'x'.repeat(7)}\r\n`);
   });
 
-  it('counts the CRLF the encoder appends to an unterminated last line', async () => {
-    const ok = await encode([b('x'.repeat(8))], { mode: 'reject', maxLineOctets: 10 });
+  it('counts the CRLF the encoder appends to an unterminated last line', () => {
+    const ok = encode([b('x'.repeat(8))], { mode: 'reject', maxLineOctets: 10 });
     expect(ok.error).toBeUndefined();
-    const bad = await encode([b('x'.repeat(9))], { mode: 'reject', maxLineOctets: 10 });
+    const bad = encode([b('x'.repeat(9))], { mode: 'reject', maxLineOctets: 10 });
     expect(shape(bad.error)).toEqual({ name: 'LineTooLongError', offset: 8, limit: 10 });
   });
 
-  it('reports the offset inside a later line, and counts a normalized stray byte as an octet', async () => {
-    const later = await encode([b(`ab\r\n${'x'.repeat(9)}\r\n`)], { mode: 'reject', maxLineOctets: 10 });
+  it('reports the offset inside a later line, and counts a normalized stray byte as an octet', () => {
+    const later = encode([b(`ab\r\n${'x'.repeat(9)}\r\n`)], { mode: 'reject', maxLineOctets: 10 });
     expect(shape(later.error)).toEqual({ name: 'LineTooLongError', offset: 12, limit: 10 });
-    const stray = await encode([b(`${'x'.repeat(7)}\rx\r\n`)], { mode: 'normalize', maxLineOctets: 10 });
+    const stray = encode([b(`${'x'.repeat(7)}\rx\r\n`)], { mode: 'normalize', maxLineOctets: 10 });
     expect(shape(stray.error)).toEqual({ name: 'LineTooLongError', offset: 8, limit: 10 });
   });
 
-  it('0 or undefined means unchecked', async () => {
+  it('0 or undefined means unchecked', () => {
     const long = b(`${'x'.repeat(100_000)}\r\n`);
     for (const maxLineOctets of [0, undefined]) {
-      const r = await encode([long], { mode: 'reject', maxLineOctets });
+      const r = encode([long], { mode: 'reject', maxLineOctets });
       expect(r.error).toBeUndefined();
       expect(r.out.length).toBe(long.length);
     }
   });
 });
 
-describe('construction and stream integration', () => {
+describe('construction and failure', () => {
   it('rejects an unknown mode and a nonsensical maxLineOctets', () => {
-    expect(() => new DataEncoder({ mode: 'strict' as 'reject' })).toThrow(TypeError);
+    expect(() => new BodyEncoder({ mode: 'strict' as 'reject' })).toThrow(TypeError);
     for (const maxLineOctets of [-1, 1, 1.5, Number.NaN, Infinity]) {
-      expect(() => new DataEncoder({ mode: 'reject', maxLineOctets })).toThrow(RangeError);
+      expect(() => new BodyEncoder({ mode: 'reject', maxLineOctets })).toThrow(RangeError);
     }
-    expect(() => new DataEncoder({ mode: 'normalize', maxLineOctets: 2 })).not.toThrow();
+    expect(() => new BodyEncoder({ mode: 'normalize', maxLineOctets: 2 })).not.toThrow();
   });
 
-  it('surfaces the SmugglingError through stream.pipeline', async () => {
-    const sink = new Writable({ write: (_c, _e, cb) => cb() });
-    const err = await pipeline(
-      Readable.from([b('ok\r\n'), b('bad\n.\n')]),
-      new DataEncoder({ mode: 'reject' }),
-      sink,
-    ).catch((e: unknown) => e);
+  it('throws the SmugglingError from the encode() call that meets the byte, and is spent after it', () => {
+    const enc = new BodyEncoder({ mode: 'reject' });
+    expect(s(Buffer.concat(enc.encode(b('ok\r\n'))))).toBe('ok\r\n');
+    let err: unknown;
+    try {
+      enc.encode(b('bad\n.\n'));
+    } catch (e) {
+      err = e;
+    }
     expect(err).toBeInstanceOf(SmugglingError);
     expect(err).toMatchObject({ name: 'SmugglingError', kind: 'bare_lf', offset: 7 });
+    // The relay aborts the backend on the error; an encoder fed on regardless adds nothing.
+    expect(enc.encode(b('more\r\n'))).toEqual([]);
+    expect(enc.end()).toEqual([]);
   });
 });
 
@@ -579,14 +576,14 @@ describe('properties (fast-check)', () => {
     .map((t) => b(t.join('')));
   const sizes = fc.array(fc.nat({ max: 16 }), { maxLength: 12 });
 
-  it('normalize: output is canonical, matches the reference model and is independent of chunking', async () => {
-    await fc.assert(
-      fc.asyncProperty(messy, sizes, async (input, sz) => {
+  it('normalize: output is canonical, matches the reference model and is independent of chunking', () => {
+    fc.assert(
+      fc.property(messy, sizes, (input, sz) => {
         const m = model(input, { mode: 'normalize' });
         if (!m.ok) throw new Error('model cannot fail without a line limit');
-        const whole = await encode([input], { mode: 'normalize' });
-        const split = await encode(chunkBy(input, sz), { mode: 'normalize' });
-        const bytes = await encode(oneByteChunks(input), { mode: 'normalize' });
+        const whole = encode([input], { mode: 'normalize' });
+        const split = encode(chunkBy(input, sz), { mode: 'normalize' });
+        const bytes = encode(oneByteChunks(input), { mode: 'normalize' });
         expect(whole.error).toBeUndefined();
         expect(isCanonical(whole.out)).toBe(true);
         expect(s(dotUnstuff(whole.out))).toBe(s(m.unstuffed));
@@ -604,12 +601,12 @@ describe('properties (fast-check)', () => {
     );
   });
 
-  it('reject: errors exactly at the first stray byte, else outputs the stuffed input, whatever the chunking', async () => {
-    await fc.assert(
-      fc.asyncProperty(fc.oneof(messy, clean), sizes, async (input, sz) => {
+  it('reject: errors exactly at the first stray byte, else outputs the stuffed input, whatever the chunking', () => {
+    fc.assert(
+      fc.property(fc.oneof(messy, clean), sizes, (input, sz) => {
         const m = model(input, { mode: 'reject' });
         const chunks = chunkBy(input, sz);
-        for (const run of [await encode([input], { mode: 'reject' }), await encode(chunks, { mode: 'reject' })]) {
+        for (const run of [encode([input], { mode: 'reject' }), encode(chunks, { mode: 'reject' })]) {
           if (m.ok) {
             expect(run.error).toBeUndefined();
             expect(s(run.out)).toBe(s(m.out));
@@ -620,7 +617,7 @@ describe('properties (fast-check)', () => {
           }
         }
         if (!m.ok) {
-          const r = await encode(chunks, { mode: 'reject' });
+          const r = encode(chunks, { mode: 'reject' });
           expectNothingFromOffendingChunk(input, chunks, r, m.error.offset);
         }
       }),
@@ -628,18 +625,18 @@ describe('properties (fast-check)', () => {
     );
   });
 
-  it('line limit: both modes agree with the reference model under any chunking', async () => {
-    await fc.assert(
-      fc.asyncProperty(
+  it('line limit: both modes agree with the reference model under any chunking', () => {
+    fc.assert(
+      fc.property(
         fc.oneof(messy, clean),
         sizes,
         fc.constantFrom('reject', 'normalize'),
         fc.integer({ min: 2, max: 8 }),
-        async (input, sz, mode, maxLineOctets) => {
-          const opts: DataEncoderOptions = { mode: mode as 'reject' | 'normalize', maxLineOctets };
+        (input, sz, mode, maxLineOctets) => {
+          const opts: BodyEncoderOptions = { mode: mode as 'reject' | 'normalize', maxLineOctets };
           const m = model(input, opts);
           const chunks = chunkBy(input, sz);
-          const r = await encode(chunks, opts);
+          const r = encode(chunks, opts);
           if (m.ok) {
             expect(r.error).toBeUndefined();
             expect(s(r.out)).toBe(s(m.out));
@@ -689,7 +686,7 @@ describe('streaming', () => {
     return { buf: b(lines.join('')), dotLines };
   }
 
-  it('streams a 50 MB message in 64 KiB chunks with bounded buffering and byte-exact content', async () => {
+  it('encodes a 50 MB message in 64 KiB chunks with bounded output per chunk and byte-exact content', () => {
     const CHUNK = 64 * 1024;
     const { buf: tpl, dotLines } = template();
     const repeats = Math.ceil((50 * 1024 * 1024) / tpl.length);
@@ -709,42 +706,47 @@ describe('streaming', () => {
       }
     }
 
-    const enc = new DataEncoder({ mode: 'reject', maxLineOctets: 1000 });
+    const enc = new BodyEncoder({ mode: 'reject', maxLineOctets: 1000 });
     const outHash = createHash('sha256');
     let outLen = 0;
     let unstuffedLen = 0;
     let atLineStart = true;
-    let maxBuffered = 0;
-    // Unstuffs incrementally (a line-start dot may be the first byte of a chunk) and answers
-    // asynchronously, like a socket, so backpressure is exercised.
-    const sink = new Writable({
-      write(chunk: Buffer, _e, cb) {
-        outLen += chunk.length;
-        maxBuffered = Math.max(maxBuffered, enc.readableLength + enc.writableLength + this.writableLength);
-        const len = chunk.length;
-        let from = atLineStart && chunk[0] === DOT ? 1 : 0;
-        for (let j = chunk.indexOf(LF); j !== -1 && j + 1 < len; j = chunk.indexOf(LF, j + 1)) {
-          if (chunk[j + 1] === DOT) {
-            outHash.update(chunk.subarray(from, j + 1));
-            unstuffedLen += j + 1 - from;
-            from = j + 2;
-          }
+    let maxPerCall = 0;
+    // Unstuffs incrementally: a line-start dot may be the first byte of a piece.
+    const unstuff = (piece: Buffer): void => {
+      const len = piece.length;
+      let from = atLineStart && piece[0] === DOT ? 1 : 0;
+      for (let j = piece.indexOf(LF); j !== -1 && j + 1 < len; j = piece.indexOf(LF, j + 1)) {
+        if (piece[j + 1] === DOT) {
+          outHash.update(piece.subarray(from, j + 1));
+          unstuffedLen += j + 1 - from;
+          from = j + 2;
         }
-        outHash.update(chunk.subarray(from));
-        unstuffedLen += len - from;
-        if (len > 0) atLineStart = chunk[len - 1] === LF;
-        setImmediate(cb);
-      },
-    });
+      }
+      outHash.update(piece.subarray(from));
+      unstuffedLen += len - from;
+      if (len > 0) atLineStart = piece[len - 1] === LF;
+    };
+    const take = (pieces: Buffer[]): void => {
+      let n = 0;
+      for (const piece of pieces) {
+        unstuff(piece);
+        n += piece.length;
+      }
+      outLen += n;
+      maxPerCall = Math.max(maxPerCall, n);
+    };
 
-    await pipeline(Readable.from(generate(), { objectMode: false }), enc, sink);
+    for (const chunk of generate()) take(enc.encode(chunk));
+    take(enc.end());
 
     expect(enc.bytesIn).toBe(total);
     expect(outLen).toBe(total + repeats * dotLines);
     expect(enc.bytesOut).toBe(outLen);
     expect(unstuffedLen).toBe(total);
     expect(outHash.digest('hex')).toBe(inHash.digest('hex'));
-    // Nothing close to the message size is ever buffered inside the pipeline.
-    expect(maxBuffered).toBeLessThan(1024 * 1024);
+    // Nothing close to the message size is ever held: a call returns at most its own chunk and
+    // the one held back behind a trailing CR before it, plus their stuffed dots.
+    expect(maxPerCall).toBeLessThan(3 * CHUNK);
   });
 });

@@ -6,7 +6,6 @@
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import net from 'node:net';
-import { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { generate } from 'selfsigned';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
@@ -15,6 +14,8 @@ import {
   BackendError,
   type BackendClientOptions,
   type BackendTimeouts,
+  type DataWriter,
+  type SmtpReply,
   xtextEncode,
 } from '../../src/relay/smtp-client.js';
 
@@ -780,6 +781,43 @@ describe('DATA', () => {
     return createHash('sha256').update(data).digest('hex');
   }
 
+  /**
+   * Sends a body the way the relay does: chunk by chunk, taking no more while write() says the
+   * backend is behind, until onDrain(); a failure heard through onFailure() rejects at once.
+   * Chunks are pulled lazily, so a test can see how much of the body was ever taken.
+   */
+  async function sendBody(writer: DataWriter, chunks: Iterable<Buffer>): Promise<SmtpReply> {
+    let failure: BackendError | undefined;
+    let wake = (): void => undefined;
+    writer.onFailure((err) => {
+      failure = err;
+      wake();
+    });
+    for (const chunk of chunks) {
+      if (!writer.write(chunk)) {
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          writer.onDrain(resolve);
+        });
+      }
+      if (failure) throw failure;
+    }
+    if (failure) throw failure;
+    return writer.finish();
+  }
+
+  /** `chunk` over and over up to `total` bytes; `pulled()` is how many bytes were taken so far. */
+  function repeated(chunk: Buffer, total: number): { chunks: Generator<Buffer>; pulled: () => number } {
+    let pulled = 0;
+    function* chunks(): Generator<Buffer> {
+      while (pulled < total) {
+        pulled += chunk.length;
+        yield chunk;
+      }
+    }
+    return { chunks: chunks(), pulled: () => pulled };
+  }
+
   it('sends what beginData() is given in one turn, and the final dot with it, in a single packet', async () => {
     // What the backend reads once it answered 354.
     const packets: Buffer[] = [];
@@ -844,7 +882,7 @@ describe('DATA', () => {
     // 64 KiB chunks, far more than the socket buffer takes at once: write() must say "wait".
     const chunks: Buffer[] = [];
     for (let off = 0; off < stuffed.length; off += 64 * 1024) chunks.push(stuffed.subarray(off, off + 64 * 1024));
-    const reply = await conn.sendData(Readable.from(chunks));
+    const reply = await sendBody(conn.beginData(), chunks);
     expect(reply.code).toBe(250);
     expect(reply.enhanced).toBe('2.0.0');
     const got = await received.promise;
@@ -872,28 +910,17 @@ describe('DATA', () => {
     expect((await conn.command('DATA')).code).toBe(354);
 
     const total = 64 * 1024 * 1024;
-    const chunk = Buffer.alloc(64 * 1024, 'x');
-    let pulled = 0;
-    const body = new Readable({
-      read() {
-        if (pulled >= total) {
-          this.push(null);
-          return;
-        }
-        pulled += chunk.length;
-        this.push(chunk);
-      },
-    });
-    const err = await backendError(conn.sendData(body));
+    const body = repeated(Buffer.alloc(64 * 1024, 'x'), total);
+    const err = await backendError(sendBody(conn.beginData(), body.chunks));
     expect(err.kind).toBe('timeout');
-    expect(pulled).toBeLessThan(total);
+    expect(body.pulled()).toBeLessThan(total);
     expect(conn.closed).toBe(true);
     const server = await connection;
     server.socket.resume(); // a paused socket would never read the EOF
     await server.closed;
   });
 
-  it('on a body stream error aborts without the final dot and rejects with that same error', async () => {
+  it('a message abandoned with abort() mid-body ends without the final dot, and onFailure hears of it', async () => {
     const sawBody = deferred<void>();
     const { port, connection } = await startScripted(
       basicScript([], (line, conn) => {
@@ -915,18 +942,17 @@ describe('DATA', () => {
     await conn.command('RCPT TO:<b@example.com>');
     await conn.command('DATA');
 
-    const boom = new Error('client went away');
-    const body = new Readable({ read() {} });
-    body.push('Subject: x\r\n\r\nfirst part\r\n');
-    const sending = conn.sendData(body);
+    const writer = conn.beginData();
+    const failed = deferred<BackendError>();
+    writer.onFailure(failed.resolve);
+    writer.write(Buffer.from('Subject: x\r\n\r\nfirst part\r\n'));
     await sawBody.promise; // the backend has the start of the message ...
-    body.destroy(boom); // ... when the client's stream fails
-    const err = await sending.then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(err).toBe(boom);
+    conn.abort(); // ... when its owner gives up on it (the client went away, say)
+    expect((await failed.promise).kind).toBe('closed');
     expect(conn.closed).toBe(true);
+    // Nothing more leaves: neither later body bytes nor, from finish(), the final dot.
+    writer.write(Buffer.from('second part\r\n'));
+    await backendError(writer.finish());
     const server = await connection;
     await server.closed;
     const raw = server.raw().toString('latin1');
@@ -956,22 +982,11 @@ describe('DATA', () => {
     await conn.command('DATA');
     // Far more than the backend takes before it goes away.
     const total = 64 * 1024 * 1024;
-    const chunk = Buffer.alloc(16 * 1024, 'y');
-    let pulled = 0;
-    const body = new Readable({
-      read() {
-        if (pulled >= total) {
-          this.push(null);
-          return;
-        }
-        pulled += chunk.length;
-        this.push(chunk);
-      },
-    });
-    const err = await backendError(conn.sendData(body));
+    const body = repeated(Buffer.alloc(16 * 1024, 'y'), total);
+    const err = await backendError(sendBody(conn.beginData(), body.chunks));
     expect(err.kind).toBe('closed');
-    expect(pulled).toBeGreaterThan(256 * 1024);
-    expect(pulled).toBeLessThan(total);
+    expect(body.pulled()).toBeGreaterThan(256 * 1024);
+    expect(body.pulled()).toBeLessThan(total);
     expect(conn.closed).toBe(true);
   });
 
@@ -991,7 +1006,7 @@ describe('DATA', () => {
     );
     const conn = await connect(port);
     await conn.command('DATA');
-    const reply = await conn.sendData(Readable.from([]));
+    const reply = await conn.beginData().finish();
     expect(reply.text).toBe('empty ok');
     expect((await connection).lines).toEqual([`EHLO ${HELO}`, 'DATA', '.']);
   });
