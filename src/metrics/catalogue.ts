@@ -101,7 +101,7 @@ export function createMetrics() {
     }),
     backendErrors: new Counter({
       name: 'smtpgate_backend_errors_total',
-      help: 'Backend failures by kind (connect|timeout|closed|tls|protocol).',
+      help: 'Backend failures by kind (connect|timeout|closed|tls|protocol). Connections smtpgate drops on purpose (a refused or abandoned message, a client gone) are not counted.',
       labelNames: ['backend', 'kind'] as const,
       registers,
     }),

@@ -53,6 +53,13 @@ export class BackendSession {
   #inTransaction = false;
   /** The client session is over: a connection that finishes opening after this is dropped. */
   #closed = false;
+  /**
+   * The errors of connections smtpgate dropped on purpose (a refused or abandoned message, a
+   * client gone mid-exchange). What they cause is not the backend's failure, and is not
+   * reported as one: otherwise every smuggling attempt or lost client would count towards
+   * smtpgate_backend_errors_total and wake whoever alerts on it.
+   */
+  readonly #dropped = new WeakSet<BackendError>();
 
   constructor(pool: BackendPool, settings: BackendSessionSettings, events: BackendSessionEvents, connect: Connect = (o) => BackendConnection.connect(o)) {
     this.#pool = pool;
@@ -159,7 +166,7 @@ export class BackendSession {
 
   /** Abandon the current transaction without a final dot: the only safe abort mid-DATA. */
   abort(): void {
-    this.#conn?.abort();
+    if (this.#conn) this.#drop(this.#conn);
     this.#conn = undefined;
     this.#inTransaction = false;
   }
@@ -175,7 +182,7 @@ export class BackendSession {
     this.#conn = undefined;
     this.#inTransaction = false;
     if (!conn || conn.closed) return;
-    if (conn.busy) conn.abort();
+    if (conn.busy) this.#drop(conn);
     else await conn.quit();
   }
 
@@ -206,7 +213,7 @@ export class BackendSession {
         if (reply.code !== 235) throw new BackendError('protocol', `backend refused smtpgate's own credentials (backend.auth): ${reply.code} ${reply.text}`);
       }
     } catch (err) {
-      conn.abort();
+      this.#drop(conn);
       throw this.#report(err);
     }
     // The client left while this connection was being opened: nobody will ever close it.
@@ -260,8 +267,21 @@ export class BackendSession {
   }
 
   #report(err: unknown): unknown {
-    if (err instanceof BackendError && this.#target) this.#events.onError(this.#target, err);
+    if (err instanceof BackendError && this.#target && !this.#droppedByUs(err)) this.#events.onError(this.#target, err);
     return err;
+  }
+
+  /** Aborts `conn` on smtpgate's own account (see #dropped). */
+  #drop(conn: BackendConnection): void {
+    // Known before the abort: the connection's failure callbacks run inside it.
+    const err = new BackendError('closed', 'backend connection aborted by smtpgate');
+    this.#dropped.add(err);
+    conn.abort(err);
+  }
+
+  /** The abort error itself, or a "connection is closed" error caused by it. */
+  #droppedByUs(err: BackendError): boolean {
+    return this.#dropped.has(err) || (err.cause instanceof BackendError && this.#dropped.has(err.cause));
   }
 }
 

@@ -429,9 +429,14 @@ export class BackendConnection extends EventEmitter {
     });
   }
 
-  /** Drops the connection at once, e.g. to abandon a transaction without the final dot. */
-  abort(): void {
-    this.fail(new BackendError('closed', 'backend connection aborted'));
+  /**
+   * Drops the connection at once, e.g. to abandon a transaction without the final dot. Pending
+   * and later calls reject with `reason` (and a DataWriter's onFailure hears it, synchronously),
+   * so a caller that passes its own can tell its abort from a failure of the backend's. A
+   * connection that has failed already keeps its first error.
+   */
+  abort(reason: BackendError = new BackendError('closed', 'backend connection aborted')): void {
+    this.fail(reason);
   }
 
   /** RFC 5321 §4.1.1.10: QUIT and wait for 221 (or the close), bounded; never rejects. */

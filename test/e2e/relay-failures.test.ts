@@ -54,6 +54,8 @@ describe('the backend fails', () => {
     expect(first.sawEndOfData).toBe(false);
     expect(backend.messages).toHaveLength(0);
     expect(await metricValue(gate, 'smtpgate_messages_total', { result: 'relayed' })).toBe(0);
+    // This one is the backend's doing, and the dashboard's backend error count says so.
+    expect(await metricValue(gate, 'smtpgate_backend_errors_total', { kind: 'closed' })).toBeGreaterThanOrEqual(1);
 
     // The session is not poisoned: a new transaction gets a new backend connection.
     expect((await c.cmd('MAIL FROM:<alice@corp.test>')).code).toBe(250);
@@ -99,6 +101,8 @@ describe('the client goes away mid-DATA', () => {
       expect(backend.messages).toHaveLength(0);
       await eventually(async () => (await metricValue(gate, 'smtpgate_messages_total', { result: 'aborted' })) === before + 1, 'messages_total{result="aborted"} + 1');
       expect(await metricValue(gate, 'smtpgate_messages_total', { result: 'relayed' })).toBe(0);
+      // smtpgate dropped the backend connection on purpose: the backend did nothing wrong.
+      expect(await metricValue(gate, 'smtpgate_backend_errors_total', { kind: 'closed' })).toBe(0);
     });
   }
 });
@@ -115,6 +119,7 @@ test('a client that leaves while the backend has not yet answered DATA: counted 
   expect(await metricValue(gate, 'smtpgate_refusals_total', { reason: 'backend_failed' })).toBe(0);
   await backend.connections[0]!.closed;
   expect(backend.messages).toHaveLength(0);
+  expect(await metricValue(gate, 'smtpgate_backend_errors_total', { kind: 'closed' })).toBe(0);
 });
 
 describe('limits.maxMessageBytes', () => {
@@ -131,6 +136,8 @@ describe('limits.maxMessageBytes', () => {
     expect((await c.cmd('.')).raw).toBe('552 5.3.4 Message exceeds the maximum size of 100000 bytes');
     expect(backend.messages).toHaveLength(0);
     expect(await metricValue(gate, 'smtpgate_refusals_total', { stage: 'data', reason: 'message_too_big' })).toBe(1);
+    // The backend connection was dropped by smtpgate to withhold the final dot, not lost.
+    expect(await metricValue(gate, 'smtpgate_backend_errors_total', { kind: 'closed' })).toBe(0);
 
     const next = await envelope(c, 'alice@corp.test', ['carol@corp.test']);
     expect(next.mail.code).toBe(250);

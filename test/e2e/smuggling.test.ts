@@ -90,6 +90,9 @@ describe.each([
     if (mode === 'reject') {
       expect(await metricValue(gate, 'smtpgate_smuggling_rejections_total')).toBe(CASES.length);
       expect(await metricValue(gate, 'smtpgate_refusals_total', { stage: 'data', reason: 'smuggling', code_class: '5xx' })).toBe(CASES.length);
+      // Each refusal drops its backend connection on purpose: an attacker can't make the
+      // backend look broken on the dashboard.
+      expect(await metricValue(gate, 'smtpgate_backend_errors_total')).toBe(0);
     } else {
       expect(await metricValue(gate, 'smtpgate_smuggling_normalized_total')).toBeGreaterThanOrEqual(CASES.length);
       expect(await metricValue(gate, 'smtpgate_messages_total', { result: 'relayed' })).toBe(CASES.length);
