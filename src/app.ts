@@ -258,8 +258,14 @@ export class App {
     this.#policy = material.policy;
     this.metrics.policy.setPolicySet(material.policy);
     const collect = opts.collect ?? collectorFromV8();
-    if (collect) this.#reclaimer = new ReadBufferReclaimer(collect);
-    else this.log.warn('V8 offers no young-generation collection here: memory after large messages is left to its own scheduling');
+    if (collect) {
+      this.#reclaimer = new ReadBufferReclaimer(collect, {
+        onCollect: () => this.metrics.readBufferCollections.inc(),
+        onFailure: (err) => this.log.warn({ err }, 'young-generation collection failed: memory after large messages is left to V8 from now on'),
+      });
+    } else {
+      this.log.warn('V8 offers no young-generation collection here: memory after large messages is left to its own scheduling');
+    }
   }
 
   get addresses(): BoundAddresses {
