@@ -9,7 +9,8 @@
  *
  * With a third argument `smtp-server` it runs smtp-server (as smtpgate configures it: no
  * AUTH, no STARTTLS, TCP_NODELAY) in front of smtpgate's own BackendConnection and BodyEncoder
- * instead: the library floor, before any of smtpgate's checks, limits, policy, logging or
+ * instead, with smtpgate's WriteBatcher on both legs and the same backend handshake (EHLO,
+ * XCLIENT): the library floor, before any of smtpgate's checks, limits, policy, logging or
  * metrics. Drive either with smtp-source and read its CPU from /proc/PID/stat.
  */
 import net from 'node:net';
@@ -39,6 +40,9 @@ interface Encoder {
   encode(chunk: Buffer): Buffer[];
   end(): Buffer[];
 }
+interface Batcher {
+  hold(socket: unknown): void;
+}
 const load = async (file: string) => import(pathToFileURL(path.join(REPO_ROOT, 'dist', file)).href) as Promise<Record<string, unknown>>;
 
 const [listenPort, backendPort, mode] = [Number(process.argv[2]), Number(process.argv[3]), process.argv[4]];
@@ -47,8 +51,17 @@ process.on('SIGTERM', () => process.exit(0));
 if (mode === 'smtp-server') {
   const { BackendConnection } = (await load('relay/smtp-client.js')) as { BackendConnection: { connect(opts: object): Promise<Backend> } };
   const { BodyEncoder } = (await load('relay/data-encoder.js')) as { BodyEncoder: new (opts: object) => Encoder };
+  const { WriteBatcher } = (await load('transport/write-batcher.js')) as { WriteBatcher: new () => Batcher };
   const timeouts = { connectMs: 5000, greetingMs: 5000, commandMs: 5000, dataIdleMs: 5000, finalReplyMs: 5000 };
+  const writes = new WriteBatcher();
   const backends = new Map<string, Backend>();
+  const open = async (address: string, port: number): Promise<Backend> => {
+    const c = await BackendConnection.connect({ host: '127.0.0.1', port: backendPort, tls: 'none', heloName: 'floor.test', timeouts, writes });
+    // smtpgate's identity handshake; Postfix answers 220 and wants a new EHLO, smtp-sink 250.
+    const reply = await c.command(`XCLIENT NAME=[UNAVAILABLE] PORT=${port} PROTO=SMTP ADDR=${address}`);
+    if (reply.code === 220) await c.command('EHLO floor.test');
+    return c;
+  };
   const server = new SMTPServer({
     authOptional: true,
     noDelay: true,
@@ -56,7 +69,7 @@ if (mode === 'smtp-server') {
     logger: false,
     disabledCommands: ['STARTTLS', 'AUTH'],
     onConnect(session, cb) {
-      BackendConnection.connect({ host: '127.0.0.1', port: backendPort, tls: 'none', heloName: 'floor.test', timeouts }).then((c) => {
+      open(session.remoteAddress, session.remotePort).then((c) => {
         backends.set(session.id, c);
         cb();
       }, cb);
@@ -84,6 +97,17 @@ if (mode === 'smtp-server') {
       backends.delete(session.id);
     },
   });
+  // The client leg's replies are held to the end of the turn, as smtpgate's command guard does.
+  const connections = server.connections as Set<{ _socket: unknown; send: (...args: unknown[]) => void }>;
+  const add = connections.add.bind(connections);
+  connections.add = (conn) => {
+    const send = conn.send.bind(conn);
+    conn.send = (...args: unknown[]) => {
+      writes.hold(conn._socket);
+      send(...args);
+    };
+    return add(conn);
+  };
   server.listen(listenPort, '127.0.0.1');
 } else {
   net
