@@ -20,7 +20,8 @@
  *   500–504 kind, and the guard's own) the session gets 421 and is closed.
  *
  * It also sets how long a new connection waits for its greeting (`greetingDelayFor`), in place
- * of smtp-server's hard-coded 100 ms early-talker wait.
+ * of smtp-server's hard-coded 100 ms early-talker wait, and asks for the connection limits as
+ * soon as a connection is accepted, before that wait (`GuardHooks.admit`).
  *
  * The decisions are pure (`checkCommand`, `greetingDelayFor`); `installCommandGuard` wires them
  * into one connection.
@@ -193,19 +194,23 @@ function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChu
 }
 
 /**
- * smtp-server's SMTPConnection.init() (3.21.6) with `delayMs` in place of its hard-coded 100 ms.
- * The early-talker check itself is untouched: smtp-server answers any input with "421 You talk
- * too soon" until connectionReady() has run onConnect and sent the 220, however long the wait.
+ * smtp-server's SMTPConnection.init() (3.21.6) with `delayMs` in place of its hard-coded 100 ms,
+ * and the connection limits decided at accept time (`admission`, asked before this runs): a
+ * client over them is told 421 at once, without the greeting wait, and never greeted. So the
+ * limits count every connection from its first moment, the ones still waiting for their
+ * greeting included; otherwise a long greetingDelay would let one address hold any number of
+ * connections. The early-talker check itself is untouched: smtp-server answers any input with
+ * "421 You talk too soon" until connectionReady() has run onConnect and sent the 220.
  */
-function replaceGreetingWait(conn: GuardedConnection, server: SMTPServer, delayMs: number): void {
+function replaceGreetingWait(conn: GuardedConnection, server: SMTPServer, delayMs: number, admission: Promise<Refusal | undefined>, refuse: (r: Refusal) => void): void {
   conn.init = () =>
     conn._setListeners(() => {
       // smtp-server's own maxClients check, kept as it was (smtpgate doesn't set maxClients).
       const max = server.options.maxClients;
       if (max && server.connections.size > max) return conn.send(421, `${conn.name} Too many connected clients, try again in a moment`, false);
       // No wait at all means none: setTimeout(0) would still cost a millisecond.
-      if (delayMs === 0) setImmediate(() => conn.connectionReady());
-      else setTimeout(() => conn.connectionReady(), delayMs).unref();
+      const waited = new Promise<void>((resolve) => (delayMs === 0 ? setImmediate(resolve) : setTimeout(resolve, delayMs).unref()));
+      void admission.then((r) => (r ? refuse(r) : waited.then(() => conn.connectionReady())));
     });
 }
 
@@ -256,6 +261,11 @@ export interface GuardHooks {
   readonly maxProtocolErrors: number;
   /** A new client connection: the listener keeps it to close it on a timeout. */
   onConnection(conn: GuardedConnection): void;
+  /**
+   * The connection limits for a connection just accepted (its address is the real client's,
+   * PROXY header included): a refusal is sent at once, in place of the greeting. Must not reject.
+   */
+  admit(conn: GuardedConnection): Promise<Refusal | undefined>;
   /** Holds the replies of one event-loop turn so they leave together; none: each is written at once. */
   writes?: WriteBatcher;
   /** Told of every read from the client, to collect the read buffers relayed data leaves behind. */
@@ -349,7 +359,12 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
     hooks.onConnection(conn);
     // smtp-server calls init() right after adding the connection, and the PROXY header (if
     // any) was read before: remoteAddress is the real client's.
-    replaceGreetingWait(conn, server, greetingDelayFor(conn.remoteAddress, hooks.greeting));
+    const refuseAtOnce = (r: Refusal) => {
+      onRefusal(conn.id, r);
+      // smtp-server closes the connection after a 421.
+      conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+    };
+    replaceGreetingWait(conn, server, greetingDelayFor(conn.remoteAddress, hooks.greeting), hooks.admit(conn), refuseAtOnce);
     conn._onCommand = (command: Buffer, callback?: () => void) => {
       if (conn._upgrading) return dispatch(command, callback);
       const line = command.toString('latin1');

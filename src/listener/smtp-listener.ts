@@ -205,6 +205,7 @@ export class SmtpListener {
       writes: deps.writes,
       reclaimer: deps.reclaimer,
       onConnection: (conn) => this.#connections.set(conn.id, conn),
+      admit: (conn) => this.#admit(conn),
       onStartTls: (sessionId) => {
         const state = this.#sessions.get(sessionId);
         if (!state) return;
@@ -285,13 +286,27 @@ export class SmtpListener {
     const cap = setTimeout(() => this.#kick(session.id, refusal(421, '4.4.2', 'Session time limit reached, closing', 'timeout')), this.#deps.client.timeouts.session);
     cap.unref();
     state.timers.push(cap);
-    const limited = await this.#deps.limits.connectionOpened(this.#facts(session, state));
-    // smtp-server sends the 421 and closes the connection.
-    if (limited) return cb(this.#refuse(state, 'connect', limited));
+    // The connection limits were decided when the connection was accepted (#admit): a
+    // connection over them never gets here.
     const refused = await this.#policy('connect', () => this.#policyFacts(session, state), state);
     if (refused) return cb(this.#refuse(state, 'connect', refused.refusal, { rule: refused.rule }));
     this.#applyCommandVisibility(session);
     cb();
+  }
+
+  /**
+   * The connection limits (per listener, per address, new connections per address), asked the
+   * moment a connection is accepted, before the greeting wait; a refusal is sent at once by the
+   * command guard. The slots taken here are given back in #onClose, which smtp-server runs for
+   * every connection, greeted or not.
+   */
+  async #admit(conn: GuardedConnection): Promise<Refusal | undefined> {
+    try {
+      return await this.#deps.limits.connectionOpened({ session: conn.id, ip: conn.remoteAddress, listener: this.name });
+    } catch (err) {
+      this.#deps.log.error({ session: conn.id, listener: this.name, err }, 'internal error in the connection limits');
+      return refusal(421, '4.3.0', 'Local error in processing, try again later', 'internal');
+    }
   }
 
   /**
@@ -717,13 +732,14 @@ export class SmtpListener {
   // ── close ──────────────────────────────────────────────────────────────────────────────
 
   #onClose(session: SMTPServerSession): void {
-    // First, before anything else: a client that left before onConnect ran has no state.
+    // First, before anything else: a client that left before onConnect ran has no state, but
+    // it was counted by the connection limits when it was accepted.
     this.#connections.delete(session.id);
+    this.#deps.limits.connectionClosed({ session: session.id });
     const state = this.#sessions.get(session.id);
     if (!state) return;
     this.#sessions.delete(session.id);
     for (const t of state.timers) clearTimeout(t);
-    this.#deps.limits.connectionClosed({ session: session.id });
     this.#deps.metrics.connectionsClosed.inc({ listener: this.name });
     this.#deps.metrics.connectionsActive.dec({ listener: this.name });
     void state.backend.close();

@@ -25,7 +25,7 @@ export function createMetrics() {
     policy: createPolicyMetrics(registry),
     connectionsOpened: new Counter({
       name: 'smtpgate_connections_opened_total',
-      help: 'Client connections accepted, per listener.',
+      help: 'Client connections that passed the connection limits and the greeting wait, per listener (the others are in smtpgate_refusals_total{stage="connect"}).',
       labelNames: ['listener'] as const,
       registers,
     }),

@@ -9,9 +9,10 @@
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { startGate, type Gate } from '../helpers/gate.js';
+import { metricValue, startGate, type Gate } from '../helpers/gate.js';
+import { eventually } from '../helpers/sessions.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/backends.js';
-import { SmtpTalk } from '../helpers/smtp-talk.js';
+import { SmtpTalk, type Reply } from '../helpers/smtp-talk.js';
 
 /** Well under the 100 ms default, with room for a busy shared CPU. */
 const AT_ONCE_MS = 60;
@@ -122,5 +123,61 @@ describe('behind a load balancer (PROXY protocol): the address in the header dec
     const { ms, c } = await timeToGreeting('balanced', { preamble: proxyV1('203.0.113.9') });
     expect(ms).toBeGreaterThanOrEqual(100 - SLACK_MS);
     c.close();
+  });
+});
+
+describe('the connection limits count a client from the moment it connects, not from its greeting', () => {
+  const DELAY_MS = 2000;
+  let limited: Gate;
+  beforeAll(async () => {
+    limited = await startGate({
+      backendPort: backend.port,
+      listenersYaml: plain('slow', `\n    greetingDelay: ${DELAY_MS}ms`) + '\n',
+      extraYaml: 'limits:\n  concurrentPerIp: 2\n',
+    });
+  });
+  afterAll(async () => {
+    await limited?.stop();
+  });
+
+  /**
+   * The first reply, and whether it came within `ms` (else the client is waiting for its
+   * greeting). The read stays pending either way, so the greeting is not lost.
+   */
+  async function firstReply(c: SmtpTalk, ms: number): Promise<{ soon: boolean; reply: Promise<Reply> }> {
+    let timer: NodeJS.Timeout | undefined;
+    const reply = c.read();
+    const quiet = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+    const soon = await Promise.race([reply.then(() => true), quiet]);
+    clearTimeout(timer);
+    return { soon, reply };
+  }
+
+  test('a third connection from one address, while two wait for their greeting, is refused at once; one of the two leaving ungreeted frees its slot', { timeout: 20_000 }, async () => {
+    const started = performance.now();
+    const first = await SmtpTalk.connect(limited.port('slow'));
+    const second = await SmtpTalk.connect(limited.port('slow'));
+    const third = await SmtpTalk.connect(limited.port('slow'));
+    expect((await third.read()).raw).toMatch(/^421 4\.7\.0 Too many open connections from your address \(limit 2\)/);
+    // At once: the first two are still waiting for their greeting.
+    expect(performance.now() - started).toBeLessThan(DELAY_MS);
+    await third.closed;
+    expect(await metricValue(limited, 'smtpgate_refusals_total', { listener: 'slow', stage: 'connect', reason: 'too_many_connections' })).toBe(1);
+
+    first.close();
+    await first.closed;
+    // The gate hears of the close a moment later; until then a newcomer is still refused.
+    let fourth: { c: SmtpTalk; greeting: Promise<Reply> } | undefined;
+    await eventually(async () => {
+      const c = await SmtpTalk.connect(limited.port('slow'));
+      const { soon, reply } = await firstReply(c, 300);
+      if (soon) c.close();
+      else fourth = { c, greeting: reply };
+      return fourth !== undefined;
+    }, 'a connection that waits for its greeting instead of being refused');
+    expect((await second.read()).code).toBe(220);
+    expect((await fourth!.greeting).code).toBe(220);
+    second.close();
+    fourth!.c.close();
   });
 });
