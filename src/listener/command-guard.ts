@@ -145,14 +145,18 @@ interface CommandParser {
 /** The parts of smtp-server's (untyped) SMTPConnection the guard relies on. */
 export interface GuardedConnection {
   id: string;
-  /** The client's address; with the PROXY protocol, the one its header named. */
+  /** The client's address and port; with the PROXY protocol, the ones its header named. */
   remoteAddress: string;
+  remotePort: number;
   /** The host name smtp-server greets with. */
   name: string;
   secure: boolean;
   session: { envelope?: { mailFrom?: unknown } };
   _nextHandler: unknown;
   _upgrading: boolean;
+  /** smtp-server is closing, or has closed, the connection. */
+  _closing: boolean;
+  _closed: boolean;
   /** The client's socket (a TLSSocket after STARTTLS). */
   _socket: Writable;
   _parser: CommandParser;
@@ -360,9 +364,12 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
     // smtp-server calls init() right after adding the connection, and the PROXY header (if
     // any) was read before: remoteAddress is the real client's.
     const refuseAtOnce = (r: Refusal) => {
-      onRefusal(conn.id, r);
-      // smtp-server closes the connection after a 421.
+      // The client may have gone while the limits were asked (an early talker, say).
+      if (conn._closing || conn._closed) return;
+      hooks.onRefusal(conn.id, r, 'connect');
       conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+      // smtp-server closes after a 421 by itself; after any other code, so does smtpgate.
+      conn.close();
     };
     replaceGreetingWait(conn, server, greetingDelayFor(conn.remoteAddress, hooks.greeting), hooks.admit(conn), refuseAtOnce);
     conn._onCommand = (command: Buffer, callback?: () => void) => {

@@ -189,15 +189,14 @@ export class SmtpListener {
     if (config.proxyProtocol) this.#installProxyProtocol(config.proxyProtocol);
     installCommandGuard(this.server, {
       onRefusal: (sessionId, r, stage) => {
-        const state = this.#sessions.get(sessionId);
         this.#count(r, stage);
-        (state?.log ?? this.#deps.log).info({ session: sessionId, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
+        this.#sessionLog(sessionId).info({ stage, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
       },
       onLibraryRefusal: (sessionId, r, stage) => {
         const state = this.#sessions.get(sessionId);
         if (state) state.lastRefusal = r;
         this.#count(r, stage);
-        (state?.log ?? this.#deps.log).info({ session: sessionId, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
+        this.#sessionLog(sessionId).info({ stage, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
       },
       draining: () => this.#draining,
       maxProtocolErrors: deps.client.maxProtocolErrors,
@@ -304,7 +303,7 @@ export class SmtpListener {
     try {
       return await this.#deps.limits.connectionOpened({ session: conn.id, ip: conn.remoteAddress, listener: this.name });
     } catch (err) {
-      this.#deps.log.error({ session: conn.id, listener: this.name, err }, 'internal error in the connection limits');
+      this.#sessionLog(conn.id).error({ err }, 'internal error in the connection limits');
       return refusal(421, '4.3.0', 'Local error in processing, try again later', 'internal');
     }
   }
@@ -864,6 +863,12 @@ export class SmtpListener {
 
   /** A backend that can't be reached, stalls or drops the connection: always a 4xx, never a 250. */
   #backendFailure(state: SessionState, err: unknown): Refusal {
+    // smtpgate dropped the backend connection itself because the client had left: nothing
+    // failed on the backend's side, and nobody is left to read the reply.
+    if (state.backend.droppedByUs(err)) {
+      state.log.debug({ err: (err as Error).message }, 'client left while the backend was awaited');
+      return CLIENT_GONE;
+    }
     if (err instanceof BackendError) {
       state.log.warn({ backend: state.backend.targetName, kind: err.kind, err: err.message }, 'backend failure');
       switch (err.kind) {
@@ -888,6 +893,17 @@ export class SmtpListener {
     return toServerError(r);
   }
 
+  /**
+   * The session's logger; before onConnect (a connection refused by the connection limits, an
+   * early talker) one that still names the session, the listener and the client.
+   */
+  #sessionLog(sessionId: string): Logger {
+    const state = this.#sessions.get(sessionId);
+    if (state) return state.log;
+    const conn = this.#connections.get(sessionId);
+    return this.#deps.log.child({ session: sessionId, listener: this.name, ...(conn ? { client: conn.remoteAddress, port: conn.remotePort } : {}) });
+  }
+
   #refuse(state: SessionState, stage: Stage, r: Refusal, extra: Record<string, unknown> = {}): SmtpServerError {
     state.lastRefusal = r;
     this.#count(r, stage);
@@ -899,6 +915,9 @@ export class SmtpListener {
     this.#deps.metrics.refusals.inc({ listener: this.name, stage, reason: r.reason, code_class: codeClass(r.code) });
   }
 }
+
+/** For the metrics and the log only: a client that left gets no reply. */
+const CLIENT_GONE = refusal(421, '4.4.2', 'Connection lost', 'client_aborted');
 
 const SMUGGLING_TEXT = { bare_cr: 'bare CR in message', bare_lf: 'bare LF in message', nul: 'NUL byte in message' } as const;
 

@@ -25,7 +25,7 @@ export function createMetrics() {
     policy: createPolicyMetrics(registry),
     connectionsOpened: new Counter({
       name: 'smtpgate_connections_opened_total',
-      help: 'Client connections that passed the connection limits and the greeting wait, per listener (the others are in smtpgate_refusals_total{stage="connect"}).',
+      help: 'Client connections greeted or refused by connect-stage policy, per listener: those past the connection limits and the greeting wait. Connections refused by the limits are in smtpgate_refusals_total{stage="connect"} only.',
       labelNames: ['listener'] as const,
       registers,
     }),
@@ -37,7 +37,7 @@ export function createMetrics() {
     }),
     connectionsActive: new Gauge({
       name: 'smtpgate_connections_active',
-      help: 'Client connections open now, per listener.',
+      help: 'Client connections open now, per listener, from their greeting on (the connection limits also count those still waiting for it).',
       labelNames: ['listener'] as const,
       registers,
     }),

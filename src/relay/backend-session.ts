@@ -187,7 +187,7 @@ export class BackendSession {
   }
 
   async #open(identity: ClientIdentity): Promise<BackendConnection> {
-    if (this.#closed) throw new BackendError('closed', 'the client session is over');
+    if (this.#closed) throw this.#clientGone('the client session is over');
     if (this.#conn && !this.#conn.closed) return this.#conn;
     this.#conn = undefined;
     this.#inTransaction = false;
@@ -219,7 +219,7 @@ export class BackendSession {
     // The client left while this connection was being opened: nobody will ever close it.
     if (this.#closed) {
       void conn.quit();
-      throw new BackendError('closed', 'the client session ended while the backend session was opening');
+      throw this.#clientGone('the client session ended while the backend session was opening');
     }
     conn.on('close', () => {
       if (this.#conn === conn) {
@@ -255,6 +255,8 @@ export class BackendSession {
   }
 
   #require(): BackendConnection {
+    // The client left while this command waited (on the limits store, say).
+    if (this.#closed) throw this.#clientGone('the client session is over');
     if (!this.#conn || this.#conn.closed) throw this.#report(new BackendError('closed', 'backend session is not open'));
     return this.#conn;
   }
@@ -267,7 +269,14 @@ export class BackendSession {
   }
 
   #report(err: unknown): unknown {
-    if (err instanceof BackendError && this.#target && !this.#droppedByUs(err)) this.#events.onError(this.#target, err);
+    if (err instanceof BackendError && this.#target && !this.droppedByUs(err)) this.#events.onError(this.#target, err);
+    return err;
+  }
+
+  /** An error for a call made after the client left: smtpgate's doing, not the backend's (see #dropped). */
+  #clientGone(message: string): BackendError {
+    const err = new BackendError('closed', message);
+    this.#dropped.add(err);
     return err;
   }
 
@@ -279,8 +288,13 @@ export class BackendSession {
     conn.abort(err);
   }
 
-  /** The abort error itself, or a "connection is closed" error caused by it. */
-  #droppedByUs(err: BackendError): boolean {
+  /**
+   * True for an error that smtpgate caused itself by dropping the connection (see #dropped):
+   * the abort error, or a "connection is closed" error caused by it. The caller should treat
+   * it as the client's leaving, not as a backend failure.
+   */
+  droppedByUs(err: unknown): boolean {
+    if (!(err instanceof BackendError)) return false;
     return this.#dropped.has(err) || (err.cause instanceof BackendError && this.#dropped.has(err.cause));
   }
 }

@@ -163,6 +163,10 @@ describe('the connection limits count a client from the moment it connects, not 
     expect(performance.now() - started).toBeLessThan(DELAY_MS);
     await third.closed;
     expect(await metricValue(limited, 'smtpgate_refusals_total', { listener: 'slow', stage: 'connect', reason: 'too_many_connections' })).toBe(1);
+    // Never greeted, so no "connect" line: the refusal's own line says who it was.
+    const line = limited.logs.find((l) => String(l.msg).startsWith('refused: Too many open connections'));
+    expect(line).toMatchObject({ listener: 'slow', client: '127.0.0.1', stage: 'connect', code: 421, enhanced: '4.7.0', reason: 'too_many_connections' });
+    expect(line?.session).toEqual(expect.any(String));
 
     first.close();
     await first.closed;

@@ -122,6 +122,22 @@ test('a client that leaves while the backend has not yet answered DATA: counted 
   expect(await metricValue(gate, 'smtpgate_backend_errors_total', { kind: 'closed' })).toBe(0);
 });
 
+test('a client that leaves while the backend has not yet answered RCPT: counted as the client leaving, not as a backend failure', async () => {
+  const { backend, gate } = await rawBackendBehindGate({ rcptReplyDelayMs: 300 });
+  const c = await openSession(gate);
+  expect((await c.cmd('MAIL FROM:<app@corp.test>')).code).toBe(250);
+  c.write('RCPT TO:<bob@corp.test>\r\n');
+  const conn = backend.connections[0]!;
+  await conn.until((k) => k.commands.some((line) => line.startsWith('RCPT')), 'the RCPT reaches the backend');
+  c.reset();
+  // smtpgate drops its backend connection, still waiting for the RCPT reply.
+  await conn.closed;
+  await eventually(async () => (await metricValue(gate, 'smtpgate_refusals_total', { stage: 'rcpt', reason: 'client_aborted' })) === 1, 'refusals_total{stage="rcpt",reason="client_aborted"} 1');
+  expect(await metricValue(gate, 'smtpgate_refusals_total', { reason: 'backend_failed' })).toBe(0);
+  expect(await metricValue(gate, 'smtpgate_backend_errors_total')).toBe(0);
+  expect(gate.logs.filter((l) => l.msg === 'backend failure')).toEqual([]);
+});
+
 describe('limits.maxMessageBytes', () => {
   test('a message over the limit gets 552 5.3.4, the backend never gets its final dot, and the session can send a small one next', async () => {
     const backend = await forThisTest(startRecordingBackend(), closeBackend);

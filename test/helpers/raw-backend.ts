@@ -28,6 +28,8 @@ export interface RawBackendOptions {
   final?: string | 'silent';
   /** Wait this long before answering DATA (a slow backend). */
   dataReplyDelayMs?: number;
+  /** Wait this long before answering RCPT. */
+  rcptReplyDelayMs?: number;
   /** Drop the connection once this many bytes of message data have arrived (a backend dying mid-DATA). */
   dropAfterDataBytes?: number;
 }
@@ -142,6 +144,10 @@ export async function startRawBackend(opts: RawBackendOptions = {}): Promise<Raw
         case 'RCPT': {
           const reply = opts.rcpt ?? '250 2.1.5 Ok';
           if (reply.startsWith('2')) to.push(/<([^>]*)>/.exec(line)?.[1] ?? '');
+          if (opts.rcptReplyDelayMs) {
+            setTimeout(() => send(reply + '\r\n'), opts.rcptReplyDelayMs);
+            return;
+          }
           return send(reply + '\r\n');
         }
         case 'DATA': {
