@@ -11,6 +11,8 @@ import {
   type BodyEncoderOptions,
   type SmugglingKind,
 } from '../../src/relay/data-encoder.js';
+// A seeded PRNG, so the body is the same on every run.
+import { prng } from '../helpers/flaky-backend.js';
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -652,18 +654,6 @@ describe('properties (fast-check)', () => {
 });
 
 describe('streaming', () => {
-  /** mulberry32: a tiny seeded PRNG so the body is the same on every run. */
-  function prng(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-      a = (a + 0x6d2b79f5) >>> 0;
-      let t = a;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-  }
-
   function template(): { buf: Buffer; dotLines: number } {
     const rand = prng(0x5eed);
     const alphabet = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;-=+/';
