@@ -13,7 +13,7 @@ import type { Config } from './config/schema.js';
 import { createLogger, type Logger } from './logging/logger.js';
 import { createMetrics, initSeries, recordReload, type Metrics } from './metrics/catalogue.js';
 import { readBuildInfo } from './build-info.js';
-import { boundPort, startAdminServer } from './metrics/http-server.js';
+import { boundPort, startAdminServer, type Readiness } from './metrics/http-server.js';
 import { FileAuthenticator, readUsersFile } from './auth/file-authenticator.js';
 import { readUserAttributes, NO_ATTRIBUTES, type UserAttributes } from './auth/user-attributes.js';
 import type { UserRecord } from './auth/users-file.js';
@@ -370,7 +370,7 @@ export class App {
         host: config.metrics.address.host,
         port: config.metrics.address.port,
         registry: this.metrics.registry,
-        readiness: () => this.#readiness(),
+        readiness: () => this.readiness(),
         // `smtpgate limits list|clear` reach a memory store through here; loopback by default.
         routes: [limitsAdminRoutes(this.limits, this.#material.adminToken ? { token: this.#material.adminToken } : {})],
       });
@@ -505,7 +505,8 @@ export class App {
     await this.limits.close();
   }
 
-  #readiness() {
+  /** Whether this app should get traffic, and why not: what /readyz answers (the cluster primary asks each worker). */
+  readiness(): Readiness {
     const reasons: string[] = [];
     if (this.#stopping) reasons.push('shutting down');
     if (this.#listeners.length !== this.config.listeners.length) reasons.push('listeners not bound');

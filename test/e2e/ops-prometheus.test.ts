@@ -11,15 +11,14 @@
  * failure alert must become active; the healthy gate must raise none of them. The exposition
  * itself must pass `promtool check metrics`.
  */
-import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { parseExposition } from '../helpers/exposition.js';
 import { REPO, driveTraffic, failUsersReload, scrape, startOpsGates, type OpsGates } from '../helpers/ops-traffic.js';
-import { describeWith, findProgram } from '../helpers/programs.js';
-import { startPrometheus, type Prometheus } from '../helpers/prometheus.js';
+import { describeWith } from '../helpers/programs.js';
+import { promtoolCheckMetrics, startPrometheus, type Prometheus } from '../helpers/prometheus.js';
 import { dashboardExpressions, metricNames, substituteVariables } from '../helpers/promql.js';
 import { eventually } from '../helpers/sessions.js';
 
@@ -61,18 +60,8 @@ describeWith(['prometheus', 'promtool'], 'the dashboard and the alerts, queried 
     await gates?.close();
   });
 
-  // promtool reads the exposition on stdin and lints it: names, _total on non-counters, units, help.
   test('the /metrics of both gates passes promtool check metrics', async () => {
-    for (const gate of [gates.healthy, gates.troubled]) {
-      const text = await scrape(gate);
-      const out = await new Promise<{ code: number; output: string }>((resolve) => {
-        const child = execFile(findProgram('promtool')!, ['check', 'metrics'], (err, stdout, stderr) =>
-          resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, output: stdout + stderr }),
-        );
-        child.stdin!.end(text);
-      });
-      expect(out).toEqual({ code: 0, output: '' });
-    }
+    for (const gate of [gates.healthy, gates.troubled]) expect(await promtoolCheckMetrics(await scrape(gate))).toEqual({ code: 0, output: '' });
   });
 
   /** A metric name an expression uses is exported, as itself or as a histogram's series. */
