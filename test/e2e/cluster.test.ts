@@ -12,7 +12,7 @@ import { OPEN_LISTENER_YAML, writeGateFiles } from '../helpers/gate.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/backends.js';
 import { SmtpTalk } from '../helpers/smtp-talk.js';
 import { describeWith } from '../helpers/programs.js';
-import { deadPort } from '../helpers/sessions.js';
+import { deadPort, eventually } from '../helpers/sessions.js';
 import { parseExposition } from '../helpers/exposition.js';
 import { promtoolCheckMetrics } from '../helpers/prometheus.js';
 
@@ -88,6 +88,15 @@ async function startCluster(opts: { backendYaml: string; storeUrl?: string; limi
     throw err;
   }
   return { smtpPort, metricsPort, logs, waitForLog, stop };
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function readyz(c: Cluster): Promise<{ status: number; reasons: string[] }> {
@@ -168,18 +177,26 @@ describeWith(['redis-server', 'promtool'], 'two workers behind one primary', () 
   });
 
   test('a second worker death keeps the counts of both dead workers', async () => {
-    const live = [...workerPids()].filter((pid) => {
-      try {
-        process.kill(pid, 0);
-        return true;
-      } catch {
-        return false;
-      }
-    });
+    const live = [...workerPids()].filter(isAlive);
     expect(live).toHaveLength(2);
     for (const pid of live) process.kill(pid, 'SIGKILL');
     expect((await scrape()).status).toBe(200);
     await cluster.waitForLog((l) => l.msg === 'worker ready', 5);
+    expect(await scrape()).toEqual({ status: 200, relayed: 7, opened: 7 });
+  });
+
+  test('a worker that stops answering (SIGSTOP): /metrics answers with its last numbers, /readyz names the silent worker', async () => {
+    const pid = [...workerPids()].find(isAlive)!;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      expect(await scrape()).toEqual({ status: 200, relayed: 7, opened: 7 });
+      const r = await readyz(cluster);
+      expect(r.status).toBe(503);
+      expect(r.reasons).toEqual([expect.stringMatching(new RegExp(`^worker \\d+ \\(pid ${pid}\\) did not answer within \\d+ ms$`))]);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    await eventually(async () => (await readyz(cluster)).status === 200, 'the worker answering again', 10_000);
     expect(await scrape()).toEqual({ status: 200, relayed: 7, opened: 7 });
   });
 
