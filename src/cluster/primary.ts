@@ -27,14 +27,18 @@ export interface PrimaryHandle {
 const RESTART_DELAY_MS = 1000;
 
 /**
- * How long /metrics and /readyz wait for the workers' answers. Well inside Prometheus's
- * default 10 s scrape timeout and a Kubernetes probe's; a worker slower than this is left out
- * of readiness (not ready) and of a scrape (its last numbers stand in).
+ * How long a scrape waits for the workers' answers: well inside Prometheus's default 10 s
+ * scrape timeout. A worker slower than this is represented by its last answer.
  */
-const WORKER_ANSWER_MS = 1000;
+const METRICS_ANSWER_MS = 3000;
+/**
+ * How long /readyz waits for them: inside the probe timeout of deploy/k8s (2 s). A worker
+ * slower than this counts as not ready.
+ */
+const READINESS_ANSWER_MS = 1000;
 
 export async function runPrimary(config: Config, workers: number, log: Logger): Promise<PrimaryHandle> {
-  const reports = new WorkerReports(WORKER_ANSWER_MS);
+  const reports = new WorkerReports({ metricsMs: METRICS_ANSWER_MS, readinessMs: READINESS_ANSWER_MS });
   let stopping = false;
 
   const fork = (): Worker => {
@@ -69,7 +73,7 @@ export async function runPrimary(config: Config, workers: number, log: Logger): 
     if (reports.size < workers) reasons.push(`${reports.size} of ${workers} workers ready`);
     for (const w of await reports.readiness()) {
       const who = `worker ${w.worker} (pid ${w.pid})`;
-      if (!w.readiness) reasons.push(`${who} did not answer within ${WORKER_ANSWER_MS} ms`);
+      if (!w.readiness) reasons.push(`${who} did not answer within ${READINESS_ANSWER_MS} ms`);
       else for (const reason of w.readiness.reasons) reasons.push(`${who}: ${reason}`);
     }
     return { ready: reasons.length === 0, reasons };

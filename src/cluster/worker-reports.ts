@@ -46,11 +46,11 @@ export class WorkerReports {
   #retained: MetricsJson = [];
   readonly #waiting = new Map<number, (worker: number, report: Report) => void>();
   #nextId = 0;
-  readonly #timeoutMs: number;
+  /** How long each kind of request waits for the workers' answers. */
+  readonly #timeoutMs: Readonly<Record<What, number>>;
 
-  /** `timeoutMs`: how long a request waits for the workers' answers. */
-  constructor(timeoutMs: number) {
-    this.#timeoutMs = timeoutMs;
+  constructor(timeouts: { metricsMs: number; readinessMs: number }) {
+    this.#timeoutMs = { metrics: timeouts.metricsMs, readiness: timeouts.readinessMs };
   }
 
   /** Workers that said they are ready and haven't exited. */
@@ -102,7 +102,7 @@ export class WorkerReports {
         this.#waiting.delete(id);
         resolve(answers);
       };
-      const timer = setTimeout(finish, this.#timeoutMs);
+      const timer = setTimeout(finish, this.#timeoutMs[what]);
       this.#waiting.set(id, (worker, report) => {
         answers.set(worker, report);
         if (answers.size >= asked.size) finish();
