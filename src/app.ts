@@ -11,8 +11,9 @@ import { loadConfigFile } from './config/load.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
 import type { Config } from './config/schema.js';
 import { createLogger, type Logger } from './logging/logger.js';
-import { createMetrics, initSeries, type Metrics } from './metrics/catalogue.js';
-import { boundPort, startAdminServer } from './metrics/http-server.js';
+import { createMetrics, initSeries, recordReload, type Metrics } from './metrics/catalogue.js';
+import { readBuildInfo } from './build-info.js';
+import { boundPort, startAdminServer, type Readiness } from './metrics/http-server.js';
 import { FileAuthenticator, readUsersFile } from './auth/file-authenticator.js';
 import { readUserAttributes, NO_ATTRIBUTES, type UserAttributes } from './auth/user-attributes.js';
 import type { UserRecord } from './auth/users-file.js';
@@ -250,7 +251,7 @@ export class App {
     this.#serveAdmin = opts.admin ?? true;
     this.#material = material;
     this.log = opts.log ?? createLogger({ level: config.log.level, format: config.log.format });
-    this.metrics = createMetrics();
+    this.metrics = createMetrics(readBuildInfo());
     this.limits = createLimits({ config: config.limits, log: this.log, metrics: this.metrics.limits });
     this.#authenticator =
       config.auth?.backend === 'backend' ? new BackendAuthenticator() : material.users ? new FileAuthenticator(material.users) : undefined;
@@ -289,7 +290,7 @@ export class App {
       b.strategy,
       b.markDownFor,
     );
-    initSeries(this.metrics, { listeners: config.listeners.map((l) => l.name), backends: pool.targets.map((t) => t.name) });
+    initSeries(this.metrics, { listeners: config.listeners.map((l) => l.name), backends: pool.targets.map((t) => t.name), loadedAt: new Date() });
     this.#health = new BackendHealth(pool, {
       onResult: (t, up, detail) => {
         this.metrics.backendUp.set({ backend: t.name }, up ? 1 : 0);
@@ -308,13 +309,13 @@ export class App {
     if (this.#material.certs && config.tls) {
       this.#tls = new TlsManager(this.#material.certs, { minVersion: config.tls.minVersion, ciphers: config.tls.ciphers }, {
         onReloaded: (certs) => {
-          this.metrics.reloads.inc({ component: 'certificate', result: 'success' });
+          recordReload(this.metrics, 'certificate', true);
           this.#recordExpiry(certs);
           this.log.info({ certificates: certs.map((c) => ({ label: c.source.label, subject: c.material.subject, notAfter: c.material.notAfter })) }, 'certificates reloaded');
           for (const w of expiryWarnings(certs, new Date())) this.log.warn(w);
         },
         onReloadFailed: (issues) => {
-          this.metrics.reloads.inc({ component: 'certificate', result: 'failure' });
+          recordReload(this.metrics, 'certificate', false);
           this.log.error({ problems: describeIssues(issues) }, 'certificate reload failed; the previous certificates stay in force');
         },
       });
@@ -369,7 +370,7 @@ export class App {
         host: config.metrics.address.host,
         port: config.metrics.address.port,
         registry: this.metrics.registry,
-        readiness: () => this.#readiness(),
+        readiness: () => this.readiness(),
         // `smtpgate limits list|clear` reach a memory store through here; loopback by default.
         routes: [limitsAdminRoutes(this.limits, this.#material.adminToken ? { token: this.#material.adminToken } : {})],
       });
@@ -398,13 +399,13 @@ export class App {
   async reloadUsers(): Promise<boolean> {
     const loaded = await loadUserDirectory(this.config);
     if (!loaded.ok) {
-      this.metrics.reloads.inc({ component: 'users', result: 'failure' });
+      recordReload(this.metrics, 'users', false);
       this.log.error({ problems: describeIssues(loaded.issues) }, 'users reload failed; the previous users stay in force');
       return false;
     }
     if (loaded.users && this.#authenticator instanceof FileAuthenticator) this.#authenticator.replaceUsers(loaded.users);
     this.#attributes = loaded.attributes;
-    this.metrics.reloads.inc({ component: 'users', result: 'success' });
+    recordReload(this.metrics, 'users', true);
     this.log.info({ users: loaded.users?.size, attributes: loaded.attributes.size }, 'users reloaded');
     return true;
   }
@@ -425,12 +426,12 @@ export class App {
       const next = await loadPolicySet(this.config.policies);
       this.#policy = next;
       this.metrics.policy.setPolicySet(next);
-      this.metrics.reloads.inc({ component: 'policy', result: 'success' });
+      recordReload(this.metrics, 'policy', true);
       this.log.info({ dir: next.dir, rules: next.ruleCount, files: next.files.length }, 'policies reloaded');
       return true;
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
-      this.metrics.reloads.inc({ component: 'policy', result: 'failure' });
+      recordReload(this.metrics, 'policy', false);
       this.log.error({ problems: describeIssues(err.issues) }, 'policy reload failed; the previous rules stay in force');
       return false;
     }
@@ -453,7 +454,7 @@ export class App {
       next = await loadConfigFile(this.#configFile);
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
-      this.metrics.reloads.inc({ component: 'config', result: 'failure' });
+      recordReload(this.metrics, 'config', false);
       this.log.error({ problems: describeIssues(err.issues) }, 'config reload failed; the running config stays in force');
       return undefined;
     }
@@ -461,7 +462,7 @@ export class App {
     this.#config = applyLiveChanges(this.#config, next);
     this.log.level = this.#config.log.level;
     this.limits.reconfigure(this.#config.limits);
-    this.metrics.reloads.inc({ component: 'config', result: 'success' });
+    recordReload(this.metrics, 'config', true);
     this.log.info({ applied: diff.applied }, 'config reloaded');
     if (diff.needRestart.length) this.log.warn({ needRestart: diff.needRestart }, `changed settings take effect only after a restart: ${diff.needRestart.join(', ')}`);
     return diff;
@@ -504,7 +505,8 @@ export class App {
     await this.limits.close();
   }
 
-  #readiness() {
+  /** Whether this app should get traffic, and why not: what /readyz answers (the cluster primary asks each worker). */
+  readiness(): Readiness {
     const reasons: string[] = [];
     if (this.#stopping) reasons.push('shutting down');
     if (this.#listeners.length !== this.config.listeners.length) reasons.push('listeners not bound');

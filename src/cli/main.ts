@@ -11,12 +11,14 @@ import type { Config } from '../config/schema.js';
 import { registerUserCommand } from './user-command.js';
 import { registerPolicyCommand } from './policy-command.js';
 import { registerLimitsCommand } from './limits-command.js';
+import { readBuildInfo } from '../build-info.js';
 
 const program = new Command();
 
 program
   .name('smtpgate')
   .description('SMTP security-enforcing proxy: TLS, AUTH, rate limits and policy in front of a legacy mail server.')
+  .version(readBuildInfo().version, '-V, --version', 'print the smtpgate version')
   .showHelpAfterError()
   .addHelpText(
     'after',

@@ -3,13 +3,13 @@
  * signal handling is the same either way: SIGHUP reloads, SIGTERM drains, SIGINT stops.
  */
 import cluster from 'node:cluster';
-import { AggregatorRegistry } from 'prom-client';
 import { App, type BoundAddresses } from '../app.js';
 import type { Config } from '../config/schema.js';
 import { resolveWorkers } from '../config/schema.js';
 import type { RuntimeMaterial } from '../app.js';
 import { createLogger } from '../logging/logger.js';
 import { forwardReload, runPrimary, type WorkerMessage } from '../cluster/primary.js';
+import { answerPrimary } from '../cluster/worker-reports.js';
 
 export interface RunOptions {
   readonly configFile: string;
@@ -21,16 +21,16 @@ export async function run(config: Config, material: RuntimeMaterial, opts: RunOp
   if (workers > 1 && cluster.isPrimary) return runClusterPrimary(config, workers);
   const inCluster = cluster.isWorker;
 
-  const app = new App(config, material, { configFile: opts.configFile, admin: !inCluster });
+  // A worker's lines carry its pid, the one the primary's "worker died" line names.
+  const log = inCluster ? createLogger({ level: config.log.level, format: config.log.format }).child({ pid: process.pid }) : undefined;
+  const app = new App(config, material, { configFile: opts.configFile, admin: !inCluster, log });
   const bound = await app.start().catch((err: Error) => {
     app.log.fatal({ err }, 'failed to start');
     process.exit(1);
   });
   if (inCluster) {
-    // The primary serves /metrics for all workers; this worker reports its own registry.
-    // prom-client answers the primary's requests only once an AggregatorRegistry exists here.
-    AggregatorRegistry.setRegistries([app.metrics.registry]);
-    new AggregatorRegistry();
+    // The primary serves /metrics and /readyz for all workers; this worker reports its own.
+    answerPrimary(app, process, app.log);
     process.send?.({ type: 'smtpgate:ready' } satisfies WorkerMessage);
   } else {
     opts.onReady?.(config, bound);

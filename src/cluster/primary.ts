@@ -1,20 +1,21 @@
 /**
  * `workers: auto | N`: one smtpgate process per core with the node cluster module. The primary
  * serves no mail: it forks the workers (each a full App that shares the listening sockets),
- * restarts one that crashes, serves /metrics aggregated across workers (prom-client's
- * AggregatorRegistry), /healthz and /readyz, and passes SIGHUP and SIGTERM on.
+ * restarts one that crashes, serves /metrics added up across workers and /readyz from theirs
+ * (worker-reports.ts), /healthz, and passes SIGHUP and SIGTERM on.
  *
  * Limits need a shared store here (the config check insists on Redis), so every worker counts
  * against the same numbers.
  */
 import cluster, { type Worker } from 'node:cluster';
 import type http from 'node:http';
-import { AggregatorRegistry } from 'prom-client';
+import { Registry } from 'prom-client';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../logging/logger.js';
-import { boundPort, startAdminServer } from '../metrics/http-server.js';
+import { boundPort, startAdminServer, type Readiness } from '../metrics/http-server.js';
+import { WorkerReports } from './worker-reports.js';
 
-/** Messages a worker sends the primary. */
+/** Messages a worker sends the primary (besides its reports). */
 export type WorkerMessage = { type: 'smtpgate:ready' } | { type: 'smtpgate:stopping' };
 
 export interface PrimaryHandle {
@@ -25,16 +26,28 @@ export interface PrimaryHandle {
 /** A crash loop shouldn't spin the CPU: wait this long before forking a replacement. */
 const RESTART_DELAY_MS = 1000;
 
+/**
+ * How long a scrape waits for the workers' answers: well inside Prometheus's default 10 s
+ * scrape timeout. A worker slower than this is represented by its last answer.
+ */
+const METRICS_ANSWER_MS = 3000;
+/**
+ * How long /readyz waits for them: inside the probe timeout of deploy/k8s (2 s). A worker
+ * slower than this counts as not ready.
+ */
+const READINESS_ANSWER_MS = 1000;
+
 export async function runPrimary(config: Config, workers: number, log: Logger): Promise<PrimaryHandle> {
-  const aggregator = new AggregatorRegistry();
-  const ready = new Set<number>();
+  const reports = new WorkerReports({ metricsMs: METRICS_ANSWER_MS, readinessMs: READINESS_ANSWER_MS });
   let stopping = false;
 
   const fork = (): Worker => {
     const worker = cluster.fork({ SMTPGATE_WORKER: '1' });
+    log.info({ worker: worker.id, pid: worker.process.pid }, 'worker started');
     worker.on('message', (m: WorkerMessage) => {
+      reports.receive(worker, m);
       if (m?.type === 'smtpgate:ready') {
-        ready.add(worker.id);
+        reports.add(worker);
         log.info({ worker: worker.id, pid: worker.process.pid }, 'worker ready');
       }
     });
@@ -42,7 +55,7 @@ export async function runPrimary(config: Config, workers: number, log: Logger): 
   };
 
   cluster.on('exit', (worker, code, signal) => {
-    ready.delete(worker.id);
+    reports.remove(worker.id);
     if (stopping) return;
     log.error({ worker: worker.id, pid: worker.process.pid, code, signal }, 'worker died; starting a new one');
     setTimeout(() => {
@@ -52,16 +65,25 @@ export async function runPrimary(config: Config, workers: number, log: Logger): 
 
   for (let i = 0; i < workers; i++) fork();
 
+  // Ready when every worker is: the kernel hands connections to all of them, so one worker
+  // without a backend or limiter store would refuse its share of the clients (451/454).
+  const readiness = async (): Promise<Readiness> => {
+    const reasons: string[] = [];
+    if (stopping) reasons.push('shutting down');
+    if (reports.size < workers) reasons.push(`${reports.size} of ${workers} workers ready`);
+    for (const w of await reports.readiness()) {
+      const who = `worker ${w.worker} (pid ${w.pid})`;
+      if (!w.readiness) reasons.push(`${who} did not answer within ${READINESS_ANSWER_MS} ms`);
+      else for (const reason of w.readiness.reasons) reasons.push(`${who}: ${reason}`);
+    }
+    return { ready: reasons.length === 0, reasons };
+  };
+
   const admin: http.Server = await startAdminServer({
     host: config.metrics.address.host,
     port: config.metrics.address.port,
-    registry: { metrics: () => aggregator.clusterMetrics(), contentType: aggregator.contentType },
-    readiness: () => {
-      const reasons: string[] = [];
-      if (stopping) reasons.push('shutting down');
-      if (ready.size < workers) reasons.push(`${ready.size} of ${workers} workers ready`);
-      return { ready: reasons.length === 0, reasons };
-    },
+    registry: { metrics: () => reports.metrics(), contentType: Registry.PROMETHEUS_CONTENT_TYPE },
+    readiness,
   });
 
   return {

@@ -7,18 +7,44 @@
  * or EHLO name: those go in logs.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { BuildInfo } from '../build-info.js';
 import { createLimitMetrics } from '../limits/metrics.js';
 import { createPolicyMetrics } from '../policy/metrics.js';
 
 export type Stage = 'connect' | 'tls' | 'auth' | 'mail' | 'rcpt' | 'data';
 
-export function createMetrics() {
+/** What SIGHUP and the file watchers reload, each on its own. */
+export const RELOAD_COMPONENTS = ['certificate', 'users', 'config', 'policy'] as const;
+export type ReloadComponent = (typeof RELOAD_COMPONENTS)[number];
+
+/**
+ * prom-client's gauges of the same counts as nodejs_active_{handles,requests,resources}{type},
+ * summed; their _total suffix makes them look like counters, which `promtool check metrics`
+ * refuses. `sum(nodejs_active_handles)` gives the same number.
+ */
+const GAUGES_NAMED_LIKE_COUNTERS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
+export function createMetrics(build: BuildInfo) {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'smtpgate_' });
+  // No prefix: generic Node.js and process dashboards and alerts query process_cpu_seconds_total,
+  // nodejs_heap_size_used_bytes and the like under these standard names.
+  collectDefaultMetrics({ register: registry });
+  for (const name of GAUGES_NAMED_LIKE_COUNTERS) registry.removeSingleMetric(name);
   const registers = [registry];
+
+  const buildInfo = new Gauge({
+    name: 'smtpgate_build_info',
+    // Across cluster workers: every worker runs the same build.
+    aggregator: 'max',
+    help: 'Always 1; its labels name the smtpgate version and the Node.js version running it.',
+    labelNames: ['version', 'node_version'] as const,
+    registers,
+  });
+  buildInfo.set({ version: build.version, node_version: build.node }, 1);
 
   return {
     registry,
+    buildInfo,
     /** Limiter decisions, lockouts, suspensions and the store's health (src/limits/metrics.ts). */
     limits: createLimitMetrics(registry),
     /** Policy decisions by rule, stage and action, and audit hits (src/policy/metrics.ts). */
@@ -117,6 +143,24 @@ export function createMetrics() {
       labelNames: ['component', 'result'] as const,
       registers,
     }),
+    // Prometheus's own names for the same thing (prometheus_config_last_reload_successful), per
+    // component: a broken users file stays visible after a good policy reload.
+    lastReloadSuccessful: new Gauge({
+      name: 'smtpgate_config_last_reload_successful',
+      // Across cluster workers: 0 when any worker's last reload failed.
+      aggregator: 'min',
+      help: 'Whether the last reload of each component (certificate|users|config|policy) succeeded (1) or failed and left the previous one in force (0). Loading at start counts as a success.',
+      labelNames: ['component'] as const,
+      registers,
+    }),
+    lastReloadSuccessTimestamp: new Gauge({
+      name: 'smtpgate_config_last_reload_success_timestamp_seconds',
+      // Across cluster workers: the oldest of their last successes.
+      aggregator: 'min',
+      help: 'When each component (certificate|users|config|policy) was last loaded successfully (Unix time): at start, or by a reload.',
+      labelNames: ['component'] as const,
+      registers,
+    }),
     certificateExpiry: new Gauge({
       name: 'smtpgate_tls_certificate_expiry_timestamp_seconds',
       // Across cluster workers: the earliest expiry any worker serves.
@@ -141,14 +185,24 @@ export function createMetrics() {
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
+/** Counts a reload of one component and records whether the last one worked, and when it last did. */
+export function recordReload(m: Metrics, component: ReloadComponent, ok: boolean, at = new Date()): void {
+  m.reloads.inc({ component, result: ok ? 'success' : 'failure' });
+  m.lastReloadSuccessful.set({ component }, ok ? 1 : 0);
+  if (ok) m.lastReloadSuccessTimestamp.set({ component }, at.getTime() / 1000);
+}
+
 /**
  * Creates the series whose label values are known up front at zero, so Prometheus sees them
  * before their first event: rate() and increase() can't count an event on a series that
  * first appears already at 1.
  */
-export function initSeries(m: Metrics, known: { listeners: readonly string[]; backends: readonly string[] }): void {
-  for (const component of ['certificate', 'users', 'config', 'policy']) {
+export function initSeries(m: Metrics, known: { listeners: readonly string[]; backends: readonly string[]; loadedAt: Date }): void {
+  for (const component of RELOAD_COMPONENTS) {
     for (const result of ['success', 'failure']) m.reloads.inc({ component, result }, 0);
+    // What the app started with loaded successfully, as Prometheus counts its own start.
+    m.lastReloadSuccessful.set({ component }, 1);
+    m.lastReloadSuccessTimestamp.set({ component }, known.loadedAt.getTime() / 1000);
   }
   for (const backend of known.backends) {
     for (const kind of ['connect', 'timeout', 'closed', 'tls', 'protocol']) m.backendErrors.inc({ backend, kind }, 0);

@@ -19,7 +19,8 @@ export interface AdminServerOptions {
   host: string;
   port: number;
   registry: MetricsSource;
-  readiness: () => Readiness;
+  /** A cluster primary asks its workers, so this may take a (bounded) while. */
+  readiness: () => Readiness | Promise<Readiness>;
   /** More routes (e.g. /limits); each returns true when it handled the request. */
   routes?: ReadonlyArray<(req: http.IncomingMessage, res: http.ServerResponse) => boolean>;
 }
@@ -44,10 +45,12 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<http.S
       return;
     }
     if (url === '/readyz') {
-      const r = opts.readiness();
-      res
-        .writeHead(r.ready ? 200 : 503, { 'content-type': 'application/json' })
-        .end(JSON.stringify({ status: r.ready ? 'ready' : 'not_ready', reasons: r.reasons }) + '\n');
+      Promise.resolve()
+        .then(opts.readiness)
+        .then(
+          (r) => res.writeHead(r.ready ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: r.ready ? 'ready' : 'not_ready', reasons: r.reasons }) + '\n'),
+          (err: Error) => res.writeHead(503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'not_ready', reasons: [`readiness check failed: ${err.message}`] }) + '\n'),
+        );
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics, /healthz or /readyz\n');

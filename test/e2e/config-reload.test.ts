@@ -51,3 +51,25 @@ test('an invalid config changes nothing, is logged and counted', async () => {
   expect(await metricValue(gate, 'smtpgate_reloads_total', { component: 'config', result: 'failure' })).toBe(before + 1);
   expect(gate.logs.some((l) => l.msg === 'config reload failed; the running config stays in force' && String(l.problems).includes('did you mean "recipientsPerMessage"'))).toBe(true);
 });
+
+test('smtpgate_config_last_reload_successful and its timestamp follow the last config reload: 0 after a failure, 1 again after the next good one', async () => {
+  const labels = { component: 'config' };
+  const successful = () => metricValue(gate, 'smtpgate_config_last_reload_successful', labels);
+  const lastSuccess = () => metricValue(gate, 'smtpgate_config_last_reload_success_timestamp_seconds', labels);
+  const started = Date.now() / 1000;
+  await writeFile(configFile(), original);
+  expect(await gate.app.reloadConfig()).toBeDefined();
+  expect(await successful()).toBe(1);
+  const good = await lastSuccess();
+  expect(good).toBeGreaterThanOrEqual(Math.floor(started));
+
+  await writeFile(configFile(), original.replace('recipientsPerMessage: 50', 'recipientsPerMessag: 1'));
+  expect(await gate.app.reloadConfig()).toBeUndefined();
+  expect(await successful()).toBe(0);
+  expect(await lastSuccess()).toBe(good);
+
+  await writeFile(configFile(), original);
+  expect(await gate.app.reloadConfig()).toBeDefined();
+  expect(await successful()).toBe(1);
+  expect(await lastSuccess()).toBeGreaterThanOrEqual(good);
+});

@@ -457,7 +457,7 @@ describe('deploy/prometheus/alerts.yml', () => {
 
   test('covers the operational failures that need an admin', () => {
     const exprs = rules.map((r) => r.expr as string).join('\n');
-    for (const needle of ['smtpgate_backend_up', 'smtpgate_backend_errors_total', 'smtpgate_auth_attempts_total{result="failure"}', 'smtpgate_auth_lockouts_total', 'smtpgate_limiter_store_up == 0', 'smtpgate_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400', 'smtpgate_reloads_total{result="failure"}', 'smtpgate_refusals_total', 'smtpgate_messages_total']) {
+    for (const needle of ['smtpgate_backend_up', 'smtpgate_backend_errors_total', 'smtpgate_auth_attempts_total{result="failure"}', 'smtpgate_auth_lockouts_total', 'smtpgate_limiter_store_up == 0', 'smtpgate_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400', 'smtpgate_config_last_reload_successful == 0', 'smtpgate_refusals_total', 'smtpgate_messages_total']) {
       expect(exprs).toContain(needle);
     }
   });

@@ -5,13 +5,17 @@
  * and no label value may carry an IP address, a mail address or a user name: those belong in
  * the logs (DESIGN.md, "prom-client"). This is what keeps the dashboard and the alerts honest.
  */
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { createMetrics } from '../../src/metrics/catalogue.js';
 import { LIMITER_NAMES } from '../../src/limits/replies.js';
 import { REFUSAL_REASONS } from '../../src/reply.js';
 import { ALICE } from '../helpers/gate.js';
 import { baseName, parseExposition, type Sample } from '../helpers/exposition.js';
-import { MALLORY, driveTraffic, scrape, startOpsGates, type OpsGates } from '../helpers/ops-traffic.js';
+import { MALLORY, REPO, driveTraffic, scrape, startOpsGates, type OpsGates } from '../helpers/ops-traffic.js';
+import { readBuildInfo } from '../../src/build-info.js';
+
+const PACKAGE_VERSION = (JSON.parse(readFileSync(`${REPO}/package.json`, 'utf8')) as { version: string }).version;
 
 const IPV4 = /(^|[^0-9])\d{1,3}(\.\d{1,3}){3}([^0-9]|$)/;
 const IPV6 = /(^|[^0-9a-z])[0-9a-f]{0,4}(:[0-9a-f]{0,4}){2,}/i;
@@ -39,7 +43,8 @@ function allowedValues(gates: OpsGates, policyRules: readonly string[]): Record<
         smtpgate_backend_errors_total: ['connect', 'timeout', 'closed', 'tls', 'protocol'],
         smtpgate_smuggling_rejections_total: ['bare_cr', 'bare_lf', 'nul'],
       })[metric]?.includes(v) ?? false,
-    version: (v) => /^TLSv1\.[23]$/.test(v),
+    version: (v, metric) => (metric === 'smtpgate_build_info' ? v === PACKAGE_VERSION : /^TLSv1\.[23]$/.test(v)),
+    node_version: (v) => v === process.version,
     component: oneOf('certificate', 'users', 'config', 'policy'),
     // "default" or the first name of an SNI entry: host names from the config.
     certificate: (v) => v === 'default' || /^(\*\.)?[a-z0-9.-]+$/i.test(v),
@@ -57,7 +62,7 @@ describe('metric catalogue vs /metrics of running gates', () => {
   let gates: OpsGates;
   let types: Map<string, string>;
   let samples: Sample[];
-  const catalogue = createMetrics();
+  const catalogue = createMetrics(readBuildInfo());
 
   beforeAll(async () => {
     gates = await startOpsGates();
@@ -146,14 +151,40 @@ describe('metric catalogue vs /metrics of running gates', () => {
     expect(samples.some((s) => s.name === 'smtpgate_backend_errors_total' && s.labels.backend === gates.deadBackend && s.labels.kind === 'connect')).toBe(true);
   });
 
-  test('names follow the conventions: smtpgate_ prefix, counters end in _total, base units', async () => {
+  test('names follow the conventions: smtpgate_ prefix, counters and only counters end in _total, base units', async () => {
     const problems: string[] = [];
     for (const m of await catalogue.registry.getMetricsAsJSON()) {
-      if (!m.name.startsWith('smtpgate_')) problems.push(`${m.name}: no smtpgate_ prefix`);
+      if (!m.name.startsWith('smtpgate_') && !isNodeDefault(m.name)) problems.push(`${m.name}: no smtpgate_ prefix`);
       if (String(m.type) === 'counter' && !m.name.endsWith('_total')) problems.push(`${m.name}: a counter not ending in _total`);
+      if (String(m.type) !== 'counter' && m.name.endsWith('_total')) problems.push(`${m.name}: a ${m.type} ending in _total`);
       if (/_(milliseconds|ms|kilobytes|kb|mb|minutes)(_|$)/.test(m.name)) problems.push(`${m.name}: not in base units`);
     }
     expect(problems).toEqual([]);
+  });
+
+  // Generic Node.js and process dashboards query these names; a prefix would hide them.
+  test('the standard process and Node.js metrics keep their unprefixed names', () => {
+    for (const name of ['process_cpu_seconds_total', 'process_resident_memory_bytes', 'process_open_fds', 'process_start_time_seconds', 'nodejs_heap_size_used_bytes', 'nodejs_eventloop_lag_p99_seconds', 'nodejs_gc_duration_seconds']) {
+      expect(types.has(name), name).toBe(true);
+    }
+    expect([...types.keys()].filter((n) => n.startsWith('smtpgate_process_') || n.startsWith('smtpgate_nodejs_'))).toEqual([]);
+  });
+
+  test('smtpgate_build_info is 1 and names the package version and the Node.js version', () => {
+    const info = samples.filter((s) => s.name === 'smtpgate_build_info');
+    expect(info.length).toBeGreaterThan(0);
+    for (const s of info) expect(s).toEqual({ name: 'smtpgate_build_info', labels: { version: PACKAGE_VERSION, node_version: process.version }, value: '1' });
+  });
+
+  test('each reload component reports its last reload as successful, with when', () => {
+    const now = Date.now() / 1000;
+    for (const component of ['certificate', 'users', 'config', 'policy']) {
+      const ok = samples.filter((s) => s.name === 'smtpgate_config_last_reload_successful' && s.labels.component === component);
+      const at = samples.filter((s) => s.name === 'smtpgate_config_last_reload_success_timestamp_seconds' && s.labels.component === component);
+      expect(ok.map((s) => s.value), component).toEqual(['1', '1']);
+      expect(at).toHaveLength(2);
+      for (const s of at) expect(Number(s.value)).toBeGreaterThan(now - 600);
+    }
   });
 
   // prom-client's defaults already start with process_ or nodejs_: a prefix of
@@ -165,7 +196,7 @@ describe('metric catalogue vs /metrics of running gates', () => {
   });
 });
 
-/** Node.js's own metrics (prom-client's defaults, prefixed smtpgate_). */
+/** Node.js's own metrics (prom-client's defaults, under their standard names). */
 function isNodeDefault(name: string): boolean {
-  return name.startsWith('smtpgate_process_') || name.startsWith('smtpgate_nodejs_');
+  return name.startsWith('process_') || name.startsWith('nodejs_');
 }

@@ -3,7 +3,7 @@
  * scrapes the given targets every second and loads the given rule files, on a free loopback
  * port, with its own temp storage. Queries go through the HTTP API like Grafana's do.
  */
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -97,4 +97,17 @@ export async function startPrometheus(opts: PrometheusOptions): Promise<Promethe
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * `promtool check metrics`: lints an exposition (names, _total on non-counters, units, help),
+ * read from stdin. Resolves with promtool's exit code and everything it printed.
+ */
+export function promtoolCheckMetrics(exposition: string): Promise<{ code: number; output: string }> {
+  return new Promise((resolve) => {
+    const child = execFile(findProgram('promtool')!, ['check', 'metrics'], (err, stdout, stderr) =>
+      resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, output: stdout + stderr }),
+    );
+    child.stdin!.end(exposition);
+  });
 }
