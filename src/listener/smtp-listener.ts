@@ -163,6 +163,11 @@ export class SmtpListener {
       authOptional: true,
       // RFC 2034/3463: every reply carries an enhanced status code (see command-guard.ts).
       hideENHANCEDSTATUSCODES: false,
+      // Not advertised: smtpgate cannot promise DSN or REQUIRETLS before it has a backend
+      // connection, and must not accept them only to drop them (RFC 8689 §4.2). Set here, not
+      // left to the library's defaults. Their parameters get 555 5.5.4 (command-guard.ts).
+      hideDSN: true,
+      hideREQUIRETLS: true,
       size: deps.data.maxMessageBytes,
       // No DNS lookups on the hot path: the proxy's only traffic is to the backend.
       disableReverseLookup: true,
