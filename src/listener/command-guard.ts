@@ -18,6 +18,9 @@
  *   8-bit bytes outside MAIL/RCPT get 500/501. (Non-ASCII addresses are judged at MAIL/RCPT.)
  * - An error budget: after `maxProtocolErrors` syntax or sequence errors (5xx replies of the
  *   500–504 kind, and the guard's own) the session gets 421 and is closed.
+ * - MAIL/RCPT parameters smtpgate does not advertise get 555 5.5.4 (`unacceptedParameter`), and
+ *   a 256-octet path is accepted although smtp-server refuses it (`parseFullLengthPath`).
+ * - A command line trickled in too slowly gets 421 4.4.2 (command-pace.ts).
  *
  * It also sets how long a new connection waits for its greeting (`greetingDelayFor`), in place
  * of smtp-server's hard-coded 100 ms early-talker wait, and asks for the connection limits as
@@ -33,6 +36,7 @@ import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js'
 import type { CidrSet } from '../config/cidr.js';
 import { refusal, type Refusal } from '../reply.js';
 import { installFastDataParser, type DataParser } from './data-stream.js';
+import { CommandLineWatch, type CommandPace } from './command-pace.js';
 
 export interface CommandFacts {
   /** The session runs under TLS. */
@@ -250,7 +254,7 @@ export interface GuardedConnection {
  * content (data mode) is left to the smuggling guard. A new parser is created after STARTTLS,
  * so parser creation is wrapped too.
  */
-function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChunk: () => void, onRead: (bytes: number) => void): void {
+function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChunk: (chunk: Buffer) => void, onRead: (bytes: number) => void, onDataMode: () => void): void {
   const watch = (parser: CommandParser) => {
     // smtp-server's DATA parser copies every message byte; this one hands the reads on as they are.
     installFastDataParser(parser as unknown as DataParser);
@@ -259,9 +263,9 @@ function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChu
     parser._write = (chunk, encoding, done) => {
       onRead(chunk.length);
       if (!parser._dataMode) {
-        onChunk();
+        onChunk(chunk);
         if (chunk.length > 0 && hasBareLf(chunk, previous)) onBareLf();
-      }
+      } else onDataMode();
       if (chunk.length > 0) previous = chunk[chunk.length - 1]!;
       write(chunk, encoding, done);
     };
@@ -353,6 +357,8 @@ export interface GuardHooks {
   onStartTls(sessionId: string): void;
   /** The wait before the greeting (see `greetingDelayFor`). */
   readonly greeting: GreetingSettings;
+  /** How fast a command line must arrive (see command-pace.ts). */
+  readonly commandPace: CommandPace;
 }
 
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
@@ -412,11 +418,24 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
     let reads = 0;
     let dataAt = -1;
     let dataRefusedAt = -2;
+    // A line trickled in a byte at a time is cut off at its deadline or minimum rate, at the
+    // stage its verb belongs to, while the message (DATA) is left to the DATA watchdog.
+    const lineWatch = new CommandLineWatch(hooks.commandPace, (r, head) => {
+      if (conn._closing || conn._closed || conn._parser._dataMode) return;
+      hooks.onRefusal(conn.id, r, conn._nextHandler ? stage : stageOf(/^\s*([A-Za-z]+)/.exec(head)?.[1]?.toUpperCase()));
+      conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+      conn.close();
+    });
+    conn._socket.once('close', () => lineWatch.stop());
     watchCommandStream(
       conn,
       () => (bareLf = true),
-      () => reads++,
+      (chunk) => {
+        reads++;
+        if (!conn._upgrading) lineWatch.read(chunk);
+      },
       (bytes) => hooks.reclaimer?.read(bytes),
+      () => lineWatch.stop(),
     );
     let errors = 0;
     let closing = false;

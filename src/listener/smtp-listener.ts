@@ -45,7 +45,9 @@ export interface ListenerTls {
 }
 
 export interface ClientSettings {
-  readonly timeouts: { readonly command: number; readonly tlsHandshake: number; readonly data: number; readonly session: number };
+  readonly timeouts: { readonly command: number; readonly commandLine: number; readonly tlsHandshake: number; readonly data: number; readonly session: number };
+  readonly minCommandRate: number;
+  readonly minCommandRateGrace: number;
   readonly minDataRate: number;
   readonly minDataRateGrace: number;
   readonly maxProtocolErrors: number;
@@ -206,6 +208,7 @@ export class SmtpListener {
       draining: () => this.#draining,
       maxProtocolErrors: deps.client.maxProtocolErrors,
       greeting: { delayMs: config.greetingDelay, trusted: this.#trusted },
+      commandPace: { deadlineMs: deps.client.timeouts.commandLine, minRate: deps.client.minCommandRate, graceMs: deps.client.minCommandRateGrace },
       writes: deps.writes,
       reclaimer: deps.reclaimer,
       onConnection: (conn) => this.#connections.set(conn.id, conn),
