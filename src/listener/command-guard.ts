@@ -204,8 +204,7 @@ const PATH_PARTS = /^([^:]*:\s*<(?:@[^\s,:@<>]+(?:,@[^\s,:@<>]+)*:)?)([^<>\s]*)@
  * brackets twice). A 254-octet mailbox is parsed in two halves, each with a one-octet stand-in
  * for the other half, so that every other rule of the library (local-part dots, domain syntax,
  * IDN decoding, parameters) still decides, and the real mailbox is put back together. Anything
- * longer stays refused. (A one-octet local part leaves the domain half no shorter, so that one
- * shape, x@ and a 252-octet domain, is still refused.)
+ * longer stays refused.
  */
 export function parseFullLengthPath(parse: (name: string, command: string) => ParsedAddress, name: string, command: string): ParsedAddress {
   const parsed = parse(name, command);
@@ -215,9 +214,25 @@ export function parseFullLengthPath(parse: (name: string, command: string) => Pa
   const [, head, local, domain, tail] = m as unknown as [string, string, string, string, string];
   if (local.length + 1 + domain.length !== 254) return false;
   const localOk = parse(name, `${head}${local}@x${tail}`);
-  const domainOk = parse(name, `${head}x@${domain}${tail}`);
-  if (!localOk || !domainOk) return false;
-  return { ...domainOk, address: `${localOk.address.slice(0, -2)}${domainOk.address.slice(1)}` };
+  if (!localOk) return false;
+  // A one-octet local part leaves the domain half no shorter: its first octet is set aside.
+  const lead = local.length > 1 ? '' : domainLead(domain);
+  if (lead === undefined) return false;
+  const domainOk = parse(name, `${head}x@${domain.slice(lead.length)}${tail}`);
+  if (!domainOk) return false;
+  return { ...domainOk, address: `${localOk.address.slice(0, -2)}@${lead}${domainOk.address.slice(2)}` };
+}
+
+/**
+ * The first octet of `domain`, when the domain without it passes smtp-server's domain rules
+ * exactly when the whole does: a letter or digit (so no ".", "..", ".-" or "-." appears or
+ * vanishes) in a first label that is no IDN A-label with or without it (so the IDN decoding
+ * leaves it alone). Otherwise undefined.
+ */
+function domainLead(domain: string): string | undefined {
+  const lead = domain[0] ?? '';
+  if (!/^[A-Za-z0-9]$/.test(lead) || domain[1] === '.' || /^xn--/i.test(domain) || /^xn--/i.test(domain.slice(1))) return undefined;
+  return lead;
 }
 
 /** The parts of smtp-server's (untyped) SMTPConnection the guard relies on. */
