@@ -7,7 +7,9 @@
  *   never a body. Memory is bounded by the limits below whatever the client sends.
  *
  * Every limit that is hit is reported (`incomplete`), so a rule can refuse a message that was
- * built to be too deep or too wide to scan (`scanIncomplete: true`).
+ * built to be too deep or too wide to scan (`scanIncomplete: true`). A top-level header block
+ * cut short is reported on its own (`headersTruncated`): sender binding refuses such a message
+ * by itself, since a From: after the cut was never seen.
  */
 import type { Header, MimePart } from './types.js';
 

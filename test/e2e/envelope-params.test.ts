@@ -16,7 +16,6 @@ import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.js';
 import { SmtpTalk } from '../helpers/smtp-talk.js';
 import { domainOfLength } from '../helpers/addresses.js';
 
-
 /** The mailbox lengths RFC 5321 §4.5.3.1 makes every server accept, and one past the path limit. */
 const MAX_LOCAL = `${'l'.repeat(64)}@${domainOfLength(254 - 65)}`;
 const MAX_DOMAIN = `x@${domainOfLength(252)}`;

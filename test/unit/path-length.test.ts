@@ -16,7 +16,6 @@ const library: Parse = (name, command) =>
   (SMTPConnection.prototype as unknown as { _parseAddressCommand: Parse })._parseAddressCommand.call({ _server: server, id: 'test', session: {} }, name, command);
 const parse = (command: string) => parseFullLengthPath(library, 'mail from', command);
 
-
 describe('parseFullLengthPath', () => {
   test('smtp-server alone refuses a 254-octet mailbox (the bug this works around)', () => {
     const address = `${'l'.repeat(64)}@${domainOfLength(189)}`;
