@@ -20,7 +20,7 @@ export interface SinkTransaction {
 
 export interface SmtpSink {
   readonly port: number;
-  /** The transactions that ended with a message (their final dot) so far, oldest first. */
+  /** The transactions that got as far as a message so far, oldest first. */
   transactions(): Promise<SinkTransaction[]>;
   stop(): Promise<void>;
 }
@@ -51,13 +51,15 @@ export async function startSmtpSink(): Promise<SmtpSink> {
   return {
     port,
     async transactions() {
-      // smtp-sink opens a file at MAIL, writes it at the final dot and removes it when the
-      // transaction is abandoned (RSET, QUIT): a file may vanish while it is listed.
+      // smtp-sink opens a file at MAIL, writes to it as the transaction goes on and removes it
+      // when the transaction is abandoned (RSET, QUIT): a file may vanish while it is listed.
       const gone = () => undefined;
       const read = async (f: string) => {
         const at = await stat(path.join(dir, f)).catch(gone);
         const text = await readFile(path.join(dir, f), 'utf8').catch(gone);
-        return at && text ? { at: at.mtimeMs, text } : undefined;
+        // Its own Received: header is written when DATA begins; before that the file holds only
+        // the envelope of a transaction that may still be abandoned.
+        return at && text?.includes('\nReceived: ') ? { at: at.mtimeMs, text } : undefined;
       };
       // Named after the minute plus a random number: ordered by when they were written.
       const files = (await Promise.all((await readdir(dir)).map(read))).filter((x) => x !== undefined);
