@@ -268,6 +268,11 @@ export function configSchema(baseDir: string) {
             .object({
               /** Idle time allowed between commands (RFC 5321 §4.5.3.2: at least 5 minutes). */
               command: duration.default(300_000),
+              /**
+               * One command line, from its first byte to its CRLF, however steadily it trickles
+               * in (each byte resets the idle timer). Postfix: smtpd_per_record_deadline.
+               */
+              commandLine: duration.default(300_000),
               /** A STARTTLS handshake must finish within this. */
               tlsHandshake: duration.default(30_000),
               /** The whole DATA phase, from 354 to the final dot. */
@@ -276,7 +281,11 @@ export function configSchema(baseDir: string) {
               session: duration.default(3_600_000),
             })
             .strict()
-            .default({ command: 300_000, tlsHandshake: 30_000, data: 600_000, session: 3_600_000 }),
+            .default({ command: 300_000, commandLine: 300_000, tlsHandshake: 30_000, data: 600_000, session: 3_600_000 }),
+          /** Bytes per second a command line must arrive at once it has taken minCommandRateGrace; 0 turns it off. */
+          minCommandRate: z.number().int().min(0).default(10),
+          /** How long a command line may take before minCommandRate applies. */
+          minCommandRateGrace: duration.default(10_000),
           /** Bytes per second a client must keep up during DATA (after the grace); 0 turns it off. Like Postfix's smtpd_min_data_rate. */
           minDataRate: z.number().int().min(0).default(500),
           /** How long a DATA phase runs before minDataRate is enforced. */
@@ -285,7 +294,14 @@ export function configSchema(baseDir: string) {
           maxProtocolErrors: z.number().int().min(1).max(1000).default(10),
         })
         .strict()
-        .default({ timeouts: { command: 300_000, tlsHandshake: 30_000, data: 600_000, session: 3_600_000 }, minDataRate: 500, minDataRateGrace: 10_000, maxProtocolErrors: 10 }),
+        .default({
+          timeouts: { command: 300_000, commandLine: 300_000, tlsHandshake: 30_000, data: 600_000, session: 3_600_000 },
+          minCommandRate: 10,
+          minCommandRateGrace: 10_000,
+          minDataRate: 500,
+          minDataRateGrace: 10_000,
+          maxProtocolErrors: 10,
+        }),
       shutdown: z
         .object({
           /** On SIGTERM, how long mail transactions under way may take to finish. */

@@ -18,6 +18,9 @@
  *   8-bit bytes outside MAIL/RCPT get 500/501. (Non-ASCII addresses are judged at MAIL/RCPT.)
  * - An error budget: after `maxProtocolErrors` syntax or sequence errors (5xx replies of the
  *   500–504 kind, and the guard's own) the session gets 421 and is closed.
+ * - MAIL/RCPT parameters smtpgate does not advertise get 555 5.5.4 (`unacceptedParameter`), and
+ *   a 256-octet path is accepted although smtp-server refuses it (`parseFullLengthPath`).
+ * - A command line trickled in too slowly gets 421 4.4.2 (command-pace.ts).
  *
  * It also sets how long a new connection waits for its greeting (`greetingDelayFor`), in place
  * of smtp-server's hard-coded 100 ms early-talker wait, and asks for the connection limits as
@@ -33,6 +36,7 @@ import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js'
 import type { CidrSet } from '../config/cidr.js';
 import { refusal, type Refusal } from '../reply.js';
 import { installFastDataParser, type DataParser } from './data-stream.js';
+import { CommandLineWatch, type CommandPace } from './command-pace.js';
 
 export interface CommandFacts {
   /** The session runs under TLS. */
@@ -62,14 +66,58 @@ function isSaslToken(token: string, allowCancel: boolean): boolean {
 
 /** RFC 5321 §4.5.3.1.4: 512 octets including CRLF, so 510 without. */
 export const MAX_COMMAND_OCTETS = 510;
+/**
+ * A MAIL line may be longer by what each advertised extension adds to it: SIZE 26 octets (RFC
+ * 1870 §3), BODY 16 (RFC 6152 §3), SMTPUTF8 10 (RFC 6531 §3.1) and AUTH 500 (RFC 4954 §3).
+ * RCPT takes no parameter smtpgate advertises, so it keeps the 512 of RFC 5321.
+ */
+export const MAX_MAIL_OCTETS = MAX_COMMAND_OCTETS + 26 + 16 + 10 + 500;
 /** RFC 4954 §4: an AUTH command or response line may be up to 12288 octets. */
 export const MAX_AUTH_LINE_OCTETS = 12288;
 
 const AUTH_IN_TRANSACTION = refusal(503, '5.5.1', 'AUTH not permitted during a mail transaction', 'protocol');
 const LINE_TOO_LONG = refusal(500, '5.5.2', 'Line too long (RFC 5321 §4.5.3.1.4: 512 octets)', 'syntax');
+const MAIL_LINE_TOO_LONG = refusal(500, '5.5.2', `Line too long (a MAIL line may have ${MAX_MAIL_OCTETS + 2} octets with its parameters)`, 'syntax');
 const NUL_IN_COMMAND = refusal(500, '5.5.2', 'NUL byte in command', 'syntax');
 const CR_IN_COMMAND = refusal(501, '5.5.2', 'Bare CR in command', 'syntax');
 const EIGHT_BIT_IN_COMMAND = refusal(500, '5.5.2', '8-bit bytes are not allowed in this command', 'syntax');
+
+/**
+ * The MAIL and RCPT parameters smtpgate accepts: those of the extensions its EHLO advertises.
+ * SIZE, BODY and SMTPUTF8 go on to the backend when it advertises them too (relay/envelope.ts);
+ * AUTH= (RFC 4954 §5) is accepted and not passed on, which RFC 4954 §5 allows: the backend
+ * then treats the submitter as unknown (AUTH=<>). DSN (RFC 3461) and REQUIRETLS (RFC 8689)
+ * are not advertised: smtpgate EHLOs its client before it has a backend connection, so it
+ * cannot promise what the backend will do with them.
+ */
+const ACCEPTED_PARAMETERS: Readonly<Record<'MAIL' | 'RCPT', ReadonlySet<string>>> = {
+  MAIL: new Set(['SIZE', 'BODY', 'SMTPUTF8', 'AUTH']),
+  RCPT: new Set(),
+};
+
+/** RFC 5321 §4.1.2: esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"). */
+const ESMTP_KEYWORD = /^[A-Za-z0-9][A-Za-z0-9-]{0,31}$/;
+
+/**
+ * RFC 5321 §4.1.1.11: a MAIL or RCPT parameter the server does not recognise or implement gets
+ * 555. Accepting it and dropping it on the way to the backend would break what the client
+ * asked for (a DSN, RFC 8689's "TLS all the way or bounce") without a word. The line is split
+ * as smtp-server splits it (after the first ":", on white space, the path first), so both see
+ * the same parameters.
+ */
+export function unacceptedParameter(verb: 'MAIL' | 'RCPT', line: string): Refusal | undefined {
+  const colon = line.indexOf(':');
+  if (colon < 0) return undefined; // smtp-server answers the syntax error
+  const params = line.slice(colon + 1).trim().split(/\s+/).slice(1);
+  for (const param of params) {
+    const key = param.split('=')[0]!;
+    if (!key || ACCEPTED_PARAMETERS[verb].has(key.toUpperCase())) continue;
+    // Only a well-formed keyword is echoed: the reply must not carry arbitrary client bytes.
+    const named = ESMTP_KEYWORD.test(key) ? `${key.toUpperCase()} ` : '';
+    return refusal(555, '5.5.4', `${verb === 'MAIL' ? 'MAIL FROM' : 'RCPT TO'} parameter ${named}not recognized or not implemented`, 'param_unsupported');
+  }
+  return undefined;
+}
 
 export function checkCommand(line: string, facts: CommandFacts): Refusal | undefined {
   // Bytes first: a NUL or stray CR is never part of a valid line, continuation or not.
@@ -80,7 +128,8 @@ export function checkCommand(line: string, facts: CommandFacts): Refusal | undef
     return isSaslToken(line.trim(), true) ? undefined : MALFORMED_BASE64;
   }
   const verb = /^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase();
-  if (line.length > (verb === 'AUTH' ? MAX_AUTH_LINE_OCTETS : MAX_COMMAND_OCTETS)) return LINE_TOO_LONG;
+  if (verb === 'MAIL' && line.length > MAX_MAIL_OCTETS) return MAIL_LINE_TOO_LONG;
+  if (verb !== 'MAIL' && line.length > (verb === 'AUTH' ? MAX_AUTH_LINE_OCTETS : MAX_COMMAND_OCTETS)) return LINE_TOO_LONG;
   // SMTPUTF8 (RFC 6531) allows UTF-8 only in MAIL/RCPT addresses (and their parameters).
   if (verb !== 'MAIL' && verb !== 'RCPT' && /[\x80-\xff]/.test(line)) return EIGHT_BIT_IN_COMMAND;
   // While draining, a session outside a transaction is told to go elsewhere; QUIT still gets
@@ -99,6 +148,7 @@ export function checkCommand(line: string, facts: CommandFacts): Refusal | undef
   if (verb === 'BDAT') {
     return refusal(502, '5.5.1', 'BDAT (CHUNKING) is not supported; use DATA', 'syntax');
   }
+  if (verb === 'MAIL' || verb === 'RCPT') return unacceptedParameter(verb, line);
   return undefined;
 }
 
@@ -142,6 +192,49 @@ interface CommandParser {
   _write(chunk: Buffer, encoding: string, done: (err?: Error) => void): void;
 }
 
+/** smtp-server's parse of a MAIL/RCPT line: the address (IDN domain decoded) and parameters. */
+type ParsedAddress = false | { address: string; args: unknown; duplicate?: string };
+
+/** The path around the mailbox: "MAIL FROM:<", an optional source route, then ">" and parameters. */
+const PATH_PARTS = /^([^:]*:\s*<(?:@[^\s,:@<>]+(?:,@[^\s,:@<>]+)*:)?)([^<>\s]*)@([^<>@\s]*)(>.*)$/s;
+
+/**
+ * RFC 5321 §4.5.3.1.3: a path of 256 octets, "<" and ">" included, must be accepted, so a
+ * mailbox of 254 octets. smtp-server 3.21.6 refuses one over 253 (its comment counts the
+ * brackets twice). A 254-octet mailbox is parsed in two halves, each with a one-octet stand-in
+ * for the other half, so that every other rule of the library (local-part dots, domain syntax,
+ * IDN decoding, parameters) still decides, and the real mailbox is put back together. Anything
+ * longer stays refused.
+ */
+export function parseFullLengthPath(parse: (name: string, command: string) => ParsedAddress, name: string, command: string): ParsedAddress {
+  const parsed = parse(name, command);
+  if (parsed) return parsed;
+  const m = PATH_PARTS.exec(command);
+  if (!m) return false;
+  const [, head, local, domain, tail] = m as unknown as [string, string, string, string, string];
+  if (local.length + 1 + domain.length !== 254) return false;
+  const localOk = parse(name, `${head}${local}@x${tail}`);
+  if (!localOk) return false;
+  // A one-octet local part leaves the domain half no shorter: its first octet is set aside.
+  const lead = local.length > 1 ? '' : domainLead(domain);
+  if (lead === undefined) return false;
+  const domainOk = parse(name, `${head}x@${domain.slice(lead.length)}${tail}`);
+  if (!domainOk) return false;
+  return { ...domainOk, address: `${localOk.address.slice(0, -2)}@${lead}${domainOk.address.slice(2)}` };
+}
+
+/**
+ * The first octet of `domain`, when the domain without it passes smtp-server's domain rules
+ * exactly when the whole does: a letter or digit (so no ".", "..", ".-" or "-." appears or
+ * vanishes) in a first label that is no IDN A-label with or without it (so the IDN decoding
+ * leaves it alone). Otherwise undefined.
+ */
+function domainLead(domain: string): string | undefined {
+  const lead = domain[0] ?? '';
+  if (!/^[A-Za-z0-9]$/.test(lead) || domain[1] === '.' || /^xn--/i.test(domain) || /^xn--/i.test(domain.slice(1))) return undefined;
+  return lead;
+}
+
 /** The parts of smtp-server's (untyped) SMTPConnection the guard relies on. */
 export interface GuardedConnection {
   id: string;
@@ -165,6 +258,7 @@ export interface GuardedConnection {
   _setListeners(callback: () => void): void;
   connectionReady(): void;
   _onCommand(command: Buffer, callback?: () => void): void;
+  _parseAddressCommand(name: string, command: string): ParsedAddress;
   _getEnhancedStatusCode(code: number, context?: string | false): string;
   send(code: number, data: string | string[], context?: string | false): void;
   close(): void;
@@ -175,7 +269,7 @@ export interface GuardedConnection {
  * content (data mode) is left to the smuggling guard. A new parser is created after STARTTLS,
  * so parser creation is wrapped too.
  */
-function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChunk: () => void, onRead: (bytes: number) => void): void {
+function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChunk: (chunk: Buffer) => void, onRead: (bytes: number) => void, onDataMode: () => void): void {
   const watch = (parser: CommandParser) => {
     // smtp-server's DATA parser copies every message byte; this one hands the reads on as they are.
     installFastDataParser(parser as unknown as DataParser);
@@ -184,9 +278,9 @@ function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChu
     parser._write = (chunk, encoding, done) => {
       onRead(chunk.length);
       if (!parser._dataMode) {
-        onChunk();
+        onChunk(chunk);
         if (chunk.length > 0 && hasBareLf(chunk, previous)) onBareLf();
-      }
+      } else onDataMode();
       if (chunk.length > 0) previous = chunk[chunk.length - 1]!;
       write(chunk, encoding, done);
     };
@@ -278,6 +372,8 @@ export interface GuardHooks {
   onStartTls(sessionId: string): void;
   /** The wait before the greeting (see `greetingDelayFor`). */
   readonly greeting: GreetingSettings;
+  /** How fast a command line must arrive (see command-pace.ts). */
+  readonly commandPace: CommandPace;
 }
 
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
@@ -327,6 +423,8 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
   connections.add = (value: unknown) => {
     const conn = value as GuardedConnection;
     const dispatch = conn._onCommand.bind(conn);
+    const parseAddress = conn._parseAddressCommand.bind(conn);
+    conn._parseAddressCommand = (name, command) => parseFullLengthPath(parseAddress, name, command);
     // The stage of the command being answered: a continuation line belongs to its AUTH.
     let stage: CommandStage = 'connect';
     const onRefusal = (id: string, r: Refusal) => hooks.onRefusal(id, r, stage);
@@ -335,11 +433,24 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
     let reads = 0;
     let dataAt = -1;
     let dataRefusedAt = -2;
+    // A line trickled in a byte at a time is cut off at its deadline or minimum rate, at the
+    // stage its verb belongs to, while the message (DATA) is left to the DATA watchdog.
+    const lineWatch = new CommandLineWatch(hooks.commandPace, (r, head) => {
+      if (conn._closing || conn._closed || conn._parser._dataMode) return;
+      hooks.onRefusal(conn.id, r, conn._nextHandler ? stage : stageOf(/^\s*([A-Za-z]+)/.exec(head)?.[1]?.toUpperCase()));
+      conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+      conn.close();
+    });
+    conn._socket.once('close', () => lineWatch.stop());
     watchCommandStream(
       conn,
       () => (bareLf = true),
-      () => reads++,
+      (chunk) => {
+        reads++;
+        if (!conn._upgrading) lineWatch.read(chunk);
+      },
       (bytes) => hooks.reclaimer?.read(bytes),
+      () => lineWatch.stop(),
     );
     let errors = 0;
     let closing = false;

@@ -45,7 +45,9 @@ export interface ListenerTls {
 }
 
 export interface ClientSettings {
-  readonly timeouts: { readonly command: number; readonly tlsHandshake: number; readonly data: number; readonly session: number };
+  readonly timeouts: { readonly command: number; readonly commandLine: number; readonly tlsHandshake: number; readonly data: number; readonly session: number };
+  readonly minCommandRate: number;
+  readonly minCommandRateGrace: number;
   readonly minDataRate: number;
   readonly minDataRateGrace: number;
   readonly maxProtocolErrors: number;
@@ -163,6 +165,11 @@ export class SmtpListener {
       authOptional: true,
       // RFC 2034/3463: every reply carries an enhanced status code (see command-guard.ts).
       hideENHANCEDSTATUSCODES: false,
+      // Not advertised: smtpgate cannot promise DSN or REQUIRETLS before it has a backend
+      // connection, and must not accept them only to drop them (RFC 8689 §4.2). Set here, not
+      // left to the library's defaults. Their parameters get 555 5.5.4 (command-guard.ts).
+      hideDSN: true,
+      hideREQUIRETLS: true,
       size: deps.data.maxMessageBytes,
       // No DNS lookups on the hot path: the proxy's only traffic is to the backend.
       disableReverseLookup: true,
@@ -201,6 +208,7 @@ export class SmtpListener {
       draining: () => this.#draining,
       maxProtocolErrors: deps.client.maxProtocolErrors,
       greeting: { delayMs: config.greetingDelay, trusted: this.#trusted },
+      commandPace: { deadlineMs: deps.client.timeouts.commandLine, minRate: deps.client.minCommandRate, graceMs: deps.client.minCommandRateGrace },
       writes: deps.writes,
       reclaimer: deps.reclaimer,
       onConnection: (conn) => this.#connections.set(conn.id, conn),

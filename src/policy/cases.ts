@@ -193,6 +193,7 @@ export async function sessionFromRaw(raw: RawSession, baseDir: string, problem: 
     depth: 1,
   }));
   let scanIncomplete = raw.scanIncomplete;
+  let headersTruncated = false;
   let message: string | Buffer | undefined = raw.message?.replace(/\r?\n/g, '\r\n');
   if (raw.messageFile !== undefined) {
     try {
@@ -207,6 +208,7 @@ export async function sessionFromRaw(raw: RawSession, baseDir: string, problem: 
     attachments = [...scan.attachments, ...(attachments ?? [])];
     messageSize ??= scan.size;
     scanIncomplete ??= scan.incomplete;
+    headersTruncated = scan.headersTruncated;
   }
   let now = defaults.now ?? new Date();
   if (raw.time !== undefined) {
@@ -237,6 +239,7 @@ export async function sessionFromRaw(raw: RawSession, baseDir: string, problem: 
     ...(headers ? { headers } : {}),
     ...(attachments ? { attachments } : {}),
     ...(scanIncomplete !== undefined ? { scanIncomplete } : {}),
+    ...(headersTruncated ? { headersTruncated } : {}),
     now,
   };
 }

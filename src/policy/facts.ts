@@ -21,6 +21,6 @@ export function buildUserFacts(name: string, attributes: UserAttributesLike | un
 }
 
 /** The data-stage facts a finished MIME scan gives. */
-export function dataFacts(scan: ScanResult): Pick<SessionFacts, 'headers' | 'attachments' | 'scanIncomplete' | 'messageSize'> {
-  return { headers: scan.headers, attachments: scan.attachments, scanIncomplete: scan.incomplete, messageSize: scan.size };
+export function dataFacts(scan: ScanResult): Pick<SessionFacts, 'headers' | 'headersTruncated' | 'attachments' | 'scanIncomplete' | 'messageSize'> {
+  return { headers: scan.headers, headersTruncated: scan.headersTruncated, attachments: scan.attachments, scanIncomplete: scan.incomplete, messageSize: scan.size };
 }

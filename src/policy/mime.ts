@@ -7,7 +7,9 @@
  *   never a body. Memory is bounded by the limits below whatever the client sends.
  *
  * Every limit that is hit is reported (`incomplete`), so a rule can refuse a message that was
- * built to be too deep or too wide to scan (`scanIncomplete: true`).
+ * built to be too deep or too wide to scan (`scanIncomplete: true`). A top-level header block
+ * cut short is reported on its own (`headersTruncated`): sender binding refuses such a message
+ * by itself, since a From: after the cut was never seen.
  */
 import type { Header, MimePart } from './types.js';
 
@@ -339,6 +341,11 @@ export interface ScanResult {
   readonly headers: readonly Header[];
   /** The top-level header block ended with its blank line. */
   readonly headersComplete: boolean;
+  /**
+   * The top-level header block was cut short by a scan limit (fields, bytes, or one line over
+   * the line limit): fields after the cut, a From: among them, were not seen.
+   */
+  readonly headersTruncated: boolean;
   /** Leaf MIME parts, in message order. */
   readonly attachments: readonly MimePart[];
   /** Bytes fed in. */
@@ -378,6 +385,7 @@ export class MessageScanner {
   readonly #stack: { boundary: string; depth: number }[] = [];
   #topHeaders: Header[] = [];
   #headersComplete = false;
+  #headersTruncated = false;
   readonly #parts: MimePart[] = [];
   readonly #problems = new Set<string>();
   #ended = false;
@@ -433,6 +441,7 @@ export class MessageScanner {
     return {
       headers: this.#topHeaders,
       headersComplete: this.#headersComplete,
+      headersTruncated: this.#headersTruncated,
       attachments: this.#parts,
       size: this.#size,
       incomplete: incompleteProblems.length > 0,
@@ -484,7 +493,11 @@ export class MessageScanner {
       this.#endHeaders(true);
       return;
     }
-    if (cut) this.#problems.add('a header line longer than the scan limit');
+    if (cut) {
+      this.#problems.add('a header line longer than the scan limit');
+      // The rest of the field is lost: an address after the cut would escape sender binding.
+      if (this.#part.top) this.#headersTruncated = true;
+    }
     this.#part.acc.push(line);
   }
 
@@ -506,6 +519,7 @@ export class MessageScanner {
     const headers = part.acc.finish();
     if (part.acc.truncated) this.#problems.add(part.top ? 'the header block exceeds the scan limit' : 'a part header block exceeds the scan limit');
     if (part.top) {
+      if (part.acc.truncated) this.#headersTruncated = true;
       this.#topHeaders = headers;
       this.#headersComplete = complete;
     }

@@ -29,6 +29,8 @@ export interface SessionSpec {
   readonly headers?: readonly Header[];
   readonly attachments?: readonly MimePart[];
   readonly scanIncomplete?: boolean;
+  /** The message's header block was cut short by the scan's limits (from `message`). */
+  readonly headersTruncated?: boolean;
   readonly now: Date;
 }
 
@@ -90,6 +92,7 @@ export function simulateSession(set: PolicySet, spec: SessionSpec, options?: Eva
     headers: spec.headers ?? [],
     attachments: spec.attachments ?? [],
     ...(spec.scanIncomplete !== undefined ? { scanIncomplete: spec.scanIncomplete } : {}),
+    ...(spec.headersTruncated ? { headersTruncated: true } : {}),
     ...(messageSize !== undefined ? { messageSize } : {}),
   });
   return reports;

@@ -104,6 +104,8 @@ export interface SessionFacts {
   readonly messageSize?: number;
   /** At data: the message's top-level header block. */
   readonly headers?: readonly Header[];
+  /** At data: the scan stopped at a limit before the end of the header block, so `headers` lacks fields. */
+  readonly headersTruncated?: boolean;
   /** At data: the message's leaf MIME parts. */
   readonly attachments?: readonly MimePart[];
   /** At data: the MIME scanner hit one of its limits, so `attachments` may be missing parts. */

@@ -34,8 +34,8 @@ export function mailCommand(from: SMTPServerAddress, backendCaps: ReadonlyMap<st
       }
       params.push('SMTPUTF8');
     }
-    // Other parameters (DSN's RET/ENVID, REQUIRETLS, ...) are not advertised by smtpgate, so a
-    // client has no business sending them; they are not passed on.
+    // AUTH= (RFC 4954 §5) is not passed on: the backend treats the submitter as unknown. Every
+    // other parameter was refused with 555 before it got here (command-guard.ts).
   }
   const smtputf8 = Boolean(args.SMTPUTF8);
   return { ok: true, line: `MAIL FROM:<${wireAddress(from.address, smtputf8)}>${params.length ? ' ' + params.join(' ') : ''}` };

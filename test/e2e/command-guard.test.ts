@@ -2,7 +2,7 @@
  * Command-stream rules smtpgate enforces before smtp-server dispatches a command.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { checkCommand, hasBareLf } from '../../src/listener/command-guard.js';
+import { MAX_MAIL_OCTETS, checkCommand, hasBareLf } from '../../src/listener/command-guard.js';
 import { startGate, type Gate } from '../helpers/gate.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/backends.js';
 import { SmtpTalk } from '../helpers/smtp-talk.js';
@@ -29,6 +29,41 @@ describe('checkCommand (pure)', () => {
   });
   test('BDAT gets 502 5.5.1', () => {
     expect(checkCommand('BDAT 100 LAST', { secure: true, continuation: false })).toMatchObject({ code: 502, enhanced: '5.5.1' });
+  });
+});
+
+describe('MAIL and RCPT parameters (pure; RFC 5321 §4.1.1.11)', () => {
+  const check = (line: string) => checkCommand(line, { secure: true, continuation: false });
+
+  test('every parameter outside SIZE, BODY, SMTPUTF8 and AUTH on MAIL gets 555 5.5.4 naming it; RCPT accepts none', () => {
+    for (const [line, named] of [
+      ['MAIL FROM:<a@b.test> RET=FULL', 'RET'],
+      ['mail from: <a@b.test> SIZE=10 envid=x', 'ENVID'],
+      ['MAIL FROM:<> REQUIRETLS', 'REQUIRETLS'],
+      ['MAIL FROM:<a@b.test> BODY=8BITMIME MT-PRIORITY=3', 'MT-PRIORITY'],
+      ['RCPT TO:<a@b.test> NOTIFY=NEVER', 'NOTIFY'],
+      ['rcpt to:<a@b.test> orcpt=rfc822;a@b.test', 'ORCPT'],
+      ['RCPT TO:<a@b.test> SIZE=10', 'SIZE'],
+    ]) {
+      expect(check(line!), line).toMatchObject({ code: 555, enhanced: '5.5.4', reason: 'param_unsupported', text: expect.stringContaining(` ${named} `) });
+    }
+  });
+
+  test('the advertised ones pass, in any case; a keyword that is not one is refused without echoing it', () => {
+    for (const line of ['MAIL FROM:<a@b.test>', 'MAIL FROM:<a@b.test> SIZE=1 body=8bitmime SMTPUTF8 AUTH=<>', 'MAIL FROM: <> auth=a+2Bb@c.test', 'RCPT TO:<a@b.test>', 'RCPT TO:<postmaster>']) {
+      expect(check(line), line).toBeUndefined();
+    }
+    const odd = check('MAIL FROM:<a@b.test> <script>=1');
+    expect(odd).toMatchObject({ code: 555, enhanced: '5.5.4' });
+    expect(odd!.text).not.toContain('script');
+  });
+
+  test('a MAIL line may be as long as its advertised parameters allow (1064 octets with CRLF); other lines keep 512', () => {
+    const mail = (len: number) => 'MAIL FROM:<a@b.test> AUTH=' + 'x'.repeat(len - 'MAIL FROM:<a@b.test> AUTH='.length);
+    expect(MAX_MAIL_OCTETS + 2).toBe(512 + 26 + 16 + 10 + 500);
+    expect(check(mail(MAX_MAIL_OCTETS))).toBeUndefined();
+    expect(check(mail(MAX_MAIL_OCTETS + 1))).toMatchObject({ code: 500, enhanced: '5.5.2' });
+    expect(check('RCPT TO:<a@b.test> ' + 'x'.repeat(600))).toMatchObject({ code: 500, enhanced: '5.5.2' });
   });
 });
 

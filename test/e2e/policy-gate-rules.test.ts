@@ -205,6 +205,38 @@ rules:
   });
 });
 
+describe('sender binding when the header scan stops at its limits (issue 14, item 3)', () => {
+  test('a forged From: behind 1000 filler headers is refused at the final dot (553 5.7.1) with no other rule in the folder; a message with many headers whose From: were all seen passes', async () => {
+    const backend = await forThisTest(startRecordingBackend(), closeBackend);
+    const gate = await forThisTest(
+      startGate({
+        backendPort: backend.port,
+        users: [ALICE],
+        authYaml: 'auth:\n  users: users\n  attributes: attributes.yaml',
+        extraYaml: 'policies: policies',
+        beforeStart: async (dir) => {
+          await writeFile(path.join(dir, 'attributes.yaml'), ATTRIBUTES);
+          await mkdir(path.join(dir, 'policies'));
+          // Sender binding alone: no scanIncomplete rule to fall back on.
+          await writeFile(path.join(dir, 'policies', '10-binding.yaml'), 'internalDomains: [corp.example]\nrules:\n  - name: sender-binding\n    type: sender_binding\n');
+        },
+      }),
+      stopGate,
+    );
+    const filler = (n: number) => Array.from({ length: n }, (_, i) => `X-Filler-${i}: x`);
+    const c = await authenticatedSession(gate);
+    const forged = message(['From: alice@corp.example', ...filler(1000), 'From: The CEO <ceo@corp.example>', 'Subject: wire the money'], ['today please']);
+    const refused = await send(c, 'alice@corp.example', 'bob@corp.example', forged);
+    expect(refused.raw).toBe('553 5.7.1 From: header address not owned by the authenticated user');
+    expect(backend.messages).toHaveLength(0);
+    expect(gate.logs.findLast((l) => l.msg === 'refused: From: header address not owned by the authenticated user')).toMatchObject({ stage: 'data', reason: 'sender_binding', rule: 'sender-binding', session: expect.any(String) });
+    const many = message(['From: alice@corp.example', ...filler(998), 'Subject: many headers'], ['fine']);
+    expect((await send(c, 'alice@corp.example', 'bob@corp.example', many)).code).toBe(250);
+    expect(backend.messages).toHaveLength(1);
+    await c.cmd('QUIT');
+  });
+});
+
 describe('no policies configured', () => {
   test('an unauthenticated client on an untrusted requireAuth: false listener cannot relay: RCPT to an outside domain gets 554 5.7.1 (relay_denied)', async () => {
     const backend = await forThisTest(startRecordingBackend(), closeBackend);

@@ -509,6 +509,57 @@ describe('sender_binding', () => {
     ];
     expect(evaluate(set, 'data', facts({ headers })).decision.kind).toBe('refuse');
   });
+
+  describe('a header block the scan could not read to its end is refused, not passed (issue 14, item 3)', () => {
+    // The set has sender_binding and nothing else: no scanIncomplete rule is needed for this.
+    const f = alice(['alice@corp.example']);
+    const judge = async (message: string) => evaluate(await binding(), 'data', facts({ ...f, ...dataFacts(scanMessage(message)) })).decision;
+    const filler = (n: number, value = 'x') => Array.from({ length: n }, (_, i) => `X-Filler-${i}: ${value}\r\n`).join('');
+    const FROM_ALICE = 'From: alice@corp.example\r\n';
+    const FORGED = 'From: ceo@corp.example\r\n';
+
+    test('a forged From: after the header count limit (1000 fields)', async () => {
+      const d = await judge(FROM_ALICE + filler(1000) + FORGED + '\r\nbody\r\n');
+      expect(d).toMatchObject({ kind: 'refuse', rule: 'sender-binding' });
+      expect(refusalOf(d)).toMatchObject({ code: 553, enhanced: '5.7.1', reason: 'sender_binding' });
+    });
+
+    test('a forged From: after the header byte limit (256 KiB)', async () => {
+      // 40 fields of 7 KiB: few fields, many bytes.
+      const d = await judge(FROM_ALICE + filler(40, 'y'.repeat(7 * 1024)) + FORGED + '\r\nbody\r\n');
+      expect(d).toMatchObject({ kind: 'refuse', rule: 'sender-binding' });
+    });
+
+    test('a forged address beyond the cut of a From: line longer than the line limit (8 KiB)', async () => {
+      // The kept part ends right after a comma: alone it would read as alice's address only.
+      const head = 'From: alice@corp.example,';
+      const line = head + ' '.repeat(8 * 1024 - head.length) + 'ceo@corp.example\r\n';
+      const d = await judge(line + '\r\nbody\r\n');
+      expect(d).toMatchObject({ kind: 'refuse', rule: 'sender-binding' });
+    });
+
+    test('a header block with no blank line, cut off by the count limit, is refused too', async () => {
+      expect((await judge(FROM_ALICE + filler(1001))).kind).toBe('refuse');
+    });
+
+    test('many headers, still under the limits, with every From: seen, pass', async () => {
+      expect((await judge(filler(998) + FROM_ALICE + '\r\nbody\r\n')).kind).toBe('continue');
+      expect((await judge(FROM_ALICE + filler(999) + '\r\nbody\r\n')).kind).toBe('continue');
+      // A body longer than every limit changes nothing: only the header block counts.
+      expect((await judge(FROM_ALICE + '\r\n' + filler(2000, 'z'.repeat(200)))).kind).toBe('continue');
+    });
+
+    test('a part header block over its limit does not hide a From: (only the top block has one that counts)', async () => {
+      const part = 'Content-Type: text/plain\r\n' + filler(150) + '\r\nhello\r\n';
+      const message = FROM_ALICE + 'Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n' + part + '--b--\r\n';
+      expect((await judge(message)).kind).toBe('continue');
+    });
+
+    test('an unauthenticated session is still not bound', async () => {
+      const d = evaluate(await binding(), 'data', facts({ ...noUser, ...dataFacts(scanMessage(filler(1001) + FORGED + '\r\n')) })).decision;
+      expect(d.kind).toBe('continue');
+    });
+  });
 });
 
 describe('relay protection', () => {
@@ -692,6 +743,7 @@ describe('helpers for the listener', () => {
     const scan = scanMessage('From: a@corp.example\r\nContent-Type: application/x-msdownload; name=a.exe\r\n\r\nMZ\r\n');
     expect(dataFacts(scan)).toEqual({
       headers: scan.headers,
+      headersTruncated: false,
       attachments: [{ contentType: 'application/x-msdownload', filenames: ['a.exe'], depth: 0 }],
       scanIncomplete: false,
       messageSize: scan.size,
