@@ -4,10 +4,11 @@
  * smtpgate's.
  */
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { startGate, type Gate } from '../helpers/gate.js';
+import { ALICE, startGate, type Gate } from '../helpers/gate.js';
 import { startPostfix, type Postfix } from '../helpers/postfix.js';
 import { describeWith } from '../helpers/programs.js';
 import { authenticatedSession, envelope } from '../helpers/sessions.js';
+import { SmtpTalk } from '../helpers/smtp-talk.js';
 
 describeWith(['postfix'], 'XCLIENT to a real Postfix smtpd', () => {
   let postfix: Postfix;
@@ -41,5 +42,25 @@ describeWith(['postfix'], 'XCLIENT to a real Postfix smtpd', () => {
     // And the message went nowhere: the discard transport took it.
     const delivery = await postfix.logLine(new RegExp(`postfix/discard\\[\\d+\\]: ${id}: to=<bob@corp\\.test>`), `the discard of ${id}`);
     expect(delivery).toMatch(/relay=none, .*status=sent/);
+  });
+
+  test("an EHLO name with Postfix's quoting characters (\" < \\) does not cost the client its address or login at Postfix", async () => {
+    // Unencoded, the '"' made Postfix read the rest of the XCLIENT line as part of HELO: no
+    // ADDR, no LOGIN, and the session judged as smtpgate's own 127.0.0.1 (issue 14, item 2).
+    const c = await SmtpTalk.connect(gate.port('smtps'), { implicitTls: true, localAddress: '127.0.0.2' });
+    try {
+      expect((await c.read()).code).toBe(220);
+      expect((await c.cmd('EHLO odd"name<x>\\')).code).toBe(250);
+      expect((await c.authPlain(ALICE.name, ALICE.password)).code).toBe(235);
+      const { data } = await envelope(c, 'alice@corp.test', ['bob@corp.test']);
+      expect(data?.code).toBe(354);
+      const final = await c.cmd('Subject: odd EHLO\r\n\r\nhello\r\n.');
+      const id = /queued as ([0-9A-Za-z]+)/.exec(final.raw)?.[1];
+      expect(id, final.raw).toBeDefined();
+      const client = await postfix.logLine(new RegExp(`: ${id}: client=`), `the client= line of ${id}`);
+      expect(client).toMatch(new RegExp(`: ${id}: client=unknown\\[127\\.0\\.0\\.2\\], sasl_method=XCLIENT, sasl_username=alice$`));
+    } finally {
+      c.close();
+    }
   });
 });
