@@ -358,7 +358,11 @@ export class App {
           hostname: config.hostname,
           tls: tlsManager ? { manager: tlsManager, clientCa: this.#material.clientCas.get(lc.name) } : undefined,
           authenticator: this.#authenticator,
-          openBackend: () => new BackendSession(pool, { identity: b.identity, auth: backendAuth }, events),
+          openBackend: (log) =>
+            new BackendSession(pool, { identity: b.identity, auth: backendAuth }, {
+              ...events,
+              onIdentityReplaced: (t, attributes) => log.warn({ backend: t.name, attributes }, 'identity attributes sent to the backend as [UNAVAILABLE]: it could not hold them unchanged'),
+            }),
           data: {
             bareLineEndings: config.data.bareLineEndings,
             receivedHeader: config.data.receivedHeader,

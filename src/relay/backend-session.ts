@@ -37,6 +37,12 @@ export interface BackendSessionEvents {
   /** Called once per opened connection with the time it took. */
   onConnected(target: BackendTarget, seconds: number): void;
   onError(target: BackendTarget, err: BackendError): void;
+  /**
+   * Client-chosen identity attributes that went to the backend as [UNAVAILABLE] because it
+   * could not hold them unchanged (a login over 255 octets encoded, say): the backend then
+   * judges the client without them, which its operator should be able to find out.
+   */
+  onIdentityReplaced?(target: BackendTarget, attributes: string[]): void;
 }
 
 type Connect = (opts: BackendClientOptions) => Promise<BackendConnection>;
@@ -101,7 +107,8 @@ export class BackendSession {
     }
     if (this.#settings.identity === 'xforward' && conn.hasCapability('XFORWARD')) {
       // XFORWARD describes the next transaction only, so it precedes every MAIL.
-      const reply = await this.#run(conn.xforward(xforwardAttributes(identity)));
+      const target = this.#target!;
+      const reply = await this.#run(conn.xforward(xforwardAttributes(identity), { onReplaced: (names) => this.#events.onIdentityReplaced?.(target, names) }));
       if (reply.code !== 250) throw new BackendError('protocol', `backend refused XFORWARD: ${reply.code} ${reply.text}`);
     }
     const reply = await this.#run(conn.command(line));
@@ -200,7 +207,7 @@ export class BackendSession {
         // logs in itself, so XCLIENT must not claim the client's login (the AUTH would get 503).
         const attrs = xclientAttributes(identity);
         if (this.#settings.auth) delete attrs.LOGIN;
-        const reply = await conn.xclient(attrs, identity.helo);
+        const reply = await conn.xclient(attrs, { clientHelo: identity.helo, onReplaced: (names) => this.#events.onIdentityReplaced?.(target, names) });
         // Postfix answers 220 and expects a new EHLO (the client module re-sends it).
         if (reply.code !== 220 && reply.code !== 250) {
           throw new BackendError('protocol', `backend refused XCLIENT: ${reply.code} ${reply.text}; check smtpd_authorized_xclient_hosts on the backend`);

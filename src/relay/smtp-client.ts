@@ -9,7 +9,7 @@
  * the owner's job.
  */
 import type { WriteBatcher } from '../transport/write-batcher.js';
-import { identityLines } from './identity-lines.js';
+import { identityLines, type IdentityLines } from './identity-lines.js';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -64,6 +64,13 @@ export interface BackendClientOptions {
   timeouts: BackendTimeouts;
   /** Holds the commands of one event-loop turn so they leave together; none: each is written at once. */
   writes?: WriteBatcher;
+}
+
+export interface IdentityOptions {
+  /** The client's own EHLO name, said to the backend after XCLIENT (see xclient()). */
+  clientHelo?: string;
+  /** Hears the attributes that had a value but go as [UNAVAILABLE] (see identity-lines.ts). */
+  onReplaced?: (names: string[]) => void;
 }
 
 /**
@@ -355,8 +362,9 @@ export class BackendConnection extends EventEmitter {
    * smtpgate's name would make the backend's HELO checks judge smtpgate instead of the client.
    * The backend then records that name exactly as if the client had said it directly.
    */
-  async xclient(attrs: Record<string, string | undefined>, clientHelo?: string): Promise<SmtpReply> {
-    const lines = this.identityLines('XCLIENT', attrs);
+  async xclient(attrs: Record<string, string | undefined>, opts: IdentityOptions = {}): Promise<SmtpReply> {
+    const lines = this.identityLines('XCLIENT', attrs, opts.onReplaced);
+    const clientHelo = opts.clientHelo;
     const lastEhlo = clientHelo !== undefined && clientHelo.trim() !== '' && !LINE_BREAK_RE.test(clientHelo) && Buffer.byteLength(`EHLO ${clientHelo}`) <= MAX_COMMAND_LINE ? clientHelo : undefined;
     let last: SmtpReply | undefined;
     for (const [i, line] of lines.entries()) {
@@ -373,8 +381,8 @@ export class BackendConnection extends EventEmitter {
    * Postfix XFORWARD: 250 per command, the session carries on (no new greeting, no EHLO).
    * The first reply other than 250 is returned as is.
    */
-  async xforward(attrs: Record<string, string | undefined>): Promise<SmtpReply> {
-    const lines = this.identityLines('XFORWARD', attrs);
+  async xforward(attrs: Record<string, string | undefined>, opts: Pick<IdentityOptions, 'onReplaced'> = {}): Promise<SmtpReply> {
+    const lines = this.identityLines('XFORWARD', attrs, opts.onReplaced);
     let last: SmtpReply | undefined;
     for (const line of lines) {
       last = await this.command(line);
@@ -705,14 +713,17 @@ export class BackendConnection extends EventEmitter {
   }
 
   /** The XCLIENT / XFORWARD commands for `attrs` (see identity-lines.ts). */
-  private identityLines(verb: 'XCLIENT' | 'XFORWARD', attrs: Record<string, string | undefined>): string[] {
+  private identityLines(verb: 'XCLIENT' | 'XFORWARD', attrs: Record<string, string | undefined>, onReplaced?: (names: string[]) => void): string[] {
     const advertised = this.caps.get(verb);
     if (advertised === undefined) throw new BackendError('protocol', `backend does not advertise ${verb}`);
+    let built: IdentityLines;
     try {
-      return identityLines(verb, attrs, advertised).lines;
+      built = identityLines(verb, attrs, advertised);
     } catch (err) {
       throw new BackendError('protocol', errorMessage(err));
     }
+    if (built.replaced.length > 0) onReplaced?.(built.replaced);
+    return built.lines;
   }
 }
 

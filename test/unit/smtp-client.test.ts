@@ -683,7 +683,7 @@ describe('XCLIENT and XFORWARD', () => {
     const conn = await connect(port);
     const helo = 'odd"name<x>\\' + 'h'.repeat(220);
     const name = `${'n'.repeat(60)}.`.repeat(4) + 'example';
-    expect((await conn.xclient({ NAME: name, HELO: helo, ADDR: '192.0.2.1' }, helo)).code).toBe(220);
+    expect((await conn.xclient({ NAME: name, HELO: helo, ADDR: '192.0.2.1' }, { clientHelo: helo })).code).toBe(220);
     expect((await connection).lines).toEqual([
       `EHLO ${HELO}`,
       `XCLIENT NAME=${name}`,
