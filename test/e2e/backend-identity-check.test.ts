@@ -29,11 +29,11 @@ const identityWarnings = (gate: Gate, command: string) => gate.logs.filter((l) =
 
 /**
  * Postfix's smtp-sink with XCLIENT and XFORWARD turned off (-C -F): an EHLO like a legacy
- * server's that knows neither (Exchange, an appliance).
+ * server's that knows neither (Exchange, an appliance). As root it must be told whom to run as.
  */
 async function startSmtpSink(): Promise<number> {
   const port = await deadPort();
-  const child: ChildProcess = spawn(findProgram('smtp-sink')!, ['-C', '-F', '-u', 'nobody', `127.0.0.1:${port}`, '10'], { stdio: 'ignore' });
+  const child: ChildProcess = spawn(findProgram('smtp-sink')!, ['-C', '-F', ...(process.getuid?.() === 0 ? ['-u', 'nobody'] : []), `127.0.0.1:${port}`, '10'], { stdio: 'ignore' });
   onTestFinished(async () => {
     const exited = new Promise((resolve) => child.once('exit', resolve));
     child.kill('SIGTERM');
