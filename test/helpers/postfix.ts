@@ -25,7 +25,7 @@ export interface Postfix {
 }
 
 export interface PostfixOptions {
-  /** Lines appended to main.cf (a test's own settings, e.g. header_checks). */
+  /** Lines appended to main.cf (a test's own settings, e.g. header_checks); `$CONFIG` stands for the config directory. */
   readonly mainCf?: string;
   /** Files written into the config directory before start, by name (maps the settings refer to). */
   readonly files?: Readonly<Record<string, string>>;
