@@ -23,7 +23,7 @@ import { daysUntilExpiry } from './listener/tls-material.js';
 import { TlsManager, describeIssues, loadCertificates, type CertificateSource, type LoadedCertificate } from './listener/tls-manager.js';
 import { BackendAuthenticator } from './auth/backend-authenticator.js';
 import { SmtpListener } from './listener/smtp-listener.js';
-import { BackendSession, type BackendTarget } from './relay/backend-session.js';
+import { BackendSession, type BackendTarget, type IdentityMode } from './relay/backend-session.js';
 import { BackendPool } from './relay/backend-pool.js';
 import { BackendHealth } from './relay/backend-health.js';
 import { createLimits, type Limits } from './limits/limits.js';
@@ -291,13 +291,24 @@ export class App {
       b.markDownFor,
     );
     initSeries(this.metrics, { listeners: config.listeners.map((l) => l.name), backends: pool.targets.map((t) => t.name), loadedAt: new Date() });
-    this.#health = new BackendHealth(pool, {
-      onResult: (t, up, detail) => {
-        this.metrics.backendUp.set({ backend: t.name }, up ? 1 : 0);
-        if (up) this.log.info({ backend: t.name }, 'backend health check: up');
-        else this.log.warn({ backend: t.name, detail }, 'backend health check: down');
+    const identityCommand = identityCommandOf(b.identity);
+    this.#health = new BackendHealth(
+      pool,
+      {
+        onResult: (t, up, detail) => {
+          this.metrics.backendUp.set({ backend: t.name }, up ? 1 : 0);
+          if (up) this.log.info({ backend: t.name }, 'backend health check: up');
+          else this.log.warn({ backend: t.name, detail }, 'backend health check: down');
+        },
+        // Logged once per change, not at every check: the gauge carries the state.
+        onIdentity: (t, advertised) => {
+          this.metrics.backendIdentityAdvertised.set({ backend: t.name }, advertised ? 1 : 0);
+          if (advertised) this.log.info({ backend: t.name, command: identityCommand }, `backend advertises ${identityCommand}`);
+          else this.log.warn({ backend: t.name, command: identityCommand, requireIdentity: b.requireIdentity }, missingIdentityText(identityCommand!));
+        },
       },
-    });
+      { identityCommand },
+    );
     // The first round runs before the listeners open, so /readyz is right from the start.
     // An interval of 0 turns the probes off (and /readyz then ignores backends).
     if (b.healthCheckInterval > 0) await this.#health.start(b.healthCheckInterval);
@@ -348,7 +359,11 @@ export class App {
           hostname: config.hostname,
           tls: tlsManager ? { manager: tlsManager, clientCa: this.#material.clientCas.get(lc.name) } : undefined,
           authenticator: this.#authenticator,
-          openBackend: () => new BackendSession(pool, { identity: b.identity, auth: backendAuth }, events),
+          openBackend: (log) =>
+            new BackendSession(pool, { identity: b.identity, auth: backendAuth }, {
+              ...events,
+              onIdentityReplaced: (t, attributes) => log.warn({ backend: t.name, attributes }, 'identity attributes sent to the backend as [UNAVAILABLE]: it could not hold them unchanged'),
+            }),
           data: {
             bareLineEndings: config.data.bareLineEndings,
             receivedHeader: config.data.receivedHeader,
@@ -513,6 +528,10 @@ export class App {
     // "Recently": within three health-check rounds, so one lost probe doesn't flap readiness.
     const interval = this.config.backend.healthCheckInterval;
     if (interval > 0 && !this.#health?.anyUpWithin(3 * interval)) reasons.push('no backend answered a recent health check');
+    // The command the running health checks look for (backend.* changes need a restart).
+    const command = this.#health?.identityCommand;
+    const withoutIdentity = interval > 0 && command && this.config.backend.requireIdentity ? this.#health!.withoutIdentity() : [];
+    if (withoutIdentity.length > 0) reasons.push(`backend ${withoutIdentity.join(', ')} ${missingIdentityText(command!)}`);
     if (!this.limits.storeUp && this.config.limits.onStoreFailure === 'deny') reasons.push('limiter store unreachable and limits.onStoreFailure is deny');
     return { ready: reasons.length === 0, reasons };
   }
@@ -546,4 +565,14 @@ export class App {
 export async function createAppFromFile(file: string, opts: AppOptions = {}): Promise<App> {
   const { config, material } = await checkConfigFile(file);
   return new App(config, material, { ...opts, configFile: file });
+}
+
+/** The EHLO keyword `backend.identity` needs from the backend (none for `none`). */
+function identityCommandOf(identity: IdentityMode): 'XCLIENT' | 'XFORWARD' | undefined {
+  return identity === 'none' ? undefined : identity === 'xclient' ? 'XCLIENT' : 'XFORWARD';
+}
+
+function missingIdentityText(command: 'XCLIENT' | 'XFORWARD'): string {
+  const fix = command === 'XCLIENT' ? 'smtpd_authorized_xclient_hosts' : 'smtpd_authorized_xforward_hosts';
+  return `does not advertise ${command} (backend.identity), so it judges smtpgate's address instead of the client's: on Postfix add smtpgate's address to ${fix}, or set backend.requireIdentity: false to stay ready without it`;
 }

@@ -180,6 +180,11 @@ export function configSchema(baseDir: string) {
       ca: filePath.optional(),
       servername: z.string().optional(),
       identity: z.enum(['xclient', 'xforward', 'none']).default('xclient'),
+      /**
+       * A backend whose health-check EHLO doesn't advertise the `identity` command makes /readyz
+       * 503; false: only the warning and smtpgate_backend_identity_advertised.
+       */
+      requireIdentity: z.boolean().default(true),
       heloName: z.string().regex(/^[A-Za-z0-9.-]+$/, 'expected a host name').optional(),
       /** Fixed credentials for a backend that demands AUTH from smtpgate itself. */
       auth: z

@@ -71,8 +71,8 @@ export interface ListenerDeps {
   readonly hostname: string;
   readonly tls: ListenerTls | undefined;
   readonly authenticator: Authenticator | undefined;
-  /** Creates the (lazy) backend session for one client session. */
-  readonly openBackend: () => BackendSession;
+  /** Creates the (lazy) backend session for one client session, which logs with `log`. */
+  readonly openBackend: (log: Logger) => BackendSession;
   readonly data: DataSettings;
   readonly client: ClientSettings;
   /** Holds the replies of one event-loop turn so they leave together (optional: tests may write directly). */
@@ -272,10 +272,11 @@ export class SmtpListener {
 
   async #onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
     const { config, metrics, log } = this.#deps;
+    const sessionLog = log.child({ session: session.id, listener: config.name });
     const state: SessionState = {
       id: session.id,
-      log: log.child({ session: session.id, listener: config.name }),
-      backend: this.#deps.openBackend(),
+      log: sessionLog,
+      backend: this.#deps.openBackend(sessionLog),
       openedAt: Date.now(),
       messages: 0,
       bytes: 0,

@@ -125,6 +125,14 @@ export function createMetrics(build: BuildInfo) {
       labelNames: ['backend'] as const,
       registers,
     }),
+    backendIdentityAdvertised: new Gauge({
+      name: 'smtpgate_backend_identity_advertised',
+      // Across cluster workers: advertised only if every worker's check saw it.
+      aggregator: 'min',
+      help: 'Whether the last successful health check of each backend saw its EHLO advertise the command backend.identity names (XCLIENT or XFORWARD): 1 yes, 0 no (the backend then judges smtpgate\'s address, not the client\'s). Absent with backend.identity none or health checks off.',
+      labelNames: ['backend'] as const,
+      registers,
+    }),
     backendErrors: new Counter({
       name: 'smtpgate_backend_errors_total',
       help: 'Backend failures by kind (connect|timeout|closed|tls|protocol). Connections smtpgate drops on purpose (a refused or abandoned message, a client gone) are not counted.',

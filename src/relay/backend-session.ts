@@ -37,6 +37,12 @@ export interface BackendSessionEvents {
   /** Called once per opened connection with the time it took. */
   onConnected(target: BackendTarget, seconds: number): void;
   onError(target: BackendTarget, err: BackendError): void;
+  /**
+   * Client-chosen identity attributes that went to the backend as [UNAVAILABLE] because it
+   * could not hold them unchanged (a login over 255 octets encoded, say): the backend then
+   * judges the client without them, which its operator should be able to find out.
+   */
+  onIdentityReplaced?(target: BackendTarget, attributes: string[]): void;
 }
 
 type Connect = (opts: BackendClientOptions) => Promise<BackendConnection>;
@@ -101,7 +107,8 @@ export class BackendSession {
     }
     if (this.#settings.identity === 'xforward' && conn.hasCapability('XFORWARD')) {
       // XFORWARD describes the next transaction only, so it precedes every MAIL.
-      const reply = await this.#run(conn.xforward(xforwardAttributes(identity)));
+      const target = this.#target!;
+      const reply = await this.#run(conn.xforward(xforwardAttributes(identity), { onReplaced: (names) => this.#events.onIdentityReplaced?.(target, names) }));
       if (reply.code !== 250) throw new BackendError('protocol', `backend refused XFORWARD: ${reply.code} ${reply.text}`);
     }
     const reply = await this.#run(conn.command(line));
@@ -200,7 +207,7 @@ export class BackendSession {
         // logs in itself, so XCLIENT must not claim the client's login (the AUTH would get 503).
         const attrs = xclientAttributes(identity);
         if (this.#settings.auth) delete attrs.LOGIN;
-        const reply = await conn.xclient(attrs);
+        const reply = await conn.xclient(attrs, { clientHelo: identity.helo, onReplaced: (names) => this.#events.onIdentityReplaced?.(target, names) });
         // Postfix answers 220 and expects a new EHLO (the client module re-sends it).
         if (reply.code !== 220 && reply.code !== 250) {
           throw new BackendError('protocol', `backend refused XCLIENT: ${reply.code} ${reply.text}; check smtpd_authorized_xclient_hosts on the backend`);
@@ -299,24 +306,25 @@ export class BackendSession {
   }
 }
 
-/** XCLIENT_README: an IPv6 ADDR carries the "IPV6:" prefix. */
-function xclientAddr(addr: string): string {
+/**
+ * XCLIENT_README: an IPv6 ADDR carries the "IPV6:" prefix. An IPv4 client seen through a
+ * dual-stack socket ("::ffff:192.0.2.1") goes as its IPv4 address: a backend without IPv6
+ * (Postfix inet_protocols = ipv4) refuses any IPv6 form, and its mynetworks lists IPv4.
+ */
+export function identityAddr(addr: string): string {
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(addr);
+  if (mapped) return mapped[1]!;
   return addr.includes(':') ? `IPV6:${addr}` : addr;
 }
 
-/** The attributes XCLIENT and XFORWARD share; LOGIN is XCLIENT's alone. */
-function identityAttributes(id: ClientIdentity): Record<string, string> {
-  const attrs: Record<string, string> = {
-    ADDR: xclientAddr(id.addr),
-    PORT: String(id.port),
-    NAME: id.name ?? '[UNAVAILABLE]',
-    PROTO: id.proto,
-  };
+/** The attributes XCLIENT and XFORWARD share; LOGIN is XCLIENT's alone. Values are encoded by identity-lines.ts. */
+function identityAttributes(id: ClientIdentity): Record<string, string | undefined> {
+  const attrs: Record<string, string | undefined> = { ADDR: identityAddr(id.addr), PORT: String(id.port), NAME: id.name, PROTO: id.proto };
   if (id.helo) attrs.HELO = id.helo;
   return attrs;
 }
 
-function xclientAttributes(id: ClientIdentity): Record<string, string> {
+function xclientAttributes(id: ClientIdentity): Record<string, string | undefined> {
   const attrs = identityAttributes(id);
   if (id.login) attrs.LOGIN = id.login;
   return attrs;

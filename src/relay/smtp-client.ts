@@ -9,6 +9,7 @@
  * the owner's job.
  */
 import type { WriteBatcher } from '../transport/write-batcher.js';
+import { identityLines, type IdentityLines } from './identity-lines.js';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -65,6 +66,13 @@ export interface BackendClientOptions {
   writes?: WriteBatcher;
 }
 
+export interface IdentityOptions {
+  /** The client's own EHLO name, said to the backend after XCLIENT (see xclient()). */
+  clientHelo?: string;
+  /** Hears the attributes that had a value but go as [UNAVAILABLE] (see identity-lines.ts). */
+  onReplaced?: (names: string[]) => void;
+}
+
 /**
  * A reply is a few lines; 64 KiB is far beyond any honest server (RFC 5321 §4.5.3.1.5 caps
  * a reply line at 512 octets) and keeps a hostile backend from growing our memory.
@@ -74,9 +82,6 @@ const MAX_REPLY_BYTES = 64 * 1024;
 /** RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including the CRLF. */
 const MAX_COMMAND_LINE = 510;
 
-/** XCLIENT_README / XFORWARD_README: the value that stands for "not known". */
-const UNAVAILABLE = '[UNAVAILABLE]';
-
 /** RFC 3463: class "." subject "." detail, at the very start of the text. */
 const ENHANCED_RE = /^([245]\.\d{1,3}\.\d{1,3})(?: +|$)/;
 
@@ -85,26 +90,6 @@ const REPLY_LINE_RE = /^([2-5]\d\d)([ -]|$)/;
 
 /** What a command line may never contain: it would end the line early (or be a NUL). */
 const LINE_BREAK_RE = /[\r\n\0]/;
-
-/** ehlo-keyword (RFC 5321 §4.1.1.1); also what XCLIENT/XFORWARD attribute names look like. */
-const KEYWORD_RE = /^[A-Za-z0-9][A-Za-z0-9-]*$/;
-
-/**
- * RFC 3461 §4 xtext, as XCLIENT and XFORWARD want their values: bytes outside "!".."~",
- * and "+" and "=" themselves, become "+HH" (upper-case hex, which is also what smtp-server's
- * decoder insists on). Works on UTF-8 bytes so that no character is lost.
- */
-export function xtextEncode(value: string): string {
-  let out = '';
-  for (const byte of Buffer.from(value, 'utf8')) {
-    if (byte >= 0x21 && byte <= 0x7e && byte !== 0x2b && byte !== 0x3d) {
-      out += String.fromCharCode(byte);
-    } else {
-      out += '+' + byte.toString(16).toUpperCase().padStart(2, '0');
-    }
-  }
-  return out;
-}
 
 /** A command's name for messages, computed only when one is written. */
 function labelText(label: string | (() => string)): string {
@@ -331,8 +316,9 @@ export class BackendConnection extends EventEmitter {
     return this.send(line, () => /^[A-Za-z]{1,16}\b/.exec(line)?.[0]?.toUpperCase() ?? 'command', this.opts.timeouts.commandMs);
   }
 
-  async ehlo(): Promise<SmtpReply> {
-    const reply = await this.send(`EHLO ${this.opts.heloName}`, 'EHLO', this.opts.timeouts.commandMs);
+  /** EHLO with smtpgate's own name, or with `name` (a client's, after XCLIENT). */
+  async ehlo(name = this.opts.heloName): Promise<SmtpReply> {
+    const reply = await this.send(`EHLO ${name}`, 'EHLO', this.opts.timeouts.commandMs);
     // Whatever the server said before no longer holds (RFC 3207 §4.2, XCLIENT_README):
     // keep only what this reply advertises, nothing if it refused.
     this.caps = reply.code === 250 ? parseCapabilities(reply) : new Map();
@@ -370,14 +356,21 @@ export class BackendConnection extends EventEmitter {
    * Postfix XCLIENT. Success is 220: the backend starts a new session as if the client had
    * just connected, so EHLO is said again (capabilities refreshed) and the 220 returned.
    * The first reply other than 220, or a failed re-EHLO, is returned as is.
+   *
+   * The last EHLO names `clientHelo`, the client's own EHLO name, when there is one that fits
+   * on the line: an EHLO replaces the HELO that XCLIENT set (smtpd.c helo_cmd), so saying
+   * smtpgate's name would make the backend's HELO checks judge smtpgate instead of the client.
+   * The backend then records that name exactly as if the client had said it directly.
    */
-  async xclient(attrs: Record<string, string>): Promise<SmtpReply> {
-    const lines = this.identityLines('XCLIENT', attrs);
+  async xclient(attrs: Record<string, string | undefined>, opts: IdentityOptions = {}): Promise<SmtpReply> {
+    const lines = this.identityLines('XCLIENT', attrs, opts.onReplaced);
+    const clientHelo = opts.clientHelo;
+    const lastEhlo = clientHelo !== undefined && clientHelo.trim() !== '' && !LINE_BREAK_RE.test(clientHelo) && Buffer.byteLength(`EHLO ${clientHelo}`) <= MAX_COMMAND_LINE ? clientHelo : undefined;
     let last: SmtpReply | undefined;
-    for (const line of lines) {
+    for (const [i, line] of lines.entries()) {
       last = await this.command(line);
       if (last.code !== 220) return last;
-      const ehlo = await this.ehlo();
+      const ehlo = await this.ehlo(i === lines.length - 1 ? lastEhlo : undefined);
       if (ehlo.code !== 250) return ehlo;
     }
     // identityLines() never returns an empty list.
@@ -388,8 +381,8 @@ export class BackendConnection extends EventEmitter {
    * Postfix XFORWARD: 250 per command, the session carries on (no new greeting, no EHLO).
    * The first reply other than 250 is returned as is.
    */
-  async xforward(attrs: Record<string, string>): Promise<SmtpReply> {
-    const lines = this.identityLines('XFORWARD', attrs);
+  async xforward(attrs: Record<string, string | undefined>, opts: Pick<IdentityOptions, 'onReplaced'> = {}): Promise<SmtpReply> {
+    const lines = this.identityLines('XFORWARD', attrs, opts.onReplaced);
     let last: SmtpReply | undefined;
     for (const line of lines) {
       last = await this.command(line);
@@ -719,52 +712,18 @@ export class BackendConnection extends EventEmitter {
     return new BackendError('closed', 'backend connection is closed', { cause: this.failure });
   }
 
-  /**
-   * Builds XCLIENT / XFORWARD command lines: only attributes the server advertised, values
-   * xtext-encoded, each line within 512 octets (XCLIENT_README "Note 1": split into several
-   * commands rather than exceed it).
-   */
-  private identityLines(verb: 'XCLIENT' | 'XFORWARD', attrs: Record<string, string>): string[] {
+  /** The XCLIENT / XFORWARD commands for `attrs` (see identity-lines.ts). */
+  private identityLines(verb: 'XCLIENT' | 'XFORWARD', attrs: Record<string, string | undefined>, onReplaced?: (names: string[]) => void): string[] {
     const advertised = this.caps.get(verb);
-    if (advertised === undefined) {
-      throw new BackendError('protocol', `backend does not advertise ${verb}`);
+    if (advertised === undefined) throw new BackendError('protocol', `backend does not advertise ${verb}`);
+    let built: IdentityLines;
+    try {
+      built = identityLines(verb, attrs, advertised);
+    } catch (err) {
+      throw new BackendError('protocol', errorMessage(err));
     }
-    const allowed = new Set(advertised.toUpperCase().split(/\s+/).filter(Boolean));
-    const parts: string[] = [];
-    let addr: string | undefined;
-    for (const [rawName, rawValue] of Object.entries(attrs)) {
-      if (!KEYWORD_RE.test(rawName)) {
-        throw new BackendError('protocol', `invalid ${verb} attribute name ${JSON.stringify(rawName)}`);
-      }
-      const name = rawName.toUpperCase();
-      if (!allowed.has(name)) continue;
-      const value = rawValue === '' || rawValue === undefined || rawValue === null ? UNAVAILABLE : xtextEncode(rawValue);
-      let part = `${name}=${value}`;
-      if (verb.length + 1 + part.length > MAX_COMMAND_LINE) {
-        // Too long to send in any command, so not a valid value (NAME and HELO are at most
-        // 255 characters per XCLIENT_README): say we do not know it rather than truncate.
-        part = `${name}=${UNAVAILABLE}`;
-      }
-      // ADDR goes last: some servers (smtp-server) stop offering XCLIENT once ADDR has
-      // handed the session to the real client, which would refuse a later split command.
-      if (name === 'ADDR') addr = part;
-      else parts.push(part);
-    }
-    if (addr !== undefined) parts.push(addr);
-    if (parts.length === 0) {
-      throw new BackendError('protocol', `none of the ${verb} attributes is advertised by the backend`);
-    }
-    const lines: string[] = [];
-    let line = verb;
-    for (const part of parts) {
-      if (line !== verb && line.length + 1 + part.length > MAX_COMMAND_LINE) {
-        lines.push(line);
-        line = verb;
-      }
-      line += ` ${part}`;
-    }
-    lines.push(line);
-    return lines;
+    if (built.replaced.length > 0) onReplaced?.(built.replaced);
+    return built.lines;
   }
 }
 

@@ -24,7 +24,14 @@ export interface Postfix {
   stop(): Promise<void>;
 }
 
-export async function startPostfix(): Promise<Postfix> {
+export interface PostfixOptions {
+  /** Lines appended to main.cf (a test's own settings, e.g. header_checks); `$CONFIG` stands for the config directory. */
+  readonly mainCf?: string;
+  /** Files written into the config directory before start, by name (maps the settings refer to). */
+  readonly files?: Readonly<Record<string, string>>;
+}
+
+export async function startPostfix(opts: PostfixOptions = {}): Promise<Postfix> {
   if (process.getuid?.() !== 0) throw new Error('a test Postfix needs root: its master process runs as root');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-postfix-'));
   const etc = path.join(dir, 'etc');
@@ -57,8 +64,10 @@ local_transport = discard
 local_recipient_maps =
 smtpd_authorized_xclient_hosts = 127.0.0.0/8
 maillog_file = /dev/stdout
+${(opts.mainCf ?? '').replaceAll('$CONFIG', etc)}
 `,
   );
+  for (const [name, text] of Object.entries(opts.files ?? {})) await writeFile(path.join(etc, name), text);
 
   let output = '';
   const waiters = new Set<() => void>();
