@@ -171,9 +171,9 @@ describe('deploy/smtpgate.yaml', () => {
 });
 
 describe('deploy/Dockerfile', () => {
-  test('two stages from node:20-bookworm-slim: npm ci + build, then npm ci --omit=dev and dist/', () => {
+  test('two stages from node:24-bookworm-slim: npm ci + build, then npm ci --omit=dev and dist/', () => {
     const from = DOCKER.filter((d) => d.instruction === 'FROM').map((d) => d.args);
-    expect(from).toEqual(['node:20-bookworm-slim AS build', 'node:20-bookworm-slim AS runtime']);
+    expect(from).toEqual(['node:24-bookworm-slim AS build', 'node:24-bookworm-slim AS runtime']);
     const runs = DOCKER.filter((d) => d.instruction === 'RUN').map((d) => d.args);
     expect(runs.some((r) => /^npm ci( |$)/.test(r) && !r.includes('--omit=dev'))).toBe(true);
     expect(runs).toContain('npm run build');
@@ -183,6 +183,18 @@ describe('deploy/Dockerfile', () => {
     for (const d of DOCKER.filter((x) => x.instruction === 'COPY' && !x.args.startsWith('--from'))) {
       for (const src of d.args.split(/\s+/).slice(0, -1)) expect(existsSync(path.join(REPO, src)), src).toBe(true);
     }
+  });
+
+  test("the image runs Node 24 LTS, @types/node is 24, and engines admit 22.12 and later", () => {
+    const pkg = JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8')) as {
+      engines: { node: string };
+      devDependencies: Record<string, string>;
+    };
+    const majors = DOCKER.filter((d) => d.instruction === 'FROM').map((d) => Number(/^node:(\d+)-/.exec(d.args)?.[1]));
+    expect(new Set(majors)).toEqual(new Set([24]));
+    expect(Number(pkg.devDependencies['@types/node']!.split('.')[0])).toBe(24);
+    // Node 20 reached its end of life on 30 April 2026; 22 (from 22.12, vitest 4's floor) still works.
+    expect(pkg.engines.node).toBe('>=22.12');
   });
 
   test('npm ci --omit=dev runs no lifecycle script that would need a devDependency', () => {
