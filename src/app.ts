@@ -10,7 +10,7 @@ import { ConfigError, type ConfigIssue } from './config/errors.js';
 import { loadConfigFile } from './config/load.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
 import type { Config } from './config/schema.js';
-import { createLogger, type Logger } from './logging/logger.js';
+import { createLogger, prettyLogsAvailable, type Logger } from './logging/logger.js';
 import { createMetrics, initSeries, type Metrics } from './metrics/catalogue.js';
 import { boundPort, startAdminServer } from './metrics/http-server.js';
 import { FileAuthenticator, readUsersFile } from './auth/file-authenticator.js';
@@ -33,7 +33,7 @@ import type { HostPort } from './config/units.js';
 import type { BackendClientOptions } from './relay/smtp-client.js';
 import { WriteBatcher } from './transport/write-batcher.js';
 import { collectorFromV8, ReadBufferReclaimer, type Collect } from './transport/read-buffer-reclaimer.js';
-import { demoCertificateExists, ensureDemoCertificate } from './demo/demo-certificate.js';
+import { demoCertificateExists, ensureDemoCertificate, loadCertificateGenerator } from './demo/demo-certificate.js';
 import { startCaptureBackend, type CaptureBackend } from './demo/capture-backend.js';
 
 /** Everything the config points to, loaded and checked. */
@@ -190,12 +190,34 @@ function expiryWarnings(certs: readonly LoadedCertificate[], now: Date): string[
  */
 export async function checkConfigFile(file: string, mode: 'run' | 'check' = 'run'): Promise<{ config: Config; material: RuntimeMaterial }> {
   const config = await loadConfigFile(file);
-  if (config.demo?.generateCertificate && config.tls) {
+  // Development dependencies a config may ask for: a production install (npm ci --omit=dev,
+  // the container image) doesn't have them, and the config is refused rather than crash later.
+  const tls = config.demo?.generateCertificate && config.tls && !(await demoCertificateExists(config.tls.cert, config.tls.key)) ? config.tls : undefined;
+  const generate = tls ? await loadCertificateGenerator() : undefined;
+  const missing: ConfigIssue[] = [];
+  if (tls && !generate) {
+    missing.push({
+      file,
+      path: 'demo.generateCertificate',
+      message:
+        'needs the development dependency "selfsigned", which a production install (npm ci --omit=dev) leaves out: ' +
+        'install the development dependencies (npm install) to try the demo, or give tls.cert and tls.key a real certificate and remove demo',
+    });
+  }
+  if (config.log.format === 'pretty' && !prettyLogsAvailable()) {
+    missing.push({
+      file,
+      path: 'log.format',
+      message: '"pretty" needs the development dependency "pino-pretty", which a production install (npm ci --omit=dev) leaves out: use json (or npm install)',
+    });
+  }
+  if (missing.length) throw new ConfigError(missing);
+  if (tls && generate) {
     if (mode === 'run') {
-      await ensureDemoCertificate(config.tls.cert, config.tls.key, config.hostname);
-    } else if (!(await demoCertificateExists(config.tls.cert, config.tls.key))) {
+      await ensureDemoCertificate(tls.cert, tls.key, config.hostname, generate);
+    } else {
       const material = await loadRuntimeMaterial({ ...config, tls: undefined });
-      return { config, material: { ...material, warnings: [...material.warnings, `tls.cert ${config.tls.cert} does not exist yet; demo mode generates a self-signed one at first start`] } };
+      return { config, material: { ...material, warnings: [...material.warnings, `tls.cert ${tls.cert} does not exist yet; demo mode generates a self-signed one at first start`] } };
     }
   }
   return { config, material: await loadRuntimeMaterial(config) };
