@@ -532,7 +532,8 @@ export class App {
     if (this.#listeners.length !== this.config.listeners.length) reasons.push('listeners not bound');
     // "Recently": within three health-check rounds, so one lost probe doesn't flap readiness.
     const interval = this.config.backend.healthCheckInterval;
-    if (interval > 0 && !this.#health?.anyUpWithin(3 * interval)) reasons.push('no backend answered a recent health check');
+    const required = this.config.backend.requiredForReadiness;
+    if (required && interval > 0 && !this.#health?.anyUpWithin(3 * interval)) reasons.push('no backend answered a recent health check');
     if (!this.limits.storeUp && this.config.limits.onStoreFailure === 'deny') reasons.push('limiter store unreachable and limits.onStoreFailure is deny');
     return { ready: reasons.length === 0, reasons };
   }

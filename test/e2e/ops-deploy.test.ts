@@ -422,6 +422,27 @@ describe('deploy/k8s', () => {
     expect(ports.sort((a, b) => a - b)).toEqual([...LISTENER_PORTS, METRICS_PORT].sort((a, b) => a - b));
   });
 
+  test('every backend the config names is a Service the kustomization provides', () => {
+    for (const { host } of CONFIG.backend.address) {
+      const svc = k8s('Service', host);
+      expect(kustomization.resources).toContain(svc.__file);
+      // ExternalName: a CNAME to the real server, named in one place.
+      expect(svc.spec.type).toBe('ExternalName');
+      expect(svc.spec.externalName).toMatch(/^[a-z0-9.-]+$/);
+    }
+  });
+
+  test('the HorizontalPodAutoscaler alone sets the replica count: the Deployment has none to reset it to on apply', () => {
+    expect(k8s('HorizontalPodAutoscaler', 'smtpgate').spec.scaleTargetRef.name).toBe(deployment.metadata.name);
+    expect(deployment.spec).not.toHaveProperty('replicas');
+  });
+
+  test('a rolling update (maxUnavailable: 0) never waits for the backend: readiness does not depend on the backend every pod shares', () => {
+    expect(deployment.spec.strategy.rollingUpdate.maxUnavailable).toBe(0);
+    expect(container.readinessProbe.httpGet.path).toBe('/readyz');
+    expect(CONFIG.backend.requiredForReadiness).toBe(false);
+  });
+
   test('limits.store.url names the redis Service and its port', () => {
     const redis = new URL(CONFIG.limits.store.url!);
     const svc = k8s('Service', redis.hostname);
