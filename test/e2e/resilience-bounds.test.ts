@@ -1,8 +1,9 @@
 /**
  * Resource bounds. An idle connection must be cheap: 5,000 of them at once to `smtpgate run`
  * (a child process, so its memory is measured apart from the test's), and the growth of its
- * resident memory per connection stays under 64 KB; after STARTTLS, under 96 KB. And the per-address cap holds exactly:
- * with limits.concurrentPerIp: 3, the 4th and 5th connections from one address get
+ * resident memory per connection stays under 64 KB; after STARTTLS, under 128 KB (measured:
+ * 64–77 KiB on Node 24, 46–53 KiB on Node 20). And the per-address cap holds exactly: with
+ * limits.concurrentPerIp: 3, the 4th and 5th connections from one address get
  * `421 4.7.0` and are closed, while the first three work normally.
  *
  * The 5,000 client sockets live in a helper process started with enough open files (through
@@ -24,7 +25,7 @@ const MAX_RSS_PER_CONNECTION = 64 * 1024;
 const NOFILE = 20_000;
 /** After STARTTLS each connection also holds its TLS state (OpenSSL buffers, the TLSSocket). */
 const TLS_IDLE_CONNECTIONS = 1_000;
-const MAX_RSS_PER_TLS_CONNECTION = 96 * 1024;
+const MAX_RSS_PER_TLS_CONNECTION = 128 * 1024;
 
 /**
  * The client side, as a plain script: opens N connections in batches, reports when each has
