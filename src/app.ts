@@ -10,7 +10,7 @@ import { ConfigError, type ConfigIssue } from './config/errors.js';
 import { loadConfigFile } from './config/load.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
 import type { Config } from './config/schema.js';
-import { createLogger, type Logger } from './logging/logger.js';
+import { createLogger, prettyLogsAvailable, type Logger } from './logging/logger.js';
 import { createMetrics, initSeries, recordReload, type Metrics } from './metrics/catalogue.js';
 import { readBuildInfo } from './build-info.js';
 import { boundPort, startAdminServer, type Readiness } from './metrics/http-server.js';
@@ -34,7 +34,7 @@ import type { HostPort } from './config/units.js';
 import type { BackendClientOptions } from './relay/smtp-client.js';
 import { WriteBatcher } from './transport/write-batcher.js';
 import { collectorFromV8, ReadBufferReclaimer, type Collect } from './transport/read-buffer-reclaimer.js';
-import { demoCertificateExists, ensureDemoCertificate } from './demo/demo-certificate.js';
+import { demoCertificateExists, ensureDemoCertificate, loadCertificateGenerator } from './demo/demo-certificate.js';
 import { startCaptureBackend, type CaptureBackend } from './demo/capture-backend.js';
 
 /** Everything the config points to, loaded and checked. */
@@ -191,12 +191,34 @@ function expiryWarnings(certs: readonly LoadedCertificate[], now: Date): string[
  */
 export async function checkConfigFile(file: string, mode: 'run' | 'check' = 'run'): Promise<{ config: Config; material: RuntimeMaterial }> {
   const config = await loadConfigFile(file);
-  if (config.demo?.generateCertificate && config.tls) {
+  // Development dependencies a config may ask for: a production install (npm ci --omit=dev,
+  // the container image) doesn't have them, and the config is refused rather than crash later.
+  const tls = config.demo?.generateCertificate && config.tls && !(await demoCertificateExists(config.tls.cert, config.tls.key)) ? config.tls : undefined;
+  const generate = tls ? await loadCertificateGenerator() : undefined;
+  const missing: ConfigIssue[] = [];
+  if (tls && !generate) {
+    missing.push({
+      file,
+      path: 'demo.generateCertificate',
+      message:
+        'needs the development dependency "selfsigned", which a production install (npm ci --omit=dev) leaves out: ' +
+        'install the development dependencies (npm install) to try the demo, or give tls.cert and tls.key a real certificate and remove demo',
+    });
+  }
+  if (config.log.format === 'pretty' && !prettyLogsAvailable()) {
+    missing.push({
+      file,
+      path: 'log.format',
+      message: '"pretty" needs the development dependency "pino-pretty", which a production install (npm ci --omit=dev) leaves out: use json (or npm install)',
+    });
+  }
+  if (missing.length) throw new ConfigError(missing);
+  if (tls && generate) {
     if (mode === 'run') {
-      await ensureDemoCertificate(config.tls.cert, config.tls.key, config.hostname);
-    } else if (!(await demoCertificateExists(config.tls.cert, config.tls.key))) {
+      await ensureDemoCertificate(tls.cert, tls.key, config.hostname, generate);
+    } else {
       const material = await loadRuntimeMaterial({ ...config, tls: undefined });
-      return { config, material: { ...material, warnings: [...material.warnings, `tls.cert ${config.tls.cert} does not exist yet; demo mode generates a self-signed one at first start`] } };
+      return { config, material: { ...material, warnings: [...material.warnings, `tls.cert ${tls.cert} does not exist yet; demo mode generates a self-signed one at first start`] } };
     }
   }
   return { config, material: await loadRuntimeMaterial(config) };
@@ -527,7 +549,8 @@ export class App {
     if (this.#listeners.length !== this.config.listeners.length) reasons.push('listeners not bound');
     // "Recently": within three health-check rounds, so one lost probe doesn't flap readiness.
     const interval = this.config.backend.healthCheckInterval;
-    if (interval > 0 && !this.#health?.anyUpWithin(3 * interval)) reasons.push('no backend answered a recent health check');
+    const required = this.config.backend.requiredForReadiness;
+    if (required && interval > 0 && !this.#health?.anyUpWithin(3 * interval)) reasons.push('no backend answered a recent health check');
     // The command the running health checks look for (backend.* changes need a restart).
     const command = this.#health?.identityCommand;
     const withoutIdentity = interval > 0 && command && this.config.backend.requireIdentity ? this.#health!.withoutIdentity() : [];

@@ -175,6 +175,13 @@ export function configSchema(baseDir: string) {
       markDownFor: duration.default(30_000),
       /** How often each backend is probed (connect, EHLO, QUIT) for /readyz and smtpgate_backend_up. */
       healthCheckInterval: duration.default(15_000),
+      /**
+       * Whether /readyz fails while no backend answered a recent health check. `false` where
+       * every instance shares the backend (Kubernetes, a load balancer): an outage would make
+       * them all unready at once, which refuses every connection (instead of 451 4.4.1) and
+       * stalls a rolling update that waits for a new pod to be ready.
+       */
+      requiredForReadiness: z.boolean().default(true),
       tls: z.enum(['none', 'starttls', 'implicit']).default('none'),
       tlsVerify: z.boolean().default(true),
       ca: filePath.optional(),

@@ -374,6 +374,11 @@ export interface GuardHooks {
   readonly greeting: GreetingSettings;
   /** How fast a command line must arrive (see command-pace.ts). */
   readonly commandPace: CommandPace;
+  /**
+   * The backend's positive reply to the MAIL or RCPT smtp-server is about to accept, taken
+   * once; none: smtp-server's own "Accepted" goes out.
+   */
+  takeAcceptedReply(sessionId: string): { code: number; text: string } | undefined;
 }
 
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
@@ -387,6 +392,12 @@ function wrapSend(conn: GuardedConnection, hooks: GuardHooks, onProtocolError: (
   const send = conn.send.bind(conn);
   const writes = hooks.writes;
   conn.send = (code: number, data: string | string[], context?: string | false) => {
+    // smtp-server answers every accepted MAIL and RCPT with its own "250 Accepted"; the client
+    // hears the backend's reply instead (its 251 too, RFC 5321 §3.4), as it does a refusal's.
+    if (context === 'MAIL_FROM_OK' || context === 'RCPT_TO_OK') {
+      const accepted = hooks.takeAcceptedReply(conn.id);
+      if (accepted) ({ code, text: data } = accepted);
+    }
     onReply(code);
     if (writes) {
       // STARTTLS's 220 must be on the wire before the socket is wrapped for TLS, and so must

@@ -107,6 +107,8 @@ interface SessionState {
   messages: number;
   bytes: number;
   lastRefusal?: Refusal;
+  /** The backend accepted the MAIL or RCPT being answered: its reply is the client's. */
+  acceptedReply?: SmtpReply;
 }
 
 const TRACED: EvaluateOptions = { trace: true };
@@ -219,6 +221,13 @@ export class SmtpListener {
         const timer = setTimeout(() => this.#kick(sessionId, refusal(421, '4.4.2', 'TLS handshake timed out', 'timeout'), false), deps.client.timeouts.tlsHandshake);
         timer.unref();
         state.timers.push(timer);
+      },
+      takeAcceptedReply: (sessionId) => {
+        const state = this.#sessions.get(sessionId);
+        const reply = state?.acceptedReply;
+        if (!state || !reply) return undefined;
+        state.acceptedReply = undefined;
+        return { code: reply.code, text: replyText(reply) };
       },
     });
   }
@@ -516,6 +525,7 @@ export class SmtpListener {
       const reply = await state.backend.mail(line.line, identity);
       if (isPositive(reply)) {
         state.log.debug({ from: address.address }, 'mail accepted');
+        state.acceptedReply = reply;
         return cb();
       }
       cb(this.#refuse(state, 'mail', backendRefusal(reply), { from: address.address }));
@@ -542,7 +552,10 @@ export class SmtpListener {
     if (refused) return cb(this.#refuse(state, 'rcpt', refused.refusal, { to: address.address, rule: refused.rule }));
     try {
       const reply = await state.backend.rcpt(rcptCommand(address, smtputf8));
-      if (isPositive(reply)) return cb();
+      if (isPositive(reply)) {
+        state.acceptedReply = reply;
+        return cb();
+      }
       // The backend refused this recipient: the client hears it now, with the backend's code,
       // so no recipient is ever dropped silently.
       cb(this.#refuse(state, 'rcpt', backendRefusal(reply), { to: address.address }));

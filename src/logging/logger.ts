@@ -3,6 +3,7 @@
  * Every session-scoped line is written through a child logger that carries `session`.
  * On stdout, lines are written in batches (see createLogger).
  */
+import { createRequire } from 'node:module';
 import { pino, type Logger, type DestinationStream } from 'pino';
 
 export type { Logger };
@@ -12,6 +13,19 @@ export interface LoggerOptions {
   format: 'json' | 'pretty';
   /** Where to write; defaults to stdout. Tests pass a stream to read lines back. */
   destination?: DestinationStream;
+}
+
+/**
+ * Whether `format: pretty` can work: pino loads its `pino-pretty` transport by name, and that
+ * is a development dependency, absent from a production install.
+ */
+export function prettyLogsAvailable(): boolean {
+  try {
+    createRequire(import.meta.url).resolve('pino-pretty');
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export function createLogger(opts: LoggerOptions): Logger {

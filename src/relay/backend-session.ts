@@ -53,7 +53,7 @@ export class BackendSession {
   readonly #events: BackendSessionEvents;
   readonly #connect: Connect;
   #conn: BackendConnection | undefined;
-  /** The backend the open (or last) connection went to. */
+  /** The backend the open (or last) connection went to, or was last tried. */
   #target: BackendTarget | undefined;
   /** MAIL was accepted and neither a final dot nor RSET has ended the transaction. */
   #inTransaction = false;
@@ -74,7 +74,10 @@ export class BackendSession {
     this.#connect = connect;
   }
 
-  /** Label of the backend this session talks to ("none" before it connected). */
+  /**
+   * Label of the backend this session talks to; when none could be reached, the one tried last
+   * ("none" only before the first attempt).
+   */
   get targetName(): string {
     return this.#target?.name ?? 'none';
   }
@@ -247,6 +250,8 @@ export class BackendSession {
   async #connectFirstAvailable(): Promise<{ conn: BackendConnection; target: BackendTarget }> {
     let last: unknown;
     for (const target of this.#pool.candidates()) {
+      // So that a failure to reach any names the backend it last tried (the log's "backend").
+      this.#target = target;
       try {
         const conn = await this.#connect(target.options);
         this.#pool.markUp(target);

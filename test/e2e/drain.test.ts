@@ -82,3 +82,24 @@ test('at the deadline a message still in DATA is aborted without the final dot',
   await c.closed;
   expect(b.messages).toHaveLength(0);
 });
+
+test("a client that never closes its side after the drain's 421 is cut off by smtp-server's half-close deadline: the drain still ends", async () => {
+  const { gate: g } = await setup(1);
+  // allowHalfOpen: this client does not answer the server's FIN with its own, as a stuck or
+  // hostile one might. smtp-server then waits up to 5 s (its HALF_CLOSE_TIMEOUT) before it
+  // destroys its socket, so a drain takes up to drainSeconds + 5 s (docs/deployment.md).
+  const socket = net.connect({ port: g.port('plain'), host: '127.0.0.1', allowHalfOpen: true });
+  try {
+    let received = '';
+    const greeted = new Promise<void>((resolve) => socket.on('data', (d: Buffer) => (received += d.toString()).includes('\r\n') && resolve()));
+    const ended = new Promise<void>((resolve) => socket.once('end', () => resolve()));
+    await greeted;
+    // stop() resolves once the listening socket is closed, i.e. once every connection is gone.
+    await g.app.stop({ drain: true });
+    await ended;
+    expect(received).toMatch(/^220 [\s\S]*\r\n421 4\.3\.2 /);
+    expect(socket.writableEnded, 'the client never ended its side').toBe(false);
+  } finally {
+    socket.destroy();
+  }
+});

@@ -112,6 +112,24 @@ describe('AUTH replies (RFC 4954)', () => {
     c.close();
   });
 
+  // As README.md's AUTH table says: smtp-server refuses a control character in a user name or
+  // authorization identity itself (501 5.5.4), before smtpgate sees the credentials; one in a
+  // password reaches smtpgate, which refuses it (501 5.5.2). A NUL can't be inside a PLAIN
+  // field (it separates them), but can be in a LOGIN user name.
+  test.each([
+    { where: 'a PLAIN user name', lines: [`AUTH PLAIN ${b64('\0ali\rce\0pw')}`], reply: '501 5.5.4 Error: invalid userdata' },
+    { where: 'a PLAIN authorization identity', lines: [`AUTH PLAIN ${b64('bo\nb\0alice\0pw')}`], reply: '501 5.5.4 Error: invalid userdata' },
+    { where: 'a LOGIN user name', lines: ['AUTH LOGIN', b64('ali\0ce')], reply: '501 5.5.4 Error: invalid userdata' },
+    { where: 'a PLAIN password', lines: [`AUTH PLAIN ${b64('\0alice\0p\rw')}`], reply: '501 5.5.2 Invalid authentication data' },
+    { where: 'a LOGIN password', lines: ['AUTH LOGIN', b64('alice'), b64('p\nw')], reply: '501 5.5.2 Invalid authentication data' },
+  ])('CR, LF or NUL in $where: $reply', async ({ lines, reply }) => {
+    const c = await underTls(gate);
+    let last = '';
+    for (const line of lines) last = (await c.cmd(line)).raw;
+    expect(last).toBe(reply);
+    c.close();
+  });
+
   test('an authorization identity other than the authentication identity gets 535 (no acting as someone else)', async () => {
     const c = await underTls(gate);
     // RFC 4616: authzid NUL authcid NUL passwd. Alice's own password, asking to act as bob.

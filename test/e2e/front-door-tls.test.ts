@@ -42,11 +42,15 @@ const PROFILES = {
 } satisfies Record<string, tls.ConnectionOptions>;
 type Profile = keyof typeof PROFILES;
 
-const REFUSED: Array<[Profile, string]> = [
-  ['TLS 1.0', 'ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION'],
-  ['TLS 1.1', 'ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION'],
-  ['TLS 1.2 with the CBC suite ECDHE-ECDSA-AES128-SHA', 'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE'],
-  ['TLS 1.2 with the CBC suite ECDHE-ECDSA-AES256-SHA384', 'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE'],
+// The alert each refusal sends (RFC 8446 §6.2), as node's error code names it. OpenSSL 3.5
+// (Node 24) renamed the "sslv3 alert" reasons "ssl/tls alert"; the alert is the same.
+const PROTOCOL_VERSION = /^ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION$/;
+const HANDSHAKE_FAILURE = /^ERR_SSL_(SSLV3|SSL\/TLS)_ALERT_HANDSHAKE_FAILURE$/;
+const REFUSED: Array<[Profile, string, RegExp]> = [
+  ['TLS 1.0', 'protocol_version', PROTOCOL_VERSION],
+  ['TLS 1.1', 'protocol_version', PROTOCOL_VERSION],
+  ['TLS 1.2 with the CBC suite ECDHE-ECDSA-AES128-SHA', 'handshake_failure', HANDSHAKE_FAILURE],
+  ['TLS 1.2 with the CBC suite ECDHE-ECDSA-AES256-SHA384', 'handshake_failure', HANDSHAKE_FAILURE],
 ];
 const ACCEPTED: Array<[Profile, string, string | undefined]> = [
   ['TLS 1.2 with ECDHE-ECDSA-AES128-GCM-SHA256', 'TLSv1.2', 'ECDHE-ECDSA-AES128-GCM-SHA256'],
@@ -75,9 +79,9 @@ async function tlsSession(kind: 'starttls' | 'implicit', options: tls.Connection
 }
 
 describe.each(['starttls', 'implicit'] as const)('TLS versions and suites (%s)', (kind) => {
-  test.each(REFUSED)('%s: the handshake fails with the alert %s', async (profile, alert) => {
+  test.each(REFUSED)('%s: the handshake fails with the alert %s', async (profile, _name, alert) => {
     // The alert comes from the server (ssl3_read_bytes): the refusal is smtpgate's, not the client's.
-    await expect(tlsSession(kind, PROFILES[profile])).rejects.toMatchObject({ code: alert });
+    await expect(tlsSession(kind, PROFILES[profile])).rejects.toMatchObject({ code: expect.stringMatching(alert) });
   });
 
   test.each(ACCEPTED)('%s: the handshake succeeds and the session works', async (profile, version, cipher) => {

@@ -5,7 +5,7 @@
 import { expect, test } from 'vitest';
 import { metricValue, startGate } from '../helpers/gate.js';
 import { startRecordingBackend } from '../helpers/backends.js';
-import { eventually } from '../helpers/sessions.js';
+import { authenticatedSession, deadPort, eventually } from '../helpers/sessions.js';
 
 test('a backend that stops answering turns smtpgate_backend_up to 0 and /readyz to 503', async () => {
   const backend = await startRecordingBackend();
@@ -21,6 +21,29 @@ test('a backend that stops answering turns smtpgate_backend_up to 0 and /readyz 
     const body = (await (await fetch(`http://127.0.0.1:${gate.metricsPort}/readyz`)).json()) as { reasons: string[] };
     expect(body.reasons).toContain('no backend answered a recent health check');
     expect(gate.logs.some((l) => l.msg === 'backend health check: down')).toBe(true);
+  } finally {
+    await gate.stop();
+  }
+});
+
+test.each([
+  { value: 'not set', status: 503 },
+  { value: 'true', status: 503 },
+  { value: 'false', status: 200 },
+])('no backend answering, backend.requiredForReadiness $value: /readyz is $status; the probes count it down and MAIL gets 451 4.4.1 either way', async ({ value, status }) => {
+  const setting = value === 'not set' ? '' : `\n  requiredForReadiness: ${value}`;
+  const port = await deadPort();
+  const gate = await startGate({ backendYaml: `backend:\n  address: 127.0.0.1:${port}\n  healthCheckInterval: 200ms${setting}` });
+  try {
+    // The first round of health checks runs before the listeners open.
+    expect(await metricValue(gate, 'smtpgate_backend_up', { backend: `127.0.0.1:${port}` })).toBe(0);
+    const ready = await fetch(`http://127.0.0.1:${gate.metricsPort}/readyz`);
+    expect(ready.status).toBe(status);
+    const body = (await ready.json()) as { reasons: string[] };
+    expect(body.reasons.includes('no backend answered a recent health check')).toBe(status === 503);
+    const c = await authenticatedSession(gate);
+    expect((await c.cmd('MAIL FROM:<alice@corp.test>')).raw).toBe('451 4.4.1 Mail server temporarily unreachable, try again later');
+    await c.cmd('QUIT');
   } finally {
     await gate.stop();
   }

@@ -41,6 +41,19 @@ describe('the backend fails', () => {
     await c.cmd('QUIT');
   });
 
+  test.each([1, 2])('no backend of %i reachable: the "backend failure" log line names the backend last tried and the session, never "none"', async (n) => {
+    const ports = await Promise.all(Array.from({ length: n }, () => deadPort()));
+    const names = ports.map((p) => `127.0.0.1:${p}`);
+    const gate = await forThisTest(startGate({ backendYaml: `backend:\n  address: [${names.join(', ')}]\n` }), stopGate);
+    const c = await authenticatedSession(gate);
+    expect((await c.cmd('MAIL FROM:<alice@corp.test>')).code).toBe(451);
+    const failures = gate.logs.filter((l) => l.msg === 'backend failure');
+    expect(failures).toHaveLength(1);
+    // failover: tried in order, so the last one tried is the last one listed.
+    expect(failures[0]).toMatchObject({ backend: names.at(-1), kind: 'connect', session: expect.any(String) });
+    await c.cmd('QUIT');
+  });
+
   test('the backend drops the connection mid-DATA: the client gets 451 4.4.2, never 250, and the next MAIL opens a new backend connection', async () => {
     const { backend, gate } = await rawBackendBehindGate({ dropAfterDataBytes: 4096 });
     const c = await authenticatedSession(gate);

@@ -92,6 +92,49 @@ describe('a sender refused by the backend', () => {
   });
 });
 
+describe("an accepted MAIL and RCPT carry the backend's reply, as the refusals do", () => {
+  // RFC 5321 §4.2: 250 and 251 are the positive replies to RCPT; RFC 2034: with
+  // ENHANCEDSTATUSCODES advertised every reply carries one, so a backend reply without one gets
+  // the standard code for its command (2.1.0 for MAIL, 2.1.5 for RCPT, RFC 3463).
+  test.each([
+    {
+      what: 'with its own enhanced codes',
+      mail: '250 2.1.0 Sender <alice@corp.test> ok',
+      rcpt: '250 2.1.5 Recipient <bob@corp.test> ok',
+      client: ['250 2.1.0 Sender <alice@corp.test> ok', '250 2.1.5 Recipient <bob@corp.test> ok'],
+    },
+    {
+      what: 'a 251 for a forwarded recipient',
+      mail: '250 2.1.0 Ok',
+      rcpt: '251 2.1.5 User not local; will forward to <bob@elsewhere.test>',
+      client: ['250 2.1.0 Ok', '251 2.1.5 User not local; will forward to <bob@elsewhere.test>'],
+    },
+    {
+      what: 'without enhanced codes (an old server)',
+      mail: '250 sender ok',
+      rcpt: '250 recipient ok',
+      client: ['250 2.1.0 sender ok', '250 2.1.5 recipient ok'],
+    },
+    {
+      what: 'a multi-line reply, joined on one line',
+      mail: '250-2.1.0 Sender ok,\r\n250 2.1.0 and logged',
+      rcpt: '250-2.1.5 Recipient ok,\r\n250 2.1.5 and logged',
+      client: ['250 2.1.0 Sender ok, and logged', '250 2.1.5 Recipient ok, and logged'],
+    },
+  ])('$what', async ({ mail, rcpt, client }) => {
+    const backend = await forThisTest(startRawBackend({ mail, rcpt }), closeBackend);
+    const gate = await forThisTest(startGate({ backendPort: backend.port }), stopGate);
+    const c = await authenticatedSession(gate);
+    const replies = [(await c.cmd('MAIL FROM:<alice@corp.test>')).raw, (await c.cmd('RCPT TO:<bob@corp.test>')).raw];
+    expect(replies).toEqual(client);
+    // The replies are still those of the accepted commands: the message goes through.
+    expect((await c.cmd('DATA')).code).toBe(354);
+    expect((await c.cmd('Subject: t\r\n\r\nbody\r\n.')).code).toBe(250);
+    expect(backend.messages).toHaveLength(1);
+    await c.cmd('QUIT');
+  });
+});
+
 describe('a DATA command refused by the backend', () => {
   let backend: RawBackend;
   let gate: Gate;

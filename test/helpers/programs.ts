@@ -31,6 +31,7 @@ const INSTALL_HINT: Record<string, string> = {
   prometheus: 'apt-get install prometheus',
   promtool: 'apt-get install prometheus',
   'systemd-analyze': 'apt-get install systemd',
+  haproxy: 'apt-get install haproxy',
 };
 
 /**
