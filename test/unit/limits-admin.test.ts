@@ -16,7 +16,7 @@ import {
   type StateEntries,
 } from '../../src/limits/admin.js';
 import type { StoredEntry } from '../../src/limits/limiter-store.js';
-import { limitsHarness, type LimitsHarness } from '../helpers/redis.js';
+import { failedLogin, limitsHarness, type LimitsHarness } from '../helpers/redis.js';
 
 function entry(name: StoredEntry['name'], key: string, value: number, points: number, msBeforeNext: number, windowMs = 900_000): StoredEntry {
   return { name, key, value, points, windowMs, msBeforeNext };
@@ -86,7 +86,7 @@ describe('listState and clear on the memory store', () => {
   afterEach(async () => h?.close());
 
   async function lockOut(ip: string, username: string, times: number) {
-    for (let i = 0; i < times; i++) await h!.limits.authFailed({ session: `s-${ip}`, ip, listener: 'l', username });
+    for (let i = 0; i < times; i++) await failedLogin(h!.limits, { session: `s-${ip}`, ip, listener: 'l', username });
   }
 
   test('lists locked-out addresses and users, and the top senders', async () => {
@@ -116,7 +116,7 @@ describe('listState and clear on the memory store', () => {
     await lockOut('192.0.2.2', 'alice', 2);
     await lockOut('192.0.2.2', 'bob', 1);
     const facts = { session: 't', ip: '192.0.2.2', listener: 'l', username: 'alice' };
-    expect(await h.limits.authAllowed(facts)).toBeDefined();
+    expect((await h.limits.authAllowed(facts)).refusal).toBeDefined();
     const r = await h.limits.clear('192.0.2.2');
     expect(r.kind).toBe('ip');
     expect(r.removed).toEqual(
@@ -125,7 +125,7 @@ describe('listState and clear on the memory store', () => {
         { limiter: 'auth_user_ip', key: 'alice|192.0.2.2' },
       ]),
     );
-    expect(await h.limits.authAllowed(facts)).toBeUndefined();
+    expect((await h.limits.authAllowed(facts)).refusal).toBeUndefined();
     expect(h.logged(/limits cleared by an admin/)[0]).toMatchObject({ target: '192.0.2.2', kind: 'ip' });
   });
 
@@ -155,7 +155,7 @@ describe('admin HTTP routes (the CLI path for the memory store)', () => {
 
   test('GET /limits returns the state; POST /limits/clear clears; other paths fall through', async () => {
     const base = await serve();
-    await h!.limits.authFailed({ session: 's', ip: '192.0.2.5', listener: 'l', username: 'a' });
+    await failedLogin(h!.limits, { session: 's', ip: '192.0.2.5', listener: 'l', username: 'a' });
     expect((await fetchLimitsState(base)).lockedIps.map((l) => l.ip)).toEqual(['192.0.2.5']);
     const r = await requestLimitsClear(base, '192.0.2.5');
     expect(r.removed).toContainEqual({ limiter: 'auth_ip', key: '192.0.2.5' });
