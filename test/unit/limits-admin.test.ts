@@ -36,6 +36,20 @@ describe('planClear', () => {
     expect(planClear('2001:db8:1:2::/64', 64)!.key).toBe('2001:db8:1:2::/64');
   });
 
+  test('a CIDR range clears every address and IPv6 network in it, and nothing outside', () => {
+    const v4 = planClear('10.0.0.0/24', 64)!;
+    expect(v4).toMatchObject({ kind: 'ip', key: '10.0.0.0/24' });
+    expect(['10.0.0.0', '10.0.0.1', '10.0.0.255'].map(v4.match.auth_ip!)).toEqual([true, true, true]);
+    expect(['10.0.1.0', '9.255.255.255', '2001:db8::/64', 'junk'].map(v4.match.auth_ip!)).toEqual([false, false, false, false]);
+    expect(v4.match.auth_user_ip!('alice|10.0.0.7')).toBe(true);
+    expect(v4.match.auth_user_ip!('alice|10.0.1.7')).toBe(false);
+    expect(planClear('10.0.0.7/24', 64)!.key).toBe('10.0.0.0/24');
+    // Wider than the /64 a client is counted in: every network inside; narrower: the network it lies in.
+    const v6 = planClear('2001:db8::/32', 64)!;
+    expect(['2001:db8::/64', '2001:db8:ffff:1::/64', '2001:db9::/64', '10.0.0.1'].map(v6.match.messages_ip!)).toEqual([true, true, false, false]);
+    expect(planClear('2001:db8:1:2::/80', 64)!.match.connection_rate!('2001:db8:1:2::/64')).toBe(true);
+  });
+
   test('anything else is a user: suspension, brake, lockouts from any address, quotas', () => {
     const p = planClear('Alice@Example.com', 64)!;
     expect(p).toMatchObject({ kind: 'user', key: 'alice@example.com' });
