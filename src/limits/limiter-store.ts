@@ -254,9 +254,9 @@ export class LimiterStore {
     return this.#count(spec, (l) => l.penalty(key, points, windowOption(spec)));
   }
 
-  /** Counts `points` without refusing anything itself ("limited" once the total passes spec.points). */
+  /** Counts `points` where the caller decides from the total (bytes, brake hits); the same count as consume. */
   async penalty(spec: LimiterSpec, key: string, points: number): Promise<CountResult> {
-    return this.#count(spec, (l) => l.penalty(key, points, windowOption(spec)));
+    return this.consume(spec, key, points);
   }
 
   /**

@@ -301,7 +301,9 @@ export class Limits implements LimitsAdmin {
   /**
    * After a wrong password: the reservation stays in the counts as the failure. The failure
    * holding the count's last place starts the lockout: its counter is given lockFor to live,
-   * in one store operation that leaves the count itself alone.
+   * in one store operation that leaves the count itself alone. (Only a right password giving
+   * its place back in between lets a later attempt hold that place again; it then renews the
+   * lockout.)
    */
   async authFailed(f: AuthFacts, reservation: AuthReservation): Promise<AuthFailure> {
     const s = this.#session(f);
