@@ -25,7 +25,7 @@ import type { Refusal } from '../reply.js';
 import type { Logger } from '../logging/logger.js';
 import type { LimitsConfig } from './config.js';
 import { ipKeyOf, parseIp, senderKey, userIpKey, userKey, type ParsedIp } from './keys.js';
-import type { AnswerSource, CountResult, LimiterSpec, LimiterStore, PeekResult, StoredCount, StoredEntry } from './limiter-store.js';
+import type { AnswerSource, CountResult, LimiterSpec, LimiterStore, StoredCount, StoredEntry } from './limiter-store.js';
 import { createLimitMetrics, type DecisionResult, type LimitMetrics } from './metrics.js';
 import { QuotaResolver, type Quotas } from './quotas.js';
 import type { Rate } from './rate.js';
