@@ -1,7 +1,9 @@
 /**
- * `smtpgate limits list` and `smtpgate limits clear IP|USER`. With a Redis store the command
- * talks to Redis directly (every instance shares it); with the memory store it asks the
- * running instance through its admin address (the metrics address).
+ * `smtpgate limits list` and `smtpgate limits clear IP|CIDR|USER`. With a Redis store the
+ * command talks to Redis directly (every instance shares it); with the memory store it asks the
+ * running instance through its admin address (the metrics address). Both print the same
+ * report (text, or JSON with --json); `clear` exits 1 when there was nothing to clear, so a
+ * mistyped address or name is not taken for a lifted lockout.
  */
 import type { Command } from 'commander';
 import { pino } from 'pino';
@@ -9,7 +11,7 @@ import { Registry } from 'prom-client';
 import { loadConfigFile } from '../config/load.js';
 import { ConfigError, formatIssue } from '../config/errors.js';
 import { createLimits } from '../limits/limits.js';
-import { fetchLimitsState, formatLimitsState, requestLimitsClear, type ClearResult, type LimitsState } from '../limits/admin.js';
+import { fetchLimitsState, formatClearResult, formatLimitsState, requestLimitsClear, type ClearResult, type LimitsState } from '../limits/admin.js';
 import type { Config } from '../config/schema.js';
 import { readAdminToken } from '../app.js';
 
@@ -69,8 +71,9 @@ export function registerLimitsCommand(program: Command): void {
 
   limits
     .command('clear <target>')
-    .description('lift the lockouts of an IP (or CIDR), or the lockouts and suspension of a user')
+    .description('lift the lockouts and counts of an IP or every address in a CIDR, or the lockouts, counts and suspension of a user')
     .requiredOption('-c, --config <file>', 'the config of the running smtpgate')
+    .option('--json', 'print JSON')
     .action((target: string, opts: LimitsCommandOptions) =>
       run(async (config) => {
         const r: ClearResult = await withStore(
@@ -78,7 +81,10 @@ export function registerLimitsCommand(program: Command): void {
           (base, token) => requestLimitsClear(base, target, token ? { token } : {}),
           (l) => l.clear(target),
         );
-        process.stdout.write(`${JSON.stringify(r)}\n`);
+        if (r.removed.length === 0) {
+          throw new Error(`nothing to clear for ${target} (${r.kind} ${r.key}): the store holds no lockout, count or suspension for it; see \`smtpgate limits list\``);
+        }
+        process.stdout.write(opts.json ? JSON.stringify(r, null, 2) + '\n' : formatClearResult(r) + '\n');
       }, opts),
     );
 }

@@ -11,7 +11,7 @@
  *   `fetchLimitsState` / `requestLimitsClear` are the client side.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, userKey } from './keys.js';
+import { cidrContains, ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, userKey, type Cidr } from './keys.js';
 import { formatWindow, retrySeconds } from './rate.js';
 import type { LimiterName } from './replies.js';
 import type { StoredEntry } from './limiter-store.js';
@@ -27,6 +27,17 @@ export interface LockedUser {
   readonly ip: string;
   readonly failures: number;
   readonly retryAfterSeconds: number;
+}
+
+/** A failure count still below its limit: failed logins in the current window. */
+export interface FailureCount {
+  /** The address (or IPv6 network) the failures came from. */
+  readonly ip: string;
+  /** Set for a per-user+address count. */
+  readonly user?: string;
+  readonly failures: number;
+  readonly limit: number;
+  readonly windowEndsInSeconds: number;
 }
 
 export interface SuspendedUser {
@@ -56,6 +67,8 @@ export interface LimitsState {
   readonly store: { readonly kind: string; readonly up: boolean };
   readonly lockedIps: readonly LockedIp[];
   readonly lockedUsers: readonly LockedUser[];
+  /** Failed logins counted but not (yet) locked out, most first. */
+  readonly failureCounts: readonly FailureCount[];
   readonly suspendedUsers: readonly SuspendedUser[];
   readonly topSenders: readonly TopSender[];
   /** Users on their way to a suspension. */
@@ -83,6 +96,14 @@ export function summarizeState(entries: StateEntries, opts: { now: number; top: 
       .filter(locked)
       .map((e) => ({ ...splitUserIpKey(e.key), failures: e.value, retryAfterSeconds: retry(e) }))
       .sort(byRetry),
+    failureCounts: [
+      ...entries.auth_ip.filter((e) => !locked(e) && e.value > 0).map((e) => ({ ip: e.key, failures: e.value, limit: e.points, windowEndsInSeconds: retry(e) })),
+      ...entries.auth_user_ip
+        .filter((e) => !locked(e) && e.value > 0)
+        .map((e) => ({ ...splitUserIpKey(e.key), failures: e.value, limit: e.points, windowEndsInSeconds: retry(e) })),
+    ]
+      .sort((a, b) => b.failures - a.failures)
+      .slice(0, opts.top),
     suspendedUsers: entries.suspension
       .map((e) => ({
         user: e.key,
@@ -107,16 +128,25 @@ export interface ClearPlan {
 }
 
 /**
- * Pure: what `clear TARGET` removes. An address (or an IPv6 network) clears that client's
- * lockouts and counters; anything else is a user, whose suspension, brake count, lockouts from
- * every address and quotas are cleared.
+ * Pure: what `clear TARGET` removes. An address clears that client's lockouts and counters (an
+ * IPv6 address: its network's, since that is where it is counted); a CIDR range clears those of
+ * every address and network in it; anything else is a user, whose suspension, brake count,
+ * lockouts from every address and quotas are cleared.
  */
 export function planClear(target: string, ipv6Prefix: number): ClearPlan | undefined {
   const t = target.trim();
   if (!t) return undefined;
   const cidr = t.includes('/') ? parseCidr(t) : undefined;
-  if (parseIp(t) || cidr) {
-    const key = ipKey(cidr ? t.split('/')[0]! : t, ipv6Prefix);
+  if (cidr) {
+    const inRange = (k: string) => overlaps(cidr, k);
+    return {
+      kind: 'ip',
+      key: cidrText(cidr),
+      match: { auth_ip: inRange, auth_user_ip: (k) => inRange(splitUserIpKey(k).ip), connection_rate: inRange, messages_ip: inRange },
+    };
+  }
+  if (parseIp(t)) {
+    const key = ipKey(t, ipv6Prefix);
     const same = (k: string) => k === key;
     return {
       kind: 'ip',
@@ -143,16 +173,38 @@ export function planClear(target: string, ipv6Prefix: number): ClearPlan | undef
   };
 }
 
+/**
+ * Whether a stored address key ("192.0.2.1", or an IPv6 network "2001:db8:1:2::/64") shares
+ * addresses with the range: a range narrower than the network a client is counted in clears
+ * that network's count, since the count can't be split.
+ */
+function overlaps(range: Cidr, storedKey: string): boolean {
+  const stored = parseCidr(storedKey);
+  if (!stored || stored.version !== range.version) return false;
+  const wider = stored.prefix <= range.prefix ? stored : range;
+  const narrower = wider === stored ? range : stored;
+  return cidrContains(wider, { version: narrower.version, value: narrower.network });
+}
+
+/** "10.0.0.0/24", "2001:db8::/32": the range as its network address and prefix (ipKey writes either family). */
+function cidrText(c: Cidr): string {
+  if (c.version === 6) return ipKey(Array.from({ length: 8 }, (_, i) => ((c.network >> BigInt(112 - 16 * i)) & 0xffffn).toString(16)).join(':'), c.prefix);
+  return `${[24n, 16n, 8n, 0n].map((s) => String((c.network >> s) & 0xffn)).join('.')}/${c.prefix}`;
+}
+
 export interface ClearResult {
   readonly target: string;
   readonly kind: 'ip' | 'user';
+  /** The address, network, range or user the target stands for. */
   readonly key: string;
   readonly removed: readonly { readonly limiter: LimiterName; readonly key: string }[];
+  /** What was removed, as `limits list` reports it (lockouts, counts, suspensions). */
+  readonly cleared: LimitsState;
 }
 
-/** Pure: the report as a terminal table. */
-export function formatLimitsState(s: LimitsState): string {
-  const lines: string[] = [`limits state at ${s.generatedAt} (store: ${s.store.kind}, ${s.store.up ? 'up' : 'DOWN'})`];
+/** Pure: the report as a terminal table; `limits clear` prints what it removed the same way, under its own heading. */
+export function formatLimitsState(s: LimitsState, heading = `limits state at ${s.generatedAt} (store: ${s.store.kind}, ${s.store.up ? 'up' : 'DOWN'})`): string {
+  const lines: string[] = [heading];
   const section = (title: string, rows: string[]) => {
     lines.push('', `${title}:`);
     lines.push(...(rows.length ? rows.map((r) => `  ${r}`) : ['  (none)']));
@@ -160,10 +212,24 @@ export function formatLimitsState(s: LimitsState): string {
   const when = (secs: number) => (secs < 0 ? 'until cleared' : `${secs}s left`);
   section('locked-out addresses', s.lockedIps.map((l) => `${l.ip}  ${l.failures} failures  ${when(l.retryAfterSeconds)}`));
   section('locked-out users', s.lockedUsers.map((l) => `${l.user} from ${l.ip}  ${l.failures} failures  ${when(l.retryAfterSeconds)}`));
+  section(
+    'failed logins (current window)',
+    s.failureCounts.map((c) => `${c.user === undefined ? c.ip : `${c.user} from ${c.ip}`}  ${c.failures}/${c.limit} failures  window ends in ${c.windowEndsInSeconds}s`),
+  );
   section('suspended users', s.suspendedUsers.map((u) => `${u.user}  since ${u.since}  ${u.until ? `until ${u.until}` : 'until cleared'}`));
   section('top senders (current window)', s.topSenders.map((t) => `${t.user}  ${t.messages}/${t.limit} per ${t.window}  window ends in ${t.windowEndsInSeconds}s`));
   section('quota hits towards a suspension', s.brake.map((b) => `${b.user}  ${b.quotaHits} of ${b.suspendAt}`));
   return lines.join('\n');
+}
+
+/** Pure: `limits clear`'s report: what the target stood for, then what was removed in `limits list`'s format. */
+export function formatClearResult(r: ClearResult): string {
+  const n = r.removed.length;
+  const report = formatLimitsState(r.cleared, `cleared ${n} ${n === 1 ? 'entry' : 'entries'} for ${r.target} (${r.kind} ${r.key}) at ${r.cleared.generatedAt} (store: ${r.cleared.store.kind})`);
+  // Counters the list does not report (connection, message and recipient rates) are named, so every removal is shown.
+  const listed: readonly LimiterName[] = STATE_LIMITERS;
+  const others = r.removed.filter((e) => !listed.includes(e.limiter)).map((e) => `${e.limiter}  ${e.key}`);
+  return others.length ? `${report}\n\nother counters:\n${others.map((o) => `  ${o}`).join('\n')}` : report;
 }
 
 /** What the HTTP routes need from the running app. */

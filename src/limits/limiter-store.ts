@@ -18,6 +18,14 @@
  * - deny: the caller gets `unavailable` and refuses with 4.3.0 (fail closed).
  *
  * Every store operation races a deadline, so no SMTP command waits on a store that hangs.
+ *
+ * A limit's size and window are not part of its keys: there is one library limiter per limit
+ * name, the window goes with each operation (rate-limiter-flexible's `customDuration`) and
+ * the verdict "over the limit" is made here from the count. So a reload that changes a
+ * limit's number keeps everyone's counts and lockouts (tightening a limit during an attack
+ * must not release the attackers), and instances in a rolling reload count in the same keys.
+ * A new window applies to counters started after the change; a running counter (and a
+ * lockout) keeps the expiry it was given.
  */
 import { RateLimiterMemory, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { StoreFailureMode } from './config.js';
@@ -30,11 +38,9 @@ export interface LimiterSpec {
   readonly windowMs: number;
 }
 
-/** One stored counter, as the admin listing sees it. */
-export interface StoredEntry {
+/** One counter as the store holds it: the key says whose it is, not which limit it is counted against. */
+export interface StoredCount {
   readonly name: LimiterName;
-  readonly points: number;
-  readonly windowMs: number;
   /** The limit key: "192.0.2.1", "alice", "alice|192.0.2.1". */
   readonly key: string;
   readonly value: number;
@@ -42,12 +48,27 @@ export interface StoredEntry {
   readonly msBeforeNext: number;
 }
 
+/** One stored counter with the limit it is counted against now, as the admin listing sees it. */
+export interface StoredEntry extends StoredCount {
+  readonly points: number;
+  readonly windowMs: number;
+}
+
 export type StoreKind = 'memory' | 'redis' | 'cluster';
 
 export interface StoreBackend {
   readonly kind: StoreKind;
-  /** Makes the limiter for one spec; LimiterStore calls it once per keyPrefix and caches it. */
-  createLimiter(spec: LimiterSpec, keyPrefix: string): RateLimiterAbstract;
+  /**
+   * Makes the limiter for one limit name; LimiterStore calls it once per keyPrefix and caches
+   * it. It never refuses by itself (LimiterStore compares the count with the limit) and takes
+   * its window from each operation.
+   */
+  createLimiter(keyPrefix: string): RateLimiterAbstract;
+  /**
+   * Sets a counter's expiry to `ms` from now without touching its value, in one store
+   * operation, so counts made at the same moment are kept. False when the counter is gone.
+   */
+  expire(limiter: RateLimiterAbstract, key: string, ms: number): Promise<boolean>;
   /** False while the store is known to be unreachable: operations go straight to the fallback. */
   readonly usable: boolean;
   /** A store operation failed: the backend stops being `usable` until it has checked itself. */
@@ -57,38 +78,51 @@ export interface StoreBackend {
   /** Resolves true once the store is reachable, false after `timeoutMs`. */
   ready(timeoutMs: number): Promise<boolean>;
   /** All live entries whose limiter name is `name`, under `keyPrefix`. */
-  entries(keyPrefix: string, name: LimiterName): Promise<StoredEntry[]>;
+  entries(keyPrefix: string, name: LimiterName): Promise<StoredCount[]>;
   /** Removes entries (as returned by `entries`); resolves with how many existed. */
-  remove(keyPrefix: string, entries: readonly StoredEntry[]): Promise<number>;
+  remove(keyPrefix: string, entries: readonly Pick<StoredCount, 'name' | 'key'>[]): Promise<number>;
   close(): Promise<void>;
 }
 
-/** "<base>:<name>:<points>-<windowSeconds>": the spec is in the prefix, so changing a limit starts fresh counts. */
-export function limiterKeyPrefix(base: string, spec: LimiterSpec): string {
-  return `${base}:${spec.name}:${spec.points}-${Math.round(spec.windowMs / 1000)}`;
+/**
+ * "<base>:<name>:c": the limit's name only, never its size or window, so a reload that changes
+ * a limit keeps the counts. The "c" marks this key layout: counters written by earlier builds
+ * ("<base>:<name>:<points>-<seconds>:<key>") are neither read nor listed, and expire by
+ * themselves. Suspensions are the exception: they may never expire, and their one fixed shape
+ * gave them one key all along, so they keep it ("<base>:suspension:1-0") and an upgrade lifts none.
+ */
+export function limiterKeyPrefix(base: string, name: LimiterName): string {
+  return name === 'suspension' ? `${base}:suspension:1-0` : `${base}:${name}:c`;
 }
 
-/** The reverse: splits "<base>:<name>:<points>-<seconds>:<key>" (the key may contain ":"). */
-export function parseStoredKey(base: string, name: LimiterName, storedKey: string): { points: number; windowMs: number; key: string } | undefined {
-  const head = `${base}:${name}:`;
-  if (!storedKey.startsWith(head)) return undefined;
-  const m = /^(\d+)-(\d+):([\s\S]*)$/.exec(storedKey.slice(head.length));
-  if (!m) return undefined;
-  return { points: Number(m[1]), windowMs: Number(m[2]) * 1000, key: m[3]! };
+/** The reverse: the limit key in "<base>:<name>:c:<key>" (the key may contain ":"). */
+export function parseStoredKey(base: string, name: LimiterName, storedKey: string): string | undefined {
+  const head = `${limiterKeyPrefix(base, name)}:`;
+  return storedKey.startsWith(head) ? storedKey.slice(head.length) : undefined;
+}
+
+/** The library limiter's own limit: never reached, the verdict is LimiterStore's (see above). */
+export const NO_LIBRARY_LIMIT = Number.MAX_SAFE_INTEGER;
+
+/** rate-limiter-flexible takes the window per operation in whole seconds; 0 means no expiry. */
+function windowOption(spec: LimiterSpec): { customDuration: number } {
+  return { customDuration: Math.round(spec.windowMs / 1000) };
 }
 
 /** In-process counters: exact for one process, forgotten at restart. Also the insurance store. */
 export class MemoryBackend implements StoreBackend {
   readonly kind = 'memory' as const;
   readonly usable = true;
-  readonly #limiters = new Map<string, { spec: LimiterSpec; limiter: RateLimiterMemory }>();
+  readonly #limiters = new Map<string, RateLimiterMemory>();
 
-  createLimiter(spec: LimiterSpec, keyPrefix: string): RateLimiterMemory {
-    const existing = this.#limiters.get(keyPrefix);
-    if (existing) return existing.limiter;
-    const limiter = new RateLimiterMemory({ points: spec.points, duration: Math.round(spec.windowMs / 1000), keyPrefix });
-    this.#limiters.set(keyPrefix, { spec, limiter });
+  createLimiter(keyPrefix: string): RateLimiterMemory {
+    let limiter = this.#limiters.get(keyPrefix);
+    if (!limiter) this.#limiters.set(keyPrefix, (limiter = new RateLimiterMemory({ points: NO_LIBRARY_LIMIT, duration: 0, keyPrefix })));
     return limiter;
+  }
+
+  async expire(limiter: RateLimiterAbstract, key: string, ms: number): Promise<boolean> {
+    return expireInMemory(limiter as RateLimiterMemory, key, ms);
   }
 
   reportFailure(err: Error): void {
@@ -104,31 +138,23 @@ export class MemoryBackend implements StoreBackend {
     return true;
   }
 
-  async entries(keyPrefix: string, name: LimiterName): Promise<StoredEntry[]> {
+  async entries(keyPrefix: string, name: LimiterName): Promise<StoredCount[]> {
+    const limiter = this.#limiters.get(limiterKeyPrefix(keyPrefix, name));
+    if (!limiter) return [];
     const now = Date.now();
-    const out: StoredEntry[] = [];
-    for (const [prefix, { spec, limiter }] of this.#limiters) {
-      if (spec.name !== name || !prefix.startsWith(`${keyPrefix}:${name}:`)) continue;
-      for (const rec of limiter.dump().storage) {
-        if (rec.expiresAt !== null && rec.expiresAt <= now) continue;
-        out.push({
-          name,
-          points: spec.points,
-          windowMs: spec.windowMs,
-          key: String(rec.key),
-          value: rec.value,
-          msBeforeNext: rec.expiresAt === null ? -1 : rec.expiresAt - now,
-        });
-      }
+    const out: StoredCount[] = [];
+    for (const rec of limiter.dump().storage) {
+      if (rec.expiresAt !== null && rec.expiresAt <= now) continue;
+      out.push({ name, key: String(rec.key), value: rec.value, msBeforeNext: rec.expiresAt === null ? -1 : rec.expiresAt - now });
     }
     return out;
   }
 
-  async remove(keyPrefix: string, entries: readonly StoredEntry[]): Promise<number> {
+  async remove(keyPrefix: string, entries: readonly Pick<StoredCount, 'name' | 'key'>[]): Promise<number> {
     let removed = 0;
     for (const e of entries) {
-      const found = this.#limiters.get(limiterKeyPrefix(keyPrefix, e));
-      if (found && (await found.limiter.delete(e.key))) removed++;
+      const found = this.#limiters.get(limiterKeyPrefix(keyPrefix, e.name));
+      if (found && (await found.delete(e.key))) removed++;
     }
     return removed;
   }
@@ -136,6 +162,27 @@ export class MemoryBackend implements StoreBackend {
   async close(): Promise<void> {
     this.#limiters.clear();
   }
+}
+
+/**
+ * The memory store's `expire`. rate-limiter-flexible has no "change the expiry, keep the
+ * value" operation, and its public get-then-set would leave an await between the read and the
+ * write where another session's count could land and be overwritten. Its MemoryStorage reads
+ * and writes synchronously, so doing both in one synchronous step here is atomic. This is a
+ * seam into the library's private `_memoryStorage`; test/unit/limits-store.test.ts pins it.
+ */
+function expireInMemory(limiter: RateLimiterMemory, key: string, ms: number): boolean {
+  const storage = (limiter as unknown as { _memoryStorage: MemoryStorageSeam })._memoryStorage;
+  const rlKey = limiter.getKey(key);
+  const current = storage.get(rlKey);
+  if (!current) return false;
+  storage.set(rlKey, current.consumedPoints, Math.ceil(ms / 1000));
+  return true;
+}
+
+interface MemoryStorageSeam {
+  get(rlKey: string): RateLimiterRes | null;
+  set(rlKey: string, value: number, durationSec: number): RateLimiterRes;
 }
 
 /** Where an answer came from: the shared store, the insurance memory, or nowhere (fail open). */
@@ -173,9 +220,8 @@ export class LimiterStore {
   readonly #backend: StoreBackend;
   /** Only with onFailure: memory and a store that can fail. */
   readonly #insurance: MemoryBackend | undefined;
-  readonly #limiters = new Map<string, RateLimiterAbstract>();
-  /** The same limiters by spec object: callers that keep their specs (Limits does, per config) skip building the prefix. */
-  readonly #bySpec = new WeakMap<LimiterSpec, RateLimiterAbstract>();
+  /** One library limiter per limit name (see the top of this file). */
+  readonly #limiters = new Map<LimiterName, RateLimiterAbstract>();
   readonly #opTimeoutMs: number;
 
   constructor(opts: LimiterStoreOptions) {
@@ -205,17 +251,12 @@ export class LimiterStore {
 
   /** Counts `points` and says whether the total is still within `spec.points`. */
   async consume(spec: LimiterSpec, key: string, points = 1): Promise<CountResult> {
-    const tried = await this.#primary(spec, (l) => l.consume(key, points));
-    if (tried.ok) return counted(tried.value, 'allowed', 'store');
-    if (tried.over) return counted(tried.over, 'limited', 'store');
-    return this.#fallbackCount(spec, (l) => l.consume(key, points));
+    return this.#count(spec, (l) => l.penalty(key, points, windowOption(spec)));
   }
 
-  /** Counts `points` without a verdict of its own ("limited" once the total passes spec.points). */
+  /** Counts `points` where the caller decides from the total (bytes, brake hits); the same count as consume. */
   async penalty(spec: LimiterSpec, key: string, points: number): Promise<CountResult> {
-    const tried = await this.#primary(spec, (l) => l.penalty(key, points));
-    if (tried.ok) return counted(tried.value, tried.value.consumedPoints > spec.points ? 'limited' : 'allowed', 'store');
-    return this.#fallbackCount(spec, (l) => l.penalty(key, points));
+    return this.consume(spec, key, points);
   }
 
   /**
@@ -223,8 +264,17 @@ export class LimiterStore {
    * store that counted them: a count made in the insurance memory is not taken off Redis.
    */
   async reward(spec: LimiterSpec, key: string, points: number, source: AnswerSource): Promise<void> {
-    if (source === 'store') await this.#primary(spec, (l) => l.reward(key, points));
-    else if (source === 'insurance' && this.#insurance) await this.#insuranceLimiter(spec).reward(key, points);
+    if (source === 'store') await this.#primary(spec, (l) => l.reward(key, points, windowOption(spec)));
+    else if (source === 'insurance' && this.#insurance) await this.#insuranceLimiter(spec).reward(key, points, windowOption(spec));
+  }
+
+  /**
+   * Gives a counter `durationMs` to live from now, keeping its value (a lockout starts this
+   * way: failures counted at the same moment are not overwritten), in the store that counted it.
+   */
+  async expire(spec: LimiterSpec, key: string, durationMs: number, source: AnswerSource): Promise<void> {
+    if (source === 'store') await this.#primary(spec, (l) => this.#backend.expire(l, key, durationMs));
+    else if (source === 'insurance' && this.#insurance) await this.#insurance.expire(this.#insuranceLimiter(spec), key, durationMs);
   }
 
   /**
@@ -270,7 +320,7 @@ export class LimiterStore {
   }
 
   /** Entries of one limiter in the shared store. Admin use: throws StoreUnavailableError rather than guessing. */
-  async entries(name: LimiterName): Promise<StoredEntry[]> {
+  async entries(name: LimiterName): Promise<StoredCount[]> {
     if (!this.#backend.usable) throw new StoreUnavailableError('the store is not reachable');
     try {
       return await this.#backend.entries(this.keyPrefix, name);
@@ -284,14 +334,14 @@ export class LimiterStore {
   }
 
   /** Removes entries from the shared store and from the insurance memory. */
-  async remove(entries: readonly StoredEntry[]): Promise<number> {
+  async remove(entries: readonly Pick<StoredCount, 'name' | 'key'>[]): Promise<number> {
     if (this.#insurance) await this.#insurance.remove(this.keyPrefix, entries);
     if (!this.#backend.usable) throw new StoreUnavailableError('the store is not reachable');
     return this.#backend.remove(this.keyPrefix, entries);
   }
 
   /** Entries only this process's insurance memory holds (counted while the store was away). */
-  async insuranceEntries(name: LimiterName): Promise<StoredEntry[]> {
+  async insuranceEntries(name: LimiterName): Promise<StoredCount[]> {
     return this.#insurance ? this.#insurance.entries(this.keyPrefix, name) : [];
   }
 
@@ -301,20 +351,28 @@ export class LimiterStore {
   }
 
   #limiter(spec: LimiterSpec): RateLimiterAbstract {
-    const known = this.#bySpec.get(spec);
-    if (known) return known;
-    const prefix = limiterKeyPrefix(this.keyPrefix, spec);
-    let l = this.#limiters.get(prefix);
-    if (!l) {
-      l = this.#backend.createLimiter(spec, prefix);
-      this.#limiters.set(prefix, l);
-    }
-    this.#bySpec.set(spec, l);
+    let l = this.#limiters.get(spec.name);
+    if (!l) this.#limiters.set(spec.name, (l = this.#backend.createLimiter(limiterKeyPrefix(this.keyPrefix, spec.name))));
     return l;
   }
 
   #insuranceLimiter(spec: LimiterSpec): RateLimiterMemory {
-    return this.#insurance!.createLimiter(spec, limiterKeyPrefix(this.keyPrefix, spec));
+    return this.#insurance!.createLimiter(limiterKeyPrefix(this.keyPrefix, spec.name));
+  }
+
+  /** A counting operation on the store, or on the fallback when the store fails; the verdict is made here. */
+  async #count(spec: LimiterSpec, op: (l: RateLimiterAbstract) => Promise<RateLimiterRes>): Promise<CountResult> {
+    const tried = await this.#primary(spec, op);
+    if (tried.ok) return counted(tried.value, spec, 'store');
+    if (tried.over) return counted(tried.over, spec, 'store');
+    switch (this.onFailure) {
+      case 'memory':
+        return counted(await op(this.#insuranceLimiter(spec)), spec, 'insurance');
+      case 'allow':
+        return { kind: 'allowed', consumed: 0, msBeforeNext: 0, source: 'none' };
+      case 'deny':
+        return { kind: 'unavailable' };
+    }
   }
 
   /**
@@ -339,24 +397,6 @@ export class LimiterStore {
     }
   }
 
-  async #fallbackCount(spec: LimiterSpec, op: (l: RateLimiterAbstract) => Promise<RateLimiterRes>): Promise<CountResult> {
-    switch (this.onFailure) {
-      case 'memory': {
-        try {
-          const res = await op(this.#insuranceLimiter(spec));
-          return counted(res, res.consumedPoints > spec.points ? 'limited' : 'allowed', 'insurance');
-        } catch (e) {
-          if (e instanceof RateLimiterRes) return counted(e, 'limited', 'insurance');
-          throw e;
-        }
-      }
-      case 'allow':
-        return { kind: 'allowed', consumed: 0, msBeforeNext: 0, source: 'none' };
-      case 'deny':
-        return { kind: 'unavailable' };
-    }
-  }
-
   #deadline<T>(p: Promise<T>): Promise<T> {
     if (this.#backend.kind === 'memory') return p;
     let timer: NodeJS.Timeout | undefined;
@@ -368,6 +408,6 @@ export class LimiterStore {
   }
 }
 
-function counted(res: RateLimiterRes, kind: 'allowed' | 'limited', source: AnswerSource): CountResult {
-  return { kind, consumed: res.consumedPoints, msBeforeNext: res.msBeforeNext, source };
+function counted(res: RateLimiterRes, spec: LimiterSpec, source: AnswerSource): CountResult {
+  return { kind: res.consumedPoints > spec.points ? 'limited' : 'allowed', consumed: res.consumedPoints, msBeforeNext: res.msBeforeNext, source };
 }

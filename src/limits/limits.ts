@@ -2,9 +2,10 @@
  * The limits the listener asks at each stage of a session:
  *
  *   connect  connectionOpened   per-listener and per-address open connections, new connections per address
- *   auth     authAllowed        lockouts (before the password is checked)
- *            authFailed         counts the failure per address and per user+address; may start a lockout
- *            authSucceeded      suspended accounts are refused here; clears the user+address count
+ *   auth     authAllowed        reserves the attempt per address and per user+address, or refuses (lockout)
+ *            authFailed         the reservation stays as the failure; the one that fills the count starts a lockout
+ *            authSucceeded      gives the reservation back; suspended accounts are refused here; clears the user+address count
+ *            authAbandoned      gives the reservation back (the password could not be checked)
  *   mail     mailFrom           suspension; messages per user, per sender, per address; bytes per user
  *   rcpt     rcptTo             recipients per message; recipients per user
  *   data     messageBytes       counts the bytes of a relayed message
@@ -24,7 +25,7 @@ import type { Refusal } from '../reply.js';
 import type { Logger } from '../logging/logger.js';
 import type { LimitsConfig } from './config.js';
 import { ipKeyOf, parseIp, senderKey, userIpKey, userKey, type ParsedIp } from './keys.js';
-import type { CountResult, LimiterSpec, LimiterStore, PeekResult, StoredEntry } from './limiter-store.js';
+import type { AnswerSource, CountResult, LimiterSpec, LimiterStore, StoredCount, StoredEntry } from './limiter-store.js';
 import { createLimitMetrics, type DecisionResult, type LimitMetrics } from './metrics.js';
 import { QuotaResolver, type Quotas } from './quotas.js';
 import type { Rate } from './rate.js';
@@ -76,6 +77,25 @@ export interface RcptFacts extends ClientFacts {
   /** Recipients already accepted in this transaction. */
   readonly recipientsSoFar: number;
 }
+
+/**
+ * One AUTH attempt's places in the failure counts, taken before the password is verified and
+ * handed back to authFailed, authSucceeded or authAbandoned.
+ */
+export interface AuthReservation {
+  readonly held: readonly HeldAttempt[];
+}
+
+interface HeldAttempt {
+  readonly scope: LockoutScope;
+  readonly spec: LimiterSpec;
+  readonly key: string;
+  /** The count with this attempt in it: the attempt that takes the last place starts the lockout if it fails. */
+  readonly consumed: number;
+  readonly source: AnswerSource;
+}
+
+export type AuthAttempt = { readonly refusal: Refusal; readonly reservation?: undefined } | { readonly refusal?: undefined; readonly reservation: AuthReservation };
 
 export interface AuthFailure {
   /** The client (or this user from this client) is now locked out. */
@@ -241,59 +261,72 @@ export class Limits implements LimitsAdmin {
 
   // ── auth ───────────────────────────────────────────────────────────────────────────────
 
-  /** Before the password is verified: is this client, or this user from this client, locked out? */
-  async authAllowed(f: AuthFacts): Promise<Refusal | undefined> {
+  /**
+   * Before the password is verified: takes this attempt's place in the failure counts per
+   * address and per user+address, or refuses when either count is full (a lockout, or as many
+   * attempts still being verified as the limit allows). Reserving first is what bounds the
+   * password verifications: an attacker's parallel attempts, on one instance or many, each take
+   * a place, so at most the limit's number are verified per window, never all of those in flight.
+   */
+  async authAllowed(f: AuthFacts): Promise<AuthAttempt> {
     const s = this.#session(f);
     const { failuresPerIp, failuresPerUserIp, refusalsBeforeDisconnect } = this.config.auth;
     const user = userKey(f.username);
-    const [ip, userIp] = await Promise.all([
-      failuresPerIp ? this.#store.get(this.#spec('auth_ip', failuresPerIp), s.ipKey) : undefined,
-      failuresPerUserIp ? this.#store.get(this.#spec('auth_user_ip', failuresPerUserIp), userIpKey(user, s.ipKey)) : undefined,
-    ]);
-    if (ip?.kind === 'unavailable' || userIp?.kind === 'unavailable') {
-      this.#metrics.decide('auth_ip', 'store_error');
-      return limiterUnavailableRefusal('auth');
-    }
-    const ipLock = failuresPerIp ? this.#lock('auth_ip', ip, failuresPerIp.amount) : undefined;
-    const userLock = failuresPerUserIp ? this.#lock('auth_user_ip', userIp, failuresPerUserIp.amount) : undefined;
-    const lock = [ipLock, userLock].filter((l) => l !== undefined).sort((a, b) => b.msBeforeNext - a.msBeforeNext)[0];
-    if (!lock) return undefined;
+    const wanted = [
+      ...(failuresPerIp ? [{ scope: 'ip' as const, spec: this.#spec('auth_ip', failuresPerIp), key: s.ipKey }] : []),
+      ...(failuresPerUserIp ? [{ scope: 'user_ip' as const, spec: this.#spec('auth_user_ip', failuresPerUserIp), key: userIpKey(user, s.ipKey) }] : []),
+    ];
+    const counts = await Promise.all(wanted.map((w) => this.#store.consume(w.spec, w.key)));
+    wanted.forEach((w, i) => this.#decideCount(w.spec.name, counts[i]!));
+    const held: HeldAttempt[] = [];
+    const full: { scope: LockoutScope; msBeforeNext: number }[] = [];
+    let unavailable = false;
+    wanted.forEach((w, i) => {
+      const r = counts[i]!;
+      if (r.kind === 'unavailable') unavailable = true;
+      else held.push({ ...w, consumed: r.consumed, source: r.source });
+      if (r.kind === 'limited') full.push({ scope: w.scope, msBeforeNext: r.msBeforeNext });
+    });
+    if (!unavailable && full.length === 0) return { reservation: { held } };
+    // Refused: every place this attempt took is given back, so a refusal never counts as a failure.
+    await this.#giveBack(held);
+    if (unavailable) return { refusal: limiterUnavailableRefusal('auth') };
+    const lock = full.sort((a, b) => b.msBeforeNext - a.msBeforeNext)[0]!;
     s.lockedRefusals++;
     this.#log.debug({ session: f.session, ip: f.ip, user: f.username, scope: lock.scope, attempt: s.lockedRefusals }, 'AUTH refused: locked out');
-    if (s.lockedRefusals > refusalsBeforeDisconnect) return lockedOutDisconnect(lock.msBeforeNext);
-    return lockedOutRefusal(lock.scope, lock.msBeforeNext);
+    if (s.lockedRefusals > refusalsBeforeDisconnect) return { refusal: lockedOutDisconnect(lock.msBeforeNext) };
+    return { refusal: lockedOutRefusal(lock.scope, lock.msBeforeNext) };
   }
 
-  /** After a wrong password: counts it per address and per user+address; the count that reaches the limit starts a lockout. */
-  async authFailed(f: AuthFacts): Promise<AuthFailure> {
+  /**
+   * After a wrong password: the reservation stays in the counts as the failure. The failure
+   * holding the count's last place starts the lockout: its counter is given lockFor to live,
+   * in one store operation that leaves the count itself alone. (Only a right password giving
+   * its place back in between lets a later attempt hold that place again; it then renews the
+   * lockout.)
+   */
+  async authFailed(f: AuthFacts, reservation: AuthReservation): Promise<AuthFailure> {
     const s = this.#session(f);
-    const { failuresPerIp, failuresPerUserIp, lockFor } = this.config.auth;
-    const user = userKey(f.username);
-    const count = async (scope: LockoutScope, rate: Rate | null, key: string) => {
-      if (!rate) return undefined;
-      const limiter = scope === 'ip' ? 'auth_ip' : 'auth_user_ip';
-      const sp = this.#spec(limiter, rate);
-      const r = await this.#store.consume(sp, key);
-      this.#decideCount(limiter, r);
-      if (r.kind === 'unavailable') return undefined;
-      if (r.kind === 'allowed' && r.consumed === rate.amount) {
-        // Exactly one caller sees the count reach the limit (the store counts atomically):
-        // that one starts the lockout, counts it and logs it.
-        await this.#store.set(sp, key, rate.amount, lockFor);
-        this.#metrics.lockouts.inc({ scope });
+    const { lockFor } = this.config.auth;
+    const locks = await Promise.all(
+      reservation.held.map(async (h) => {
+        if (h.source === 'none' || h.consumed !== h.spec.points) return undefined;
+        await this.#store.expire(h.spec, h.key, lockFor, h.source);
+        this.#metrics.lockouts.inc({ scope: h.scope });
         this.#log.warn(
-          { session: f.session, ip: f.ip, network: s.ipKey, user: f.username, scope, failures: rate.amount, lockSeconds: lockFor / 1000 },
-          scope === 'ip' ? 'AUTH lockout: too many failed logins from this address' : 'AUTH lockout: too many failed logins for this user from this address',
+          { session: f.session, ip: f.ip, network: s.ipKey, user: f.username, scope: h.scope, failures: h.spec.points, lockSeconds: lockFor / 1000 },
+          h.scope === 'ip' ? 'AUTH lockout: too many failed logins from this address' : 'AUTH lockout: too many failed logins for this user from this address',
         );
-        return { scope, msBeforeNext: lockFor };
-      }
-      return r.consumed >= rate.amount ? { scope, msBeforeNext: r.msBeforeNext } : undefined;
-    };
-    const locks = (await Promise.all([count('ip', failuresPerIp, s.ipKey), count('user_ip', failuresPerUserIp, userIpKey(user, s.ipKey))])).filter(
-      (l) => l !== undefined,
+        return h.scope;
+      }),
     );
-    const lock = locks.sort((a, b) => b.msBeforeNext - a.msBeforeNext)[0];
-    return lock ? { lockedOut: true, scope: lock.scope, retryAfterSeconds: retrySeconds(lock.msBeforeNext) } : { lockedOut: false };
+    const scope = locks.find((l) => l === 'user_ip') ?? locks.find((l) => l === 'ip');
+    return scope ? { lockedOut: true, scope, retryAfterSeconds: retrySeconds(lockFor) } : { lockedOut: false };
+  }
+
+  /** The password could not be checked (the authenticator failed): the attempt gives its places back. */
+  async authAbandoned(reservation: AuthReservation): Promise<void> {
+    await this.#giveBack(reservation.held);
   }
 
   /**
@@ -301,10 +334,11 @@ export class Limits implements LimitsAdmin {
    * is only told to someone who knew the password. Otherwise the user+address failure count
    * is cleared (the per-address count stays: it guards against spraying many users).
    */
-  async authSucceeded(f: AuthFacts): Promise<Refusal | undefined> {
+  async authSucceeded(f: AuthFacts, reservation: AuthReservation): Promise<Refusal | undefined> {
     const s = this.#session(f);
     const user = userKey(f.username);
-    const suspended = await this.#suspension(user);
+    // The right password is no failure: the places it took go back.
+    const [suspended] = await Promise.all([this.#suspension(user), this.#giveBack(reservation.held)]);
     if (suspended === 'unavailable') return limiterUnavailableRefusal('auth');
     if (suspended) {
       this.#log.info({ session: f.session, ip: f.ip, user: f.username }, 'AUTH refused: account suspended');
@@ -459,8 +493,37 @@ export class Limits implements LimitsAdmin {
   /** Locked-out addresses and users, suspended users and the top senders, from the store. */
   async listState(opts: { top?: number } = {}): Promise<LimitsState> {
     const lists = await Promise.all(STATE_LIMITERS.map((name) => this.#store.entries(name)));
-    const entries = Object.fromEntries(STATE_LIMITERS.map((name, i) => [name, lists[i]!])) as unknown as StateEntries;
-    return summarizeState(entries, { now: this.#now(), top: opts.top ?? 10, store: { kind: this.#store.kind, up: this.#store.up } });
+    return this.#summarize(lists.flat(), opts.top ?? 10);
+  }
+
+  /** The report over stored counts, each against the limit it is counted against now (a reload may have changed it). */
+  #summarize(counts: readonly StoredCount[], top: number): LimitsState {
+    const entries = Object.fromEntries(STATE_LIMITERS.map((name) => [name, [] as StoredEntry[]])) as Record<(typeof STATE_LIMITERS)[number], StoredEntry[]>;
+    for (const c of counts) {
+      if (!(STATE_LIMITERS as readonly string[]).includes(c.name)) continue;
+      const rate = this.#currentRate(c);
+      // A limit switched off since: listed with its count, never as locked or full.
+      entries[c.name as (typeof STATE_LIMITERS)[number]].push({ ...c, points: rate?.amount ?? Number.MAX_SAFE_INTEGER, windowMs: rate?.windowMs ?? 0 });
+    }
+    return summarizeState(entries as StateEntries, { now: this.#now(), top, store: { kind: this.#store.kind, up: this.#store.up } });
+  }
+
+  #currentRate(c: StoredCount): Rate | null {
+    const cfg = this.config;
+    switch (c.name) {
+      case 'auth_ip':
+        return cfg.auth.failuresPerIp;
+      case 'auth_user_ip':
+        return cfg.auth.failuresPerUserIp;
+      case 'messages_user':
+        return this.#resolver.resolve({ user: c.key }).messagesPerUser;
+      case 'brake':
+        return cfg.brake.quotaHits === null ? null : { amount: cfg.brake.quotaHits, windowMs: cfg.brake.window };
+      case 'suspension':
+        return { amount: 1, windowMs: 0 };
+      default:
+        return null;
+    }
   }
 
   /**
@@ -471,15 +534,17 @@ export class Limits implements LimitsAdmin {
   async clear(target: string): Promise<ClearResult> {
     const plan = planClear(target, this.config.ipv6Prefix);
     if (!plan) throw new RangeError('expected an IP address or a user name');
-    const doomed: StoredEntry[] = [];
+    const doomed: StoredCount[] = [];
     for (const [name, match] of Object.entries(plan.match) as [LimiterName, (k: string) => boolean][]) {
       const [shared, local] = await Promise.all([this.#store.entries(name), this.#store.insuranceEntries(name)]);
       for (const e of [...shared, ...local]) if (match(e.key)) doomed.push(e);
     }
     await this.#store.remove(doomed);
-    const removed = dedupe(doomed.map((e) => ({ limiter: e.name, key: e.key })));
+    const cleared = dedupe(doomed);
+    const removed = cleared.map((e) => ({ limiter: e.name, key: e.key }));
     this.#log.info({ target, kind: plan.kind, key: plan.key, removed: removed.length }, 'limits cleared by an admin');
-    return { target, kind: plan.kind, key: plan.key, removed };
+    // What was cleared, in the same report `limits list` prints (every entry, not a top few).
+    return { target, kind: plan.kind, key: plan.key, removed, cleared: this.#summarize(cleared, cleared.length) };
   }
 
   // ── internals ──────────────────────────────────────────────────────────────────────────
@@ -534,11 +599,8 @@ export class Limits implements LimitsAdmin {
     return quotas;
   }
 
-  #lock(limiter: 'auth_ip' | 'auth_user_ip', r: PeekResult | undefined, limit: number): { scope: LockoutScope; msBeforeNext: number } | undefined {
-    if (!r || r.kind === 'unavailable') return undefined;
-    const locked = r.kind === 'found' && r.value >= limit;
-    this.#decide(limiter, locked ? 'limited' : 'allowed', r.source);
-    return locked ? { scope: limiter === 'auth_ip' ? 'ip' : 'user_ip', msBeforeNext: r.msBeforeNext } : undefined;
+  async #giveBack(held: readonly HeldAttempt[]): Promise<void> {
+    await Promise.all(held.map((h) => this.#store.reward(h.spec, h.key, 1, h.source)));
   }
 
   /** false, the suspension record (truthy), or 'unavailable' under onStoreFailure: deny. */
@@ -606,10 +668,11 @@ function sameList(a: readonly string[] | undefined, b: readonly string[] | undef
   return true;
 }
 
-function dedupe<T extends { limiter: string; key: string }>(xs: T[]): T[] {
+/** One entry per limiter and key: the shared store's copy (listed first) wins over the insurance memory's. */
+function dedupe(xs: readonly StoredCount[]): StoredCount[] {
   const seen = new Set<string>();
   return xs.filter((x) => {
-    const id = `${x.limiter}\0${x.key}`;
+    const id = `${x.name}\0${x.key}`;
     if (seen.has(id)) return false;
     seen.add(id);
     return true;

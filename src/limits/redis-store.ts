@@ -12,9 +12,9 @@
  * makes it usable again. So only the first commands after an outage pay the timeout.
  */
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
-import { RateLimiterRedis } from 'rate-limiter-flexible';
+import { RateLimiterRedis, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { StoreConfig } from './config.js';
-import { limiterKeyPrefix, parseStoredKey, type LimiterSpec, type StoreBackend, type StoredEntry } from './limiter-store.js';
+import { limiterKeyPrefix, NO_LIBRARY_LIMIT, parseStoredKey, type StoreBackend, type StoredCount } from './limiter-store.js';
 import type { LimiterName } from './replies.js';
 
 export type RedisClient = Redis | Cluster;
@@ -99,14 +99,13 @@ export class RedisBackend implements StoreBackend {
     return !this.#failed && this.client.status === 'ready';
   }
 
-  createLimiter(spec: LimiterSpec, keyPrefix: string): RateLimiterRedis {
-    return new RateLimiterRedis({
-      storeClient: this.client,
-      points: spec.points,
-      duration: Math.round(spec.windowMs / 1000),
-      keyPrefix,
-      rejectIfRedisNotReady: true,
-    });
+  createLimiter(keyPrefix: string): RateLimiterRedis {
+    return new RateLimiterRedis({ storeClient: this.client, points: NO_LIBRARY_LIMIT, duration: 0, keyPrefix, rejectIfRedisNotReady: true });
+  }
+
+  /** PEXPIRE is one command: it changes the expiry and leaves the count as other instances left it. */
+  async expire(limiter: RateLimiterAbstract, key: string, ms: number): Promise<boolean> {
+    return (await this.client.pexpire(limiter.getKey(key), ms)) === 1;
   }
 
   reportFailure(err: Error): void {
@@ -138,11 +137,11 @@ export class RedisBackend implements StoreBackend {
     });
   }
 
-  async entries(keyPrefix: string, name: LimiterName): Promise<StoredEntry[]> {
-    const pattern = `${globEscape(`${keyPrefix}:${name}:`)}*`;
+  async entries(keyPrefix: string, name: LimiterName): Promise<StoredCount[]> {
+    const pattern = `${globEscape(`${limiterKeyPrefix(keyPrefix, name)}:`)}*`;
     // A Cluster spreads keys over its masters: scan each, and read each key on the node that holds it.
     const nodes: Redis[] = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
-    const out: StoredEntry[] = [];
+    const out: StoredCount[] = [];
     for (const node of nodes) {
       let cursor = '0';
       do {
@@ -155,19 +154,19 @@ export class RedisBackend implements StoreBackend {
         keys.forEach((k, i) => {
           const value = replies[2 * i]?.[1];
           const pttl = replies[2 * i + 1]?.[1];
-          const parsed = parseStoredKey(keyPrefix, name, k);
-          if (!parsed || value === null || value === undefined || pttl === -2) return;
-          out.push({ name, ...parsed, value: Number(value), msBeforeNext: typeof pttl === 'number' ? pttl : -1 });
+          const key = parseStoredKey(keyPrefix, name, k);
+          if (key === undefined || value === null || value === undefined || pttl === -2) return;
+          out.push({ name, key, value: Number(value), msBeforeNext: typeof pttl === 'number' ? pttl : -1 });
         });
       } while (cursor !== '0');
     }
     return out;
   }
 
-  async remove(keyPrefix: string, entries: readonly StoredEntry[]): Promise<number> {
+  async remove(keyPrefix: string, entries: readonly Pick<StoredCount, 'name' | 'key'>[]): Promise<number> {
     let removed = 0;
     // One DEL per key: keys of different limiters may sit in different Cluster slots.
-    for (const e of entries) removed += await this.client.del(`${limiterKeyPrefix(keyPrefix, e)}:${e.key}`);
+    for (const e of entries) removed += await this.client.del(`${limiterKeyPrefix(keyPrefix, e.name)}:${e.key}`);
     return removed;
   }
 

@@ -443,11 +443,12 @@ export class SmtpListener {
     const limits = this.#deps.limits;
     const authFacts = { ...this.#facts(session, state), username };
     // Brute-force lockout is checked before the password is, so a locked-out guesser learns
-    // nothing, not even from timing.
-    const locked = await limits.authAllowed(authFacts);
+    // nothing, not even from timing; the attempt takes its place in the failure counts now, so
+    // parallel guesses can't all be verified before the first failure is counted.
+    const { refusal: locked, reservation } = await limits.authAllowed(authFacts);
     if (locked) return fail(locked, 'refused');
     const badCredentials = async () => {
-      const failure = await limits.authFailed(authFacts);
+      const failure = await limits.authFailed(authFacts, reservation);
       if (failure.lockedOut) {
         state.log.warn({ client: session.remoteAddress, user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
       }
@@ -464,12 +465,13 @@ export class SmtpListener {
       );
     } catch (err) {
       state.log.error({ err }, 'auth backend failed');
+      await limits.authAbandoned(reservation);
       return fail(refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable'), 'error');
     }
     if (!outcome.ok) {
-      return outcome.reason === 'unavailable'
-        ? fail(refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable'), 'error')
-        : badCredentials();
+      if (outcome.reason !== 'unavailable') return badCredentials();
+      await limits.authAbandoned(reservation);
+      return fail(refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable'), 'error');
     }
     // A suspended account (compromised-account brake) is told so only once the password is right.
     // With passthrough auth the backend connection is now logged in as this user: if smtpgate
@@ -478,7 +480,7 @@ export class SmtpListener {
       if (this.#deps.authenticator?.kind === 'backend') state.backend.abort();
       fail(r, 'refused', rule);
     };
-    const suspended = await limits.authSucceeded({ ...authFacts, username: outcome.user.username });
+    const suspended = await limits.authSucceeded({ ...authFacts, username: outcome.user.username }, reservation);
     if (suspended) return refuseLogin(suspended);
     const name = outcome.user.username;
     const refused = await this.#policy('auth', () => ({ ...this.#policyFacts(session, state), authenticated: true, user: buildUserFacts(name, this.#deps.attributes(name)) }), state);

@@ -111,7 +111,7 @@ test('with the memory store, `smtpgate limits list` and `limits clear` reach the
   expect((await locked.authPlain(ALICE.name, ALICE.password)).code).toBe(454);
   locked.close();
 
-  const cleared = await run(process.execPath, [CLI, 'limits', 'clear', 'alice', '--config', configFile]);
+  const cleared = await run(process.execPath, [CLI, 'limits', 'clear', 'alice', '--json', '--config', configFile]);
   expect(JSON.parse(cleared.stdout)).toMatchObject({ target: 'alice', kind: 'user', removed: expect.arrayContaining([{ limiter: 'auth_user_ip', key: 'alice|127.0.0.1' }]) });
   const admitted = await readyForAuth(gate);
   expect((await admitted.authPlain(ALICE.name, ALICE.password)).code).toBe(235);

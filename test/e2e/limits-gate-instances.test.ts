@@ -165,7 +165,7 @@ describeWith(['redis-server'], 'limits across smtpgate instances sharing Redis',
     expect(listed.stdout).toMatch(/\(store: redis, up\)/);
     expect(listed.stdout).toMatch(/suspended users:\n {2}alice {2}since \S+ {2}until cleared\n/);
 
-    const cleared = JSON.parse((await cli('limits', 'clear', 'alice', '--config', path.join(b.dir, 'smtpgate.yaml'))).stdout) as { removed: unknown[] };
+    const cleared = JSON.parse((await cli('limits', 'clear', 'alice', '--json', '--config', path.join(b.dir, 'smtpgate.yaml'))).stdout) as { removed: unknown[] };
     expect(cleared).toMatchObject({ target: 'alice', kind: 'user', removed: expect.arrayContaining([{ limiter: 'suspension', key: 'alice' }]) });
 
     for (const g of [a, b]) expect((await authReply(g.port('smtps'))).raw).toMatch(/^235 /);

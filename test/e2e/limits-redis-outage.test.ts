@@ -10,7 +10,7 @@ import { afterEach, expect, test } from 'vitest';
 import type { Refusal } from '../../src/reply.js';
 import type { ClientFacts } from '../../src/limits/limits.js';
 import { describeWith } from '../helpers/programs.js';
-import { limitsHarness, startRedisServer, type LimitsHarness, type RedisProcess } from '../helpers/redis.js';
+import { failedLogin, limitsHarness, startRedisServer, succeededLogin, type LimitsHarness, type RedisProcess } from '../helpers/redis.js';
 
 /** A bound, not a speed test: the DESIGN promise is that no SMTP command stalls ≥ 1 s on Redis. */
 const STALL_LIMIT_MS = 1000;
@@ -57,9 +57,9 @@ auth: { failuresPerUserIp: 2/15m }
     const mails: (Refusal | undefined)[] = [];
     for (let i = 0; i < 6; i++) mails.push(await timed('MAIL', h.limits.mailFrom({ ...alice(), sender: 'alice@example.com' })));
     const connect = await timed('connect', h.limits.connectionOpened({ ...alice(), user: undefined }));
-    const auth = await timed('AUTH check', h.limits.authAllowed({ ...alice(), username: 'alice' }));
-    await timed('AUTH failure', h.limits.authFailed({ ...alice(), username: 'bob' }));
-    const authOk = await timed('AUTH success', h.limits.authSucceeded({ ...alice(), username: 'alice' }));
+    const auth = (await timed('AUTH check', h.limits.authAllowed({ ...alice(), username: 'alice' }))).refusal;
+    await timed('AUTH failure', failedLogin(h.limits, { ...alice(), username: 'bob' }));
+    const authOk = await timed('AUTH success', succeededLogin(h.limits, { ...alice(), username: 'alice' }));
     const rcpt = await timed('RCPT', h.limits.rcptTo({ ...alice(), recipientsSoFar: 0 }));
     return { mails, connect, auth, authOk, rcpt };
   }
@@ -165,7 +165,7 @@ brake: { quotaHits: 1, window: 1h }
     await h.limits.mailFrom(mallory());
     expect(await h.limits.mailFrom(mallory())).toMatchObject({ code: 550, reason: 'suspended' });
     await server.kill();
-    expect(await timed('AUTH', h.limits.authSucceeded({ ...mallory(), username: 'mallory' }))).toMatchObject({ code: 535, enhanced: '5.7.8' });
+    expect(await timed('AUTH', succeededLogin(h.limits, { ...mallory(), username: 'mallory' }))).toMatchObject({ code: 535, enhanced: '5.7.8' });
     expect(await timed('MAIL', h.limits.mailFrom(mallory()))).toMatchObject({ code: 550, reason: 'suspended' });
   });
 

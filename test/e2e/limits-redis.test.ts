@@ -9,7 +9,7 @@ import { afterAll, afterEach, beforeAll, expect, test } from 'vitest';
 import { Redis } from 'ioredis';
 import type { ClientFacts } from '../../src/limits/limits.js';
 import { describeWith } from '../helpers/programs.js';
-import { dropPrefix, limitsHarness, SHARED_REDIS_URL, uniquePrefix, type LimitsHarness } from '../helpers/redis.js';
+import { dropPrefix, failedLogin, limitsHarness, SHARED_REDIS_URL, succeededLogin, uniquePrefix, type LimitsHarness } from '../helpers/redis.js';
 
 describeWith(['redis-server'], 'limits shared through Redis', () => {
   const prefix = uniquePrefix('shared');
@@ -62,10 +62,10 @@ describeWith(['redis-server'], 'limits shared through Redis', () => {
     const a = await instance('lock', 'auth: { failuresPerUserIp: 3/15m, lockFor: 5m }');
     const b = await instance('lock', 'auth: { failuresPerUserIp: 3/15m, lockFor: 5m }');
     const who = { ...facts('198.51.100.4'), username: 'alice' };
-    await a.limits.authFailed(who);
-    await b.limits.authFailed(who);
-    expect((await a.limits.authFailed(who)).lockedOut).toBe(true);
-    const r = await b.limits.authAllowed({ ...who, session: 'other' });
+    await failedLogin(a.limits, who);
+    await failedLogin(b.limits, who);
+    expect(await failedLogin(a.limits, who)).toMatchObject({ lockedOut: true });
+    const r = (await b.limits.authAllowed({ ...who, session: 'other' })).refusal;
     expect(r).toMatchObject({ code: 454, enhanced: '4.7.0', reason: 'locked_out' });
     expect(r!.text).toMatch(/try again in (29\d|300) seconds/);
     // Exactly one instance saw the count reach the limit: one lockout, one log line.
@@ -79,13 +79,13 @@ describeWith(['redis-server'], 'limits shared through Redis', () => {
     const mail = (h: LimitsHarness) => h.limits.mailFrom({ ...facts('192.0.2.1', { user: 'mallory' }), sender: 'm@example.com' });
     expect(await mail(a)).toBeUndefined();
     expect(await mail(a)).toMatchObject({ code: 550, enhanced: '5.7.1', reason: 'suspended' });
-    expect(await b.limits.authSucceeded({ ...facts('203.0.113.1'), username: 'Mallory' })).toMatchObject({ code: 535, enhanced: '5.7.8', reason: 'suspended' });
+    expect(await succeededLogin(b.limits, { ...facts('203.0.113.1'), username: 'Mallory' })).toMatchObject({ code: 535, enhanced: '5.7.8', reason: 'suspended' });
     expect(await mail(b)).toMatchObject({ code: 550, reason: 'suspended' });
     expect((await b.limits.listState()).suspendedUsers.map((s) => s.user)).toEqual(['mallory']);
 
     const cleared = await b.limits.clear('mallory');
     expect(cleared.removed).toEqual(expect.arrayContaining([{ limiter: 'suspension', key: 'mallory' }]));
-    expect(await a.limits.authSucceeded({ ...facts('203.0.113.1'), username: 'mallory' })).toBeUndefined();
+    expect(await succeededLogin(a.limits, { ...facts('203.0.113.1'), username: 'mallory' })).toBeUndefined();
     expect(await mail(a)).toBeUndefined();
     expect((await a.limits.listState()).suspendedUsers).toEqual([]);
   });
@@ -94,8 +94,8 @@ describeWith(['redis-server'], 'limits shared through Redis', () => {
     const a = await instance('admin', 'auth: { failuresPerIp: 2/15m }\nmessagesPerUser: 100/1h');
     const b = await instance('admin', 'auth: { failuresPerIp: 2/15m }\nmessagesPerUser: 100/1h');
     const v6 = { ...facts('2001:db8:5:6::1'), username: 'x' };
-    await a.limits.authFailed(v6);
-    await b.limits.authFailed({ ...v6, session: 'b', ip: '2001:db8:5:6::2' });
+    await failedLogin(a.limits, v6);
+    await failedLogin(b.limits, { ...v6, session: 'b', ip: '2001:db8:5:6::2' });
     for (let i = 0; i < 3; i++) await a.limits.mailFrom({ ...facts('192.0.2.1', { user: 'bob' }), sender: 'bob@example.com' });
     await b.limits.mailFrom({ ...facts('192.0.2.1', { user: 'carol' }), sender: 'carol@example.com' });
 
@@ -108,6 +108,6 @@ describeWith(['redis-server'], 'limits shared through Redis', () => {
     ]);
     await a.limits.clear('2001:db8:5:6::77');
     expect((await b.limits.listState()).lockedIps).toEqual([]);
-    expect(await b.limits.authAllowed({ ...v6, session: 'again' })).toBeUndefined();
+    expect((await b.limits.authAllowed({ ...v6, session: 'again' })).refusal).toBeUndefined();
   });
 });

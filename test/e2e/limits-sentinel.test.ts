@@ -108,6 +108,6 @@ messagesPerUser: 5/1h
     expect(await mail('alice')).toBeUndefined();
     expect(await mail('alice')).toMatchObject({ code: 451, enhanced: '4.7.1' });
     // (The promotion closed the old client connections to the replica, hence a new one.)
-    expect(await direct(replica.port).get('failover:messages_user:5-3600:alice')).toBe('6');
+    expect(await direct(replica.port).get('failover:messages_user:c:alice')).toBe('6');
   }, 45_000);
 });

@@ -16,7 +16,8 @@ import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { parse as parseYaml } from 'yaml';
 import { limitsConfigSchema } from '../../src/limits/config.js';
-import { createLimits, type Limits } from '../../src/limits/limits.js';
+import { createLimits, type AuthFacts, type AuthFailure, type Limits } from '../../src/limits/limits.js';
+import type { Refusal } from '../../src/reply.js';
 
 export interface LimitsHarness {
   readonly limits: Limits;
@@ -81,6 +82,18 @@ export function limitsHarness(yaml: string, opts: { now?: () => number } = {}): 
     },
     close: () => limits.close(),
   };
+}
+
+/** One wrong password, as the listener reports it: the attempt's reservation becomes a failure, or the attempt is refused. */
+export async function failedLogin(limits: Limits, facts: AuthFacts): Promise<AuthFailure | Refusal> {
+  const attempt = await limits.authAllowed(facts);
+  return attempt.refusal ?? limits.authFailed(facts, attempt.reservation);
+}
+
+/** One right password: the reservation goes back (or the attempt is refused at either end). */
+export async function succeededLogin(limits: Limits, facts: AuthFacts): Promise<Refusal | undefined> {
+  const attempt = await limits.authAllowed(facts);
+  return attempt.refusal ?? limits.authSucceeded(facts, attempt.reservation);
 }
 
 export const SHARED_REDIS_URL = process.env.SMTPGATE_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';

@@ -16,7 +16,7 @@ import {
   type StateEntries,
 } from '../../src/limits/admin.js';
 import type { StoredEntry } from '../../src/limits/limiter-store.js';
-import { limitsHarness, type LimitsHarness } from '../helpers/redis.js';
+import { failedLogin, limitsHarness, type LimitsHarness } from '../helpers/redis.js';
 
 function entry(name: StoredEntry['name'], key: string, value: number, points: number, msBeforeNext: number, windowMs = 900_000): StoredEntry {
   return { name, key, value, points, windowMs, msBeforeNext };
@@ -34,6 +34,20 @@ describe('planClear', () => {
   test('an IPv6 address or network clears its /64', () => {
     expect(planClear('2001:db8:1:2::99', 64)!.key).toBe('2001:db8:1:2::/64');
     expect(planClear('2001:db8:1:2::/64', 64)!.key).toBe('2001:db8:1:2::/64');
+  });
+
+  test('a CIDR range clears every address and IPv6 network in it, and nothing outside', () => {
+    const v4 = planClear('10.0.0.0/24', 64)!;
+    expect(v4).toMatchObject({ kind: 'ip', key: '10.0.0.0/24' });
+    expect(['10.0.0.0', '10.0.0.1', '10.0.0.255'].map(v4.match.auth_ip!)).toEqual([true, true, true]);
+    expect(['10.0.1.0', '9.255.255.255', '2001:db8::/64', 'junk'].map(v4.match.auth_ip!)).toEqual([false, false, false, false]);
+    expect(v4.match.auth_user_ip!('alice|10.0.0.7')).toBe(true);
+    expect(v4.match.auth_user_ip!('alice|10.0.1.7')).toBe(false);
+    expect(planClear('10.0.0.7/24', 64)!.key).toBe('10.0.0.0/24');
+    // Wider than the /64 a client is counted in: every network inside; narrower: the network it lies in.
+    const v6 = planClear('2001:db8::/32', 64)!;
+    expect(['2001:db8::/64', '2001:db8:ffff:1::/64', '2001:db9::/64', '10.0.0.1'].map(v6.match.messages_ip!)).toEqual([true, true, false, false]);
+    expect(planClear('2001:db8:1:2::/80', 64)!.match.connection_rate!('2001:db8:1:2::/64')).toBe(true);
   });
 
   test('anything else is a user: suspension, brake, lockouts from any address, quotas', () => {
@@ -86,7 +100,7 @@ describe('listState and clear on the memory store', () => {
   afterEach(async () => h?.close());
 
   async function lockOut(ip: string, username: string, times: number) {
-    for (let i = 0; i < times; i++) await h!.limits.authFailed({ session: `s-${ip}`, ip, listener: 'l', username });
+    for (let i = 0; i < times; i++) await failedLogin(h!.limits, { session: `s-${ip}`, ip, listener: 'l', username });
   }
 
   test('lists locked-out addresses and users, and the top senders', async () => {
@@ -116,7 +130,7 @@ describe('listState and clear on the memory store', () => {
     await lockOut('192.0.2.2', 'alice', 2);
     await lockOut('192.0.2.2', 'bob', 1);
     const facts = { session: 't', ip: '192.0.2.2', listener: 'l', username: 'alice' };
-    expect(await h.limits.authAllowed(facts)).toBeDefined();
+    expect((await h.limits.authAllowed(facts)).refusal).toBeDefined();
     const r = await h.limits.clear('192.0.2.2');
     expect(r.kind).toBe('ip');
     expect(r.removed).toEqual(
@@ -125,7 +139,7 @@ describe('listState and clear on the memory store', () => {
         { limiter: 'auth_user_ip', key: 'alice|192.0.2.2' },
       ]),
     );
-    expect(await h.limits.authAllowed(facts)).toBeUndefined();
+    expect((await h.limits.authAllowed(facts)).refusal).toBeUndefined();
     expect(h.logged(/limits cleared by an admin/)[0]).toMatchObject({ target: '192.0.2.2', kind: 'ip' });
   });
 
@@ -155,7 +169,7 @@ describe('admin HTTP routes (the CLI path for the memory store)', () => {
 
   test('GET /limits returns the state; POST /limits/clear clears; other paths fall through', async () => {
     const base = await serve();
-    await h!.limits.authFailed({ session: 's', ip: '192.0.2.5', listener: 'l', username: 'a' });
+    await failedLogin(h!.limits, { session: 's', ip: '192.0.2.5', listener: 'l', username: 'a' });
     expect((await fetchLimitsState(base)).lockedIps.map((l) => l.ip)).toEqual(['192.0.2.5']);
     const r = await requestLimitsClear(base, '192.0.2.5');
     expect(r.removed).toContainEqual({ limiter: 'auth_ip', key: '192.0.2.5' });

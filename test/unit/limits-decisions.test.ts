@@ -10,7 +10,7 @@ import { resolveQuotas } from '../../src/limits/quotas.js';
 import { limitsConfigSchema } from '../../src/limits/config.js';
 import { parseIp } from '../../src/limits/keys.js';
 import { parse as parseYaml } from 'yaml';
-import { limitsHarness, type LimitsHarness } from '../helpers/redis.js';
+import { failedLogin, limitsHarness, succeededLogin, type LimitsHarness } from '../helpers/redis.js';
 
 let h: LimitsHarness | undefined;
 let sessions = 0;
@@ -105,16 +105,15 @@ describe('AUTH lockout', () => {
     const { limits, logged, metric } = setup(AUTH);
     const c = { ...client('192.0.2.1'), username: 'Alice' };
     for (let i = 1; i <= 3; i++) {
-      expect(await limits.authAllowed(c)).toBeUndefined();
-      expect(await limits.authFailed(c)).toEqual(i < 3 ? { lockedOut: false } : { lockedOut: true, scope: 'user_ip', retryAfterSeconds: 600 });
+      expect(await failedLogin(limits, c)).toEqual(i < 3 ? { lockedOut: false } : { lockedOut: true, scope: 'user_ip', retryAfterSeconds: 600 });
     }
-    const text = refused(await limits.authAllowed(c), 454, '4.7.0', 'locked_out');
+    const text = refused((await limits.authAllowed(c)).refusal, 454, '4.7.0', 'locked_out');
     expect(text).toMatch(/Too many failed logins for this user from your address; try again in \d+ seconds/);
     expect(retryIn(text)).toBeGreaterThan(590);
     expect(retryIn(text)).toBeLessThanOrEqual(600);
     // Another user from that address, and the same user elsewhere, are not locked.
-    expect(await limits.authAllowed({ ...c, username: 'bob' })).toBeUndefined();
-    expect(await limits.authAllowed({ ...client('192.0.2.2'), username: 'alice' })).toBeUndefined();
+    expect((await limits.authAllowed({ ...c, username: 'bob' })).refusal).toBeUndefined();
+    expect((await limits.authAllowed({ ...client('192.0.2.2'), username: 'alice' })).refusal).toBeUndefined();
     expect(await metric('smtpgate_auth_lockouts_total', { scope: 'user_ip' })).toBe(1);
     const [line] = logged(/AUTH lockout/);
     expect(line).toMatchObject({ ip: '192.0.2.1', user: 'Alice', scope: 'user_ip', failures: 3, lockSeconds: 600 });
@@ -125,11 +124,11 @@ describe('AUTH lockout', () => {
     vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
     const { limits } = setup(AUTH);
     const c = { ...client('192.0.2.1'), username: 'alice' };
-    for (let i = 0; i < 3; i++) await limits.authFailed(c);
+    for (let i = 0; i < 3; i++) await failedLogin(limits, c);
     vi.advanceTimersByTime(599_000);
-    expect(await limits.authAllowed(c)).toBeDefined();
+    expect((await limits.authAllowed(c)).refusal).toBeDefined();
     vi.advanceTimersByTime(2_000);
-    expect(await limits.authAllowed(c)).toBeUndefined();
+    expect((await limits.authAllowed(c)).refusal).toBeUndefined();
   });
 
   test('after refusalsBeforeDisconnect answers of 454, the next AUTH gets 421 4.7.0 (the connection closes)', async () => {
@@ -137,14 +136,14 @@ describe('AUTH lockout', () => {
     const c = { ...client('192.0.2.1'), username: 'alice' };
     // The per-connection count lives with the connection, which connectionOpened registers.
     expect(await limits.connectionOpened(c)).toBeUndefined();
-    for (let i = 0; i < 3; i++) await limits.authFailed(c);
-    refused(await limits.authAllowed(c), 454, '4.7.0', 'locked_out');
-    refused(await limits.authAllowed(c), 454, '4.7.0', 'locked_out');
-    const text = refused(await limits.authAllowed(c), 421, '4.7.0', 'locked_out');
+    for (let i = 0; i < 3; i++) await failedLogin(limits, c);
+    refused((await limits.authAllowed(c)).refusal, 454, '4.7.0', 'locked_out');
+    refused((await limits.authAllowed(c)).refusal, 454, '4.7.0', 'locked_out');
+    const text = refused((await limits.authAllowed(c)).refusal, 421, '4.7.0', 'locked_out');
     expect(text).toMatch(/closing connection, try again in \d+ seconds/);
     // A new connection starts its own count.
     expect(await limits.connectionOpened({ ...c, session: 'fresh' })).toBeUndefined();
-    refused(await limits.authAllowed({ ...c, session: 'fresh' }), 454, '4.7.0', 'locked_out');
+    refused((await limits.authAllowed({ ...c, session: 'fresh' })).refusal, 454, '4.7.0', 'locked_out');
   });
 
   test('a hook that finishes after the connection closed leaves no session state behind', async () => {
@@ -152,8 +151,8 @@ describe('AUTH lockout', () => {
     const c = { ...client('192.0.2.9'), username: 'alice' };
     expect(await limits.connectionOpened(c)).toBeUndefined();
     limits.connectionClosed(c);
-    await limits.authFailed(c);
-    await limits.authSucceeded(c);
+    await failedLogin(limits, c);
+    await succeededLogin(limits, c);
     await limits.messageBytes(c, 100);
     expect(limits.openSessions).toBe(0);
   });
@@ -162,10 +161,10 @@ describe('AUTH lockout', () => {
     const { limits, metric, logged } = setup(AUTH);
     const ip = client('192.0.2.7');
     for (let i = 1; i <= 5; i++) {
-      const r = await limits.authFailed({ ...ip, username: `user${i}` });
-      expect(r.lockedOut).toBe(i === 5);
+      const r = await failedLogin(limits, { ...ip, username: `user${i}` });
+      expect(r).toMatchObject({ lockedOut: i === 5 });
     }
-    const text = refused(await limits.authAllowed({ ...ip, username: 'someone-else' }), 454, '4.7.0', 'locked_out');
+    const text = refused((await limits.authAllowed({ ...ip, username: 'someone-else' })).refusal, 454, '4.7.0', 'locked_out');
     expect(text).toMatch(/Too many failed logins from your address; try again in \d+ seconds/);
     expect(await metric('smtpgate_auth_lockouts_total', { scope: 'ip' })).toBe(1);
     expect(logged(/AUTH lockout: too many failed logins from this address/)[0]).toMatchObject({ ip: '192.0.2.7', scope: 'ip' });
@@ -174,21 +173,21 @@ describe('AUTH lockout', () => {
   test('a successful login clears the user+address count, not the address count', async () => {
     const { limits } = setup(AUTH);
     const c = { ...client('192.0.2.1'), username: 'alice' };
-    await limits.authFailed(c);
-    await limits.authFailed(c);
-    expect(await limits.authSucceeded(c)).toBeUndefined();
-    await limits.authFailed(c);
-    expect((await limits.authFailed(c)).lockedOut).toBe(false);
+    await failedLogin(limits, c);
+    await failedLogin(limits, c);
+    expect(await succeededLogin(limits, c)).toBeUndefined();
+    await failedLogin(limits, c);
+    expect(await failedLogin(limits, c)).toMatchObject({ lockedOut: false });
     // 4 failures from this address so far: the 5th (any user) locks it.
-    expect((await limits.authFailed({ ...c, username: 'bob' })).lockedOut).toBe(true);
+    expect(await failedLogin(limits, { ...c, username: 'bob' })).toMatchObject({ lockedOut: true });
   });
 
   test('usernames are case-insensitive and IPv6 clients are counted per /64', async () => {
     const { limits } = setup(AUTH);
-    await limits.authFailed({ ...client('2001:db8::1'), username: 'Alice' });
-    await limits.authFailed({ ...client('2001:db8::2'), username: 'ALICE' });
-    await limits.authFailed({ ...client('2001:db8::3'), username: 'alice' });
-    refused(await limits.authAllowed({ ...client('2001:db8::ffff'), username: 'alice' }), 454, '4.7.0', 'locked_out');
+    await failedLogin(limits, { ...client('2001:db8::1'), username: 'Alice' });
+    await failedLogin(limits, { ...client('2001:db8::2'), username: 'ALICE' });
+    await failedLogin(limits, { ...client('2001:db8::3'), username: 'alice' });
+    refused((await limits.authAllowed({ ...client('2001:db8::ffff'), username: 'alice' })).refusal, 454, '4.7.0', 'locked_out');
   });
 });
 
@@ -346,7 +345,7 @@ describe('compromised-account brake', () => {
 
     // While suspended: AUTH with the right password gets 535 5.7.8; nothing is relayed.
     vi.advanceTimersByTime(24 * 3_600_000);
-    expect(refused(await limits.authSucceeded({ ...alice(), username: 'Alice' }), 535, '5.7.8', 'suspended')).toMatch(/contact your administrator/);
+    expect(refused(await succeededLogin(limits, { ...alice(), username: 'Alice' }), 535, '5.7.8', 'suspended')).toMatch(/contact your administrator/);
     refused(await mail(), 550, '5.7.1', 'suspended');
     refused(await limits.rcptTo({ ...alice(), recipientsSoFar: 0 }), 550, '5.7.1', 'suspended');
     expect((await limits.listState()).suspendedUsers.map((s) => s.user)).toEqual(['alice']);
@@ -354,7 +353,7 @@ describe('compromised-account brake', () => {
     const cleared = await limits.clear('ALICE');
     expect(cleared.kind).toBe('user');
     expect(cleared.removed).toContainEqual({ limiter: 'suspension', key: 'alice' });
-    expect(await limits.authSucceeded({ ...alice(), username: 'alice' })).toBeUndefined();
+    expect(await succeededLogin(limits, { ...alice(), username: 'alice' })).toBeUndefined();
     expect(await mail()).toBeUndefined();
   });
 
@@ -392,7 +391,7 @@ describe('compromised-account brake', () => {
     const { limits } = setup(`${QUIET}messagesPerUser: 1/1m\nbrake: { quotaHits: 1, window: 1h }`);
     await limits.mailFrom({ ...alice(), sender: 'a@example.com' });
     await limits.mailFrom({ ...alice(), sender: 'a@example.com' });
-    expect(await limits.authAllowed({ ...alice(), username: 'alice' })).toBeUndefined();
+    expect((await limits.authAllowed({ ...alice(), username: 'alice' })).refusal).toBeUndefined();
   });
 });
 
@@ -404,12 +403,13 @@ describe('config reload', () => {
     await limits.mailFrom(c);
     await limits.mailFrom(c);
     expect(await limits.mailFrom(c)).toBeDefined();
-    limits.reconfigure(limitsConfigSchema.parse(parseYaml(`connectionRate: off\nconcurrentPerIp: 1\nmessagesPerUser: 3/1h`)));
-    // A new rate is a new counter (the limit is part of the key), so alice starts this one afresh.
+    limits.reconfigure(limitsConfigSchema.parse(parseYaml(`connectionRate: off\nconcurrentPerIp: 1\nmessagesPerUser: 4/1h`)));
+    // The count stays (the limit is not part of the key): 2 sent and 1 refused leave 1 of the new 4.
     expect(await limits.mailFrom(c)).toBeUndefined();
+    expect(await limits.mailFrom(c)).toBeDefined();
     expect(await limits.connectionOpened(client('192.0.2.1'))).toBeDefined();
     expect(() => limits.reconfigure(limitsConfigSchema.parse({ store: { kind: 'redis', url: 'redis://127.0.0.1:1' } }))).toThrow(/restart/);
-    expect(limits.config.messagesPerUser).toEqual({ amount: 3, windowMs: 3_600_000 });
+    expect(limits.config.messagesPerUser).toEqual({ amount: 4, windowMs: 3_600_000 });
   });
 });
 

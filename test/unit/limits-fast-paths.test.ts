@@ -65,15 +65,15 @@ describe('resolved quotas follow the config and the client', () => {
     expect(await allowedMessages(limits, alice)).toBe(2);
 
     limits.reconfigure(config(`${BASE}messagesPerUser: 2/1h\noverrides:\n  - users: [Alice]\n    messagesPerUser: 5/1h\n`));
-    // A new rate is a new counter: alice gets all 5 of the override, bob keeps the default.
-    expect(await allowedMessages(limits, alice)).toBe(5);
+    // Her count stays (2 sent and the refused third): 2 more of the override's 5; bob keeps the default.
+    expect(await allowedMessages(limits, alice)).toBe(2);
     expect(await allowedMessages(limits, client('192.0.2.1', { user: 'bob' }))).toBe(2);
 
-    limits.reconfigure(config(`${BASE}messagesPerUser: 2/1h\noverrides:\n  - users: [alice]\n    messagesPerUser: 3/1h\n`));
-    expect(await allowedMessages(limits, alice)).toBe(3);
+    limits.reconfigure(config(`${BASE}messagesPerUser: 2/1h\noverrides:\n  - users: [alice]\n    messagesPerUser: 8/1h\n`));
+    expect(await allowedMessages(limits, alice)).toBe(2);
 
     limits.reconfigure(config(`${BASE}messagesPerUser: 2/1h`));
-    // Back on the default counter, which she used up before the first reload.
+    // Back on the default, which her count is far past.
     expect(code(await limits.mailFrom({ ...alice, sender: 'x@example.com' }))).toBe('451 4.7.1');
   });
 
@@ -82,8 +82,9 @@ describe('resolved quotas follow the config and the client', () => {
     const relay = client('198.51.100.7');
     expect(await limits.connectionOpened(relay)).toBeUndefined();
     expect(await allowedMessages(limits, relay)).toBe(1);
-    limits.reconfigure(config(`${QUIET}messagesPerIp: 1/1h\noverrides:\n  - cidrs: [198.51.100.0/24]\n    messagesPerIp: 3/1h\n`));
-    expect(await allowedMessages(limits, relay)).toBe(3);
+    limits.reconfigure(config(`${QUIET}messagesPerIp: 1/1h\noverrides:\n  - cidrs: [198.51.100.0/24]\n    messagesPerIp: 4/1h\n`));
+    // The count stays (1 sent, 1 refused): 2 more of the override's 4.
+    expect(await allowedMessages(limits, relay)).toBe(2);
     limits.reconfigure(config(`${QUIET}messagesPerIp: 1/1h`));
     expect(await allowedMessages(limits, relay)).toBe(0);
   });
@@ -97,8 +98,9 @@ describe('resolved quotas follow the config and the client', () => {
     expect(await allowedMessages(limits, { ...conn, user: 'erin' })).toBe(1);
     expect(await allowedMessages(limits, { ...conn, user: 'carol', groups: [] })).toBe(1);
     expect(await allowedMessages(limits, { ...conn, user: 'dave', groups: ['staff'] })).toBe(1);
-    // Same user, same session: the groups changed (a new array with other contents).
-    expect(await allowedMessages(limits, { ...conn, user: 'dave', groups: ['bulk'] })).toBe(3);
+    // Same user, same session: the groups changed (a new array with other contents). Dave's
+    // count stays (1 sent, 1 refused), so 1 more of the group's 3.
+    expect(await allowedMessages(limits, { ...conn, user: 'dave', groups: ['bulk'] })).toBe(1);
   });
 
   test('a connection-time override is decided by the address only, also for a client that says who it is', async () => {
@@ -250,10 +252,11 @@ describe('policy rule limits', () => {
     expect(third).toMatchObject({ limited: true });
     expect(third !== 'unavailable' && third.limited && third.msBeforeNext).toBeGreaterThan(3_590_000);
     expect(await hit('rule:a|bob')).toEqual({ limited: false });
-    // A rule whose rate changed on reload starts a fresh count.
-    expect(await hit('rule:a|alice', 3)).toEqual({ limited: false });
+    // A rule whose amount changed on reload keeps its count (2 allowed, 1 refused): the 4th fits 4.
+    expect(await hit('rule:a|alice', 4)).toEqual({ limited: false });
+    expect(await hit('rule:a|alice', 4)).toMatchObject({ limited: true });
     expect(await metric('smtpgate_limiter_decisions_total', { limiter: 'policy', result: 'allowed' })).toBe(4);
-    expect(await metric('smtpgate_limiter_decisions_total', { limiter: 'policy', result: 'limited' })).toBe(1);
+    expect(await metric('smtpgate_limiter_decisions_total', { limiter: 'policy', result: 'limited' })).toBe(2);
   });
 });
 
@@ -294,6 +297,7 @@ function downBackend(): StoreBackend {
     reportFailure: () => {},
     onHealthChange: () => {},
     ready: async () => false,
+    expire: fail,
     entries: fail,
     remove: fail,
     close: async () => {},
