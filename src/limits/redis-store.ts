@@ -10,6 +10,15 @@
  * since. After a failure (a timeout on a connection that still looks open, say) it stops
  * sending limiter commands and PINGs every half second; the first answer, or a fresh "ready",
  * makes it usable again. So only the first commands after an outage pay the timeout.
+ *
+ * The client never stays given up. ioredis ends a client for good (status "end", no more
+ * reconnects) when a reconnect is interrupted while it asks a sentinel for the master, and
+ * the +switch-master announcement of a failover does exactly that: the failover detector of
+ * the connection that just died is still subscribed and cancels the reconnect in flight
+ * (ioredis 6.0.0, SentinelConnector.connect rejects "Connection is closed."). With a slow
+ * sentinel link that hit most failovers and left every instance without its store until
+ * restarted (issue 14, item 11). So an "end" that smtpgate did not ask for starts the client
+ * again, with the same backoff as any reconnect.
  */
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { RateLimiterRedis } from 'rate-limiter-flexible';
@@ -78,6 +87,8 @@ export class RedisBackend implements StoreBackend {
   #failed = false;
   #probe: NodeJS.Timeout | undefined;
   #closing = false;
+  #restart: NodeJS.Timeout | undefined;
+  #restarts = 0;
   #lastUp: boolean | undefined;
   readonly #listeners: ((up: boolean, detail: string) => void)[] = [];
 
@@ -86,6 +97,7 @@ export class RedisBackend implements StoreBackend {
     // Without an error listener ioredis prints every failed reconnect; health is reported through onHealthChange.
     client.on('error', () => {});
     client.on('ready', () => {
+      this.#restarts = 0;
       this.#failed = false;
       this.#stopProbe();
       this.#emit(true, 'connected');
@@ -93,6 +105,7 @@ export class RedisBackend implements StoreBackend {
     client.on('close', () => {
       if (!this.#closing) this.#emit(false, 'connection closed');
     });
+    client.on('end', () => this.#restartEnded());
   }
 
   get usable(): boolean {
@@ -174,6 +187,7 @@ export class RedisBackend implements StoreBackend {
   async close(): Promise<void> {
     this.#closing = true;
     this.#stopProbe();
+    clearTimeout(this.#restart);
     try {
       await this.client.quit();
     } catch {
@@ -191,6 +205,19 @@ export class RedisBackend implements StoreBackend {
     } catch {
       /* still down; try again at the next tick */
     }
+  }
+
+  /** ioredis gave up on its own: start it again (see the header), unless smtpgate is closing it. */
+  #restartEnded(): void {
+    if (this.#closing || this.#restart) return;
+    this.#emit(false, 'the Redis client stopped reconnecting; starting it again');
+    this.#restart = setTimeout(() => {
+      this.#restart = undefined;
+      if (this.#closing) return;
+      // A failed start ends the client again, which lands back here with a longer delay.
+      this.client.connect().catch(() => {});
+    }, reconnectDelay(++this.#restarts));
+    this.#restart.unref();
   }
 
   #stopProbe(): void {

@@ -168,7 +168,16 @@ export async function startRedisServer(opts: RedisServerOptions = {}): Promise<R
 }
 
 /** A sentinel watching master group `name` at 127.0.0.1:masterPort; its config lives in `dir`. */
-export async function startSentinel(opts: { dir: string; masterPort: number; name: string; quorum: number; port?: number }): Promise<RedisProcess> {
+export async function startSentinel(opts: {
+  dir: string;
+  masterPort: number;
+  name: string;
+  quorum: number;
+  port?: number;
+  /** How long the master may be silent before it is "down" (1 s by default). */
+  downAfterMs?: number;
+  failoverTimeoutMs?: number;
+}): Promise<RedisProcess> {
   const port = opts.port ?? (await freePort());
   const conf = path.join(opts.dir, `sentinel-${port}.conf`);
   await writeFile(
@@ -178,8 +187,8 @@ export async function startSentinel(opts: { dir: string; masterPort: number; nam
       'bind 127.0.0.1',
       `dir ${opts.dir}`,
       `sentinel monitor ${opts.name} 127.0.0.1 ${opts.masterPort} ${opts.quorum}`,
-      `sentinel down-after-milliseconds ${opts.name} 1000`,
-      `sentinel failover-timeout ${opts.name} 3000`,
+      `sentinel down-after-milliseconds ${opts.name} ${opts.downAfterMs ?? 1000}`,
+      `sentinel failover-timeout ${opts.name} ${opts.failoverTimeoutMs ?? 3000}`,
       `sentinel parallel-syncs ${opts.name} 1`,
       '',
     ].join('\n'),
@@ -195,4 +204,44 @@ export async function until(what: string, probe: () => Promise<boolean> | boolea
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+export interface SlowLink {
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * A TCP forwarder on loopback that holds every reply from `targetPort` for `delayMs` before
+ * passing it on: a sentinel reached over a slow link. Order is kept (equal delays fire in order).
+ */
+export async function slowLink(targetPort: number, delayMs: number): Promise<SlowLink> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(targetPort, '127.0.0.1');
+    sockets.add(client).add(upstream);
+    client.on('data', (chunk) => upstream.write(chunk));
+    upstream.on('data', (chunk) => {
+      setTimeout(() => {
+        if (!client.destroyed) client.write(chunk);
+      }, delayMs);
+    });
+    const drop = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    client.on('error', drop).on('close', drop);
+    // Replies still on their way are delivered before the close.
+    upstream.on('error', () => setTimeout(drop, delayMs)).on('close', () => setTimeout(drop, delayMs));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
 }
