@@ -27,6 +27,7 @@ import { BackendPool } from './relay/backend-pool.js';
 import { BackendHealth } from './relay/backend-health.js';
 import { createLimits, type Limits } from './limits/limits.js';
 import { limitsAdminRoutes } from './limits/admin.js';
+import { readRedisPasswordFile } from './limits/redis-store.js';
 import { emptyPolicySet, loadPolicySet } from './policy/load.js';
 import type { PolicySet } from './policy/types.js';
 import type { HostPort } from './config/units.js';
@@ -139,6 +140,14 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
       if (/[\r\n\0]/.test(backendPassword)) issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: 'the password file must hold one line without CR, LF or NUL' });
     } catch (err) {
       issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: `cannot read the password file: ${(err as Error).message}` });
+    }
+  }
+  const redisPasswordFile = config.limits.store.passwordFile;
+  if (redisPasswordFile !== undefined) {
+    try {
+      readRedisPasswordFile(redisPasswordFile);
+    } catch (err) {
+      issues.push({ file: redisPasswordFile, path: 'limits.store.passwordFile', message: (err as Error).message });
     }
   }
   for (const l of config.listeners) {

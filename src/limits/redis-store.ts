@@ -20,6 +20,7 @@
  * restarted (issue 14, item 11). So an "end" that smtpgate did not ask for starts the client
  * again, with the same backoff as any reconnect.
  */
+import { readFileSync } from 'node:fs';
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { RateLimiterRedis } from 'rate-limiter-flexible';
 import type { StoreConfig } from './config.js';
@@ -33,7 +34,25 @@ function reconnectDelay(times: number): number {
   return Math.min(50 * 2 ** Math.min(times, 5), 1000);
 }
 
+/**
+ * The password in `limits.store.passwordFile`: its one line, without the final newline.
+ * Throws an Error naming the problem; `smtpgate check` and `run` report it against the field.
+ */
+export function readRedisPasswordFile(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read the Redis password file: ${(err as Error).message}`);
+  }
+  const password = text.replace(/\r?\n$/, '');
+  // A second line would be sent as part of the password and fail AUTH with a misleading error.
+  if (password === '' || /[\r\n\0]/.test(password)) throw new Error('the Redis password file must hold the password on one line (no CR, LF or NUL inside, not empty)');
+  return password;
+}
+
 export function createRedisClient(cfg: StoreConfig): RedisClient {
+  const password = cfg.passwordFile !== undefined ? readRedisPasswordFile(cfg.passwordFile) : cfg.password;
   const common: RedisOptions = {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
@@ -41,7 +60,7 @@ export function createRedisClient(cfg: StoreConfig): RedisClient {
     connectTimeout: 1000,
     retryStrategy: reconnectDelay,
     ...(cfg.username !== undefined ? { username: cfg.username } : {}),
-    ...(cfg.password !== undefined ? { password: cfg.password } : {}),
+    ...(password !== undefined ? { password } : {}),
     ...(cfg.db !== undefined ? { db: cfg.db } : {}),
     ...(cfg.tls ? { tls: {} } : {}),
   };
