@@ -60,6 +60,12 @@ export interface StoreBackend {
   entries(keyPrefix: string, name: LimiterName): Promise<StoredEntry[]>;
   /** Removes entries (as returned by `entries`); resolves with how many existed. */
   remove(keyPrefix: string, entries: readonly StoredEntry[]): Promise<number>;
+  /**
+   * The store's birth certificate: a key smtpgate places once and never lets expire. Its
+   * absence on a store that had it means the store lost its data (a Redis restarted without
+   * persistence, a FLUSHALL). `place` resolves true when this call placed it.
+   */
+  marker(keyPrefix: string, op: 'check' | 'place'): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -131,6 +137,11 @@ export class MemoryBackend implements StoreBackend {
       if (found && (await found.limiter.delete(e.key))) removed++;
     }
     return removed;
+  }
+
+  async marker(): Promise<boolean> {
+    // This process's memory can't lose its data behind smtpgate's back.
+    return true;
   }
 
   async close(): Promise<void> {
@@ -288,6 +299,20 @@ export class LimiterStore {
     if (this.#insurance) await this.#insurance.remove(this.keyPrefix, entries);
     if (!this.#backend.usable) throw new StoreUnavailableError('the store is not reachable');
     return this.#backend.remove(this.keyPrefix, entries);
+  }
+
+  /** Whether the store still has its marker (see StoreBackend.marker); placed with 'place'. Throws StoreUnavailableError. */
+  async marker(op: 'check' | 'place'): Promise<boolean> {
+    if (!this.#backend.usable) throw new StoreUnavailableError('the store is not reachable');
+    try {
+      return await this.#deadline(this.#backend.marker(this.keyPrefix, op));
+    } catch (err) {
+      if (err instanceof Error && this.#backend.kind !== 'memory') {
+        this.#backend.reportFailure(err);
+        throw new StoreUnavailableError(err.message);
+      }
+      throw err;
+    }
   }
 
   /** Entries only this process's insurance memory holds (counted while the store was away). */

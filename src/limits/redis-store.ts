@@ -203,6 +203,12 @@ export class RedisBackend implements StoreBackend {
     return removed;
   }
 
+  async marker(keyPrefix: string, op: 'check' | 'place'): Promise<boolean> {
+    const key = `${keyPrefix}:marker`;
+    if (op === 'check') return (await this.client.exists(key)) === 1;
+    return (await this.client.set(key, new Date().toISOString(), 'NX')) === 'OK';
+  }
+
   async close(): Promise<void> {
     this.#closing = true;
     this.#stopProbe();

@@ -33,7 +33,7 @@ export interface LimitsHarness {
 }
 
 /** A `Limits` from a `limits:` section written as YAML (the same schema production uses). */
-export function limitsHarness(yaml: string, opts: { now?: () => number } = {}): LimitsHarness {
+export function limitsHarness(yaml: string, opts: { now?: () => number; suspensionSyncMs?: number } = {}): LimitsHarness {
   const config = limitsConfigSchema.parse(parseYaml(yaml) ?? {});
   const registry = new Registry();
   const logs: Record<string, unknown>[] = [];
@@ -50,7 +50,7 @@ export function limitsHarness(yaml: string, opts: { now?: () => number } = {}): 
     },
   });
   const log = pino({ level: 'debug' }, sink);
-  const limits = createLimits({ config, registry, log, ...(opts.now ? { now: opts.now } : {}) });
+  const limits = createLimits({ config, registry, log, ...(opts.now ? { now: opts.now } : {}), ...(opts.suspensionSyncMs ? { suspensionSyncMs: opts.suspensionSyncMs } : {}) });
   return {
     limits,
     registry,

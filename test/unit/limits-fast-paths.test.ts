@@ -296,6 +296,7 @@ function downBackend(): StoreBackend {
     ready: async () => false,
     entries: fail,
     remove: fail,
+    marker: fail,
     close: async () => {},
   };
 }
