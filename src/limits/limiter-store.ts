@@ -61,11 +61,12 @@ export interface StoreBackend {
   /** Removes entries (as returned by `entries`); resolves with how many existed. */
   remove(keyPrefix: string, entries: readonly StoredEntry[]): Promise<number>;
   /**
-   * The store's birth certificate: a key smtpgate places once and never lets expire. Its
-   * absence on a store that had it means the store lost its data (a Redis restarted without
-   * persistence, a FLUSHALL). `place` resolves true when this call placed it.
+   * The store's birth certificate: an id smtpgate places once and never lets expire. Resolves
+   * with the id the store holds, placing `candidate` first if it holds none. A different id
+   * than last time means the store lost its data (a Redis restarted without persistence, a
+   * FLUSHALL) and someone marked it again.
    */
-  marker(keyPrefix: string, op: 'check' | 'place'): Promise<boolean>;
+  marker(keyPrefix: string, candidate: string): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -139,9 +140,9 @@ export class MemoryBackend implements StoreBackend {
     return removed;
   }
 
-  async marker(): Promise<boolean> {
+  async marker(): Promise<string> {
     // This process's memory can't lose its data behind smtpgate's back.
-    return true;
+    return 'memory';
   }
 
   async close(): Promise<void> {
@@ -301,11 +302,11 @@ export class LimiterStore {
     return this.#backend.remove(this.keyPrefix, entries);
   }
 
-  /** Whether the store still has its marker (see StoreBackend.marker); placed with 'place'. Throws StoreUnavailableError. */
-  async marker(op: 'check' | 'place'): Promise<boolean> {
+  /** The store's marker id, placing `candidate` if it has none (see StoreBackend.marker). Throws StoreUnavailableError. */
+  async marker(candidate: string): Promise<string> {
     if (!this.#backend.usable) throw new StoreUnavailableError('the store is not reachable');
     try {
-      return await this.#deadline(this.#backend.marker(this.keyPrefix, op));
+      return await this.#deadline(this.#backend.marker(this.keyPrefix, candidate));
     } catch (err) {
       if (err instanceof Error && this.#backend.kind !== 'memory') {
         this.#backend.reportFailure(err);

@@ -100,6 +100,8 @@ function globEscape(s: string): string {
 
 const PROBE_INTERVAL_MS = 500;
 
+const MARKER_SCRIPT = "local v = redis.call('GET', KEYS[1]) if v then return v end redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1]";
+
 export class RedisBackend implements StoreBackend {
   readonly kind = 'redis' as const;
   readonly client: RedisClient;
@@ -203,10 +205,10 @@ export class RedisBackend implements StoreBackend {
     return removed;
   }
 
-  async marker(keyPrefix: string, op: 'check' | 'place'): Promise<boolean> {
-    const key = `${keyPrefix}:marker`;
-    if (op === 'check') return (await this.client.exists(key)) === 1;
-    return (await this.client.set(key, new Date().toISOString(), 'NX')) === 'OK';
+  async marker(keyPrefix: string, candidate: string): Promise<string> {
+    // One atomic step (one key, so Cluster-safe): read the id, or place the candidate.
+    const id = await this.client.eval(MARKER_SCRIPT, 1, `${keyPrefix}:marker`, candidate);
+    return String(id);
   }
 
   async close(): Promise<void> {

@@ -6,11 +6,13 @@
  * over when Redis restarts empty (a Kubernetes emptyDir, no persistence); a suspended, likely
  * compromised account must not. So every instance keeps a copy of the suspensions it knows:
  *
- * - at each sync (every `intervalMs`, and each time the store comes back) it reads the
- *   suspensions from the store. While the store still has its marker, the store is the truth:
- *   the copy becomes what the store holds, so an admin's `limits clear` and expiries apply.
- * - when the marker is gone, the store lost its data: the copy is written back (with what is
- *   left of each expiry), the marker placed again, and the loss is logged, counted
+ * - at each sync (every `intervalMs`, and each time the store comes back) it reads the store's
+ *   marker (an id placed by the first smtpgate to find none) and the suspensions. While the
+ *   marker is the one this instance saw last time, the store is the truth: the copy becomes what
+ *   the store holds, so an admin's `limits clear` and expiries apply.
+ * - when the marker is gone or another one (a process that met the emptied store first marked it
+ *   again: a new pod, `smtpgate limits list`), the store lost its data: the copy is written back
+ *   (with what is left of each expiry), and the loss is logged, counted
  *   (`smtpgate_limiter_store_resets_total`, `smtpgate_suspensions_restored_total`) and alerted on.
  * - a suspension this instance decided while the store was away is written when it returns.
  *
@@ -18,6 +20,7 @@
  * survives); and an admin clear made less than one sync before Redis loses its data (another
  * instance may still hold the old copy). Both are documented in docs/deployment.md.
  */
+import { randomUUID } from 'node:crypto';
 import type { Logger } from '../logging/logger.js';
 import type { LimiterSpec, LimiterStore } from './limiter-store.js';
 import type { LimitMetrics } from './metrics.js';
@@ -50,8 +53,8 @@ export class SuspensionKeeper {
   #held = new Map<string, Held>();
   /** Decided while the store was away: written at the next sync. */
   readonly #unwritten = new Map<string, Held>();
-  /** This instance has seen the store's marker: its absence now means lost data, not a new store. */
-  #sawMarker = false;
+  /** The store's marker id when this instance last compared: another id now means lost data. */
+  #marker: string | undefined;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | undefined;
   #again = false;
@@ -117,39 +120,36 @@ export class SuspensionKeeper {
   async #syncOnce(): Promise<void> {
     if (!this.#store.up) return;
     try {
-      const marked = await this.#store.marker('check');
+      const marker = await this.#store.marker(`${randomUUID()} ${new Date(this.#now()).toISOString()}`);
+      // A store that isn't the one this instance last saw lost its data (whoever marked it again).
+      const lost = this.#marker !== undefined && marker !== this.#marker;
       const now = this.#now();
       const live = (h: Held) => h.expiresAt === null || h.expiresAt > now;
       let stored = await this.#store.entries('suspension');
       const inStore = new Set(stored.map((e) => e.key));
       // What this instance decided while the store was away, and (after a loss) everything it knew.
       const toWrite = new Map([...this.#unwritten].filter(([u, h]) => live(h) && !inStore.has(u)));
-      if (!marked) for (const [u, h] of this.#held) if (live(h) && !inStore.has(u)) toWrite.set(u, h);
+      if (lost) for (const [u, h] of this.#held) if (live(h) && !inStore.has(u)) toWrite.set(u, h);
       for (const [user, h] of toWrite) {
         const written = await this.#store.set(SUSPENSION, user, h.since, h.expiresAt === null ? 0 : h.expiresAt - now);
-        if (!written) return; // the store went away again; the next sync retries
+        if (!written) return; // the store went away again; the next sync retries, still knowing the old marker
       }
+      this.#marker = marker;
       this.#unwritten.clear();
       if (toWrite.size > 0) stored = await this.#store.entries('suspension');
       this.#held = new Map(stored.map((e) => [e.key, { since: e.value, expiresAt: e.msBeforeNext < 0 ? null : now + e.msBeforeNext }]));
-      if (!marked) {
-        await this.#store.marker('place');
-        const restored = [...toWrite.keys()];
-        if (this.#sawMarker) {
-          this.#metrics.storeResets.inc();
-          this.#log.error(
-            { restoredSuspensions: restored.length, users: restored.slice(0, 50) },
-            `limiter store lost its data (Redis restarted empty or was flushed): rate counts and lockouts start over; ${restored.length} suspension(s) restored from this instance's copy`,
-          );
-        } else if (restored.length > 0) {
-          this.#log.warn({ restoredSuspensions: restored.length, users: restored.slice(0, 50) }, `limiter store had no smtpgate marker: ${restored.length} suspension(s) written back from this instance's copy`);
-        }
-        this.#metrics.suspensionsRestored.inc(restored.length);
-      } else if (toWrite.size > 0) {
-        this.#log.info({ users: [...toWrite.keys()].slice(0, 50) }, `${toWrite.size} suspension(s) decided while the store was away written to it`);
-      }
-      this.#sawMarker = true;
       this.#metrics.suspendedAccounts.set(this.#held.size);
+      const users = [...toWrite.keys()];
+      if (lost) {
+        this.#metrics.storeResets.inc();
+        this.#metrics.suspensionsRestored.inc(users.length);
+        this.#log.error(
+          { restoredSuspensions: users.length, users: users.slice(0, 50) },
+          `limiter store lost its data (Redis restarted empty or was flushed): rate counts and lockouts start over; ${users.length} suspension(s) restored from this instance's copy`,
+        );
+      } else if (users.length > 0) {
+        this.#log.info({ users: users.slice(0, 50) }, `${users.length} suspension(s) decided while the store was away written to it`);
+      }
     } catch (err) {
       // The store failed mid-sync (already reported to the backend): the next sync retries.
       this.#log.debug({ err: (err as Error).message }, 'suspension sync interrupted');

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, expect, test } from 'vitest';
 import { describeWith, findProgram } from '../helpers/programs.js';
-import { limitsHarness, startRedisServer, until, type LimitsHarness, type RedisProcess } from '../helpers/redis.js';
+import { limitsHarness, slowLink, startRedisServer, until, type LimitsHarness, type RedisProcess, type SlowLink } from '../helpers/redis.js';
 
 const SYNC_MS = 200;
 
@@ -17,21 +17,23 @@ describeWith(['redis-server'], 'suspensions through a loss of Redis data', () =>
   let redis: RedisProcess | undefined;
   const harnesses: LimitsHarness[] = [];
   const clients: Redis[] = [];
+  const links: SlowLink[] = [];
 
   afterEach(async () => {
     await Promise.all(harnesses.splice(0).map((h) => h.close()));
+    await Promise.all(links.splice(0).map((l) => l.close()));
     for (const c of clients.splice(0)) c.disconnect();
     await redis?.kill();
     redis = undefined;
   });
   afterAll(async () => redis?.kill());
 
-  function instance(extra = ''): LimitsHarness {
+  function instance(extra = '', port = redis!.port): LimitsHarness {
     const h = limitsHarness(
       `
 store:
   kind: redis
-  url: redis://127.0.0.1:${redis!.port}
+  url: redis://127.0.0.1:${port}
   keyPrefix: susp
 messagesPerUser: 1/1h
 brake:
@@ -131,6 +133,29 @@ ${extra}
     await h.waitForLog(/suspension\(s\) decided while the store was away written to it/, 10_000);
     expect(await direct().exists('susp:suspension:1-0:alice')).toBe(1);
     expect(h.logged(/lost its data/)).toEqual([]);
+  });
+
+  test('an instance that starts on the emptied Redis first does not make the others forget their suspensions', async () => {
+    redis = await startRedisServer();
+    // Instance a reaches Redis through a link the test can cut.
+    const link = await slowLink(redis.port, 0);
+    links.push(link);
+    const a = instance('', link.port);
+    expect(await a.limits.start(3000)).toBe(true);
+    await suspend(a, 'alice');
+
+    link.cut();
+    await a.waitForLog(/limiter store unavailable/);
+    await loseRedis();
+    // A new instance (a pod scaled up, `smtpgate limits list`) meets the empty Redis first.
+    const fresh = instance();
+    expect(await fresh.limits.start(3000)).toBe(true);
+    await until('the new instance to mark the store', async () => (await direct().exists('susp:marker')) === 1, 5000);
+    expect(await login(fresh, 'alice')).toBeUndefined();
+
+    link.reopen();
+    expect(await a.waitForLog(/limiter store lost its data/, 10_000)).toMatchObject({ restoredSuspensions: 1, users: ['alice'] });
+    expect(await login(fresh, 'alice')).toMatchObject({ code: 535, enhanced: '5.7.8' });
   });
 
   test('a store found without its marker at start is not reported as a loss', async () => {

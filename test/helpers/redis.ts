@@ -208,16 +208,25 @@ export async function until(what: string, probe: () => Promise<boolean> | boolea
 
 export interface SlowLink {
   readonly port: number;
+  /** Cut: every connection through the link is dropped, and new ones are refused until reopened. */
+  cut(): void;
+  reopen(): void;
   close(): Promise<void>;
 }
 
 /**
  * A TCP forwarder on loopback that holds every reply from `targetPort` for `delayMs` before
  * passing it on: a sentinel reached over a slow link. Order is kept (equal delays fire in order).
+ * It can be cut and reopened, as a network partition would.
  */
 export async function slowLink(targetPort: number, delayMs: number): Promise<SlowLink> {
   const sockets = new Set<net.Socket>();
+  let isCut = false;
   const server = net.createServer((client) => {
+    if (isCut) {
+      client.destroy();
+      return;
+    }
     const upstream = net.connect(targetPort, '127.0.0.1');
     sockets.add(client).add(upstream);
     client.on('data', (chunk) => upstream.write(chunk));
@@ -239,6 +248,13 @@ export async function slowLink(targetPort: number, delayMs: number): Promise<Slo
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return {
     port: (server.address() as net.AddressInfo).port,
+    cut: () => {
+      isCut = true;
+      for (const s of sockets) s.destroy();
+    },
+    reopen: () => {
+      isCut = false;
+    },
     close: async () => {
       for (const s of sockets) s.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));
