@@ -28,6 +28,7 @@ import { BackendHealth } from './relay/backend-health.js';
 import { createLimits, type Limits } from './limits/limits.js';
 import { limitsAdminRoutes } from './limits/admin.js';
 import { readRedisPasswordFile } from './limits/redis-store.js';
+import { storeSecretFiles } from './limits/config.js';
 import { emptyPolicySet, loadPolicySet } from './policy/load.js';
 import type { PolicySet } from './policy/types.js';
 import type { HostPort } from './config/units.js';
@@ -142,12 +143,11 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
       issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: `cannot read the password file: ${(err as Error).message}` });
     }
   }
-  const redisPasswordFile = config.limits.store.passwordFile;
-  if (redisPasswordFile !== undefined) {
+  for (const { field, file } of storeSecretFiles(config.limits.store)) {
     try {
-      readRedisPasswordFile(redisPasswordFile);
+      readRedisPasswordFile(file);
     } catch (err) {
-      issues.push({ file: redisPasswordFile, path: 'limits.store.passwordFile', message: (err as Error).message });
+      issues.push({ file, path: `limits.store.${field}`, message: (err as Error).message });
     }
   }
   for (const l of config.listeners) {

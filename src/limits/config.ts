@@ -103,11 +103,16 @@ function urlHasPassword(url: string): boolean {
   }
 }
 
-/** The store section with passwordFile made absolute against the config file's folder. */
+/** The store's files that hold secrets: field name and the path, as written. */
+export function storeSecretFiles(store: StoreConfig): { field: 'passwordFile' | 'sentinelPasswordFile'; file: string }[] {
+  return (['passwordFile', 'sentinelPasswordFile'] as const).flatMap((field) => (store[field] !== undefined ? [{ field, file: store[field] }] : []));
+}
+
+/** The store section with its password files made absolute against the config file's folder. */
 export function resolveStorePaths<T extends { store: StoreConfig }>(limits: T, baseDir: string): T {
-  const file = limits.store.passwordFile;
-  if (file === undefined || path.isAbsolute(file)) return limits;
-  return { ...limits, store: { ...limits.store, passwordFile: path.resolve(baseDir, file) } };
+  const files = storeSecretFiles(limits.store).filter((f) => !path.isAbsolute(f.file));
+  if (files.length === 0) return limits;
+  return { ...limits, store: { ...limits.store, ...Object.fromEntries(files.map((f) => [f.field, path.resolve(baseDir, f.file)])) } };
 }
 
 export const storeConfigSchema = z
@@ -130,6 +135,8 @@ export const storeConfigSchema = z
      */
     passwordFile: z.string().min(1).optional(),
     sentinelPassword: z.string().optional(),
+    /** The sentinels' password from a file, as passwordFile. */
+    sentinelPasswordFile: z.string().min(1).optional(),
     db: z.number().int().min(0).max(15).optional(),
     tls: z.boolean().default(false),
     /** Every key smtpgate writes starts with this, so one Redis can serve several deployments. */
@@ -139,7 +146,7 @@ export const storeConfigSchema = z
   })
   .strict()
   .superRefine((s, ctx) => {
-    const redisKeys = (['url', 'sentinels', 'name', 'cluster', 'username', 'password', 'passwordFile', 'sentinelPassword', 'db'] as const).filter((k) => s[k] !== undefined);
+    const redisKeys = (['url', 'sentinels', 'name', 'cluster', 'username', 'password', 'passwordFile', 'sentinelPassword', 'sentinelPasswordFile', 'db'] as const).filter((k) => s[k] !== undefined);
     if (s.kind === 'memory') {
       for (const k of redisKeys) ctx.addIssue({ code: 'custom', path: [k], message: `${k} only applies to kind: redis` });
       return;
@@ -152,6 +159,12 @@ export const storeConfigSchema = z
     if (s.name && !s.sentinels) ctx.addIssue({ code: 'custom', path: ['name'], message: 'name only applies together with sentinels' });
     if (s.passwordFile !== undefined && s.password !== undefined) {
       ctx.addIssue({ code: 'custom', path: ['passwordFile'], message: 'give the Redis password once: password or passwordFile, not both' });
+    }
+    if (s.sentinelPasswordFile !== undefined && s.sentinelPassword !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['sentinelPasswordFile'], message: 'give the sentinels\' password once: sentinelPassword or sentinelPasswordFile, not both' });
+    }
+    for (const k of ['sentinelPassword', 'sentinelPasswordFile'] as const) {
+      if (s[k] !== undefined && !s.sentinels) ctx.addIssue({ code: 'custom', path: [k], message: `${k} only applies together with sentinels` });
     }
     if (s.passwordFile !== undefined && s.url !== undefined && urlHasPassword(s.url)) {
       ctx.addIssue({ code: 'custom', path: ['passwordFile'], message: 'the url already carries a password: remove it from the url (redis://host:port) or drop passwordFile' });

@@ -35,8 +35,9 @@ function reconnectDelay(times: number): number {
 }
 
 /**
- * The password in `limits.store.passwordFile`: its one line, without the final newline.
- * Throws an Error naming the problem; `smtpgate check` and `run` report it against the field.
+ * The password in `limits.store.passwordFile` or `.sentinelPasswordFile`: its one line, without
+ * the final newline. Throws an Error naming the problem; `smtpgate check` and `run` report it
+ * against the field.
  */
 export function readRedisPasswordFile(file: string): string {
   let text: string;
@@ -53,6 +54,7 @@ export function readRedisPasswordFile(file: string): string {
 
 export function createRedisClient(cfg: StoreConfig): RedisClient {
   const password = cfg.passwordFile !== undefined ? readRedisPasswordFile(cfg.passwordFile) : cfg.password;
+  const sentinelPassword = cfg.sentinelPasswordFile !== undefined ? readRedisPasswordFile(cfg.sentinelPasswordFile) : cfg.sentinelPassword;
   const common: RedisOptions = {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
@@ -81,7 +83,7 @@ export function createRedisClient(cfg: StoreConfig): RedisClient {
       ...common,
       sentinels: cfg.sentinels.map((n) => ({ host: n.host, port: n.port })),
       name: cfg.name,
-      ...(cfg.sentinelPassword !== undefined ? { sentinelPassword: cfg.sentinelPassword } : {}),
+      ...(sentinelPassword !== undefined ? { sentinelPassword } : {}),
       sentinelCommandTimeout: cfg.commandTimeout,
       sentinelRetryStrategy: reconnectDelay,
       // Subscribes to +switch-master, so a failover is followed at once rather than at the next error.

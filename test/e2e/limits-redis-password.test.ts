@@ -1,6 +1,7 @@
 /**
- * `limits.store.passwordFile`: the Redis password read from a file (a Kubernetes Secret, a
- * systemd credential) instead of written into the config (issue 14, item 16). Checked against a
+ * `limits.store.passwordFile` (and `.sentinelPasswordFile`): the Redis password read from a file
+ * (a Kubernetes Secret, a systemd credential) instead of written into the config (issue 14,
+ * item 16). Checked against a
  * real redis-server that requires the password; a file smtpgate can't use is refused by
  * `smtpgate check` and `run`, naming the file and the field.
  */
@@ -13,7 +14,7 @@ import { checkConfigFile } from '../../src/app.js';
 import { ConfigError } from '../../src/config/errors.js';
 import { makeTestCert } from '../helpers/pki.js';
 import { describeWith } from '../helpers/programs.js';
-import { limitsHarness, startRedisServer, type LimitsHarness, type RedisProcess } from '../helpers/redis.js';
+import { limitsHarness, startRedisServer, startSentinel, type LimitsHarness, type RedisProcess } from '../helpers/redis.js';
 
 const PASSWORD = 'redis-Secret_with:odd@chars';
 
@@ -79,7 +80,7 @@ messagesPerUser: 10/1h
 });
 
 describe('smtpgate check: limits.store.passwordFile', () => {
-  async function configWith(passwordFile: string | undefined): Promise<{ dir: string; file: string }> {
+  async function configWith(passwordFile: string | undefined, store = ['url: redis://127.0.0.1:6379']): Promise<{ dir: string; file: string }> {
     const dir = await tempDir('check-redis-password');
     const cert = await makeTestCert('mail.test');
     await writeFile(path.join(dir, 'cert.pem'), cert.cert);
@@ -102,7 +103,7 @@ backend:
 limits:
   store:
     kind: redis
-    url: redis://127.0.0.1:6379
+${store.map((l) => `    ${l}`).join('\n')}
 ${passwordFile === undefined ? '' : `    passwordFile: ${passwordFile}`}
 `,
     );
@@ -129,6 +130,14 @@ ${passwordFile === undefined ? '' : `    passwordFile: ${passwordFile}`}
     expect(p[0]).toMatch(new RegExp(`^${dir}/redis-password: limits\\.store\\.passwordFile: cannot read the Redis password file: .*ENOENT`));
   });
 
+  test('a sentinel password file is checked the same way, against limits.store.sentinelPasswordFile', async () => {
+    const { dir, file } = await configWith(undefined, ['sentinels: ["127.0.0.1:26379"]', 'name: m', 'sentinelPasswordFile: sentinel-password']);
+    await writeFile(path.join(dir, 'sentinel-password'), 'two\nlines\n');
+    expect(await problems(file)).toEqual([
+      `${dir}/sentinel-password: limits.store.sentinelPasswordFile: the Redis password file must hold the password on one line (no CR, LF or NUL inside, not empty)`,
+    ]);
+  });
+
   test.each([
     ['empty', ''],
     ['only a newline', '\n'],
@@ -141,5 +150,41 @@ ${passwordFile === undefined ? '' : `    passwordFile: ${passwordFile}`}
     expect(await problems(file)).toEqual([
       `${dir}/redis-password: limits.store.passwordFile: the Redis password file must hold the password on one line (no CR, LF or NUL inside, not empty)`,
     ]);
+  });
+});
+
+describeWith(['redis-server'], 'limits.store.sentinelPasswordFile against sentinels that require a password', () => {
+  const procs: RedisProcess[] = [];
+  let h: LimitsHarness | undefined;
+
+  afterAll(async () => {
+    await h?.close();
+    await Promise.all(procs.map((p) => p.kill()));
+  });
+
+  test('finds the master through sentinels that require the password from the file', async () => {
+    const dir = await tempDir('sentinel-password');
+    const master = await startRedisServer();
+    procs.push(master);
+    const sentinel = await startSentinel({ dir, masterPort: master.port, name: 'm', quorum: 1, extraConfig: [`requirepass ${PASSWORD}`] });
+    procs.push(sentinel);
+    await writeFile(path.join(dir, 'sentinel-password'), `${PASSWORD}\n`);
+    h = limitsHarness(`
+store:
+  kind: redis
+  sentinels: ["127.0.0.1:${sentinel.port}"]
+  name: m
+  sentinelPasswordFile: ${path.join(dir, 'sentinel-password')}
+  keyPrefix: sentinel-pwfile
+messagesPerUser: 10/1h
+`);
+    expect(await h.limits.start(3000)).toBe(true);
+    expect(await h.limits.mailFrom({ session: 's1', ip: '192.0.2.1', listener: 'submission', user: 'alice', sender: 'alice@example.com' })).toBeUndefined();
+    const direct = new Redis(master.port, '127.0.0.1', { maxRetriesPerRequest: 1 });
+    try {
+      expect(await direct.get('sentinel-pwfile:messages_user:10-3600:alice')).toBe('1');
+    } finally {
+      direct.disconnect();
+    }
   });
 });

@@ -177,6 +177,8 @@ export async function startSentinel(opts: {
   /** How long the master may be silent before it is "down" (1 s by default). */
   downAfterMs?: number;
   failoverTimeoutMs?: number;
+  /** More lines for sentinel.conf, e.g. ['requirepass secret']. */
+  extraConfig?: string[];
 }): Promise<RedisProcess> {
   const port = opts.port ?? (await freePort());
   const conf = path.join(opts.dir, `sentinel-${port}.conf`);
@@ -190,6 +192,7 @@ export async function startSentinel(opts: {
       `sentinel down-after-milliseconds ${opts.name} ${opts.downAfterMs ?? 1000}`,
       `sentinel failover-timeout ${opts.name} ${opts.failoverTimeoutMs ?? 3000}`,
       `sentinel parallel-syncs ${opts.name} 1`,
+      ...(opts.extraConfig ?? []),
       '',
     ].join('\n'),
   );

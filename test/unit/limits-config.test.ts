@@ -129,6 +129,16 @@ describe('limits.store', () => {
     expect(problems('store: { passwordFile: /p }')).toEqual(['store.passwordFile: passwordFile only applies to kind: redis']);
   });
 
+  test('the sentinels\' password may come from a file too, given once, and only with sentinels', () => {
+    expect(limits('store: { kind: redis, sentinels: ["a:1"], name: m, sentinelPasswordFile: /s }').store.sentinelPasswordFile).toBe('/s');
+    expect(problems('store: { kind: redis, sentinels: ["a:1"], name: m, sentinelPassword: x, sentinelPasswordFile: /s }')).toEqual([
+      "store.sentinelPasswordFile: give the sentinels' password once: sentinelPassword or sentinelPasswordFile, not both",
+    ]);
+    for (const k of ['sentinelPassword: x', 'sentinelPasswordFile: /s']) {
+      expect(problems(`store: { kind: redis, url: "redis://a:1", ${k} }`), k).toEqual([`store.${k.split(':')[0]}: ${k.split(':')[0]} only applies together with sentinels`]);
+    }
+  });
+
   test('a command timeout that could stall a session for a second is refused', () => {
     expect(problems('store: { kind: redis, url: "redis://a:1", commandTimeout: 2s }')[0]).toMatch(/at most 800ms/);
   });
