@@ -103,7 +103,7 @@ export interface LimitsDeps {
   readonly log: Logger;
   /** Clock for suspension timestamps (rate windows use the store's own clock). */
   readonly now?: () => number;
-  /** Keeps suspensions through a loss of the shared store (limits.store: redis). */
+  /** Keeps suspensions through a loss of the shared store, and counts them. */
   readonly suspensions?: SuspensionKeeper;
 }
 
@@ -641,12 +641,9 @@ export function createLimits(opts: CreateLimitsOptions): Limits {
   const metrics = opts.metrics ?? (opts.registry ? createLimitMetrics(opts.registry) : undefined);
   if (!metrics) throw new Error('createLimits needs registry or metrics');
   const store = createLimiterStore(opts.config);
-  // Only a shared store can lose its data behind smtpgate's back.
-  const suspensions =
-    opts.config.store.kind === 'redis'
-      ? new SuspensionKeeper({ store, metrics, log: opts.log, ...(opts.now ? { now: opts.now } : {}), ...(opts.suspensionSyncMs ? { intervalMs: opts.suspensionSyncMs } : {}) })
-      : undefined;
-  return new Limits({ config: opts.config, store, metrics, log: opts.log, ...(opts.now ? { now: opts.now } : {}), ...(suspensions ? { suspensions } : {}) });
+  // Every store: a memory store never loses its data behind smtpgate's back, but its suspensions are counted too.
+  const suspensions = new SuspensionKeeper({ store, metrics, log: opts.log, ...(opts.now ? { now: opts.now } : {}), ...(opts.suspensionSyncMs ? { intervalMs: opts.suspensionSyncMs } : {}) });
+  return new Limits({ config: opts.config, store, metrics, log: opts.log, ...(opts.now ? { now: opts.now } : {}), suspensions });
 }
 
 export type { Quotas };

@@ -16,6 +16,9 @@
  *   (`smtpgate_limiter_store_resets_total`, `smtpgate_suspensions_restored_total`) and alerted on.
  * - a suspension this instance decided while the store was away is written when it returns.
  *
+ * With the memory store there is nothing to lose behind smtpgate's back; the keeper only
+ * counts the suspensions there (`smtpgate_suspended_accounts`, for the alert).
+ *
  * What is not covered: Redis losing its data while every instance restarts too (no copy
  * survives); and an admin clear made less than one sync before Redis loses its data (another
  * instance may still hold the old copy). Both are documented in docs/deployment.md.

@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, expect, test } from 'vitest';
+import { afterAll, afterEach, describe, expect, test } from 'vitest';
 import { describeWith, findProgram } from '../helpers/programs.js';
 import { limitsHarness, slowLink, startRedisServer, until, type LimitsHarness, type RedisProcess, type SlowLink } from '../helpers/redis.js';
 
@@ -165,6 +165,28 @@ ${extra}
     await until('the marker to be placed', async () => (await direct().exists('susp:marker')) === 1, 5000);
     expect(h.logged(/lost its data/)).toEqual([]);
     expect(await h.metric('smtpgate_limiter_store_resets_total')).toBe(0);
+  });
+});
+
+describe('smtpgate_suspended_accounts', () => {
+  test('counts the suspended accounts with the memory store too, and drops one an admin cleared', async () => {
+    const h = limitsHarness(`
+messagesPerUser: 1/1h
+brake:
+  quotaHits: 1
+`);
+    try {
+      expect(await h.limits.start()).toBe(true);
+      for (const user of ['alice', 'bob']) {
+        await h.limits.mailFrom({ session: `s-${user}`, ip: '192.0.2.1', listener: 'submission', user, sender: `${user}@example.com` });
+        expect(await h.limits.mailFrom({ session: `s-${user}`, ip: '192.0.2.1', listener: 'submission', user, sender: `${user}@example.com` })).toMatchObject({ reason: 'suspended' });
+      }
+      expect(await h.metric('smtpgate_suspended_accounts')).toBe(2);
+      await h.limits.clear('alice');
+      expect(await h.metric('smtpgate_suspended_accounts')).toBe(1);
+    } finally {
+      await h.close();
+    }
   });
 });
 
