@@ -162,7 +162,8 @@ export class Limits implements LimitsAdmin {
   async start(timeoutMs = 2000): Promise<boolean> {
     const up = await this.#store.ready(timeoutMs);
     this.#metrics.storeUp.set(this.#store.up ? 1 : 0);
-    await this.#suspensions?.start();
+    // Not awaited: the first comparison lists every suspension (a SCAN), which needn't hold up the start.
+    void this.#suspensions?.start();
     return up;
   }
 

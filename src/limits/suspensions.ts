@@ -74,13 +74,13 @@ export class SuspensionKeeper {
     });
   }
 
-  /** First sync, then one every interval. */
-  async start(): Promise<void> {
+  /** First sync now, then one every interval. */
+  start(): Promise<void> {
     if (!this.#timer) {
       this.#timer = setInterval(() => void this.sync(), this.#intervalMs);
       this.#timer.unref();
     }
-    await this.sync();
+    return this.sync();
   }
 
   stop(): void {
@@ -105,7 +105,7 @@ export class SuspensionKeeper {
     this.#metrics.suspendedAccounts.set(this.#held.size);
   }
 
-  /** Compares the copy with the store; one at a time (a call during a sync runs once more after it). */
+  /** Compares the copy with the store; one at a time (a call during a sync runs once more after it). Never rejects. */
   sync(): Promise<void> {
     if (this.#running) {
       this.#again = true;
