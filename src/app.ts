@@ -28,6 +28,8 @@ import { BackendPool } from './relay/backend-pool.js';
 import { BackendHealth } from './relay/backend-health.js';
 import { createLimits, type Limits } from './limits/limits.js';
 import { limitsAdminRoutes } from './limits/admin.js';
+import { readRedisPasswordFile } from './limits/redis-store.js';
+import { storeSecretFiles } from './limits/config.js';
 import { emptyPolicySet, loadPolicySet } from './policy/load.js';
 import type { PolicySet } from './policy/types.js';
 import type { HostPort } from './config/units.js';
@@ -140,6 +142,13 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
       if (/[\r\n\0]/.test(backendPassword)) issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: 'the password file must hold one line without CR, LF or NUL' });
     } catch (err) {
       issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: `cannot read the password file: ${(err as Error).message}` });
+    }
+  }
+  for (const { field, file } of storeSecretFiles(config.limits.store)) {
+    try {
+      readRedisPasswordFile(file);
+    } catch (err) {
+      issues.push({ file, path: `limits.store.${field}`, message: (err as Error).message });
     }
   }
   for (const l of config.listeners) {

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration, parseHostPort } from './units.js';
 import { parseCidr, type Cidr } from './cidr.js';
-import { limitsSection } from '../limits/config.js';
+import { limitsSection, resolveStorePaths } from '../limits/config.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
 export const DEFAULT_TLS12_CIPHERS = [
@@ -252,7 +252,7 @@ export function configSchema(baseDir: string) {
       /** Folder of policy rule files (docs/policies.md); without it, only relay protection applies. */
       policies: filePath.optional(),
       data: data.default({ bareLineEndings: 'reject', receivedHeader: true, authenticatedUserHeader: false }),
-      limits: limitsSection,
+      limits: limitsSection.transform((l) => resolveStorePaths(l, baseDir)),
       metrics: z
         .object({
           address: bindAddress,

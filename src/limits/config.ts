@@ -6,6 +6,7 @@
  * and recipient quotas are off unless configured; the AUTH lockout, the recipients-per-message
  * cap and the connection limits are on by default.
  */
+import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration, parseHostPort, parseSize } from '../config/units.js';
 import { parseCidr, type Cidr } from './keys.js';
@@ -93,6 +94,27 @@ const cidr = z.string().transform((value, ctx): Cidr => {
 
 const KEY_PREFIX = /^[A-Za-z0-9_.-]{1,64}$/;
 
+/** redis://user:pass@host or redis://:pass@host. */
+function urlHasPassword(url: string): boolean {
+  try {
+    return new URL(url).password !== '';
+  } catch {
+    return false;
+  }
+}
+
+/** The store's files that hold secrets: field name and the path, as written. */
+export function storeSecretFiles(store: StoreConfig): { field: 'passwordFile' | 'sentinelPasswordFile'; file: string }[] {
+  return (['passwordFile', 'sentinelPasswordFile'] as const).flatMap((field) => (store[field] !== undefined ? [{ field, file: store[field] }] : []));
+}
+
+/** The store section with its password files made absolute against the config file's folder. */
+export function resolveStorePaths<T extends { store: StoreConfig }>(limits: T, baseDir: string): T {
+  const files = storeSecretFiles(limits.store).filter((f) => !path.isAbsolute(f.file));
+  if (files.length === 0) return limits;
+  return { ...limits, store: { ...limits.store, ...Object.fromEntries(files.map((f) => [f.field, path.resolve(baseDir, f.file)])) } };
+}
+
 export const storeConfigSchema = z
   .object({
     /** memory: this process only. redis: shared by every instance (url, Sentinel or Cluster). */
@@ -106,7 +128,15 @@ export const storeConfigSchema = z
     cluster: z.array(redisNode).min(1, 'expected at least one cluster node').optional(),
     username: z.string().min(1).optional(),
     password: z.string().optional(),
+    /**
+     * A file holding the Redis password (one line; a final newline is ignored), e.g. a
+     * Kubernetes Secret or a systemd credential, so the password need not sit in the config.
+     * Relative to the config file's folder. Read at start.
+     */
+    passwordFile: z.string().min(1).optional(),
     sentinelPassword: z.string().optional(),
+    /** The sentinels' password from a file, as passwordFile. */
+    sentinelPasswordFile: z.string().min(1).optional(),
     db: z.number().int().min(0).max(15).optional(),
     tls: z.boolean().default(false),
     /** Every key smtpgate writes starts with this, so one Redis can serve several deployments. */
@@ -116,7 +146,7 @@ export const storeConfigSchema = z
   })
   .strict()
   .superRefine((s, ctx) => {
-    const redisKeys = (['url', 'sentinels', 'name', 'cluster', 'username', 'password', 'sentinelPassword', 'db'] as const).filter((k) => s[k] !== undefined);
+    const redisKeys = (['url', 'sentinels', 'name', 'cluster', 'username', 'password', 'passwordFile', 'sentinelPassword', 'sentinelPasswordFile', 'db'] as const).filter((k) => s[k] !== undefined);
     if (s.kind === 'memory') {
       for (const k of redisKeys) ctx.addIssue({ code: 'custom', path: [k], message: `${k} only applies to kind: redis` });
       return;
@@ -127,6 +157,18 @@ export const storeConfigSchema = z
     }
     if (s.sentinels && !s.name) ctx.addIssue({ code: 'custom', path: ['name'], message: 'sentinels need the master group name, e.g. name: mymaster' });
     if (s.name && !s.sentinels) ctx.addIssue({ code: 'custom', path: ['name'], message: 'name only applies together with sentinels' });
+    if (s.passwordFile !== undefined && s.password !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['passwordFile'], message: 'give the Redis password once: password or passwordFile, not both' });
+    }
+    if (s.sentinelPasswordFile !== undefined && s.sentinelPassword !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['sentinelPasswordFile'], message: 'give the sentinels\' password once: sentinelPassword or sentinelPasswordFile, not both' });
+    }
+    for (const k of ['sentinelPassword', 'sentinelPasswordFile'] as const) {
+      if (s[k] !== undefined && !s.sentinels) ctx.addIssue({ code: 'custom', path: [k], message: `${k} only applies together with sentinels` });
+    }
+    if (s.passwordFile !== undefined && s.url !== undefined && urlHasPassword(s.url)) {
+      ctx.addIssue({ code: 'custom', path: ['passwordFile'], message: 'the url already carries a password: remove it from the url (redis://host:port) or drop passwordFile' });
+    }
     if (s.commandTimeout > 800) {
       ctx.addIssue({ code: 'custom', path: ['commandTimeout'], message: `must be at most 800ms so that no SMTP command waits a second for Redis, found ${s.commandTimeout}ms` });
     }

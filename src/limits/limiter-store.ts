@@ -81,6 +81,13 @@ export interface StoreBackend {
   entries(keyPrefix: string, name: LimiterName): Promise<StoredCount[]>;
   /** Removes entries (as returned by `entries`); resolves with how many existed. */
   remove(keyPrefix: string, entries: readonly Pick<StoredCount, 'name' | 'key'>[]): Promise<number>;
+  /**
+   * The store's birth certificate: an id smtpgate places once and never lets expire. Resolves
+   * with the id the store holds, placing `candidate` first if it holds none. A different id
+   * than last time means the store lost its data (a Redis restarted without persistence, a
+   * FLUSHALL) and someone marked it again.
+   */
+  marker(keyPrefix: string, candidate: string): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -157,6 +164,11 @@ export class MemoryBackend implements StoreBackend {
       if (found && (await found.delete(e.key))) removed++;
     }
     return removed;
+  }
+
+  async marker(): Promise<string> {
+    // This process's memory can't lose its data behind smtpgate's back.
+    return 'memory';
   }
 
   async close(): Promise<void> {
@@ -338,6 +350,20 @@ export class LimiterStore {
     if (this.#insurance) await this.#insurance.remove(this.keyPrefix, entries);
     if (!this.#backend.usable) throw new StoreUnavailableError('the store is not reachable');
     return this.#backend.remove(this.keyPrefix, entries);
+  }
+
+  /** The store's marker id, placing `candidate` if it has none (see StoreBackend.marker). Throws StoreUnavailableError. */
+  async marker(candidate: string): Promise<string> {
+    if (!this.#backend.usable) throw new StoreUnavailableError('the store is not reachable');
+    try {
+      return await this.#deadline(this.#backend.marker(this.keyPrefix, candidate));
+    } catch (err) {
+      if (err instanceof Error && this.#backend.kind !== 'memory') {
+        this.#backend.reportFailure(err);
+        throw new StoreUnavailableError(err.message);
+      }
+      throw err;
+    }
   }
 
   /** Entries only this process's insurance memory holds (counted while the store was away). */

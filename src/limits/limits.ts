@@ -48,6 +48,7 @@ import {
 import { ConcurrencyCounter } from './concurrency.js';
 import { planClear, STATE_LIMITERS, summarizeState, type ClearResult, type LimitsAdmin, type LimitsState, type StateEntries } from './admin.js';
 import { createLimiterStore } from './store-factory.js';
+import { SUSPENSION, SuspensionKeeper } from './suspensions.js';
 
 /** What the listener knows about the client at any stage. */
 export interface ClientFacts {
@@ -122,9 +123,9 @@ export interface LimitsDeps {
   readonly log: Logger;
   /** Clock for suspension timestamps (rate windows use the store's own clock). */
   readonly now?: () => number;
+  /** Keeps suspensions through a loss of the shared store, and counts them. */
+  readonly suspensions?: SuspensionKeeper;
 }
-
-const SUSPENSION: LimiterSpec = { name: 'suspension', points: 1, windowMs: 0 };
 
 /** Distinct policy-rule amounts whose specs are kept (far more than any policy folder holds). */
 const MAX_POLICY_RATES = 256;
@@ -136,6 +137,7 @@ export class Limits implements LimitsAdmin {
   readonly #metrics: LimitMetrics;
   readonly #log: Logger;
   readonly #now: () => number;
+  readonly #suspensions: SuspensionKeeper | undefined;
   readonly #sessions = new Map<string, SessionLimits>();
   readonly #perIp = new ConcurrencyCounter();
   readonly #perListener = new ConcurrencyCounter();
@@ -156,6 +158,7 @@ export class Limits implements LimitsAdmin {
     this.#metrics = deps.metrics;
     this.#log = deps.log;
     this.#now = deps.now ?? Date.now;
+    this.#suspensions = deps.suspensions;
     this.#metrics.storeUp.set(this.#store.up ? 1 : 0);
     const where = this.#storeLabel();
     // One line per change of state, never one per message: an outage is logged once, and so is its end.
@@ -179,6 +182,8 @@ export class Limits implements LimitsAdmin {
   async start(timeoutMs = 2000): Promise<boolean> {
     const up = await this.#store.ready(timeoutMs);
     this.#metrics.storeUp.set(this.#store.up ? 1 : 0);
+    // Not awaited: the first comparison lists every suspension (a SCAN), which needn't hold up the start.
+    void this.#suspensions?.start();
     return up;
   }
 
@@ -210,6 +215,7 @@ export class Limits implements LimitsAdmin {
   }
 
   async close(): Promise<void> {
+    this.#suspensions?.stop();
     await this.#store.close();
   }
 
@@ -540,6 +546,7 @@ export class Limits implements LimitsAdmin {
       for (const e of [...shared, ...local]) if (match(e.key)) doomed.push(e);
     }
     await this.#store.remove(doomed);
+    this.#suspensions?.forget(doomed.filter((e) => e.name === 'suspension').map((e) => e.key));
     const cleared = dedupe(doomed);
     const removed = cleared.map((e) => ({ limiter: e.name, key: e.key }));
     this.#log.info({ target, kind: plan.kind, key: plan.key, removed: removed.length }, 'limits cleared by an admin');
@@ -624,7 +631,9 @@ export class Limits implements LimitsAdmin {
     const r = await this.#store.penalty(brake, user, 1);
     this.#decideCount('brake', r);
     if (r.kind === 'unavailable' || r.source === 'none' || r.consumed !== quotaHits) return false;
-    await Promise.all([this.#store.set(SUSPENSION, user, Math.floor(this.#now() / 1000), suspendFor ?? 0, { mirror: true }), this.#store.delete(brake, user)]);
+    const since = Math.floor(this.#now() / 1000);
+    const [written] = await Promise.all([this.#store.set(SUSPENSION, user, since, suspendFor ?? 0, { mirror: true }), this.#store.delete(brake, user)]);
+    this.#suspensions?.remember(user, since, suspendFor, written);
     this.#metrics.suspensions.inc();
     this.#log.warn(
       { session: f.session, ip: f.ip, user: f.user, quotaHits, window: window / 1000, suspendForSeconds: suspendFor === null ? null : suspendFor / 1000 },
@@ -687,13 +696,18 @@ export interface CreateLimitsOptions {
   /** Already-created metrics (when the catalogue made them). */
   readonly metrics?: LimitMetrics;
   readonly now?: () => number;
+  /** How often suspensions are compared with the store (30 s; tests shorten it). */
+  readonly suspensionSyncMs?: number;
 }
 
 /** Builds the store `config.store` names and the Limits over it. Call `start()` before listening. */
 export function createLimits(opts: CreateLimitsOptions): Limits {
   const metrics = opts.metrics ?? (opts.registry ? createLimitMetrics(opts.registry) : undefined);
   if (!metrics) throw new Error('createLimits needs registry or metrics');
-  return new Limits({ config: opts.config, store: createLimiterStore(opts.config), metrics, log: opts.log, ...(opts.now ? { now: opts.now } : {}) });
+  const store = createLimiterStore(opts.config);
+  // Every store: a memory store never loses its data behind smtpgate's back, but its suspensions are counted too.
+  const suspensions = new SuspensionKeeper({ store, metrics, log: opts.log, ...(opts.now ? { now: opts.now } : {}), ...(opts.suspensionSyncMs ? { intervalMs: opts.suspensionSyncMs } : {}) });
+  return new Limits({ config: opts.config, store, metrics, log: opts.log, ...(opts.now ? { now: opts.now } : {}), suspensions });
 }
 
 export type { Quotas };

@@ -44,6 +44,23 @@ export function createLimitMetrics(registry: Registry) {
       help: 'Accounts suspended by the compromised-account brake.',
       registers,
     }),
+    suspendedAccounts: new Gauge({
+      name: 'smtpgate_suspended_accounts',
+      // Every instance knows every suspension (limits.store: redis); cluster workers agree.
+      aggregator: 'max',
+      help: 'Accounts suspended now (by the compromised-account brake, until cleared or expired), as of the last comparison with the limiter store.',
+      registers,
+    }),
+    storeResets: new Counter({
+      name: 'smtpgate_limiter_store_resets_total',
+      help: 'Times the limiter store was found to have lost its data (Redis restarted empty or was flushed): counts and lockouts started over.',
+      registers,
+    }),
+    suspensionsRestored: new Counter({
+      name: 'smtpgate_suspensions_restored_total',
+      help: 'Suspensions this instance wrote back to the limiter store after the store lost them.',
+      registers,
+    }),
     storeUp: new Gauge({
       name: 'smtpgate_limiter_store_up',
       // Across cluster workers: degraded if any worker is.
@@ -55,6 +72,9 @@ export function createLimitMetrics(registry: Registry) {
   // Series that alerts look for exist from the start, at zero.
   for (const scope of ['ip', 'user_ip']) metrics.lockouts.inc({ scope }, 0);
   metrics.suspensions.inc(0);
+  metrics.storeResets.inc(0);
+  metrics.suspensionsRestored.inc(0);
+  metrics.suspendedAccounts.set(0);
   for (const limiter of ['messages_user', 'recipients_user', 'bytes_user']) metrics.quotaExhaustions.inc({ limiter }, 0);
   for (const limiter of LIMITER_NAMES) for (const result of DECISION_RESULTS) metrics.decisions.inc({ limiter, result }, 0);
   return metrics;

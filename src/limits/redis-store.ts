@@ -10,7 +10,17 @@
  * since. After a failure (a timeout on a connection that still looks open, say) it stops
  * sending limiter commands and PINGs every half second; the first answer, or a fresh "ready",
  * makes it usable again. So only the first commands after an outage pay the timeout.
+ *
+ * The client never stays given up. ioredis ends a client for good (status "end", no more
+ * reconnects) when a reconnect is interrupted while it asks a sentinel for the master, and
+ * the +switch-master announcement of a failover does exactly that: the failover detector of
+ * the connection that just died is still subscribed and cancels the reconnect in flight
+ * (ioredis 6.0.0, SentinelConnector.connect rejects "Connection is closed."). With a slow
+ * sentinel link that hit most failovers and left every instance without its store until
+ * restarted (issue 14, item 11). So an "end" that smtpgate did not ask for starts the client
+ * again, with the same backoff as any reconnect.
  */
+import { readFileSync } from 'node:fs';
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { RateLimiterRedis, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { StoreConfig } from './config.js';
@@ -24,7 +34,27 @@ function reconnectDelay(times: number): number {
   return Math.min(50 * 2 ** Math.min(times, 5), 1000);
 }
 
+/**
+ * The password in `limits.store.passwordFile` or `.sentinelPasswordFile`: its one line, without
+ * the final newline. Throws an Error naming the problem; `smtpgate check` and `run` report it
+ * against the field.
+ */
+export function readRedisPasswordFile(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read the Redis password file: ${(err as Error).message}`);
+  }
+  const password = text.replace(/\r?\n$/, '');
+  // A second line would be sent as part of the password and fail AUTH with a misleading error.
+  if (password === '' || /[\r\n\0]/.test(password)) throw new Error('the Redis password file must hold the password on one line (no CR, LF or NUL inside, not empty)');
+  return password;
+}
+
 export function createRedisClient(cfg: StoreConfig): RedisClient {
+  const password = cfg.passwordFile !== undefined ? readRedisPasswordFile(cfg.passwordFile) : cfg.password;
+  const sentinelPassword = cfg.sentinelPasswordFile !== undefined ? readRedisPasswordFile(cfg.sentinelPasswordFile) : cfg.sentinelPassword;
   const common: RedisOptions = {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
@@ -32,7 +62,7 @@ export function createRedisClient(cfg: StoreConfig): RedisClient {
     connectTimeout: 1000,
     retryStrategy: reconnectDelay,
     ...(cfg.username !== undefined ? { username: cfg.username } : {}),
-    ...(cfg.password !== undefined ? { password: cfg.password } : {}),
+    ...(password !== undefined ? { password } : {}),
     ...(cfg.db !== undefined ? { db: cfg.db } : {}),
     ...(cfg.tls ? { tls: {} } : {}),
   };
@@ -53,7 +83,7 @@ export function createRedisClient(cfg: StoreConfig): RedisClient {
       ...common,
       sentinels: cfg.sentinels.map((n) => ({ host: n.host, port: n.port })),
       name: cfg.name,
-      ...(cfg.sentinelPassword !== undefined ? { sentinelPassword: cfg.sentinelPassword } : {}),
+      ...(sentinelPassword !== undefined ? { sentinelPassword } : {}),
       sentinelCommandTimeout: cfg.commandTimeout,
       sentinelRetryStrategy: reconnectDelay,
       // Subscribes to +switch-master, so a failover is followed at once rather than at the next error.
@@ -72,12 +102,16 @@ function globEscape(s: string): string {
 
 const PROBE_INTERVAL_MS = 500;
 
+const MARKER_SCRIPT = "local v = redis.call('GET', KEYS[1]) if v then return v end redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1]";
+
 export class RedisBackend implements StoreBackend {
   readonly kind = 'redis' as const;
   readonly client: RedisClient;
   #failed = false;
   #probe: NodeJS.Timeout | undefined;
   #closing = false;
+  #restart: NodeJS.Timeout | undefined;
+  #restarts = 0;
   #lastUp: boolean | undefined;
   readonly #listeners: ((up: boolean, detail: string) => void)[] = [];
 
@@ -86,6 +120,7 @@ export class RedisBackend implements StoreBackend {
     // Without an error listener ioredis prints every failed reconnect; health is reported through onHealthChange.
     client.on('error', () => {});
     client.on('ready', () => {
+      this.#restarts = 0;
       this.#failed = false;
       this.#stopProbe();
       this.#emit(true, 'connected');
@@ -93,6 +128,7 @@ export class RedisBackend implements StoreBackend {
     client.on('close', () => {
       if (!this.#closing) this.#emit(false, 'connection closed');
     });
+    client.on('end', () => this.#restartEnded());
   }
 
   get usable(): boolean {
@@ -170,9 +206,16 @@ export class RedisBackend implements StoreBackend {
     return removed;
   }
 
+  async marker(keyPrefix: string, candidate: string): Promise<string> {
+    // One atomic step (one key, so Cluster-safe): read the id, or place the candidate.
+    const id = await this.client.eval(MARKER_SCRIPT, 1, `${keyPrefix}:marker`, candidate);
+    return String(id);
+  }
+
   async close(): Promise<void> {
     this.#closing = true;
     this.#stopProbe();
+    clearTimeout(this.#restart);
     try {
       await this.client.quit();
     } catch {
@@ -190,6 +233,19 @@ export class RedisBackend implements StoreBackend {
     } catch {
       /* still down; try again at the next tick */
     }
+  }
+
+  /** ioredis gave up on its own: start it again (see the header), unless smtpgate is closing it. */
+  #restartEnded(): void {
+    if (this.#closing || this.#restart) return;
+    this.#emit(false, 'the Redis client stopped reconnecting; starting it again');
+    this.#restart = setTimeout(() => {
+      this.#restart = undefined;
+      if (this.#closing) return;
+      // A failed start ends the client again, which lands back here with a longer delay.
+      this.client.connect().catch(() => {});
+    }, reconnectDelay(++this.#restarts));
+    this.#restart.unref();
   }
 
   #stopProbe(): void {

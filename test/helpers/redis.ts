@@ -34,7 +34,7 @@ export interface LimitsHarness {
 }
 
 /** A `Limits` from a `limits:` section written as YAML (the same schema production uses). */
-export function limitsHarness(yaml: string, opts: { now?: () => number } = {}): LimitsHarness {
+export function limitsHarness(yaml: string, opts: { now?: () => number; suspensionSyncMs?: number } = {}): LimitsHarness {
   const config = limitsConfigSchema.parse(parseYaml(yaml) ?? {});
   const registry = new Registry();
   const logs: Record<string, unknown>[] = [];
@@ -51,7 +51,7 @@ export function limitsHarness(yaml: string, opts: { now?: () => number } = {}): 
     },
   });
   const log = pino({ level: 'debug' }, sink);
-  const limits = createLimits({ config, registry, log, ...(opts.now ? { now: opts.now } : {}) });
+  const limits = createLimits({ config, registry, log, ...(opts.now ? { now: opts.now } : {}), ...(opts.suspensionSyncMs ? { suspensionSyncMs: opts.suspensionSyncMs } : {}) });
   return {
     limits,
     registry,
@@ -181,7 +181,18 @@ export async function startRedisServer(opts: RedisServerOptions = {}): Promise<R
 }
 
 /** A sentinel watching master group `name` at 127.0.0.1:masterPort; its config lives in `dir`. */
-export async function startSentinel(opts: { dir: string; masterPort: number; name: string; quorum: number; port?: number }): Promise<RedisProcess> {
+export async function startSentinel(opts: {
+  dir: string;
+  masterPort: number;
+  name: string;
+  quorum: number;
+  port?: number;
+  /** How long the master may be silent before it is "down" (1 s by default). */
+  downAfterMs?: number;
+  failoverTimeoutMs?: number;
+  /** More lines for sentinel.conf, e.g. ['requirepass secret']. */
+  extraConfig?: string[];
+}): Promise<RedisProcess> {
   const port = opts.port ?? (await freePort());
   const conf = path.join(opts.dir, `sentinel-${port}.conf`);
   await writeFile(
@@ -191,9 +202,10 @@ export async function startSentinel(opts: { dir: string; masterPort: number; nam
       'bind 127.0.0.1',
       `dir ${opts.dir}`,
       `sentinel monitor ${opts.name} 127.0.0.1 ${opts.masterPort} ${opts.quorum}`,
-      `sentinel down-after-milliseconds ${opts.name} 1000`,
-      `sentinel failover-timeout ${opts.name} 3000`,
+      `sentinel down-after-milliseconds ${opts.name} ${opts.downAfterMs ?? 1000}`,
+      `sentinel failover-timeout ${opts.name} ${opts.failoverTimeoutMs ?? 3000}`,
       `sentinel parallel-syncs ${opts.name} 1`,
+      ...(opts.extraConfig ?? []),
       '',
     ].join('\n'),
   );
@@ -208,4 +220,60 @@ export async function until(what: string, probe: () => Promise<boolean> | boolea
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+export interface SlowLink {
+  readonly port: number;
+  /** Cut: every connection through the link is dropped, and new ones are refused until reopened. */
+  cut(): void;
+  reopen(): void;
+  close(): Promise<void>;
+}
+
+/**
+ * A TCP forwarder on loopback that holds every reply from `targetPort` for `delayMs` before
+ * passing it on: a sentinel reached over a slow link. Order is kept (equal delays fire in order).
+ * It can be cut and reopened, as a network partition would.
+ */
+export async function slowLink(targetPort: number, delayMs: number): Promise<SlowLink> {
+  const sockets = new Set<net.Socket>();
+  let isCut = false;
+  const server = net.createServer((client) => {
+    if (isCut) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(targetPort, '127.0.0.1');
+    sockets.add(client).add(upstream);
+    client.on('data', (chunk) => upstream.write(chunk));
+    upstream.on('data', (chunk) => {
+      setTimeout(() => {
+        if (!client.destroyed) client.write(chunk);
+      }, delayMs);
+    });
+    const drop = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    client.on('error', drop).on('close', drop);
+    // Replies still on their way are delivered before the close.
+    upstream.on('error', () => setTimeout(drop, delayMs)).on('close', () => setTimeout(drop, delayMs));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    cut: () => {
+      isCut = true;
+      for (const s of sockets) s.destroy();
+    },
+    reopen: () => {
+      isCut = false;
+    },
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
 }

@@ -115,6 +115,30 @@ describe('limits.store', () => {
     expect(problems('store: { url: "redis://a:1" }')).toEqual(['store.url: url only applies to kind: redis']);
   });
 
+  test('the Redis password may come from a file, and is given once', () => {
+    expect(limits('store: { kind: redis, url: "redis://10.0.0.7:6379", passwordFile: /run/secrets/redis }').store.passwordFile).toBe('/run/secrets/redis');
+    expect(problems('store: { kind: redis, url: "redis://a:1", password: x, passwordFile: /p }')).toEqual([
+      'store.passwordFile: give the Redis password once: password or passwordFile, not both',
+    ]);
+    for (const url of ['redis://:x@a:1', 'redis://user:x@a:1', 'rediss://:x@a:1/2']) {
+      expect(problems(`store: { kind: redis, url: "${url}", passwordFile: /p }`), url).toEqual([
+        'store.passwordFile: the url already carries a password: remove it from the url (redis://host:port) or drop passwordFile',
+      ]);
+    }
+    expect(limits('store: { kind: redis, url: "redis://user@a:1", passwordFile: /p }').store.passwordFile).toBe('/p');
+    expect(problems('store: { passwordFile: /p }')).toEqual(['store.passwordFile: passwordFile only applies to kind: redis']);
+  });
+
+  test('the sentinels\' password may come from a file too, given once, and only with sentinels', () => {
+    expect(limits('store: { kind: redis, sentinels: ["a:1"], name: m, sentinelPasswordFile: /s }').store.sentinelPasswordFile).toBe('/s');
+    expect(problems('store: { kind: redis, sentinels: ["a:1"], name: m, sentinelPassword: x, sentinelPasswordFile: /s }')).toEqual([
+      "store.sentinelPasswordFile: give the sentinels' password once: sentinelPassword or sentinelPasswordFile, not both",
+    ]);
+    for (const k of ['sentinelPassword: x', 'sentinelPasswordFile: /s']) {
+      expect(problems(`store: { kind: redis, url: "redis://a:1", ${k} }`), k).toEqual([`store.${k.split(':')[0]}: ${k.split(':')[0]} only applies together with sentinels`]);
+    }
+  });
+
   test('a command timeout that could stall a session for a second is refused', () => {
     expect(problems('store: { kind: redis, url: "redis://a:1", commandTimeout: 2s }')[0]).toMatch(/at most 800ms/);
   });

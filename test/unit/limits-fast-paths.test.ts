@@ -300,6 +300,7 @@ function downBackend(): StoreBackend {
     expire: fail,
     entries: fail,
     remove: fail,
+    marker: fail,
     close: async () => {},
   };
 }
