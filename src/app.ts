@@ -7,7 +7,8 @@
 import { readFile } from 'node:fs/promises';
 import type http from 'node:http';
 import { ConfigError, type ConfigIssue } from './config/errors.js';
-import { loadConfigFile } from './config/load.js';
+import { loadConfigFile, loadConfigSource } from './config/load.js';
+import { openRelayProblems, type ConfigOrigin } from './config/open-relay.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
 import type { Config } from './config/schema.js';
 import { createLogger, type Logger } from './logging/logger.js';
@@ -29,6 +30,8 @@ import { createLimits, type Limits } from './limits/limits.js';
 import { limitsAdminRoutes } from './limits/admin.js';
 import { emptyPolicySet, loadPolicySet } from './policy/load.js';
 import type { PolicySet } from './policy/types.js';
+import { lintPolicySet } from './policy/lint.js';
+import { formatFinding } from './policy/cli.js';
 import type { HostPort } from './config/units.js';
 import type { BackendClientOptions } from './relay/smtp-client.js';
 import { WriteBatcher } from './transport/write-batcher.js';
@@ -67,6 +70,9 @@ export async function readAdminToken(file: string): Promise<string> {
   return token;
 }
 
+/** For a config built in code: no file, no lines. */
+const UNKNOWN_ORIGIN: ConfigOrigin = { file: 'the config', lineOf: () => undefined };
+
 /** How often the policy folder is checked for changes. */
 const POLICY_POLL_MS = 2_000;
 
@@ -79,7 +85,9 @@ export function hostPortLabel(a: HostPort): string {
  * Loads the certificate, key, users file and backend CA, collecting every problem. Used by
  * `check` (which reports them all) and `run` (which refuses to start on any).
  */
-export async function loadRuntimeMaterial(config: Config, now = new Date()): Promise<RuntimeMaterial> {
+export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; origin?: ConfigOrigin } = {}): Promise<RuntimeMaterial> {
+  const now = opts.now ?? new Date();
+  const origin = opts.origin ?? UNKNOWN_ORIGIN;
   const issues: ConfigIssue[] = [];
   const warnings: string[] = [];
   let certs: LoadedCertificate[] | undefined;
@@ -123,6 +131,12 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
       else throw err;
     }
   }
+  const relay = openRelayProblems(config, policy, origin);
+  issues.push(...relay.issues);
+  warnings.push(...relay.warnings);
+  // What `smtpgate policy check` would find, except the open relay, decided above with the listeners.
+  const knownGroups = config.auth?.attributes ? new Set([...attributes.values()].flatMap((a) => a.groups)) : undefined;
+  for (const f of lintPolicySet(policy, knownGroups ? { knownGroups } : {})) if (f.kind !== 'open_relay') warnings.push(formatFinding(f));
   let backendCa: Buffer | undefined;
   if (config.backend.ca) {
     try {
@@ -189,16 +203,16 @@ function expiryWarnings(certs: readonly LoadedCertificate[], now: Date): string[
  * certificate when the config asks for one; `check` never writes anything.
  */
 export async function checkConfigFile(file: string, mode: 'run' | 'check' = 'run'): Promise<{ config: Config; material: RuntimeMaterial }> {
-  const config = await loadConfigFile(file);
+  const { config, source } = await loadConfigSource(file);
   if (config.demo?.generateCertificate && config.tls) {
     if (mode === 'run') {
       await ensureDemoCertificate(config.tls.cert, config.tls.key, config.hostname);
     } else if (!(await demoCertificateExists(config.tls.cert, config.tls.key))) {
-      const material = await loadRuntimeMaterial({ ...config, tls: undefined });
+      const material = await loadRuntimeMaterial({ ...config, tls: undefined }, { origin: source });
       return { config, material: { ...material, warnings: [...material.warnings, `tls.cert ${config.tls.cert} does not exist yet; demo mode generates a self-signed one at first start`] } };
     }
   }
-  return { config, material: await loadRuntimeMaterial(config) };
+  return { config, material: await loadRuntimeMaterial(config, { origin: source }) };
 }
 
 export interface AppOptions {
@@ -423,6 +437,10 @@ export class App {
     if (!this.config.policies) return true;
     try {
       const next = await loadPolicySet(this.config.policies);
+      // A set that would make a listener an open relay is refused like an invalid one.
+      const relay = openRelayProblems(this.config, next, { file: this.#configFile ?? UNKNOWN_ORIGIN.file, lineOf: () => undefined });
+      if (relay.issues.length) throw new ConfigError(relay.issues);
+      for (const w of relay.warnings) this.log.warn(w);
       this.#policy = next;
       this.metrics.policy.setPolicySet(next);
       this.metrics.reloads.inc({ component: 'policy', result: 'success' });
