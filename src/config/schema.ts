@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration, parseHostPort } from './units.js';
-import { parseCidr, type Cidr } from './cidr.js';
+import { CidrSet, parseCidr, type Cidr } from './cidr.js';
 import { limitsSection } from '../limits/config.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
@@ -310,6 +310,14 @@ export function configSchema(baseDir: string) {
           message: `${cfg.workers} workers need limits.store.kind: redis: the memory store counts per process, so every limit would silently multiply by the number of workers`,
         });
       }
+      if (!cfg.metrics.adminTokenFile && !isLoopbackHost(cfg.metrics.address.host)) {
+        const a = cfg.metrics.address;
+        ctx.addIssue({
+          code: 'custom',
+          path: ['metrics', 'adminTokenFile'],
+          message: `metrics.address ${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port} is not loopback, so the admin routes (/limits, /limits/clear, which lift lockouts) need a token: write one (e.g. openssl rand -hex 32 > /etc/smtpgate/admin-token) and set metrics.adminTokenFile to that file, or bind metrics.address to 127.0.0.1`,
+        });
+      }
       const names = new Set<string>();
       cfg.listeners.forEach((l, i) => {
         if (names.has(l.name)) {
@@ -339,6 +347,13 @@ export function configSchema(baseDir: string) {
         }
       });
     });
+}
+
+const LOOPBACK = new CidrSet([parseCidr('127.0.0.0/8')!, parseCidr('::1')!]);
+
+/** Only this machine can reach an address bound here (an IPv4-mapped ::ffff:127.x too). */
+export function isLoopbackHost(host: string): boolean {
+  return host.toLowerCase() === 'localhost' || LOOPBACK.has(host);
 }
 
 /** "auto" is one worker per core. */

@@ -15,6 +15,7 @@ import { ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, userKey } from '.
 import { formatWindow, retrySeconds } from './rate.js';
 import type { LimiterName } from './replies.js';
 import type { StoredEntry } from './limiter-store.js';
+import { refuseBrowserRequest } from '../metrics/browser-guard.js';
 
 export interface LockedIp {
   readonly ip: string;
@@ -185,6 +186,12 @@ export function limitsAdminRoutes(admin: LimitsAdmin, opts: { token?: string } =
     const reply = (status: number, body: unknown) => {
       res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body) + '\n');
     };
+    // CSRF and DNS rebinding: see metrics/browser-guard.ts.
+    const refused = refuseBrowserRequest(req);
+    if (refused) {
+      reply(refused.status, { error: refused.error });
+      return true;
+    }
     if (opts.token && req.headers.authorization !== `Bearer ${opts.token}`) {
       reply(401, { error: 'missing or wrong bearer token' });
       return true;

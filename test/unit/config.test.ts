@@ -160,3 +160,26 @@ describe('check: files the config points to', () => {
     ]);
   });
 });
+
+describe('metrics.adminTokenFile is required off loopback', () => {
+  // The admin routes lift lockouts and list who is locked out: beyond loopback they need a token.
+  test.each(['0.0.0.0:9464', '[::]:9464', ':9464', '10.0.0.7:9464', '[2001:db8::7]:9464', 'metrics.internal:9464', '[::ffff:10.0.0.7]:9464'])(
+    'metrics.address %s without a token is refused, naming the line and the fix',
+    (address) => {
+      const issues = issuesOf(`${MINIMAL}metrics:\n  address: "${address}"\n`);
+      expect(issues).toHaveLength(1);
+      expect(issues[0]).toMatch(/^\/etc\/smtpgate\/smtpgate\.yaml:13: metrics\.adminTokenFile: metrics\.address .* is not loopback/);
+      expect(issues[0]).toContain('/limits/clear');
+      expect(issues[0]).toContain('openssl rand -hex 32');
+    },
+  );
+
+  test.each(['127.0.0.1:9464', '127.0.0.53:9464', '[::1]:9464', 'localhost:9464', '127.0.0.1:0', '[::ffff:127.0.0.1]:9464'])('metrics.address %s needs no token', (address) => {
+    expect(parseConfig(`${MINIMAL}metrics:\n  address: "${address}"\n`, '/etc/smtpgate/smtpgate.yaml').metrics.adminTokenFile).toBeUndefined();
+  });
+
+  test('a non-loopback address with a token file passes', () => {
+    const cfg = parseConfig(`${MINIMAL}metrics:\n  address: 0.0.0.0:9464\n  adminTokenFile: admin-token\n`, '/etc/smtpgate/smtpgate.yaml');
+    expect(cfg.metrics.adminTokenFile).toBe('/etc/smtpgate/admin-token');
+  });
+});
