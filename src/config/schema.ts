@@ -10,6 +10,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration, parseHostPort } from './units.js';
 import { CidrSet, parseCidr, type Cidr } from './cidr.js';
+import { describeBind, findBindConflicts, type Bind } from './bind-conflicts.js';
 import { limitsSection } from '../limits/config.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
@@ -316,6 +317,18 @@ export function configSchema(baseDir: string) {
           code: 'custom',
           path: ['metrics', 'adminTokenFile'],
           message: `metrics.address ${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port} is not loopback, so the admin routes (/limits, /limits/clear, which lift lockouts) need a token: write one (e.g. openssl rand -hex 32 > /etc/smtpgate/admin-token) and set metrics.adminTokenFile to that file, or bind metrics.address to 127.0.0.1`,
+        });
+      }
+      const binds: Bind[] = [
+        ...cfg.listeners.map((l, i) => ({ label: `listener ${JSON.stringify(l.name)}`, segments: ['listeners', i, 'address'], ...l.address })),
+        { label: 'metrics.address', segments: ['metrics', 'address'], ...cfg.metrics.address },
+        ...(cfg.demo?.captureBackend ? [{ label: 'demo.captureBackend.address', segments: ['demo', 'captureBackend', 'address'], ...cfg.demo.captureBackend.address }] : []),
+      ];
+      for (const c of findBindConflicts(binds)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: [...c.bind.segments],
+          message: `${describeBind(c.bind)} and ${describeBind(c.other)} cannot both bind port ${c.bind.port}: ${c.why}. Use another port, or one address for both`,
         });
       }
       const names = new Set<string>();

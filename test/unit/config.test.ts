@@ -183,3 +183,41 @@ describe('metrics.adminTokenFile is required off loopback', () => {
     expect(cfg.metrics.adminTokenFile).toBe('/etc/smtpgate/admin-token');
   });
 });
+
+describe('addresses that cannot all be bound are refused before anything binds', () => {
+  const withListeners = (a: string, b: string, metrics = '127.0.0.1:9464') =>
+    `${MINIMAL.replace('    address: 0.0.0.0:587\n', `    address: "${a}"\n  - name: second\n    address: "${b}"\n`)}metrics:\n  address: "${metrics}"\n`;
+
+  // Linux (node's default dual-stack "::"): each pair below fails with EADDRINUSE at bind.
+  test.each([
+    ['the same address twice', '127.0.0.1:2525', '127.0.0.1:2525', 'the same address'],
+    ['0.0.0.0 and a specific IPv4 address', '0.0.0.0:2525', '10.1.2.3:2525', '0.0.0.0 takes the port on every IPv4 address'],
+    ['a specific IPv4 address and 0.0.0.0', '10.1.2.3:2525', ':2525', '0.0.0.0 takes the port on every IPv4 address'],
+    [':: and 0.0.0.0', '[::]:2525', '0.0.0.0:2525', ':: takes the port on every IPv6 and IPv4 address'],
+    [':: and ::1', '[::]:2525', '[::1]:2525', ':: takes the port on every IPv6 and IPv4 address'],
+    [':: and 127.0.0.1', '127.0.0.1:2525', '[::]:2525', ':: takes the port on every IPv6 and IPv4 address'],
+    ['an IPv4-mapped address and the IPv4 address', '[::ffff:127.0.0.1]:2525', '127.0.0.1:2525', 'the same address'],
+    ['two spellings of one IPv6 address', '[2001:db8::1]:2525', '[2001:db8:0:0::1]:2525', 'the same address'],
+  ])('%s', (_name, a, b, why) => {
+    const issues = issuesOf(withListeners(a, b));
+    expect(issues).toHaveLength(1);
+    expect(issues[0]).toMatch(/^\/etc\/smtpgate\/smtpgate\.yaml:6: listeners\[1\]\.address: listener "second" \(.*\) and listener "submission" \(.*\) cannot both bind port 2525/);
+    expect(issues[0]).toContain(why);
+  });
+
+  test('the metrics address on a listener port', () => {
+    const issues = issuesOf(withListeners('127.0.0.1:2525', '127.0.0.1:2465', '0.0.0.0:2465'));
+    expect(issues.filter((i) => i.includes('cannot both bind'))).toEqual([
+      expect.stringMatching(/smtpgate\.yaml:15: metrics\.address: metrics\.address \(0\.0\.0\.0:2465\) and listener "second" \(127\.0\.0\.1:2465\) cannot both bind port 2465/),
+    ]);
+  });
+
+  test.each([
+    ['two loopback addresses', '127.0.0.1:2525', '127.0.0.2:2525'],
+    ['0.0.0.0 and ::1 (different families)', '0.0.0.0:2525', '[::1]:2525'],
+    ['port 0 twice (each gets a free port)', '127.0.0.1:0', '127.0.0.1:0'],
+    ['different ports', '0.0.0.0:25', '0.0.0.0:587'],
+  ])('%s can be bound together', (_name, a, b) => {
+    expect(parseConfig(withListeners(a, b), '/etc/smtpgate/smtpgate.yaml').listeners).toHaveLength(2);
+  });
+});
