@@ -3,36 +3,11 @@
  * naming the config file, line and field: they share one validation path. The real binary on
  * real files.
  */
-import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
-import net from 'node:net';
-import { promisify } from 'node:util';
 import { describe, expect, test } from 'vitest';
 import { writeGateFiles, type StartGateOptions } from '../helpers/gate.js';
-import { CLI } from '../helpers/child-gate.js';
-
-const exec = promisify(execFile);
-
-interface CliResult {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-async function cli(args: string[], cli = CLI): Promise<CliResult> {
-  return exec(process.execPath, [cli, ...args], { timeout: 15_000 }).then(
-    (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
-    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
-  );
-}
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
+import { runCli } from '../helpers/cli.js';
+import { freePort } from '../helpers/redis.js';
 
 async function configFile(opts: Omit<StartGateOptions, 'backendPort'>): Promise<{ file: string; dir: string }> {
   const f = await writeGateFiles({ backendPort: 2, ...opts });
@@ -51,7 +26,7 @@ async function lineOf(file: string, text: string): Promise<number> {
 /** check and run both refuse the config, with `expected` among the problems; run binds nothing. */
 async function bothRefuse(file: string, expected: string): Promise<void> {
   for (const command of ['check', 'run']) {
-    const res = await cli([command, '--config', file]);
+    const res = await runCli([command, '--config', file]);
     expect(res.code, `${command}: ${res.stderr}`).toBe(1);
     expect(res.stderr, command).toContain('nothing was started');
     expect(res.stderr, command).toContain(expected);

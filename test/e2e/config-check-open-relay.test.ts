@@ -5,29 +5,12 @@
  * `iUnderstandThisIsAnOpenRelay: true` (for a backend that refuses relaying itself) lets it
  * start, and then every start says so. The real binary, on real files.
  */
-import { execFile } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { describe, expect, test } from 'vitest';
 import { startGate, writeGateFiles, type StartGateOptions } from '../helpers/gate.js';
-import { CLI } from '../helpers/child-gate.js';
+import { runCli } from '../helpers/cli.js';
 import { forThisTest, stopGate } from '../helpers/sessions.js';
-
-const exec = promisify(execFile);
-
-interface CliResult {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-async function cli(...args: string[]): Promise<CliResult> {
-  return exec(process.execPath, [CLI, ...args], { timeout: 15_000 }).then(
-    (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
-    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
-  );
-}
 
 /** A port-25 style listener: no AUTH required, no trusted networks. */
 const MX = `
@@ -75,7 +58,7 @@ async function written(opts: StartGateOptions): Promise<string> {
 describe('an open relay is refused', () => {
   test.each(Object.keys(RELAY_PROTECTION_OFF))('check exits 1 on a listener without AUTH and %s, naming the listener line and the fix', async (name) => {
     const config = await written(files(MX, RELAY_PROTECTION_OFF[name]!));
-    const res = await cli('check', '--config', config);
+    const res = await runCli(['check', '--config', config]);
     expect(res.code).toBe(1);
     // The requireAuth line of the listener (line 6 of the config writeGateFiles writes).
     expect(res.stderr).toMatch(new RegExp(`${config.replaceAll('.', '\\.')}:\\d+: listeners\\[0\\]\\.requireAuth: listener "mx" takes mail without AUTH and relay protection is not enforced`));
@@ -86,7 +69,7 @@ describe('an open relay is refused', () => {
 
   test('run exits 1 on the same config without opening a port', async () => {
     const config = await written(files(MX, 'relayProtection: off\n'));
-    const res = await cli('run', '--config', config);
+    const res = await runCli(['run', '--config', config]);
     expect(res.code).toBe(1);
     expect(res.stderr).toContain('nothing was started');
     expect(res.stderr).toContain('listeners[0].requireAuth: listener "mx" takes mail without AUTH');
@@ -95,7 +78,7 @@ describe('an open relay is refused', () => {
 
   test('relay protection on (the default) with a listener without AUTH passes', async () => {
     const config = await written(files(MX, ''));
-    const res = await cli('check', '--config', config);
+    const res = await runCli(['check', '--config', config]);
     expect(res.stderr).toBe('');
     expect(res.code).toBe(0);
     expect(res.stdout).toContain('OK');
@@ -103,7 +86,7 @@ describe('an open relay is refused', () => {
 
   test('relayProtection: off where every listener requires AUTH passes: trusted networks are exempt from it anyway', async () => {
     const config = await written(files(AUTH_ONLY, 'relayProtection: off\n'));
-    const res = await cli('check', '--config', config);
+    const res = await runCli(['check', '--config', config]);
     expect(res.code).toBe(0);
     expect(res.stdout).toContain('OK');
   });
@@ -112,7 +95,7 @@ describe('an open relay is refused', () => {
 describe('the acknowledgement', () => {
   test('iUnderstandThisIsAnOpenRelay: true lets check pass, with a warning naming the listener', async () => {
     const config = await written(files(MX, 'relayProtection: off\n', 'iUnderstandThisIsAnOpenRelay: true\n'));
-    const res = await cli('check', '--config', config);
+    const res = await runCli(['check', '--config', config]);
     expect(res.code).toBe(0);
     expect(res.stdout).toMatch(/warning: OPEN RELAY: listener "mx" takes mail without AUTH/);
     expect(res.stdout).toContain('OK');
@@ -126,7 +109,7 @@ describe('the acknowledgement', () => {
 
   test('must be true: false is the same as absent', async () => {
     const config = await written(files(MX, 'relayProtection: off\n', 'iUnderstandThisIsAnOpenRelay: false\n'));
-    expect((await cli('check', '--config', config)).code).toBe(1);
+    expect((await runCli(['check', '--config', config])).code).toBe(1);
   });
 });
 
@@ -155,7 +138,7 @@ describe('check runs the policy lint', () => {
         );
       },
     });
-    const res = await cli('check', '--config', config);
+    const res = await runCli(['check', '--config', config]);
     expect(res.code).toBe(0);
     expect(res.stdout).toMatch(/warning: .*10-rules\.yaml:4: rule "never" can never run at mail.*\[unreachable\]/);
   });
