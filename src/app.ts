@@ -9,6 +9,7 @@ import type http from 'node:http';
 import { ConfigError, type ConfigIssue } from './config/errors.js';
 import { loadConfigFile, loadConfigSource } from './config/load.js';
 import { openRelayProblems, type ConfigOrigin } from './config/open-relay.js';
+import { anchorIssues, checkReferences, referencedFiles } from './config/referenced-files.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
 import type { Config } from './config/schema.js';
 import { createLogger, type Logger } from './logging/logger.js';
@@ -90,6 +91,9 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   const origin = opts.origin ?? UNKNOWN_ORIGIN;
   const issues: ConfigIssue[] = [];
   const warnings: string[] = [];
+  // A missing or unreadable file is reported at the config line naming it; see referenced-files.ts.
+  const refs = referencedFiles(config);
+  const unreadable = await checkReferences(refs, origin);
   let certs: LoadedCertificate[] | undefined;
   if (config.tls) {
     const loaded = await loadCertificates(certificateSources(config.tls));
@@ -158,7 +162,7 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   for (const l of config.listeners) {
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
-  if (issues.length) throw new ConfigError(issues);
+  if (issues.length || unreadable.length) throw new ConfigError([...unreadable, ...anchorIssues(issues, refs, unreadable, origin)]);
   return { certs, users, attributes, backendCa, backendPassword, clientCas, policy, adminToken, warnings };
 }
 

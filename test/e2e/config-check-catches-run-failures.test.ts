@@ -50,3 +50,86 @@ describe('addresses that cannot all be bound', () => {
     await bothRefuse(file, `metrics.address: metrics.address (127.0.0.1:${port}) and listener "mx" (127.0.0.1:${port}) cannot both bind port ${port}: the same address`);
   });
 });
+
+/** Replaces the line containing `from` (exactly one) in the config. */
+async function edit(file: string, from: string, to: string): Promise<void> {
+  const { readFile } = await import('node:fs/promises');
+  const text = await readFile(file, 'utf8');
+  if (text.split(from).length !== 2) throw new Error(`expected ${from} once in ${file}`);
+  await writeFile(file, text.replace(from, to));
+}
+
+describe('a file the config names that cannot be read is reported at the config line that names it', () => {
+  // Each case: how to break the config, the field, the line text that names the file.
+  const CASES: Record<string, { opts?: Omit<StartGateOptions, 'backendPort'>; breakIt?: (file: string) => Promise<void>; field: string; named: string }> = {
+    'tls.cert': { breakIt: (f) => edit(f, '  cert: /', '  cert: missing-cert.pem\n  #'), field: 'tls.cert', named: 'missing-cert.pem' },
+    'tls.key': { breakIt: (f) => edit(f, '  key: /', '  key: missing-key.pem\n  #'), field: 'tls.key', named: 'missing-key.pem' },
+    'auth.users': { opts: { authYaml: 'auth:\n  users: missing-users' }, field: 'auth.users', named: 'missing-users' },
+    'auth.attributes': { opts: { authYaml: 'auth:\n  users: users\n  attributes: missing-attributes.yaml' }, field: 'auth.attributes', named: 'missing-attributes.yaml' },
+    policies: { opts: { extraYaml: 'policies: missing-policies\n' }, field: 'policies', named: 'missing-policies' },
+    'listeners[].clientCerts.ca': {
+      opts: { listenersYaml: '\n  - name: submission\n    address: 127.0.0.1:0\n    clientCerts:\n      ca: missing-ca.pem\n' },
+      field: 'listeners[0].clientCerts.ca',
+      named: 'missing-ca.pem',
+    },
+    'backend.ca': { opts: { backendYaml: 'backend:\n  address: 127.0.0.1:2\n  tls: starttls\n  ca: missing-backend-ca.pem' }, field: 'backend.ca', named: 'missing-backend-ca.pem' },
+    'backend.auth.passwordFile': {
+      opts: { backendYaml: 'backend:\n  address: 127.0.0.1:2\n  auth:\n    user: gate\n    passwordFile: missing-password' },
+      field: 'backend.auth.passwordFile',
+      named: 'missing-password',
+    },
+    'metrics.adminTokenFile': { opts: { adminTokenFile: 'missing-token' }, field: 'metrics.adminTokenFile', named: 'missing-token' },
+  };
+
+  test.each(Object.keys(CASES))('%s: the config line, the field, the path and "does not exist" in words', async (name) => {
+    const c = CASES[name]!;
+    const { file, dir } = await configFile(c.opts ?? {});
+    await c.breakIt?.(file);
+    const line = await lineOf(file, c.named);
+    const res = await runCli(['check', '--config', file]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain(`${file}:${line}: ${c.field}: cannot read `);
+    expect(res.stderr).toContain(`${dir}/${c.named}: it does not exist`);
+    expect(res.stderr).not.toMatch(/ENOENT|EACCES|EISDIR|ENOTDIR|scandir/);
+  });
+
+  test('run refuses the same way (a missing policy folder)', async () => {
+    const { file, dir } = await configFile({ extraYaml: 'policies: missing-policies\n' });
+    await bothRefuse(file, `${file}:${await lineOf(file, 'missing-policies')}: policies: cannot read the policy folder ${dir}/missing-policies: it does not exist`);
+  });
+
+  test('a folder where a file belongs, and a file where the policy folder belongs', async () => {
+    const { file, dir } = await configFile({ authYaml: 'auth:\n  users: .', extraYaml: 'policies: users\n' });
+    const res = await runCli(['check', '--config', file]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain(`${file}:${await lineOf(file, 'users: .')}: auth.users: cannot read the users file ${dir}: it is a folder, not a file`);
+    expect(res.stderr).toContain(`${file}:${await lineOf(file, 'policies: users')}: policies: cannot read the policy folder ${dir}/users: it is a file, not a folder`);
+    expect(res.stderr).not.toMatch(/EISDIR|ENOTDIR/);
+  });
+});
+
+describe('a problem inside a file the config names', () => {
+  test('the attributes file: its own line and a "did you mean", then the config line that names it', async () => {
+    const { file, dir } = await configFile({
+      authYaml: 'auth:\n  users: users\n  attributes: users.yaml',
+      beforeStart: (d) => writeFile(`${d}/users.yaml`, 'alice:\n  addresses: [alice@corp.example]\nbob:\n  adresses: [bob@corp.example]\n'),
+    });
+    const res = await runCli(['check', '--config', file]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain(`${dir}/users.yaml:4: bob.adresses: unknown key "adresses"; did you mean "addresses"? (named by ${file}:${await lineOf(file, 'attributes: users.yaml')} auth.attributes)`);
+  });
+
+  test('a policy file: its own line, then the config line that names the folder', async () => {
+    const { file, dir } = await configFile({
+      extraYaml: 'policies: policies\n',
+      beforeStart: async (d) => {
+        const { mkdir } = await import('node:fs/promises');
+        await mkdir(`${d}/policies`);
+        await writeFile(`${d}/policies/00.yaml`, 'rules: 5\n');
+      },
+    });
+    const res = await runCli(['check', '--config', file]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain(`${dir}/policies/00.yaml:1: rules: expected array, found number 5 (named by ${file}:${await lineOf(file, 'policies: policies')} policies)`);
+  });
+});

@@ -138,11 +138,13 @@ describe('check: files the config points to', () => {
     expect(await problems(file)).toEqual([]);
   });
 
-  test('a missing certificate file is named with its path', async () => {
+  test('a missing certificate file is reported at the config line that names it, with its path', async () => {
     const { dir, file } = await setup({ cert: false });
     const p = await problems(file);
-    expect(p).toContain(`${dir}/cert.pem: tls.cert: cannot read the certificate: the file does not exist`);
-    expect(p).toContain(`${dir}/key.pem: tls.key: cannot read the private key: the file does not exist`);
+    expect(p).toEqual([
+      `${file}:6: tls.cert: cannot read the certificate ${dir}/cert.pem: it does not exist`,
+      `${file}:7: tls.key: cannot read the private key ${dir}/key.pem: it does not exist`,
+    ]);
   });
 
   test('a key that does not match the certificate is refused', async () => {
@@ -155,8 +157,8 @@ describe('check: files the config points to', () => {
     const { dir, file } = await setup({ users: '# users\nalice:$apr1$xyz$abc\nbob\n' });
     const p = await problems(file);
     expect(p).toEqual([
-      `${dir}/users:2: user "alice": an MD5 ($apr1$) hash; expected bcrypt ($2y$/$2b$), e.g. "smtpgate user passwd alice" or "htpasswd -B"`,
-      `${dir}/users:3: expected "NAME:HASH" (as written by htpasswd -B), found a line without a ":"`,
+      `${dir}/users:2: user "alice": an MD5 ($apr1$) hash; expected bcrypt ($2y$/$2b$), e.g. "smtpgate user passwd alice" or "htpasswd -B" (named by ${file}:9 auth.users)`,
+      `${dir}/users:3: expected "NAME:HASH" (as written by htpasswd -B), found a line without a ":" (named by ${file}:9 auth.users)`,
     ]);
   });
 });
