@@ -6,7 +6,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import type http from 'node:http';
-import { ConfigError, type ConfigIssue } from './config/errors.js';
+import { ConfigError, formatPath, type ConfigIssue } from './config/errors.js';
 import { loadConfigFile, loadConfigSource } from './config/load.js';
 import { openRelayProblems, type ConfigOrigin } from './config/open-relay.js';
 import { anchorIssues, checkReferences, referencedFiles } from './config/referenced-files.js';
@@ -99,6 +99,7 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
     const loaded = await loadCertificates(certificateSources(config.tls));
     if (loaded.ok) {
       certs = loaded.certs;
+      issues.push(...validityIssues(certs, now, origin));
       warnings.push(...expiryWarnings(certs, now));
     } else {
       issues.push(...loaded.issues);
@@ -190,6 +191,22 @@ export function certificateSources(tls: NonNullable<Config['tls']>): Certificate
     { label: 'default', names: [], certFile: tls.cert, keyFile: tls.key, where: 'tls' },
     ...tls.sni.map((s, i) => ({ label: s.names[0]!, names: s.names, certFile: s.cert, keyFile: s.key, where: `tls.sni[${i}]` })),
   ];
+}
+
+/**
+ * A certificate outside its validity period fails every client that verifies it: refused at
+ * start like a missing one, at the config line that names it. (A reload keeps the old pair and
+ * logs instead; see TlsManager.)
+ */
+function validityIssues(certs: readonly LoadedCertificate[], now: Date, origin: ConfigOrigin): ConfigIssue[] {
+  return certs.flatMap(({ material: m }, i): ConfigIssue[] => {
+    const segments = i === 0 ? ['tls', 'cert'] : ['tls', 'sni', i - 1, 'cert'];
+    const at = { file: origin.file, line: origin.lineOf(segments), path: formatPath(segments) };
+    const what = `the certificate ${m.certFile} (${m.subject})`;
+    if (m.notAfter.getTime() < now.getTime()) return [{ ...at, message: `${what} expired on ${m.notAfter.toISOString()}; renew it (your ACME client's fullchain.pem)` }];
+    if (m.notBefore.getTime() > now.getTime()) return [{ ...at, message: `${what} is not valid before ${m.notBefore.toISOString()}; check this machine's clock, or use the certificate in force now` }];
+    return [];
+  });
 }
 
 function expiryWarnings(certs: readonly LoadedCertificate[], now: Date): string[] {

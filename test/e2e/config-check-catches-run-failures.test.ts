@@ -8,6 +8,7 @@ import { describe, expect, test } from 'vitest';
 import { writeGateFiles, type StartGateOptions } from '../helpers/gate.js';
 import { runCli } from '../helpers/cli.js';
 import { freePort } from '../helpers/redis.js';
+import { makeTestCert } from '../helpers/pki.js';
 
 async function configFile(opts: Omit<StartGateOptions, 'backendPort'>): Promise<{ file: string; dir: string }> {
   const f = await writeGateFiles({ backendPort: 2, ...opts });
@@ -131,5 +132,36 @@ describe('a problem inside a file the config names', () => {
     const res = await runCli(['check', '--config', file]);
     expect(res.code).toBe(1);
     expect(res.stderr).toContain(`${dir}/policies/00.yaml:1: rules: expected array, found number 5 (named by ${file}:${await lineOf(file, 'policies: policies')} policies)`);
+  });
+});
+
+describe('a certificate outside its validity period', () => {
+  const DAY = 86_400_000;
+  const CERTS = {
+    'expired (the default pair)': { notBefore: new Date(Date.now() - 40 * DAY), days: 30, field: 'tls.cert', why: 'expired on' },
+    'not yet valid (the default pair)': { notBefore: new Date(Date.now() + 2 * DAY), days: 30, field: 'tls.cert', why: 'is not valid before' },
+  };
+
+  test.each(Object.keys(CERTS))('%s: check and run refuse it at the tls.cert line', async (name) => {
+    const c = CERTS[name as keyof typeof CERTS];
+    const cert = await makeTestCert('localhost', { notBefore: c.notBefore, days: c.days });
+    const { file } = await configFile({ cert });
+    const line = await lineOf(file, `cert: ${cert.certFile}`);
+    await bothRefuse(file, `${file}:${line}: ${c.field}: the certificate ${cert.certFile} (CN=localhost) ${c.why} `);
+  });
+
+  test('an SNI certificate that expired is refused at its own line', async () => {
+    const sni = await makeTestCert('old.test', { notBefore: new Date(Date.now() - 40 * DAY), days: 30 });
+    const { file } = await configFile({ tlsYaml: `  sni:\n    - names: [old.test]\n      cert: ${sni.certFile}\n      key: ${sni.keyFile}` });
+    const res = await runCli(['check', '--config', file]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain(`${file}:${await lineOf(file, `cert: ${sni.certFile}`)}: tls.sni[0].cert: the certificate ${sni.certFile} (CN=old.test) expired on `);
+  });
+
+  test('a certificate that expires soon is a warning: check exits 0', async () => {
+    const cert = await makeTestCert('localhost', { days: 5 });
+    const res = await runCli(['check', '--config', (await configFile({ cert })).file]);
+    expect(res.code).toBe(0);
+    expect(res.stdout).toMatch(/warning: tls\.cert .* expires in \d days/);
   });
 });
