@@ -12,7 +12,7 @@ import { openRelayProblems, type ConfigOrigin } from './config/open-relay.js';
 import { anchorIssues, checkReferences, referencedFiles } from './config/referenced-files.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
 import type { Config } from './config/schema.js';
-import { createLogger, type Logger } from './logging/logger.js';
+import { createLogger, prettyAvailable, type Logger } from './logging/logger.js';
 import { createMetrics, initSeries, type Metrics } from './metrics/catalogue.js';
 import { boundPort, startAdminServer } from './metrics/http-server.js';
 import { FileAuthenticator, readUsersFile } from './auth/file-authenticator.js';
@@ -135,6 +135,14 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
       if (err instanceof ConfigError) issues.push(...err.issues);
       else throw err;
     }
+  }
+  if (config.log.format === 'pretty' && !prettyAvailable()) {
+    issues.push({
+      file: origin.file,
+      line: origin.lineOf(['log', 'format']),
+      path: 'log.format',
+      message: '"pretty" needs the package pino-pretty, which is not installed here (it is a development dependency, left out by npm ci --omit=dev); use format: json, or npm install pino-pretty',
+    });
   }
   const relay = openRelayProblems(config, policy, origin);
   issues.push(...relay.issues);

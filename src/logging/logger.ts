@@ -3,6 +3,7 @@
  * Every session-scoped line is written through a child logger that carries `session`.
  * On stdout, lines are written in batches (see createLogger).
  */
+import { createRequire } from 'node:module';
 import { pino, type Logger, type DestinationStream } from 'pino';
 
 export type { Logger };
@@ -12,6 +13,20 @@ export interface LoggerOptions {
   format: 'json' | 'pretty';
   /** Where to write; defaults to stdout. Tests pass a stream to read lines back. */
   destination?: DestinationStream;
+}
+
+/**
+ * Can `format: pretty` work here? pino-pretty is a development dependency, so an install made
+ * with `npm ci --omit=dev` (the images, a host install) lacks it, and pino would only fail
+ * when the logger is built. `resolve` is passed in for tests.
+ */
+export function prettyAvailable(resolve: (id: string) => string = createRequire(import.meta.url).resolve): boolean {
+  try {
+    resolve('pino-pretty');
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export function createLogger(opts: LoggerOptions): Logger {

@@ -4,6 +4,7 @@
  * real files.
  */
 import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { writeGateFiles, type StartGateOptions } from '../helpers/gate.js';
 import { runCli } from '../helpers/cli.js';
@@ -25,9 +26,9 @@ async function lineOf(file: string, text: string): Promise<number> {
 }
 
 /** check and run both refuse the config, with `expected` among the problems; run binds nothing. */
-async function bothRefuse(file: string, expected: string): Promise<void> {
+async function bothRefuse(file: string, expected: string, cli?: string): Promise<void> {
   for (const command of ['check', 'run']) {
-    const res = await runCli([command, '--config', file]);
+    const res = await runCli([command, '--config', file], cli);
     expect(res.code, `${command}: ${res.stderr}`).toBe(1);
     expect(res.stderr, command).toContain('nothing was started');
     expect(res.stderr, command).toContain(expected);
@@ -163,5 +164,44 @@ describe('a certificate outside its validity period', () => {
     const res = await runCli(['check', '--config', (await configFile({ cert })).file]);
     expect(res.code).toBe(0);
     expect(res.stdout).toMatch(/warning: tls\.cert .* expires in \d days/);
+  });
+});
+
+describe('log.format: pretty where pino-pretty is not installed', () => {
+  /**
+   * An install as after `npm ci --omit=dev`: the built dist/ and package.json beside a
+   * node_modules without the development dependency pino-pretty (hard links: same files, but
+   * their real paths are in the copy, so nothing resolves back into the repository).
+   */
+  async function installWithoutPinoPretty(): Promise<string> {
+    const { cp, mkdtemp, rm } = await import('node:fs/promises');
+    const { execFileSync } = await import('node:child_process');
+    const os = await import('node:os');
+    const root = path.resolve(import.meta.dirname, '../..');
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-prod-install-'));
+    await cp(path.join(root, 'dist'), path.join(dir, 'dist'), { recursive: true });
+    await cp(path.join(root, 'package.json'), path.join(dir, 'package.json'));
+    execFileSync('cp', ['-al', path.join(root, 'node_modules'), path.join(dir, 'node_modules')]);
+    await rm(path.join(dir, 'node_modules', 'pino-pretty'), { recursive: true });
+    return path.join(dir, 'dist', 'cli', 'main.js');
+  }
+
+  test('check and run refuse it at the log.format line, with the fix', async () => {
+    const cli = await installWithoutPinoPretty();
+    const { file } = await configFile({ logFormat: 'pretty' });
+    const line = await lineOf(file, 'format: pretty');
+    await bothRefuse(file, `${file}:${line}: log.format: "pretty" needs the package pino-pretty, which is not installed here (it is a development dependency, left out by npm ci --omit=dev); use format: json, or npm install pino-pretty`, cli);
+  });
+
+  test('the same install passes with log.format: json', async () => {
+    const cli = await installWithoutPinoPretty();
+    const res = await runCli(['check', '--config', (await configFile({ logFormat: 'json' })).file], cli);
+    expect(res.stderr).toBe('');
+    expect(res.code).toBe(0);
+  });
+
+  test('where pino-pretty is installed, pretty passes', async () => {
+    const res = await runCli(['check', '--config', (await configFile({ logFormat: 'pretty' })).file]);
+    expect(res.code).toBe(0);
   });
 });
