@@ -10,6 +10,7 @@ import { ConfigError, formatPath, type ConfigIssue } from './config/errors.js';
 import { loadConfigFile, loadConfigSource } from './config/load.js';
 import { openRelayProblems, type ConfigOrigin } from './config/open-relay.js';
 import { anchorIssues, checkReferences, referencedFiles } from './config/referenced-files.js';
+import { hostBitWarnings } from './config/cidr-host-bits.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
 import type { Config } from './config/schema.js';
 import { createLogger, prettyAvailable, type Logger } from './logging/logger.js';
@@ -144,6 +145,7 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
       message: '"pretty" needs the package pino-pretty, which is not installed here (it is a development dependency, left out by npm ci --omit=dev); use format: json, or npm install pino-pretty',
     });
   }
+  warnings.push(...hostBitWarnings(config, origin));
   const relay = openRelayProblems(config, policy, origin);
   issues.push(...relay.issues);
   warnings.push(...relay.warnings);

@@ -205,3 +205,28 @@ describe('log.format: pretty where pino-pretty is not installed', () => {
     expect(res.code).toBe(0);
   });
 });
+
+describe('a CIDR with host bits set', () => {
+  test('is a warning naming the line and the network it means; check exits 0', async () => {
+    const { file } = await configFile({
+      listenersYaml: `
+  - name: relay
+    address: 127.0.0.1:0
+    trusted:
+      networks: [10.0.0.0/8, 10.20.0.1, 10.1.2.3/8]
+    proxyProtocol:
+      trusted: [2001:db8::1/32]
+`,
+      extraYaml: 'limits:\n  overrides:\n    - cidrs: [192.168.1.7/24]\n      connectionRate: 100/1m\n',
+    });
+    const res = await runCli(['check', '--config', file]);
+    expect(res.stderr).toBe('');
+    expect(res.code).toBe(0);
+    const warnings = res.stdout.split('\n').filter((l) => l.includes('host bits'));
+    expect(warnings).toEqual([
+      `warning: ${file}:${await lineOf(file, 'networks:')}: listeners[0].trusted.networks[2]: 10.1.2.3/8 has host bits set, so it means 10.0.0.0/8; write 10.0.0.0/8, or 10.1.2.3/32 for the one address`,
+      `warning: ${file}:${await lineOf(file, '2001:db8::1/32')}: listeners[0].proxyProtocol.trusted[0]: 2001:db8::1/32 has host bits set, so it means 2001:db8::/32; write 2001:db8::/32, or 2001:db8::1/128 for the one address`,
+      `warning: ${file}:${await lineOf(file, '192.168.1.7/24')}: limits.overrides[0].cidrs[0]: 192.168.1.7/24 has host bits set, so it means 192.168.1.0/24; write 192.168.1.0/24, or 192.168.1.7/32 for the one address`,
+    ]);
+  });
+});
