@@ -3,9 +3,11 @@
  * naming the config file, line and field: they share one validation path. The real binary on
  * real files.
  */
-import { writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
-import { describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { writeGateFiles, type StartGateOptions } from '../helpers/gate.js';
 import { runCli } from '../helpers/cli.js';
 import { freePort } from '../helpers/redis.js';
@@ -19,7 +21,6 @@ async function configFile(opts: Omit<StartGateOptions, 'backendPort'>): Promise<
 
 /** The line of the first line of `file` that contains `text`. */
 async function lineOf(file: string, text: string): Promise<number> {
-  const { readFile } = await import('node:fs/promises');
   const n = (await readFile(file, 'utf8')).split('\n').findIndex((l) => l.includes(text));
   if (n < 0) throw new Error(`${text} not in ${file}`);
   return n + 1;
@@ -55,7 +56,6 @@ describe('addresses that cannot all be bound', () => {
 
 /** Replaces the line containing `from` (exactly one) in the config. */
 async function edit(file: string, from: string, to: string): Promise<void> {
-  const { readFile } = await import('node:fs/promises');
   const text = await readFile(file, 'utf8');
   if (text.split(from).length !== 2) throw new Error(`expected ${from} once in ${file}`);
   await writeFile(file, text.replace(from, to));
@@ -125,7 +125,6 @@ describe('a problem inside a file the config names', () => {
     const { file, dir } = await configFile({
       extraYaml: 'policies: policies\n',
       beforeStart: async (d) => {
-        const { mkdir } = await import('node:fs/promises');
         await mkdir(`${d}/policies`);
         await writeFile(`${d}/policies/00.yaml`, 'rules: 5\n');
       },
@@ -170,31 +169,36 @@ describe('a certificate outside its validity period', () => {
 describe('log.format: pretty where pino-pretty is not installed', () => {
   /**
    * An install as after `npm ci --omit=dev`: the built dist/ and package.json beside a
-   * node_modules without the development dependency pino-pretty (hard links: same files, but
-   * their real paths are in the copy, so nothing resolves back into the repository).
+   * node_modules without the development dependency pino-pretty. Hard links where the file
+   * system allows (same files, but their real paths are in the copy, so nothing resolves back
+   * into the repository), a plain copy otherwise.
    */
-  async function installWithoutPinoPretty(): Promise<string> {
-    const { cp, mkdtemp, rm } = await import('node:fs/promises');
-    const { execFileSync } = await import('node:child_process');
-    const os = await import('node:os');
+  let install: string;
+  let cli: string;
+  beforeAll(async () => {
     const root = path.resolve(import.meta.dirname, '../..');
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-prod-install-'));
-    await cp(path.join(root, 'dist'), path.join(dir, 'dist'), { recursive: true });
-    await cp(path.join(root, 'package.json'), path.join(dir, 'package.json'));
-    execFileSync('cp', ['-al', path.join(root, 'node_modules'), path.join(dir, 'node_modules')]);
-    await rm(path.join(dir, 'node_modules', 'pino-pretty'), { recursive: true });
-    return path.join(dir, 'dist', 'cli', 'main.js');
-  }
+    install = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-prod-install-'));
+    await cp(path.join(root, 'dist'), path.join(install, 'dist'), { recursive: true });
+    await cp(path.join(root, 'package.json'), path.join(install, 'package.json'));
+    const modules = [path.join(root, 'node_modules'), path.join(install, 'node_modules')];
+    try {
+      execFileSync('cp', ['-al', ...modules], { stdio: 'ignore' });
+    } catch {
+      await rm(modules[1]!, { recursive: true, force: true });
+      execFileSync('cp', ['-a', ...modules]);
+    }
+    await rm(path.join(install, 'node_modules', 'pino-pretty'), { recursive: true });
+    cli = path.join(install, 'dist', 'cli', 'main.js');
+  });
+  afterAll(() => rm(install, { recursive: true, force: true }));
 
   test('check and run refuse it at the log.format line, with the fix', async () => {
-    const cli = await installWithoutPinoPretty();
     const { file } = await configFile({ logFormat: 'pretty' });
     const line = await lineOf(file, 'format: pretty');
     await bothRefuse(file, `${file}:${line}: log.format: "pretty" needs the package pino-pretty, which is not installed here (it is a development dependency, left out by npm ci --omit=dev); use format: json, or npm install pino-pretty`, cli);
   });
 
   test('the same install passes with log.format: json', async () => {
-    const cli = await installWithoutPinoPretty();
     const res = await runCli(['check', '--config', (await configFile({ logFormat: 'json' })).file], cli);
     expect(res.stderr).toBe('');
     expect(res.code).toBe(0);
