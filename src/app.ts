@@ -416,7 +416,17 @@ export class App {
         registry: this.metrics.registry,
         readiness: () => this.#readiness(),
         // `smtpgate limits list|clear` reach a memory store through here; loopback by default.
-        routes: [limitsAdminRoutes(this.limits, this.#material.adminToken ? { token: this.#material.adminToken } : {})],
+        routes: [
+          limitsAdminRoutes(this.limits, {
+            ...(this.#material.adminToken ? { token: this.#material.adminToken } : {}),
+            // A browser page reaching the admin routes is a CSRF or DNS-rebinding attempt: worth a line.
+            onRefused: (r, req) =>
+              this.log.warn(
+                { status: r.status, path: req.url, client: req.socket.remoteAddress, origin: req.headers.origin, secFetchSite: req.headers['sec-fetch-site'], contentType: req.headers['content-type'] },
+                'admin request refused',
+              ),
+          }),
+        ],
       });
     } catch (err) {
       await this.stop();

@@ -15,7 +15,7 @@ import { ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, userKey } from '.
 import { formatWindow, retrySeconds } from './rate.js';
 import type { LimiterName } from './replies.js';
 import type { StoredEntry } from './limiter-store.js';
-import { refuseBrowserRequest } from '../metrics/browser-guard.js';
+import { refuseBrowserRequest, type HttpRefusal } from '../metrics/browser-guard.js';
 
 export interface LockedIp {
   readonly ip: string;
@@ -179,7 +179,7 @@ export interface LimitsAdmin {
  * With `token`, both need "Authorization: Bearer <token>"; without it, bind the admin address
  * to loopback only, since clearing a lockout is a privileged act.
  */
-export function limitsAdminRoutes(admin: LimitsAdmin, opts: { token?: string } = {}) {
+export function limitsAdminRoutes(admin: LimitsAdmin, opts: { token?: string; onRefused?: (refusal: HttpRefusal, req: IncomingMessage) => void } = {}) {
   return (req: IncomingMessage, res: ServerResponse): boolean => {
     const url = new URL(req.url ?? '/', 'http://admin.invalid');
     if (url.pathname !== '/limits' && url.pathname !== '/limits/clear') return false;
@@ -189,6 +189,7 @@ export function limitsAdminRoutes(admin: LimitsAdmin, opts: { token?: string } =
     // CSRF and DNS rebinding: see metrics/browser-guard.ts.
     const refused = refuseBrowserRequest(req);
     if (refused) {
+      opts.onRefused?.(refused, req);
       reply(refused.status, { error: refused.error });
       return true;
     }

@@ -72,6 +72,17 @@ describe('a request from a browser is refused with 403', () => {
     expect((await fetch(`${base(open)}/limits`, { headers: BROWSER[name] })).status).toBe(403);
   });
 
+  test('each refusal is logged with the client, the path and the browser marks', async () => {
+    const before = open.logs.length;
+    await fetch(`${base(open)}/limits/clear`, { method: 'POST', headers: { 'content-type': 'application/json', origin: 'https://evil.example' }, body: BODY });
+    await fetch(`${base(open)}/limits/clear`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: BODY });
+    const lines = open.logs.slice(before).filter((l) => l.msg === 'admin request refused');
+    expect(lines).toEqual([
+      expect.objectContaining({ level: 40, status: 403, path: '/limits/clear', client: '127.0.0.1', origin: 'https://evil.example' }),
+      expect.objectContaining({ level: 40, status: 415, path: '/limits/clear', client: '127.0.0.1', contentType: 'text/plain' }),
+    ]);
+  });
+
   test('even with the right token', async () => {
     const res = await fetch(`${base(withToken)}/limits`, { headers: { origin: 'https://evil.example', authorization: `Bearer ${TOKEN}` } });
     expect(res.status).toBe(403);
