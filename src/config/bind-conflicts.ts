@@ -34,9 +34,13 @@ function claimOf(host: string): Claim {
   const family = net.isIP(host);
   if (family === 4) return host === '0.0.0.0' ? { kind: 'any4' } : { kind: 'ip', family: 4, address: host };
   if (family === 6) {
-    // The URL parser writes an IPv6 address in its one canonical (RFC 5952) form.
+    // The URL parser writes an IPv6 address in one canonical form, an IPv4-mapped one in hex.
     const address = new URL(`http://[${host}]/`).hostname.slice(1, -1);
-    if (address === '::ffff:0:0' || /^::ffff:/.test(address)) return claimOf(host.replace(/^.*:/, ''));
+    const hex = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(address);
+    if (hex) {
+      const [hi, lo] = [parseInt(hex[1]!, 16), parseInt(hex[2]!, 16)];
+      return claimOf(`${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`);
+    }
     return address === '::' ? { kind: 'any' } : { kind: 'ip', family: 6, address };
   }
   return { kind: 'name', name: host.toLowerCase() };

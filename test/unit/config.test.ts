@@ -199,6 +199,8 @@ describe('addresses that cannot all be bound are refused before anything binds',
     [':: and ::1', '[::]:2525', '[::1]:2525', ':: takes the port on every IPv6 and IPv4 address'],
     [':: and 127.0.0.1', '127.0.0.1:2525', '[::]:2525', ':: takes the port on every IPv6 and IPv4 address'],
     ['an IPv4-mapped address and the IPv4 address', '[::ffff:127.0.0.1]:2525', '127.0.0.1:2525', 'the same address'],
+    ['an IPv4-mapped address in hex and the IPv4 address', '10.0.0.1:2525', '[::ffff:a00:1]:2525', 'the same address'],
+    ['an IPv4-mapped address in hex and 0.0.0.0', '0.0.0.0:2525', '[::ffff:a00:1]:2525', '0.0.0.0 takes the port on every IPv4 address'],
     ['two spellings of one IPv6 address', '[2001:db8::1]:2525', '[2001:db8:0:0::1]:2525', 'the same address'],
   ])('%s', (_name, a, b, why) => {
     const issues = issuesOf(withListeners(a, b));
