@@ -6,11 +6,14 @@
  */
 import { readFile } from 'node:fs/promises';
 import type http from 'node:http';
-import { ConfigError, type ConfigIssue } from './config/errors.js';
-import { loadConfigFile } from './config/load.js';
+import { ConfigError, formatPath, type ConfigIssue } from './config/errors.js';
+import { loadConfigFile, loadConfigSource } from './config/load.js';
+import { openRelayProblems, type ConfigOrigin } from './config/open-relay.js';
+import { anchorIssues, checkReferences, referencedFiles } from './config/referenced-files.js';
+import { hostBitWarnings } from './config/cidr-host-bits.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
 import type { Config } from './config/schema.js';
-import { createLogger, prettyLogsAvailable, type Logger } from './logging/logger.js';
+import { createLogger, prettyAvailable, type Logger } from './logging/logger.js';
 import { createMetrics, initSeries, recordReload, type Metrics } from './metrics/catalogue.js';
 import { readBuildInfo } from './build-info.js';
 import { boundPort, startAdminServer, type Readiness } from './metrics/http-server.js';
@@ -32,6 +35,8 @@ import { readRedisPasswordFile } from './limits/redis-store.js';
 import { storeSecretFiles } from './limits/config.js';
 import { emptyPolicySet, loadPolicySet } from './policy/load.js';
 import type { PolicySet } from './policy/types.js';
+import { lintPolicySet } from './policy/lint.js';
+import { formatFinding } from './policy/cli.js';
 import type { HostPort } from './config/units.js';
 import type { BackendClientOptions } from './relay/smtp-client.js';
 import { WriteBatcher } from './transport/write-batcher.js';
@@ -70,6 +75,9 @@ export async function readAdminToken(file: string): Promise<string> {
   return token;
 }
 
+/** For a config built in code: no file, no lines. */
+const UNKNOWN_ORIGIN: ConfigOrigin = { file: 'the config', lineOf: () => undefined };
+
 /** How often the policy folder is checked for changes. */
 const POLICY_POLL_MS = 2_000;
 
@@ -82,14 +90,20 @@ export function hostPortLabel(a: HostPort): string {
  * Loads the certificate, key, users file and backend CA, collecting every problem. Used by
  * `check` (which reports them all) and `run` (which refuses to start on any).
  */
-export async function loadRuntimeMaterial(config: Config, now = new Date()): Promise<RuntimeMaterial> {
+export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; origin?: ConfigOrigin } = {}): Promise<RuntimeMaterial> {
+  const now = opts.now ?? new Date();
+  const origin = opts.origin ?? UNKNOWN_ORIGIN;
   const issues: ConfigIssue[] = [];
   const warnings: string[] = [];
+  // A missing or unreadable file is reported at the config line naming it; see referenced-files.ts.
+  const refs = referencedFiles(config);
+  const unreadable = await checkReferences(refs, origin);
   let certs: LoadedCertificate[] | undefined;
   if (config.tls) {
     const loaded = await loadCertificates(certificateSources(config.tls));
     if (loaded.ok) {
       certs = loaded.certs;
+      issues.push(...validityIssues(certs, now, origin));
       warnings.push(...expiryWarnings(certs, now));
     } else {
       issues.push(...loaded.issues);
@@ -126,6 +140,21 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
       else throw err;
     }
   }
+  if (config.log.format === 'pretty' && !prettyAvailable()) {
+    issues.push({
+      file: origin.file,
+      line: origin.lineOf(['log', 'format']),
+      path: 'log.format',
+      message: '"pretty" needs the package pino-pretty, which is not installed here (it is a development dependency, left out by npm ci --omit=dev); use format: json, or npm install pino-pretty',
+    });
+  }
+  warnings.push(...hostBitWarnings(config, origin));
+  const relay = openRelayProblems(config, policy, origin);
+  issues.push(...relay.issues);
+  warnings.push(...relay.warnings);
+  // What `smtpgate policy check` would find, except the open relay, decided above with the listeners.
+  const knownGroups = config.auth?.attributes ? new Set([...attributes.values()].flatMap((a) => a.groups)) : undefined;
+  for (const f of lintPolicySet(policy, knownGroups ? { knownGroups } : {})) if (f.kind !== 'open_relay') warnings.push(formatFinding(f));
   let backendCa: Buffer | undefined;
   if (config.backend.ca) {
     try {
@@ -154,7 +183,7 @@ export async function loadRuntimeMaterial(config: Config, now = new Date()): Pro
   for (const l of config.listeners) {
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
-  if (issues.length) throw new ConfigError(issues);
+  if (issues.length || unreadable.length) throw new ConfigError([...unreadable, ...anchorIssues(issues, refs, unreadable, origin)]);
   return { certs, users, attributes, backendCa, backendPassword, clientCas, policy, adminToken, warnings };
 }
 
@@ -184,6 +213,22 @@ export function certificateSources(tls: NonNullable<Config['tls']>): Certificate
   ];
 }
 
+/**
+ * A certificate outside its validity period fails every client that verifies it: refused at
+ * start like a missing one, at the config line that names it. (A reload keeps the old pair and
+ * logs instead; see TlsManager.)
+ */
+function validityIssues(certs: readonly LoadedCertificate[], now: Date, origin: ConfigOrigin): ConfigIssue[] {
+  return certs.flatMap(({ material: m }, i): ConfigIssue[] => {
+    const segments = i === 0 ? ['tls', 'cert'] : ['tls', 'sni', i - 1, 'cert'];
+    const at = { file: origin.file, line: origin.lineOf(segments), path: formatPath(segments) };
+    const what = `the certificate ${m.certFile} (${m.subject})`;
+    if (m.notAfter.getTime() < now.getTime()) return [{ ...at, message: `${what} expired on ${m.notAfter.toISOString()}; renew it (your ACME client's fullchain.pem)` }];
+    if (m.notBefore.getTime() > now.getTime()) return [{ ...at, message: `${what} is not valid before ${m.notBefore.toISOString()}; check this machine's clock, or use the certificate in force now` }];
+    return [];
+  });
+}
+
 function expiryWarnings(certs: readonly LoadedCertificate[], now: Date): string[] {
   const out: string[] = [];
   for (const { material: m, source } of certs) {
@@ -199,38 +244,33 @@ function expiryWarnings(certs: readonly LoadedCertificate[], now: Date): string[
  * certificate when the config asks for one; `check` never writes anything.
  */
 export async function checkConfigFile(file: string, mode: 'run' | 'check' = 'run'): Promise<{ config: Config; material: RuntimeMaterial }> {
-  const config = await loadConfigFile(file);
-  // Development dependencies a config may ask for: a production install (npm ci --omit=dev,
-  // the container image) doesn't have them, and the config is refused rather than crash later.
+  const { config, source } = await loadConfigSource(file);
+  // A development dependency a config may ask for: a production install (npm ci --omit=dev,
+  // the container image) doesn't have it, and the config is refused rather than crash later.
+  // (log.format: pretty, the other one, is checked with the rest in loadRuntimeMaterial.)
   const tls = config.demo?.generateCertificate && config.tls && !(await demoCertificateExists(config.tls.cert, config.tls.key)) ? config.tls : undefined;
   const generate = tls ? await loadCertificateGenerator() : undefined;
-  const missing: ConfigIssue[] = [];
   if (tls && !generate) {
-    missing.push({
-      file,
-      path: 'demo.generateCertificate',
-      message:
-        'needs the development dependency "selfsigned", which a production install (npm ci --omit=dev) leaves out: ' +
-        'install the development dependencies (npm install) to try the demo, or give tls.cert and tls.key a real certificate and remove demo',
-    });
+    throw new ConfigError([
+      {
+        file,
+        line: source.lineOf(['demo', 'generateCertificate']),
+        path: 'demo.generateCertificate',
+        message:
+          'needs the development dependency "selfsigned", which a production install (npm ci --omit=dev) leaves out: ' +
+          'install the development dependencies (npm install) to try the demo, or give tls.cert and tls.key a real certificate and remove demo',
+      },
+    ]);
   }
-  if (config.log.format === 'pretty' && !prettyLogsAvailable()) {
-    missing.push({
-      file,
-      path: 'log.format',
-      message: '"pretty" needs the development dependency "pino-pretty", which a production install (npm ci --omit=dev) leaves out: use json (or npm install)',
-    });
-  }
-  if (missing.length) throw new ConfigError(missing);
   if (tls && generate) {
     if (mode === 'run') {
       await ensureDemoCertificate(tls.cert, tls.key, config.hostname, generate);
     } else {
-      const material = await loadRuntimeMaterial({ ...config, tls: undefined });
+      const material = await loadRuntimeMaterial({ ...config, tls: undefined }, { origin: source });
       return { config, material: { ...material, warnings: [...material.warnings, `tls.cert ${tls.cert} does not exist yet; demo mode generates a self-signed one at first start`] } };
     }
   }
-  return { config, material: await loadRuntimeMaterial(config) };
+  return { config, material: await loadRuntimeMaterial(config, { origin: source }) };
 }
 
 export interface AppOptions {
@@ -418,7 +458,17 @@ export class App {
         registry: this.metrics.registry,
         readiness: () => this.readiness(),
         // `smtpgate limits list|clear` reach a memory store through here; loopback by default.
-        routes: [limitsAdminRoutes(this.limits, this.#material.adminToken ? { token: this.#material.adminToken } : {})],
+        routes: [
+          limitsAdminRoutes(this.limits, {
+            ...(this.#material.adminToken ? { token: this.#material.adminToken } : {}),
+            // A browser page reaching the admin routes is a CSRF or DNS-rebinding attempt: worth a line.
+            onRefused: (r, req) =>
+              this.log.warn(
+                { status: r.status, path: req.url, client: req.socket.remoteAddress, origin: req.headers.origin, secFetchSite: req.headers['sec-fetch-site'], contentType: req.headers['content-type'] },
+                'admin request refused',
+              ),
+          }),
+        ],
       });
     } catch (err) {
       await this.stop();
@@ -470,6 +520,10 @@ export class App {
     if (!this.config.policies) return true;
     try {
       const next = await loadPolicySet(this.config.policies);
+      // A set that would make a listener an open relay is refused like an invalid one.
+      const relay = openRelayProblems(this.config, next, { file: this.#configFile ?? UNKNOWN_ORIGIN.file, lineOf: () => undefined });
+      if (relay.issues.length) throw new ConfigError(relay.issues);
+      for (const w of relay.warnings) this.log.warn(w);
       this.#policy = next;
       this.metrics.policy.setPolicySet(next);
       recordReload(this.metrics, 'policy', true);

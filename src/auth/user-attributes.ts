@@ -8,9 +8,9 @@
  *     groups: [staff, sales]
  */
 import { readFile } from 'node:fs/promises';
-import { parseDocument } from 'yaml';
 import { z } from 'zod';
-import { ConfigError, formatPath, type ConfigIssue } from '../config/errors.js';
+import { ConfigError } from '../config/errors.js';
+import { describeZodIssues, parseYaml } from '../config/yaml-source.js';
 
 export interface UserAttributes {
   readonly addresses: readonly string[];
@@ -33,12 +33,15 @@ const schema = z.record(
     .strict(),
 );
 
+const ATTRIBUTE_KEYS = ['addresses', 'groups'];
+
 export function parseUserAttributes(text: string, file: string): Map<string, UserAttributes> {
-  const doc = parseDocument(text);
-  if (doc.errors.length) throw new ConfigError(doc.errors.map((e) => ({ file, path: '', message: `not valid YAML: ${e.message.split('\n')[0]}` })));
-  const result = schema.safeParse(doc.toJS() ?? {});
+  const parsed = parseYaml(text, file);
+  if (!parsed.ok) throw new ConfigError(parsed.issues);
+  const result = schema.safeParse(parsed.raw);
   if (!result.success) {
-    throw new ConfigError(result.error.issues.map((i): ConfigIssue => ({ file, path: formatPath(i.path), message: i.message })));
+    // The same messages as the config's: line, what was expected, "did you mean".
+    throw new ConfigError(describeZodIssues(result.error.issues, parsed.raw, parsed.source, { knownKeys: (s) => (s.length === 1 ? ATTRIBUTE_KEYS : []) }));
   }
   const out = new Map<string, UserAttributes>();
   for (const [user, attrs] of Object.entries(result.data)) {

@@ -7,10 +7,15 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { z } from 'zod';
 import { ConfigError } from './errors.js';
-import { describeZodIssues, parseYaml } from './yaml-source.js';
+import { describeZodIssues, parseYaml, type YamlSource } from './yaml-source.js';
 import { configSchema, type Config } from './schema.js';
 
 export async function loadConfigFile(file: string): Promise<Config> {
+  return (await loadConfigSource(file)).config;
+}
+
+/** The config and the YAML it came from, so later checks can name the line of a field. */
+export async function loadConfigSource(file: string): Promise<{ config: Config; source: YamlSource }> {
   const absolute = path.resolve(file);
   let text: string;
   try {
@@ -18,16 +23,20 @@ export async function loadConfigFile(file: string): Promise<Config> {
   } catch (err) {
     throw new ConfigError([{ file: absolute, path: '', message: `cannot read the config file: ${(err as Error).message}` }]);
   }
-  return parseConfig(text, absolute);
+  return parseConfigSource(text, absolute);
 }
 
 /** Parses and validates config text; `file` names it in errors and anchors relative paths. */
 export function parseConfig(text: string, file: string): Config {
+  return parseConfigSource(text, file).config;
+}
+
+function parseConfigSource(text: string, file: string): { config: Config; source: YamlSource } {
   const parsed = parseYaml(text, file);
   if (!parsed.ok) throw new ConfigError(parsed.issues);
   const schema = configSchema(path.dirname(file));
   const result = schema.safeParse(parsed.raw);
-  if (result.success) return result.data;
+  if (result.success) return { config: result.data, source: parsed.source };
   throw new ConfigError(describeZodIssues(result.error.issues, parsed.raw, parsed.source, { knownKeys: (segments) => knownKeysAt(schema, segments) }));
 }
 

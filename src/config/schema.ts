@@ -9,7 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration, parseHostPort } from './units.js';
-import { parseCidr, type Cidr } from './cidr.js';
+import { CidrSet, parseCidr, type Cidr } from './cidr.js';
+import { describeBind, findBindConflicts, type Bind } from './bind-conflicts.js';
 import { limitsSection, resolveStorePaths } from '../limits/config.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
@@ -322,6 +323,12 @@ export function configSchema(baseDir: string) {
         .strict()
         .default({ drainSeconds: 30 }),
       demo: demo.optional(),
+      /**
+       * A listener with requireAuth: false while relay protection is not enforced is an open
+       * relay; check and run refuse it unless this is true (only for a backend that refuses
+       * relaying itself, as Postfix's reject_unauth_destination does). See config/open-relay.ts.
+       */
+      iUnderstandThisIsAnOpenRelay: z.boolean().optional(),
     })
     .strict()
     .superRefine((cfg, ctx) => {
@@ -330,6 +337,26 @@ export function configSchema(baseDir: string) {
           code: 'custom',
           path: ['workers'],
           message: `${cfg.workers} workers need limits.store.kind: redis: the memory store counts per process, so every limit would silently multiply by the number of workers`,
+        });
+      }
+      if (!cfg.metrics.adminTokenFile && !isLoopbackHost(cfg.metrics.address.host)) {
+        const a = cfg.metrics.address;
+        ctx.addIssue({
+          code: 'custom',
+          path: ['metrics', 'adminTokenFile'],
+          message: `metrics.address ${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port} is not loopback, so the admin routes (/limits, /limits/clear, which lift lockouts) need a token: write one (e.g. openssl rand -hex 32 > /etc/smtpgate/admin-token) and set metrics.adminTokenFile to that file, or bind metrics.address to 127.0.0.1`,
+        });
+      }
+      const binds: Bind[] = [
+        ...cfg.listeners.map((l, i) => ({ label: `listener ${JSON.stringify(l.name)}`, segments: ['listeners', i, 'address'], ...l.address })),
+        { label: 'metrics.address', segments: ['metrics', 'address'], ...cfg.metrics.address },
+        ...(cfg.demo?.captureBackend ? [{ label: 'demo.captureBackend.address', segments: ['demo', 'captureBackend', 'address'], ...cfg.demo.captureBackend.address }] : []),
+      ];
+      for (const c of findBindConflicts(binds)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: [...c.bind.segments],
+          message: `${describeBind(c.bind)} and ${describeBind(c.other)} cannot both bind port ${c.bind.port}: ${c.why}. Use another port, or one address for both`,
         });
       }
       const names = new Set<string>();
@@ -361,6 +388,13 @@ export function configSchema(baseDir: string) {
         }
       });
     });
+}
+
+const LOOPBACK = new CidrSet([parseCidr('127.0.0.0/8')!, parseCidr('::1')!]);
+
+/** Only this machine can reach an address bound here (an IPv4-mapped ::ffff:127.x too). */
+export function isLoopbackHost(host: string): boolean {
+  return host.toLowerCase() === 'localhost' || LOOPBACK.has(host);
 }
 
 /** "auto" is one worker per core. */

@@ -15,6 +15,7 @@ import { cidrContains, ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, use
 import { formatWindow, retrySeconds } from './rate.js';
 import type { LimiterName } from './replies.js';
 import type { StoredEntry } from './limiter-store.js';
+import { refuseBrowserRequest, type HttpRefusal } from '../metrics/browser-guard.js';
 
 export interface LockedIp {
   readonly ip: string;
@@ -244,13 +245,20 @@ export interface LimitsAdmin {
  * With `token`, both need "Authorization: Bearer <token>"; without it, bind the admin address
  * to loopback only, since clearing a lockout is a privileged act.
  */
-export function limitsAdminRoutes(admin: LimitsAdmin, opts: { token?: string } = {}) {
+export function limitsAdminRoutes(admin: LimitsAdmin, opts: { token?: string; onRefused?: (refusal: HttpRefusal, req: IncomingMessage) => void } = {}) {
   return (req: IncomingMessage, res: ServerResponse): boolean => {
     const url = new URL(req.url ?? '/', 'http://admin.invalid');
     if (url.pathname !== '/limits' && url.pathname !== '/limits/clear') return false;
     const reply = (status: number, body: unknown) => {
       res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body) + '\n');
     };
+    // CSRF and DNS rebinding: see metrics/browser-guard.ts.
+    const refused = refuseBrowserRequest(req);
+    if (refused) {
+      opts.onRefused?.(refused, req);
+      reply(refused.status, { error: refused.error });
+      return true;
+    }
     if (opts.token && req.headers.authorization !== `Bearer ${opts.token}`) {
       reply(401, { error: 'missing or wrong bearer token' });
       return true;

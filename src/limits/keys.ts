@@ -166,6 +166,19 @@ export function parseCidr(text: string): Cidr | undefined {
   return { version, network: mask(value, bits, prefix), prefix, text: text.trim() };
 }
 
+/**
+ * The network a CIDR really means when its address has host bits set ("10.0.0.1/8" →
+ * "10.0.0.0/8"); undefined when it has none or isn't a CIDR. A config check warns about it:
+ * whoever wrote 10.0.0.1/8 may have meant the one host.
+ */
+export function networkIfHostBitsSet(text: string): string | undefined {
+  const c = parseCidr(text);
+  if (!c) return undefined;
+  const ip = withoutZone(text.trim().split('/')[0]!.trim());
+  if ((c.version === 4 ? ipv4Value(ip) : ipv6Value(ip)) === c.network) return undefined;
+  return `${c.version === 4 ? formatIpv4(c.network) : formatIpv6(c.network)}/${c.prefix}`;
+}
+
 export function cidrContains(cidr: Cidr, ip: ParsedIp | undefined): boolean {
   if (!ip || ip.version !== cidr.version) return false;
   return mask(ip.value, ip.version === 4 ? 32 : 128, cidr.prefix) === cidr.network;

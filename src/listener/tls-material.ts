@@ -13,6 +13,7 @@ export interface TlsMaterial {
   readonly certFile: string;
   readonly keyFile: string;
   readonly subject: string;
+  readonly notBefore: Date;
   readonly notAfter: Date;
   readonly fingerprint256: string;
 }
@@ -58,6 +59,7 @@ export async function loadTlsMaterial(certFile: string, keyFile: string, where: 
       certFile,
       keyFile,
       subject: x509.subject.replace(/\n/g, ', '),
+      notBefore: new Date(x509.validFrom),
       notAfter: new Date(x509.validTo),
       fingerprint256: x509.fingerprint256,
     },

@@ -16,12 +16,13 @@ export interface LoggerOptions {
 }
 
 /**
- * Whether `format: pretty` can work: pino loads its `pino-pretty` transport by name, and that
- * is a development dependency, absent from a production install.
+ * Can `format: pretty` work here? pino-pretty is a development dependency, so an install made
+ * with `npm ci --omit=dev` (the images, a host install) lacks it, and pino would only fail
+ * when the logger is built. `resolve` is passed in for tests.
  */
-export function prettyLogsAvailable(): boolean {
+export function prettyAvailable(resolve: (id: string) => string = createRequire(import.meta.url).resolve): boolean {
   try {
-    createRequire(import.meta.url).resolve('pino-pretty');
+    resolve('pino-pretty');
     return true;
   } catch {
     return false;

@@ -8,13 +8,14 @@
  * files exactly as they would be mounted.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
-import { checkConfigFile } from '../../src/app.js';
+import { checkConfigFile, readAdminToken } from '../../src/app.js';
 import { parseUserAttributes } from '../../src/auth/user-attributes.js';
 import { parseUsersFile } from '../../src/auth/users-file.js';
 import { parseConfig } from '../../src/config/load.js';
@@ -155,10 +156,16 @@ describe('deploy/smtpgate.yaml', () => {
     expect(CONFIG_TEXT).toMatch(/0\.0\.0\.0 because this config runs in containers/);
   });
 
+  test('so the admin routes need a token, kept under /etc/smtpgate', () => {
+    expect(CONFIG.metrics.adminTokenFile).toBe(`${ETC}/admin/token`);
+  });
+
   // smtpgate check, on the files as docker-compose.yml and deploy/k8s mount them.
+  // The admin token is never shipped: tls-init (compose) or kubectl (k8s) makes a random one.
+  const TOKEN = { 'admin/token': `${randomBytes(32).toString('hex')}\n` };
   const MOUNTED: Record<string, () => Promise<Record<string, string>>> = {
-    'docker-compose.yml': async () => ({ users: read('compose/users'), 'users.yaml': read('compose/users.yaml') }),
-    'deploy/k8s (secret-users.yaml)': async () => k8s('Secret', 'smtpgate-users').stringData as Record<string, string>,
+    'docker-compose.yml': async () => ({ users: read('compose/users'), 'users.yaml': read('compose/users.yaml'), ...TOKEN }),
+    'deploy/k8s (secret-users.yaml)': async () => ({ ...(k8s('Secret', 'smtpgate-users').stringData as Record<string, string>), ...TOKEN }),
   };
   test.each(Object.keys(MOUNTED))('loads with everything it names, as %s provides it (like smtpgate check)', async (source) => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-deploy-'));
@@ -166,6 +173,7 @@ describe('deploy/smtpgate.yaml', () => {
     await mkdir(path.join(dir, 'tls'));
     await cp(cert.certFile, path.join(dir, 'tls', 'fullchain.pem'));
     await cp(cert.keyFile, path.join(dir, 'tls', 'privkey.pem'));
+    await mkdir(path.join(dir, 'admin'));
     for (const [name, text] of Object.entries(await MOUNTED[source]!())) await writeFile(path.join(dir, name), text);
     await cp(path.join(REPO, 'policies'), path.join(dir, 'policies'), { recursive: true });
     const file = path.join(dir, 'smtpgate.yaml');
@@ -242,7 +250,7 @@ describe('deploy/docker-compose.yml', () => {
   });
 
   test('mounts every file the config names, read-only, from files that exist', () => {
-    const named = [CONFIG.tls!.cert, CONFIG.tls!.key, CONFIG.auth!.users!, CONFIG.auth!.attributes!, CONFIG.policies!];
+    const named = [CONFIG.tls!.cert, CONFIG.tls!.key, CONFIG.auth!.users!, CONFIG.auth!.attributes!, CONFIG.policies!, CONFIG.metrics.adminTokenFile!];
     for (const file of named) {
       const m = composeSourceOf(file);
       expect(m, file).toBeDefined();
@@ -260,6 +268,17 @@ describe('deploy/docker-compose.yml', () => {
     for (const file of [CONFIG.tls!.cert, CONFIG.tls!.key]) expect(script).toContain(path.join(initMount[1]!, path.relative(volume.target, file)));
     expect(script).toContain(`chown ${dockerUid}:${dockerUid}`);
     expect(smtpgate.depends_on['tls-init'].condition).toBe('service_completed_successfully');
+  });
+
+  test('tls-init writes a random admin token where metrics.adminTokenFile points, readable only by the image user', () => {
+    const volume = composeSourceOf(CONFIG.metrics.adminTokenFile!)!;
+    const init = COMPOSE.services['tls-init'] as Doc;
+    const initMount = (init.volumes as string[]).map((v) => v.split(':')).find(([src]) => src === volume.source)!;
+    const token = path.join(initMount[1]!, path.relative(volume.target, CONFIG.metrics.adminTokenFile!));
+    const script = (init.command as string[]).join('\n');
+    expect(script).toContain(`openssl rand -hex 32 > ${token}`);
+    expect(script).toContain(`chown ${dockerUid}:${dockerUid} ${token}`);
+    expect(script).toContain(`chmod 0400 ${token}`);
   });
 
   test('publishes the listener ports (container side) and keeps the metrics port internal', () => {
@@ -341,7 +360,7 @@ describe('deploy/k8s', () => {
   });
 
   test('every file the config names is in the projected volume, from a ConfigMap or Secret that has the key', () => {
-    const named = [CONFIG.tls!.cert, CONFIG.tls!.key, CONFIG.auth!.users!, CONFIG.auth!.attributes!];
+    const named = [CONFIG.tls!.cert, CONFIG.tls!.key, CONFIG.auth!.users!, CONFIG.auth!.attributes!, CONFIG.metrics.adminTokenFile!];
     for (const file of named) {
       const src = items.get(file);
       expect(src, file).toBeDefined();
@@ -374,6 +393,13 @@ describe('deploy/k8s', () => {
     const users = k8s('Secret', 'smtpgate-users').stringData as Record<string, string>;
     expect(parseUsersFile(users.users!, 'users').ok).toBe(true);
     expect(() => parseUserAttributes(users['users.yaml']!, 'users.yaml')).not.toThrow();
+  });
+
+  test('the admin token Secret template holds no usable token: applied unchanged, smtpgate refuses to start', async () => {
+    const token = (k8s('Secret', 'smtpgate-admin-token').stringData as Record<string, string>).token!;
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-k8s-token-'));
+    await writeFile(path.join(dir, 'token'), token);
+    await expect(readAdminToken(path.join(dir, 'token'))).rejects.toThrow(/at least 16 characters/);
   });
 
   test('container ports are the listener ports and the metrics port', () => {

@@ -12,10 +12,14 @@ export interface TestCert {
   readonly key: string;
 }
 
-/** `keyType: 'rsa'` for tests that need RSA key exchange to exist at all (sslscan). */
-export async function makeTestCert(commonName = 'localhost', opts: { days?: number; keyType?: 'ec' | 'rsa' } = {}): Promise<TestCert> {
+/**
+ * `keyType: 'rsa'` for tests that need RSA key exchange to exist at all (sslscan). `notBefore`
+ * (default a minute ago) and `days` of validity from it place the validity period, e.g. in the
+ * past (expired) or in the future (not yet valid).
+ */
+export async function makeTestCert(commonName = 'localhost', opts: { days?: number; notBefore?: Date; keyType?: 'ec' | 'rsa' } = {}): Promise<TestCert> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-pki-'));
-  const notBefore = new Date(Date.now() - 60_000);
+  const notBefore = opts.notBefore ?? new Date(Date.now() - 60_000);
   const pems = await generate([{ name: 'commonName', value: commonName }], {
     ...(opts.keyType === 'rsa' ? { keyType: 'rsa' as const, keySize: 2048 } : { keyType: 'ec' as const }),
     algorithm: 'sha256',

@@ -138,11 +138,13 @@ describe('check: files the config points to', () => {
     expect(await problems(file)).toEqual([]);
   });
 
-  test('a missing certificate file is named with its path', async () => {
+  test('a missing certificate file is reported at the config line that names it, with its path', async () => {
     const { dir, file } = await setup({ cert: false });
     const p = await problems(file);
-    expect(p).toContain(`${dir}/cert.pem: tls.cert: cannot read the certificate: the file does not exist`);
-    expect(p).toContain(`${dir}/key.pem: tls.key: cannot read the private key: the file does not exist`);
+    expect(p).toEqual([
+      `${file}:6: tls.cert: cannot read the certificate ${dir}/cert.pem: it does not exist`,
+      `${file}:7: tls.key: cannot read the private key ${dir}/key.pem: it does not exist`,
+    ]);
   });
 
   test('a key that does not match the certificate is refused', async () => {
@@ -155,8 +157,71 @@ describe('check: files the config points to', () => {
     const { dir, file } = await setup({ users: '# users\nalice:$apr1$xyz$abc\nbob\n' });
     const p = await problems(file);
     expect(p).toEqual([
-      `${dir}/users:2: user "alice": an MD5 ($apr1$) hash; expected bcrypt ($2y$/$2b$), e.g. "smtpgate user passwd alice" or "htpasswd -B"`,
-      `${dir}/users:3: expected "NAME:HASH" (as written by htpasswd -B), found a line without a ":"`,
+      `${dir}/users:2: user "alice": an MD5 ($apr1$) hash; expected bcrypt ($2y$/$2b$), e.g. "smtpgate user passwd alice" or "htpasswd -B" (named by ${file}:9 auth.users)`,
+      `${dir}/users:3: expected "NAME:HASH" (as written by htpasswd -B), found a line without a ":" (named by ${file}:9 auth.users)`,
     ]);
+  });
+});
+
+describe('metrics.adminTokenFile is required off loopback', () => {
+  // The admin routes lift lockouts and list who is locked out: beyond loopback they need a token.
+  test.each(['0.0.0.0:9464', '[::]:9464', ':9464', '10.0.0.7:9464', '[2001:db8::7]:9464', 'metrics.internal:9464', '[::ffff:10.0.0.7]:9464'])(
+    'metrics.address %s without a token is refused, naming the line and the fix',
+    (address) => {
+      const issues = issuesOf(`${MINIMAL}metrics:\n  address: "${address}"\n`);
+      expect(issues).toHaveLength(1);
+      expect(issues[0]).toMatch(/^\/etc\/smtpgate\/smtpgate\.yaml:13: metrics\.adminTokenFile: metrics\.address .* is not loopback/);
+      expect(issues[0]).toContain('/limits/clear');
+      expect(issues[0]).toContain('openssl rand -hex 32');
+    },
+  );
+
+  test.each(['127.0.0.1:9464', '127.0.0.53:9464', '[::1]:9464', 'localhost:9464', '127.0.0.1:0', '[::ffff:127.0.0.1]:9464'])('metrics.address %s needs no token', (address) => {
+    expect(parseConfig(`${MINIMAL}metrics:\n  address: "${address}"\n`, '/etc/smtpgate/smtpgate.yaml').metrics.adminTokenFile).toBeUndefined();
+  });
+
+  test('a non-loopback address with a token file passes', () => {
+    const cfg = parseConfig(`${MINIMAL}metrics:\n  address: 0.0.0.0:9464\n  adminTokenFile: admin-token\n`, '/etc/smtpgate/smtpgate.yaml');
+    expect(cfg.metrics.adminTokenFile).toBe('/etc/smtpgate/admin-token');
+  });
+});
+
+describe('addresses that cannot all be bound are refused before anything binds', () => {
+  const withListeners = (a: string, b: string, metrics = '127.0.0.1:9464') =>
+    `${MINIMAL.replace('    address: 0.0.0.0:587\n', `    address: "${a}"\n  - name: second\n    address: "${b}"\n`)}metrics:\n  address: "${metrics}"\n`;
+
+  // Linux (node's default dual-stack "::"): each pair below fails with EADDRINUSE at bind.
+  test.each([
+    ['the same address twice', '127.0.0.1:2525', '127.0.0.1:2525', 'the same address'],
+    ['0.0.0.0 and a specific IPv4 address', '0.0.0.0:2525', '10.1.2.3:2525', '0.0.0.0 takes the port on every IPv4 address'],
+    ['a specific IPv4 address and 0.0.0.0', '10.1.2.3:2525', ':2525', '0.0.0.0 takes the port on every IPv4 address'],
+    [':: and 0.0.0.0', '[::]:2525', '0.0.0.0:2525', ':: takes the port on every IPv6 and IPv4 address'],
+    [':: and ::1', '[::]:2525', '[::1]:2525', ':: takes the port on every IPv6 and IPv4 address'],
+    [':: and 127.0.0.1', '127.0.0.1:2525', '[::]:2525', ':: takes the port on every IPv6 and IPv4 address'],
+    ['an IPv4-mapped address and the IPv4 address', '[::ffff:127.0.0.1]:2525', '127.0.0.1:2525', 'the same address'],
+    ['an IPv4-mapped address in hex and the IPv4 address', '10.0.0.1:2525', '[::ffff:a00:1]:2525', 'the same address'],
+    ['an IPv4-mapped address in hex and 0.0.0.0', '0.0.0.0:2525', '[::ffff:a00:1]:2525', '0.0.0.0 takes the port on every IPv4 address'],
+    ['two spellings of one IPv6 address', '[2001:db8::1]:2525', '[2001:db8:0:0::1]:2525', 'the same address'],
+  ])('%s', (_name, a, b, why) => {
+    const issues = issuesOf(withListeners(a, b));
+    expect(issues).toHaveLength(1);
+    expect(issues[0]).toMatch(/^\/etc\/smtpgate\/smtpgate\.yaml:6: listeners\[1\]\.address: listener "second" \(.*\) and listener "submission" \(.*\) cannot both bind port 2525/);
+    expect(issues[0]).toContain(why);
+  });
+
+  test('the metrics address on a listener port', () => {
+    const issues = issuesOf(withListeners('127.0.0.1:2525', '127.0.0.1:2465', '0.0.0.0:2465'));
+    expect(issues.filter((i) => i.includes('cannot both bind'))).toEqual([
+      expect.stringMatching(/smtpgate\.yaml:15: metrics\.address: metrics\.address \(0\.0\.0\.0:2465\) and listener "second" \(127\.0\.0\.1:2465\) cannot both bind port 2465/),
+    ]);
+  });
+
+  test.each([
+    ['two loopback addresses', '127.0.0.1:2525', '127.0.0.2:2525'],
+    ['0.0.0.0 and ::1 (different families)', '0.0.0.0:2525', '[::1]:2525'],
+    ['port 0 twice (each gets a free port)', '127.0.0.1:0', '127.0.0.1:0'],
+    ['different ports', '0.0.0.0:25', '0.0.0.0:587'],
+  ])('%s can be bound together', (_name, a, b) => {
+    expect(parseConfig(withListeners(a, b), '/etc/smtpgate/smtpgate.yaml').listeners).toHaveLength(2);
   });
 });

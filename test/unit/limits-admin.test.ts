@@ -176,7 +176,7 @@ describe('admin HTTP routes (the CLI path for the memory store)', () => {
     expect((await fetchLimitsState(base)).lockedIps).toEqual([]);
     expect((await fetch(`${base}/metrics`)).status).toBe(404);
     expect((await fetch(`${base}/limits/clear`)).status).toBe(405);
-    expect((await fetch(`${base}/limits/clear`, { method: 'POST', body: 'nope' })).status).toBe(400);
+    expect((await fetch(`${base}/limits/clear`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: 'nope' })).status).toBe(400);
   });
 
   test('with a token, requests without it are refused', async () => {

@@ -4,7 +4,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
-import { cidrContains, ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, userIpKey, userKey } from '../../src/limits/keys.js';
+import { cidrContains, ipKey, networkIfHostBitsSet, parseCidr, parseIp, senderKey, splitUserIpKey, userIpKey, userKey } from '../../src/limits/keys.js';
 
 describe('ipKey', () => {
   test('IPv4 addresses are counted as they are', () => {
@@ -115,5 +115,23 @@ describe('CIDRs for overrides', () => {
     for (const bad of ['10.0.0.0/33', '10.0.0/8', 'example.com', '2001:db8::/129', '10.0.0.0/8/1', '10.0.0.0/x']) {
       expect(parseCidr(bad), bad).toBeUndefined();
     }
+  });
+});
+
+describe('networkIfHostBitsSet', () => {
+  test.each([
+    ['10.0.0.1/8', '10.0.0.0/8'],
+    ['10.255.255.255/9', '10.128.0.0/9'],
+    ['192.168.1.7/24', '192.168.1.0/24'],
+    ['1.2.3.4/0', '0.0.0.0/0'],
+    ['2001:db8::1/32', '2001:db8::/32'],
+    ['2001:db8:abcd:12::1/48', '2001:db8:abcd::/48'],
+    ['fe80::1/10', 'fe80::/10'],
+  ])('%s means %s', (text, network) => {
+    expect(networkIfHostBitsSet(text)).toBe(network);
+  });
+
+  test.each(['10.0.0.0/8', '10.20.0.1', '10.20.0.1/32', '0.0.0.0/0', '2001:db8::/32', '2001:db8::1', '::/0', 'not a cidr'])('%s has none', (text) => {
+    expect(networkIfHostBitsSet(text)).toBeUndefined();
   });
 });

@@ -1,0 +1,26 @@
+/**
+ * CIDRs in the config whose address has host bits set ("10.1.2.3/8"): valid, and matched as
+ * the network they mean (10.0.0.0/8), but often a single host written with the wrong prefix, and
+ * then far more addresses are trusted than intended. A warning, not an error: `check` prints it
+ * and exits 0; `run` logs it at start. Pure.
+ */
+import { networkIfHostBitsSet } from '../limits/keys.js';
+import type { ConfigOrigin } from './open-relay.js';
+import { formatPath } from './errors.js';
+import type { Config } from './schema.js';
+
+export function hostBitWarnings(config: Config, origin: ConfigOrigin): string[] {
+  const found: { segments: PropertyKey[]; text: string }[] = [];
+  config.listeners.forEach((l, i) => {
+    l.trusted?.networks.forEach((c, j) => found.push({ segments: ['listeners', i, 'trusted', 'networks', j], text: `${c.address}/${c.prefix}` }));
+    l.proxyProtocol?.trusted.forEach((c, j) => found.push({ segments: ['listeners', i, 'proxyProtocol', 'trusted', j], text: `${c.address}/${c.prefix}` }));
+  });
+  config.limits.overrides.forEach((o, i) => o.cidrs?.forEach((c, j) => found.push({ segments: ['limits', 'overrides', i, 'cidrs', j], text: c.text })));
+  return found.flatMap(({ segments, text }) => {
+    const network = networkIfHostBitsSet(text);
+    if (!network) return [];
+    const line = origin.lineOf(segments);
+    const host = `${text.split('/')[0]}/${text.includes(':') ? 128 : 32}`;
+    return [`${origin.file}${line ? `:${line}` : ''}: ${formatPath(segments)}: ${text} has host bits set, so it means ${network}; write ${network}, or ${host} for the one address`];
+  });
+}

@@ -1,0 +1,105 @@
+/**
+ * The files and folders a config names (certificate, key, users, attributes, policy folder,
+ * CA bundles, password and token files), checked before anything reads them, so that a
+ * missing or unreadable one is reported at the config line that names it, with the reason in
+ * words instead of a raw ENOENT. A problem found later *inside* such a file keeps its own file
+ * and line, and says which config line named the file.
+ */
+import { constants } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { formatPath, type ConfigIssue } from './errors.js';
+import type { ConfigOrigin } from './open-relay.js';
+import type { Config } from './schema.js';
+
+export interface FileReference {
+  /** Config path segments of the field that names it. */
+  readonly segments: readonly PropertyKey[];
+  /** The absolute path. */
+  readonly file: string;
+  readonly kind: 'file' | 'folder';
+  /** What it is, for messages: "the certificate". */
+  readonly what: string;
+}
+
+/** Pure: every file and folder the config names, in config order. */
+export function referencedFiles(config: Config): FileReference[] {
+  const refs: FileReference[] = [];
+  const add = (segments: PropertyKey[], file: string | undefined, what: string, kind: 'file' | 'folder' = 'file') => {
+    if (file !== undefined) refs.push({ segments, file, kind, what });
+  };
+  config.listeners.forEach((l, i) => add(['listeners', i, 'clientCerts', 'ca'], l.clientCerts?.ca, 'the client-certificate CA bundle'));
+  if (config.tls) {
+    add(['tls', 'cert'], config.tls.cert, 'the certificate');
+    add(['tls', 'key'], config.tls.key, 'the private key');
+    config.tls.sni.forEach((s, i) => {
+      add(['tls', 'sni', i, 'cert'], s.cert, 'the certificate');
+      add(['tls', 'sni', i, 'key'], s.key, 'the private key');
+    });
+  }
+  add(['auth', 'users'], config.auth?.users, 'the users file');
+  add(['auth', 'attributes'], config.auth?.attributes, 'the user attributes file');
+  add(['backend', 'ca'], config.backend.ca, 'the CA bundle');
+  add(['backend', 'auth', 'passwordFile'], config.backend.auth?.passwordFile, 'the password file');
+  add(['policies'], config.policies, 'the policy folder', 'folder');
+  add(['metrics', 'adminTokenFile'], config.metrics.adminTokenFile, 'the admin token file');
+  return refs;
+}
+
+/** An OS error on a path, in words (the code stays out of the message). */
+export function describeFsError(err: unknown): string {
+  switch ((err as NodeJS.ErrnoException).code) {
+    case 'ENOENT':
+      return 'it does not exist';
+    case 'EACCES':
+    case 'EPERM':
+      return `permission denied for this user (uid ${process.getuid?.() ?? '?'}): give it read access (chgrp/chmod)`;
+    case 'ENOTDIR':
+      return 'a part of the path is a file, not a folder';
+    case 'ELOOP':
+      return 'a symbolic link in the path points to itself';
+    case 'EISDIR':
+      return 'it is a folder, not a file';
+    default:
+      return (err as Error).message;
+  }
+}
+
+/** The references that can't be read, as problems at the config lines that name them. */
+export async function checkReferences(refs: readonly FileReference[], origin: ConfigOrigin): Promise<ConfigIssue[]> {
+  const issues: ConfigIssue[] = [];
+  for (const ref of refs) {
+    const reason = await unreadable(ref);
+    if (reason) issues.push({ file: origin.file, line: origin.lineOf(ref.segments), path: formatPath(ref.segments), message: `cannot read ${ref.what} ${ref.file}: ${reason}` });
+  }
+  return issues;
+}
+
+async function unreadable(ref: FileReference): Promise<string | undefined> {
+  try {
+    const s = await stat(ref.file);
+    if (ref.kind === 'file' && s.isDirectory()) return 'it is a folder, not a file';
+    if (ref.kind === 'folder' && !s.isDirectory()) return 'it is a file, not a folder';
+    await access(ref.file, ref.kind === 'folder' ? constants.R_OK | constants.X_OK : constants.R_OK);
+    return undefined;
+  } catch (err) {
+    return describeFsError(err);
+  }
+}
+
+/**
+ * Problems the loaders found in referenced files: those about a file already reported as
+ * unreadable are dropped (they would say the same, less well); the rest say which config line
+ * named the file they are in.
+ */
+export function anchorIssues(issues: readonly ConfigIssue[], refs: readonly FileReference[], unreadable: readonly ConfigIssue[], origin: ConfigOrigin): ConfigIssue[] {
+  const refOf = (file: string) => refs.find((r) => file === r.file || (r.kind === 'folder' && file.startsWith(r.file + path.sep)));
+  const broken = new Set(refs.filter((r) => unreadable.some((u) => u.path === formatPath(r.segments))).map((r) => r.file));
+  return issues.flatMap((issue) => {
+    const ref = refOf(issue.file);
+    if (!ref || issue.file === origin.file) return [issue];
+    if (broken.has(ref.file)) return [];
+    const line = origin.lineOf(ref.segments);
+    return [{ ...issue, message: `${issue.message} (named by ${origin.file}${line ? `:${line}` : ''} ${formatPath(ref.segments)})` }];
+  });
+}

@@ -1,0 +1,38 @@
+/**
+ * The admin routes (/limits, /limits/clear) serve programs: `smtpgate limits` and curl. A
+ * browser has no business there, and when it shows up it is a page acting with the admin's
+ * network position, not the admin:
+ *
+ * - CSRF: a page on any site can POST to http://127.0.0.1:9464/limits/clear. A "simple
+ *   request" (text/plain, a form encoding, no content type) skips the CORS preflight, so the
+ *   browser sends it and the server acts, even though the page never sees the answer.
+ * - DNS rebinding: a page whose name is re-pointed at 127.0.0.1 is "same origin" with the
+ *   admin address and can read GET /limits. Comparing Origin with Host doesn't help, since
+ *   both carry the attacker's name.
+ *
+ * So a request that shows a browser's marks is refused whatever it names: an Origin header
+ * (browsers send it on every POST and every cross-origin request; the CLI, curl and node's
+ * fetch never do), or a Sec-Fetch-Site other than "none" (a page made the request, not the
+ * user typing the URL). A body must be declared application/json, which no simple request can
+ * be. Pure: headers in, refusal out.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+
+export interface HttpRefusal {
+  readonly status: 403 | 415;
+  readonly error: string;
+}
+
+export function refuseBrowserRequest(req: { readonly method?: string; readonly headers: IncomingHttpHeaders }): HttpRefusal | undefined {
+  const site = req.headers['sec-fetch-site'];
+  if (req.headers.origin !== undefined || (site !== undefined && site !== 'none')) {
+    return { status: 403, error: 'the admin routes do not answer requests made by a browser page (Origin or Sec-Fetch-Site present); use smtpgate limits or curl' };
+  }
+  const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
+  // The media type without parameters (RFC 9110 §8.3.1: case-insensitive).
+  const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  if (hasBody && type !== 'application/json') {
+    return { status: 415, error: `expected Content-Type: application/json, found ${JSON.stringify(req.headers['content-type'] ?? 'none')}` };
+  }
+  return undefined;
+}
