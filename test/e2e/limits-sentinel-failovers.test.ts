@@ -148,7 +148,7 @@ messagesPerUser: 100000/1h
             const user = `round${round}`;
             return until(
               `round ${round}, onStoreFailure ${mode}: limits counting on the new master ${promoted.port}`,
-              async () => h.limits.storeUp && (await mail(h, user)) === undefined && (await promotedClient.get(`failovers-${mode}:messages_user:100000-3600:${user}`)) !== null,
+              async () => h.limits.storeUp && (await mail(h, user)) === undefined && (await promotedClient.get(`failovers-${mode}:messages_user:c:${user}`)) !== null,
               RECOVERY_MS,
               100,
             );
