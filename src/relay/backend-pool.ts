@@ -6,7 +6,14 @@
  * Failing over only ever happens while opening a session, before any command of the client's
  * transaction has been sent, so a message can never reach two backends.
  */
-import type { BackendTarget } from './backend-session.js';
+import type { BackendClientOptions } from './smtp-client.js';
+
+/** One configured backend. Defined here, not in backend-session.ts, which imports the pool. */
+export interface BackendTarget {
+  /** Label for logs and metrics: "host:port" from the config. */
+  readonly name: string;
+  readonly options: BackendClientOptions;
+}
 
 export type Strategy = 'failover' | 'round-robin';
 

@@ -6,13 +6,9 @@
  * silently dropping it.
  */
 import { BackendConnection, BackendError, type BackendClientOptions, type DataWriter, type SmtpReply } from './smtp-client.js';
-import type { BackendPool } from './backend-pool.js';
+import type { BackendPool, BackendTarget } from './backend-pool.js';
 
-export interface BackendTarget {
-  /** Label for logs and metrics: "host:port" from the config. */
-  readonly name: string;
-  readonly options: BackendClientOptions;
-}
+export type { BackendTarget } from './backend-pool.js';
 
 /** Who the client is, for XCLIENT/XFORWARD (Postfix XCLIENT_README). */
 export interface ClientIdentity {
