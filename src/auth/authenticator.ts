@@ -1,4 +1,4 @@
-import type { BackendSession, ClientIdentity } from '../relay/backend-session.js';
+import type { Backend, ClientIdentity } from '../relay/backend.js';
 
 /**
  * The auth interface. Each backend (users file, passthrough to the legacy server, and later
@@ -28,7 +28,7 @@ export type AuthOutcome =
  * session's own backend connection, so the login sticks to the connection that relays mail.
  */
 export interface AuthContext {
-  readonly backend: BackendSession;
+  readonly backend: Backend;
   readonly identity: ClientIdentity;
 }
 

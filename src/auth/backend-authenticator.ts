@@ -4,7 +4,7 @@
  * mirrored. That authenticated connection then carries the client's mail. This is how an
  * organisation forces TLS in front of an old server without moving its users anywhere.
  */
-import { BackendError } from '../relay/smtp-client.js';
+import { BackendError } from '../relay/backend.js';
 import type { AuthContext, AuthOutcome, AuthRequest, Authenticator } from './authenticator.js';
 
 export class BackendAuthenticator implements Authenticator {

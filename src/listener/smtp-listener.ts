@@ -16,10 +16,7 @@ import type { Authenticator } from '../auth/authenticator.js';
 import type { Logger } from '../logging/logger.js';
 import type { Metrics, Stage } from '../metrics/catalogue.js';
 import { codeClass, refusal, toServerError, type Refusal, type SmtpServerError } from '../reply.js';
-import { BackendError, type SmtpReply } from '../relay/smtp-client.js';
-import type { BackendSession, ClientIdentity } from '../relay/backend-session.js';
-import { BodyEncoder, LineTooLongError, SmugglingError, type BareLineEndingMode } from '../relay/data-encoder.js';
-import { mailCommand, rcptCommand } from '../relay/envelope.js';
+import { Backend, Transaction, replyText, type BackendSession, type MessageSink, type BareLineEndingMode, type ClientIdentity, type MessageSettings, type SmtpReply } from '../relay/backend.js';
 import { headerSafe, receivedHeader } from '../relay/received-header.js';
 import { DRAIN_REFUSAL, MAX_AUTH_LINE_OCTETS, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
 import type { Limits, ClientFacts } from '../limits/limits.js';
@@ -87,7 +84,9 @@ export interface ListenerDeps {
 interface SessionState {
   readonly id: string;
   readonly log: Logger;
-  readonly backend: BackendSession;
+  readonly backend: Backend;
+  /** The backend transaction of the MAIL accepted last. */
+  transaction?: Transaction;
   readonly openedAt: number;
   tlsVersion?: string;
   user?: string;
@@ -116,8 +115,6 @@ const UNTRACED: EvaluateOptions = { trace: false };
 
 /** The client's stream failed (reset mid-DATA), or it closed before the final dot. */
 class ClientAbortError extends Error {}
-/** Thrown into the DATA body stream when the message passes limits.maxMessageBytes. */
-class MessageTooBigError extends Error {}
 /** Thrown into the DATA body stream when a data-stage rule refuses: no final dot is sent. */
 class PolicyRefusalError extends Error {
   constructor(readonly refusal: Refusal, readonly rule: string) {
@@ -133,6 +130,7 @@ export class SmtpListener {
   readonly #sessions = new Map<string, SessionState>();
   readonly #disabledCommands: string[];
   readonly #trusted: CidrSet | undefined;
+  readonly #message: MessageSettings;
   #draining = false;
   /** smtp-server's connection objects by session id, to close a session on a timeout. */
   readonly #connections = new Map<string, GuardedConnection>();
@@ -145,6 +143,7 @@ export class SmtpListener {
     // already answers 503.
     this.#disabledCommands = config.tls === 'none' ? ['STARTTLS'] : [];
     this.#trusted = config.trusted ? new CidrSet(config.trusted.networks) : undefined;
+    this.#message = { listener: config.name, bareLineEndings: deps.data.bareLineEndings, maxMessageBytes: deps.data.maxMessageBytes };
     const clientCerts = config.clientCerts;
 
     this.server = new SMTPServer({
@@ -285,7 +284,7 @@ export class SmtpListener {
     const state: SessionState = {
       id: session.id,
       log: sessionLog,
-      backend: this.#deps.openBackend(sessionLog),
+      backend: new Backend(this.#deps.openBackend(sessionLog), sessionLog, this.#message, metrics),
       openedAt: Date.now(),
       messages: 0,
       bytes: 0,
@@ -512,6 +511,7 @@ export class SmtpListener {
     const limited = await this.#deps.limits.mailFrom({ ...facts, sender: address.address, size });
     if (limited) return cb(this.#refuse(state, 'mail', limited, { from: address.address }));
     state.txHeaders = [];
+    state.transaction = undefined;
     const mailFacts = (): SessionFacts => ({ ...this.#policyFacts(session, state), from: address.address, declaredSize: size });
     for (const held of state.requirements) {
       const unmet = unmetRequirement(held, mailFacts());
@@ -519,21 +519,12 @@ export class SmtpListener {
     }
     const refused = await this.#policy('mail', mailFacts, state);
     if (refused) return cb(this.#refuse(state, 'mail', refused.refusal, { from: address.address, rule: refused.rule }));
-    try {
-      const identity = this.#identity(session, state);
-      const caps = state.backend.openCapabilities ?? (await state.backend.capabilities(identity));
-      const line = mailCommand(address, caps);
-      if (!line.ok) return cb(this.#refuse(state, 'mail', line.refusal, { from: address.address }));
-      const reply = await state.backend.mail(line.line, identity);
-      if (isPositive(reply)) {
-        state.log.debug({ from: address.address }, 'mail accepted');
-        state.acceptedReply = reply;
-        return cb();
-      }
-      cb(this.#refuse(state, 'mail', backendRefusal(reply), { from: address.address }));
-    } catch (err) {
-      cb(this.#refuse(state, 'mail', this.#backendFailure(state, err), { from: address.address }));
-    }
+    const tx = await state.backend.mail(address, this.#identity(session, state));
+    if (!(tx instanceof Transaction)) return cb(this.#refuse(state, 'mail', tx, { from: address.address }));
+    state.log.debug({ from: address.address }, 'mail accepted');
+    state.transaction = tx;
+    state.acceptedReply = tx.reply;
+    cb();
   }
 
   // ── rcpt ───────────────────────────────────────────────────────────────────────────────
@@ -545,6 +536,8 @@ export class SmtpListener {
     // was then refused, so that flag may be stale.
     const mailFrom = session.envelope.mailFrom;
     const smtputf8 = Boolean(mailFrom && mailFrom.args && mailFrom.args.SMTPUTF8);
+    const tx = state.transaction;
+    if (!tx) return cb(new Error('RCPT without a backend transaction'));
     const badRecipient = checkRecipient(address.address, smtputf8);
     if (badRecipient) return cb(this.#refuse(state, 'rcpt', badRecipient, { to: address.address }));
     const limited = await this.#deps.limits.rcptTo({ ...this.#facts(session, state), recipientsSoFar: session.envelope.rcptTo.length });
@@ -552,18 +545,11 @@ export class SmtpListener {
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     const refused = await this.#policy('rcpt', () => ({ ...this.#policyFacts(session, state), from, recipient: address.address }), state);
     if (refused) return cb(this.#refuse(state, 'rcpt', refused.refusal, { to: address.address, rule: refused.rule }));
-    try {
-      const reply = await state.backend.rcpt(rcptCommand(address, smtputf8));
-      if (isPositive(reply)) {
-        state.acceptedReply = reply;
-        return cb();
-      }
-      // The backend refused this recipient: the client hears it now, with the backend's code,
-      // so no recipient is ever dropped silently.
-      cb(this.#refuse(state, 'rcpt', backendRefusal(reply), { to: address.address }));
-    } catch (err) {
-      cb(this.#refuse(state, 'rcpt', this.#backendFailure(state, err), { to: address.address }));
-    }
+    // A recipient the backend refuses is refused to the client now, with the backend's code.
+    const backendRefused = await tx.rcpt(address);
+    if (backendRefused) return cb(this.#refuse(state, 'rcpt', backendRefused, { to: address.address }));
+    state.acceptedReply = tx.reply;
+    cb();
   }
 
   // ── data ───────────────────────────────────────────────────────────────────────────────
@@ -600,63 +586,54 @@ export class SmtpListener {
     // The client's message stream cut off before its end: the client has left, whatever failed
     // first (e.g. the backend session, closed by the client's leaving while its 354 was awaited).
     const clientLeft = () => stream.destroyed && !stream.readableEnded;
-    let start: SmtpReply;
-    try {
-      start = await state.backend.startData();
-    } catch (err) {
+    const tx = state.transaction;
+    if (!tx) {
       drain();
-      return { refusal: clientLeft() ? this.#clientAborted(state) : this.#backendFailure(state, err) };
+      return { refusal: refusal(451, '4.3.0', 'Local error in processing, try again later', 'internal') };
     }
-    if (start.code !== 354) {
+    const notStarted = await tx.data(clientLeft);
+    if (notStarted) {
       drain();
-      return { refusal: backendRefusal(start) };
+      return { refusal: notStarted };
     }
 
-    const { data, metrics } = this.#deps;
-    // RFC 5321 §4.5.3.1.6: the backend never sees a line over 1000 octets.
-    const encoder = new BodyEncoder({ mode: data.bareLineEndings, maxLineOctets: 1000 });
     // Data-stage rules look at the header block and MIME part headers; the scanner keeps only
     // those (bounded), never the body.
     const set = state.policy;
     const scanner = set.needs.headers || set.needs.attachments ? new MessageScanner() : undefined;
-    const max = data.maxMessageBytes;
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-    const started = process.hrtime.bigint();
-    const watchdog = this.#dataWatchdog(session.id, () => encoder.bytesIn);
+    let sink: MessageSink | undefined;
+    const watchdog = this.#dataWatchdog(session.id, () => sink?.bytesIn ?? 0);
 
-    // The client's bytes go through the encoder straight onto the backend socket, chunk by
-    // chunk as smtp-server hands them over: the message is never held whole. The final dot is
-    // written only once the whole message passed every check; any failure before that aborts
-    // the backend connection without it, so the backend delivers nothing.
+    // The client's bytes go into the relay's message sink chunk by chunk as smtp-server hands
+    // them over: the message is never held whole. The sink writes the final dot only at
+    // commit, once the whole message passed every check here; anything else aborts.
     let failure: unknown;
     try {
-      const reply = await new Promise<SmtpReply>((resolve, reject) => {
+      const refused = await new Promise<Refusal | undefined>((resolve, reject) => {
         let settled = false;
         const fail = (err: unknown): void => {
           if (settled) return;
           settled = true;
           reject(err);
         };
-        const writer = state.backend.beginData(fail);
+        const out = tx.message(fail);
+        sink = out;
         const header = this.#prependedHeaders(session, state);
-        if (header) writer.write(header);
+        if (header) out.prepend(header);
 
         const onData = (chunk: Buffer): void => {
           if (settled) return;
           scanner?.write(chunk);
-          let pieces: Buffer[];
+          let flowing: boolean;
           try {
-            pieces = encoder.encode(chunk);
+            flowing = out.write(chunk);
           } catch (err) {
             return fail(err);
           }
-          // Checked while streaming: an oversized message is cut off before the final dot.
-          if (encoder.bytesIn > max) return fail(new MessageTooBigError(`message exceeds ${max} bytes`));
-          let flowing = true;
-          for (const piece of pieces) flowing = writer.write(piece) && flowing;
           if (!flowing) {
             stream.pause();
-            writer.onDrain(() => stream.resume());
+            out.onDrain(() => stream.resume());
           }
         };
         let ended = false;
@@ -666,17 +643,17 @@ export class SmtpListener {
           clearInterval(watchdog);
           if (settled) return;
           try {
-            for (const piece of encoder.end()) writer.write(piece);
+            out.end();
           } catch (err) {
             return fail(err);
           }
           // Before the final dot: a data-stage refusal aborts the backend transaction.
-          const facts = (): SessionFacts => ({ ...this.#policyFacts(session, state), from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: encoder.bytesIn });
+          const facts = (): SessionFacts => ({ ...this.#policyFacts(session, state), from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: out.bytesIn });
           this.#policy('data', facts, state).then((refused) => {
             if (refused) return fail(new PolicyRefusalError(refused.refusal, refused.rule));
             if (settled) return;
             settled = true;
-            state.backend.finishData(writer).then(resolve, reject);
+            out.commit().then(resolve, reject);
           }, fail);
         };
         // smtp-server destroys the stream with this error when the client leaves mid-message
@@ -691,41 +668,22 @@ export class SmtpListener {
         // destroyed before these listeners were there to hear it.
         if (clientLeft()) fail(new ClientAbortError('connection closed during DATA'));
       });
-      metrics.backendFinalReplySeconds.observe({ backend: state.backend.targetName }, Number(process.hrtime.bigint() - started) / 1e9);
       clearInterval(watchdog);
-      if (encoder.normalized > 0) metrics.smugglingNormalized.inc({ listener: this.name }, encoder.normalized);
-      if (!isPositive(reply)) return { refusal: backendRefusal(reply) };
-      return { reply, bytes: encoder.bytesIn };
+      if (refused) return { refusal: refused };
+      return { reply: sink!.reply!, bytes: sink!.bytesIn };
     } catch (err) {
       failure = err;
     }
 
     clearInterval(watchdog);
     drain();
-    state.backend.abort();
+    tx.abort();
     const err = failure;
-    if (err instanceof SmugglingError) {
-      metrics.smugglingRejections.inc({ listener: this.name, kind: err.kind });
-      state.log.warn({ kind: err.kind, offset: err.offset }, 'smuggling guard: message refused');
-      return { refusal: refusal(550, '5.5.2', `Message refused: ${SMUGGLING_TEXT[err.kind]} (bare CR/LF and NUL are not allowed)`, 'smuggling') };
-    }
-    if (err instanceof LineTooLongError) {
-      return { refusal: refusal(550, '5.5.2', `Message refused: a line exceeds ${err.limit} octets (RFC 5321 §4.5.3.1.6)`, 'syntax') };
-    }
     if (err instanceof PolicyRefusalError) {
       state.log.info({ rule: err.rule }, 'data-stage policy refusal: backend transaction aborted');
       return { refusal: err.refusal, rule: err.rule };
     }
-    if (err instanceof MessageTooBigError) {
-      return { refusal: refusal(552, '5.3.4', `Message exceeds the maximum size of ${max} bytes`, 'message_too_big') };
-    }
-    if (err instanceof ClientAbortError || clientLeft()) return { refusal: this.#clientAborted(state) };
-    return { refusal: this.#backendFailure(state, err) };
-  }
-
-  #clientAborted(state: SessionState): Refusal {
-    state.log.warn('client went away during DATA; backend transaction aborted, nothing delivered');
-    return refusal(421, '4.4.2', 'Connection lost during DATA', 'client_aborted');
+    return { refusal: tx.refusalFor(err, err instanceof ClientAbortError || clientLeft()) };
   }
 
   /** Headers smtpgate adds on top of the message; never built from raw client input. */
@@ -885,29 +843,6 @@ export class SmtpListener {
     };
   }
 
-  /** A backend that can't be reached, stalls or drops the connection: always a 4xx, never a 250. */
-  #backendFailure(state: SessionState, err: unknown): Refusal {
-    // smtpgate dropped the backend connection itself because the client had left: nothing
-    // failed on the backend's side, and nobody is left to read the reply.
-    if (state.backend.droppedByUs(err)) {
-      state.log.debug({ err: (err as Error).message }, 'client left while the backend was awaited');
-      return CLIENT_GONE;
-    }
-    if (err instanceof BackendError) {
-      state.log.warn({ backend: state.backend.targetName, kind: err.kind, err: err.message }, 'backend failure');
-      switch (err.kind) {
-        case 'connect':
-          return refusal(451, '4.4.1', 'Mail server temporarily unreachable, try again later', 'backend_unavailable');
-        case 'timeout':
-          return refusal(451, '4.4.2', 'Mail server timed out, try again later', 'backend_timeout');
-        default:
-          return refusal(451, '4.4.2', 'Connection to the mail server failed, try again later', 'backend_failed');
-      }
-    }
-    state.log.error({ err }, 'unexpected error in relay');
-    return refusal(451, '4.3.0', 'Local error in processing, try again later', 'internal');
-  }
-
   /** A bug surfaced in a hook: log it and answer 451 4.3.0, so the client retries later. */
   #internalError(session: SMTPServerSession, err: unknown): SmtpServerError {
     const r = refusal(451, '4.3.0', 'Local error in processing, try again later', 'internal');
@@ -938,29 +873,6 @@ export class SmtpListener {
   #count(r: Refusal, stage: Stage): void {
     this.#deps.metrics.refusals.inc({ listener: this.name, stage, reason: r.reason, code_class: codeClass(r.code) });
   }
-}
-
-/** For the metrics and the log only: a client that left gets no reply. */
-const CLIENT_GONE = refusal(421, '4.4.2', 'Connection lost', 'client_aborted');
-
-const SMUGGLING_TEXT = { bare_cr: 'bare CR in message', bare_lf: 'bare LF in message', nul: 'NUL byte in message' } as const;
-
-function isPositive(reply: SmtpReply): boolean {
-  return reply.code >= 200 && reply.code < 300;
-}
-
-/** The backend's refusal, mirrored: same code, its own enhanced code and text. */
-function backendRefusal(reply: SmtpReply): Refusal {
-  // Only a 4xx/5xx can be mirrored; anything else at this point is a confused backend.
-  if (reply.code < 400 || reply.code > 599) {
-    return refusal(451, '4.3.0', `Unexpected reply ${reply.code} from the mail server, try again later`, 'backend_failed');
-  }
-  const enhanced = reply.enhanced ?? (reply.code >= 500 ? '5.0.0' : '4.0.0');
-  return refusal(reply.code, enhanced, reply.text || 'Refused by the mail server', 'backend_refused');
-}
-
-function replyText(reply: SmtpReply): string {
-  return reply.enhanced ? `${reply.enhanced} ${reply.text}` : reply.text;
 }
 
 function printable(value: string | undefined): string | undefined {

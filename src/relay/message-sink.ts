@@ -1,0 +1,96 @@
+/**
+ * One message on its way to the backend, after its 354: the client's bytes go through the
+ * body encoder (smuggling guard, line length, size) straight onto the backend socket, chunk by
+ * chunk, so the message is never held whole. The final dot is written only by commit(), once
+ * the whole message passed every check; anything else ends in abort(), which drops the
+ * connection without it, so the backend delivers nothing.
+ */
+import type { Logger } from '../logging/logger.js';
+import type { Metrics } from '../metrics/catalogue.js';
+import type { Refusal } from '../reply.js';
+import type { BackendSession } from './backend-session.js';
+import { backendRefusal, isPositive } from './backend-replies.js';
+import { BodyEncoder, type BareLineEndingMode } from './data-encoder.js';
+import type { DataWriter, SmtpReply } from './smtp-client.js';
+
+export interface MessageSettings {
+  /** The client-facing listener, for the metrics' `listener` label. */
+  readonly listener: string;
+  readonly bareLineEndings: BareLineEndingMode;
+  readonly maxMessageBytes: number;
+}
+
+export type MessageMetrics = Pick<Metrics, 'smugglingRejections' | 'smugglingNormalized' | 'backendFinalReplySeconds'>;
+
+/** Thrown by MessageSink.write when the message passes limits.maxMessageBytes. */
+export class MessageTooBigError extends Error {}
+
+export class MessageSink {
+  /** The backend's reply to the message, once commit() saw it accepted. */
+  reply: SmtpReply | undefined;
+  readonly #session: BackendSession;
+  readonly #writer: DataWriter;
+  readonly #encoder: BodyEncoder;
+  readonly #settings: MessageSettings;
+  readonly #metrics: MessageMetrics;
+  readonly #started = process.hrtime.bigint();
+
+  constructor(session: BackendSession, writer: DataWriter, settings: MessageSettings, metrics: MessageMetrics) {
+    this.#session = session;
+    this.#writer = writer;
+    this.#settings = settings;
+    this.#metrics = metrics;
+    // RFC 5321 §4.5.3.1.6: the backend never sees a line over 1000 octets.
+    this.#encoder = new BodyEncoder({ mode: settings.bareLineEndings, maxLineOctets: 1000 });
+  }
+
+  /** The client's message bytes taken so far (before encoding). */
+  get bytesIn(): number {
+    return this.#encoder.bytesIn;
+  }
+
+  /** Headers smtpgate adds on top of the message: canonical already, written as they are. */
+  prepend(header: Buffer): void {
+    this.#writer.write(header);
+  }
+
+  /**
+   * Encodes and sends one chunk of the client's message. Returns false when the backend is not
+   * keeping up: write no more until onDrain's callback runs. Throws SmugglingError,
+   * LineTooLongError or MessageTooBigError; the caller then aborts.
+   */
+  write(chunk: Buffer): boolean {
+    const pieces = this.#encoder.encode(chunk);
+    // Checked while streaming: an oversized message is cut off before the final dot.
+    const max = this.#settings.maxMessageBytes;
+    if (this.#encoder.bytesIn > max) throw new MessageTooBigError(`message exceeds ${max} bytes`);
+    let flowing = true;
+    for (const piece of pieces) flowing = this.#writer.write(piece) && flowing;
+    return flowing;
+  }
+
+  /** Runs `cb` once the backend has taken what was written (at once if nothing is pending). */
+  onDrain(cb: () => void): void {
+    this.#writer.onDrain(cb);
+  }
+
+  /** The client's final dot arrived: flushes the encoder (which may still throw, as write). */
+  end(): void {
+    for (const piece of this.#encoder.end()) this.#writer.write(piece);
+  }
+
+  /**
+   * Writes the final dot and awaits the backend's reply: undefined when it accepted the
+   * message (its reply is `reply`), its refusal otherwise. Rejects when the backend fails.
+   */
+  async commit(): Promise<Refusal | undefined> {
+    const reply = await this.#session.finishData(this.#writer);
+    const metrics = this.#metrics;
+    metrics.backendFinalReplySeconds.observe({ backend: this.#session.targetName }, Number(process.hrtime.bigint() - this.#started) / 1e9);
+    const normalized = this.#encoder.normalized;
+    if (normalized > 0) metrics.smugglingNormalized.inc({ listener: this.#settings.listener }, normalized);
+    if (!isPositive(reply)) return backendRefusal(reply);
+    this.reply = reply;
+    return undefined;
+  }
+}

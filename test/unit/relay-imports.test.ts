@@ -1,0 +1,55 @@
+/**
+ * The relay owns the wire (issue 15): the backend SMTP client is reached only through relay/,
+ * and relay/ has no import circles, so each of its files can be read and tested from the
+ * bottom up. Reads the import statements of the source files; type-only imports count too,
+ * since a circle of types still ties the files' meanings together.
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, test } from 'vitest';
+
+const SRC = resolve(dirname(fileURLToPath(import.meta.url)), '../../src');
+
+function sourceFiles(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const path = join(dir, e.name);
+    if (e.isDirectory()) return sourceFiles(path);
+    return e.name.endsWith('.ts') ? [path] : [];
+  });
+}
+
+/** The src-relative files `file` imports or re-exports (relative specifiers only). */
+function importsOf(file: string): string[] {
+  const text = readFileSync(file, 'utf8');
+  const found: string[] = [];
+  for (const m of text.matchAll(/^\s*(?:import|export)\b[^;]*?\bfrom\s+'(\.[^']+)'/gms)) {
+    found.push(relative(SRC, resolve(dirname(file), m[1]!.replace(/\.js$/, '.ts'))));
+  }
+  return found;
+}
+
+const graph = new Map(sourceFiles(SRC).map((f) => [relative(SRC, f), importsOf(f)]));
+
+describe('relay module boundaries', () => {
+  test('nothing outside relay/ imports the backend SMTP client', () => {
+    const outside = [...graph].filter(([file, deps]) => !file.startsWith('relay/') && deps.includes('relay/smtp-client.ts')).map(([file]) => file);
+    expect(outside).toEqual([]);
+  });
+
+  test('relay/ has no import circles', () => {
+    const relay = [...graph.keys()].filter((f) => f.startsWith('relay/'));
+    expect(relay.length).toBeGreaterThan(3);
+    const circles: string[] = [];
+    const visit = (file: string, path: string[]): void => {
+      for (const dep of graph.get(file) ?? []) {
+        if (!dep.startsWith('relay/')) continue;
+        const at = path.indexOf(dep);
+        if (at >= 0) circles.push([...path.slice(at), dep].join(' → '));
+        else visit(dep, [...path, dep]);
+      }
+    };
+    for (const file of relay) visit(file, [file]);
+    expect(circles).toEqual([]);
+  });
+});
