@@ -159,16 +159,18 @@ export class Transaction {
    * Passes one recipient on. A recipient the backend refuses is refused to the client now,
    * with the backend's code, so no recipient is ever dropped silently.
    */
-  async rcpt(to: SMTPServerAddress): Promise<Refusal | undefined> {
-    try {
-      const reply = await this.#session.rcpt(rcptCommand(to, this.#smtputf8));
-      if (!isPositive(reply)) return backendRefusal(reply);
-      this.reply = reply;
-      return undefined;
-    } catch (err) {
-      return this.#backend.failure(err);
-    }
+  rcpt(to: SMTPServerAddress): Promise<Refusal | undefined> {
+    // One .then on the session's promise, not an async layer: RCPT is on the hot path.
+    return this.#session.rcpt(rcptCommand(to, this.#smtputf8)).then(this.#accepted, this.#failed);
   }
+
+  readonly #accepted = (reply: SmtpReply): Refusal | undefined => {
+    if (!isPositive(reply)) return backendRefusal(reply);
+    this.reply = reply;
+    return undefined;
+  };
+
+  readonly #failed = (err: unknown): Refusal => this.#backend.failure(err);
 
   /**
    * Sends DATA and checks for the 354 before a byte of the message is sent. `clientLeft`
