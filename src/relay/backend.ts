@@ -2,7 +2,8 @@
  * The relay's public face: what a client session asks of the backend, in the shape of maddy's
  * `module.Delivery` and go-smtp's `Session`. A session asks `mail(from, identity)` for a
  * transaction; the transaction takes `rcpt(to)`, starts the message with `data()` and hands
- * out a `MessageSink` (write, drain, commit, abort).
+ * out a `MessageSink` (write, drain, commit). `abort()` on the transaction drops the message
+ * without the final dot, whether or not its sink was opened.
  *
  * Everything about the wire stays behind this module: the MAIL and RCPT lines
  * (envelope.ts), the 354 check, the body encoder (message-sink.ts), and the mapping of the
