@@ -26,8 +26,9 @@
  * of smtp-server's hard-coded 100 ms early-talker wait, and asks for the connection limits as
  * soon as a connection is accepted, before that wait (`GuardHooks.admit`).
  *
- * The decisions are pure (`checkCommand`, `greetingDelayFor`); `installCommandGuard` wires them
- * into one connection.
+ * The decisions are pure (`checkCommand`, `greetingDelayFor`); `installCommandGuard` gives each
+ * connection a `ConnectionGuard`, which keeps what the checks remember between lines and is
+ * wired in through smtp-server's seams (smtp-server-seams.ts).
  */
 import type { SMTPServer } from 'smtp-server';
 import type { WriteBatcher } from '../transport/write-batcher.js';
