@@ -12,6 +12,7 @@ import { registerUserCommand } from './user-command.js';
 import { registerPolicyCommand } from './policy-command.js';
 import { registerLimitsCommand } from './limits-command.js';
 import { readBuildInfo } from '../build-info.js';
+import { smtpServerProblems } from '../listener/smtp-server-seams.js';
 
 const program = new Command();
 
@@ -54,6 +55,14 @@ registerPolicyCommand(program);
 registerLimitsCommand(program);
 
 async function loadOrExit(file: string, mode: 'run' | 'check' = 'run') {
+  // smtpgate relies on smtp-server's internals (listener/smtp-server-seams.ts): an untested
+  // version is refused before anything else, by `check` as by `run`.
+  const seams = smtpServerProblems();
+  if (seams.length > 0) {
+    process.stderr.write(`smtpgate: the installed smtp-server can't be used; nothing was started:\n`);
+    for (const problem of seams) process.stderr.write(`  ${problem}\n`);
+    process.exit(1);
+  }
   try {
     return await checkConfigFile(file, mode);
   } catch (err) {

@@ -26,17 +26,39 @@
  * of smtp-server's hard-coded 100 ms early-talker wait, and asks for the connection limits as
  * soon as a connection is accepted, before that wait (`GuardHooks.admit`).
  *
- * The decisions are pure (`checkCommand`, `greetingDelayFor`); `installCommandGuard` wires them
- * into one connection.
+ * The decisions are pure (`checkCommand`, `greetingDelayFor`); `installCommandGuard` gives each
+ * connection a `ConnectionGuard`, which keeps what the checks remember between lines and is
+ * wired in through smtp-server's seams (smtp-server-seams.ts).
  */
-import type { Writable } from 'node:stream';
 import type { SMTPServer } from 'smtp-server';
 import type { WriteBatcher } from '../transport/write-batcher.js';
 import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import type { CidrSet } from '../config/cidr.js';
 import { refusal, type Refusal } from '../reply.js';
-import { installFastDataParser, type DataParser } from './data-stream.js';
+import { installFastDataParser } from './data-stream.js';
 import { CommandLineWatch, type CommandPace } from './command-pace.js';
+import {
+  clientSocket,
+  endSaslExchange,
+  inDataMode,
+  inSaslExchange,
+  isClosing,
+  isUpgrading,
+  libraryEnhancedCode,
+  observeReads,
+  onEachConnection,
+  onEachParser,
+  replaceAddressParser,
+  replaceCommandHandler,
+  replaceGreetingWait,
+  replaceSend,
+  type ClientConnection,
+  type CommandDispatch,
+  type Send,
+} from './smtp-server-seams.js';
+
+/** A client connection, as the guard and the listener see it. */
+export type GuardedConnection = ClientConnection;
 
 export interface CommandFacts {
   /** The session runs under TLS. */
@@ -186,15 +208,6 @@ export function greetingDelayFor(address: string, settings: GreetingSettings): n
   return settings.trusted?.has(address) ? 0 : settings.delayMs;
 }
 
-/** smtp-server's command parser (SMTPStream), the parts the bare-LF watch relies on. */
-interface CommandParser {
-  _dataMode: boolean;
-  _write(chunk: Buffer, encoding: string, done: (err?: Error) => void): void;
-}
-
-/** smtp-server's parse of a MAIL/RCPT line: the address (IDN domain decoded) and parameters. */
-type ParsedAddress = false | { address: string; args: unknown; duplicate?: string };
-
 /** The path around the mailbox: "MAIL FROM:<", an optional source route, then ">" and parameters. */
 const PATH_PARTS = /^([^:]*:\s*<(?:@[^\s,:@<>]+(?:,@[^\s,:@<>]+)*:)?)([^<>\s]*)@([^<>@\s]*)(>.*)$/s;
 
@@ -206,7 +219,7 @@ const PATH_PARTS = /^([^:]*:\s*<(?:@[^\s,:@<>]+(?:,@[^\s,:@<>]+)*:)?)([^<>\s]*)@
  * IDN decoding, parameters) still decides, and the real mailbox is put back together. Anything
  * longer stays refused.
  */
-export function parseFullLengthPath(parse: (name: string, command: string) => ParsedAddress, name: string, command: string): ParsedAddress {
+export function parseFullLengthPath<P extends { address: string }>(parse: (name: string, command: string) => false | P, name: string, command: string): false | P {
   const parsed = parse(name, command);
   if (parsed) return parsed;
   const m = PATH_PARTS.exec(command);
@@ -233,83 +246,6 @@ function domainLead(domain: string): string | undefined {
   const lead = domain[0] ?? '';
   if (!/^[A-Za-z0-9]$/.test(lead) || domain[1] === '.' || /^xn--/i.test(domain) || /^xn--/i.test(domain.slice(1))) return undefined;
   return lead;
-}
-
-/** The parts of smtp-server's (untyped) SMTPConnection the guard relies on. */
-export interface GuardedConnection {
-  id: string;
-  /** The client's address and port; with the PROXY protocol, the ones its header named. */
-  remoteAddress: string;
-  remotePort: number;
-  /** The host name smtp-server greets with. */
-  name: string;
-  secure: boolean;
-  session: { envelope?: { mailFrom?: unknown } };
-  _nextHandler: unknown;
-  _upgrading: boolean;
-  /** smtp-server is closing, or has closed, the connection. */
-  _closing: boolean;
-  _closed: boolean;
-  /** The client's socket (a TLSSocket after STARTTLS). */
-  _socket: Writable;
-  _parser: CommandParser;
-  _createParser(): CommandParser;
-  init(): void;
-  _setListeners(callback: () => void): void;
-  connectionReady(): void;
-  _onCommand(command: Buffer, callback?: () => void): void;
-  _parseAddressCommand(name: string, command: string): ParsedAddress;
-  _getEnhancedStatusCode(code: number, context?: string | false): string;
-  send(code: number, data: string | string[], context?: string | false): void;
-  close(): void;
-}
-
-/**
- * Marks the connection when a bare LF arrives while the parser is in command mode. Message
- * content (data mode) is left to the smuggling guard. A new parser is created after STARTTLS,
- * so parser creation is wrapped too.
- */
-function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChunk: (chunk: Buffer) => void, onRead: (bytes: number) => void, onDataMode: () => void): void {
-  const watch = (parser: CommandParser) => {
-    // smtp-server's DATA parser copies every message byte; this one hands the reads on as they are.
-    installFastDataParser(parser as unknown as DataParser);
-    const write = parser._write.bind(parser);
-    let previous = -1;
-    parser._write = (chunk, encoding, done) => {
-      onRead(chunk.length);
-      if (!parser._dataMode) {
-        onChunk(chunk);
-        if (chunk.length > 0 && hasBareLf(chunk, previous)) onBareLf();
-      } else onDataMode();
-      if (chunk.length > 0) previous = chunk[chunk.length - 1]!;
-      write(chunk, encoding, done);
-    };
-    return parser;
-  };
-  watch(conn._parser);
-  const create = conn._createParser.bind(conn);
-  conn._createParser = () => watch(create());
-}
-
-/**
- * smtp-server's SMTPConnection.init() (3.21.6) with `delayMs` in place of its hard-coded 100 ms,
- * and the connection limits decided at accept time (`admission`, asked before this runs): a
- * client over them is told 421 at once, without the greeting wait, and never greeted. So the
- * limits count every connection from its first moment, the ones still waiting for their
- * greeting included; otherwise a long greetingDelay would let one address hold any number of
- * connections. The early-talker check itself is untouched: smtp-server answers any input with
- * "421 You talk too soon" until connectionReady() has run onConnect and sent the 220.
- */
-function replaceGreetingWait(conn: GuardedConnection, server: SMTPServer, delayMs: number, admission: Promise<Refusal | undefined>, refuse: (r: Refusal) => void): void {
-  conn.init = () =>
-    conn._setListeners(() => {
-      // smtp-server's own maxClients check, kept as it was (smtpgate doesn't set maxClients).
-      const max = server.options.maxClients;
-      if (max && server.connections.size > max) return conn.send(421, `${conn.name} Too many connected clients, try again in a moment`, false);
-      // No wait at all means none: setTimeout(0) would still cost a millisecond.
-      const waited = new Promise<void>((resolve) => (delayMs === 0 ? setImmediate(resolve) : setTimeout(resolve, delayMs).unref()));
-      void admission.then((r) => (r ? refuse(r) : waited.then(() => conn.connectionReady())));
-    });
 }
 
 /**
@@ -381,148 +317,180 @@ export interface GuardHooks {
   takeAcceptedReply(sessionId: string): { code: number; text: string } | undefined;
 }
 
-const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
 
-/**
- * RFC 2034: once ENHANCEDSTATUSCODES is advertised every reply carries one. smtp-server adds
- * one from its own table to every reply; smtpgate's replies already carry the exact code in
- * their text ("550 5.5.2 …"), so for those the table's code is suppressed, never doubled.
- */
-function wrapSend(conn: GuardedConnection, hooks: GuardHooks, onProtocolError: () => void, onReply: (code: number) => void, stage: () => CommandStage): void {
-  const send = conn.send.bind(conn);
-  const writes = hooks.writes;
-  conn.send = (code: number, data: string | string[], context?: string | false) => {
-    // smtp-server answers every accepted MAIL and RCPT with its own "250 Accepted"; the client
-    // hears the backend's reply instead (its 251 too, RFC 5321 §3.4), as it does a refusal's.
-    if (context === 'MAIL_FROM_OK' || context === 'RCPT_TO_OK') {
-      const accepted = hooks.takeAcceptedReply(conn.id);
-      if (accepted) ({ code, text: data } = accepted);
-    }
-    onReply(code);
-    if (writes) {
-      // STARTTLS's 220 must be on the wire before the socket is wrapped for TLS, and so must
-      // any reply still held from earlier in this turn.
-      if (stage() === 'tls' || conn._upgrading) writes.release(conn._socket);
-      else writes.hold(conn._socket);
-    }
-    if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) {
-      send(code, data, false);
-      return;
-    }
-    if (code >= 400 && typeof data === 'string') {
-      const enhanced = conn._getEnhancedStatusCode(code, context) || `${Math.floor(code / 100)}.0.0`;
-      hooks.onLibraryRefusal(conn.id, refusal(code, enhanced, data, code === 421 && /timeout/i.test(data) ? 'timeout' : 'protocol'), stage());
-    }
-    send(code, data, context);
-    if (isProtocolError(code)) onProtocolError();
-  };
-}
+const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
 
 export function inTransaction(conn: GuardedConnection): boolean {
   return Boolean(conn.session.envelope?.mailFrom);
 }
 
 /**
- * Hooks the guard into every connection the server creates. smtp-server has no public
- * pre-command hook; it looks `_onCommand` up on the connection for each line, so wrapping it
- * per connection is the narrowest seam; the greeting wait is likewise set per connection, by
- * replacing its init(). smtp-server is pinned and the protocol tests cover it.
+ * Hooks the guard into every connection the server creates, through smtp-server's seams
+ * (smtp-server-seams.ts): its command dispatch, its replies, its reads and its greeting wait.
  */
 export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void {
-  const connections = server.connections as Set<unknown>;
-  const add = connections.add.bind(connections);
-  connections.add = (value: unknown) => {
-    const conn = value as GuardedConnection;
-    const dispatch = conn._onCommand.bind(conn);
-    const parseAddress = conn._parseAddressCommand.bind(conn);
-    conn._parseAddressCommand = (name, command) => parseFullLengthPath(parseAddress, name, command);
-    // The stage of the command being answered: a continuation line belongs to its AUTH.
-    let stage: CommandStage = 'connect';
-    const onRefusal = (id: string, r: Refusal) => hooks.onRefusal(id, r, stage);
-    let bareLf = false;
-    // Reads of command-mode input, to tell lines that arrived together from later ones.
-    let reads = 0;
-    let dataAt = -1;
-    let dataRefusedAt = -2;
-    // A line trickled in a byte at a time is cut off at its deadline or minimum rate, at the
-    // stage its verb belongs to, while the message (DATA) is left to the DATA watchdog.
-    const lineWatch = new CommandLineWatch(hooks.commandPace, (r, head) => {
-      if (conn._closing || conn._closed || conn._parser._dataMode) return;
-      hooks.onRefusal(conn.id, r, conn._nextHandler ? stage : stageOf(/^\s*([A-Za-z]+)/.exec(head)?.[1]?.toUpperCase()));
+  onEachConnection(server, (conn) => new ConnectionGuard(conn, hooks));
+}
+
+/**
+ * The guard of one connection. What it remembers between lines lives here, as named fields;
+ * the constructor installs it on the connection before smtp-server handles a byte of it.
+ */
+class ConnectionGuard {
+  /** The stage of the command being answered: a continuation line belongs to its AUTH. */
+  #stage: CommandStage = 'connect';
+  /** A bare LF arrived in command mode: the next command closes the session. */
+  #bareLf = false;
+  /** The last byte the current parser read, -1 before its first read (a CRLF may be split across reads). */
+  #previousByte = -1;
+  /** Reads of command-mode input, to tell lines that arrived together from later ones. */
+  #reads = 0;
+  /** The read a DATA line came in, until its reply; -1 otherwise. */
+  #dataAt = -1;
+  /** The read of the last refused DATA: lines from that read were pipelined behind it. */
+  #dataRefusedAt = -2;
+  /** Syntax and sequence errors so far, for the error budget. */
+  #errors = 0;
+  /** The error budget ran out and the 421 went out. */
+  #overBudget = false;
+  readonly #conn: GuardedConnection;
+  readonly #hooks: GuardHooks;
+  /** A line trickled in a byte at a time is cut off at its deadline or minimum rate. */
+  readonly #lineWatch: CommandLineWatch;
+  /** smtp-server's own command dispatch and reply writer, which the guard's stand in front of. */
+  readonly #dispatch: CommandDispatch;
+  readonly #send: Send;
+
+  constructor(conn: GuardedConnection, hooks: GuardHooks) {
+    this.#conn = conn;
+    this.#hooks = hooks;
+    this.#dispatch = replaceCommandHandler(conn, this.#onCommand);
+    replaceAddressParser(conn, (parse) => (name, command) => parseFullLengthPath(parse, name, command));
+    // At the stage its verb belongs to, while the message (DATA) is left to the DATA watchdog.
+    this.#lineWatch = new CommandLineWatch(hooks.commandPace, (r, head) => {
+      if (isClosing(conn) || inDataMode(conn)) return;
+      hooks.onRefusal(conn.id, r, inSaslExchange(conn) ? this.#stage : stageOf(/^\s*([A-Za-z]+)/.exec(head)?.[1]?.toUpperCase()));
       conn.send(r.code, `${r.enhanced} ${r.text}`, false);
       conn.close();
     });
-    conn._socket.once('close', () => lineWatch.stop());
-    watchCommandStream(
-      conn,
-      () => (bareLf = true),
-      (chunk) => {
-        reads++;
-        if (!conn._upgrading) lineWatch.read(chunk);
-      },
-      (bytes) => hooks.reclaimer?.read(bytes),
-      () => lineWatch.stop(),
-    );
-    let errors = 0;
-    let closing = false;
-    const countError = () => {
-      if (closing || ++errors < hooks.maxProtocolErrors) return;
-      closing = true;
-      const r = ERROR_BUDGET_REFUSAL;
-      onRefusal(conn.id, r);
-      conn.send(r.code, `${r.enhanced} ${r.text}`, false);
-    };
-    wrapSend(
-      conn,
-      hooks,
-      countError,
-      (code) => {
-        if (dataAt >= 0 && code !== 354) dataRefusedAt = dataAt;
-        dataAt = -1;
-      },
-      () => stage,
-    );
+    clientSocket(conn).once('close', () => this.#lineWatch.stop());
+    onEachParser(conn, (parser) => {
+      // smtp-server's DATA parser copies every message byte; this one hands the reads on as they are.
+      installFastDataParser(parser);
+      this.#previousByte = -1;
+      observeReads(parser, this.#onRead);
+    });
+    this.#send = replaceSend(conn, this.#onReply);
     hooks.onConnection(conn);
     // smtp-server calls init() right after adding the connection, and the PROXY header (if
     // any) was read before: remoteAddress is the real client's.
-    const refuseAtOnce = (r: Refusal) => {
-      // The client may have gone while the limits were asked (an early talker, say).
-      if (conn._closing || conn._closed) return;
-      hooks.onRefusal(conn.id, r, 'connect');
-      conn.send(r.code, `${r.enhanced} ${r.text}`, false);
-      // smtp-server closes after a 421 by itself; after any other code, so does smtpgate.
-      conn.close();
-    };
-    replaceGreetingWait(conn, server, greetingDelayFor(conn.remoteAddress, hooks.greeting), hooks.admit(conn), refuseAtOnce);
-    conn._onCommand = (command: Buffer, callback?: () => void) => {
-      if (conn._upgrading) return dispatch(command, callback);
-      const line = command.toString('latin1');
-      if (!conn._nextHandler) stage = stageOf(/^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase());
-      const closeWith = (r: Refusal) => {
-        onRefusal(conn.id, r);
-        conn.send(r.code, `${r.enhanced} ${r.text}`, false);
-        conn.close();
-      };
-      if (bareLf) return closeWith(BARE_LF_REFUSAL);
-      if (dataRefusedAt === reads) return closeWith(PIPELINING_REFUSAL);
-      if (stage === 'data' && /^\s*DATA\s*$/i.test(line)) dataAt = reads;
-      const r = checkCommand(line, {
-        secure: conn.secure,
-        continuation: Boolean(conn._nextHandler),
-        draining: hooks.draining(),
-        inTransaction: inTransaction(conn),
-      });
-      if (!r) {
-        if (stage === 'tls' && !conn.secure && /^\s*STARTTLS\s*$/i.test(line)) hooks.onStartTls(conn.id);
-        return dispatch(command, callback);
-      }
-      onRefusal(conn.id, r);
-      // A refused continuation line ends the SASL exchange (RFC 4954 §4).
-      conn._nextHandler = false;
-      conn.send(r.code, `${r.enhanced} ${r.text}`, false);
-      if (isProtocolError(r.code, r)) countError();
-      if (callback) setImmediate(callback);
-    };
-    return add(value);
+    const admission = hooks.admit(conn);
+    const delayMs = greetingDelayFor(conn.remoteAddress, hooks.greeting);
+    replaceGreetingWait(conn, (greet) => {
+      // No wait at all means none: setTimeout(0) would still cost a millisecond.
+      const waited = new Promise<void>((resolve) => (delayMs === 0 ? setImmediate(resolve) : setTimeout(resolve, delayMs).unref()));
+      void admission.then((r) => (r ? this.#refuseAtOnce(r) : waited.then(greet)));
+    });
+  }
+
+  /**
+   * A client over the connection limits is told so at once, without the greeting wait, and is
+   * never greeted. So the limits count every connection from its first moment, the ones still
+   * waiting for their greeting included; otherwise a long greetingDelay would let one address
+   * hold any number of connections. The early-talker check itself is smtp-server's: it answers
+   * any input with "421 You talk too soon" until the greeting.
+   */
+  #refuseAtOnce(r: Refusal): void {
+    // The client may have gone while the limits were asked (an early talker, say).
+    if (isClosing(this.#conn)) return;
+    this.#hooks.onRefusal(this.#conn.id, r, 'connect');
+    this.#conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+    // smtp-server closes after a 421 by itself; after any other code, so does smtpgate.
+    this.#conn.close();
+  }
+
+  /** Every read from the client, before smtp-server's parser sees it. */
+  readonly #onRead = (chunk: Buffer, dataMode: boolean): void => {
+    this.#hooks.reclaimer?.read(chunk.length);
+    if (!dataMode) {
+      this.#reads++;
+      if (!isUpgrading(this.#conn)) this.#lineWatch.read(chunk);
+      // Message content (data mode) is left to the smuggling guard.
+      if (chunk.length > 0 && hasBareLf(chunk, this.#previousByte)) this.#bareLf = true;
+    } else this.#lineWatch.stop();
+    if (chunk.length > 0) this.#previousByte = chunk[chunk.length - 1]!;
+  };
+
+  /** Every command line (and AUTH continuation line), before smtp-server dispatches it. */
+  readonly #onCommand = (command: Buffer, callback?: () => void): void => {
+    const conn = this.#conn;
+    if (isUpgrading(conn)) return this.#dispatch(command, callback);
+    const line = command.toString('latin1');
+    const continuation = inSaslExchange(conn);
+    if (!continuation) this.#stage = stageOf(/^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase());
+    if (this.#bareLf) return this.#closeWith(BARE_LF_REFUSAL);
+    if (this.#dataRefusedAt === this.#reads) return this.#closeWith(PIPELINING_REFUSAL);
+    if (this.#stage === 'data' && /^\s*DATA\s*$/i.test(line)) this.#dataAt = this.#reads;
+    const r = checkCommand(line, { secure: conn.secure, continuation, draining: this.#hooks.draining(), inTransaction: inTransaction(conn) });
+    if (!r) {
+      if (this.#stage === 'tls' && !conn.secure && /^\s*STARTTLS\s*$/i.test(line)) this.#hooks.onStartTls(conn.id);
+      return this.#dispatch(command, callback);
+    }
+    this.#hooks.onRefusal(conn.id, r, this.#stage);
+    // A refused continuation line ends the SASL exchange (RFC 4954 §4).
+    endSaslExchange(conn);
+    conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+    if (isProtocolError(r.code, r)) this.#countError();
+    if (callback) setImmediate(callback);
+  };
+
+  #closeWith(r: Refusal): void {
+    this.#hooks.onRefusal(this.#conn.id, r, this.#stage);
+    this.#conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+    this.#conn.close();
+  }
+
+  #countError(): void {
+    if (this.#overBudget || ++this.#errors < this.#hooks.maxProtocolErrors) return;
+    this.#overBudget = true;
+    const r = ERROR_BUDGET_REFUSAL;
+    this.#hooks.onRefusal(this.#conn.id, r, this.#stage);
+    this.#conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+  }
+
+  /**
+   * Every reply smtp-server writes. RFC 2034: once ENHANCEDSTATUSCODES is advertised every
+   * reply carries one. smtp-server adds one from its own table to every reply; smtpgate's
+   * replies already carry the exact code in their text ("550 5.5.2 …"), so for those the
+   * table's code is suppressed, never doubled.
+   */
+  readonly #onReply = (code: number, data: string | string[], context?: string | false): void => {
+    const conn = this.#conn;
+    const hooks = this.#hooks;
+    // smtp-server answers every accepted MAIL and RCPT with its own "250 Accepted"; the client
+    // hears the backend's reply instead (its 251 too, RFC 5321 §3.4), as it does a refusal's.
+    if (context === 'MAIL_FROM_OK' || context === 'RCPT_TO_OK') {
+      const accepted = hooks.takeAcceptedReply(conn.id);
+      if (accepted) ({ code, text: data } = accepted);
+    }
+    if (this.#dataAt >= 0 && code !== 354) this.#dataRefusedAt = this.#dataAt;
+    this.#dataAt = -1;
+    const writes = hooks.writes;
+    if (writes) {
+      // STARTTLS's 220 must be on the wire before the socket is wrapped for TLS, and so must
+      // any reply still held from earlier in this turn.
+      if (this.#stage === 'tls' || isUpgrading(conn)) writes.release(clientSocket(conn));
+      else writes.hold(clientSocket(conn));
+    }
+    if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) {
+      this.#send(code, data, false);
+      return;
+    }
+    if (code >= 400 && typeof data === 'string') {
+      const enhanced = libraryEnhancedCode(conn, code, context) || `${Math.floor(code / 100)}.0.0`;
+      hooks.onLibraryRefusal(conn.id, refusal(code, enhanced, data, code === 421 && /timeout/i.test(data) ? 'timeout' : 'protocol'), this.#stage);
+    }
+    this.#send(code, data, context);
+    if (isProtocolError(code)) this.#countError();
   };
 }

@@ -1,5 +1,5 @@
 /**
- * smtp-server's DATA parser, `SMTPStream.prototype._feedDataStream` (3.21.6), rewritten to scan
+ * smtp-server's DATA parser, SMTPStream's `_feedDataStream` method (3.21.6), rewritten to scan
  * with `Buffer.indexOf` and to hand the message on as subarrays of the socket's reads.
  *
  * The original walks every byte in a JavaScript loop and `Buffer.concat`s every read onto the
@@ -14,12 +14,11 @@
  * CR "." CR and the other SEC Consult variants stay message content, which the guard then
  * refuses or normalizes.
  *
- * `installFastDataParser` replaces the method on one parser instance (smtp-server's
- * `connection._parser`). smtp-server looks `this._feedDataStream` up on each read, so nothing
- * else changes. smtp-server creates a new parser after STARTTLS, so that one must be installed
- * too.
+ * `installFastDataParser` replaces the method on one parser instance, through the
+ * `_feedDataStream` seam (smtp-server-seams.ts), which also gives it the parser's DATA-mode
+ * state. smtp-server creates a new parser after STARTTLS, so that one must be installed too.
  */
-import type { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
+import { replaceDataFeed, type CommandParser, type DataModeState } from './smtp-server-seams.js';
 
 const CR = 0x0d;
 const LF = 0x0a;
@@ -32,19 +31,17 @@ const EMPTY = Buffer.alloc(0);
 
 type Done = (err?: Error | null) => void;
 
-/** The parts of smtp-server's SMTPStream that the DATA parser reads and updates. */
-export type DataParser = Pick<SMTPStream, '_feedDataStream' | 'continue' | '_dataStream' | '_lastBytes' | '_atDataStart' | '_countDataBytes' | '_endDataMode'>;
-
 /** Whether the parser is running `continue()`, where the original's timing matters (see `escaped`). */
 interface Timing {
   inContinue: boolean;
 }
 
 /**
- * Replaces `parser._feedDataStream` with `feedDataStream`, and wraps `parser.continue()` to
- * know when it runs. Do this before the first DATA, e.g. when the connection is created.
+ * Puts `feedDataStream` in place of the parser's own DATA parser (the `_feedDataStream` seam),
+ * and wraps `parser.continue()` to know when it runs. Do this before the first DATA, e.g. when
+ * the connection is created.
  */
-export function installFastDataParser(parser: DataParser): void {
+export function installFastDataParser(parser: CommandParser): void {
   const timing: Timing = { inContinue: false };
   const resume = parser.continue.bind(parser);
   parser.continue = () => {
@@ -56,7 +53,7 @@ export function installFastDataParser(parser: DataParser): void {
       timing.inContinue = outer;
     }
   };
-  parser._feedDataStream = (chunk, done) => feedDataStream(parser, chunk, done, timing);
+  replaceDataFeed(parser, (state, chunk, done) => feedDataStream(state, chunk, done, timing));
 }
 
 /**
@@ -99,11 +96,9 @@ export function installFastDataParser(parser: DataParser): void {
  * - If every command handler answers synchronously, a second message that ends inside
  *   `continue()` stalls the session (see `escaped`).
  */
-function feedDataStream(parser: DataParser, chunk: Buffer, done: Done, timing: Timing): void {
-  // Only called in data mode, which always has a stream.
-  const stream = parser._dataStream!;
-  const kept = parser._lastBytes || EMPTY;
-  parser._lastBytes = false;
+function feedDataStream(state: DataModeState, chunk: Buffer, done: Done, timing: Timing): void {
+  const stream = state.stream;
+  const kept = state.takeKept() || EMPTY;
   const k = kept.length;
   const len = k + chunk.length;
   const at = (i: number): number => (i < k ? kept[i] : chunk[i - k])!;
@@ -153,7 +148,7 @@ function feedDataStream(parser: DataParser, chunk: Buffer, done: Done, timing: T
   const rest = (from: number): Buffer => (from >= k ? chunk.subarray(from - k) : Buffer.concat([kept.subarray(from), chunk]));
   /** Counts and sends input[from..to). The count comes first, as in the original. */
   const send = (from: number, to: number): void => {
-    parser._countDataBytes(to - from);
+    state.count(to - from);
     if (!stream.writable) return;
     for (const piece of pieces(from, to)) stream.write(piece);
   };
@@ -166,24 +161,24 @@ function feedDataStream(parser: DataParser, chunk: Buffer, done: Done, timing: T
     }
     let last: Buffer | false = false;
     if (to > from) {
-      parser._countDataBytes(to - from);
+      state.count(to - from);
       const parts = pieces(from, to);
       last = parts.pop()!;
       if (stream.writable) for (const piece of parts) stream.write(piece);
     }
-    parser._endDataMode(last, rest(restFrom), done);
+    state.end(last, rest(restFrom), done);
   };
 
   // Rule 1. While nothing has been consumed, `kept` holds the whole message so far (at most 4
   // bytes). These checks therefore see the start of the message however the reads were split.
-  if (parser._atDataStart) {
+  if (state.atStart) {
     if (len >= 3 && at(0) === DOT && at(1) === CR && at(2) === LF) {
-      parser._endDataMode(false, rest(3), done);
+      state.end(false, rest(3), done);
       return;
     }
     if (len >= 2 && at(0) === DOT && at(1) === DOT) {
       segment = 1;
-      parser._atDataStart = false;
+      state.leaveStart();
     }
   }
 
@@ -227,7 +222,7 @@ function feedDataStream(parser: DataParser, chunk: Buffer, done: Done, timing: T
     // changed, so next time it can be sent as it is.
     const next = Buffer.allocUnsafe(keep);
     for (let i = 0; i < keep; i++) next[i] = at(sendTo + i);
-    parser._lastBytes = next;
+    state.keep(next);
   }
   if (sendTo <= segment) {
     readDone();

@@ -12,6 +12,7 @@
  *   answer that was already decided (the tests check this as a property).
  * - `readProxyHeader` is the I/O edge: it reads one header from a socket and gives the bytes
  *   after it back to the socket for smtp-server.
+ * - `installProxyProtocol` puts it in front of an smtp-server, in place of the library's v1 reader.
  *
  * Decisions worth knowing:
  * - A connection whose first bytes can't start a header is refused at once (§2.1: "abort the
@@ -25,7 +26,12 @@
  * - The v1 line must be printable US-ASCII (§2.1: "one line of US-ASCII text"), also in the
  *   part after "UNKNOWN" that is otherwise ignored.
  */
+import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
+import type { SMTPServer } from 'smtp-server';
+import type { ListenerConfig } from '../config/schema.js';
+import { CidrSet } from '../config/cidr.js';
+import { replaceProxyHandler } from './smtp-server-seams.js';
 
 export interface ProxyAddresses {
   /** 'unknown' = v1 "UNKNOWN" or v2 LOCAL / AF_UNSPEC (and UDP / UNIX): use the real peer address. */
@@ -466,5 +472,31 @@ export function readProxyHeader(socket: Socket, opts: { timeoutMs: number }): Pr
     socket.on('error', onError);
     // Adding the listener emits 'readable' if bytes are already buffered.
     socket.on('readable', onReadable);
+  });
+}
+
+/**
+ * PROXY protocol v1/v2 in front of `server` (smtp-server itself only knows v1). Only listed
+ * peers may send the header, and they must; any other peer, and any bad header, is told to
+ * `onRefused` and disconnected before a byte of SMTP is exchanged. It runs for every accepted
+ * socket, before any TLS handshake, through smtp-server's `_handleProxy` seam.
+ */
+export function installProxyProtocol(server: SMTPServer, settings: NonNullable<ListenerConfig['proxyProtocol']>, onRefused: (peer: string, why: string) => void): void {
+  const peers = new CidrSet(settings.trusted);
+  replaceProxyHandler(server, (socket, cb) => {
+    // The session id, made as smtp-server makes its own.
+    const id = BigInt('0x' + randomBytes(10).toString('hex')).toString(32).padStart(16, '0');
+    const peer = socket.remoteAddress ?? '';
+    const refuse = (why: string) => {
+      onRefused(peer, why);
+      socket.on('error', () => {});
+      socket.destroy();
+      cb(new Error(why));
+    };
+    if (!peers.has(peer)) return refuse('peer is not in proxyProtocol.trusted');
+    readProxyHeader(socket, { timeoutMs: settings.timeout }).then(
+      (header) => cb(null, header.family === 'unknown' || !header.sourceAddress ? { id } : { id, remoteAddress: header.sourceAddress, remotePort: header.sourcePort }),
+      (err: unknown) => refuse(err instanceof ProxyHeaderError ? `${err.kind}: ${err.message}` : String(err)),
+    );
   });
 }

@@ -32,8 +32,8 @@ import type { TlsManager } from './tls-manager.js';
 import type { WriteBatcher } from '../transport/write-batcher.js';
 import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import { CidrSet } from '../config/cidr.js';
-import { readProxyHeader, ProxyHeaderError } from './proxy-protocol.js';
-import { randomBytes } from 'node:crypto';
+import { installProxyProtocol } from './proxy-protocol.js';
+import { assertSmtpServerSeams, openConnections } from './smtp-server-seams.js';
 
 export interface ListenerTls {
   readonly manager: TlsManager;
@@ -188,13 +188,20 @@ export class SmtpListener {
       onData: (stream, session, cb) => void this.#onData(stream, session, cb),
       onClose: (session) => this.#onClose(session),
     });
+    // smtpgate reaches into smtp-server's internals: an untested version must not start.
+    assertSmtpServerSeams(this.server);
     // Without an error listener one ECONNRESET would crash the process.
     this.server.on('error', (err: NodeJS.ErrnoException) => {
       const level = err.code === 'ECONNRESET' || err.code === 'EPIPE' ? 'debug' : 'warn';
       this.#deps.log[level]({ listener: config.name, err: { code: err.code, message: err.message } }, 'client connection error');
     });
     if (tls) tls.manager.attach(this.server);
-    if (config.proxyProtocol) this.#installProxyProtocol(config.proxyProtocol);
+    if (config.proxyProtocol) {
+      installProxyProtocol(this.server, config.proxyProtocol, (peer, why) => {
+        this.#deps.log.warn({ listener: this.name, peer, why }, 'PROXY protocol: connection refused');
+        this.#deps.metrics.refusals.inc({ listener: this.name, stage: 'connect', reason: 'proxy_protocol', code_class: 'none' });
+      });
+    }
     installCommandGuard(this.server, {
       onRefusal: (sessionId, r, stage) => {
         this.#count(r, stage);
@@ -261,7 +268,7 @@ export class SmtpListener {
    */
   async drain(timeoutMs: number): Promise<void> {
     this.#draining = true;
-    const connections = this.server.connections as unknown as Set<GuardedConnection>;
+    const connections = openConnections(this.server);
     const stopped = new Promise<void>((resolve) => this.server.server.close(() => resolve()));
     // smtp-server closes the connection after any 421 it sends.
     const tellToLeave = (conn: GuardedConnection) => conn.send(DRAIN_REFUSAL.code, `${DRAIN_REFUSAL.enhanced} ${DRAIN_REFUSAL.text}`, false);
@@ -323,34 +330,6 @@ export class SmtpListener {
       this.#sessionLog(conn.id).error({ err }, 'internal error in the connection limits');
       return refusal(421, '4.3.0', 'Local error in processing, try again later', 'internal');
     }
-  }
-
-  /**
-   * PROXY protocol v1/v2 (smtp-server only knows v1). Only listed peers may send the header,
-   * and they must; any other peer is disconnected before a byte of SMTP is exchanged.
-   * smtp-server asks `_handleProxy` for every accepted socket, before any TLS handshake.
-   */
-  #installProxyProtocol(opts: NonNullable<ListenerConfig['proxyProtocol']>): void {
-    const peers = new CidrSet(opts.trusted);
-    type Callback = (err: Error | null, socketOptions?: { id: string; remoteAddress?: string; remotePort?: number }) => void;
-    const server = this.server as unknown as { _handleProxy(socket: Socket, cb: Callback): void };
-    server._handleProxy = (socket: Socket, cb: Callback) => {
-      const id = BigInt('0x' + randomBytes(10).toString('hex')).toString(32).padStart(16, '0');
-      const peer = socket.remoteAddress ?? '';
-      const refuse = (why: string) => {
-        this.#deps.log.warn({ listener: this.name, peer, why }, 'PROXY protocol: connection refused');
-        this.#deps.metrics.refusals.inc({ listener: this.name, stage: 'connect', reason: 'proxy_protocol', code_class: 'none' });
-        socket.on('error', () => {});
-        socket.destroy();
-        cb(new Error(why));
-      };
-      if (!peers.has(peer)) return refuse('peer is not in proxyProtocol.trusted');
-      readProxyHeader(socket, { timeoutMs: opts.timeout }).then(
-        (header) =>
-          cb(null, header.family === 'unknown' || !header.sourceAddress ? { id } : { id, remoteAddress: header.sourceAddress, remotePort: header.sourcePort }),
-        (err: unknown) => refuse(err instanceof ProxyHeaderError ? `${err.kind}: ${err.message}` : String(err)),
-      );
-    };
   }
 
   /** AUTH is offered only under TLS, on every listener: no credentials ever cross in cleartext. */
