@@ -269,7 +269,14 @@ export interface GuardedConnection {
  * content (data mode) is left to the smuggling guard. A new parser is created after STARTTLS,
  * so parser creation is wrapped too.
  */
-function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChunk: (chunk: Buffer) => void, onRead: (bytes: number) => void, onDataMode: () => void): void {
+function watchCommandStream(
+  conn: GuardedConnection,
+  onBareLf: () => void,
+  onChunk: (chunk: Buffer) => void,
+  onRead: (bytes: number) => void,
+  onDataMode: () => void,
+  onParsed: () => void,
+): void {
   const watch = (parser: CommandParser) => {
     // smtp-server's DATA parser copies every message byte; this one hands the reads on as they are.
     installFastDataParser(parser as unknown as DataParser);
@@ -282,7 +289,11 @@ function watchCommandStream(conn: GuardedConnection, onBareLf: () => void, onChu
         if (chunk.length > 0 && hasBareLf(chunk, previous)) onBareLf();
       } else onDataMode();
       if (chunk.length > 0) previous = chunk[chunk.length - 1]!;
-      write(chunk, encoding, done);
+      // The parser calls back once it has answered every command in the chunk: it reads again.
+      write(chunk, encoding, (err) => {
+        onParsed();
+        done(err);
+      });
     };
     return parser;
   };
@@ -458,10 +469,14 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
       () => (bareLf = true),
       (chunk) => {
         reads++;
-        if (!conn._upgrading) lineWatch.read(chunk);
+        if (!conn._upgrading) {
+          lineWatch.read(chunk);
+          lineWatch.hold();
+        }
       },
       (bytes) => hooks.reclaimer?.read(bytes),
       () => lineWatch.stop(),
+      () => lineWatch.release(),
     );
     let errors = 0;
     let closing = false;
