@@ -33,7 +33,10 @@ test.each([
   await c.cmd('QUIT');
 });
 
-test('a line trickled in after STARTTLS is still cut off at its deadline: pausing the clock while smtpgate works never switches the watch off', async () => {
+test.each([
+  { what: 'a command', before: [] as string[], line: 'NOOP and on and on and on and on and on and on' },
+  { what: 'an AUTH LOGIN continuation line', before: ['AUTH LOGIN'], line: Buffer.from('alice-with-a-long-name@corp.test').toString('base64') },
+])('$what trickled in after STARTTLS is still cut off at its deadline: pausing the clock while smtpgate works never switches the watch off', async ({ before, line }) => {
   const backend = await forThisTest(startRawBackend(), closeBackend);
   const gate = await forThisTest(
     startGate({
@@ -48,10 +51,11 @@ test('a line trickled in after STARTTLS is still cut off at its deadline: pausin
   await c.cmd('EHLO slow.test');
   expect((await c.starttls()).code).toBe(220);
   expect((await c.cmd('EHLO slow.test')).code).toBe(250);
+  for (const cmd of before) expect((await c.cmd(cmd)).code).toBe(334);
   let closed = false;
   void c.closed.then(() => (closed = true));
   const reply = c.read();
-  for (const ch of 'NOOP and on and on and on and on and on and on\r\n') {
+  for (const ch of `${line}\r\n`) {
     if (closed) break;
     c.write(ch);
     await new Promise((r) => setTimeout(r, 50));
