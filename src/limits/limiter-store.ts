@@ -69,6 +69,12 @@ export interface StoreBackend {
    * operation, so counts made at the same moment are kept. False when the counter is gone.
    */
   expire(limiter: RateLimiterAbstract, key: string, ms: number): Promise<boolean>;
+  /**
+   * Takes `points` off a live counter, in one store operation, and never creates one: a counter
+   * gone since the points were counted (its window ended, an admin cleared it) stays gone, where
+   * the library's reward() would start it below zero and so grant that many extra points.
+   */
+  giveBack(limiter: RateLimiterAbstract, key: string, points: number): Promise<void>;
   /** False while the store is known to be unreachable: operations go straight to the fallback. */
   readonly usable: boolean;
   /** A store operation failed: the backend stops being `usable` until it has checked itself. */
@@ -132,6 +138,10 @@ export class MemoryBackend implements StoreBackend {
     return expireInMemory(limiter as RateLimiterMemory, key, ms);
   }
 
+  async giveBack(limiter: RateLimiterAbstract, key: string, points: number): Promise<void> {
+    giveBackInMemory(limiter as RateLimiterMemory, key, points);
+  }
+
   reportFailure(err: Error): void {
     // The memory store has no outage to fall back from: a failure here is a bug.
     throw err;
@@ -192,9 +202,20 @@ function expireInMemory(limiter: RateLimiterMemory, key: string, ms: number): bo
   return true;
 }
 
+/** The memory store's `giveBack`: read and write in one synchronous step, as in expireInMemory. */
+function giveBackInMemory(limiter: RateLimiterMemory, key: string, points: number): void {
+  const storage = (limiter as unknown as { _memoryStorage: MemoryStorageSeam })._memoryStorage;
+  const record = storage._storage.get(limiter.getKey(key));
+  // An expired record may linger until its timer runs: it is gone all the same.
+  if (!record || (record.expiresAt !== null && record.expiresAt <= Date.now())) return;
+  record.value -= points;
+}
+
 interface MemoryStorageSeam {
   get(rlKey: string): RateLimiterRes | null;
   set(rlKey: string, value: number, durationSec: number): RateLimiterRes;
+  /** The records themselves: `value`, and `expiresAt` in epoch ms (null: no expiry). */
+  readonly _storage: Map<string, { value: number; readonly expiresAt: number | null }>;
 }
 
 /** Where an answer came from: the shared store, the insurance memory, or nowhere (fail open). */
@@ -276,8 +297,8 @@ export class LimiterStore {
    * store that counted them: a count made in the insurance memory is not taken off Redis.
    */
   async reward(spec: LimiterSpec, key: string, points: number, source: AnswerSource): Promise<void> {
-    if (source === 'store') await this.#primary(spec, (l) => l.reward(key, points, windowOption(spec)));
-    else if (source === 'insurance' && this.#insurance) await this.#insuranceLimiter(spec).reward(key, points, windowOption(spec));
+    if (source === 'store') await this.#primary(spec, (l) => this.#backend.giveBack(l, key, points));
+    else if (source === 'insurance' && this.#insurance) await this.#insurance.giveBack(this.#insuranceLimiter(spec), key, points);
   }
 
   /**

@@ -104,6 +104,9 @@ const PROBE_INTERVAL_MS = 500;
 
 const MARKER_SCRIPT = "local v = redis.call('GET', KEYS[1]) if v then return v end redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1]";
 
+/** KEYS[1] the counter, ARGV[1] the points: taken off only while the counter exists. */
+const GIVE_BACK_SCRIPT = "if redis.call('exists', KEYS[1]) == 1 then redis.call('decrby', KEYS[1], ARGV[1]) end return 0";
+
 export class RedisBackend implements StoreBackend {
   readonly kind = 'redis' as const;
   readonly client: RedisClient;
@@ -142,6 +145,11 @@ export class RedisBackend implements StoreBackend {
   /** PEXPIRE is one command: it changes the expiry and leaves the count as other instances left it. */
   async expire(limiter: RateLimiterAbstract, key: string, ms: number): Promise<boolean> {
     return (await this.client.pexpire(limiter.getKey(key), ms)) === 1;
+  }
+
+  /** One script: DECRBY keeps the counter's expiry, and a counter that is gone is not created. */
+  async giveBack(limiter: RateLimiterAbstract, key: string, points: number): Promise<void> {
+    await this.client.eval(GIVE_BACK_SCRIPT, 1, limiter.getKey(key), points);
   }
 
   reportFailure(err: Error): void {

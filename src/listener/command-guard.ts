@@ -378,7 +378,7 @@ class ConnectionGuard {
       // smtp-server's DATA parser copies every message byte; this one hands the reads on as they are.
       installFastDataParser(parser);
       this.#previousByte = -1;
-      observeReads(parser, this.#onRead);
+      observeReads(parser, this.#onRead, this.#onParsed);
     });
     this.#send = replaceSend(conn, this.#onReply);
     hooks.onConnection(conn);
@@ -414,12 +414,20 @@ class ConnectionGuard {
     this.#hooks.reclaimer?.read(chunk.length);
     if (!dataMode) {
       this.#reads++;
-      if (!isUpgrading(this.#conn)) this.#lineWatch.read(chunk);
+      if (!isUpgrading(this.#conn)) {
+        this.#lineWatch.read(chunk);
+        // The clock stops while smtp-server works on this read: answering the commands
+        // pipelined before a line may wait on the backend, which is not the client trickling.
+        this.#lineWatch.hold();
+      }
       // Message content (data mode) is left to the smuggling guard.
       if (chunk.length > 0 && hasBareLf(chunk, this.#previousByte)) this.#bareLf = true;
     } else this.#lineWatch.stop();
     if (chunk.length > 0) this.#previousByte = chunk[chunk.length - 1]!;
   };
+
+  /** smtp-server has dealt with a read and asks for the next: the client's time runs again. */
+  readonly #onParsed = (): void => this.#lineWatch.release();
 
   /** Every command line (and AUTH continuation line), before smtp-server dispatches it. */
   readonly #onCommand = (command: Buffer, callback?: () => void): void => {

@@ -50,7 +50,14 @@ export class CommandLineWatch {
   readonly #pace: CommandPace;
   readonly #onOverdue: (r: Refusal, head: string) => void;
   readonly #now: () => number;
-  #startedAt = 0;
+  /** A line has begun and not ended. */
+  #inLine = false;
+  /** The line's time counted before the current wait (see hold()). */
+  #waitedMs = 0;
+  /** When the current wait for the client began. */
+  #since = 0;
+  /** The parser is working on what it read (see hold()). */
+  #held = false;
   #bytes = 0;
   #head = '';
   #timer: NodeJS.Timeout | undefined;
@@ -68,7 +75,7 @@ export class CommandLineWatch {
       // Every line up to here is complete; what follows the last LF starts a new one.
       this.stop();
       if (lf + 1 < chunk.length) this.#start(chunk.subarray(lf + 1));
-    } else if (this.#timer !== undefined) {
+    } else if (this.#inLine) {
       this.#bytes += chunk.length;
       if (this.#head.length < HEAD_BYTES) this.#head += chunk.subarray(0, HEAD_BYTES - this.#head.length).toString('latin1');
     } else if (chunk.length > 0) {
@@ -76,17 +83,43 @@ export class CommandLineWatch {
     }
   }
 
-  /** No command line is in progress any more: the message (DATA) began, or the connection closed. */
-  stop(): void {
+  /**
+   * The parser is answering the commands it just read, and takes no more bytes until it is
+   * done (smtp-server's parser waits on each command's handler, e.g. a backend reply): that
+   * time is smtpgate's, not the client's, so the line's clock stops until `release()`.
+   * Without this, a pipelining client (RFC 2920) whose batch TCP split inside a line would be
+   * timed while the backend answers the commands before it, and cut off mid-transaction.
+   */
+  hold(): void {
+    if (this.#held) return;
+    if (this.#inLine) this.#waitedMs += this.#now() - this.#since;
+    this.#held = true;
     clearTimeout(this.#timer);
     this.#timer = undefined;
   }
 
+  /** The parser waits for the client again: a line in progress is timed from here on. */
+  release(): void {
+    if (!this.#held) return;
+    this.#held = false;
+    this.#since = this.#now();
+    if (this.#inLine) this.#check();
+  }
+
+  /** No command line is in progress any more: the message (DATA) began, or the connection closed. */
+  stop(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#inLine = false;
+  }
+
   #start(piece: Buffer): void {
-    this.#startedAt = this.#now();
+    this.#inLine = true;
+    this.#waitedMs = 0;
+    this.#since = this.#now();
     this.#bytes = piece.length;
     this.#head = piece.subarray(0, HEAD_BYTES).toString('latin1');
-    this.#check();
+    if (!this.#held) this.#check();
   }
 
   #arm(ms: number): void {
@@ -96,7 +129,7 @@ export class CommandLineWatch {
   }
 
   #check(): void {
-    const verdict = judgeLine(this.#bytes, this.#now() - this.#startedAt, this.#pace);
+    const verdict = judgeLine(this.#bytes, this.#waitedMs + this.#now() - this.#since, this.#pace);
     if ('recheckInMs' in verdict) return this.#arm(verdict.recheckInMs);
     this.stop();
     this.#onOverdue(verdict.overdue, this.#head);

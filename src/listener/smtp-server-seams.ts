@@ -158,11 +158,15 @@ export function onEachParser(conn: ClientConnection, setUp: (parser: CommandPars
  * Seam `_write` (and `_dataMode`): `observe` sees every read from the client before the parser
  * does, with whether the parser is in DATA mode at that moment.
  */
-export function observeReads(parser: CommandParser, observe: (chunk: Buffer, dataMode: boolean) => void): void {
+export function observeReads(parser: CommandParser, observe: (chunk: Buffer, dataMode: boolean) => void, parsed: () => void): void {
   const write = parser._write.bind(parser);
   parser._write = (chunk: Buffer, encoding, done) => {
     observe(chunk, parser._dataMode);
-    write(chunk, encoding, done);
+    // The parser calls back once it has answered every command in the chunk and reads again.
+    write(chunk, encoding, (err?: Error | null) => {
+      parsed();
+      done(err);
+    });
   };
 }
 

@@ -17,6 +17,7 @@
  * be. Pure: headers in, refusal out.
  */
 import type { IncomingHttpHeaders } from 'node:http';
+import { isIP } from 'node:net';
 
 export interface HttpRefusal {
   readonly status: 403 | 415;
@@ -35,4 +36,22 @@ export function refuseBrowserRequest(req: { readonly method?: string; readonly h
     return { status: 415, error: `expected Content-Type: application/json, found ${JSON.stringify(req.headers['content-type'] ?? 'none')}` };
   }
   return undefined;
+}
+
+/**
+ * DNS rebinding without a token. A rebound page's same-origin GET over plain HTTP carries
+ * neither mark above: no Origin (a same-origin GET), and no Sec-Fetch-Site, which browsers
+ * send only to potentially trustworthy URLs (https, or a loopback literal), never to
+ * http://rebound.example. Its Host header does carry the attacker's name, though, and a name
+ * is all DNS rebinding can give it: an IP address or "localhost" in Host can't be rebound.
+ * Only for the routes without a token: with one, the page has no way to send it.
+ */
+export function refuseRebindingHost(host: string | undefined): HttpRefusal | undefined {
+  // RFC 9110 §7.2: uri-host [ ":" port ]; an IPv6 literal in brackets.
+  const name = /^\[([^\]]*)\](?::\d*)?$/.exec(host ?? '')?.[1] ?? (host ?? '').replace(/:\d*$/, '');
+  if (isIP(name) || name.toLowerCase() === 'localhost') return undefined;
+  return {
+    status: 403,
+    error: `the admin routes without a token answer only a Host that is an IP address or localhost, not ${JSON.stringify(host ?? 'none')} (DNS rebinding); use http://127.0.0.1:PORT, or set metrics.adminTokenFile`,
+  };
 }

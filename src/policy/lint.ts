@@ -36,6 +36,8 @@ export function lintPolicySet(set: PolicySet, opts: LintOptions = {}): Finding[]
   const findings: Finding[] = [];
   const where = (r: Rule) => `${r.source.file}${r.source.line ? `:${r.source.line}` : ''}`;
 
+  /** Rules that can never run, with the rule that decides first. */
+  const shadowedBy = new Map<Rule, Rule>();
   for (const [stage, rules] of Object.entries(set.byStage)) {
     let catchAll: Rule | undefined;
     const byConditions = new Map<string, Rule>();
@@ -43,6 +45,7 @@ export function lintPolicySet(set: PolicySet, opts: LintOptions = {}): Finding[]
       if (rule.mode === 'off') continue;
       const shadow = catchAll ?? (rule.whenText !== undefined ? byConditions.get(rule.whenText) : undefined);
       if (shadow) {
+        shadowedBy.set(rule, shadow);
         const why = shadow === catchAll ? 'has no conditions, so it matches every session' : 'has the same conditions';
         findings.push({
           kind: 'unreachable',
@@ -81,17 +84,28 @@ export function lintPolicySet(set: PolicySet, opts: LintOptions = {}): Finding[]
     }
   }
 
+  // Relay protection is enforced only by a rule that guards every recipient: one that can never
+  // run (a catch-all accept decides first), or that runs only under conditions of its own, leaves
+  // every other unauthenticated client free to send anywhere.
   const relayRules = set.byStage.rcpt.filter((r) => r.type === 'relay_protection');
-  if (!relayRules.some((r) => r.mode === 'enforce')) {
-    const explicit = relayRules[0];
+  const enforced = relayRules.filter((r) => r.mode === 'enforce');
+  // (A catch-all reject or tempfail before it shuts relaying off along with everything else.)
+  const acceptedFirst = (r: Rule) => (shadowedBy.get(r)?.action.kind === 'accept' ? shadowedBy.get(r) : undefined);
+  if (!enforced.some((r) => r.whenText === undefined && !acceptedFirst(r))) {
+    const explicit = enforced[0] ?? relayRules[0];
+    const shadow = explicit && acceptedFirst(explicit);
     findings.push({
       kind: 'open_relay',
       file: explicit?.source.file ?? set.dir,
       line: explicit?.source.line,
       ...(explicit ? { rule: explicit.name } : {}),
-      message: explicit
-        ? `relay protection is only in mode: ${explicit.mode}: unauthenticated clients may send to any domain`
-        : 'relayProtection is off and no relay_protection rule runs: unauthenticated clients may send to any domain',
+      message: !explicit
+        ? 'relayProtection is off and no relay_protection rule runs: unauthenticated clients may send to any domain'
+        : explicit.mode !== 'enforce'
+          ? `relay protection is only in mode: ${explicit.mode}: unauthenticated clients may send to any domain`
+          : shadow
+            ? `relay protection rule ${JSON.stringify(explicit.name)} can never run: rule ${JSON.stringify(shadow.name)} (${where(shadow)}) accepts every recipient first, so unauthenticated clients may send to any domain`
+            : `relay protection rule ${JSON.stringify(explicit.name)} runs only when its own conditions hold (when: ${explicit.whenText}): other unauthenticated clients may send to any domain`,
     });
   }
 

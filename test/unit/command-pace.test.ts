@@ -74,3 +74,26 @@ describe('CommandLineWatch', () => {
     expect(overdue).toEqual([]);
   });
 });
+
+describe('CommandLineWatch while the parser is busy', () => {
+  test("time held (smtpgate answering the commands before the line) is not the line's; time after release is", async () => {
+    let now = 0;
+    const overdue: string[] = [];
+    const w = new CommandLineWatch({ deadlineMs: 1_000, minRate: 0, graceMs: 0 }, (r) => overdue.push(r.text), () => now);
+    w.read(Buffer.from('MAIL FROM:<a@b>\r\nRCPT TO:<c'));
+    w.hold();
+    now = 5_000; // the backend took 5 s to answer MAIL
+    w.release();
+    now = 5_900;
+    w.read(Buffer.from('@d'));
+    w.hold();
+    w.release();
+    expect(overdue).toEqual([]);
+    now = 6_000;
+    w.read(Buffer.from('>'));
+    w.hold();
+    w.release();
+    expect(overdue).toEqual(['Command line not completed within 1s, closing']);
+    w.stop();
+  });
+});

@@ -298,6 +298,7 @@ function downBackend(): StoreBackend {
     onHealthChange: () => {},
     ready: async () => false,
     expire: fail,
+    giveBack: fail,
     entries: fail,
     remove: fail,
     marker: fail,

@@ -286,6 +286,7 @@ describe('seams _createParser, _write, _upgrading, _socket, _dataMode (onEachPar
     const reads: Array<[number, string, boolean]> = [];
     const facts: Record<string, unknown> = {};
     let parsers = 0;
+    let parsed = 0;
     let connection: ClientConnection | undefined;
     const { server, port } = await start({
       key: cert.key,
@@ -307,7 +308,11 @@ describe('seams _createParser, _write, _upgrading, _socket, _dataMode (onEachPar
       facts.tlsSocketAtStart = clientSocket(conn) instanceof TLSSocket;
       onEachParser(conn, (parser) => {
         const n = ++parsers;
-        observeReads(parser, (chunk, dataMode) => reads.push([n, chunk.toString('latin1'), dataMode]));
+        observeReads(
+          parser,
+          (chunk, dataMode) => reads.push([n, chunk.toString('latin1'), dataMode]),
+          () => parsed++,
+        );
       });
       const send = replaceSend(conn, (code, data, context) => {
         send(code, data, context);
@@ -325,6 +330,9 @@ describe('seams _createParser, _write, _upgrading, _socket, _dataMode (onEachPar
     expect((await t.cmd('Subject: x\r\n\r\nbody\r\n.')).code).toBe(250);
     expect(facts).toEqual({ tlsSocketAtStart: false, upgradingAfterStarttls: true, upgradingAtSecure: false, tlsSocketAtSecure: true, dataModeInOnData: true });
     expect(parsers).toBe(2);
+    // The parser calls back once per read when it has dealt with it (the line watch's clock
+    // restarts there): every read the client made has been answered, so every one is parsed.
+    expect(parsed).toBe(reads.length);
     // smtp-server also writes empty chunks to itself around DATA (the guard skips those).
     expect(reads.filter(([, text]) => text !== '')).toEqual([
       [1, 'EHLO a\r\n', false],
