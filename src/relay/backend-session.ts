@@ -277,7 +277,8 @@ export class BackendSession {
   }
 
   #report(err: unknown): unknown {
-    if (err instanceof BackendError && this.#target && !this.droppedByUs(err)) this.#events.onError(this.#target, err);
+    // A refusal of the client itself (kind 'refused') is no fault of the backend's.
+    if (err instanceof BackendError && err.kind !== 'refused' && this.#target && !this.droppedByUs(err)) this.#events.onError(this.#target, err);
     return err;
   }
 

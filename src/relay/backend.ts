@@ -94,6 +94,10 @@ export class Backend {
       this.#log.debug({ err: (err as Error).message }, 'client left while the backend was awaited');
       return CLIENT_GONE;
     }
+    if (err instanceof BackendError && err.kind === 'refused' && err.reply) {
+      this.#log.info({ backend: this.#session.targetName, reply: `${err.reply.code} ${err.reply.text}` }, 'backend refused the client');
+      return backendRefusal(err.reply);
+    }
     if (err instanceof BackendError) {
       this.#log.warn({ backend: this.#session.targetName, kind: err.kind, err: err.message }, 'backend failure');
       switch (err.kind) {

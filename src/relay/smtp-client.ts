@@ -25,7 +25,11 @@ export interface SmtpReply {
   text: string;
 }
 
-export type BackendErrorKind = 'connect' | 'timeout' | 'closed' | 'tls' | 'protocol';
+/**
+ * `refused`: the backend refused the client itself, not smtpgate: its EHLO name, said after
+ * XCLIENT. The client gets the backend's reply, as if it had connected directly.
+ */
+export type BackendErrorKind = 'connect' | 'timeout' | 'closed' | 'tls' | 'protocol' | 'refused';
 
 export class BackendError extends Error {
   readonly kind: BackendErrorKind;
@@ -355,7 +359,8 @@ export class BackendConnection extends EventEmitter {
   /**
    * Postfix XCLIENT. Success is 220: the backend starts a new session as if the client had
    * just connected, so EHLO is said again (capabilities refreshed) and the 220 returned.
-   * The first reply other than 220, or a failed re-EHLO, is returned as is.
+   * The first reply other than 220, or a failed re-EHLO with smtpgate's name, is returned as is;
+   * a refused EHLO with the client's name throws BackendError('refused') carrying that reply.
    *
    * The last EHLO names `clientHelo`, the client's own EHLO name, when there is one that fits
    * on the line: an EHLO replaces the HELO that XCLIENT set (smtpd.c helo_cmd), so saying
@@ -370,7 +375,12 @@ export class BackendConnection extends EventEmitter {
     for (const [i, line] of lines.entries()) {
       last = await this.command(line);
       if (last.code !== 220) return last;
-      const ehlo = await this.ehlo(i === lines.length - 1 ? lastEhlo : undefined);
+      const name = i === lines.length - 1 ? lastEhlo : undefined;
+      const ehlo = await this.ehlo(name);
+      // The backend's HELO checks (Postfix reject_invalid_helo_hostname, ...) judged the
+      // client's name: that is the client's refusal, to be told to it, not a backend failure
+      // (421 is the backend closing down, and stays one).
+      if (name !== undefined && ehlo.code >= 450 && ehlo.code !== 421) throw new BackendError('refused', `backend refused the client's EHLO name: ${ehlo.code} ${ehlo.text}`, { reply: ehlo });
       if (ehlo.code !== 250) return ehlo;
     }
     // identityLines() never returns an empty list.

@@ -21,6 +21,10 @@ export interface RawBackendOptions {
   /** Reply lines, without CRLF ("553 5.7.1 Sender refused"); the defaults accept everything. */
   greeting?: string;
   ehlo?: string[];
+  /** The reply line to an EHLO naming this host, instead of `ehlo` (a backend refusing a client's HELO name). */
+  ehloRefused?: { name: string; reply: string };
+  /** The reply to XCLIENT (say, 220 2.0.0 to accept it; XCLIENT must also be in `ehlo`). */
+  xclient?: string;
   mail?: string;
   rcpt?: string;
   data?: string;
@@ -130,7 +134,10 @@ export async function startRawBackend(opts: RawBackendOptions = {}): Promise<Raw
       const verb = (/^\S+/.exec(line)?.[0] ?? '').toUpperCase();
       switch (verb) {
         case 'EHLO':
+          if (opts.ehloRefused && line.slice(5).trim() === opts.ehloRefused.name) return send(opts.ehloRefused.reply + '\r\n');
           return send(multiline(250, opts.ehlo ?? DEFAULT_EHLO));
+        case 'XCLIENT':
+          return send((opts.xclient ?? '550 5.7.0 XCLIENT not allowed') + '\r\n');
         case 'HELO':
           return send('250 raw.test\r\n');
         case 'MAIL': {

@@ -30,9 +30,9 @@ function address(addr: string, args: Record<string, string | boolean> = {}): SMT
   return { address: addr, args } as SMTPServerAddress;
 }
 
-function backendOn(port: number, maxMessageBytes = 1_000_000) {
+function backendOn(port: number, maxMessageBytes = 1_000_000, identity: 'none' | 'xclient' = 'none', onError: (err: BackendError) => void = () => undefined) {
   const target: BackendTarget = { name: `127.0.0.1:${port}`, options: { host: '127.0.0.1', port, tls: 'none', heloName: 'gate.test', timeouts: TIMEOUTS } };
-  const session = new BackendSession(new BackendPool([target], 'failover', 1000), { identity: 'none' }, { onConnected: () => undefined, onError: () => undefined });
+  const session = new BackendSession(new BackendPool([target], 'failover', 1000), { identity }, { onConnected: () => undefined, onError: (_t, err) => onError(err) });
   const metrics = createMetrics(readBuildInfo());
   const backend = new Backend(session, pino({ level: 'silent' }), { listener: 'submission', bareLineEndings: 'reject', maxMessageBytes }, metrics);
   return { backend, metrics };
@@ -56,6 +56,24 @@ function refusalOf(r: Refusal | undefined): Pick<Refusal, 'code' | 'enhanced' | 
 }
 
 describe('relay transaction', () => {
+  test('a backend refusing the client’s own EHLO name after XCLIENT refuses MAIL with its own reply, not as a backend failure', async () => {
+    const rejected = '501 5.5.2 <bad_helo>: Helo command rejected: Invalid name';
+    const raw = await startRawBackend({ ehlo: ['raw.test', 'XCLIENT NAME ADDR PORT PROTO HELO LOGIN'], xclient: '220 2.0.0 raw.test ESMTP', ehloRefused: { name: 'bad_helo', reply: rejected } });
+    const errors: BackendError[] = [];
+    const { backend } = backendOn(raw.port, undefined, 'xclient', (err) => errors.push(err));
+    open.push({ backend, raw });
+    for (const helo of ['bad_helo', 'bad_helo']) {
+      const mail = await backend.mail(address('alice@example.com'), { ...IDENTITY, helo });
+      expect(mail).not.toBeInstanceOf(Transaction);
+      expect(mail).toMatchObject({ code: 501, enhanced: '5.5.2', text: '<bad_helo>: Helo command rejected: Invalid name' });
+    }
+    expect(errors, 'no backend error is counted').toEqual([]);
+    expect(raw.connections[0]!.commands.some((c) => c.startsWith('XCLIENT '))).toBe(true);
+    expect(raw.connections[0]!.commands).toContain('EHLO bad_helo');
+    // The same backend takes a client whose name it accepts.
+    expect(await backend.mail(address('alice@example.com'), { ...IDENTITY, helo: 'good.example' })).toBeInstanceOf(Transaction);
+  });
+
   test('relays MAIL, each RCPT and the message, and answers with the backend’s own replies', async () => {
     const { raw, backend } = await withRaw({ final: '250 2.0.0 Ok: queued as Q1' });
     const tx = await transaction(backend);
