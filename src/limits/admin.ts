@@ -11,6 +11,7 @@
  *   `fetchLimitsState` / `requestLimitsClear` are the client side.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { cidrContains, ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, userKey, type Cidr } from './keys.js';
 import { formatWindow, retrySeconds } from './rate.js';
 import type { LimiterName } from './replies.js';
@@ -259,7 +260,7 @@ export function limitsAdminRoutes(admin: LimitsAdmin, opts: { token?: string; on
       reply(refused.status, { error: refused.error });
       return true;
     }
-    if (opts.token && req.headers.authorization !== `Bearer ${opts.token}`) {
+    if (opts.token && !sameSecret(req.headers.authorization, `Bearer ${opts.token}`)) {
       reply(401, { error: 'missing or wrong bearer token' });
       return true;
     }
@@ -322,4 +323,10 @@ export async function requestLimitsClear(base: string, target: string, opts: { t
 
 function authHeader(token: string | undefined): Record<string, string> {
   return token ? { authorization: `Bearer ${token}` } : {};
+}
+
+/** Compares digests in constant time, so the answer's timing says nothing about how much of the token matched. */
+function sameSecret(given: string | undefined, expected: string): boolean {
+  const digest = (text: string) => createHash('sha256').update(text).digest();
+  return given !== undefined && timingSafeEqual(digest(given), digest(expected));
 }
