@@ -99,6 +99,11 @@ interface SessionState {
   readonly policy: PolicySet;
   /** require_tls / require_auth decided at connect or auth, checked at MAIL. */
   requirements: Decision[];
+  /**
+   * The last stage the session entered (back to `connect` once a message is answered): the
+   * stage a session-wide refusal (the session cap, an internal error) is counted and logged at.
+   */
+  stage: Stage;
   /** Session cap and STARTTLS handshake deadline; cleared at close. */
   timers: NodeJS.Timeout[];
   /** add_header results: from connect/auth for the whole session, from mail/rcpt per transaction. */
@@ -181,12 +186,30 @@ export class SmtpListener {
       maxCommandLength: MAX_AUTH_LINE_OCTETS + 2,
       logger: false,
       // A hook that throws (a bug) must still answer, or the session would hang.
-      onConnect: (session, cb) => void this.#onConnect(session, cb).catch((err: unknown) => cb(this.#internalError(session, err))),
+      // Each hook first records the stage the session has reached: a timeout or an internal
+      // error is counted and logged at that stage.
+      onConnect: (session, cb) => void this.#onConnect(session, cb).catch((err: unknown) => cb(this.#internalError(session, 'connect', err))),
       onSecure: (socket, session, cb) => this.#onSecure(socket, session, cb),
-      onAuth: (auth, session, cb) => void this.#onAuth(auth, session, cb),
-      onMailFrom: (address, session, cb) => void this.#onMailFrom(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, err))),
-      onRcptTo: (address, session, cb) => void this.#onRcptTo(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, err))),
-      onData: (stream, session, cb) => void this.#onData(stream, session, cb),
+      onAuth: (auth, session, cb) => {
+        this.#enter(session.id, 'auth');
+        void this.#onAuth(auth, session, cb);
+      },
+      onMailFrom: (address, session, cb) => {
+        this.#enter(session.id, 'mail');
+        void this.#onMailFrom(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, 'mail', err)));
+      },
+      onRcptTo: (address, session, cb) => {
+        this.#enter(session.id, 'rcpt');
+        void this.#onRcptTo(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, 'rcpt', err)));
+      },
+      onData: (stream, session, cb) => {
+        this.#enter(session.id, 'data');
+        // The message is answered: the transaction is over, a later timeout is not DATA's.
+        void this.#onData(stream, session, (err, message) => {
+          this.#enter(session.id, 'connect');
+          cb(err, message);
+        });
+      },
       onClose: (session) => this.#onClose(session),
     });
     // Without an error listener one ECONNRESET would crash the process.
@@ -218,7 +241,7 @@ export class SmtpListener {
       onStartTls: (sessionId) => {
         const state = this.#sessions.get(sessionId);
         if (!state) return;
-        const timer = setTimeout(() => this.#kick(sessionId, refusal(421, '4.4.2', 'TLS handshake timed out', 'timeout'), false), deps.client.timeouts.tlsHandshake);
+        const timer = setTimeout(() => this.#kick(sessionId, refusal(421, '4.4.2', 'TLS handshake timed out', 'timeout'), { stage: 'tls', reply: false }), deps.client.timeouts.tlsHandshake);
         timer.unref();
         state.timers.push(timer);
       },
@@ -287,6 +310,7 @@ export class SmtpListener {
       log: sessionLog,
       backend: this.#deps.openBackend(sessionLog),
       openedAt: Date.now(),
+      stage: 'connect',
       messages: 0,
       bytes: 0,
       trusted: this.#trusted?.has(session.remoteAddress) ?? false,
@@ -788,12 +812,12 @@ export class SmtpListener {
    * aborted without the final dot by the client-abort path. `reply: false` when no reply can
    * be written (mid-handshake).
    */
-  #kick(sessionId: string, r: Refusal, reply = true): void {
+  #kick(sessionId: string, r: Refusal, opts: { stage?: Stage; reply?: boolean } = {}): void {
     const conn = this.#connections.get(sessionId);
     const state = this.#sessions.get(sessionId);
     if (!conn) return;
-    if (state) this.#refuse(state, 'connect', r);
-    if (reply) conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+    if (state) this.#refuse(state, opts.stage ?? state.stage, r);
+    if (opts.reply ?? true) conn.send(r.code, `${r.enhanced} ${r.text}`, false);
     else conn.close();
   }
 
@@ -810,10 +834,10 @@ export class SmtpListener {
       const elapsed = Date.now() - start;
       if (elapsed > deadline) {
         clearInterval(timer);
-        this.#kick(sessionId, refusal(421, '4.4.2', 'DATA took too long, closing', 'timeout'));
+        this.#kick(sessionId, refusal(421, '4.4.2', 'DATA took too long, closing', 'timeout'), { stage: 'data' });
       } else if (minRate > 0 && elapsed > grace && (bytes() * 1000) / elapsed < minRate) {
         clearInterval(timer);
-        this.#kick(sessionId, refusal(421, '4.4.2', `Data rate below ${minRate} bytes/s, closing`, 'timeout'));
+        this.#kick(sessionId, refusal(421, '4.4.2', `Data rate below ${minRate} bytes/s, closing`, 'timeout'), { stage: 'data' });
       }
     }, 1000);
     timer.unref();
@@ -909,11 +933,11 @@ export class SmtpListener {
   }
 
   /** A bug surfaced in a hook: log it and answer 451 4.3.0, so the client retries later. */
-  #internalError(session: SMTPServerSession, err: unknown): SmtpServerError {
+  #internalError(session: SMTPServerSession, stage: Stage, err: unknown): SmtpServerError {
     const r = refusal(451, '4.3.0', 'Local error in processing, try again later', 'internal');
     const state = this.#sessions.get(session.id);
     (state?.log ?? this.#deps.log).error({ session: session.id, err }, 'internal error in a session hook');
-    if (state) return this.#refuse(state, 'connect', r);
+    if (state) return this.#refuse(state, stage, r);
     return toServerError(r);
   }
 
@@ -926,6 +950,12 @@ export class SmtpListener {
     if (state) return state.log;
     const conn = this.#connections.get(sessionId);
     return this.#deps.log.child({ session: sessionId, listener: this.name, ...(conn ? { client: conn.remoteAddress, port: conn.remotePort } : {}) });
+  }
+
+  /** Records the stage a session has reached, for the refusals made there without a stage of their own. */
+  #enter(sessionId: string, stage: Stage): void {
+    const state = this.#sessions.get(sessionId);
+    if (state) state.stage = stage;
   }
 
   #refuse(state: SessionState, stage: Stage, r: Refusal, extra: Record<string, unknown> = {}): SmtpServerError {
