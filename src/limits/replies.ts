@@ -9,6 +9,7 @@
  */
 import { refusal, type Refusal, type RefusalReason } from '../reply.js';
 import { formatRate, retrySeconds, type Rate } from './rate.js';
+import type { Stage } from '../stage.js';
 
 /**
  * Reasons this module adds to REFUSAL_REASONS (src/reply.ts). Until they are listed there the
@@ -106,9 +107,7 @@ export function tooManyRecipientsRefusal(limit: number): Refusal {
   return limitRefusal(452, '4.5.3', `Too many recipients for one message (limit ${limit}); send the rest in another message`, 'too_many_recipients');
 }
 
-export type Stage = 'connect' | 'auth' | 'mail' | 'rcpt';
-
-/** onStoreFailure: deny. The code fits the stage: 421 closes at connect, 454 is AUTH's temporary failure. */
+/** onStoreFailure: deny. The code fits the stage: 421 closes at connect, 454 is AUTH's temporary failure, 451 elsewhere. */
 export function limiterUnavailableRefusal(stage: Stage): Refusal {
   const text = 'Rate limiter temporarily unavailable; try again in 60 seconds';
   switch (stage) {

@@ -35,6 +35,7 @@ import type { WriteBatcher } from '../transport/write-batcher.js';
 import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import type { CidrSet } from '../config/cidr.js';
 import { refusal, type Refusal } from '../reply.js';
+import type { Stage } from '../stage.js';
 import { installFastDataParser, type DataParser } from './data-stream.js';
 import { CommandLineWatch, type CommandPace } from './command-pace.js';
 
@@ -329,9 +330,7 @@ function isProtocolError(code: number, r?: Refusal): boolean {
 export const ERROR_BUDGET_REFUSAL = refusal(421, '4.7.0', 'Too many errors in this session, closing', 'protocol');
 
 /** The session stage a command belongs to, for the refusal metric's `stage` label. */
-export type CommandStage = 'connect' | 'tls' | 'auth' | 'mail' | 'rcpt' | 'data';
-
-export function stageOf(verb: string | undefined): CommandStage {
+export function stageOf(verb: string | undefined): Stage {
   switch (verb) {
     case 'AUTH':
       return 'auth';
@@ -351,9 +350,9 @@ export function stageOf(verb: string | undefined): CommandStage {
 
 export interface GuardHooks {
   /** A refusal the guard made itself, with the stage of the command it answered. */
-  onRefusal(sessionId: string, r: Refusal, stage: CommandStage): void;
+  onRefusal(sessionId: string, r: Refusal, stage: Stage): void;
   /** A 4xx/5xx smtp-server made on its own (syntax, sequence, AUTH exchange, timeouts). */
-  onLibraryRefusal(sessionId: string, r: Refusal, stage: CommandStage): void;
+  onLibraryRefusal(sessionId: string, r: Refusal, stage: Stage): void;
   draining(): boolean;
   /** Syntax/sequence errors a session may make before it is closed with 421. */
   readonly maxProtocolErrors: number;
@@ -388,7 +387,7 @@ const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
  * one from its own table to every reply; smtpgate's replies already carry the exact code in
  * their text ("550 5.5.2 …"), so for those the table's code is suppressed, never doubled.
  */
-function wrapSend(conn: GuardedConnection, hooks: GuardHooks, onProtocolError: () => void, onReply: (code: number) => void, stage: () => CommandStage): void {
+function wrapSend(conn: GuardedConnection, hooks: GuardHooks, onProtocolError: () => void, onReply: (code: number) => void, stage: () => Stage): void {
   const send = conn.send.bind(conn);
   const writes = hooks.writes;
   conn.send = (code: number, data: string | string[], context?: string | false) => {
@@ -437,7 +436,7 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
     const parseAddress = conn._parseAddressCommand.bind(conn);
     conn._parseAddressCommand = (name, command) => parseFullLengthPath(parseAddress, name, command);
     // The stage of the command being answered: a continuation line belongs to its AUTH.
-    let stage: CommandStage = 'connect';
+    let stage: Stage = 'connect';
     const onRefusal = (id: string, r: Refusal) => hooks.onRefusal(id, r, stage);
     let bareLf = false;
     // Reads of command-mode input, to tell lines that arrived together from later ones.

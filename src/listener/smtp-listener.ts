@@ -14,7 +14,8 @@ import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type
 import type { ListenerConfig } from '../config/schema.js';
 import type { Authenticator } from '../auth/authenticator.js';
 import type { Logger } from '../logging/logger.js';
-import type { Metrics, Stage } from '../metrics/catalogue.js';
+import type { Metrics } from '../metrics/catalogue.js';
+import type { Stage } from '../stage.js';
 import { codeClass, refusal, toServerError, type Refusal, type SmtpServerError } from '../reply.js';
 import { BackendError, type SmtpReply } from '../relay/smtp-client.js';
 import type { BackendSession, ClientIdentity } from '../relay/backend-session.js';
@@ -878,7 +879,7 @@ export class SmtpListener {
     if (d.kind === 'require_tls' || d.kind === 'require_auth') state.requirements.push(d);
     for (const req of ev.limits) {
       const r = await this.#deps.limits.policyLimit({ bucket: req.bucket, amount: req.rate.amount, windowMs: req.rate.windowMs });
-      if (r === 'unavailable') return { refusal: limiterUnavailableRefusal(stage === 'data' ? 'rcpt' : stage), rule: req.rule };
+      if (r === 'unavailable') return { refusal: limiterUnavailableRefusal(stage), rule: req.rule };
       if (r.limited) return { refusal: limitRefusal(req, r.msBeforeNext), rule: req.rule };
     }
     const target = stage === 'connect' || stage === 'auth' ? state.sessionHeaders : state.txHeaders;

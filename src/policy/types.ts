@@ -7,10 +7,12 @@
  */
 import type { CidrSet } from '../config/cidr.js';
 import type { Refusal, RefusalReason } from '../reply.js';
+import type { Stage } from '../stage.js';
 import type { Rate } from '../limits/rate.js';
 import type { PatternList } from './patterns.js';
 
-export const POLICY_STAGES = ['connect', 'auth', 'mail', 'rcpt', 'data'] as const;
+/** The stages policy rules run at: every stage but `tls` (a TLS handshake has no rule of its own). */
+export const POLICY_STAGES = ['connect', 'auth', 'mail', 'rcpt', 'data'] as const satisfies readonly Stage[];
 export type PolicyStage = (typeof POLICY_STAGES)[number];
 
 /** The order in which facts become known: a condition may be used from its stage on. */
