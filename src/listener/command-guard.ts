@@ -34,7 +34,24 @@ import type { SMTPServer } from 'smtp-server';
 import type { WriteBatcher } from '../transport/write-batcher.js';
 import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import type { CidrSet } from '../config/cidr.js';
-import { refusal, type Refusal } from '../reply.js';
+import type { Refusal } from '../reply.js';
+import {
+  AUTH_BASE64_INVALID,
+  AUTH_BEFORE_STARTTLS,
+  AUTH_IN_TRANSACTION,
+  BARE_LF_IN_COMMAND,
+  BDAT_UNSUPPORTED,
+  CR_IN_COMMAND,
+  EIGHT_BIT_IN_COMMAND,
+  ERROR_BUDGET_SPENT,
+  LINE_TOO_LONG,
+  NUL_IN_COMMAND,
+  PIPELINING_AFTER_REFUSED_DATA,
+  SHUTTING_DOWN,
+  libraryRefusal,
+  mailLineTooLong,
+  parameterUnsupported,
+} from '../refusals.js';
 import type { Stage } from '../stage.js';
 import { installFastDataParser, type DataParser } from './data-stream.js';
 import { CommandLineWatch, type CommandPace } from './command-pace.js';
@@ -50,13 +67,8 @@ export interface CommandFacts {
   readonly inTransaction?: boolean;
 }
 
-/** RFC 3463 4.3.2: system not accepting network messages. */
-export const DRAIN_REFUSAL = refusal(421, '4.3.2', 'Service shutting down, try again later', 'shutting_down');
-
 /** RFC 4648 base64, padded, nothing else: Node's decoder would silently skip junk. */
 const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-
-const MALFORMED_BASE64 = refusal(501, '5.5.2', 'Invalid base64 data in AUTH exchange (RFC 4954)', 'auth_malformed');
 
 /** RFC 4954 §4: "=" is an empty initial response, "*" cancels; anything else must be base64. */
 function isSaslToken(token: string, allowCancel: boolean): boolean {
@@ -76,12 +88,7 @@ export const MAX_MAIL_OCTETS = MAX_COMMAND_OCTETS + 26 + 16 + 10 + 500;
 /** RFC 4954 §4: an AUTH command or response line may be up to 12288 octets. */
 export const MAX_AUTH_LINE_OCTETS = 12288;
 
-const AUTH_IN_TRANSACTION = refusal(503, '5.5.1', 'AUTH not permitted during a mail transaction', 'protocol');
-const LINE_TOO_LONG = refusal(500, '5.5.2', 'Line too long (RFC 5321 §4.5.3.1.4: 512 octets)', 'syntax');
-const MAIL_LINE_TOO_LONG = refusal(500, '5.5.2', `Line too long (a MAIL line may have ${MAX_MAIL_OCTETS + 2} octets with its parameters)`, 'syntax');
-const NUL_IN_COMMAND = refusal(500, '5.5.2', 'NUL byte in command', 'syntax');
-const CR_IN_COMMAND = refusal(501, '5.5.2', 'Bare CR in command', 'syntax');
-const EIGHT_BIT_IN_COMMAND = refusal(500, '5.5.2', '8-bit bytes are not allowed in this command', 'syntax');
+const MAIL_LINE_TOO_LONG = mailLineTooLong(MAX_MAIL_OCTETS + 2);
 
 /**
  * The MAIL and RCPT parameters smtpgate accepts: those of the extensions its EHLO advertises.
@@ -114,8 +121,7 @@ export function unacceptedParameter(verb: 'MAIL' | 'RCPT', line: string): Refusa
     const key = param.split('=')[0]!;
     if (!key || ACCEPTED_PARAMETERS[verb].has(key.toUpperCase())) continue;
     // Only a well-formed keyword is echoed: the reply must not carry arbitrary client bytes.
-    const named = ESMTP_KEYWORD.test(key) ? `${key.toUpperCase()} ` : '';
-    return refusal(555, '5.5.4', `${verb === 'MAIL' ? 'MAIL FROM' : 'RCPT TO'} parameter ${named}not recognized or not implemented`, 'param_unsupported');
+    return parameterUnsupported(verb, ESMTP_KEYWORD.test(key) ? key.toUpperCase() : undefined);
   }
   return undefined;
 }
@@ -126,7 +132,7 @@ export function checkCommand(line: string, facts: CommandFacts): Refusal | undef
   if (line.includes('\r')) return CR_IN_COMMAND;
   if (facts.continuation) {
     if (line.length > MAX_AUTH_LINE_OCTETS) return LINE_TOO_LONG;
-    return isSaslToken(line.trim(), true) ? undefined : MALFORMED_BASE64;
+    return isSaslToken(line.trim(), true) ? undefined : AUTH_BASE64_INVALID;
   }
   const verb = /^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase();
   if (verb === 'MAIL' && line.length > MAX_MAIL_OCTETS) return MAIL_LINE_TOO_LONG;
@@ -135,25 +141,19 @@ export function checkCommand(line: string, facts: CommandFacts): Refusal | undef
   if (verb !== 'MAIL' && verb !== 'RCPT' && /[\x80-\xff]/.test(line)) return EIGHT_BIT_IN_COMMAND;
   // While draining, a session outside a transaction is told to go elsewhere; QUIT still gets
   // its 221. A transaction under way may finish (the drain deadline bounds it).
-  if (facts.draining && !facts.inTransaction && verb !== 'QUIT') return DRAIN_REFUSAL;
-  if (verb === 'AUTH' && !facts.secure) {
-    return refusal(538, '5.7.11', 'Encryption required for requested authentication mechanism: issue STARTTLS first', 'tls_required');
-  }
+  if (facts.draining && !facts.inTransaction && verb !== 'QUIT') return SHUTTING_DOWN;
+  if (verb === 'AUTH' && !facts.secure) return AUTH_BEFORE_STARTTLS;
   // RFC 4954 §4: AUTH is not permitted during a mail transaction. Otherwise a MAIL judged as
   // unauthenticated (no sender binding, no per-user quota) would be relayed as the user's.
   if (verb === 'AUTH' && facts.inTransaction) return AUTH_IN_TRANSACTION;
   if (verb === 'AUTH') {
     const initial = line.trim().split(/\s+/)[2];
-    if (initial !== undefined && !isSaslToken(initial, false)) return MALFORMED_BASE64;
+    if (initial !== undefined && !isSaslToken(initial, false)) return AUTH_BASE64_INVALID;
   }
-  if (verb === 'BDAT') {
-    return refusal(502, '5.5.1', 'BDAT (CHUNKING) is not supported; use DATA', 'syntax');
-  }
+  if (verb === 'BDAT') return BDAT_UNSUPPORTED;
   if (verb === 'MAIL' || verb === 'RCPT') return unacceptedParameter(verb, line);
   return undefined;
 }
-
-export const BARE_LF_REFUSAL = refusal(521, '5.5.2', 'Bare LF received: SMTP command lines must end with CRLF (RFC 5321 §2.3.8)', 'syntax');
 
 /**
  * True when `chunk` holds an LF not preceded by CR. `previous` is the last byte of the chunk
@@ -313,21 +313,19 @@ function replaceGreetingWait(conn: GuardedConnection, server: SMTPServer, delayM
     });
 }
 
-/**
+/*
  * RFC 2920 §3.1: DATA ends a pipelined group; the message follows only after the 354. A client
  * that sent its message right behind a DATA that was refused would have every line of it run as
- * a command. Lines that arrived in the same read as a refused DATA are therefore refused, and
- * the session is closed, as Postfix's protocol-synchronization check does.
+ * a command. Lines that arrived in the same read as a refused DATA are therefore refused
+ * (PIPELINING_AFTER_REFUSED_DATA), and the session is closed, as Postfix's
+ * protocol-synchronization check does.
  */
-export const PIPELINING_REFUSAL = refusal(554, '5.5.0', 'SMTP protocol synchronization: commands sent right after a refused DATA', 'protocol');
 
 /** Replies that mean the client broke the protocol, for the error budget. */
 function isProtocolError(code: number, r?: Refusal): boolean {
   if (r) return r.reason === 'syntax' || r.reason === 'protocol' || r.reason === 'auth_malformed';
   return code >= 500 && code <= 504;
 }
-
-export const ERROR_BUDGET_REFUSAL = refusal(421, '4.7.0', 'Too many errors in this session, closing', 'protocol');
 
 /** The session stage a command belongs to, for the refusal metric's `stage` label. */
 export function stageOf(verb: string | undefined): Stage {
@@ -410,7 +408,7 @@ function wrapSend(conn: GuardedConnection, hooks: GuardHooks, onProtocolError: (
     }
     if (code >= 400 && typeof data === 'string') {
       const enhanced = conn._getEnhancedStatusCode(code, context) || `${Math.floor(code / 100)}.0.0`;
-      hooks.onLibraryRefusal(conn.id, refusal(code, enhanced, data, code === 421 && /timeout/i.test(data) ? 'timeout' : 'protocol'), stage());
+      hooks.onLibraryRefusal(conn.id, libraryRefusal(code, enhanced, data), stage());
     }
     send(code, data, context);
     if (isProtocolError(code)) onProtocolError();
@@ -467,7 +465,7 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
     const countError = () => {
       if (closing || ++errors < hooks.maxProtocolErrors) return;
       closing = true;
-      const r = ERROR_BUDGET_REFUSAL;
+      const r = ERROR_BUDGET_SPENT;
       onRefusal(conn.id, r);
       conn.send(r.code, `${r.enhanced} ${r.text}`, false);
     };
@@ -502,8 +500,8 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
         conn.send(r.code, `${r.enhanced} ${r.text}`, false);
         conn.close();
       };
-      if (bareLf) return closeWith(BARE_LF_REFUSAL);
-      if (dataRefusedAt === reads) return closeWith(PIPELINING_REFUSAL);
+      if (bareLf) return closeWith(BARE_LF_IN_COMMAND);
+      if (dataRefusedAt === reads) return closeWith(PIPELINING_AFTER_REFUSED_DATA);
       if (stage === 'data' && /^\s*DATA\s*$/i.test(line)) dataAt = reads;
       const r = checkCommand(line, {
         secure: conn.secure,

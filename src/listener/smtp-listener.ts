@@ -17,12 +17,28 @@ import type { Logger } from '../logging/logger.js';
 import type { Metrics } from '../metrics/catalogue.js';
 import type { Stage } from '../stage.js';
 import { codeClass, refusal, toServerError, type Refusal, type SmtpServerError } from '../reply.js';
+import {
+  AUTH_CREDENTIALS_INVALID,
+  AUTH_DATA_INVALID,
+  AUTH_IN_TRANSACTION,
+  AUTH_MECHANISM_UNKNOWN,
+  AUTH_TEMPORARY_FAILURE,
+  AUTH_WITHOUT_TLS,
+  DATA_TOO_LONG,
+  INTERNAL_ERROR,
+  INTERNAL_ERROR_CLOSING,
+  SESSION_TIME_LIMIT,
+  SHUTTING_DOWN,
+  TLS_HANDSHAKE_TIMEOUT,
+  clientCertificateRefused,
+  dataTooSlow,
+} from '../refusals.js';
 import { BackendError, type SmtpReply } from '../relay/smtp-client.js';
 import type { BackendSession, ClientIdentity } from '../relay/backend-session.js';
 import { BodyEncoder, LineTooLongError, SmugglingError, type BareLineEndingMode } from '../relay/data-encoder.js';
 import { mailCommand, rcptCommand } from '../relay/envelope.js';
 import { headerSafe, receivedHeader } from '../relay/received-header.js';
-import { DRAIN_REFUSAL, MAX_AUTH_LINE_OCTETS, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
+import { MAX_AUTH_LINE_OCTETS, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
 import type { Limits, ClientFacts } from '../limits/limits.js';
 import { checkRecipient, checkSender } from './address-check.js';
 import type { UserAttributes } from '../auth/user-attributes.js';
@@ -242,7 +258,7 @@ export class SmtpListener {
       onStartTls: (sessionId) => {
         const state = this.#sessions.get(sessionId);
         if (!state) return;
-        const timer = setTimeout(() => this.#kick(sessionId, refusal(421, '4.4.2', 'TLS handshake timed out', 'timeout'), { stage: 'tls', reply: false }), deps.client.timeouts.tlsHandshake);
+        const timer = setTimeout(() => this.#kick(sessionId, TLS_HANDSHAKE_TIMEOUT, { stage: 'tls', reply: false }), deps.client.timeouts.tlsHandshake);
         timer.unref();
         state.timers.push(timer);
       },
@@ -289,7 +305,7 @@ export class SmtpListener {
     const connections = this.server.connections as unknown as Set<GuardedConnection>;
     const stopped = new Promise<void>((resolve) => this.server.server.close(() => resolve()));
     // smtp-server closes the connection after any 421 it sends.
-    const tellToLeave = (conn: GuardedConnection) => conn.send(DRAIN_REFUSAL.code, `${DRAIN_REFUSAL.enhanced} ${DRAIN_REFUSAL.text}`, false);
+    const tellToLeave = (conn: GuardedConnection) => conn.send(SHUTTING_DOWN.code, `${SHUTTING_DOWN.enhanced} ${SHUTTING_DOWN.text}`, false);
     for (const conn of connections) if (!inTransaction(conn)) tellToLeave(conn);
     const deadline = setTimeout(() => connections.forEach(tellToLeave), timeoutMs);
     await stopped;
@@ -325,7 +341,7 @@ export class SmtpListener {
     metrics.connectionsOpened.inc({ listener: config.name });
     metrics.connectionsActive.inc({ listener: config.name });
     state.log.info({ client: session.remoteAddress, port: session.remotePort, trusted: state.trusted }, 'connect');
-    const cap = setTimeout(() => this.#kick(session.id, refusal(421, '4.4.2', 'Session time limit reached, closing', 'timeout')), this.#deps.client.timeouts.session);
+    const cap = setTimeout(() => this.#kick(session.id, SESSION_TIME_LIMIT), this.#deps.client.timeouts.session);
     cap.unref();
     state.timers.push(cap);
     // The connection limits were decided when the connection was accepted (#admit): a
@@ -347,7 +363,7 @@ export class SmtpListener {
       return await this.#deps.limits.connectionOpened({ session: conn.id, ip: conn.remoteAddress, listener: this.name });
     } catch (err) {
       this.#sessionLog(conn.id).error({ err }, 'internal error in the connection limits');
-      return refusal(421, '4.3.0', 'Local error in processing, try again later', 'internal');
+      return INTERNAL_ERROR_CLOSING;
     }
   }
 
@@ -412,7 +428,7 @@ export class SmtpListener {
     if (!present || !socket.authorized) {
       if (opts.required) {
         const why = present ? `client certificate not trusted (${String(socket.authorizationError)})` : 'a client certificate is required';
-        return refusal(554, '5.7.1', why, 'tls_required');
+        return clientCertificateRefused(why);
       }
       return undefined;
     }
@@ -450,20 +466,20 @@ export class SmtpListener {
     };
     if (!state) return cb(new Error('unknown session'));
     if (session.envelope?.mailFrom) {
-      return fail(refusal(503, '5.5.1', 'AUTH not permitted during a mail transaction', 'protocol'), 'refused');
+      return fail(AUTH_IN_TRANSACTION, 'refused');
     }
     // The command guard already refuses AUTH without TLS; this is the backstop for any path
     // smtp-server might add, because AUTH in cleartext is never acceptable.
     if (!session.secure) {
-      return fail(refusal(538, '5.7.11', 'Encryption required for requested authentication mechanism', 'tls_required'), 'refused');
+      return fail(AUTH_WITHOUT_TLS, 'refused');
     }
     const username = auth.username ?? '';
     const password = auth.password ?? '';
     if (mechanism === 'other' || !this.#deps.authenticator) {
-      return fail(refusal(504, '5.5.4', 'Unrecognized authentication type', 'auth_malformed'), 'refused');
+      return fail(AUTH_MECHANISM_UNKNOWN, 'refused');
     }
     if (!username || AUTH_IDENTITY_FORBIDDEN.test(username) || AUTH_IDENTITY_FORBIDDEN.test(password) || AUTH_IDENTITY_FORBIDDEN.test(auth.authzid ?? '')) {
-      return fail(refusal(501, '5.5.2', 'Invalid authentication data', 'auth_malformed'), 'refused');
+      return fail(AUTH_DATA_INVALID, 'refused');
     }
     const limits = this.#deps.limits;
     const authFacts = { ...this.#facts(session, state), username };
@@ -477,7 +493,7 @@ export class SmtpListener {
       if (failure.lockedOut) {
         state.log.warn({ client: session.remoteAddress, user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
       }
-      fail(refusal(535, '5.7.8', 'Authentication credentials invalid', 'auth_failed'), 'failure');
+      fail(AUTH_CREDENTIALS_INVALID, 'failure');
     };
     // RFC 4616: an authorization identity other than the authentication identity would mean
     // acting as someone else; smtpgate has no such delegation.
@@ -491,12 +507,12 @@ export class SmtpListener {
     } catch (err) {
       state.log.error({ err }, 'auth backend failed');
       await limits.authAbandoned(reservation);
-      return fail(refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable'), 'error');
+      return fail(AUTH_TEMPORARY_FAILURE, 'error');
     }
     if (!outcome.ok) {
       if (outcome.reason !== 'unavailable') return badCredentials();
       await limits.authAbandoned(reservation);
-      return fail(refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable'), 'error');
+      return fail(AUTH_TEMPORARY_FAILURE, 'error');
     }
     // A suspended account (compromised-account brake) is told so only once the password is right.
     // With passthrough auth the backend connection is now logged in as this user: if smtpgate
@@ -835,10 +851,10 @@ export class SmtpListener {
       const elapsed = Date.now() - start;
       if (elapsed > deadline) {
         clearInterval(timer);
-        this.#kick(sessionId, refusal(421, '4.4.2', 'DATA took too long, closing', 'timeout'), { stage: 'data' });
+        this.#kick(sessionId, DATA_TOO_LONG, { stage: 'data' });
       } else if (minRate > 0 && elapsed > grace && (bytes() * 1000) / elapsed < minRate) {
         clearInterval(timer);
-        this.#kick(sessionId, refusal(421, '4.4.2', `Data rate below ${minRate} bytes/s, closing`, 'timeout'), { stage: 'data' });
+        this.#kick(sessionId, dataTooSlow(minRate), { stage: 'data' });
       }
     }, 1000);
     timer.unref();
@@ -935,7 +951,7 @@ export class SmtpListener {
 
   /** A bug surfaced in a hook: log it and answer 451 4.3.0, so the client retries later. */
   #internalError(session: SMTPServerSession, stage: Stage, err: unknown): SmtpServerError {
-    const r = refusal(451, '4.3.0', 'Local error in processing, try again later', 'internal');
+    const r = INTERNAL_ERROR;
     const state = this.#sessions.get(session.id);
     (state?.log ?? this.#deps.log).error({ session: session.id, err }, 'internal error in a session hook');
     if (state) return this.#refuse(state, stage, r);
