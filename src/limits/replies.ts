@@ -11,15 +11,12 @@ import { refusal, type Refusal, type RefusalReason } from '../reply.js';
 import { formatRate, retrySeconds, type Rate } from './rate.js';
 import type { Stage } from '../stage.js';
 
-/**
- * Reasons this module adds to REFUSAL_REASONS (src/reply.ts). Until they are listed there the
- * cast in `limitRefusal` keeps the type checker quiet; afterwards it is a no-op.
- */
-export const LIMIT_REFUSAL_REASONS = ['rate_limited', 'too_many_connections', 'locked_out', 'suspended', 'too_many_recipients', 'limiter_unavailable'] as const;
+/** The reasons a limit gives its refusals (a subset of REFUSAL_REASONS, src/reply.ts). */
+export const LIMIT_REFUSAL_REASONS = ['rate_limited', 'too_many_connections', 'locked_out', 'suspended', 'too_many_recipients', 'limiter_unavailable'] as const satisfies readonly RefusalReason[];
 export type LimitRefusalReason = (typeof LIMIT_REFUSAL_REASONS)[number];
 
 function limitRefusal(code: number, enhanced: string, text: string, reason: LimitRefusalReason): Refusal {
-  return refusal(code, enhanced, text, reason as unknown as RefusalReason);
+  return refusal(code, enhanced, text, reason);
 }
 
 /** Concurrency has no window; this is the hint a client gets to come back. */
