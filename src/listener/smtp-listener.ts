@@ -51,6 +51,7 @@ import type { TlsManager } from './tls-manager.js';
 import type { WriteBatcher } from '../transport/write-batcher.js';
 import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import { CidrSet } from '../config/cidr.js';
+import { backendIdentity, limitsView, policyView, type SessionSnapshot } from '../session/snapshot.js';
 import { readProxyHeader, ProxyHeaderError } from './proxy-protocol.js';
 import { randomBytes } from 'node:crypto';
 
@@ -860,19 +861,28 @@ export class SmtpListener {
     return timer;
   }
 
-  /** Facts for the policy engine at any stage; stage-specific ones are added by the caller. */
-  #policyFacts(session: SMTPServerSession, state: SessionState): SessionFacts {
+  /** What smtpgate knows about the session now (session/snapshot.ts), for the projections below. */
+  #snapshot(session: SMTPServerSession, state: SessionState): SessionSnapshot {
+    const opening = session.openingCommand;
     return {
-      ip: session.remoteAddress,
+      id: session.id,
       listener: this.name,
-      tls: session.secure && session.tlsOptions ? { version: session.tlsOptions.version } : undefined,
-      authenticated: state.user !== undefined,
-      user: state.user ? buildUserFacts(state.user, this.#deps.attributes(state.user)) : undefined,
+      ip: session.remoteAddress,
+      port: session.remotePort,
+      tls: session.secure && session.tlsOptions ? session.tlsOptions.version : undefined,
       trusted: state.trusted,
       helo: session.hostNameAppearsAs || undefined,
+      greeting: opening === 'HELO' || opening === 'EHLO' ? opening : undefined,
+      user: state.user,
+      attributes: state.user ? this.#deps.attributes(state.user) : undefined,
       recipients: session.envelope?.rcptTo?.map((r) => r.address) ?? [],
       now: new Date(),
     };
+  }
+
+  /** Facts for the policy engine at any stage; stage-specific ones are added by the caller. */
+  #policyFacts(session: SMTPServerSession, state: SessionState): SessionFacts {
+    return policyView(this.#snapshot(session, state));
   }
 
   /**
@@ -906,23 +916,11 @@ export class SmtpListener {
 
   /** What limits and policy know about the client now. */
   #facts(session: SMTPServerSession, state: SessionState): ClientFacts {
-    return {
-      session: session.id,
-      ip: session.remoteAddress,
-      listener: this.name,
-      user: state.user,
-      groups: state.user ? this.#deps.attributes(state.user).groups : undefined,
-    };
+    return limitsView(this.#snapshot(session, state));
   }
 
   #identity(session: SMTPServerSession, state: SessionState): ClientIdentity {
-    return {
-      addr: session.remoteAddress,
-      port: session.remotePort,
-      helo: session.hostNameAppearsAs || undefined,
-      proto: session.openingCommand === 'HELO' ? 'SMTP' : 'ESMTP',
-      login: state.user,
-    };
+    return backendIdentity(this.#snapshot(session, state));
   }
 
   /** A backend that can't be reached, stalls or drops the connection: always a 4xx, never a 250. */
