@@ -4,8 +4,9 @@
  *   connect → tls → auth → mail → rcpt → data
  *
  * At every stage the checks run in the same order — the front door's own rules (TLS, AUTH),
- * then limits and policy, then the backend's answer — and the first "no" becomes the SMTP reply. Each refusal is a `Refusal` value that
- * produces the reply, a metric and one log line with the session id.
+ * then limits and policy, then the backend's answer — and the first "no" becomes the SMTP
+ * reply. Each refusal is a `Refusal` value that produces the reply, a metric and one log line
+ * with the session id.
  */
 import type { TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
