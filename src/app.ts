@@ -6,9 +6,9 @@
  */
 import { readFile } from 'node:fs/promises';
 import type http from 'node:http';
-import { ConfigError, formatPath, type ConfigIssue } from './config/errors.js';
+import { ConfigError, formatPath, type ConfigIssue, type ConfigOrigin } from './config/errors.js';
 import { loadConfigFile, loadConfigSource } from './config/load.js';
-import { openRelayProblems, type ConfigOrigin } from './config/open-relay.js';
+import { openRelayProblems } from './policy/open-relay.js';
 import { anchorIssues, checkReferences, referencedFiles } from './config/referenced-files.js';
 import { hostBitWarnings } from './config/cidr-host-bits.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';

@@ -1,3 +1,9 @@
+/** Where the config came from, to name the line of a setting in a message. */
+export interface ConfigOrigin {
+  readonly file: string;
+  lineOf(segments: readonly PropertyKey[]): number | undefined;
+}
+
 /** A problem found in a config, users or policy file: where it is, and what to do about it. */
 export interface ConfigIssue {
   /** The file the problem is in. */

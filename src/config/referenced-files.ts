@@ -9,7 +9,7 @@ import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { formatPath, type ConfigIssue } from './errors.js';
-import type { ConfigOrigin } from './open-relay.js';
+import type { ConfigOrigin } from './errors.js';
 import type { Config } from './schema.js';
 
 export interface FileReference {

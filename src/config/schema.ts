@@ -326,7 +326,7 @@ export function configSchema(baseDir: string) {
       /**
        * A listener with requireAuth: false while relay protection is not enforced is an open
        * relay; check and run refuse it unless this is true (only for a backend that refuses
-       * relaying itself, as Postfix's reject_unauth_destination does). See config/open-relay.ts.
+       * relaying itself, as Postfix's reject_unauth_destination does). See policy/open-relay.ts.
        */
       iUnderstandThisIsAnOpenRelay: z.boolean().optional(),
     })

@@ -16,7 +16,7 @@ import { cidrContains, ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, use
 import { formatWindow, retrySeconds } from './rate.js';
 import type { LimiterName } from './replies.js';
 import type { StoredEntry } from './limiter-store.js';
-import { refuseBrowserRequest, refuseRebindingHost, type HttpRefusal } from '../metrics/browser-guard.js';
+import { refuseBrowserRequest, refuseRebindingHost, type HttpRefusal } from './browser-guard.js';
 
 export interface LockedIp {
   readonly ip: string;
@@ -253,7 +253,7 @@ export function limitsAdminRoutes(admin: LimitsAdmin, opts: { token?: string; on
     const reply = (status: number, body: unknown) => {
       res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body) + '\n');
     };
-    // CSRF and DNS rebinding: see metrics/browser-guard.ts.
+    // CSRF and DNS rebinding: see browser-guard.ts.
     const refused = refuseBrowserRequest(req) ?? (opts.token ? undefined : refuseRebindingHost(req.headers.host));
     if (refused) {
       opts.onRefused?.(refused, req);

@@ -2,9 +2,8 @@
  * The counters behind every limit, and what happens when the store behind them fails.
  *
  * A `StoreBackend` makes rate-limiter-flexible limiters for one kind of store: memory
- * (`RateLimiterMemory`, this process), redis (`RateLimiterRedis`, shared by every instance),
- * and later a node-cluster backend (`RateLimiterCluster`, exact across workers of one
- * machine). It also lists and removes stored entries for `smtpgate limits list|clear`.
+ * (`RateLimiterMemory`, this process) and redis (`RateLimiterRedis`, shared by every instance
+ * and every cluster worker). It also lists and removes stored entries for `smtpgate limits list|clear`.
  *
  * `LimiterStore` runs each operation on the backend's limiter and sorts the outcome the way
  * rate-limiter-flexible reports it: a resolved `RateLimiterRes` is "allowed"; a rejected

@@ -7,7 +7,7 @@
  */
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { LIMITER_NAMES, type LimiterName } from './replies.js';
-import { PendingCounts } from '../metrics/pending-counts.js';
+import { PendingCounts } from '../counters/pending-counts.js';
 
 const DECISION_RESULTS = ['allowed', 'limited', 'store_error'] as const;
 export type DecisionResult = (typeof DECISION_RESULTS)[number];

@@ -9,16 +9,14 @@
  */
 import { refusal, type Refusal, type RefusalReason } from '../reply.js';
 import { formatRate, retrySeconds, type Rate } from './rate.js';
+import type { Stage } from '../stage.js';
 
-/**
- * Reasons this module adds to REFUSAL_REASONS (src/reply.ts). Until they are listed there the
- * cast in `limitRefusal` keeps the type checker quiet; afterwards it is a no-op.
- */
-export const LIMIT_REFUSAL_REASONS = ['rate_limited', 'too_many_connections', 'locked_out', 'suspended', 'too_many_recipients', 'limiter_unavailable'] as const;
+/** The reasons a limit gives its refusals (a subset of REFUSAL_REASONS, src/reply.ts). */
+export const LIMIT_REFUSAL_REASONS = ['rate_limited', 'too_many_connections', 'locked_out', 'suspended', 'too_many_recipients', 'limiter_unavailable'] as const satisfies readonly RefusalReason[];
 export type LimitRefusalReason = (typeof LIMIT_REFUSAL_REASONS)[number];
 
 function limitRefusal(code: number, enhanced: string, text: string, reason: LimitRefusalReason): Refusal {
-  return refusal(code, enhanced, text, reason as unknown as RefusalReason);
+  return refusal(code, enhanced, text, reason);
 }
 
 /** Concurrency has no window; this is the hint a client gets to come back. */
@@ -106,9 +104,7 @@ export function tooManyRecipientsRefusal(limit: number): Refusal {
   return limitRefusal(452, '4.5.3', `Too many recipients for one message (limit ${limit}); send the rest in another message`, 'too_many_recipients');
 }
 
-export type Stage = 'connect' | 'auth' | 'mail' | 'rcpt';
-
-/** onStoreFailure: deny. The code fits the stage: 421 closes at connect, 454 is AUTH's temporary failure. */
+/** onStoreFailure: deny. The code fits the stage: 421 closes at connect, 454 is AUTH's temporary failure, 451 elsewhere. */
 export function limiterUnavailableRefusal(stage: Stage): Refusal {
   const text = 'Rate limiter temporarily unavailable; try again in 60 seconds';
   switch (stage) {

@@ -2,10 +2,7 @@
  * Builds the limiter store `limits.store` asks for. The one place that knows the kinds:
  *
  * - memory: `MemoryBackend` (this process only; the default).
- * - redis: `RedisBackend` over one server, Sentinel or Cluster.
- * - a future `cluster` kind (node's cluster module, one worker per core) plugs in here as a
- *   backend whose `createLimiter` returns a `RateLimiterCluster`; the primary process then
- *   runs one `RateLimiterClusterMaster`. Everything above the backend stays as it is.
+ * - redis: `RedisBackend` over one server, Sentinel or Cluster (what `workers` > 1 requires).
  */
 import type { LimitsConfig } from './config.js';
 import { LimiterStore, MemoryBackend, type StoreBackend } from './limiter-store.js';

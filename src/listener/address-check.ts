@@ -5,14 +5,15 @@
  * Source routes are already reduced to the final mailbox by smtp-server (RFC 5321 §4.1.2),
  * and quoted local parts with "@" or a second "@" are refused by its parser.
  */
-import { refusal, type Refusal } from '../reply.js';
+import type { Refusal } from '../reply.js';
+import { NON_ASCII_WITHOUT_SMTPUTF8, PERCENT_OR_BANG_ROUTING } from '../refusals.js';
 import { wireAddress } from '../relay/envelope.js';
 
 export function checkRecipient(address: string, smtputf8: boolean): Refusal | undefined {
   const at = address.lastIndexOf('@');
   const local = at >= 0 ? address.slice(0, at) : address;
   if (/[%!]/.test(local)) {
-    return refusal(553, '5.1.3', 'Routing with "%" or "!" in the local part is not accepted', 'syntax');
+    return PERCENT_OR_BANG_ROUTING;
   }
   return checkUtf8(address, smtputf8);
 }
@@ -28,7 +29,7 @@ export function checkSender(address: string, smtputf8: boolean): Refusal | undef
  */
 function checkUtf8(address: string, smtputf8: boolean): Refusal | undefined {
   if (!smtputf8 && /[^\x00-\x7f]/.test(wireAddress(address, false))) {
-    return refusal(553, '5.6.7', 'Non-ASCII address without SMTPUTF8', 'param_unsupported');
+    return NON_ASCII_WITHOUT_SMTPUTF8;
   }
   return undefined;
 }

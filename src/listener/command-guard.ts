@@ -34,7 +34,25 @@ import type { SMTPServer } from 'smtp-server';
 import type { WriteBatcher } from '../transport/write-batcher.js';
 import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import type { CidrSet } from '../config/cidr.js';
-import { refusal, type Refusal } from '../reply.js';
+import type { Refusal } from '../reply.js';
+import {
+  AUTH_BASE64_INVALID,
+  AUTH_BEFORE_STARTTLS,
+  AUTH_IN_TRANSACTION,
+  BARE_LF_IN_COMMAND,
+  BDAT_UNSUPPORTED,
+  CR_IN_COMMAND,
+  EIGHT_BIT_IN_COMMAND,
+  ERROR_BUDGET_SPENT,
+  LINE_TOO_LONG,
+  NUL_IN_COMMAND,
+  PIPELINING_AFTER_REFUSED_DATA,
+  SHUTTING_DOWN,
+  libraryRefusal,
+  mailLineTooLong,
+  parameterUnsupported,
+} from '../refusals.js';
+import type { Stage } from '../stage.js';
 import { installFastDataParser } from './data-stream.js';
 import { CommandLineWatch, type CommandPace } from './command-pace.js';
 import {
@@ -71,13 +89,8 @@ export interface CommandFacts {
   readonly inTransaction?: boolean;
 }
 
-/** RFC 3463 4.3.2: system not accepting network messages. */
-export const DRAIN_REFUSAL = refusal(421, '4.3.2', 'Service shutting down, try again later', 'shutting_down');
-
 /** RFC 4648 base64, padded, nothing else: Node's decoder would silently skip junk. */
 const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-
-const MALFORMED_BASE64 = refusal(501, '5.5.2', 'Invalid base64 data in AUTH exchange (RFC 4954)', 'auth_malformed');
 
 /** RFC 4954 §4: "=" is an empty initial response, "*" cancels; anything else must be base64. */
 function isSaslToken(token: string, allowCancel: boolean): boolean {
@@ -97,12 +110,7 @@ export const MAX_MAIL_OCTETS = MAX_COMMAND_OCTETS + 26 + 16 + 10 + 500;
 /** RFC 4954 §4: an AUTH command or response line may be up to 12288 octets. */
 export const MAX_AUTH_LINE_OCTETS = 12288;
 
-const AUTH_IN_TRANSACTION = refusal(503, '5.5.1', 'AUTH not permitted during a mail transaction', 'protocol');
-const LINE_TOO_LONG = refusal(500, '5.5.2', 'Line too long (RFC 5321 §4.5.3.1.4: 512 octets)', 'syntax');
-const MAIL_LINE_TOO_LONG = refusal(500, '5.5.2', `Line too long (a MAIL line may have ${MAX_MAIL_OCTETS + 2} octets with its parameters)`, 'syntax');
-const NUL_IN_COMMAND = refusal(500, '5.5.2', 'NUL byte in command', 'syntax');
-const CR_IN_COMMAND = refusal(501, '5.5.2', 'Bare CR in command', 'syntax');
-const EIGHT_BIT_IN_COMMAND = refusal(500, '5.5.2', '8-bit bytes are not allowed in this command', 'syntax');
+const MAIL_LINE_TOO_LONG = mailLineTooLong(MAX_MAIL_OCTETS + 2);
 
 /**
  * The MAIL and RCPT parameters smtpgate accepts: those of the extensions its EHLO advertises.
@@ -135,8 +143,7 @@ export function unacceptedParameter(verb: 'MAIL' | 'RCPT', line: string): Refusa
     const key = param.split('=')[0]!;
     if (!key || ACCEPTED_PARAMETERS[verb].has(key.toUpperCase())) continue;
     // Only a well-formed keyword is echoed: the reply must not carry arbitrary client bytes.
-    const named = ESMTP_KEYWORD.test(key) ? `${key.toUpperCase()} ` : '';
-    return refusal(555, '5.5.4', `${verb === 'MAIL' ? 'MAIL FROM' : 'RCPT TO'} parameter ${named}not recognized or not implemented`, 'param_unsupported');
+    return parameterUnsupported(verb, ESMTP_KEYWORD.test(key) ? key.toUpperCase() : undefined);
   }
   return undefined;
 }
@@ -147,7 +154,7 @@ export function checkCommand(line: string, facts: CommandFacts): Refusal | undef
   if (line.includes('\r')) return CR_IN_COMMAND;
   if (facts.continuation) {
     if (line.length > MAX_AUTH_LINE_OCTETS) return LINE_TOO_LONG;
-    return isSaslToken(line.trim(), true) ? undefined : MALFORMED_BASE64;
+    return isSaslToken(line.trim(), true) ? undefined : AUTH_BASE64_INVALID;
   }
   const verb = /^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase();
   if (verb === 'MAIL' && line.length > MAX_MAIL_OCTETS) return MAIL_LINE_TOO_LONG;
@@ -156,25 +163,21 @@ export function checkCommand(line: string, facts: CommandFacts): Refusal | undef
   if (verb !== 'MAIL' && verb !== 'RCPT' && /[\x80-\xff]/.test(line)) return EIGHT_BIT_IN_COMMAND;
   // While draining, a session outside a transaction is told to go elsewhere; QUIT still gets
   // its 221. A transaction under way may finish (the drain deadline bounds it).
-  if (facts.draining && !facts.inTransaction && verb !== 'QUIT') return DRAIN_REFUSAL;
+  if (facts.draining && !facts.inTransaction && verb !== 'QUIT') return SHUTTING_DOWN;
   if (verb === 'AUTH' && !facts.secure) {
-    return refusal(538, '5.7.11', 'Encryption required for requested authentication mechanism: issue STARTTLS first', 'tls_required');
+    return AUTH_BEFORE_STARTTLS;
   }
   // RFC 4954 §4: AUTH is not permitted during a mail transaction. Otherwise a MAIL judged as
   // unauthenticated (no sender binding, no per-user quota) would be relayed as the user's.
   if (verb === 'AUTH' && facts.inTransaction) return AUTH_IN_TRANSACTION;
   if (verb === 'AUTH') {
     const initial = line.trim().split(/\s+/)[2];
-    if (initial !== undefined && !isSaslToken(initial, false)) return MALFORMED_BASE64;
+    if (initial !== undefined && !isSaslToken(initial, false)) return AUTH_BASE64_INVALID;
   }
-  if (verb === 'BDAT') {
-    return refusal(502, '5.5.1', 'BDAT (CHUNKING) is not supported; use DATA', 'syntax');
-  }
+  if (verb === 'BDAT') return BDAT_UNSUPPORTED;
   if (verb === 'MAIL' || verb === 'RCPT') return unacceptedParameter(verb, line);
   return undefined;
 }
-
-export const BARE_LF_REFUSAL = refusal(521, '5.5.2', 'Bare LF received: SMTP command lines must end with CRLF (RFC 5321 §2.3.8)', 'syntax');
 
 /**
  * True when `chunk` holds an LF not preceded by CR. `previous` is the last byte of the chunk
@@ -252,9 +255,9 @@ function domainLead(domain: string): string | undefined {
  * RFC 2920 §3.1: DATA ends a pipelined group; the message follows only after the 354. A client
  * that sent its message right behind a DATA that was refused would have every line of it run as
  * a command. Lines that arrived in the same read as a refused DATA are therefore refused, and
- * the session is closed, as Postfix's protocol-synchronization check does.
+ * the session is closed (PIPELINING_AFTER_REFUSED_DATA), as Postfix's protocol-synchronization
+ * check does.
  */
-export const PIPELINING_REFUSAL = refusal(554, '5.5.0', 'SMTP protocol synchronization: commands sent right after a refused DATA', 'protocol');
 
 /** Replies that mean the client broke the protocol, for the error budget. */
 function isProtocolError(code: number, r?: Refusal): boolean {
@@ -262,12 +265,8 @@ function isProtocolError(code: number, r?: Refusal): boolean {
   return code >= 500 && code <= 504;
 }
 
-export const ERROR_BUDGET_REFUSAL = refusal(421, '4.7.0', 'Too many errors in this session, closing', 'protocol');
-
 /** The session stage a command belongs to, for the refusal metric's `stage` label. */
-export type CommandStage = 'connect' | 'tls' | 'auth' | 'mail' | 'rcpt' | 'data';
-
-export function stageOf(verb: string | undefined): CommandStage {
+export function stageOf(verb: string | undefined): Stage {
   switch (verb) {
     case 'AUTH':
       return 'auth';
@@ -287,9 +286,9 @@ export function stageOf(verb: string | undefined): CommandStage {
 
 export interface GuardHooks {
   /** A refusal the guard made itself, with the stage of the command it answered. */
-  onRefusal(sessionId: string, r: Refusal, stage: CommandStage): void;
+  onRefusal(sessionId: string, r: Refusal, stage: Stage): void;
   /** A 4xx/5xx smtp-server made on its own (syntax, sequence, AUTH exchange, timeouts). */
-  onLibraryRefusal(sessionId: string, r: Refusal, stage: CommandStage): void;
+  onLibraryRefusal(sessionId: string, r: Refusal, stage: Stage): void;
   draining(): boolean;
   /** Syntax/sequence errors a session may make before it is closed with 421. */
   readonly maxProtocolErrors: number;
@@ -317,7 +316,6 @@ export interface GuardHooks {
   takeAcceptedReply(sessionId: string): { code: number; text: string } | undefined;
 }
 
-
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
 
 export function inTransaction(conn: GuardedConnection): boolean {
@@ -338,7 +336,7 @@ export function installCommandGuard(server: SMTPServer, hooks: GuardHooks): void
  */
 class ConnectionGuard {
   /** The stage of the command being answered: a continuation line belongs to its AUTH. */
-  #stage: CommandStage = 'connect';
+  #stage: Stage = 'connect';
   /** A bare LF arrived in command mode: the next command closes the session. */
   #bareLf = false;
   /** The last byte the current parser read, -1 before its first read (a CRLF may be split across reads). */
@@ -436,8 +434,8 @@ class ConnectionGuard {
     const line = command.toString('latin1');
     const continuation = inSaslExchange(conn);
     if (!continuation) this.#stage = stageOf(/^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase());
-    if (this.#bareLf) return this.#closeWith(BARE_LF_REFUSAL);
-    if (this.#dataRefusedAt === this.#reads) return this.#closeWith(PIPELINING_REFUSAL);
+    if (this.#bareLf) return this.#closeWith(BARE_LF_IN_COMMAND);
+    if (this.#dataRefusedAt === this.#reads) return this.#closeWith(PIPELINING_AFTER_REFUSED_DATA);
     if (this.#stage === 'data' && /^\s*DATA\s*$/i.test(line)) this.#dataAt = this.#reads;
     const r = checkCommand(line, { secure: conn.secure, continuation, draining: this.#hooks.draining(), inTransaction: inTransaction(conn) });
     if (!r) {
@@ -461,7 +459,7 @@ class ConnectionGuard {
   #countError(): void {
     if (this.#overBudget || ++this.#errors < this.#hooks.maxProtocolErrors) return;
     this.#overBudget = true;
-    const r = ERROR_BUDGET_REFUSAL;
+    const r = ERROR_BUDGET_SPENT;
     this.#hooks.onRefusal(this.#conn.id, r, this.#stage);
     this.#conn.send(r.code, `${r.enhanced} ${r.text}`, false);
   }
@@ -496,7 +494,7 @@ class ConnectionGuard {
     }
     if (code >= 400 && typeof data === 'string') {
       const enhanced = libraryEnhancedCode(conn, code, context) || `${Math.floor(code / 100)}.0.0`;
-      hooks.onLibraryRefusal(conn.id, refusal(code, enhanced, data, code === 421 && /timeout/i.test(data) ? 'timeout' : 'protocol'), this.#stage);
+      hooks.onLibraryRefusal(conn.id, libraryRefusal(code, enhanced, data), this.#stage);
     }
     this.#send(code, data, context);
     if (isProtocolError(code)) this.#countError();

@@ -11,7 +11,8 @@
  *
  * `judgeLine` is the pure decision; `CommandLineWatch` keeps one connection's line in progress.
  */
-import { refusal, type Refusal } from '../reply.js';
+import type { Refusal } from '../reply.js';
+import { commandLineOverdue, commandLineTooSlow } from '../refusals.js';
 import { formatWindow } from '../limits/rate.js';
 
 export interface CommandPace {
@@ -34,9 +35,9 @@ export function judgeLine(bytes: number, elapsedMs: number, pace: CommandPace): 
   const allowance = Math.min(pace.deadlineMs, byRate);
   if (elapsedMs < allowance) return { recheckInMs: Math.ceil(allowance - elapsedMs) };
   if (elapsedMs >= pace.deadlineMs) {
-    return { overdue: refusal(421, '4.4.2', `Command line not completed within ${formatWindow(pace.deadlineMs)}, closing`, 'timeout') };
+    return { overdue: commandLineOverdue(formatWindow(pace.deadlineMs)) };
   }
-  return { overdue: refusal(421, '4.4.2', `Command line arriving slower than ${pace.minRate} bytes/s, closing`, 'timeout') };
+  return { overdue: commandLineTooSlow(pace.minRate) };
 }
 
 /** The first bytes of a line, enough for its verb (the refusal's stage). */

@@ -4,9 +4,9 @@
  *   connect → tls → auth → mail → rcpt → data
  *
  * At every stage the checks run in the same order — the front door's own rules (TLS, AUTH),
- * then limits and policy (later stages of the project plug in here), then the backend's
- * answer — and the first "no" becomes the SMTP reply. Each refusal is a `Refusal` value that
- * produces the reply, a metric and one log line with the session id.
+ * then limits and policy, then the backend's answer — and the first "no" becomes the SMTP
+ * reply. Each refusal is a `Refusal` value that produces the reply, a metric and one log line
+ * with the session id.
  */
 import type { TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
@@ -14,11 +14,28 @@ import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type
 import type { ListenerConfig } from '../config/schema.js';
 import type { Authenticator } from '../auth/authenticator.js';
 import type { Logger } from '../logging/logger.js';
-import type { Metrics, Stage } from '../metrics/catalogue.js';
+import type { Metrics } from '../metrics/catalogue.js';
+import type { Stage } from '../stage.js';
 import { codeClass, refusal, toServerError, type Refusal, type SmtpServerError } from '../reply.js';
+import {
+  AUTH_CREDENTIALS_INVALID,
+  AUTH_DATA_INVALID,
+  AUTH_IN_TRANSACTION,
+  AUTH_MECHANISM_UNKNOWN,
+  AUTH_TEMPORARY_FAILURE,
+  AUTH_WITHOUT_TLS,
+  DATA_TOO_LONG,
+  INTERNAL_ERROR,
+  INTERNAL_ERROR_CLOSING,
+  SESSION_TIME_LIMIT,
+  SHUTTING_DOWN,
+  TLS_HANDSHAKE_TIMEOUT,
+  clientCertificateRefused,
+  dataTooSlow,
+} from '../refusals.js';
 import { Backend, Transaction, replyText, type BackendSession, type MessageSink, type BareLineEndingMode, type ClientIdentity, type MessageSettings, type SmtpReply } from '../relay/backend.js';
 import { headerSafe, receivedHeader } from '../relay/received-header.js';
-import { DRAIN_REFUSAL, MAX_AUTH_LINE_OCTETS, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
+import { MAX_AUTH_LINE_OCTETS, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
 import type { Limits, ClientFacts } from '../limits/limits.js';
 import { checkRecipient, checkSender } from './address-check.js';
 import type { UserAttributes } from '../auth/user-attributes.js';
@@ -32,6 +49,7 @@ import type { TlsManager } from './tls-manager.js';
 import type { WriteBatcher } from '../transport/write-batcher.js';
 import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import { CidrSet } from '../config/cidr.js';
+import { backendIdentity, limitsView, policyView, type SessionSnapshot } from '../session/snapshot.js';
 import { installProxyProtocol } from './proxy-protocol.js';
 import { assertSmtpServerSeams, openConnections } from './smtp-server-seams.js';
 
@@ -98,6 +116,11 @@ interface SessionState {
   readonly policy: PolicySet;
   /** require_tls / require_auth decided at connect or auth, checked at MAIL. */
   requirements: Decision[];
+  /**
+   * The last stage the session entered (back to `connect` once a message is answered): the
+   * stage a session-wide refusal (the session cap, an internal error) is counted and logged at.
+   */
+  stage: Stage;
   /** Session cap and STARTTLS handshake deadline; cleared at close. */
   timers: NodeJS.Timeout[];
   /** add_header results: from connect/auth for the whole session, from mail/rcpt per transaction. */
@@ -180,12 +203,30 @@ export class SmtpListener {
       maxCommandLength: MAX_AUTH_LINE_OCTETS + 2,
       logger: false,
       // A hook that throws (a bug) must still answer, or the session would hang.
-      onConnect: (session, cb) => void this.#onConnect(session, cb).catch((err: unknown) => cb(this.#internalError(session, err))),
+      // Each hook first records the stage the session has reached: a timeout or an internal
+      // error is counted and logged at that stage.
+      onConnect: (session, cb) => void this.#onConnect(session, cb).catch((err: unknown) => cb(this.#internalError(session, 'connect', err))),
       onSecure: (socket, session, cb) => this.#onSecure(socket, session, cb),
-      onAuth: (auth, session, cb) => void this.#onAuth(auth, session, cb),
-      onMailFrom: (address, session, cb) => void this.#onMailFrom(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, err))),
-      onRcptTo: (address, session, cb) => void this.#onRcptTo(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, err))),
-      onData: (stream, session, cb) => void this.#onData(stream, session, cb),
+      onAuth: (auth, session, cb) => {
+        this.#enter(session.id, 'auth');
+        void this.#onAuth(auth, session, cb);
+      },
+      onMailFrom: (address, session, cb) => {
+        this.#enter(session.id, 'mail');
+        void this.#onMailFrom(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, 'mail', err)));
+      },
+      onRcptTo: (address, session, cb) => {
+        this.#enter(session.id, 'rcpt');
+        void this.#onRcptTo(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, 'rcpt', err)));
+      },
+      onData: (stream, session, cb) => {
+        this.#enter(session.id, 'data');
+        // The message is answered: the transaction is over, a later timeout is not DATA's.
+        void this.#onData(stream, session, (err, message) => {
+          this.#enter(session.id, 'connect');
+          cb(err, message);
+        });
+      },
       onClose: (session) => this.#onClose(session),
     });
     // smtpgate reaches into smtp-server's internals: an untested version must not start.
@@ -224,7 +265,7 @@ export class SmtpListener {
       onStartTls: (sessionId) => {
         const state = this.#sessions.get(sessionId);
         if (!state) return;
-        const timer = setTimeout(() => this.#kick(sessionId, refusal(421, '4.4.2', 'TLS handshake timed out', 'timeout'), false), deps.client.timeouts.tlsHandshake);
+        const timer = setTimeout(() => this.#kick(sessionId, TLS_HANDSHAKE_TIMEOUT, { stage: 'tls', reply: false }), deps.client.timeouts.tlsHandshake);
         timer.unref();
         state.timers.push(timer);
       },
@@ -271,7 +312,7 @@ export class SmtpListener {
     const connections = openConnections(this.server);
     const stopped = new Promise<void>((resolve) => this.server.server.close(() => resolve()));
     // smtp-server closes the connection after any 421 it sends.
-    const tellToLeave = (conn: GuardedConnection) => conn.send(DRAIN_REFUSAL.code, `${DRAIN_REFUSAL.enhanced} ${DRAIN_REFUSAL.text}`, false);
+    const tellToLeave = (conn: GuardedConnection) => conn.send(SHUTTING_DOWN.code, `${SHUTTING_DOWN.enhanced} ${SHUTTING_DOWN.text}`, false);
     for (const conn of connections) if (!inTransaction(conn)) tellToLeave(conn);
     const deadline = setTimeout(() => connections.forEach(tellToLeave), timeoutMs);
     await stopped;
@@ -293,6 +334,7 @@ export class SmtpListener {
       log: sessionLog,
       backend: new Backend(this.#deps.openBackend(sessionLog), sessionLog, this.#message, metrics),
       openedAt: Date.now(),
+      stage: 'connect',
       messages: 0,
       bytes: 0,
       trusted: this.#trusted?.has(session.remoteAddress) ?? false,
@@ -306,7 +348,7 @@ export class SmtpListener {
     metrics.connectionsOpened.inc({ listener: config.name });
     metrics.connectionsActive.inc({ listener: config.name });
     state.log.info({ client: session.remoteAddress, port: session.remotePort, trusted: state.trusted }, 'connect');
-    const cap = setTimeout(() => this.#kick(session.id, refusal(421, '4.4.2', 'Session time limit reached, closing', 'timeout')), this.#deps.client.timeouts.session);
+    const cap = setTimeout(() => this.#kick(session.id, SESSION_TIME_LIMIT), this.#deps.client.timeouts.session);
     cap.unref();
     state.timers.push(cap);
     // The connection limits were decided when the connection was accepted (#admit): a
@@ -328,7 +370,7 @@ export class SmtpListener {
       return await this.#deps.limits.connectionOpened({ session: conn.id, ip: conn.remoteAddress, listener: this.name });
     } catch (err) {
       this.#sessionLog(conn.id).error({ err }, 'internal error in the connection limits');
-      return refusal(421, '4.3.0', 'Local error in processing, try again later', 'internal');
+      return INTERNAL_ERROR_CLOSING;
     }
   }
 
@@ -365,7 +407,7 @@ export class SmtpListener {
     if (!present || !socket.authorized) {
       if (opts.required) {
         const why = present ? `client certificate not trusted (${String(socket.authorizationError)})` : 'a client certificate is required';
-        return refusal(554, '5.7.1', why, 'tls_required');
+        return clientCertificateRefused(why);
       }
       return undefined;
     }
@@ -403,20 +445,20 @@ export class SmtpListener {
     };
     if (!state) return cb(new Error('unknown session'));
     if (session.envelope?.mailFrom) {
-      return fail(refusal(503, '5.5.1', 'AUTH not permitted during a mail transaction', 'protocol'), 'refused');
+      return fail(AUTH_IN_TRANSACTION, 'refused');
     }
     // The command guard already refuses AUTH without TLS; this is the backstop for any path
     // smtp-server might add, because AUTH in cleartext is never acceptable.
     if (!session.secure) {
-      return fail(refusal(538, '5.7.11', 'Encryption required for requested authentication mechanism', 'tls_required'), 'refused');
+      return fail(AUTH_WITHOUT_TLS, 'refused');
     }
     const username = auth.username ?? '';
     const password = auth.password ?? '';
     if (mechanism === 'other' || !this.#deps.authenticator) {
-      return fail(refusal(504, '5.5.4', 'Unrecognized authentication type', 'auth_malformed'), 'refused');
+      return fail(AUTH_MECHANISM_UNKNOWN, 'refused');
     }
     if (!username || AUTH_IDENTITY_FORBIDDEN.test(username) || AUTH_IDENTITY_FORBIDDEN.test(password) || AUTH_IDENTITY_FORBIDDEN.test(auth.authzid ?? '')) {
-      return fail(refusal(501, '5.5.2', 'Invalid authentication data', 'auth_malformed'), 'refused');
+      return fail(AUTH_DATA_INVALID, 'refused');
     }
     const limits = this.#deps.limits;
     const authFacts = { ...this.#facts(session, state), username };
@@ -430,7 +472,7 @@ export class SmtpListener {
       if (failure.lockedOut) {
         state.log.warn({ client: session.remoteAddress, user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
       }
-      fail(refusal(535, '5.7.8', 'Authentication credentials invalid', 'auth_failed'), 'failure');
+      fail(AUTH_CREDENTIALS_INVALID, 'failure');
     };
     // RFC 4616: an authorization identity other than the authentication identity would mean
     // acting as someone else; smtpgate has no such delegation.
@@ -444,12 +486,12 @@ export class SmtpListener {
     } catch (err) {
       state.log.error({ err }, 'auth backend failed');
       await limits.authAbandoned(reservation);
-      return fail(refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable'), 'error');
+      return fail(AUTH_TEMPORARY_FAILURE, 'error');
     }
     if (!outcome.ok) {
       if (outcome.reason !== 'unavailable') return badCredentials();
       await limits.authAbandoned(reservation);
-      return fail(refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable'), 'error');
+      return fail(AUTH_TEMPORARY_FAILURE, 'error');
     }
     // A suspended account (compromised-account brake) is told so only once the password is right.
     // With passthrough auth the backend connection is now logged in as this user: if smtpgate
@@ -725,12 +767,12 @@ export class SmtpListener {
    * aborted without the final dot by the client-abort path. `reply: false` when no reply can
    * be written (mid-handshake).
    */
-  #kick(sessionId: string, r: Refusal, reply = true): void {
+  #kick(sessionId: string, r: Refusal, opts: { stage?: Stage; reply?: boolean } = {}): void {
     const conn = this.#connections.get(sessionId);
     const state = this.#sessions.get(sessionId);
     if (!conn) return;
-    if (state) this.#refuse(state, 'connect', r);
-    if (reply) conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+    if (state) this.#refuse(state, opts.stage ?? state.stage, r);
+    if (opts.reply ?? true) conn.send(r.code, `${r.enhanced} ${r.text}`, false);
     else conn.close();
   }
 
@@ -747,29 +789,38 @@ export class SmtpListener {
       const elapsed = Date.now() - start;
       if (elapsed > deadline) {
         clearInterval(timer);
-        this.#kick(sessionId, refusal(421, '4.4.2', 'DATA took too long, closing', 'timeout'));
+        this.#kick(sessionId, DATA_TOO_LONG, { stage: 'data' });
       } else if (minRate > 0 && elapsed > grace && (bytes() * 1000) / elapsed < minRate) {
         clearInterval(timer);
-        this.#kick(sessionId, refusal(421, '4.4.2', `Data rate below ${minRate} bytes/s, closing`, 'timeout'));
+        this.#kick(sessionId, dataTooSlow(minRate), { stage: 'data' });
       }
     }, 1000);
     timer.unref();
     return timer;
   }
 
-  /** Facts for the policy engine at any stage; stage-specific ones are added by the caller. */
-  #policyFacts(session: SMTPServerSession, state: SessionState): SessionFacts {
+  /** What smtpgate knows about the session now (session/snapshot.ts), for the projections below. */
+  #snapshot(session: SMTPServerSession, state: SessionState): SessionSnapshot {
+    const opening = session.openingCommand;
     return {
-      ip: session.remoteAddress,
+      id: session.id,
       listener: this.name,
-      tls: session.secure && session.tlsOptions ? { version: session.tlsOptions.version } : undefined,
-      authenticated: state.user !== undefined,
-      user: state.user ? buildUserFacts(state.user, this.#deps.attributes(state.user)) : undefined,
+      ip: session.remoteAddress,
+      port: session.remotePort,
+      tls: session.secure && session.tlsOptions ? session.tlsOptions.version : undefined,
       trusted: state.trusted,
       helo: session.hostNameAppearsAs || undefined,
+      greeting: opening === 'HELO' || opening === 'EHLO' ? opening : undefined,
+      user: state.user,
+      attributes: state.user ? this.#deps.attributes(state.user) : undefined,
       recipients: session.envelope?.rcptTo?.map((r) => r.address) ?? [],
       now: new Date(),
     };
+  }
+
+  /** Facts for the policy engine at any stage; stage-specific ones are added by the caller. */
+  #policyFacts(session: SMTPServerSession, state: SessionState): SessionFacts {
+    return policyView(this.#snapshot(session, state));
   }
 
   /**
@@ -791,7 +842,7 @@ export class SmtpListener {
     if (d.kind === 'require_tls' || d.kind === 'require_auth') state.requirements.push(d);
     for (const req of ev.limits) {
       const r = await this.#deps.limits.policyLimit({ bucket: req.bucket, amount: req.rate.amount, windowMs: req.rate.windowMs });
-      if (r === 'unavailable') return { refusal: limiterUnavailableRefusal(stage === 'data' ? 'rcpt' : stage), rule: req.rule };
+      if (r === 'unavailable') return { refusal: limiterUnavailableRefusal(stage), rule: req.rule };
       if (r.limited) return { refusal: limitRefusal(req, r.msBeforeNext), rule: req.rule };
     }
     const target = stage === 'connect' || stage === 'auth' ? state.sessionHeaders : state.txHeaders;
@@ -803,31 +854,19 @@ export class SmtpListener {
 
   /** What limits and policy know about the client now. */
   #facts(session: SMTPServerSession, state: SessionState): ClientFacts {
-    return {
-      session: session.id,
-      ip: session.remoteAddress,
-      listener: this.name,
-      user: state.user,
-      groups: state.user ? this.#deps.attributes(state.user).groups : undefined,
-    };
+    return limitsView(this.#snapshot(session, state));
   }
 
   #identity(session: SMTPServerSession, state: SessionState): ClientIdentity {
-    return {
-      addr: session.remoteAddress,
-      port: session.remotePort,
-      helo: session.hostNameAppearsAs || undefined,
-      proto: session.openingCommand === 'HELO' ? 'SMTP' : 'ESMTP',
-      login: state.user,
-    };
+    return backendIdentity(this.#snapshot(session, state));
   }
 
   /** A bug surfaced in a hook: log it and answer 451 4.3.0, so the client retries later. */
-  #internalError(session: SMTPServerSession, err: unknown): SmtpServerError {
-    const r = refusal(451, '4.3.0', 'Local error in processing, try again later', 'internal');
+  #internalError(session: SMTPServerSession, stage: Stage, err: unknown): SmtpServerError {
+    const r = INTERNAL_ERROR;
     const state = this.#sessions.get(session.id);
     (state?.log ?? this.#deps.log).error({ session: session.id, err }, 'internal error in a session hook');
-    if (state) return this.#refuse(state, 'connect', r);
+    if (state) return this.#refuse(state, stage, r);
     return toServerError(r);
   }
 
@@ -840,6 +879,12 @@ export class SmtpListener {
     if (state) return state.log;
     const conn = this.#connections.get(sessionId);
     return this.#deps.log.child({ session: sessionId, listener: this.name, ...(conn ? { client: conn.remoteAddress, port: conn.remotePort } : {}) });
+  }
+
+  /** Records the stage a session has reached, for the refusals made there without a stage of their own. */
+  #enter(sessionId: string, stage: Stage): void {
+    const state = this.#sessions.get(sessionId);
+    if (state) state.stage = stage;
   }
 
   #refuse(state: SessionState, stage: Stage, r: Refusal, extra: Record<string, unknown> = {}): SmtpServerError {

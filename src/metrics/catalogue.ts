@@ -11,8 +11,6 @@ import type { BuildInfo } from '../build-info.js';
 import { createLimitMetrics } from '../limits/metrics.js';
 import { createPolicyMetrics } from '../policy/metrics.js';
 
-export type Stage = 'connect' | 'tls' | 'auth' | 'mail' | 'rcpt' | 'data';
-
 /** What SIGHUP and the file watchers reload, each on its own. */
 export const RELOAD_COMPONENTS = ['certificate', 'users', 'config', 'policy'] as const;
 export type ReloadComponent = (typeof RELOAD_COMPONENTS)[number];

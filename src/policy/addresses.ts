@@ -7,38 +7,13 @@
  * Comments are dropped, display names ignored, groups opened; an entry that isn't an address
  * is reported as `invalid`, so a caller can refuse what it can't check rather than wave it on.
  */
+import { withoutComments } from './header-comments.js';
 
 export interface AddressList {
   /** Lower-cased addresses, in order. */
   readonly addresses: readonly string[];
   /** Entries that are not addresses (no "@"), as written. */
   readonly invalid: readonly string[];
-}
-
-/** Removes (comments), respecting quoted strings and backslash escapes. */
-function withoutComments(text: string): string {
-  let out = '';
-  let depth = 0;
-  let quoted = false;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text[i]!;
-    if (ch === '\\') {
-      if (depth === 0) out += ch + (text[i + 1] ?? '');
-      i++;
-      continue;
-    }
-    if (depth === 0 && ch === '"') quoted = !quoted;
-    if (!quoted && ch === '(') {
-      depth++;
-      continue;
-    }
-    if (!quoted && ch === ')' && depth > 0) {
-      depth--;
-      continue;
-    }
-    if (depth === 0) out += ch;
-  }
-  return out;
 }
 
 /** Splits an address list into entries: on "," outside quotes and <>, and opens groups "name: ...;". */

@@ -269,7 +269,7 @@ export function runCase(set: PolicySet, c: PolicyTestCase): CaseResult {
     if (exp === undefined) continue;
     const stageReports = reports.filter((r) => r.stage === stage);
     if (stage === 'rcpt') {
-      const list = Array.isArray(exp) ? exp : c.session.to.map(() => exp as StageExpectation);
+      const list = Array.isArray(exp) ? exp : c.session.to.map(() => exp);
       if (Array.isArray(exp) && exp.length !== c.session.to.length) {
         mismatches.push({ stage, message: `expect.rcpt lists ${exp.length} expectations for ${c.session.to.length} recipients` });
         continue;

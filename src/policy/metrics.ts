@@ -9,7 +9,7 @@
  */
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Decision, Evaluation, PolicySet } from './types.js';
-import { PendingCounts } from '../metrics/pending-counts.js';
+import { PendingCounts } from '../counters/pending-counts.js';
 
 /** The `action` label of a decision: accept, continue (no rule decided), reject, tempfail, require_tls, require_auth. */
 export function decisionAction(d: Decision): string {

@@ -12,6 +12,7 @@
  * by itself, since a From: after the cut was never seen.
  */
 import type { Header, MimePart } from './types.js';
+import { withoutComments } from './header-comments.js';
 
 export interface HeaderLimits {
   /** Header fields kept; further ones are dropped and the block is marked truncated. */
@@ -170,34 +171,6 @@ export function decodeEncodedWords(text: string): string {
   return out + text.slice(last);
 }
 
-/** Removes RFC 5322 comments "(...)" outside quoted strings. */
-function stripComments(text: string): string {
-  let out = '';
-  let depth = 0;
-  let quoted = false;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text[i]!;
-    if (ch === '\\' && (quoted || depth > 0)) {
-      if (depth === 0) out += ch + (text[i + 1] ?? '');
-      i++;
-      continue;
-    }
-    if (depth === 0 && ch === '"') quoted = !quoted;
-    if (!quoted) {
-      if (ch === '(') {
-        depth++;
-        continue;
-      }
-      if (ch === ')' && depth > 0) {
-        depth--;
-        continue;
-      }
-    }
-    if (depth === 0) out += ch;
-  }
-  return out;
-}
-
 /** Splits on `sep` outside quoted strings (and, optionally, outside <...>). */
 function splitOutside(text: string, sep: string, angles = false): string[] {
   const parts: string[] = [];
@@ -244,7 +217,7 @@ const MAX_PARAM_CHARS = 4096;
 
 /** Parses a Content-Type or Content-Disposition value with its parameters (RFC 2045, RFC 2231). */
 export function parseStructuredValue(text: string): StructuredValue {
-  const [head = '', ...rest] = splitOutside(stripComments(text), ';');
+  const [head = '', ...rest] = splitOutside(withoutComments(text), ';');
   const plain = new Map<string, string[]>();
   const sections = new Map<string, { index: number; extended: boolean; value: string }[]>();
   for (const seg of rest) {

@@ -7,21 +7,18 @@
  */
 import type { CidrSet } from '../config/cidr.js';
 import type { Refusal, RefusalReason } from '../reply.js';
+import type { Stage } from '../stage.js';
 import type { Rate } from '../limits/rate.js';
 import type { PatternList } from './patterns.js';
 
-export const POLICY_STAGES = ['connect', 'auth', 'mail', 'rcpt', 'data'] as const;
+/** The stages policy rules run at: every stage but `tls` (a TLS handshake has no rule of its own). */
+export const POLICY_STAGES = ['connect', 'auth', 'mail', 'rcpt', 'data'] as const satisfies readonly Stage[];
 export type PolicyStage = (typeof POLICY_STAGES)[number];
 
 /** The order in which facts become known: a condition may be used from its stage on. */
 export const STAGE_ORDER: Readonly<Record<PolicyStage, number>> = { connect: 0, auth: 1, mail: 2, rcpt: 3, data: 4 };
 
-/**
- * Reasons the policy engine gives its refusals. `relay_denied`, `tls_required`,
- * `auth_required` and `message_too_big` are already in REFUSAL_REASONS; `policy`,
- * `sender_binding`, `too_many_recipients` and `rate_limited` must be added there (the last two
- * by the limits module). Until then `policyRefusal()` casts.
- */
+/** The reasons the policy engine gives its refusals (a subset of REFUSAL_REASONS, src/reply.ts). */
 export const POLICY_REFUSAL_REASONS = [
   'policy',
   'sender_binding',
@@ -31,11 +28,11 @@ export const POLICY_REFUSAL_REASONS = [
   'tls_required',
   'auth_required',
   'rate_limited',
-] as const;
+] as const satisfies readonly RefusalReason[];
 export type PolicyRefusalReason = (typeof POLICY_REFUSAL_REASONS)[number];
 
 export function policyRefusal(code: number, enhanced: string, text: string, reason: PolicyRefusalReason): Refusal {
-  return { code, enhanced, text, reason: reason as unknown as RefusalReason };
+  return { code, enhanced, text, reason };
 }
 
 // ── facts ─────────────────────────────────────────────────────────────────────────────────

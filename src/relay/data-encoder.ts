@@ -21,10 +21,11 @@ const DOT = 0x2e;
 const SPACE = ' ';
 const CRLF = '\r\n';
 
-const KIND_TEXT: Readonly<Record<SmugglingKind, string>> = {
+/** What each kind is called, in the refusal's text (refusals.ts) and in this error's message. */
+export const SMUGGLING_KIND_TEXT: Readonly<Record<SmugglingKind, string>> = {
   bare_cr: 'bare CR',
   bare_lf: 'bare LF',
-  nul: 'NUL',
+  nul: 'NUL byte',
 };
 
 /**
@@ -38,7 +39,7 @@ export class SmugglingError extends Error {
   readonly offset: number;
 
   constructor(kind: SmugglingKind, offset: number) {
-    super(`${KIND_TEXT[kind]} at byte ${offset} of message data`);
+    super(`${SMUGGLING_KIND_TEXT[kind]} at offset ${offset} of message data`);
     this.name = 'SmugglingError';
     this.kind = kind;
     this.offset = offset;

@@ -6,7 +6,7 @@
  * (250 to RCPT TO:<victim@elsewhere.test> from an unauthenticated client).
  */
 import { describe, expect, test } from 'vitest';
-import { findOpenRelay } from '../../src/config/open-relay.js';
+import { findOpenRelay } from '../../src/policy/open-relay.js';
 import { lintPolicySet } from '../../src/policy/lint.js';
 import { policySet } from '../fixtures/policy/load-set.js';
 

@@ -9,16 +9,10 @@
  * without reject_unauth_destination for the same reason, and so do `check` and `run` here,
  * unless `iUnderstandThisIsAnOpenRelay: true` says the backend refuses relaying itself.
  */
-import { lintPolicySet } from '../policy/lint.js';
-import type { PolicySet } from '../policy/types.js';
-import type { Config } from './schema.js';
-import type { ConfigIssue } from './errors.js';
-
-/** Where the config came from, to name the line of a listener in a message. */
-export interface ConfigOrigin {
-  readonly file: string;
-  lineOf(segments: readonly PropertyKey[]): number | undefined;
-}
+import { lintPolicySet } from './lint.js';
+import type { PolicySet } from './types.js';
+import type { Config } from '../config/schema.js';
+import type { ConfigIssue, ConfigOrigin } from '../config/errors.js';
 
 export interface OpenRelay {
   /** Listeners that take mail without AUTH, with their index in `listeners`. */
