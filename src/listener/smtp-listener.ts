@@ -16,7 +16,7 @@ import type { Authenticator } from '../auth/authenticator.js';
 import type { Logger } from '../logging/logger.js';
 import type { Metrics } from '../metrics/catalogue.js';
 import type { Stage } from '../stage.js';
-import { codeClass, refusal, toServerError, type Refusal, type SmtpServerError } from '../reply.js';
+import { codeClass, toServerError, type Refusal, type SmtpServerError } from '../reply.js';
 import {
   AUTH_CREDENTIALS_INVALID,
   AUTH_DATA_INVALID,
@@ -29,6 +29,8 @@ import {
   INTERNAL_ERROR_CLOSING,
   SESSION_TIME_LIMIT,
   SHUTTING_DOWN,
+  STARTTLS_REQUIRED,
+  AUTH_REQUIRED,
   TLS_HANDSHAKE_TIMEOUT,
   clientCertificateRefused,
   dataTooSlow,
@@ -520,10 +522,10 @@ export class SmtpListener {
     const { config } = this.#deps;
     const requireTls = state.trusted ? (config.trusted?.requireTls ?? config.requireTls) : config.requireTls;
     if (requireTls && !session.secure) {
-      return cb(this.#refuse(state, 'mail', refusal(530, '5.7.0', 'Must issue a STARTTLS command first', 'tls_required')));
+      return cb(this.#refuse(state, 'mail', STARTTLS_REQUIRED));
     }
     if (config.requireAuth && !state.user && !state.trusted) {
-      return cb(this.#refuse(state, 'mail', refusal(530, '5.7.0', 'Authentication required', 'auth_required')));
+      return cb(this.#refuse(state, 'mail', AUTH_REQUIRED));
     }
     const badSender = checkSender(address.address, Boolean(address.args && address.args.SMTPUTF8));
     if (badSender) return cb(this.#refuse(state, 'mail', badSender, { from: address.address }));
@@ -610,7 +612,7 @@ export class SmtpListener {
     const tx = state.transaction;
     if (!tx) {
       drain();
-      return { refusal: refusal(451, '4.3.0', 'Local error in processing, try again later', 'internal') };
+      return { refusal: INTERNAL_ERROR };
     }
     const notStarted = await tx.data(clientLeft);
     if (notStarted) {

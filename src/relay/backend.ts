@@ -16,7 +16,18 @@
  */
 import type { SMTPServerAddress } from 'smtp-server';
 import type { Logger } from '../logging/logger.js';
-import { refusal, type Refusal } from '../reply.js';
+import type { Refusal } from '../reply.js';
+import {
+  BACKEND_CONNECTION_FAILED,
+  BACKEND_TIMED_OUT,
+  BACKEND_UNREACHABLE,
+  CLIENT_GONE,
+  CLIENT_LEFT_DURING_DATA,
+  INTERNAL_ERROR,
+  messageLineTooLong,
+  messageTooBig,
+  smugglingRefused,
+} from '../refusals.js';
 import type { BackendSession, ClientIdentity } from './backend-session.js';
 import { backendRefusal, isPositive } from './backend-replies.js';
 import { LineTooLongError, SmugglingError } from './data-encoder.js';
@@ -102,15 +113,15 @@ export class Backend {
       this.#log.warn({ backend: this.#session.targetName, kind: err.kind, err: err.message }, 'backend failure');
       switch (err.kind) {
         case 'connect':
-          return refusal(451, '4.4.1', 'Mail server temporarily unreachable, try again later', 'backend_unavailable');
+          return BACKEND_UNREACHABLE;
         case 'timeout':
-          return refusal(451, '4.4.2', 'Mail server timed out, try again later', 'backend_timeout');
+          return BACKEND_TIMED_OUT;
         default:
-          return refusal(451, '4.4.2', 'Connection to the mail server failed, try again later', 'backend_failed');
+          return BACKEND_CONNECTION_FAILED;
       }
     }
     this.#log.error({ err }, 'unexpected error in relay');
-    return refusal(451, '4.3.0', 'Local error in processing, try again later', 'internal');
+    return INTERNAL_ERROR;
   }
 
   /**
@@ -119,7 +130,7 @@ export class Backend {
    */
   clientAborted(): Refusal {
     this.#log.warn('client went away during DATA; backend transaction aborted, nothing delivered');
-    return refusal(421, '4.4.2', 'Connection lost during DATA', 'client_aborted');
+    return CLIENT_LEFT_DURING_DATA;
   }
 
   /** For Transaction: the message sink after the backend's 354. */
@@ -132,13 +143,13 @@ export class Backend {
     if (err instanceof SmugglingError) {
       this.#metrics.smugglingRejections.inc({ listener: this.#message.listener, kind: err.kind });
       this.#log.warn({ kind: err.kind, offset: err.offset }, 'smuggling guard: message refused');
-      return refusal(550, '5.5.2', `Message refused: ${SMUGGLING_TEXT[err.kind]} (bare CR/LF and NUL are not allowed)`, 'smuggling');
+      return smugglingRefused(err.kind);
     }
     if (err instanceof LineTooLongError) {
-      return refusal(550, '5.5.2', `Message refused: a line exceeds ${err.limit} octets (RFC 5321 §4.5.3.1.6)`, 'syntax');
+      return messageLineTooLong(err.limit);
     }
     if (err instanceof MessageTooBigError) {
-      return refusal(552, '5.3.4', `Message exceeds the maximum size of ${this.#message.maxMessageBytes} bytes`, 'message_too_big');
+      return messageTooBig(this.#message.maxMessageBytes);
     }
     return clientLeft ? this.clientAborted() : this.failure(err);
   }
@@ -216,7 +227,4 @@ export class Transaction {
   }
 }
 
-/** For the metrics and the log only: a client that left gets no reply. */
-const CLIENT_GONE = refusal(421, '4.4.2', 'Connection lost', 'client_aborted');
 
-const SMUGGLING_TEXT = { bare_cr: 'bare CR in message', bare_lf: 'bare LF in message', nul: 'NUL byte in message' } as const;

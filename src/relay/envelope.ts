@@ -5,7 +5,8 @@
  */
 import { domainToASCII } from 'node:url';
 import type { SMTPServerAddress } from 'smtp-server';
-import { refusal, type Refusal } from '../reply.js';
+import type { Refusal } from '../reply.js';
+import { BACKEND_LACKS_8BITMIME, BACKEND_LACKS_SMTPUTF8 } from '../refusals.js';
 
 export type EnvelopeLine = { ok: true; line: string } | { ok: false; refusal: Refusal };
 
@@ -21,7 +22,7 @@ export function mailCommand(from: SMTPServerAddress, backendCaps: ReadonlyMap<st
       const body = value.toUpperCase();
       if (body === '8BITMIME') {
         if (!backendCaps.has('8BITMIME')) {
-          return { ok: false, refusal: refusal(555, '5.6.3', 'BODY=8BITMIME is not supported by the mail server behind this gateway', 'param_unsupported') };
+          return { ok: false, refusal: BACKEND_LACKS_8BITMIME };
         }
         params.push('BODY=8BITMIME');
       } else if (body === '7BIT' && backendCaps.has('8BITMIME')) {
@@ -30,7 +31,7 @@ export function mailCommand(from: SMTPServerAddress, backendCaps: ReadonlyMap<st
     } else if (key === 'SMTPUTF8') {
       // RFC 6531 §3.4: an SMTPUTF8 message must not be downgraded silently.
       if (!backendCaps.has('SMTPUTF8')) {
-        return { ok: false, refusal: refusal(553, '5.6.7', 'SMTPUTF8 is not supported by the mail server behind this gateway', 'param_unsupported') };
+        return { ok: false, refusal: BACKEND_LACKS_SMTPUTF8 };
       }
       params.push('SMTPUTF8');
     }
