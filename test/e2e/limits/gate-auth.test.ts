@@ -35,12 +35,7 @@ async function gateWithLockout(opts: { lockFor: string; metricsAddress?: string 
     startGate({
       backendPort: backend.port,
       ...(opts.metricsAddress ? { metricsAddress: opts.metricsAddress } : {}),
-      extraYaml: `limits:
-  auth:
-    failuresPerUserIp: 3/15m
-    lockFor: ${opts.lockFor}
-    refusalsBeforeDisconnect: 2
-`,
+      config: { limits: { auth: { failuresPerUserIp: '3/15m', lockFor: opts.lockFor, refusalsBeforeDisconnect: 2 } } },
     }),
     stopGate,
   );

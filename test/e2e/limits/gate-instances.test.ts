@@ -11,6 +11,7 @@ import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { expect, onTestFinished, test } from 'vitest';
 import { ALICE, metricValue, startGate, writeGateFiles, type Gate } from '../../helpers/gate.js';
+import type { ConfigInput, LimitsInput } from '../../helpers/config.js';
 import { startRecordingBackend } from '../../helpers/backends.js';
 import { closeBackend, eventually, forThisTest, stopGate } from '../../helpers/sessions.js';
 import { describeWith } from '../../helpers/programs.js';
@@ -99,8 +100,8 @@ describeWith(['redis-server'], 'limits across smtpgate instances sharing Redis',
   test('two smtpgate processes on one Redis relay exactly 5 of 8 messages for messagesPerUser 5/1h, sent alternately and in parallel; the others get 451 4.7.1', async () => {
     const backend = await forThisTest(startRecordingBackend(), closeBackend);
     const prefix = testPrefix('gate-procs');
-    const limitsYaml = `limits:\n  store: { kind: redis, url: "${SHARED_REDIS_URL}", keyPrefix: "${prefix}" }\n  messagesPerUser: 5/1h\n`;
-    const files = await Promise.all([0, 1].map(() => writeGateFiles({ backendPort: backend.port, logLevel: 'info', extraYaml: limitsYaml })));
+    const limits: LimitsInput = { store: { kind: 'redis', url: SHARED_REDIS_URL, keyPrefix: prefix }, messagesPerUser: '5/1h' };
+    const files = await Promise.all([0, 1].map(() => writeGateFiles({ backendPort: backend.port, logLevel: 'info', config: { limits } })));
     const [a, b] = await Promise.all(files.map((f) => spawnGate(f.configFile)));
     const ports = [a!.ports.smtps!, b!.ports.smtps!];
 
@@ -125,14 +126,16 @@ describeWith(['redis-server'], 'limits across smtpgate instances sharing Redis',
     const prefix = testPrefix('gate-brake');
     // The brake counts one quota hit per quota and window (the first refusal in it, not the
     // retries), so two hits within the hour take two quotas: recipients, then messages.
-    const extraYaml = `limits:
-  store: { kind: redis, url: "${SHARED_REDIS_URL}", keyPrefix: "${prefix}" }
-  messagesPerUser: 1/1h
-  recipientsPerUser: 1/1h
-  brake: { quotaHits: 2, window: 1h }
-`;
-    const a: Gate = await forThisTest(startGate({ backendPort: backend.port, extraYaml }), stopGate);
-    const b: Gate = await forThisTest(startGate({ backendPort: backend.port, extraYaml }), stopGate);
+    const config = {
+      limits: {
+        store: { kind: 'redis', url: SHARED_REDIS_URL, keyPrefix: prefix },
+        messagesPerUser: '1/1h',
+        recipientsPerUser: '1/1h',
+        brake: { quotaHits: 2, window: '1h' },
+      },
+    } satisfies Partial<ConfigInput>;
+    const a: Gate = await forThisTest(startGate({ backendPort: backend.port, config }), stopGate);
+    const b: Gate = await forThisTest(startGate({ backendPort: backend.port, config }), stopGate);
 
     // Quota hit 1, on instance A: the second recipient is over recipientsPerUser.
     const onA = await SmtpTalk.connect(a.port('smtps'), { implicitTls: true });

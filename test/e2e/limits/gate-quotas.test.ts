@@ -5,20 +5,21 @@
  */
 import { expect, test } from 'vitest';
 import { metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import type { LimitsInput } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { authenticatedSession, closeBackend, envelope, forThisTest, stopGate } from '../../helpers/sessions.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
-async function gateWithLimits(limitsYaml: string): Promise<{ gate: Gate; backend: RecordingBackend }> {
+async function gateWithLimits(limits: LimitsInput): Promise<{ gate: Gate; backend: RecordingBackend }> {
   const backend = await forThisTest(startRecordingBackend(), closeBackend);
-  const gate = await forThisTest(startGate({ backendPort: backend.port, extraYaml: `limits:\n${limitsYaml}` }), stopGate);
+  const gate = await forThisTest(startGate({ backendPort: backend.port, config: { limits } }), stopGate);
   return { gate, backend };
 }
 
 const body = (n: number) => `From: alice@corp.test\r\nSubject: message ${n}\r\n\r\nbody ${n}\r\n.`;
 
 test('messagesPerUser 3/1h: messages 1-3 are relayed, the 4th MAIL gets 451 4.7.1 naming the limit and the time to retry, and the backend has 3 messages', async () => {
-  const { gate, backend } = await gateWithLimits('  messagesPerUser: 3/1h');
+  const { gate, backend } = await gateWithLimits({ messagesPerUser: '3/1h' });
   const c = await authenticatedSession(gate);
   for (let n = 1; n <= 3; n++) {
     const { mail, rcpt, data } = await envelope(c, 'alice@corp.test', ['bob@corp.test']);
@@ -40,7 +41,7 @@ test('messagesPerUser 3/1h: messages 1-3 are relayed, the 4th MAIL gets 451 4.7.
 });
 
 test('recipientsPerMessage 2: the 3rd RCPT gets 452 4.5.3, and the message reaches exactly the first two', async () => {
-  const { gate, backend } = await gateWithLimits('  recipientsPerMessage: 2');
+  const { gate, backend } = await gateWithLimits({ recipientsPerMessage: 2 });
   const c = await authenticatedSession(gate);
   const { mail, rcpt, data } = await envelope(c, 'alice@corp.test', ['a@corp.test', 'b@corp.test', 'c@corp.test', 'd@corp.test']);
   expect(mail.code).toBe(250);
@@ -62,7 +63,7 @@ test('recipientsPerMessage 2: the 3rd RCPT gets 452 4.5.3, and the message reach
 });
 
 test('connectionRate 3/1m: the 4th connection from the address gets 421 4.7.0 instead of the greeting and is closed; nothing reaches the backend', async () => {
-  const { gate, backend } = await gateWithLimits('  connectionRate: 3/1m');
+  const { gate, backend } = await gateWithLimits({ connectionRate: '3/1m' });
   const port = gate.port('submission');
   const admitted: SmtpTalk[] = [];
   for (let i = 0; i < 3; i++) {

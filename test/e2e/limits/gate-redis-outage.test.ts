@@ -31,11 +31,13 @@ describeWith(['redis-server'], 'the proxy when Redis goes away (onStoreFailure: 
     const gate = await forThisTest(
       startGate({
         backendPort: backend.port,
-        extraYaml: `limits:
-  store: { kind: redis, url: "redis://127.0.0.1:${redis.port}", keyPrefix: outage }
-  onStoreFailure: deny
-  messagesPerUser: 100/1h
-`,
+        config: {
+          limits: {
+            store: { kind: 'redis', url: `redis://127.0.0.1:${redis.port}`, keyPrefix: 'outage' },
+            onStoreFailure: 'deny',
+            messagesPerUser: '100/1h',
+          },
+        },
       }),
       stopGate,
     );

@@ -4,7 +4,8 @@
  * real connection to a real gate.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ALICE, OPEN_LISTENER_YAML, startGate, type Gate } from '../../helpers/gate.js';
+import { ALICE, startGate, type Gate } from '../../helpers/gate.js';
+import { listener, openListener } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
@@ -15,8 +16,8 @@ beforeAll(async () => {
   backend = await startRecordingBackend();
   gate = await startGate({
     backendPort: backend.port,
-    listenersYaml: OPEN_LISTENER_YAML + '  - name: smtps\n    address: 127.0.0.1:0\n    tls: implicit\n',
-    extraYaml: 'client:\n  timeouts:\n    data: 2s\n    session: 20s\n  minDataRate: 0\n',
+    listeners: [openListener(), listener('smtps', { tls: 'implicit' })],
+    config: { client: { timeouts: { data: '2s', session: '20s' }, minDataRate: 0 } },
   });
 });
 afterAll(async () => {

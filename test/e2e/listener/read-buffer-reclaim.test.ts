@@ -5,7 +5,8 @@
  * their effect on memory is in the unit test and the benchmark's W4.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ALICE, OPEN_LISTENER_YAML, metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import { ALICE, metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import { listener, openListener } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 import { envelope } from '../../helpers/sessions.js';
@@ -28,7 +29,7 @@ describe('collections while a large message is relayed', () => {
     backend = await startRecordingBackend();
     gate = await startGate({
       backendPort: backend.port,
-      listenersYaml: `${OPEN_LISTENER_YAML}  - name: submission\n    address: 127.0.0.1:0\n    tls: starttls\n`,
+      listeners: [openListener(), listener('submission', { tls: 'starttls' })],
       logLevel: 'info',
       collect: () => collections++,
     });
@@ -80,7 +81,7 @@ describe('collections while a large message is relayed', () => {
 describe("an App that isn't given a collector takes V8's", () => {
   test('its collections show in smtpgate_read_buffer_collections_total', { timeout: 60_000 }, async () => {
     const backend = await startRecordingBackend();
-    const gate = await startGate({ backendPort: backend.port, listenersYaml: OPEN_LISTENER_YAML, logLevel: 'info' });
+    const gate = await startGate({ backendPort: backend.port, listeners: [openListener()], logLevel: 'info' });
     try {
       const c = await SmtpTalk.connect(gate.port('open'));
       expect((await c.read()).code).toBe(220);

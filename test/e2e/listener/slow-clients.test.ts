@@ -4,7 +4,10 @@
  * minimum rate, and a session that outlives its cap.
  */
 import { afterEach, expect, test } from 'vitest';
-import { OPEN_LISTENER_YAML, metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import { metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import { listener, openListener, type ConfigInput } from '../../helpers/config.js';
+
+type ClientInput = NonNullable<ConfigInput['client']>;
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
@@ -17,16 +20,16 @@ afterEach(async () => {
   backend = undefined;
 });
 
-async function setup(client: string): Promise<Gate> {
+async function setup(client: ClientInput): Promise<Gate> {
   backend = await startRecordingBackend();
-  gate = await startGate({ backendPort: backend.port, listenersYaml: OPEN_LISTENER_YAML + '  - name: submission\n    address: 127.0.0.1:0\n    tls: starttls\n', extraYaml: `client:\n${client}` });
+  gate = await startGate({ backendPort: backend.port, listeners: [openListener(), listener('submission', { tls: 'starttls' })], config: { client } });
   return gate;
 }
 
 const timeouts = (g: Gate) => metricValue(g, 'smtpgate_refusals_total', { reason: 'timeout' });
 
 test('a client idle longer than client.timeouts.command gets 421 and is counted', async () => {
-  const g = await setup('  timeouts:\n    command: 1s\n');
+  const g = await setup({ timeouts: { command: '1s' } });
   const c = await SmtpTalk.connect(g.port('open'));
   await c.read();
   await c.cmd('EHLO client.test');
@@ -36,7 +39,7 @@ test('a client idle longer than client.timeouts.command gets 421 and is counted'
 });
 
 test('a STARTTLS handshake that never finishes is cut off after client.timeouts.tlsHandshake', async () => {
-  const g = await setup('  timeouts:\n    tlsHandshake: 1s\n');
+  const g = await setup({ timeouts: { tlsHandshake: '1s' } });
   const c = await SmtpTalk.connect(g.port('submission'));
   await c.read();
   await c.cmd('EHLO client.test');
@@ -47,7 +50,7 @@ test('a STARTTLS handshake that never finishes is cut off after client.timeouts.
 });
 
 test('a DATA drip below client.minDataRate gets 421 and nothing is delivered', async () => {
-  const g = await setup('  minDataRate: 100000\n  minDataRateGrace: 1s\n');
+  const g = await setup({ minDataRate: 100000, minDataRateGrace: '1s' });
   const c = await SmtpTalk.connect(g.port('open'));
   await c.read();
   await c.cmd('EHLO client.test');
@@ -62,7 +65,7 @@ test('a DATA drip below client.minDataRate gets 421 and nothing is delivered', a
 });
 
 test('a session longer than client.timeouts.session gets 421, however busy', async () => {
-  const g = await setup('  timeouts:\n    session: 1s\n');
+  const g = await setup({ timeouts: { session: '1s' } });
   const c = await SmtpTalk.connect(g.port('open'));
   await c.read();
   await c.cmd('EHLO client.test');
@@ -102,7 +105,7 @@ async function wellBehaved(g: Gate): Promise<string> {
 }
 
 test('a command line trickled in a byte at a time is cut off at client.timeouts.commandLine with 421 4.4.2, counted at its stage and logged; a normal client on the same gate is unaffected', async () => {
-  const g = await setup('  timeouts:\n    commandLine: 1s\n  minCommandRate: 0\n');
+  const g = await setup({ timeouts: { commandLine: '1s' }, minCommandRate: 0 });
   const c = await SmtpTalk.connect(g.port('open'));
   await c.read();
   await c.cmd('EHLO slow.test');
@@ -118,7 +121,7 @@ test('a command line trickled in a byte at a time is cut off at client.timeouts.
 });
 
 test('a command line arriving below client.minCommandRate after the grace is cut off with 421 4.4.2; a line split into two quick segments is not', async () => {
-  const g = await setup('  minCommandRate: 50\n  minCommandRateGrace: 1s\n');
+  const g = await setup({ minCommandRate: 50, minCommandRateGrace: '1s' });
   const c = await SmtpTalk.connect(g.port('open'));
   await c.read();
   await c.cmd('EHLO slow.test');

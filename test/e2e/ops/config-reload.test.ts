@@ -17,7 +17,7 @@ const configFile = () => path.join(gate.dir, 'smtpgate.yaml');
 
 beforeAll(async () => {
   backend = await startRecordingBackend();
-  gate = await startGate({ backendPort: backend.port, extraYaml: 'limits:\n  recipientsPerMessage: 50\n' });
+  gate = await startGate({ backendPort: backend.port, config: { limits: { recipientsPerMessage: 50 } } });
   original = await readFile(configFile(), 'utf8');
 });
 afterAll(async () => {

@@ -20,7 +20,7 @@ afterEach(async () => {
 
 async function setup(drainSeconds: number) {
   backend = await startRecordingBackend();
-  gate = await startGate({ backendPort: backend.port, extraYaml: `shutdown:\n  drainSeconds: ${drainSeconds}` });
+  gate = await startGate({ backendPort: backend.port, config: { shutdown: { drainSeconds } } });
   return { backend, gate };
 }
 

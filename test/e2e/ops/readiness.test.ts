@@ -9,7 +9,7 @@ import { authenticatedSession, deadPort, eventually } from '../../helpers/sessio
 
 test('a backend that stops answering turns smtpgate_backend_up to 0 and /readyz to 503', async () => {
   const backend = await startRecordingBackend();
-  const gate = await startGate({ backendYaml: `backend:\n  address: 127.0.0.1:${backend.port}\n  healthCheckInterval: 200ms\n  timeouts:\n    connect: 500ms` });
+  const gate = await startGate({ backend: { address: `127.0.0.1:${backend.port}`, healthCheckInterval: '200ms', timeouts: { connect: '500ms' } } });
   try {
     const label = { backend: `127.0.0.1:${backend.port}` };
     expect(await metricValue(gate, 'smtpgate_backend_up', label)).toBe(1);
@@ -31,9 +31,9 @@ test.each([
   { value: 'true', status: 503 },
   { value: 'false', status: 200 },
 ])('no backend answering, backend.requiredForReadiness $value: /readyz is $status; the probes count it down and MAIL gets 451 4.4.1 either way', async ({ value, status }) => {
-  const setting = value === 'not set' ? '' : `\n  requiredForReadiness: ${value}`;
+  const setting = value === 'not set' ? {} : { requiredForReadiness: value === 'true' };
   const port = await deadPort();
-  const gate = await startGate({ backendYaml: `backend:\n  address: 127.0.0.1:${port}\n  healthCheckInterval: 200ms${setting}` });
+  const gate = await startGate({ backend: { address: `127.0.0.1:${port}`, healthCheckInterval: '200ms', ...setting } });
   try {
     // The first round of health checks runs before the listeners open.
     expect(await metricValue(gate, 'smtpgate_backend_up', { backend: `127.0.0.1:${port}` })).toBe(0);

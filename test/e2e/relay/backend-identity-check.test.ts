@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { expect, onTestFinished, test } from 'vitest';
 import { metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import type { BackendInput } from '../../helpers/config.js';
 import { startPostfix } from '../../helpers/postfix.js';
 import { describeWith, findProgram } from '../../helpers/programs.js';
 import { authenticatedSession, deadPort, envelope, eventually } from '../../helpers/sessions.js';
@@ -19,8 +20,8 @@ async function readyz(gate: Gate): Promise<{ status: number; reasons: string[] }
 }
 
 /** Health checks every 200 ms against one backend on 127.0.0.1:`port`. */
-async function gateFor(port: number, extra = ''): Promise<Gate> {
-  const gate = await startGate({ backendYaml: `backend:\n  address: 127.0.0.1:${port}\n  healthCheckInterval: 200ms${extra}` });
+async function gateFor(port: number, extra: Partial<BackendInput> = {}): Promise<Gate> {
+  const gate = await startGate({ backend: { address: `127.0.0.1:${port}`, healthCheckInterval: '200ms', ...extra } });
   onTestFinished(() => gate.stop());
   return gate;
 }
@@ -78,7 +79,7 @@ describeWith(['smtp-sink'], 'a backend without XCLIENT (smtp-sink -C -F)', () =>
 
   test('with backend.requireIdentity: false, /readyz stays 200 while the metric and the warning still say it', async () => {
     const port = await startSmtpSink();
-    const gate = await gateFor(port, '\n  requireIdentity: false');
+    const gate = await gateFor(port, { requireIdentity: false });
     expect(await readyz(gate)).toEqual({ status: 200, reasons: [] });
     expect(await metricValue(gate, 'smtpgate_backend_identity_advertised', { backend: `127.0.0.1:${port}` })).toBe(0);
     expect(identityWarnings(gate, 'XCLIENT')).toHaveLength(1);
@@ -86,7 +87,7 @@ describeWith(['smtp-sink'], 'a backend without XCLIENT (smtp-sink -C -F)', () =>
 
   test('with backend.identity: none nothing is checked: no metric, ready', async () => {
     const port = await startSmtpSink();
-    const gate = await gateFor(port, '\n  identity: none');
+    const gate = await gateFor(port, { identity: 'none' });
     expect(await readyz(gate)).toEqual({ status: 200, reasons: [] });
     const text = await (await fetch(`http://127.0.0.1:${gate.metricsPort}/metrics`)).text();
     expect(text).not.toMatch(/^smtpgate_backend_identity_advertised\{/m);
@@ -118,7 +119,7 @@ describeWith(['postfix'], 'a real Postfix as the backend', () => {
   test('with identity: xforward and no smtpd_authorized_xforward_hosts: 503 naming XFORWARD and its Postfix setting', async () => {
     const postfix = await startPostfix();
     onTestFinished(() => postfix.stop());
-    const gate = await gateFor(postfix.port, '\n  identity: xforward');
+    const gate = await gateFor(postfix.port, { identity: 'xforward' });
     const ready = await readyz(gate);
     expect(ready.status).toBe(503);
     expect(ready.reasons[0]).toContain('does not advertise XFORWARD');
