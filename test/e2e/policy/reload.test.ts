@@ -27,7 +27,7 @@ async function gateWithPolicyFolder(): Promise<{ gate: Gate; policies: string }>
   const gate = await forThisTest(
     startGate({
       backendPort: backend.port,
-      extraYaml: 'policies: policies',
+      config: { policies: 'policies' },
       beforeStart: async (dir) => {
         await mkdir(path.join(dir, 'policies'));
         await writeFile(path.join(dir, 'policies', '00-settings.yaml'), SETTINGS);

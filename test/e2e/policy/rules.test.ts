@@ -10,6 +10,7 @@ import { cp, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ALICE, metricValue, startGate, type Gate, type GateUser } from '../../helpers/gate.js';
+import { listener } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { authenticatedSession, closeBackend, envelope, eventually, forThisTest, openSession, stopGate } from '../../helpers/sessions.js';
 import type { SmtpTalk, Reply } from '../../helpers/smtp-talk.js';
@@ -50,8 +51,8 @@ describe('the shipped policies/ folder', () => {
     gate = await startGate({
       backendPort: backend.port,
       users: [ALICE, IVAN],
-      authYaml: 'auth:\n  users: users\n  attributes: attributes.yaml',
-      extraYaml: 'policies: policies',
+      auth: { users: 'users', attributes: 'attributes.yaml' },
+      config: { policies: 'policies' },
       beforeStart: async (dir) => {
         await writeFile(path.join(dir, 'attributes.yaml'), ATTRIBUTES);
         await cp(path.join(ROOT, 'policies'), path.join(dir, 'policies'), { recursive: true });
@@ -173,7 +174,7 @@ describe('a header rule of our own', () => {
     const gate = await forThisTest(
       startGate({
         backendPort: backend.port,
-        extraYaml: 'policies: policies',
+        config: { policies: 'policies' },
         beforeStart: async (dir) => {
           await mkdir(path.join(dir, 'policies'));
           await writeFile(
@@ -212,8 +213,8 @@ describe('sender binding when the header scan stops at its limits (issue 14, ite
       startGate({
         backendPort: backend.port,
         users: [ALICE],
-        authYaml: 'auth:\n  users: users\n  attributes: attributes.yaml',
-        extraYaml: 'policies: policies',
+        auth: { users: 'users', attributes: 'attributes.yaml' },
+        config: { policies: 'policies' },
         beforeStart: async (dir) => {
           await writeFile(path.join(dir, 'attributes.yaml'), ATTRIBUTES);
           await mkdir(path.join(dir, 'policies'));
@@ -243,13 +244,7 @@ describe('no policies configured', () => {
     const gate = await forThisTest(
       startGate({
         backendPort: backend.port,
-        listenersYaml: `
-  - name: mx
-    address: 127.0.0.1:0
-    tls: none
-    requireTls: false
-    requireAuth: false
-`,
+        listeners: [listener('mx', { tls: 'none', requireTls: false, requireAuth: false })],
       }),
       stopGate,
     );

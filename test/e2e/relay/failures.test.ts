@@ -5,7 +5,8 @@
  * abandons never gets its final dot, so the backend delivers nothing.
  */
 import { describe, expect, test } from 'vitest';
-import { OPEN_LISTENER_YAML, metricValue, startGate } from '../../helpers/gate.js';
+import { metricValue, startGate } from '../../helpers/gate.js';
+import { listener, openListener, type BackendInput } from '../../helpers/config.js';
 import { startRecordingBackend } from '../../helpers/backends.js';
 import { startRawBackend, type RawBackendOptions } from '../../helpers/raw-backend.js';
 import { authenticatedSession, deadPort, envelope, eventually, forThisTest, openSession, stopGate, closeBackend } from '../../helpers/sessions.js';
@@ -16,12 +17,12 @@ function body(n: number): string {
   return 'Subject: big\r\n\r\n' + line.repeat(Math.ceil(n / line.length));
 }
 
-async function rawBackendBehindGate(opts: RawBackendOptions, backendExtra = '') {
+async function rawBackendBehindGate(opts: RawBackendOptions, backendExtra: Partial<BackendInput> = {}) {
   const backend = await forThisTest(startRawBackend(opts), closeBackend);
   const gate = await forThisTest(
     startGate({
-      backendYaml: `backend:\n  address: 127.0.0.1:${backend.port}\n${backendExtra}`,
-      listenersYaml: OPEN_LISTENER_YAML + '  - name: smtps\n    address: 127.0.0.1:0\n    tls: implicit\n',
+      backend: { address: `127.0.0.1:${backend.port}`, ...backendExtra },
+      listeners: [openListener(), listener('smtps', { tls: 'implicit' })],
     }),
     stopGate,
   );
@@ -44,7 +45,7 @@ describe('the backend fails', () => {
   test.each([1, 2])('no backend of %i reachable: the "backend failure" log line names the backend last tried and the session, never "none"', async (n) => {
     const ports = await Promise.all(Array.from({ length: n }, () => deadPort()));
     const names = ports.map((p) => `127.0.0.1:${p}`);
-    const gate = await forThisTest(startGate({ backendYaml: `backend:\n  address: [${names.join(', ')}]\n` }), stopGate);
+    const gate = await forThisTest(startGate({ backend: { address: names } }), stopGate);
     const c = await authenticatedSession(gate);
     expect((await c.cmd('MAIL FROM:<alice@corp.test>')).code).toBe(451);
     const failures = gate.logs.filter((l) => l.msg === 'backend failure');
@@ -77,7 +78,7 @@ describe('the backend fails', () => {
   });
 
   test('the backend never answers the final dot: after backend.timeouts.finalReply (1s) the client gets 451 4.4.2, not 250', async () => {
-    const { backend, gate } = await rawBackendBehindGate({ final: 'silent' }, '  timeouts:\n    finalReply: 1s\n');
+    const { backend, gate } = await rawBackendBehindGate({ final: 'silent' }, { timeouts: { finalReply: '1s' } });
     const c = await authenticatedSession(gate);
     await envelope(c, 'alice@corp.test', ['bob@corp.test']);
     c.write('Subject: into the void\r\n\r\nhello\r\n');
@@ -154,7 +155,7 @@ test('a client that leaves while the backend has not yet answered RCPT: counted 
 describe('limits.maxMessageBytes', () => {
   test('a message over the limit gets 552 5.3.4, the backend never gets its final dot, and the session can send a small one next', async () => {
     const backend = await forThisTest(startRecordingBackend(), closeBackend);
-    const gate = await forThisTest(startGate({ backendPort: backend.port, extraYaml: 'limits:\n  maxMessageBytes: 100KB\n' }), stopGate);
+    const gate = await forThisTest(startGate({ backendPort: backend.port, config: { limits: { maxMessageBytes: '100KB' } } }), stopGate);
     const c = await authenticatedSession(gate);
     const ehlo = await c.cmd('EHLO client.test');
     expect(ehlo.lines).toContain('SIZE 100000');

@@ -8,7 +8,8 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { OPEN_LISTENER_YAML, writeGateFiles } from '../../helpers/gate.js';
+import { writeGateFiles } from '../../helpers/gate.js';
+import { openListener } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
@@ -91,8 +92,8 @@ describe('a 50 MB message through `smtpgate run`', () => {
     backend = await startRecordingBackend();
     const { configFile } = await writeGateFiles({
       backendPort: backend.port,
-      listenersYaml: OPEN_LISTENER_YAML,
-      extraYaml: 'limits:\n  maxMessageBytes: 100MB\n',
+      listeners: [openListener()],
+      config: { limits: { maxMessageBytes: '100MB' } },
       logLevel: 'info',
     });
     child = spawn(process.execPath, [CLI, 'run', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -195,10 +195,7 @@ describe('several backends', () => {
     const dead = await deadPort();
     const gate = await forThisTest(
       startGate({
-        backendYaml: `backend:
-  address: [127.0.0.1:${dead}, 127.0.0.1:${live.port}]
-  strategy: failover
-  markDownFor: 30s`,
+        backend: { address: [`127.0.0.1:${dead}`, `127.0.0.1:${live.port}`], strategy: 'failover', markDownFor: '30s' },
       }),
       stopGate,
     );
@@ -220,8 +217,7 @@ describe('several backends', () => {
     const live = await forThisTest(startRecordingBackend(), closeBackend);
     const gate = await forThisTest(
       startGate({
-        backendYaml: `backend:
-  address: [127.0.0.1:${refusing.port}, 127.0.0.1:${live.port}]`,
+        backend: { address: [`127.0.0.1:${refusing.port}`, `127.0.0.1:${live.port}`] },
       }),
       stopGate,
     );
@@ -239,9 +235,7 @@ describe('several backends', () => {
     const b = await forThisTest(startRecordingBackend(), closeBackend);
     const gate = await forThisTest(
       startGate({
-        backendYaml: `backend:
-  address: [127.0.0.1:${a.port}, 127.0.0.1:${b.port}]
-  strategy: round-robin`,
+        backend: { address: [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`], strategy: 'round-robin' },
       }),
       stopGate,
     );
@@ -262,9 +256,7 @@ describe('identity and credentials towards the backend', () => {
     const backend = await forThisTest(startRecordingBackend({ xforward: true }), closeBackend);
     const gate = await forThisTest(
       startGate({
-        backendYaml: `backend:
-  address: 127.0.0.1:${backend.port}
-  identity: xforward`,
+        backend: { address: `127.0.0.1:${backend.port}`, identity: 'xforward' },
       }),
       stopGate,
     );
@@ -289,13 +281,7 @@ describe('identity and credentials towards the backend', () => {
       const backend = await forThisTest(startRecordingBackend({ auth: { user: 'smtpgate', password: 'backend s3cret' } }), closeBackend);
       const gate = await forThisTest(
         startGate({
-          backendYaml: `backend:
-  address: 127.0.0.1:${backend.port}
-  identity: none
-  auth:
-    user: smtpgate
-    password: backend s3cret
-    mechanism: ${mechanism}`,
+          backend: { address: `127.0.0.1:${backend.port}`, identity: 'none', auth: { user: 'smtpgate', password: 'backend s3cret', mechanism } },
         }),
         stopGate,
       );
@@ -318,11 +304,7 @@ describe('identity and credentials towards the backend', () => {
     const backend = await forThisTest(startRecordingBackend({ auth: { user: 'smtpgate', password: 'backend s3cret' } }), closeBackend);
     const gate = await forThisTest(
       startGate({
-        backendYaml: `backend:
-  address: 127.0.0.1:${backend.port}
-  auth:
-    user: smtpgate
-    password: backend s3cret`,
+        backend: { address: `127.0.0.1:${backend.port}`, auth: { user: 'smtpgate', password: 'backend s3cret' } },
       }),
       stopGate,
     );
@@ -340,12 +322,7 @@ describe('identity and credentials towards the backend', () => {
     const backend = await forThisTest(startRecordingBackend({ auth: { user: 'smtpgate', password: 'the right one' } }), closeBackend);
     const gate = await forThisTest(
       startGate({
-        backendYaml: `backend:
-  address: 127.0.0.1:${backend.port}
-  identity: none
-  auth:
-    user: smtpgate
-    password: a stale one`,
+        backend: { address: `127.0.0.1:${backend.port}`, identity: 'none', auth: { user: 'smtpgate', password: 'a stale one' } },
       }),
       stopGate,
     );
@@ -365,7 +342,7 @@ describe('identity and credentials towards the backend', () => {
 
   test('data.authenticatedUserHeader: the backend copy carries "X-Authenticated-User: alice" in its header', async () => {
     const backend = await forThisTest(startRecordingBackend(), closeBackend);
-    const gate = await forThisTest(startGate({ backendPort: backend.port, extraYaml: 'data:\n  authenticatedUserHeader: true\n' }), stopGate);
+    const gate = await forThisTest(startGate({ backendPort: backend.port, config: { data: { authenticatedUserHeader: true } } }), stopGate);
     const c = await authenticatedSession(gate);
     await envelope(c, 'alice@corp.test', ['bob@corp.test']);
     expect((await c.cmd('Subject: who\r\n\r\nx\r\n.')).code).toBe(250);

@@ -8,6 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ALICE, metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import { listener } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
@@ -148,7 +149,7 @@ describe('passthrough AUTH (auth.backend: backend)', () => {
   let gate: Gate;
   beforeAll(async () => {
     backend = await startRecordingBackend({ auth: { user: 'bob', password: 'pw' } });
-    gate = await startGate({ backendPort: backend.port, authYaml: 'auth:\n  backend: backend' });
+    gate = await startGate({ backendPort: backend.port, auth: { backend: 'backend' } });
   });
   afterAll(async () => {
     await gate?.stop();
@@ -203,7 +204,7 @@ describe('AUTH inside a mail transaction (RFC 4954 §4)', () => {
     // Trusted, no AUTH required: MAIL is accepted before AUTH, so AUTH can arrive mid-transaction.
     gate = await startGate({
       backendPort: backend.port,
-      listenersYaml: '\n  - name: relay\n    address: 127.0.0.1:0\n    tls: implicit\n    requireAuth: false\n    trusted:\n      networks: [127.0.0.0/8]\n',
+      listeners: [listener('relay', { tls: 'implicit', requireAuth: false, trusted: { networks: ['127.0.0.0/8'] } })],
     });
   });
   afterAll(async () => {

@@ -10,7 +10,8 @@
  *   including "<" and ">", and command lines lengthened by the parameters it advertises.
  */
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { OPEN_LISTENER_YAML, metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import { metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import { listener, openListener } from '../../helpers/config.js';
 import { describeWith } from '../../helpers/programs.js';
 import { startSmtpSink, type SmtpSink } from '../../helpers/smtp-sink.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
@@ -28,8 +29,8 @@ describeWith(['smtp-sink'], 'envelope parameters and path lengths (issue 14, ite
   beforeAll(async () => {
     sink = await startSmtpSink();
     gate = await startGate({
-      backendYaml: `backend:\n  address: 127.0.0.1:${sink.port}\n  identity: none`,
-      listenersYaml: OPEN_LISTENER_YAML + '  - name: smtps\n    address: 127.0.0.1:0\n    tls: implicit\n    requireAuth: false\n    trusted:\n      networks: [127.0.0.0/8]\n',
+      backend: { address: `127.0.0.1:${sink.port}`, identity: 'none' },
+      listeners: [openListener(), listener('smtps', { tls: 'implicit', requireAuth: false, trusted: { networks: ['127.0.0.0/8'] } })],
     });
   });
   afterAll(async () => {
@@ -150,7 +151,7 @@ describeWith(['smtp-sink'], 'envelope parameters and path lengths (issue 14, ite
 test('an IDN domain in its ASCII form needs no SMTPUTF8 and reaches the backend in that form', async () => {
   // A raw backend, to see the exact bytes: smtp-server would decode the domain again.
   const raw = await startRawBackend({});
-  const g = await startGate({ backendPort: raw.port, listenersYaml: OPEN_LISTENER_YAML });
+  const g = await startGate({ backendPort: raw.port, listeners: [openListener()] });
   try {
     const c = await SmtpTalk.connect(g.port('open'));
     await c.read();

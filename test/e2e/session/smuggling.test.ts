@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import net from 'node:net';
 import { metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import type { ConfigInput } from '../../helpers/config.js';
 import { hasBareCrOrLf, startRawBackend, type RawBackend } from '../../helpers/raw-backend.js';
 import { authenticatedSession, envelope } from '../../helpers/sessions.js';
 import { smugglingCases } from '../../helpers/smuggling-vectors.js';
@@ -45,14 +46,14 @@ test('control: fed the payloads directly, the lenient backend is smuggled a seco
 });
 
 describe.each([
-  { mode: 'reject', extraYaml: '' },
-  { mode: 'normalize', extraYaml: 'data:\n  bareLineEndings: normalize\n' },
-])('data.bareLineEndings: $mode', ({ mode, extraYaml }) => {
+  { mode: 'reject', config: {} },
+  { mode: 'normalize', config: { data: { bareLineEndings: 'normalize' } } },
+] satisfies { mode: string; config: Partial<ConfigInput> }[])('data.bareLineEndings: $mode', ({ mode, config }) => {
   let backend: RawBackend;
   let gate: Gate;
   beforeAll(async () => {
     backend = await startRawBackend({ endOfData: 'lenient' });
-    gate = await startGate({ backendPort: backend.port, extraYaml });
+    gate = await startGate({ backendPort: backend.port, config });
   });
   afterAll(async () => {
     await gate?.stop();

@@ -17,7 +17,7 @@ beforeAll(async () => {
   backend = await startRecordingBackend();
   gate = await startGate({
     backendPort: backend.port,
-    authYaml: 'auth:\n  users: users\n  attributes: attributes.yaml\n  reloadInterval: 100ms',
+    auth: { users: 'users', attributes: 'attributes.yaml', reloadInterval: '100ms' },
     beforeStart: async (dir: string) => writeFile(path.join(dir, 'attributes.yaml'), 'alice:\n  addresses: [alice@corp.test]\n  groups: [staff]\n'),
   });
 });
