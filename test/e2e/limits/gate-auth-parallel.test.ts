@@ -9,25 +9,23 @@ import { ALICE } from '../../helpers/gate.js';
 import { startRecordingBackend } from '../../helpers/backends.js';
 import { closeBackend, forThisTest } from '../../helpers/sessions.js';
 import { scrapeMetric, startChildGate, type ChildGate } from '../../helpers/child-gate.js';
+import type { LimitsInput } from '../../helpers/config.js';
 import { describeWith } from '../../helpers/programs.js';
 import { dropPrefix, SHARED_REDIS_URL, uniquePrefix } from '../../helpers/redis.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
-const LIMITS = `limits:
-  connectionRate: off
-  concurrentPerIp: off
-  concurrentPerListener: off
-  auth:
-    failuresPerUserIp: 3/15m
-    failuresPerIp: 100/15m
-    lockFor: 15m
-`;
+const LIMITS: LimitsInput = {
+  connectionRate: 'off',
+  concurrentPerIp: 'off',
+  concurrentPerListener: 'off',
+  auth: { failuresPerUserIp: '3/15m', failuresPerIp: '100/15m', lockFor: '15m' },
+};
 
-async function gates(n: number, extraYaml: string): Promise<ChildGate[]> {
+async function gates(n: number, limits: LimitsInput): Promise<ChildGate[]> {
   const backend = await forThisTest(startRecordingBackend(), closeBackend);
   return Promise.all(
     Array.from({ length: n }, async () => {
-      const g = await startChildGate({ backendPort: backend.port, extraYaml });
+      const g = await startChildGate({ backendPort: backend.port, config: { limits } });
       onTestFinished(() => g.stop());
       return g;
     }),
@@ -73,7 +71,7 @@ describeWith(['redis-server'], 'instances sharing Redis', () => {
   test('30 wrong passwords for one user sent at once, spread over three instances sharing Redis: exactly 3 are verified in all', async () => {
     const prefix = uniquePrefix('auth-parallel');
     onTestFinished(() => dropPrefix(SHARED_REDIS_URL, prefix));
-    const gs = await gates(3, `${LIMITS}  store: { kind: redis, url: "${SHARED_REDIS_URL}", keyPrefix: "${prefix}" }\n`);
+    const gs = await gates(3, { ...LIMITS, store: { kind: 'redis', url: SHARED_REDIS_URL, keyPrefix: prefix } });
     expect(tally(await parallelAuth(gs, 30, (i) => `wrong-${i}`))).toEqual({ wrong: 3, lockedOut: 27 });
     expect(await sum(gs, 'smtpgate_auth_attempts_total', { result: 'failure' })).toBe(3);
     expect(await sum(gs, 'smtpgate_auth_lockouts_total', { scope: 'user_ip' })).toBe(1);
@@ -83,7 +81,7 @@ describeWith(['redis-server'], 'instances sharing Redis', () => {
   test('a correct password among parallel wrong ones is admitted and gives its place back', async () => {
     const prefix = uniquePrefix('auth-parallel-ok');
     onTestFinished(() => dropPrefix(SHARED_REDIS_URL, prefix));
-    const gs = await gates(2, `${LIMITS}  store: { kind: redis, url: "${SHARED_REDIS_URL}", keyPrefix: "${prefix}" }\n`);
+    const gs = await gates(2, { ...LIMITS, store: { kind: 'redis', url: SHARED_REDIS_URL, keyPrefix: prefix } });
     // 1 right and 1 wrong at once take 2 of the 3 places; the right one's goes back (and clears alice's count here).
     const replies = await parallelAuth(gs, 2, (i) => (i === 0 ? ALICE.password : 'wrong'));
     expect(replies.filter((r) => r.startsWith('235 ')).length).toBe(1);

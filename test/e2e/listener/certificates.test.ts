@@ -62,14 +62,12 @@ describe('SNI: tls.sni picks the certificate by the name the client asks for', (
     gate = await startGate({
       backendPort: backend.port,
       cert: a,
-      tlsYaml: `
-  sni:
-    - names: [mail.b.test]
-      cert: ${b.certFile}
-      key: ${b.keyFile}
-    - names: ['*.c.test']
-      cert: ${c.certFile}
-      key: ${c.keyFile}`,
+      tls: {
+        sni: [
+          { names: ['mail.b.test'], cert: b.certFile, key: b.keyFile },
+          { names: ['*.c.test'], cert: c.certFile, key: c.keyFile },
+        ],
+      },
     });
   });
   afterAll(async () => {
@@ -114,7 +112,7 @@ describe('hot reload of the default certificate (tls.reloadInterval)', () => {
   const RELOAD_MS = 200;
   let gate: Gate;
   beforeAll(async () => {
-    gate = await startGate({ backendPort: backend.port, cert: await makeTestCert('localhost'), tlsYaml: `  reloadInterval: ${RELOAD_MS}ms` });
+    gate = await startGate({ backendPort: backend.port, cert: await makeTestCert('localhost'), tls: { reloadInterval: `${RELOAD_MS}ms` } });
   });
   afterAll(async () => {
     await gate?.stop();

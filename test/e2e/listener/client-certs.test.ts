@@ -8,6 +8,7 @@ import { X509Certificate } from 'node:crypto';
 import type tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ALICE, startGate, type Gate } from '../../helpers/gate.js';
+import { listener, type ListenerInput } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { issueClientCert, makeTestCa, makeTestCert, type TestCert } from '../../helpers/pki.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
@@ -32,38 +33,25 @@ beforeAll(async () => {
   ]);
   const sniCert = await makeTestCert('mail.b.test');
   backend = await startRecordingBackend();
-  const clientCerts = (required: boolean) => `
-    clientCerts:
-      ca: ${ca.certFile}
-      required: ${required}
-      users:
-        - subjectCN: printer-1
-          user: printer
-        - fingerprint: "${new X509Certificate(copier.cert).fingerprint256}"
-          user: copier`;
+  const clientCerts = (required: boolean): ListenerInput['clientCerts'] => ({
+    ca: ca.certFile,
+    required,
+    users: [
+      { subjectCN: 'printer-1', user: 'printer' },
+      { fingerprint: new X509Certificate(copier.cert).fingerprint256, user: 'copier' },
+    ],
+  });
   gate = await startGate({
     backendPort: backend.port,
     // A second certificate, chosen by SNI, for the name mail.b.test.
-    tlsYaml: `
-  sni:
-    - names: [mail.b.test]
-      cert: ${sniCert.certFile}
-      key: ${sniCert.keyFile}`,
-    listenersYaml: `
-  - name: submission
-    address: 127.0.0.1:0
-    tls: starttls${clientCerts(false)}
-  - name: smtps
-    address: 127.0.0.1:0
-    tls: implicit${clientCerts(false)}
-  - name: required
-    address: 127.0.0.1:0
-    tls: starttls${clientCerts(true)}
-  - name: required-smtps
-    address: 127.0.0.1:0
-    tls: implicit${clientCerts(true)}
-`,
-    extraYaml: 'data:\n  authenticatedUserHeader: true\n',
+    tls: { sni: [{ names: ['mail.b.test'], cert: sniCert.certFile, key: sniCert.keyFile }] },
+    listeners: [
+      listener('submission', { tls: 'starttls', clientCerts: clientCerts(false) }),
+      listener('smtps', { tls: 'implicit', clientCerts: clientCerts(false) }),
+      listener('required', { tls: 'starttls', clientCerts: clientCerts(true) }),
+      listener('required-smtps', { tls: 'implicit', clientCerts: clientCerts(true) }),
+    ],
+    config: { data: { authenticatedUserHeader: true } },
   });
 });
 afterAll(async () => {

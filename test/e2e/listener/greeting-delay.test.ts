@@ -10,6 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import { listener, type ListenerInput } from '../../helpers/config.js';
 import { eventually } from '../../helpers/sessions.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { SmtpTalk, type Reply } from '../../helpers/smtp-talk.js';
@@ -22,24 +23,19 @@ const SLACK_MS = 10;
 let backend: RecordingBackend;
 let gate: Gate;
 
-const plain = (name: string, extra: string) => `
-  - name: ${name}
-    address: 127.0.0.1:0
-    tls: none
-    requireTls: false
-    requireAuth: false${extra}`;
+const plain = (name: string, extra: Partial<ListenerInput>) => listener(name, { tls: 'none', requireTls: false, requireAuth: false, ...extra });
 
 beforeAll(async () => {
   backend = await startRecordingBackend();
   gate = await startGate({
     backendPort: backend.port,
-    listenersYaml:
+    listeners: [
       // 127.0.0.2 is trusted; the tests' own 127.0.0.1 is not.
-      plain('internet', '\n    trusted:\n      networks: [127.0.0.2/32]') +
-      plain('patient', '\n    greetingDelay: 300ms') +
-      plain('eager', '\n    greetingDelay: 0') +
-      plain('balanced', '\n    trusted:\n      networks: [10.0.0.0/8]\n    proxyProtocol:\n      trusted: [127.0.0.1/32]') +
-      '\n',
+      plain('internet', { trusted: { networks: ['127.0.0.2/32'] } }),
+      plain('patient', { greetingDelay: '300ms' }),
+      plain('eager', { greetingDelay: 0 }),
+      plain('balanced', { trusted: { networks: ['10.0.0.0/8'] }, proxyProtocol: { trusted: ['127.0.0.1/32'] } }),
+    ],
   });
 });
 afterAll(async () => {
@@ -132,8 +128,8 @@ describe('the connection limits count a client from the moment it connects, not 
   beforeAll(async () => {
     limited = await startGate({
       backendPort: backend.port,
-      listenersYaml: plain('slow', `\n    greetingDelay: ${DELAY_MS}ms`) + '\n',
-      extraYaml: 'limits:\n  concurrentPerIp: 2\n',
+      listeners: [plain('slow', { greetingDelay: `${DELAY_MS}ms` })],
+      config: { limits: { concurrentPerIp: 2 } },
     });
   });
   afterAll(async () => {

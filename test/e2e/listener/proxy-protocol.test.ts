@@ -7,6 +7,7 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ALICE, metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import { listener } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
@@ -38,24 +39,11 @@ beforeAll(async () => {
   backend = await startRecordingBackend();
   gate = await startGate({
     backendPort: backend.port,
-    listenersYaml: `
-  - name: submission
-    address: 127.0.0.1:0
-    tls: starttls
-    proxyProtocol:
-      trusted: [127.0.0.1/32]
-  - name: smtps
-    address: 127.0.0.1:0
-    tls: implicit
-    proxyProtocol:
-      trusted: [127.0.0.1/32]
-  - name: impatient
-    address: 127.0.0.1:0
-    tls: starttls
-    proxyProtocol:
-      trusted: [127.0.0.1/32]
-      timeout: 300ms
-`,
+    listeners: [
+      listener('submission', { tls: 'starttls', proxyProtocol: { trusted: ['127.0.0.1/32'] } }),
+      listener('smtps', { tls: 'implicit', proxyProtocol: { trusted: ['127.0.0.1/32'] } }),
+      listener('impatient', { tls: 'starttls', proxyProtocol: { trusted: ['127.0.0.1/32'], timeout: '300ms' } }),
+    ],
   });
 });
 afterAll(async () => {

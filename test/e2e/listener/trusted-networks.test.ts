@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ALICE, startGate, type Gate } from '../../helpers/gate.js';
+import { listener } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
@@ -15,38 +16,13 @@ beforeAll(async () => {
   backend = await startRecordingBackend();
   gate = await startGate({
     backendPort: backend.port,
-    listenersYaml: `
-  - name: trusted
-    address: 127.0.0.1:0
-    tls: starttls
-    trusted:
-      networks: [127.0.0.0/8]
-  - name: trusted-cleartext
-    address: 127.0.0.1:0
-    tls: starttls
-    trusted:
-      networks: [127.0.0.0/8]
-      requireTls: false
-  - name: trusted-plain
-    address: 127.0.0.1:0
-    tls: none
-    requireTls: false
-    trusted:
-      networks: [127.0.0.0/8]
-      requireTls: false
-  - name: elsewhere
-    address: 127.0.0.1:0
-    tls: starttls
-    trusted:
-      networks: [10.0.0.0/8]
-  - name: elsewhere-plain
-    address: 127.0.0.1:0
-    tls: none
-    requireTls: false
-    trusted:
-      networks: [10.0.0.0/8]
-      requireTls: false
-`,
+    listeners: [
+      listener('trusted', { tls: 'starttls', trusted: { networks: ['127.0.0.0/8'] } }),
+      listener('trusted-cleartext', { tls: 'starttls', trusted: { networks: ['127.0.0.0/8'], requireTls: false } }),
+      listener('trusted-plain', { tls: 'none', requireTls: false, trusted: { networks: ['127.0.0.0/8'], requireTls: false } }),
+      listener('elsewhere', { tls: 'starttls', trusted: { networks: ['10.0.0.0/8'] } }),
+      listener('elsewhere-plain', { tls: 'none', requireTls: false, trusted: { networks: ['10.0.0.0/8'], requireTls: false } }),
+    ],
   });
 });
 afterAll(async () => {

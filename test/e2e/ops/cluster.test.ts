@@ -8,7 +8,8 @@ import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { OPEN_LISTENER_YAML, writeGateFiles } from '../../helpers/gate.js';
+import { writeGateFiles } from '../../helpers/gate.js';
+import { openListener, type BackendInput, type LimitsInput } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 import { describeWith } from '../../helpers/programs.js';
@@ -31,15 +32,21 @@ interface Cluster {
 }
 
 /** `smtpgate run` with `workers: 2` and a Redis store, once the primary and both workers are ready. */
-async function startCluster(opts: { backendYaml: string; storeUrl?: string; limitsYaml?: string }): Promise<Cluster> {
+async function startCluster(opts: { backend: BackendInput; storeUrl?: string; limits?: LimitsInput }): Promise<Cluster> {
   const smtpPort = await deadPort();
   const metricsPort = await deadPort();
   const { configFile } = await writeGateFiles({
-    backendYaml: opts.backendYaml,
-    listenersYaml: OPEN_LISTENER_YAML.replace('127.0.0.1:0', `127.0.0.1:${smtpPort}`),
+    backend: opts.backend,
+    listeners: [openListener({ address: `127.0.0.1:${smtpPort}` })],
     metricsAddress: `127.0.0.1:${metricsPort}`,
     logLevel: 'info',
-    extraYaml: `workers: 2\nlimits:\n${opts.limitsYaml ?? ''}  store:\n    kind: redis\n    url: ${opts.storeUrl ?? 'redis://127.0.0.1:6379'}\n    commandTimeout: 200ms\n    keyPrefix: cluster-test-${randomUUID().slice(0, 8)}\n`,
+    config: {
+      workers: 2,
+      limits: {
+        ...opts.limits,
+        store: { kind: 'redis', url: opts.storeUrl ?? 'redis://127.0.0.1:6379', commandTimeout: '200ms', keyPrefix: `cluster-test-${randomUUID().slice(0, 8)}` },
+      },
+    },
   });
   const child: ChildProcess = spawn(process.execPath, [CLI, 'run', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: LogLine[] = [];
@@ -110,7 +117,7 @@ describeWith(['redis-server', 'promtool'], 'two workers behind one primary', () 
 
   beforeAll(async () => {
     backend = await startRecordingBackend();
-    cluster = await startCluster({ backendYaml: `backend:\n  address: 127.0.0.1:${backend.port}\n  healthCheckInterval: 1s` });
+    cluster = await startCluster({ backend: { address: `127.0.0.1:${backend.port}`, healthCheckInterval: '1s' } });
   });
 
   afterAll(async () => {
@@ -214,9 +221,9 @@ describeWith(['redis-server'], 'the primary\'s /readyz reflects its workers\' ba
   // Every client would get 451/454 from these workers: a load balancer must not send them any.
   test('503 naming each worker\'s reasons while no backend answers and the store is down with onStoreFailure: deny', async () => {
     cluster = await startCluster({
-      backendYaml: `backend:\n  address: 127.0.0.1:${await deadPort()}\n  healthCheckInterval: 1s`,
+      backend: { address: `127.0.0.1:${await deadPort()}`, healthCheckInterval: '1s' },
       storeUrl: `redis://127.0.0.1:${await deadPort()}`,
-      limitsYaml: '  onStoreFailure: deny\n',
+      limits: { onStoreFailure: 'deny' },
     });
     const r = await readyz(cluster);
     expect(r.status).toBe(503);
@@ -227,7 +234,7 @@ describeWith(['redis-server'], 'the primary\'s /readyz reflects its workers\' ba
 });
 
 test('workers > 1 with the memory store is refused by smtpgate check', async () => {
-  const { configFile } = await writeGateFiles({ backendPort: 2525, extraYaml: 'workers: 2\n' });
+  const { configFile } = await writeGateFiles({ backendPort: 2525, config: { workers: 2 } });
   const res = await promisify(execFile)(process.execPath, [CLI, 'check', '--config', configFile]).then(
     () => ({ code: 0, stderr: '' }),
     (e: { code: number; stderr: string }) => e,
