@@ -16,15 +16,15 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ALICE, OPEN_LISTENER_YAML, startGate, type Gate } from '../../helpers/gate.js';
+import { ALICE, startGate, type Gate } from '../../helpers/gate.js';
+import { listener, openListener, type ConfigInput } from '../../helpers/config.js';
 import { startChildGate, scrapeMetric, type ChildGate } from '../../helpers/child-gate.js';
 import { startFlakyBackend, type FlakyBackend } from '../../helpers/flaky-backend.js';
 import { closeBackend, eventually, forThisTest, stopGate } from '../../helpers/sessions.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
-const LISTENERS =
-  OPEN_LISTENER_YAML + '  - name: smtps\n    address: 127.0.0.1:0\n    tls: implicit\n  - name: submission\n    address: 127.0.0.1:0\n    tls: starttls\n';
-const EXTRA = 'limits:\n  connectionRate: off\n  concurrentPerIp: 1000\n';
+const LISTENERS = [openListener(), listener('smtps', { tls: 'implicit' }), listener('submission', { tls: 'starttls' })];
+const CONFIG = { limits: { connectionRate: 'off', concurrentPerIp: 1000 } } satisfies Partial<ConfigInput>;
 /** The backend answers final dots after this long, so a client can vanish in between. */
 const FINAL_REPLY_DELAY_MS = 300;
 const REPEAT = 3;
@@ -264,7 +264,7 @@ describe('`smtpgate run` in a child process', () => {
   let gate: ChildGate;
   beforeAll(async () => {
     backend = await startFlakyBackend(() => ({ fault: 'delay-dot', delayMs: FINAL_REPLY_DELAY_MS }));
-    gate = await startChildGate({ backendPort: backend.port, listenersYaml: LISTENERS, extraYaml: EXTRA });
+    gate = await startChildGate({ backendPort: backend.port, listeners: LISTENERS, config: CONFIG });
   });
   afterAll(async () => {
     await gate?.stop();
@@ -295,7 +295,7 @@ describe('an in-process gate', () => {
   beforeAll(async () => {
     process.on('unhandledRejection', onUnhandled);
     backend = await startFlakyBackend(() => ({ fault: 'delay-dot', delayMs: FINAL_REPLY_DELAY_MS }));
-    gate = await startGate({ backendPort: backend.port, listenersYaml: LISTENERS, extraYaml: EXTRA, logLevel: 'info' });
+    gate = await startGate({ backendPort: backend.port, listeners: LISTENERS, config: CONFIG, logLevel: 'info' });
   });
   afterAll(async () => {
     process.off('unhandledRejection', onUnhandled);
@@ -336,7 +336,7 @@ describe('a message pipelined right behind DATA, with a body the smuggling guard
   for (const [what, body] of Object.entries(BAD_BODIES)) {
     test(`${what}: \`smtpgate run\` answers 550 5.5.2 and stays up`, async () => {
       const backend = await forThisTest(startFlakyBackend(() => ({ fault: 'accept' })), closeBackend);
-      const gate = await forThisTest(startChildGate({ backendPort: backend.port, listenersYaml: LISTENERS, extraYaml: EXTRA }), (g) => g.stop());
+      const gate = await forThisTest(startChildGate({ backendPort: backend.port, listeners: LISTENERS, config: CONFIG }), (g) => g.stop());
       const c = await plain(gate.port('open'));
       c.io.write('EHLO pipeliner.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<bob@corp.test>\r\nDATA\r\n' + body);
       await eventually(() => /^(550|451|421) /m.test(c.text) || c.closed, 'a reply to the message, or the connection closed');
@@ -371,7 +371,7 @@ describe('no backend connection outlives its client', () => {
         startFlakyBackend(() => ({ fault: 'delay-dot', delayMs: FINAL_REPLY_DELAY_MS })),
         closeBackend,
       );
-      const gate = await forThisTest(startGate({ backendPort: backend.port, listenersYaml: LISTENERS, extraYaml: EXTRA, logLevel: 'info' }), stopGate);
+      const gate = await forThisTest(startGate({ backendPort: backend.port, listeners: LISTENERS, config: CONFIG, logLevel: 'info' }), stopGate);
       const target = { open: gate.port('open'), smtps: gate.port('smtps'), submission: gate.port('submission') };
       const stage = stages(hello)[name]!;
       for (const how of ['reset', 'close'] as const) {

@@ -18,7 +18,8 @@
 import net from 'node:net';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { OPEN_LISTENER_YAML, startGate, type Gate } from '../../helpers/gate.js';
+import { startGate, type Gate } from '../../helpers/gate.js';
+import { openListener, type DataInput, type LimitsInput } from '../../helpers/config.js';
 import { hasBareCrOrLf, startRawBackend, type RawBackend, type RawConnection } from '../../helpers/raw-backend.js';
 import { messagesOf, parseBackendWire, unstuffWire } from '../../helpers/backend-wire.js';
 import { eventually } from '../../helpers/sessions.js';
@@ -28,7 +29,7 @@ const RUNS = Number(process.env.SMTPGATE_FUZZ_RUNS ?? 0);
 const SEED = process.env.SMTPGATE_FUZZ_SEED === undefined ? undefined : Number(process.env.SMTPGATE_FUZZ_SEED);
 const params = (numRuns: number) => ({ numRuns: RUNS || numRuns, ...(SEED === undefined ? {} : { seed: SEED }) });
 
-const EXTRA = 'limits:\n  connectionRate: off\n  concurrentPerIp: 1000\n';
+const LIMITS: LimitsInput = { connectionRate: 'off', concurrentPerIp: 1000 };
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -48,9 +49,9 @@ afterAll(() => {
 });
 
 /** A gate on an open listener in front of a raw recording backend. */
-async function fuzzTarget(extraYaml = ''): Promise<{ gate: Gate; backend: RawBackend; stop: () => Promise<void> }> {
+async function fuzzTarget(data?: DataInput): Promise<{ gate: Gate; backend: RawBackend; stop: () => Promise<void> }> {
   const backend = await startRawBackend();
-  const gate = await startGate({ backendPort: backend.port, listenersYaml: OPEN_LISTENER_YAML, logLevel: 'warn', extraYaml: EXTRA + extraYaml });
+  const gate = await startGate({ backendPort: backend.port, listeners: [openListener()], logLevel: 'warn', config: { limits: LIMITS, ...(data ? { data } : {}) } });
   return {
     gate,
     backend,
@@ -280,7 +281,7 @@ for (const mode of ['reject', 'normalize'] as const) {
     let target: Awaited<ReturnType<typeof fuzzTarget>>;
     beforeAll(async () => {
       unhandled = [];
-      target = await fuzzTarget(mode === 'normalize' ? 'data:\n  bareLineEndings: normalize\n' : '');
+      target = await fuzzTarget(mode === 'normalize' ? { bareLineEndings: 'normalize' } : undefined);
     });
     afterAll(async () => target?.stop());
 

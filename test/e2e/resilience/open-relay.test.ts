@@ -15,6 +15,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, test } from 'vitest';
 import { startGate, type Gate } from '../../helpers/gate.js';
+import { listener, type LimitsInput } from '../../helpers/config.js';
 import { startRawBackend, type RawBackend } from '../../helpers/raw-backend.js';
 import { describeWith } from '../../helpers/programs.js';
 import { closeBackend, forThisTest, stopGate } from '../../helpers/sessions.js';
@@ -23,25 +24,19 @@ import { SmtpTalk, type Reply } from '../../helpers/smtp-talk.js';
 const run = promisify(execFile);
 
 /** A port-25 style listener: smtpgate's defaults except that TLS and AUTH are optional. */
-const MX_LISTENER = `
-  - name: mx
-    address: 127.0.0.1:0
-    tls: starttls
-    requireTls: false
-    requireAuth: false
-`;
+const MX_LISTENER = listener('mx', { tls: 'starttls', requireTls: false, requireAuth: false });
 const INTERNAL = 'corp.example';
 // Connection-rate limits are not the subject; each attempt below uses a fresh connection.
-const EXTRA = 'limits:\n  connectionRate: off\n';
+const LIMITS: LimitsInput = { connectionRate: 'off' };
 
 async function mxGate(withPolicies: boolean): Promise<{ gate: Gate; backend: RawBackend }> {
   const backend = await forThisTest(startRawBackend(), closeBackend);
   const gate = await forThisTest(
     startGate({
       backendPort: backend.port,
-      listenersYaml: MX_LISTENER,
+      listeners: [MX_LISTENER],
       logLevel: 'info',
-      extraYaml: EXTRA + (withPolicies ? 'policies: policies\n' : ''),
+      config: { limits: LIMITS, ...(withPolicies ? { policies: 'policies' } : {}) },
       beforeStart: async (dir) => {
         if (!withPolicies) return;
         await mkdir(path.join(dir, 'policies'));
