@@ -2,32 +2,22 @@
  * The front door, as a client sees it: TLS before AUTH, AUTH before MAIL, and the backend's
  * answer as the client's answer.
  */
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ALICE, metricValue, startGate, type Gate } from '../../helpers/gate.js';
-import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
+import { describe, expect } from 'vitest';
+import { ALICE, metricValue, type Gate } from '../../helpers/gate.js';
+import { gateTest } from '../../helpers/fixtures.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
-let backend: RecordingBackend;
-let gate: Gate;
+gateTest.override('backendOptions', { refuseRcpt: { 'nobody@corp.test': '550 5.1.1 <nobody@corp.test>: Recipient address rejected' } });
 
-beforeAll(async () => {
-  backend = await startRecordingBackend({ refuseRcpt: { 'nobody@corp.test': '550 5.1.1 <nobody@corp.test>: Recipient address rejected' } });
-  gate = await startGate({ backendPort: backend.port });
-});
-afterAll(async () => {
-  await gate?.stop();
-  await backend?.close();
-});
-
-async function greeted(listener: string, implicitTls = false): Promise<SmtpTalk> {
+async function greeted(gate: Gate, listener: string, implicitTls = false): Promise<SmtpTalk> {
   const c = await SmtpTalk.connect(gate.port(listener), { implicitTls });
   expect((await c.read()).code).toBe(220);
   return c;
 }
 
 describe('before TLS on a STARTTLS listener', () => {
-  test('EHLO offers STARTTLS but not AUTH', async () => {
-    const c = await greeted('submission');
+  gateTest('EHLO offers STARTTLS but not AUTH', async ({ gate }) => {
+    const c = await greeted(gate, 'submission');
     const ehlo = await c.cmd('EHLO client.test');
     expect(ehlo.code).toBe(250);
     expect(ehlo.lines).toContain('STARTTLS');
@@ -35,17 +25,17 @@ describe('before TLS on a STARTTLS listener', () => {
     c.close();
   });
 
-  test('refuses AUTH with 538 5.7.11 before any credential is exchanged', async () => {
-    const c = await greeted('submission');
+  gateTest('refuses AUTH with 538 5.7.11 before any credential is exchanged', async ({ gate }) => {
+    const c = await greeted(gate, 'submission');
     await c.cmd('EHLO client.test');
     const auth = await c.cmd('AUTH LOGIN');
     expect(auth.raw).toMatch(/^538 5\.7\.11 /);
     c.close();
   });
 
-  test('refuses MAIL with 530 5.7.0 and counts the refusal', async () => {
+  gateTest('refuses MAIL with 530 5.7.0 and counts the refusal', async ({ gate }) => {
     const before = await metricValue(gate, 'smtpgate_refusals_total', { stage: 'mail', reason: 'tls_required' });
-    const c = await greeted('submission');
+    const c = await greeted(gate, 'submission');
     await c.cmd('EHLO client.test');
     const mail = await c.cmd('MAIL FROM:<alice@corp.test>');
     expect(mail.raw).toMatch(/^530 5\.7\.0 /);
@@ -55,8 +45,8 @@ describe('before TLS on a STARTTLS listener', () => {
 });
 
 describe('on a tls: none listener', () => {
-  test('AUTH is never offered and gets 538 5.7.11: credentials never cross in cleartext', async () => {
-    const c = await greeted('plain');
+  gateTest('AUTH is never offered and gets 538 5.7.11: credentials never cross in cleartext', async ({ gate }) => {
+    const c = await greeted(gate, 'plain');
     const ehlo = await c.cmd('EHLO client.test');
     expect(ehlo.lines.some((l) => l.startsWith('AUTH') || l === 'STARTTLS')).toBe(false);
     expect((await c.authPlain(ALICE.name, ALICE.password)).raw).toMatch(/^538 5\.7\.11 /);
@@ -65,8 +55,8 @@ describe('on a tls: none listener', () => {
 });
 
 describe('after STARTTLS', () => {
-  test('EHLO offers AUTH PLAIN LOGIN and a wrong password gets 535 5.7.8', async () => {
-    const c = await greeted('submission');
+  gateTest('EHLO offers AUTH PLAIN LOGIN and a wrong password gets 535 5.7.8', async ({ gate }) => {
+    const c = await greeted(gate, 'submission');
     await c.cmd('EHLO client.test');
     expect((await c.starttls()).code).toBe(220);
     const ehlo = await c.cmd('EHLO client.test');
@@ -76,8 +66,8 @@ describe('after STARTTLS', () => {
     c.close();
   });
 
-  test('MAIL before AUTH gets 530 5.7.0', async () => {
-    const c = await greeted('submission');
+  gateTest('MAIL before AUTH gets 530 5.7.0', async ({ gate }) => {
+    const c = await greeted(gate, 'submission');
     await c.cmd('EHLO client.test');
     await c.starttls();
     await c.cmd('EHLO client.test');
@@ -85,8 +75,8 @@ describe('after STARTTLS', () => {
     c.close();
   });
 
-  test('a refused recipient is refused to the client with the backend code; the others get the message', async () => {
-    const c = await greeted('submission');
+  gateTest('a refused recipient is refused to the client with the backend code; the others get the message', async ({ gate, backend }) => {
+    const c = await greeted(gate, 'submission');
     await c.cmd('EHLO client.test');
     await c.starttls();
     await c.cmd('EHLO client.test');
@@ -115,8 +105,8 @@ describe('after STARTTLS', () => {
 });
 
 describe('implicit TLS', () => {
-  test('AUTH is offered at once and a message goes through', async () => {
-    const c = await greeted('smtps', true);
+  gateTest('AUTH is offered at once and a message goes through', async ({ gate, backend }) => {
+    const c = await greeted(gate, 'smtps', true);
     const ehlo = await c.cmd('EHLO client.test');
     expect(ehlo.lines).toContain('AUTH PLAIN LOGIN');
     expect(ehlo.lines).not.toContain('STARTTLS');
@@ -130,8 +120,8 @@ describe('implicit TLS', () => {
   });
 });
 
-test('every refusal is logged with the session id', async () => {
-  const c = await greeted('submission');
+gateTest('every refusal is logged with the session id', async ({ gate }) => {
+  const c = await greeted(gate, 'submission');
   await c.cmd('EHLO client.test');
   await c.cmd('MAIL FROM:<alice@corp.test>');
   c.close();
