@@ -5,10 +5,11 @@
  * is the one the backend learns through XCLIENT.
  */
 import net from 'node:net';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ALICE, metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import { describe, expect } from 'vitest';
+import { ALICE, metricValue } from '../../helpers/gate.js';
+import { gateTest } from '../../helpers/fixtures.js';
+import type { RecordingBackend } from '../../helpers/backends.js';
 import { listener } from '../../helpers/config.js';
-import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
 /** HAProxy doc/proxy-protocol.txt §2.2: signature, PROXY over TCP/IPv4, addresses and ports. */
@@ -32,27 +33,16 @@ function proxyV2Local(): Buffer {
 /** §2.1. */
 const proxyV1 = (src: string, srcPort: number, dst: string, dstPort: number) => Buffer.from(`PROXY TCP4 ${src} ${dst} ${srcPort} ${dstPort}\r\n`, 'latin1');
 
-let backend: RecordingBackend;
-let gate: Gate;
-
-beforeAll(async () => {
-  backend = await startRecordingBackend();
-  gate = await startGate({
-    backendPort: backend.port,
-    listeners: [
-      listener('submission', { tls: 'starttls', proxyProtocol: { trusted: ['127.0.0.1/32'] } }),
-      listener('smtps', { tls: 'implicit', proxyProtocol: { trusted: ['127.0.0.1/32'] } }),
-      listener('impatient', { tls: 'starttls', proxyProtocol: { trusted: ['127.0.0.1/32'], timeout: '300ms' } }),
-    ],
-  });
-});
-afterAll(async () => {
-  await gate?.stop();
-  await backend?.close();
+gateTest.override('gateOptions', {
+  listeners: [
+    listener('submission', { tls: 'starttls', proxyProtocol: { trusted: ['127.0.0.1/32'] } }),
+    listener('smtps', { tls: 'implicit', proxyProtocol: { trusted: ['127.0.0.1/32'] } }),
+    listener('impatient', { tls: 'starttls', proxyProtocol: { trusted: ['127.0.0.1/32'], timeout: '300ms' } }),
+  ],
 });
 
 /** The whole dialogue after the header: (STARTTLS,) EHLO, AUTH and one message; returns what the backend got. */
-async function sendThrough(c: SmtpTalk, opts: { starttls: boolean }) {
+async function sendThrough(backend: RecordingBackend, c: SmtpTalk, opts: { starttls: boolean }) {
   expect((await c.read()).code).toBe(220);
   expect((await c.cmd('EHLO client.test')).code).toBe(250);
   if (opts.starttls) {
@@ -87,38 +77,38 @@ async function rawConnect(port: number, localAddress?: string): Promise<net.Sock
 }
 
 describe('a trusted balancer (127.0.0.1) names the client', () => {
-  test('v2 header, then STARTTLS: the backend sees ADDR=203.0.113.7 and PORT=4242', async () => {
+  gateTest('v2 header, then STARTTLS: the backend sees ADDR=203.0.113.7 and PORT=4242', async ({ gate, backend }) => {
     const c = await SmtpTalk.connect(gate.port('submission'), { preamble: proxyV2('203.0.113.7', 4242, '192.0.2.25', 587) });
-    const got = await sendThrough(c, { starttls: true });
+    const got = await sendThrough(backend, c, { starttls: true });
     expect(got.xclient.ADDR).toBe('203.0.113.7');
     expect(got.xclient.PORT).toBe('4242');
     expect(got.data.toString()).toMatch(/^Received: from client\.test \(unknown \[203\.0\.113\.7\]\)/);
     expect(gate.logs.some((l) => l.msg === 'connect' && l.client === '203.0.113.7')).toBe(true);
   });
 
-  test('v1 header, then STARTTLS: the backend sees ADDR=203.0.113.7', async () => {
+  gateTest('v1 header, then STARTTLS: the backend sees ADDR=203.0.113.7', async ({ gate, backend }) => {
     const c = await SmtpTalk.connect(gate.port('submission'), { preamble: proxyV1('203.0.113.7', 4243, '192.0.2.25', 587) });
-    const got = await sendThrough(c, { starttls: true });
+    const got = await sendThrough(backend, c, { starttls: true });
     expect(got.xclient.ADDR).toBe('203.0.113.7');
     expect(got.xclient.PORT).toBe('4243');
   });
 
-  test('v2 header before the implicit-TLS handshake: the backend sees ADDR=203.0.113.7', async () => {
+  gateTest('v2 header before the implicit-TLS handshake: the backend sees ADDR=203.0.113.7', async ({ gate, backend }) => {
     const c = await SmtpTalk.connect(gate.port('smtps'), { implicitTls: true, preamble: proxyV2('203.0.113.7', 4244, '192.0.2.25', 465) });
-    const got = await sendThrough(c, { starttls: false });
+    const got = await sendThrough(backend, c, { starttls: false });
     expect(got.xclient.ADDR).toBe('203.0.113.7');
     expect(got.xclient.PORT).toBe('4244');
   });
 
-  test("a v2 LOCAL header (the balancer's health check) keeps the real peer address", async () => {
+  gateTest("a v2 LOCAL header (the balancer's health check) keeps the real peer address", async ({ gate, backend }) => {
     const c = await SmtpTalk.connect(gate.port('submission'), { preamble: proxyV2Local() });
-    const got = await sendThrough(c, { starttls: true });
+    const got = await sendThrough(backend, c, { starttls: true });
     expect(got.xclient.ADDR).toBe('127.0.0.1');
   });
 });
 
 describe('everyone else is disconnected before a byte of SMTP', () => {
-  test('a peer that is not in proxyProtocol.trusted (127.0.0.2) gets no greeting, even with a valid header', async () => {
+  gateTest('a peer that is not in proxyProtocol.trusted (127.0.0.2) gets no greeting, even with a valid header', async ({ gate }) => {
     const before = await metricValue(gate, 'smtpgate_refusals_total', { stage: 'connect', reason: 'proxy_protocol' });
     const socket = await rawConnect(gate.port('submission'), '127.0.0.2');
     const received = bytesUntilClosed(socket);
@@ -127,21 +117,21 @@ describe('everyone else is disconnected before a byte of SMTP', () => {
     expect(await metricValue(gate, 'smtpgate_refusals_total', { stage: 'connect', reason: 'proxy_protocol' })).toBe(before + 1);
   });
 
-  test('a trusted peer that speaks SMTP instead of sending a header is disconnected without a greeting', async () => {
+  gateTest('a trusted peer that speaks SMTP instead of sending a header is disconnected without a greeting', async ({ gate }) => {
     const socket = await rawConnect(gate.port('submission'));
     const received = bytesUntilClosed(socket);
     socket.write('EHLO client.test\r\n');
     expect(await received).toBe('');
   });
 
-  test('a trusted peer that sends nothing is disconnected after proxyProtocol.timeout, without a greeting', async () => {
+  gateTest('a trusted peer that sends nothing is disconnected after proxyProtocol.timeout, without a greeting', async ({ gate }) => {
     const socket = await rawConnect(gate.port('impatient'));
     const started = Date.now();
     expect(await bytesUntilClosed(socket)).toBe('');
     expect(Date.now() - started).toBeGreaterThanOrEqual(250);
   });
 
-  test('a trusted peer that starts a TLS handshake instead of sending a header is disconnected', async () => {
+  gateTest('a trusted peer that starts a TLS handshake instead of sending a header is disconnected', async ({ gate }) => {
     await expect(SmtpTalk.connect(gate.port('smtps'), { implicitTls: true })).rejects.toThrow();
   });
 });

@@ -3,34 +3,23 @@
  * AUTH; `trusted.requireTls: false` also lets them send in cleartext. Everyone else still
  * needs TLS and AUTH.
  */
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ALICE, startGate, type Gate } from '../../helpers/gate.js';
+import { describe, expect } from 'vitest';
+import { ALICE, type Gate } from '../../helpers/gate.js';
+import { gateTest } from '../../helpers/fixtures.js';
 import { listener } from '../../helpers/config.js';
-import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
-let backend: RecordingBackend;
-let gate: Gate;
-
-beforeAll(async () => {
-  backend = await startRecordingBackend();
-  gate = await startGate({
-    backendPort: backend.port,
-    listeners: [
-      listener('trusted', { tls: 'starttls', trusted: { networks: ['127.0.0.0/8'] } }),
-      listener('trusted-cleartext', { tls: 'starttls', trusted: { networks: ['127.0.0.0/8'], requireTls: false } }),
-      listener('trusted-plain', { tls: 'none', requireTls: false, trusted: { networks: ['127.0.0.0/8'], requireTls: false } }),
-      listener('elsewhere', { tls: 'starttls', trusted: { networks: ['10.0.0.0/8'] } }),
-      listener('elsewhere-plain', { tls: 'none', requireTls: false, trusted: { networks: ['10.0.0.0/8'], requireTls: false } }),
-    ],
-  });
-});
-afterAll(async () => {
-  await gate?.stop();
-  await backend?.close();
+gateTest.override('gateOptions', {
+  listeners: [
+    listener('trusted', { tls: 'starttls', trusted: { networks: ['127.0.0.0/8'] } }),
+    listener('trusted-cleartext', { tls: 'starttls', trusted: { networks: ['127.0.0.0/8'], requireTls: false } }),
+    listener('trusted-plain', { tls: 'none', requireTls: false, trusted: { networks: ['127.0.0.0/8'], requireTls: false } }),
+    listener('elsewhere', { tls: 'starttls', trusted: { networks: ['10.0.0.0/8'] } }),
+    listener('elsewhere-plain', { tls: 'none', requireTls: false, trusted: { networks: ['10.0.0.0/8'], requireTls: false } }),
+  ],
 });
 
-async function greeted(listener: string, opts: { starttls: boolean }): Promise<SmtpTalk> {
+async function greeted(gate: Gate, listener: string, opts: { starttls: boolean }): Promise<SmtpTalk> {
   const c = await SmtpTalk.connect(gate.port(listener));
   expect((await c.read()).code).toBe(220);
   expect((await c.cmd('EHLO client.test')).code).toBe(250);
@@ -50,8 +39,8 @@ async function send(c: SmtpTalk, subject: string): Promise<number> {
 }
 
 describe('a client in the trusted networks', () => {
-  test('sends without AUTH after STARTTLS, and the message reaches the backend without a login', async () => {
-    const c = await greeted('trusted', { starttls: true });
+  gateTest('sends without AUTH after STARTTLS, and the message reaches the backend without a login', async ({ gate, backend }) => {
+    const c = await greeted(gate, 'trusted', { starttls: true });
     expect(await send(c, 'trusted over TLS')).toBe(250);
     await c.cmd('QUIT');
     const got = backend.messages.at(-1)!;
@@ -60,21 +49,21 @@ describe('a client in the trusted networks', () => {
     expect(got.xclient.LOGIN).toBeUndefined();
   });
 
-  test("still needs TLS when trusted.requireTls is left to the listener's requireTls", async () => {
-    const c = await greeted('trusted', { starttls: false });
+  gateTest("still needs TLS when trusted.requireTls is left to the listener's requireTls", async ({ gate }) => {
+    const c = await greeted(gate, 'trusted', { starttls: false });
     expect((await c.cmd('MAIL FROM:<printer@corp.test>')).raw).toMatch(/^530 5\.7\.0 /);
     c.close();
   });
 
-  test('sends in cleartext on a STARTTLS listener with trusted.requireTls: false', async () => {
-    const c = await greeted('trusted-cleartext', { starttls: false });
+  gateTest('sends in cleartext on a STARTTLS listener with trusted.requireTls: false', async ({ gate, backend }) => {
+    const c = await greeted(gate, 'trusted-cleartext', { starttls: false });
     expect(await send(c, 'trusted in cleartext')).toBe(250);
     await c.cmd('QUIT');
     expect(backend.messages.at(-1)!.data.toString()).toContain('Subject: trusted in cleartext\r\n');
   });
 
-  test('sends in cleartext on a tls: none listener with trusted.requireTls: false', async () => {
-    const c = await greeted('trusted-plain', { starttls: false });
+  gateTest('sends in cleartext on a tls: none listener with trusted.requireTls: false', async ({ gate, backend }) => {
+    const c = await greeted(gate, 'trusted-plain', { starttls: false });
     expect(await send(c, 'trusted on tls none')).toBe(250);
     await c.cmd('QUIT');
     expect(backend.messages.at(-1)!.data.toString()).toContain('Subject: trusted on tls none\r\n');
@@ -82,9 +71,9 @@ describe('a client in the trusted networks', () => {
 });
 
 describe('a client outside the trusted networks (listener trusts only 10.0.0.0/8; client is 127.0.0.1)', () => {
-  test('needs AUTH after STARTTLS like everyone else', async () => {
+  gateTest('needs AUTH after STARTTLS like everyone else', async ({ gate, backend }) => {
     const before = backend.sessions;
-    const c = await greeted('elsewhere', { starttls: true });
+    const c = await greeted(gate, 'elsewhere', { starttls: true });
     expect((await c.cmd('MAIL FROM:<printer@corp.test>')).raw).toMatch(/^530 5\.7\.0 /);
     expect(backend.sessions).toBe(before);
     expect((await c.authPlain(ALICE.name, ALICE.password)).code).toBe(235);
@@ -92,9 +81,9 @@ describe('a client outside the trusted networks (listener trusts only 10.0.0.0/8
     await c.cmd('QUIT');
   });
 
-  test('cannot send in cleartext on a tls: none listener: AUTH is never offered there, so MAIL is refused', async () => {
+  gateTest('cannot send in cleartext on a tls: none listener: AUTH is never offered there, so MAIL is refused', async ({ gate, backend }) => {
     const before = backend.sessions;
-    const c = await greeted('elsewhere-plain', { starttls: false });
+    const c = await greeted(gate, 'elsewhere-plain', { starttls: false });
     expect((await c.cmd('MAIL FROM:<printer@corp.test>')).raw).toMatch(/^530 5\.7\.0 /);
     c.close();
     expect(backend.sessions).toBe(before);
