@@ -4,28 +4,17 @@
  */
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, expect, test } from 'vitest';
-import { startGate, type Gate } from '../../helpers/gate.js';
-import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
+import { expect } from 'vitest';
+import { type Gate } from '../../helpers/gate.js';
+import { gateTest } from '../../helpers/fixtures.js';
 
 const TOKEN = 'a-long-enough-admin-token-0123456789';
-let backend: RecordingBackend;
-let gate: Gate;
-
-beforeAll(async () => {
-  backend = await startRecordingBackend();
-  gate = await startGate({
-    backendPort: backend.port,
-    adminTokenFile: 'admin-token',
-    beforeStart: (dir) => writeFile(path.join(dir, 'admin-token'), `${TOKEN}\n`),
-  });
-});
-afterAll(async () => {
-  await gate?.stop();
-  await backend?.close();
+gateTest.override('gateOptions', {
+  adminTokenFile: 'admin-token',
+  beforeStart: (dir) => writeFile(path.join(dir, 'admin-token'), `${TOKEN}\n`),
 });
 
-test('/limits refuses a request without the token and answers one with it', async () => {
+gateTest('/limits refuses a request without the token and answers one with it', async ({ gate }) => {
   const base = `http://127.0.0.1:${gate.metricsPort}`;
   expect((await fetch(`${base}/limits`)).status).toBe(401);
   expect((await fetch(`${base}/limits`, { headers: { authorization: 'Bearer wrong' } })).status).toBe(401);

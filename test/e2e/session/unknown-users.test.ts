@@ -4,10 +4,10 @@
  * a bcrypt verification runs for an unknown user too, against a hash of a real user's cost.
  * `verify` is wrapped in a spy (the real function still runs) for the in-process gate.
  */
-import { afterAll, beforeAll, beforeEach, expect, test, vi } from 'vitest';
+import { beforeEach, expect, vi } from 'vitest';
 import * as bcrypt from '@node-rs/bcrypt';
-import { ALICE, startGate, type Gate } from '../../helpers/gate.js';
-import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
+import { ALICE, type Gate } from '../../helpers/gate.js';
+import { gateTest } from '../../helpers/fixtures.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
 vi.mock('@node-rs/bcrypt', async (importOriginal) => {
@@ -17,23 +17,12 @@ vi.mock('@node-rs/bcrypt', async (importOriginal) => {
 
 const verify = vi.mocked(bcrypt.verify);
 
-let backend: RecordingBackend;
-let gate: Gate;
-
-beforeAll(async () => {
-  backend = await startRecordingBackend();
-  gate = await startGate({ backendPort: backend.port });
-});
-afterAll(async () => {
-  await gate?.stop();
-  await backend?.close();
-});
 // A block body: a function returned from beforeEach would be run as its teardown.
 beforeEach(() => {
   verify.mockClear();
 });
 
-async function authPlain(user: string, password: string): Promise<number> {
+async function authPlain(gate: Gate, user: string, password: string): Promise<number> {
   const c = await SmtpTalk.connect(gate.port('smtps'), { implicitTls: true });
   await c.read();
   await c.cmd('EHLO client.test');
@@ -45,18 +34,18 @@ async function authPlain(user: string, password: string): Promise<number> {
 /** The bcrypt cost of a "$2b$04$…" hash. */
 const cost = (hash: string) => hash.slice(4, 6);
 
-test('a wrong password for a known user runs one bcrypt verification against that user', async () => {
-  expect(await authPlain(ALICE.name, 'wrong password')).toBe(535);
+gateTest('a wrong password for a known user runs one bcrypt verification against that user', async ({ gate }) => {
+  expect(await authPlain(gate, ALICE.name, 'wrong password')).toBe(535);
   expect(verify).toHaveBeenCalledTimes(1);
   expect(verify.mock.calls[0]![0]).toBe('wrong password');
 });
 
-test('an unknown user also runs one bcrypt verification, against a dummy hash of the same cost', async () => {
-  expect(await authPlain(ALICE.name, 'wrong password')).toBe(535);
+gateTest('an unknown user also runs one bcrypt verification, against a dummy hash of the same cost', async ({ gate }) => {
+  expect(await authPlain(gate, ALICE.name, 'wrong password')).toBe(535);
   const known = verify.mock.calls[0]![1] as string;
   verify.mockClear();
 
-  expect(await authPlain('mallory', 'wrong password')).toBe(535);
+  expect(await authPlain(gate, 'mallory', 'wrong password')).toBe(535);
   expect(verify).toHaveBeenCalledTimes(1);
   const [password, hash] = verify.mock.calls[0]! as [string, string];
   expect(password).toBe('wrong password');
