@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { startGate, type Gate } from '../../helpers/gate.js';
+import { listener } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { deadPort, eventually } from '../../helpers/sessions.js';
 import { describeWith, findProgram } from '../../helpers/programs.js';
@@ -33,15 +34,7 @@ function documentedSection(name: string): string[] {
   return body;
 }
 
-const PROXIED_LISTENER = `
-  - name: proxied
-    address: 127.0.0.1:0
-    tls: none
-    requireTls: false
-    greetingDelay: 0
-    proxyProtocol:
-      trusted: [127.0.0.1/32]
-`;
+const PROXIED_LISTENER = listener('proxied', { tls: 'none', requireTls: false, greetingDelay: 0, proxyProtocol: { trusted: ['127.0.0.1/32'] } });
 
 /** Connects through HAProxy and reads the first line: the greeting, or '' if cut off. */
 function greeting(port: number): Promise<string> {
@@ -70,7 +63,7 @@ describeWith(['haproxy'], 'HAProxy, as docs/deployment.md sets it up, during a d
 
   beforeAll(async () => {
     backend = await startRecordingBackend();
-    for (let i = 0; i < 2; i++) gates.push(await startGate({ backendPort: backend.port, listenersYaml: PROXIED_LISTENER }));
+    for (let i = 0; i < 2; i++) gates.push(await startGate({ backendPort: backend.port, listeners: [PROXIED_LISTENER] }));
     frontPort = await deadPort();
     const backendLines = documentedSection('backend smtpgate_587').filter((l) => !/^\s*server /.test(l));
     const config = [

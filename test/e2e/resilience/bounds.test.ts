@@ -14,7 +14,8 @@ import { rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { expect, test } from 'vitest';
-import { OPEN_LISTENER_YAML, startGate } from '../../helpers/gate.js';
+import { startGate } from '../../helpers/gate.js';
+import { openListener, type ListenerInput } from '../../helpers/config.js';
 import { rssBytes, startChildGate, withOpenFiles } from '../../helpers/child-gate.js';
 import { startRecordingBackend } from '../../helpers/backends.js';
 import { closeBackend, envelope, eventually, forThisTest, stopGate } from '../../helpers/sessions.js';
@@ -105,25 +106,21 @@ async function openIdleConnections(port: number, n: number, mode: 'plain' | 'sta
 }
 
 /** `smtpgate run` as a child process, with room for thousands of connections from loopback. */
-async function gateForManyConnections(listenersYaml?: string) {
+async function gateForManyConnections(listeners?: ListenerInput[]) {
   const backend = await forThisTest(startRecordingBackend(), closeBackend);
   return forThisTest(
     startChildGate({
       backendPort: backend.port,
-      ...(listenersYaml ? { listenersYaml } : {}),
+      ...(listeners ? { listeners } : {}),
       nofile: NOFILE,
-      extraYaml: `limits:
-  connectionRate: off
-  concurrentPerIp: 10000
-  concurrentPerListener: 10000
-`,
+      config: { limits: { connectionRate: 'off', concurrentPerIp: 10000, concurrentPerListener: 10000 } },
     }),
     (g) => g.stop(),
   );
 }
 
 test(`${IDLE_CONNECTIONS} idle connections to \`smtpgate run\` cost at most ${MAX_RSS_PER_CONNECTION / 1024} KB of RSS each`, { timeout: 180_000 }, async () => {
-  const gate = await gateForManyConnections(OPEN_LISTENER_YAML);
+  const gate = await gateForManyConnections([openListener()]);
   const port = gate.port('open');
   // Warm up: the first sessions load and compile code paths that every later one shares.
   const warm = await openIdleConnections(port, 200);
@@ -188,8 +185,8 @@ test('limits.concurrentPerIp: 3 — of 5 connections from 127.0.0.1 exactly 2 ge
   const gate = await forThisTest(
     startGate({
       backendPort: backend.port,
-      listenersYaml: OPEN_LISTENER_YAML,
-      extraYaml: 'limits:\n  connectionRate: off\n  concurrentPerIp: 3\n',
+      listeners: [openListener()],
+      config: { limits: { connectionRate: 'off', concurrentPerIp: 3 } },
     }),
     stopGate,
   );

@@ -18,7 +18,8 @@
  * content derive from the seed and its number alone, whatever the interleaving).
  */
 import { expect, test } from 'vitest';
-import { OPEN_LISTENER_YAML, startGate } from '../../helpers/gate.js';
+import { startGate } from '../../helpers/gate.js';
+import { openListener } from '../../helpers/config.js';
 import { ACCEPTING_FAULTS, FAULTS, prngFor, startFlakyBackend, type Fault, type Plan } from '../../helpers/flaky-backend.js';
 import { hasBareCrOrLf } from '../../helpers/raw-backend.js';
 import { closeBackend, forThisTest, stopGate } from '../../helpers/sessions.js';
@@ -152,20 +153,15 @@ test(`soak: ${MESSAGES} messages through a flaky backend; each one is at the bac
   );
   const gate = await forThisTest(
     startGate({
-      backendYaml: `backend:
-  address: 127.0.0.1:${backend.port}
-  identity: none
-  markDownFor: 0s
-  timeouts:
-    command: 300ms
-    finalReply: 500ms
-    dataIdle: 500ms`,
-      listenersYaml: OPEN_LISTENER_YAML,
+      backend: {
+        address: `127.0.0.1:${backend.port}`,
+        identity: 'none',
+        markDownFor: '0s',
+        timeouts: { command: '300ms', finalReply: '500ms', dataIdle: '500ms' },
+      },
+      listeners: [openListener()],
       logLevel: 'warn',
-      extraYaml: `limits:
-  connectionRate: off
-  concurrentPerIp: 1000
-`,
+      config: { limits: { connectionRate: 'off', concurrentPerIp: 1000 } },
     }),
     stopGate,
   );
