@@ -1,10 +1,9 @@
 /**
  * Command-stream rules smtpgate enforces before smtp-server dispatches a command.
  */
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { MAX_MAIL_OCTETS, checkCommand, hasBareLf } from '../../../src/listener/command-guard.js';
-import { startGate, type Gate } from '../../helpers/gate.js';
-import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
+import { gateTest } from '../../helpers/fixtures.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
 describe('checkCommand (pure)', () => {
@@ -78,18 +77,7 @@ describe('hasBareLf (pure)', () => {
 });
 
 describe('over a real connection', () => {
-  let backend: RecordingBackend;
-  let gate: Gate;
-  beforeAll(async () => {
-    backend = await startRecordingBackend();
-    gate = await startGate({ backendPort: backend.port });
-  });
-  afterAll(async () => {
-    await gate?.stop();
-    await backend?.close();
-  });
-
-  test('a command line ending in a bare LF gets 521 5.5.2 and the connection is closed', async () => {
+  gateTest('a command line ending in a bare LF gets 521 5.5.2 and the connection is closed', async ({ gate }) => {
     const c = await SmtpTalk.connect(gate.port('plain'));
     await c.read();
     expect((await c.cmd('EHLO client.test')).code).toBe(250);
@@ -98,7 +86,7 @@ describe('over a real connection', () => {
     await c.closed;
   });
 
-  test('a CRLF split across two TCP segments is not a bare LF', async () => {
+  gateTest('a CRLF split across two TCP segments is not a bare LF', async ({ gate }) => {
     const c = await SmtpTalk.connect(gate.port('plain'));
     await c.read();
     c.write('EHLO client.test\r');
@@ -110,7 +98,7 @@ describe('over a real connection', () => {
     c.close();
   });
 
-  test('BDAT gets 502 5.5.1 and the session goes on', async () => {
+  gateTest('BDAT gets 502 5.5.1 and the session goes on', async ({ gate }) => {
     const c = await SmtpTalk.connect(gate.port('plain'));
     await c.read();
     await c.cmd('EHLO client.test');
