@@ -11,6 +11,9 @@ import { hashSync } from '@node-rs/bcrypt';
 import { pino } from 'pino';
 import { App, checkConfigFile } from '../../src/app.js';
 import { makeTestCert, type TestCert } from './pki.js';
+import { configYaml, listener, type AuthInput, type BackendInput, type ConfigInput, type ListenerInput, type TlsInput } from './config.js';
+
+type LogInput = NonNullable<ConfigInput['log']>;
 
 export interface GateUser {
   readonly name: string;
@@ -20,32 +23,42 @@ export interface GateUser {
 export const ALICE: GateUser = { name: 'alice', password: 'correct horse battery staple' };
 
 export interface StartGateOptions {
-  /** Port of a single backend on 127.0.0.1; ignored when `backendYaml` is given. */
+  /** Port of a single backend on 127.0.0.1; ignored when `backend.address` or `backendYaml` is given. */
   backendPort?: number;
   /**
-   * The whole `backend:` section (starting with the line `backend:`), for tests that need
-   * several addresses, a strategy, timeouts, an identity mode or fixed credentials.
+   * The `backend:` section, over `{ address: 127.0.0.1:<backendPort> }`: several addresses, a
+   * strategy, timeouts, an identity mode or fixed credentials.
    */
+  backend?: Partial<BackendInput>;
+  /** The listeners; defaults to one STARTTLS, one implicit-TLS and one plaintext listener on free ports. */
+  listeners?: ListenerInput[];
+  /** Keys inside the `tls:` section next to the default certificate (sni, reloadInterval, ...). */
+  tls?: Partial<TlsInput>;
+  /** Replaces the whole `auth:` section (default: the generated users file). */
+  auth?: AuthInput;
+  /** Further top-level sections (limits, policies, data, client, workers, shutdown, ...). */
+  config?: Partial<ConfigInput>;
+  /** YAML text, only for tests about the text itself (else use `backend`): the whole `backend:` section as YAML text. */
   backendYaml?: string;
-  /** YAML for the listeners list; defaults to one STARTTLS and one implicit-TLS listener on free ports. */
+  /** YAML text, only for tests about the text itself (else use `listeners`): the listeners list as YAML text. */
   listenersYaml?: string;
-  /** Extra top-level YAML appended to the config. */
+  /** YAML text, only for tests about the text itself (else use `config`): extra top-level YAML. */
   extraYaml?: string;
+  /** YAML text, only for tests about the text itself (else use `tls`): extra keys inside the `tls:` section, each line indented two spaces. */
+  tlsYaml?: string;
+  /** YAML text, only for tests about the text itself (else use `auth`): the whole `auth:` section as YAML text. */
+  authYaml?: string;
   users?: GateUser[];
   /** Runs after the temp folder is written and before the app loads it (extra files). */
   beforeStart?: (dir: string) => Promise<void>;
-  /** Replaces the whole `auth:` section (default: the generated users file). */
-  authYaml?: string;
   /** log.level; the in-process gate defaults to debug. */
-  logLevel?: string;
+  logLevel?: LogInput['level'];
   /** log.format (json unless told); only matters for a gate run as a child process. */
-  logFormat?: 'json' | 'pretty';
+  logFormat?: LogInput['format'];
   /** Replaces V8's young-generation collection the gate asks for after every 8 MiB read from clients. */
   collect?: () => void;
   /** The default certificate (tls.cert/tls.key); a fresh EC one for "localhost" unless given. */
   cert?: TestCert;
-  /** Extra keys inside the `tls:` section, each line indented two spaces (e.g. "  reloadInterval: 200ms"). */
-  tlsYaml?: string;
   /**
    * metrics.address (default 127.0.0.1:0). Give a fixed port when a separate process must find
    * the running instance from its config alone (`smtpgate limits list` with the memory store).
@@ -66,7 +79,47 @@ export interface Gate {
   stop(): Promise<void>;
 }
 
-const DEFAULT_LISTENERS = `
+const DEFAULT_LISTENERS: ListenerInput[] = [
+  listener('submission', { tls: 'starttls' }),
+  listener('smtps', { tls: 'implicit' }),
+  listener('plain', { tls: 'none', requireTls: false }),
+];
+
+/**
+ * A plaintext listener for internal apps on loopback: no TLS, no AUTH, and loopback is a
+ * trusted network, so relay protection lets it send anywhere (as an internal app relay does).
+ * YAML text for `listenersYaml`; `openListener()` in config.ts is the typed one.
+ */
+export const OPEN_LISTENER_YAML = `
+  - name: open
+    address: 127.0.0.1:0
+    tls: none
+    requireTls: false
+    requireAuth: false
+    trusted:
+      networks: [127.0.0.0/8]
+`;
+
+/** The config a gate runs with, as the file will say it; `writeGateFiles` writes it with `yaml.stringify`. */
+export function gateConfig(opts: StartGateOptions, cert: TestCert): ConfigInput {
+  const given: Partial<BackendInput> = { ...(opts.backendPort === undefined ? {} : { address: `127.0.0.1:${opts.backendPort}` }), ...opts.backend };
+  if (given.address === undefined) throw new Error('startGate needs backendPort or backend.address');
+  // Health probes would be extra connections in tests that count the backend's connections;
+  // they are off unless a test turns them on.
+  const backend: BackendInput = { healthCheckInterval: 0, ...given, address: given.address };
+  return {
+    hostname: 'gate.test',
+    listeners: opts.listeners ?? DEFAULT_LISTENERS,
+    tls: { cert: cert.certFile, key: cert.keyFile, ...opts.tls },
+    auth: opts.auth ?? { users: 'users' },
+    backend,
+    metrics: { address: opts.metricsAddress ?? '127.0.0.1:0', ...(opts.adminTokenFile ? { adminTokenFile: opts.adminTokenFile } : {}) },
+    log: { level: opts.logLevel ?? 'debug', format: opts.logFormat ?? 'json' },
+    ...opts.config,
+  };
+}
+
+const DEFAULT_LISTENERS_YAML = `
   - name: submission
     address: 127.0.0.1:0
     tls: starttls
@@ -79,48 +132,21 @@ const DEFAULT_LISTENERS = `
     requireTls: false
 `;
 
-/**
- * A listener without TLS or AUTH, for relay tests where the front door is not the subject and
- * a plain TCP socket is needed (a client that resets the connection, a 50 MB stream).
- */
-/**
- * A plaintext listener for internal apps on loopback: no TLS, no AUTH, and loopback is a
- * trusted network, so relay protection lets it send anywhere (as an internal app relay does).
- */
-export const OPEN_LISTENER_YAML = `
-  - name: open
-    address: 127.0.0.1:0
-    tls: none
-    requireTls: false
-    requireAuth: false
-    trusted:
-      networks: [127.0.0.0/8]
-`;
+const YAML_TEXT_OPTIONS = ['backendYaml', 'listenersYaml', 'extraYaml', 'tlsYaml', 'authYaml'] as const;
+const TYPED_OPTIONS = ['backend', 'listeners', 'tls', 'auth', 'config'] as const;
 
-export interface GateFiles {
-  readonly dir: string;
-  readonly cert: TestCert;
-  /** The YAML config, ready for `checkConfigFile` or `smtpgate run --config`. */
-  readonly configFile: string;
-}
-
-/** Writes a temp folder with a certificate, a users file and the config; starts nothing. */
-export async function writeGateFiles(opts: StartGateOptions): Promise<GateFiles> {
+/**
+ * The config as YAML text pieced together, for the tests that are about the text itself (flow
+ * sequences, line numbers in messages). Everything else goes through `gateConfig`.
+ */
+function configText(opts: StartGateOptions, cert: TestCert): string {
+  const typed = TYPED_OPTIONS.filter((k) => opts[k] !== undefined);
+  if (typed.length > 0) throw new Error(`startGate: give either the YAML text options or the typed ones, not both (${typed.join(', ')})`);
   if (opts.backendYaml === undefined && opts.backendPort === undefined) throw new Error('startGate needs backendPort or backendYaml');
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-test-'));
-  const cert = opts.cert ?? (await makeTestCert('localhost'));
-  const users = opts.users ?? [ALICE];
-  // Cost 4: fast tests; production hashes come from `htpasswd -B` (cost 5+) or smtpgate user.
-  await writeFile(path.join(dir, 'users'), users.map((u) => `${u.name}:${hashSync(u.password, 4)}\n`).join(''));
   const given = opts.backendYaml ?? `backend:\n  address: 127.0.0.1:${opts.backendPort}`;
-  // Health probes would be extra connections in tests that count the backend's connections;
-  // they are off unless a test turns them on.
   const backend = given.includes('healthCheckInterval') ? given : given.replace(/^backend:\n/, 'backend:\n  healthCheckInterval: 0\n');
-  const configFile = path.join(dir, 'smtpgate.yaml');
-  await writeFile(
-    configFile,
-    `hostname: gate.test
-listeners:${opts.listenersYaml ?? DEFAULT_LISTENERS}
+  return `hostname: gate.test
+listeners:${opts.listenersYaml ?? DEFAULT_LISTENERS_YAML}
 tls:
   cert: ${cert.certFile}
   key: ${cert.keyFile}
@@ -132,8 +158,26 @@ log:
   level: ${opts.logLevel ?? 'debug'}
   format: ${opts.logFormat ?? 'json'}
 ${opts.extraYaml ?? ''}
-`,
-  );
+`;
+}
+
+export interface GateFiles {
+  readonly dir: string;
+  readonly cert: TestCert;
+  /** The YAML config, ready for `checkConfigFile` or `smtpgate run --config`. */
+  readonly configFile: string;
+}
+
+/** Writes a temp folder with a certificate, a users file and the config; starts nothing. */
+export async function writeGateFiles(opts: StartGateOptions): Promise<GateFiles> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-test-'));
+  const cert = opts.cert ?? (await makeTestCert('localhost'));
+  const users = opts.users ?? [ALICE];
+  // Cost 4: fast tests; production hashes come from `htpasswd -B` (cost 5+) or smtpgate user.
+  await writeFile(path.join(dir, 'users'), users.map((u) => `${u.name}:${hashSync(u.password, 4)}\n`).join(''));
+  const configFile = path.join(dir, 'smtpgate.yaml');
+  const text = YAML_TEXT_OPTIONS.some((k) => opts[k] !== undefined) ? configText(opts, cert) : configYaml(gateConfig(opts, cert));
+  await writeFile(configFile, text);
   return { dir, cert, configFile };
 }
 

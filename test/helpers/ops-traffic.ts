@@ -42,9 +42,9 @@ export async function startOpsGates(): Promise<OpsGates> {
   const started: Gate[] = [];
   try {
     const healthy = await startGate({
-      backendYaml: `backend:\n  address: [127.0.0.1:${dead}, 127.0.0.1:${backend.port}]\n  strategy: failover`,
-      authYaml: 'auth:\n  users: users\n  attributes: users.yaml',
-      extraYaml: 'policies: policies\n',
+      backend: { address: [`127.0.0.1:${dead}`, `127.0.0.1:${backend.port}`], strategy: 'failover' },
+      auth: { users: 'users', attributes: 'users.yaml' },
+      config: { policies: 'policies' },
       logLevel: 'warn',
       beforeStart: async (dir) => {
         await cp(path.join(REPO, 'policies'), path.join(dir, 'policies'), { recursive: true });
@@ -53,10 +53,13 @@ export async function startOpsGates(): Promise<OpsGates> {
     });
     started.push(healthy);
     const troubled = await startGate({
-      backendYaml: `backend:\n  address: [127.0.0.1:${dead}, 127.0.0.1:${backend.port}]\n  healthCheckInterval: 1s`,
+      backend: { address: [`127.0.0.1:${dead}`, `127.0.0.1:${backend.port}`], healthCheckInterval: '1s' },
       cert: await makeTestCert('localhost', { days: 5 }),
       logLevel: 'error',
-      extraYaml: `data:\n  bareLineEndings: normalize\nlimits:\n  store:\n    kind: redis\n    url: redis://127.0.0.1:${deadRedis}\n    commandTimeout: 200ms\n`,
+      config: {
+        data: { bareLineEndings: 'normalize' },
+        limits: { store: { kind: 'redis', url: `redis://127.0.0.1:${deadRedis}`, commandTimeout: '200ms' } },
+      },
     });
     started.push(troubled);
     return {

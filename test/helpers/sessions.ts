@@ -24,7 +24,7 @@ export async function authenticatedSession(gate: Gate, opts: { user?: GateUser; 
   return c;
 }
 
-/** A plain TCP session on a listener without TLS or AUTH (OPEN_LISTENER_YAML), after EHLO. */
+/** A plain TCP session on a listener without TLS or AUTH (`openListener()` in config.ts), after EHLO. */
 export async function openSession(gate: Gate, listener = 'open'): Promise<SmtpTalk> {
   const c = await SmtpTalk.connect(gate.port(listener));
   onTestFinished(() => c.close());

@@ -2,7 +2,7 @@
  * BackendHealth's reading of the identity command in each check's EHLO (issue 14, item 10):
  * reported on the first check and on each change only, and listed by withoutIdentity() while
  * the backend is up. The real backends (smtp-sink, Postfix) are in
- * test/e2e/backend-identity-check.test.ts; here a check is a function the test controls.
+ * test/e2e/relay/backend-identity-check.test.ts; here a check is a function the test controls.
  */
 import { describe, expect, it } from 'vitest';
 import { BackendHealth } from '../../src/relay/backend-health.js';

@@ -3,7 +3,7 @@
  * waiting (on the limits store, say) when the client left must not count as a backend failure,
  * or any client could raise smtpgate_backend_errors_total, and the alert on it, by leaving at
  * the right moment. The real-socket cases (client gone mid-DATA, while RCPT or DATA is
- * answered) are in test/e2e/relay-failures.test.ts.
+ * answered) are in test/e2e/relay/failures.test.ts.
  */
 import { EventEmitter } from 'node:events';
 import { describe, expect, test } from 'vitest';

@@ -1,7 +1,7 @@
 /**
  * `listeners[].greetingDelay`: how long a client waits for the 220 (the early-talker check),
  * and the trusted networks that are greeted at once. The decision and the config key; the
- * wire behaviour is in test/e2e/greeting-delay.test.ts.
+ * wire behaviour is in test/e2e/listener/greeting-delay.test.ts.
  */
 import { describe, expect, test } from 'vitest';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';

@@ -1,6 +1,6 @@
 /**
  * The XCLIENT / XFORWARD lines smtpgate builds from a client's identity (src/relay/identity-lines.ts).
- * The real Postfix check is test/e2e/postfix-identity-encoding.test.ts; this pins the rules
+ * The real Postfix check is test/e2e/relay/postfix-identity-encoding.test.ts; this pins the rules
  * for every generated value, including those no Postfix in the test machine would show.
  */
 import { describe, expect, it } from 'vitest';
