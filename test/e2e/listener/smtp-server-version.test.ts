@@ -9,10 +9,10 @@ import { cp, mkdir, mkdtemp, readFile, readdir, symlink, writeFile } from 'node:
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { beforeAll, expect, test } from 'vitest';
-import { TESTED_SMTP_SERVER_VERSIONS } from '../../src/listener/smtp-server-seams.js';
-import { runCli } from '../helpers/cli.js';
+import { TESTED_SMTP_SERVER_VERSIONS } from '../../../src/listener/smtp-server-seams.js';
+import { runCli } from '../../helpers/cli.js';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
+const ROOT = path.resolve(import.meta.dirname, '../../..');
 let cli: string;
 let config: string;
 

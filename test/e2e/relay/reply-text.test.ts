@@ -8,9 +8,9 @@
  * (the command guard's send wrapper, a seams module) keeps doing so.
  */
 import { describe, expect, test } from 'vitest';
-import { startGate } from '../helpers/gate.js';
-import { startRawBackend } from '../helpers/raw-backend.js';
-import { authenticatedSession, forThisTest, stopGate, closeBackend } from '../helpers/sessions.js';
+import { startGate } from '../../helpers/gate.js';
+import { startRawBackend } from '../../helpers/raw-backend.js';
+import { authenticatedSession, forThisTest, stopGate, closeBackend } from '../../helpers/sessions.js';
 
 /** Any byte that a reply line must not carry: C0 controls but TAB, and DEL. */
 const CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/;

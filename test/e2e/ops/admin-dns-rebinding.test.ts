@@ -13,8 +13,8 @@ import { writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { startGate, type Gate } from '../helpers/gate.js';
-import { startRecordingBackend, type RecordingBackend } from '../helpers/backends.js';
+import { startGate, type Gate } from '../../helpers/gate.js';
+import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 
 const TOKEN = 'a-long-enough-admin-token-0123456789';
 let backend: RecordingBackend;

@@ -7,10 +7,10 @@
  * with 421 in the middle of its transaction.
  */
 import { expect, test } from 'vitest';
-import { OPEN_LISTENER_YAML, startGate } from '../helpers/gate.js';
-import { startRawBackend } from '../helpers/raw-backend.js';
-import { SmtpTalk } from '../helpers/smtp-talk.js';
-import { closeBackend, forThisTest, stopGate } from '../helpers/sessions.js';
+import { OPEN_LISTENER_YAML, startGate } from '../../helpers/gate.js';
+import { startRawBackend } from '../../helpers/raw-backend.js';
+import { SmtpTalk } from '../../helpers/smtp-talk.js';
+import { closeBackend, forThisTest, stopGate } from '../../helpers/sessions.js';
 
 test.each([
   { what: 'the line deadline', client: '  timeouts:\n    commandLine: 500ms\n  minCommandRate: 0\n' },

@@ -8,9 +8,9 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
-import { OPEN_LISTENER_YAML, metricValue, startGate, type Gate, type StartGateOptions } from '../helpers/gate.js';
-import { startRecordingBackend, type RecordingBackend } from '../helpers/backends.js';
-import { SmtpTalk } from '../helpers/smtp-talk.js';
+import { OPEN_LISTENER_YAML, metricValue, startGate, type Gate, type StartGateOptions } from '../../helpers/gate.js';
+import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
+import { SmtpTalk } from '../../helpers/smtp-talk.js';
 
 let backend: RecordingBackend | undefined;
 let gate: Gate | undefined;
