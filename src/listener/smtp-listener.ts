@@ -41,17 +41,15 @@ import { MAX_AUTH_LINE_OCTETS, inTransaction, installCommandGuard, type GuardedC
 import type { Limits, ClientFacts } from '../limits/limits.js';
 import { checkRecipient, checkSender } from './address-check.js';
 import type { UserAttributes } from '../auth/user-attributes.js';
-import { evaluate, unmetRequirement } from '../policy/evaluate.js';
 import { buildUserFacts, dataFacts } from '../policy/facts.js';
 import { MessageScanner } from '../policy/mime.js';
-import { limitRefusal } from '../policy/replies.js';
-import { limiterUnavailableRefusal } from '../limits/replies.js';
-import type { Decision, EvaluateOptions, HeaderToAdd, PolicySet, PolicyStage, SessionFacts } from '../policy/types.js';
+import type { PolicySet } from '../policy/types.js';
 import type { TlsManager } from './tls-manager.js';
 import type { WriteBatcher } from '../transport/write-batcher.js';
 import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import { CidrSet } from '../config/cidr.js';
-import { backendIdentity, limitsView, policyView, type SessionSnapshot } from '../session/snapshot.js';
+import { backendIdentity, limitsView, type SessionSnapshot } from '../session/snapshot.js';
+import { Checkpoint, type SnapshotSource } from '../session/checkpoint.js';
 import { installProxyProtocol } from './proxy-protocol.js';
 import { assertSmtpServerSeams, openConnections } from './smtp-server-seams.js';
 
@@ -114,10 +112,10 @@ interface SessionState {
   authMethod?: 'password' | 'certificate';
   /** The client is in the listener's trusted networks. */
   trusted: boolean;
-  /** The policy set captured at connect: a reload never changes the rules mid-session. */
-  readonly policy: PolicySet;
-  /** require_tls / require_auth decided at connect or auth, checked at MAIL. */
-  requirements: Decision[];
+  /** Limits and policy at each stage, with the policy set captured at connect. */
+  readonly checkpoint: Checkpoint;
+  /** The session's snapshot, for the checkpoint. */
+  readonly source: SnapshotSource;
   /**
    * The last stage the session entered (back to `connect` once a message is answered): the
    * stage a session-wide refusal (the session cap, an internal error) is counted and logged at.
@@ -125,9 +123,6 @@ interface SessionState {
   stage: Stage;
   /** Session cap and STARTTLS handshake deadline; cleared at close. */
   timers: NodeJS.Timeout[];
-  /** add_header results: from connect/auth for the whole session, from mail/rcpt per transaction. */
-  sessionHeaders: HeaderToAdd[];
-  txHeaders: HeaderToAdd[];
   messages: number;
   bytes: number;
   lastRefusal?: Refusal;
@@ -135,14 +130,11 @@ interface SessionState {
   acceptedReply?: SmtpReply;
 }
 
-const TRACED: EvaluateOptions = { trace: true };
-const UNTRACED: EvaluateOptions = { trace: false };
-
 /** The client's stream failed (reset mid-DATA), or it closed before the final dot. */
 class ClientAbortError extends Error {}
 /** Thrown into the DATA body stream when a data-stage rule refuses: no final dot is sent. */
 class PolicyRefusalError extends Error {
-  constructor(readonly refusal: Refusal, readonly rule: string) {
+  constructor(readonly refusal: Refusal, readonly rule: string | undefined) {
     super(refusal.text);
   }
 }
@@ -333,6 +325,8 @@ export class SmtpListener {
     const sessionLog = log.child({ session: session.id, listener: config.name });
     const state: SessionState = {
       id: session.id,
+      checkpoint: new Checkpoint({ limits: this.#deps.limits, metrics: metrics.policy, policy: this.#deps.policy(), log: sessionLog }),
+      source: { snapshot: () => this.#snapshot(session, state) },
       log: sessionLog,
       backend: new Backend(this.#deps.openBackend(sessionLog), sessionLog, this.#message, metrics),
       openedAt: Date.now(),
@@ -340,11 +334,7 @@ export class SmtpListener {
       messages: 0,
       bytes: 0,
       trusted: this.#trusted?.has(session.remoteAddress) ?? false,
-      policy: this.#deps.policy(),
-      requirements: [],
       timers: [],
-      sessionHeaders: [],
-      txHeaders: [],
     };
     this.#sessions.set(session.id, state);
     metrics.connectionsOpened.inc({ listener: config.name });
@@ -355,8 +345,8 @@ export class SmtpListener {
     state.timers.push(cap);
     // The connection limits were decided when the connection was accepted (#admit): a
     // connection over them never gets here.
-    const refused = await this.#policy('connect', () => this.#policyFacts(session, state), state);
-    if (refused) return cb(this.#refuse(state, 'connect', refused.refusal, { rule: refused.rule }));
+    const verdict = await state.checkpoint.at('connect', state.source);
+    if (verdict.refusal) return cb(this.#refuse(state, 'connect', verdict.refusal, { rule: verdict.rule }));
     this.#applyCommandVisibility(session);
     cb();
   }
@@ -505,8 +495,8 @@ export class SmtpListener {
     const suspended = await limits.authSucceeded({ ...authFacts, username: outcome.user.username }, reservation);
     if (suspended) return refuseLogin(suspended);
     const name = outcome.user.username;
-    const refused = await this.#policy('auth', () => ({ ...this.#policyFacts(session, state), authenticated: true, user: buildUserFacts(name, this.#deps.attributes(name)) }), state);
-    if (refused) return refuseLogin(refused.refusal, refused.rule);
+    const verdict = await state.checkpoint.at('auth', state.source, () => ({ authenticated: true, user: buildUserFacts(name, this.#deps.attributes(name)) }));
+    if (verdict.refusal) return refuseLogin(verdict.refusal, verdict.rule);
     state.user = name;
     state.authMethod = 'password';
     this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism, result: 'success' });
@@ -530,18 +520,10 @@ export class SmtpListener {
     const badSender = checkSender(address.address, Boolean(address.args && address.args.SMTPUTF8));
     if (badSender) return cb(this.#refuse(state, 'mail', badSender, { from: address.address }));
     const size = address.args && typeof address.args.SIZE === 'string' ? Number(address.args.SIZE) || undefined : undefined;
-    const facts = this.#facts(session, state);
-    const limited = await this.#deps.limits.mailFrom({ ...facts, sender: address.address, size });
-    if (limited) return cb(this.#refuse(state, 'mail', limited, { from: address.address }));
-    state.txHeaders = [];
+    state.checkpoint.startTransaction();
     state.transaction = undefined;
-    const mailFacts = (): SessionFacts => ({ ...this.#policyFacts(session, state), from: address.address, declaredSize: size });
-    for (const held of state.requirements) {
-      const unmet = unmetRequirement(held, mailFacts());
-      if (unmet) return cb(this.#refuse(state, 'mail', unmet, { from: address.address, rule: held.rule }));
-    }
-    const refused = await this.#policy('mail', mailFacts, state);
-    if (refused) return cb(this.#refuse(state, 'mail', refused.refusal, { from: address.address, rule: refused.rule }));
+    const verdict = await state.checkpoint.at('mail', state.source, { from: address.address, declaredSize: size });
+    if (verdict.refusal) return cb(this.#refuse(state, 'mail', verdict.refusal, verdict.rule === undefined ? { from: address.address } : { from: address.address, rule: verdict.rule }));
     const tx = await state.backend.mail(address, this.#identity(session, state));
     if (!(tx instanceof Transaction)) return cb(this.#refuse(state, 'mail', tx, { from: address.address }));
     state.log.debug({ from: address.address }, 'mail accepted');
@@ -563,11 +545,9 @@ export class SmtpListener {
     if (!tx) return cb(new Error('RCPT without a backend transaction'));
     const badRecipient = checkRecipient(address.address, smtputf8);
     if (badRecipient) return cb(this.#refuse(state, 'rcpt', badRecipient, { to: address.address }));
-    const limited = await this.#deps.limits.rcptTo({ ...this.#facts(session, state), recipientsSoFar: session.envelope.rcptTo.length });
-    if (limited) return cb(this.#refuse(state, 'rcpt', limited, { to: address.address }));
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-    const refused = await this.#policy('rcpt', () => ({ ...this.#policyFacts(session, state), from, recipient: address.address }), state);
-    if (refused) return cb(this.#refuse(state, 'rcpt', refused.refusal, { to: address.address, rule: refused.rule }));
+    const verdict = await state.checkpoint.at('rcpt', state.source, { from, recipient: address.address });
+    if (verdict.refusal) return cb(this.#refuse(state, 'rcpt', verdict.refusal, verdict.rule === undefined ? { to: address.address } : { to: address.address, rule: verdict.rule }));
     // A recipient the backend refuses is refused to the client now, with the backend's code.
     const backendRefused = await tx.rcpt(address);
     if (backendRefused) return cb(this.#refuse(state, 'rcpt', backendRefused, { to: address.address }));
@@ -622,7 +602,7 @@ export class SmtpListener {
 
     // Data-stage rules look at the header block and MIME part headers; the scanner keeps only
     // those (bounded), never the body.
-    const set = state.policy;
+    const set = state.checkpoint.policy;
     const scanner = set.needs.headers || set.needs.attachments ? new MessageScanner() : undefined;
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     let sink: MessageSink | undefined;
@@ -671,9 +651,9 @@ export class SmtpListener {
             return fail(err);
           }
           // Before the final dot: a data-stage refusal aborts the backend transaction.
-          const facts = (): SessionFacts => ({ ...this.#policyFacts(session, state), from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: out.bytesIn });
-          this.#policy('data', facts, state).then((refused) => {
-            if (refused) return fail(new PolicyRefusalError(refused.refusal, refused.rule));
+          const facts = () => ({ from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: out.bytesIn });
+          state.checkpoint.at('data', state.source, facts).then((verdict) => {
+            if (verdict.refusal) return fail(new PolicyRefusalError(verdict.refusal, verdict.rule));
             if (settled) return;
             settled = true;
             out.commit().then(resolve, reject);
@@ -714,7 +694,7 @@ export class SmtpListener {
     let text = '';
     if (this.#deps.data.receivedHeader) text += this.#received(session, state);
     // Static text from the policy files (validated at load: no CR/LF, no client input).
-    for (const h of [...state.sessionHeaders, ...state.txHeaders]) text += `${h.name}: ${h.value}\r\n`;
+    for (const h of state.checkpoint.headers()) text += `${h.name}: ${h.value}\r\n`;
     if (this.#deps.data.authenticatedUserHeader && state.user) text += `X-Authenticated-User: ${headerSafe(state.user, 128)}\r\n`;
     return text ? Buffer.from(text, 'latin1') : undefined;
   }
@@ -818,40 +798,6 @@ export class SmtpListener {
       recipients: session.envelope?.rcptTo?.map((r) => r.address) ?? [],
       now: new Date(),
     };
-  }
-
-  /** Facts for the policy engine at any stage; stage-specific ones are added by the caller. */
-  #policyFacts(session: SMTPServerSession, state: SessionState): SessionFacts {
-    return policyView(this.#snapshot(session, state));
-  }
-
-  /**
-   * Evaluates one stage of the session's policy set: counts the decision, logs audit hits
-   * ("would have refused") and the trace, applies the rules' own limits and collects the
-   * headers to add. Returns the refusal, if any, with the rule that made it.
-   */
-  async #policy(stage: PolicyStage, facts: () => SessionFacts, state: SessionState): Promise<{ refusal: Refusal; rule: string } | undefined> {
-    // The trace (a line per rule, with why it matched) is built only when it will be logged.
-    const debug = state.log.isLevelEnabled('debug');
-    const ev = evaluate(state.policy, stage, facts, debug ? TRACED : UNTRACED);
-    this.#deps.metrics.policy.record(ev);
-    if (debug) state.log.debug({ stage, decision: ev.decision.kind, rule: ev.decision.rule, trace: ev.trace }, 'policy evaluated');
-    for (const a of ev.audits) {
-      state.log.warn({ stage, rule: a.rule, code: a.refusal.code, enhanced: a.refusal.enhanced }, `policy audit: would have refused: ${a.refusal.text}`);
-    }
-    const d = ev.decision;
-    if (d.kind === 'refuse') return { refusal: d.refusal, rule: d.rule };
-    if (d.kind === 'require_tls' || d.kind === 'require_auth') state.requirements.push(d);
-    for (const req of ev.limits) {
-      const r = await this.#deps.limits.policyLimit({ bucket: req.bucket, amount: req.rate.amount, windowMs: req.rate.windowMs });
-      if (r === 'unavailable') return { refusal: limiterUnavailableRefusal(stage), rule: req.rule };
-      if (r.limited) return { refusal: limitRefusal(req, r.msBeforeNext), rule: req.rule };
-    }
-    const target = stage === 'connect' || stage === 'auth' ? state.sessionHeaders : state.txHeaders;
-    for (const h of ev.headers) {
-      if (!target.some((t) => t.rule === h.rule && t.name === h.name)) target.push(h);
-    }
-    return undefined;
   }
 
   /** What limits and policy know about the client now. */
