@@ -56,6 +56,10 @@ export class SmtpServerClient implements ClientConnection {
   recipients(): readonly string[] {
     return this.#session.envelope?.rcptTo?.map((r) => r.address) ?? [];
   }
+
+  recipientCount(): number {
+    return this.#session.envelope.rcptTo.length;
+  }
 }
 
 /** The client certificate of a finished handshake (empty fingerprint: the client sent none). */

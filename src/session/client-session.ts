@@ -9,15 +9,19 @@
  * smtp-server's reply. The session sees the client through `ClientConnection` (plain values,
  * no smtp-server types), so unit tests drive it with a fake connection, stage by stage.
  */
+import type { Readable } from 'node:stream';
 import type { Authenticator } from '../auth/authenticator.js';
 import type { UserAttributes } from '../auth/user-attributes.js';
 import type { ListenerConfig } from '../config/schema.js';
 import type { Limits } from '../limits/limits.js';
 import type { Logger } from '../logging/logger.js';
 import type { Metrics } from '../metrics/catalogue.js';
-import { buildUserFacts } from '../policy/facts.js';
+import { buildUserFacts, dataFacts } from '../policy/facts.js';
+import { MessageScanner } from '../policy/mime.js';
+import { headerSafe, receivedHeader } from '../relay/received-header.js';
 import type { PolicySet } from '../policy/types.js';
-import type { Backend, SmtpReply, Transaction } from '../relay/backend.js';
+import { Transaction, replyText, type Backend, type MessageSink, type SmtpReply } from '../relay/backend.js';
+import { checkRecipient, checkSender } from './address-check.js';
 import { codeClass, type Refusal } from '../reply.js';
 import {
   AUTH_CREDENTIALS_INVALID,
@@ -26,10 +30,14 @@ import {
   AUTH_MECHANISM_UNKNOWN,
   AUTH_TEMPORARY_FAILURE,
   AUTH_WITHOUT_TLS,
+  DATA_TOO_LONG,
   INTERNAL_ERROR,
   SESSION_TIME_LIMIT,
+  STARTTLS_REQUIRED,
+  AUTH_REQUIRED,
   TLS_HANDSHAKE_TIMEOUT,
   clientCertificateRefused,
+  dataTooSlow,
 } from '../refusals.js';
 import type { Stage } from '../stage.js';
 import { Checkpoint, OK, type SnapshotSource, type Verdict } from './checkpoint.js';
@@ -55,6 +63,7 @@ export interface ClientConnection {
   inTransaction(): boolean;
   /** Recipients accepted in the transaction so far. */
   recipients(): readonly string[];
+  recipientCount(): number;
 }
 
 /** The client certificate of the TLS handshake, as plain values. */
@@ -78,13 +87,26 @@ export interface AuthCredentials {
 /** What every session of one listener shares. */
 export interface ClientSessionDeps {
   readonly listener: string;
-  readonly limits: Pick<Limits, 'mailFrom' | 'rcptTo' | 'policyLimit' | 'authAllowed' | 'authFailed' | 'authSucceeded' | 'authAbandoned'>;
+  readonly limits: Pick<Limits, 'mailFrom' | 'rcptTo' | 'policyLimit' | 'authAllowed' | 'authFailed' | 'authSucceeded' | 'authAbandoned' | 'messageBytes'>;
+  /** smtpgate's own name, for the Received: header. */
+  readonly hostname: string;
+  /** The headers smtpgate adds to every message. */
+  readonly data: { readonly receivedHeader: boolean; readonly authenticatedUserHeader: boolean };
+  /**
+   * DATA's deadline, and the rate a client must keep up after the grace period (Postfix's
+   * smtpd_min_data_rate; 0: none).
+   */
+  readonly dataPace: { readonly deadline: number; readonly minRate: number; readonly grace: number };
   /** Groups and allowed addresses of a user (auth.attributes). */
   readonly attributes: (user: string) => UserAttributes;
   readonly authenticator: Authenticator | undefined;
   readonly clientCerts: ListenerConfig['clientCerts'];
   readonly timeouts: { readonly session: number; readonly tlsHandshake: number };
-  readonly metrics: Pick<Metrics, 'refusals' | 'connectionsOpened' | 'connectionsClosed' | 'connectionsActive' | 'tlsHandshakes' | 'authAttempts' | 'policy'>;
+  /** MAIL needs TLS first (listener requireTls; trusted networks may have their own setting). */
+  readonly requireTls: { readonly untrusted: boolean; readonly trusted: boolean };
+  /** MAIL needs AUTH first, except from trusted networks. */
+  readonly requireAuth: boolean;
+  readonly metrics: Pick<Metrics, 'refusals' | 'connectionsOpened' | 'connectionsClosed' | 'connectionsActive' | 'tlsHandshakes' | 'authAttempts' | 'policy' | 'messages' | 'messageBytes' | 'recipientsPerMessage'>;
   /** Milliseconds since the epoch. */
   readonly clock: () => number;
   /**
@@ -103,6 +125,21 @@ export interface ClientSessionStart {
   readonly policy: PolicySet;
   /** The client is in the listener's trusted networks. */
   readonly trusted: boolean;
+}
+
+/** DATA's answer: the backend's final reply, or the refusal. */
+export type DataVerdict = { readonly ok: true; readonly reply: SmtpReply; readonly refusal?: undefined } | { readonly ok?: undefined; readonly refusal: Refusal; readonly rule?: string };
+
+/** An envelope address with its ESMTP parameters, as the relay takes it. */
+export type EnvelopeAddress = Parameters<Backend['mail']>[0];
+
+/** The client's stream failed (reset mid-DATA), or it closed before the final dot. */
+class ClientAbortError extends Error {}
+/** Thrown into the DATA body stream when a data-stage rule refuses: no final dot is sent. */
+class PolicyRefusalError extends Error {
+  constructor(readonly refusal: Refusal, readonly rule: string | undefined) {
+    super(refusal.text);
+  }
 }
 
 const AUTH_IDENTITY_FORBIDDEN = /[\r\n\0]/;
@@ -125,7 +162,8 @@ export class ClientSession implements SnapshotSource {
   user: string | undefined;
   authMethod: 'password' | 'certificate' | undefined;
   tlsVersion: string | undefined;
-  /** The backend transaction of the MAIL accepted last. */
+  /** The MAIL accepted last, and its backend transaction. */
+  sender: EnvelopeAddress | undefined;
   transaction: Transaction | undefined;
   /** The backend accepted the MAIL or RCPT being answered: its reply is the client's. */
   acceptedReply: SmtpReply | undefined;
@@ -285,6 +323,247 @@ export class ClientSession implements SnapshotSource {
     metrics.authAttempts.inc({ listener, mechanism, result: 'success' });
     this.log.info({ user: name, mechanism }, 'authenticated');
     return OK;
+  }
+
+  // ── mail ───────────────────────────────────────────────────────────────────────────────
+
+  /**
+   * MAIL FROM: the front door's own rules (STARTTLS, AUTH required), the address syntax, the
+   * checkpoint, then the backend's own answer: a transaction, whose reply is the client's.
+   */
+  async mail(address: EnvelopeAddress): Promise<Verdict> {
+    this.stage = 'mail';
+    const { requireTls, requireAuth } = this.#deps;
+    if ((this.trusted ? requireTls.trusted : requireTls.untrusted) && !this.#connection.secure()) return this.refuse('mail', STARTTLS_REQUIRED);
+    if (requireAuth && !this.user && !this.trusted) return this.refuse('mail', AUTH_REQUIRED);
+    const from = address.address;
+    const badSender = checkSender(from, Boolean(address.args && address.args.SMTPUTF8));
+    if (badSender) return this.refuse('mail', badSender, { from });
+    const size = address.args && typeof address.args.SIZE === 'string' ? Number(address.args.SIZE) || undefined : undefined;
+    this.checkpoint.startTransaction();
+    this.transaction = undefined;
+    const verdict = await this.checkpoint.at('mail', this, { from, declaredSize: size });
+    if (verdict.refusal) return this.refuse('mail', verdict.refusal, verdict.rule === undefined ? { from } : { from, rule: verdict.rule }, verdict.rule);
+    const tx = await this.backend.mail(address, this.identity());
+    if (!(tx instanceof Transaction)) return this.refuse('mail', tx, { from });
+    this.log.debug({ from }, 'mail accepted');
+    this.sender = address;
+    this.transaction = tx;
+    this.acceptedReply = tx.reply;
+    return OK;
+  }
+
+  // ── rcpt ───────────────────────────────────────────────────────────────────────────────
+
+  /** RCPT TO, in the transaction of the MAIL accepted last (`transaction` is set). */
+  async rcpt(address: EnvelopeAddress, tx: Transaction): Promise<Verdict> {
+    this.stage = 'rcpt';
+    const to = address.address;
+    // From the MAIL that was accepted: smtp-server sets envelope.smtpUtf8 even for a MAIL that
+    // was then refused, so that flag may be stale.
+    const sender = this.sender;
+    const badRecipient = checkRecipient(to, Boolean(sender && sender.args && sender.args.SMTPUTF8));
+    if (badRecipient) return this.refuse('rcpt', badRecipient, { to });
+    const verdict = await this.checkpoint.at('rcpt', this, { from: sender ? sender.address : '', recipient: to });
+    if (verdict.refusal) return this.refuse('rcpt', verdict.refusal, verdict.rule === undefined ? { to } : { to, rule: verdict.rule }, verdict.rule);
+    // A recipient the backend refuses is refused to the client now, with the backend's code.
+    const backendRefused = await tx.rcpt(address);
+    if (backendRefused) return this.refuse('rcpt', backendRefused, { to });
+    this.acceptedReply = tx.reply;
+    return OK;
+  }
+
+  // ── data ───────────────────────────────────────────────────────────────────────────────
+
+  /**
+   * DATA: the client's message goes through the data-stage checks into the backend
+   * transaction's message sink; the backend's final reply is the client's.
+   */
+  async data(stream: Readable): Promise<DataVerdict> {
+    this.stage = 'data';
+    const { metrics, listener } = this.#deps;
+    const outcome = await this.#relayMessage(stream);
+    let verdict: DataVerdict;
+    if ('refusal' in outcome) {
+      metrics.messages.inc({ listener, result: outcome.refusal.reason === 'client_aborted' ? 'aborted' : 'refused' });
+      verdict = this.refuse('data', outcome.refusal, outcome.rule ? { rule: outcome.rule } : {}, outcome.rule) as DataVerdict;
+    } else {
+      this.messages++;
+      this.bytes += outcome.bytes;
+      const recipients = this.#connection.recipientCount();
+      metrics.messages.inc({ listener, result: 'relayed' });
+      metrics.messageBytes.observe(outcome.bytes);
+      metrics.recipientsPerMessage.observe(recipients);
+      this.log.info({ bytes: outcome.bytes, recipients, reply: `${outcome.reply.code} ${outcome.reply.text}` }, 'message relayed');
+      this.#deps.limits.messageBytes(this.limitsFacts(), outcome.bytes).catch((err: unknown) => this.log.error({ err }, 'bytes quota update failed'));
+      verdict = { ok: true, reply: outcome.reply };
+    }
+    // The message is answered: the transaction is over, a later timeout is not DATA's.
+    this.stage = 'connect';
+    return verdict;
+  }
+
+  async #relayMessage(stream: Readable): Promise<{ reply: SmtpReply; bytes: number } | { refusal: Refusal; rule?: string }> {
+    // A stream that nobody reads never ends, and smtp-server waits for its end before it
+    // answers: every error path lets the rest of the message flow away.
+    const drain = () => stream.resume();
+    // The client's message stream cut off before its end: the client has left, whatever failed
+    // first (e.g. the backend session, closed by the client's leaving while its 354 was awaited).
+    const clientLeft = () => stream.destroyed && !stream.readableEnded;
+    const tx = this.transaction;
+    if (!tx) {
+      drain();
+      return { refusal: INTERNAL_ERROR };
+    }
+    const notStarted = await tx.data(clientLeft);
+    if (notStarted) {
+      drain();
+      return { refusal: notStarted };
+    }
+
+    // Data-stage rules look at the header block and MIME part headers; the scanner keeps only
+    // those (bounded), never the body.
+    const set = this.checkpoint.policy;
+    const scanner = set.needs.headers || set.needs.attachments ? new MessageScanner() : undefined;
+    const from = this.sender ? this.sender.address : '';
+    let sink: MessageSink | undefined;
+    const watchdog = this.#dataWatchdog(() => sink?.bytesIn ?? 0);
+
+    // The client's bytes go into the relay's message sink chunk by chunk as smtp-server hands
+    // them over: the message is never held whole. The sink writes the final dot only at
+    // commit, once the whole message passed every check here; anything else aborts.
+    let failure: unknown;
+    try {
+      const refused = await new Promise<Refusal | undefined>((resolve, reject) => {
+        let settled = false;
+        const fail = (err: unknown): void => {
+          if (settled) return;
+          settled = true;
+          reject(err);
+        };
+        const out = tx.message(fail);
+        sink = out;
+        const header = this.#prependedHeaders();
+        if (header) out.prepend(header);
+
+        const onData = (chunk: Buffer): void => {
+          if (settled) return;
+          scanner?.write(chunk);
+          let flowing: boolean;
+          try {
+            flowing = out.write(chunk);
+          } catch (err) {
+            return fail(err);
+          }
+          if (!flowing) {
+            stream.pause();
+            out.onDrain(() => stream.resume());
+          }
+        };
+        let ended = false;
+        const onEnd = (): void => {
+          ended = true;
+          // The client's part ends at its final dot; waiting for the backend is not its fault.
+          clearInterval(watchdog);
+          if (settled) return;
+          try {
+            out.end();
+          } catch (err) {
+            return fail(err);
+          }
+          // Before the final dot: a data-stage refusal aborts the backend transaction.
+          const facts = () => ({ from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: out.bytesIn });
+          this.checkpoint.at('data', this, facts).then((verdict) => {
+            if (verdict.refusal) return fail(new PolicyRefusalError(verdict.refusal, verdict.rule));
+            if (settled) return;
+            settled = true;
+            out.commit().then(resolve, reject);
+          }, fail);
+        };
+        // smtp-server destroys the stream with this error when the client leaves mid-message
+        // (it passes the error only to a stream that has an 'error' listener).
+        stream.on('error', (err) => fail(new ClientAbortError(err.message)));
+        stream.on('close', () => {
+          if (!ended) fail(new ClientAbortError('connection closed during DATA'));
+        });
+        stream.on('data', onData);
+        stream.once('end', onEnd);
+        // The client may have left while the backend's 354 was awaited: its stream was
+        // destroyed before these listeners were there to hear it.
+        if (clientLeft()) fail(new ClientAbortError('connection closed during DATA'));
+      });
+      clearInterval(watchdog);
+      if (refused) return { refusal: refused };
+      return { reply: sink!.reply!, bytes: sink!.bytesIn };
+    } catch (err) {
+      failure = err;
+    }
+
+    clearInterval(watchdog);
+    drain();
+    tx.abort();
+    const err = failure;
+    if (err instanceof PolicyRefusalError) {
+      this.log.info({ rule: err.rule }, 'data-stage policy refusal: backend transaction aborted');
+      return { refusal: err.refusal, rule: err.rule };
+    }
+    return { refusal: tx.refusalFor(err, err instanceof ClientAbortError || clientLeft()) };
+  }
+
+  /** Headers smtpgate adds on top of the message; never built from raw client input. */
+  #prependedHeaders(): Buffer | undefined {
+    let text = '';
+    if (this.#deps.data.receivedHeader) text += this.#received();
+    // Static text from the policy files (validated at load: no CR/LF, no client input).
+    for (const h of this.checkpoint.headers()) text += `${h.name}: ${h.value}\r\n`;
+    if (this.#deps.data.authenticatedUserHeader && this.user) text += `X-Authenticated-User: ${headerSafe(this.user, 128)}\r\n`;
+    return text ? Buffer.from(text, 'latin1') : undefined;
+  }
+
+  #received(): string {
+    const c = this.#connection;
+    const version = c.tlsVersion();
+    return receivedHeader({
+      helo: c.helo(),
+      clientAddress: c.remoteAddress,
+      byHost: this.#deps.hostname,
+      protocol: 'ESMTP' + (c.secure() ? 'S' : '') + (this.user ? 'A' : ''),
+      sessionId: this.id,
+      tls: version !== undefined ? { version, cipher: c.tlsCipher() ?? '' } : undefined,
+      recipient: c.recipientCount() === 1 ? c.recipients()[0] : undefined,
+      date: new Date(this.#deps.clock()),
+    });
+  }
+
+  /**
+   * During DATA: the whole phase has a deadline, and after a grace period the client must keep up
+   * `minDataRate` bytes per second (Postfix's smtpd_min_data_rate), so a slow drip can't hold a
+   * session and a backend connection forever.
+   */
+  #dataWatchdog(bytes: () => number): NodeJS.Timeout {
+    const { deadline, minRate, grace } = this.#deps.dataPace;
+    const clock = this.#deps.clock;
+    const start = clock();
+    const timer = setInterval(() => {
+      const elapsed = clock() - start;
+      if (elapsed > deadline) {
+        clearInterval(timer);
+        this.#deps.hangUp(this, DATA_TOO_LONG, 'data', true);
+      } else if (minRate > 0 && elapsed > grace && (bytes() * 1000) / elapsed < minRate) {
+        clearInterval(timer);
+        this.#deps.hangUp(this, dataTooSlow(minRate), 'data', true);
+      }
+    }, 1000);
+    timer.unref();
+    return timer;
+  }
+
+  /** The backend's reply to the MAIL or RCPT being answered, once: the client gets it as is. */
+  takeAcceptedReply(): { code: number; text: string } | undefined {
+    const reply = this.acceptedReply;
+    if (!reply) return undefined;
+    this.acceptedReply = undefined;
+    return { code: reply.code, text: replyText(reply) };
   }
 
   // ── close ──────────────────────────────────────────────────────────────────────────────

@@ -2,7 +2,7 @@
  * The ClientSession driven stage by stage with fakes: a fake connection (plain values), fake
  * limits and authenticator, a fake clock and fake timers; real metrics, read back.
  */
-import { Writable } from 'node:stream';
+import { PassThrough, Readable, Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import { pino } from 'pino';
 import { ClientSession, type ClientConnection, type ClientSessionDeps, type PeerCertificate } from '../../src/session/client-session.js';
@@ -12,11 +12,11 @@ import { readBuildInfo } from '../../src/build-info.js';
 import { emptyPolicySet } from '../../src/policy/load.js';
 import type { Authenticator, AuthOutcome } from '../../src/auth/authenticator.js';
 import type { AuthFacts, AuthReservation } from '../../src/limits/limits.js';
-import type { Backend } from '../../src/relay/backend.js';
+import type { Backend, Transaction } from '../../src/relay/backend.js';
 import type { PolicySet } from '../../src/policy/types.js';
 import type { Refusal } from '../../src/reply.js';
 import type { Stage } from '../../src/stage.js';
-import { AUTH_CREDENTIALS_INVALID, AUTH_IN_TRANSACTION, AUTH_TEMPORARY_FAILURE, AUTH_WITHOUT_TLS, SESSION_TIME_LIMIT, TLS_HANDSHAKE_TIMEOUT } from '../../src/refusals.js';
+import { DATA_TOO_LONG, AUTH_REQUIRED, NON_ASCII_WITHOUT_SMTPUTF8, STARTTLS_REQUIRED, AUTH_CREDENTIALS_INVALID, AUTH_IN_TRANSACTION, AUTH_TEMPORARY_FAILURE, AUTH_WITHOUT_TLS, SESSION_TIME_LIMIT, TLS_HANDSHAKE_TIMEOUT } from '../../src/refusals.js';
 import { policySet } from '../fixtures/policy/load-set.js';
 
 class FakeConnection implements ClientConnection {
@@ -48,6 +48,9 @@ class FakeConnection implements ClientConnection {
   }
   recipients(): readonly string[] {
     return this.rcpts;
+  }
+  recipientCount(): number {
+    return this.rcpts.length;
   }
   /** What a finished STARTTLS handshake leaves. */
   handshake(): void {
@@ -87,6 +90,7 @@ class FakeLimits {
   async authAbandoned() {
     this.calls.push('abandoned');
   }
+  async messageBytes() {}
 }
 
 class FakeAuthenticator implements Authenticator {
@@ -109,6 +113,8 @@ interface Options {
   policy?: PolicySet;
   authenticator?: Authenticator;
   clientCerts?: ClientSessionDeps['clientCerts'];
+  requireTls?: boolean;
+  requireAuth?: boolean;
 }
 
 let now = 1_000_000;
@@ -132,10 +138,15 @@ function sessionWith(opts: Options = {}) {
   const metrics = createMetrics(readBuildInfo());
   const limits = new FakeLimits();
   const hungUp: { refusal: Refusal; stage: Stage; reply: boolean }[] = [];
-  const backend = { closed: 0, aborted: 0 };
+  const backend = { closed: 0, aborted: 0, mails: [] as string[], mailAnswer: undefined as Refusal | undefined };
   const fakeBackend = {
     close: async () => void backend.closed++,
     abort: () => void backend.aborted++,
+    // Only refusals here: an accepted MAIL (a Transaction) is the relay's, covered by its own tests.
+    mail: async (from: { address: string }) => {
+      backend.mails.push(from.address);
+      return backend.mailAnswer ?? { code: 451, enhanced: '4.4.1', text: 'no backend in this test', reason: 'backend_unavailable' };
+    },
   } as unknown as Backend;
   const deps: ClientSessionDeps = {
     listener: 'submission',
@@ -144,6 +155,11 @@ function sessionWith(opts: Options = {}) {
     authenticator: opts.authenticator,
     clientCerts: opts.clientCerts,
     timeouts: { session: 60_000, tlsHandshake: 5_000 },
+    requireTls: { untrusted: opts.requireTls ?? false, trusted: false },
+    requireAuth: opts.requireAuth ?? false,
+    hostname: 'gate.test',
+    data: { receivedHeader: true, authenticatedUserHeader: false },
+    dataPace: { deadline: 600_000, minRate: 0, grace: 30_000 },
     metrics,
     clock: () => now,
     hangUp: (_s, refusal, stage, reply) => hungUp.push({ refusal, stage, reply }),
@@ -318,6 +334,173 @@ describe('auth', () => {
     expect(verdict).toMatchObject({ rule: 'no-bob', refusal: { reason: 'policy' } });
     expect(session.user).toBeUndefined();
     expect(backend.aborted).toBe(1);
+  });
+});
+
+describe('mail', () => {
+  const address = (a: string, args: Record<string, string | boolean> | false = false) => ({ address: a, args }) as Parameters<ClientSession['mail']>[0];
+
+  test('without TLS or AUTH where the listener requires them, MAIL is refused at stage mail before the backend is asked', async () => {
+    for (const [opts, expected] of [
+      [{ requireTls: true }, STARTTLS_REQUIRED],
+      [{ requireAuth: true }, AUTH_REQUIRED],
+    ] as const) {
+      const { session, backend, metrics } = sessionWith(opts);
+      expect((await session.mail(address('alice@corp.example'))).refusal).toBe(expected);
+      expect(session.stage).toBe('mail');
+      expect(backend.mails).toEqual([]);
+      expect((await refusals(metrics)).map((r) => r.stage)).toEqual(['mail']);
+    }
+  });
+
+  test('a non-ASCII sender without SMTPUTF8 is refused before limits, policy and the backend (RFC 6531 §3.4); with it, it goes on', async () => {
+    const { session, backend, lines } = sessionWith();
+    expect((await session.mail(address('jörg@corp.example'))).refusal).toBe(NON_ASCII_WITHOUT_SMTPUTF8);
+    expect(backend.mails).toEqual([]);
+    expect(lines).toContainEqual(expect.objectContaining({ stage: 'mail', from: 'jörg@corp.example' }));
+    await session.mail(address('jörg@corp.example', { SMTPUTF8: true }));
+    expect(backend.mails).toEqual(['jörg@corp.example']);
+  });
+
+  test('a mail-stage rule’s refusal carries the rule; the backend’s own refusal is the client’s, and no transaction is kept', async () => {
+    const ruled = sessionWith({ policy: await policySet('rules:\n  - { name: no-mail, stage: mail, action: reject }\n') });
+    expect(await ruled.session.mail(address('alice@corp.example'))).toMatchObject({ rule: 'no-mail' });
+    expect(ruled.backend.mails).toEqual([]);
+
+    const refused = sessionWith();
+    const backendSays: Refusal = { code: 550, enhanced: '5.1.8', text: 'Sender rejected', reason: 'backend_refused' };
+    refused.backend.mailAnswer = backendSays;
+    expect(await refused.session.mail(address('alice@corp.example'))).toEqual({ refusal: backendSays });
+    expect(refused.backend.mails).toEqual(['alice@corp.example']);
+    expect(refused.session.transaction).toBeUndefined();
+    expect(refused.session.sender).toBeUndefined();
+  });
+});
+
+describe('rcpt', () => {
+  function fakeTransaction(answer?: Refusal) {
+    const asked: string[] = [];
+    const tx = { reply: { code: 250, lines: ['2.1.5 OK'] }, rcpt: async (to: { address: string }) => {
+        asked.push(to.address);
+        return answer;
+      },
+    } as unknown as Transaction;
+    return { tx, asked };
+  }
+  const address = (a: string) => ({ address: a, args: false }) as Parameters<ClientSession['rcpt']>[0];
+
+  test('a recipient the backend accepts is accepted, and the backend’s reply is the one the client gets', async () => {
+    const { session } = sessionWith();
+    session.user = 'alice';
+    const { tx, asked } = fakeTransaction();
+    expect(await session.rcpt(address('bob@corp.example'), tx)).toBe(OK);
+    expect(asked).toEqual(['bob@corp.example']);
+    expect(session.acceptedReply).toBe(tx.reply);
+  });
+
+  test('a rcpt-stage refusal (relay protection here) is counted at stage rcpt and the backend is not asked', async () => {
+    const { session, metrics, lines } = sessionWith();
+    const { tx, asked } = fakeTransaction();
+    const verdict = await session.rcpt(address('someone@elsewhere.example'), tx);
+    expect(verdict).toMatchObject({ refusal: { code: 554, reason: 'relay_denied' }, rule: 'builtin:relay_protection' });
+    expect(asked).toEqual([]);
+    expect(await refusals(metrics)).toEqual([{ stage: 'rcpt', reason: 'relay_denied', value: 1 }]);
+    expect(lines).toContainEqual(expect.objectContaining({ stage: 'rcpt', to: 'someone@elsewhere.example', rule: 'builtin:relay_protection' }));
+  });
+
+  test('a recipient the backend refuses is refused to the client with the backend’s code', async () => {
+    const { session } = sessionWith();
+    session.user = 'alice';
+    const backendSays: Refusal = { code: 550, enhanced: '5.1.1', text: 'No such user', reason: 'backend_refused' };
+    const { tx } = fakeTransaction(backendSays);
+    expect(await session.rcpt(address('nobody@corp.example'), tx)).toEqual({ refusal: backendSays });
+    expect(session.acceptedReply).toBeUndefined();
+  });
+});
+
+describe('data', () => {
+  /** A backend transaction past its 354 whose message sink records what it is given. */
+  function fakeMessageTransaction() {
+    const seen = { prepended: '', body: '', committed: 0, aborted: 0 };
+    let bytesIn = 0;
+    const sink = {
+      get bytesIn() {
+        return bytesIn;
+      },
+      reply: undefined as { code: number; text: string } | undefined,
+      prepend: (h: Buffer) => void (seen.prepended += h.toString('latin1')),
+      write: (c: Buffer) => {
+        seen.body += c.toString('latin1');
+        bytesIn += c.length;
+        return true;
+      },
+      onDrain: () => undefined,
+      end: () => undefined,
+      commit: async () => {
+        seen.committed++;
+        sink.reply = { code: 250, text: '2.0.0 queued as ABC' };
+        return undefined;
+      },
+    };
+    const tx = {
+      data: async () => undefined,
+      message: () => sink,
+      abort: () => void seen.aborted++,
+      refusalFor: (): Refusal => ({ code: 451, enhanced: '4.3.0', text: 'failed', reason: 'backend_unavailable' }),
+    } as unknown as Transaction;
+    return { tx, seen };
+  }
+
+  async function inTransaction(opts: Options = {}) {
+    const s = sessionWith(opts);
+    await s.session.connect();
+    s.connection.heloName = 'client.example';
+    s.connection.rcpts = ['bob@corp.example'];
+    s.session.user = 'alice';
+    s.session.sender = { address: 'alice@corp.example', args: false } as ClientSession['sender'];
+    const t = fakeMessageTransaction();
+    s.session.transaction = t.tx;
+    return { ...s, ...t };
+  }
+
+  test('a message goes to the sink under smtpgate’s headers and is committed; the backend’s reply is the verdict', async () => {
+    const { session, seen, metrics } = await inTransaction({ policy: await policySet('rules:\n  - { name: tag, stage: connect, action: add_header, header: ["X-Tag: yes"] }\n') });
+    // connect ran before the policy had headers in this helper: ask again for the tag.
+    await session.checkpoint.at('connect', session);
+    const verdict = await session.data(Readable.from([Buffer.from('Subject: hi\r\n\r\nbody\r\n')]));
+    expect(verdict).toEqual({ ok: true, reply: { code: 250, text: '2.0.0 queued as ABC' } });
+    expect(seen.prepended).toMatch(/^Received: from client\.example .*by gate\.test/s);
+    expect(seen.prepended).toContain('X-Tag: yes\r\n');
+    expect(seen.body).toBe('Subject: hi\r\n\r\nbody\r\n');
+    expect(seen.committed).toBe(1);
+    expect(session.messages).toBe(1);
+    expect(session.stage).toBe('connect');
+    expect((await metrics.messages.get()).values).toContainEqual(expect.objectContaining({ labels: { listener: 'submission', result: 'relayed' }, value: 1 }));
+  });
+
+  test('a data-stage rule’s refusal aborts the backend transaction without the final dot; it is counted at stage data with the rule', async () => {
+    const { session, seen, metrics, lines } = await inTransaction({ policy: await policySet('rules:\n  - { name: no-big, stage: data, when: { messageSizeOver: 10 }, action: reject }\n') });
+    const verdict = await session.data(Readable.from([Buffer.from('Subject: a long enough message\r\n\r\nbody\r\n')]));
+    expect(verdict).toMatchObject({ refusal: { reason: 'policy' }, rule: 'no-big' });
+    expect(seen.committed).toBe(0);
+    expect(seen.aborted).toBe(1);
+    expect(await refusals(metrics)).toEqual([{ stage: 'data', reason: 'policy', value: 1 }]);
+    expect(lines).toContainEqual(expect.objectContaining({ stage: 'data', rule: 'no-big' }));
+  });
+
+  test('a client still sending at DATA’s deadline is hung up on at stage data', async () => {
+    const { session, hungUp } = await inTransaction();
+    const stream = new PassThrough();
+    const answered = session.data(stream);
+    stream.write('Subject: slow\r\n');
+    // The backend's 354 is in: DATA's clock runs from here.
+    await vi.advanceTimersByTimeAsync(0);
+    now += 600_001;
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(hungUp).toEqual([{ refusal: DATA_TOO_LONG, stage: 'data', reply: true }]);
+    // The listener's 421 makes smtp-server end the stream: the message is aborted.
+    stream.destroy(new Error('closed'));
+    expect((await answered).refusal).toBeDefined();
   });
 });
 
