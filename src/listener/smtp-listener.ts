@@ -272,7 +272,7 @@ export class SmtpListener {
   /** A bug surfaced in a hook: log it and answer 451 4.3.0, so the client retries later. */
   #internalError(session: SMTPServerSession, stage: Stage, err: unknown): SmtpServerError {
     const client = this.#sessions.get(session.id);
-    if (client) return toServerError(client.internalError(stage, err).refusal ?? INTERNAL_ERROR);
+    if (client) return toServerError(client.internalError(stage, err).refusal);
     this.#deps.log.error({ session: session.id, err }, 'internal error in a session hook');
     return toServerError(INTERNAL_ERROR);
   }

@@ -22,7 +22,8 @@ import type { Decision, EvaluateOptions, HeaderToAdd, PolicySet, PolicyStage, Se
 import { limitsView, policyView, type SessionSnapshot } from './snapshot.js';
 
 /** A stage's answer: go on, or the refusal (and the policy rule behind it, if one). */
-export type Verdict = { readonly ok: true; readonly refusal?: undefined; readonly rule?: undefined } | { readonly ok?: undefined; readonly refusal: Refusal; readonly rule?: string };
+export type Verdict = { readonly ok: true; readonly refusal?: undefined; readonly rule?: undefined } | Refused;
+export type Refused = { readonly ok?: undefined; readonly refusal: Refusal; readonly rule?: string };
 
 /** The one "go on" verdict: shared, so the accepting path allocates nothing for it. */
 export const OK: Verdict = Object.freeze({ ok: true });

@@ -13,14 +13,14 @@ import type { Readable } from 'node:stream';
 import type { Authenticator } from '../auth/authenticator.js';
 import type { UserAttributes } from '../auth/user-attributes.js';
 import type { ListenerConfig } from '../config/schema.js';
-import type { Limits } from '../limits/limits.js';
+import type { ClientFacts, Limits } from '../limits/limits.js';
 import type { Logger } from '../logging/logger.js';
 import type { Metrics } from '../metrics/catalogue.js';
 import { buildUserFacts, dataFacts } from '../policy/facts.js';
 import { MessageScanner } from '../policy/mime.js';
 import { headerSafe, receivedHeader } from '../relay/received-header.js';
 import type { PolicySet } from '../policy/types.js';
-import { Transaction, replyText, type Backend, type MessageSink, type SmtpReply } from '../relay/backend.js';
+import { Transaction, replyText, type Backend, type ClientIdentity, type MessageSink, type SmtpReply } from '../relay/backend.js';
 import { checkRecipient, checkSender } from './address-check.js';
 import { codeClass, type Refusal } from '../reply.js';
 import {
@@ -40,10 +40,8 @@ import {
   dataTooSlow,
 } from '../refusals.js';
 import type { Stage } from '../stage.js';
-import { Checkpoint, OK, type SnapshotSource, type Verdict } from './checkpoint.js';
+import { Checkpoint, OK, type Refused, type SnapshotSource, type Verdict } from './checkpoint.js';
 import { backendIdentity, limitsView, type SessionSnapshot } from './snapshot.js';
-import type { ClientFacts } from '../limits/limits.js';
-import type { ClientIdentity } from '../relay/backend.js';
 
 /** What the session reads of the client's connection, as the protocol library has it now. */
 export interface ClientConnection {
@@ -128,7 +126,7 @@ export interface ClientSessionStart {
 }
 
 /** DATA's answer: the backend's final reply, or the refusal. */
-export type DataVerdict = { readonly ok: true; readonly reply: SmtpReply; readonly refusal?: undefined } | { readonly ok?: undefined; readonly refusal: Refusal; readonly rule?: string };
+export type DataVerdict = { readonly ok: true; readonly reply: SmtpReply; readonly refusal?: undefined } | Refused;
 
 /** An envelope address with its ESMTP parameters, as the relay takes it. */
 export type EnvelopeAddress = Parameters<Backend['mail']>[0];
@@ -199,7 +197,8 @@ export class ClientSession implements SnapshotSource {
     this.log.info({ client: this.#connection.remoteAddress, port: this.#connection.remotePort, trusted: this.trusted }, 'connect');
     this.#sessionDeadline = setTimeout(() => this.#deadline(SESSION_TIME_LIMIT, undefined, true), this.#deps.timeouts.session);
     this.#sessionDeadline.unref();
-    return this.#verdict('connect', await this.checkpoint.at('connect', this));
+    const verdict = await this.checkpoint.at('connect', this);
+    return verdict.refusal ? this.refuse('connect', verdict.refusal, { rule: verdict.rule }, verdict.rule) : OK;
   }
 
   // ── tls ────────────────────────────────────────────────────────────────────────────────
@@ -386,7 +385,7 @@ export class ClientSession implements SnapshotSource {
     let verdict: DataVerdict;
     if ('refusal' in outcome) {
       metrics.messages.inc({ listener, result: outcome.refusal.reason === 'client_aborted' ? 'aborted' : 'refused' });
-      verdict = this.refuse('data', outcome.refusal, outcome.rule ? { rule: outcome.rule } : {}, outcome.rule) as DataVerdict;
+      verdict = this.refuse('data', outcome.refusal, outcome.rule ? { rule: outcome.rule } : {}, outcome.rule);
     } else {
       this.messages++;
       this.bytes += outcome.bytes;
@@ -626,20 +625,20 @@ export class ClientSession implements SnapshotSource {
   // ── refusals ───────────────────────────────────────────────────────────────────────────
 
   /** Counts and logs a refusal made at `stage`; returns it as the verdict. */
-  refuse(stage: Stage, r: Refusal, extra?: Record<string, unknown>, rule?: string): Verdict {
+  refuse(stage: Stage, r: Refusal, extra?: Record<string, unknown>, rule?: string): Refused {
     this.lastRefusal = r;
-    this.count(stage, r);
+    this.#count(stage, r);
     this.log.info(extra ? { stage, code: r.code, enhanced: r.enhanced, reason: r.reason, ...extra } : { stage, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
     return rule === undefined ? { refusal: r } : { refusal: r, rule };
   }
 
-  /** Counts a refusal without logging it (the caller logs its own line). */
-  count(stage: Stage, r: Refusal): void {
+  /** smtpgate_refusals_total, by stage and reason (bounded labels: never the client or the user). */
+  #count(stage: Stage, r: Refusal): void {
     this.#deps.metrics.refusals.inc({ listener: this.#deps.listener, stage, reason: r.reason, code_class: codeClass(r.code) });
   }
 
   /** A bug surfaced in a stage: log it and answer 451 4.3.0, so the client retries later. */
-  internalError(stage: Stage, err: unknown): Verdict {
+  internalError(stage: Stage, err: unknown): Refused {
     this.log.error({ session: this.id, err }, 'internal error in a session hook');
     return this.refuse(stage, INTERNAL_ERROR);
   }
@@ -647,10 +646,6 @@ export class ClientSession implements SnapshotSource {
   /** A deadline passed: `stage` undefined is the stage the session is in when it does. */
   #deadline(r: Refusal, stage: Stage | undefined, reply: boolean): void {
     this.#deps.hangUp(this, r, stage ?? this.stage, reply);
-  }
-
-  #verdict(stage: Stage, v: Verdict): Verdict {
-    return v.refusal ? this.refuse(stage, v.refusal, { rule: v.rule }, v.rule) : OK;
   }
 }
 
