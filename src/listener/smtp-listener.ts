@@ -1,158 +1,32 @@
 /**
- * One client-facing listener: smtp-server wired into the session pipeline.
+ * One client-facing listener: the adapter between smtp-server and the sessions. It builds the
+ * SMTPServer, maps each of its callbacks onto the connection's ClientSession
+ * (session/client-session.ts), whose stages decide, and maps their verdicts onto smtp-server's
+ * replies; and it listens, drains and closes.
  *
  *   connect → tls → auth → mail → rcpt → data
- *
- * At every stage the checks run in the same order — the front door's own rules (TLS, AUTH),
- * then limits and policy, then the backend's answer — and the first "no" becomes the SMTP
- * reply. Each refusal is a `Refusal` value that produces the reply, a metric and one log line
- * with the session id.
  */
 import type { TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
 import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
-import type { ListenerConfig } from '../config/schema.js';
-import type { Authenticator } from '../auth/authenticator.js';
 import type { Logger } from '../logging/logger.js';
-import type { Metrics } from '../metrics/catalogue.js';
 import type { Stage } from '../stage.js';
 import { codeClass, toServerError, type Refusal, type SmtpServerError } from '../reply.js';
-import {
-  AUTH_CREDENTIALS_INVALID,
-  AUTH_DATA_INVALID,
-  AUTH_IN_TRANSACTION,
-  AUTH_MECHANISM_UNKNOWN,
-  AUTH_TEMPORARY_FAILURE,
-  AUTH_WITHOUT_TLS,
-  DATA_TOO_LONG,
-  INTERNAL_ERROR,
-  INTERNAL_ERROR_CLOSING,
-  SESSION_TIME_LIMIT,
-  SHUTTING_DOWN,
-  STARTTLS_REQUIRED,
-  AUTH_REQUIRED,
-  TLS_HANDSHAKE_TIMEOUT,
-  clientCertificateRefused,
-  dataTooSlow,
-} from '../refusals.js';
-import { Backend, Transaction, replyText, type BackendSession, type MessageSink, type BareLineEndingMode, type ClientIdentity, type MessageSettings, type SmtpReply } from '../relay/backend.js';
-import { headerSafe, receivedHeader } from '../relay/received-header.js';
+import { INTERNAL_ERROR, INTERNAL_ERROR_CLOSING, SHUTTING_DOWN } from '../refusals.js';
+import { Backend, replyText, type MessageSettings } from '../relay/backend.js';
 import { MAX_AUTH_LINE_OCTETS, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
-import type { Limits, ClientFacts } from '../limits/limits.js';
-import { checkRecipient, checkSender } from './address-check.js';
-import type { UserAttributes } from '../auth/user-attributes.js';
-import { evaluate, unmetRequirement } from '../policy/evaluate.js';
-import { buildUserFacts, dataFacts } from '../policy/facts.js';
-import { MessageScanner } from '../policy/mime.js';
-import { limitRefusal } from '../policy/replies.js';
-import { limiterUnavailableRefusal } from '../limits/replies.js';
-import type { Decision, EvaluateOptions, HeaderToAdd, PolicySet, PolicyStage, SessionFacts } from '../policy/types.js';
-import type { TlsManager } from './tls-manager.js';
-import type { WriteBatcher } from '../transport/write-batcher.js';
-import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import { CidrSet } from '../config/cidr.js';
-import { backendIdentity, limitsView, policyView, type SessionSnapshot } from '../session/snapshot.js';
+import { ClientSession, type ClientSessionDeps } from '../session/client-session.js';
+import { SmtpServerClient, peerCertificate } from './smtp-server-client.js';
+import { sessionDeps, type ListenerDeps } from './listener-deps.js';
 import { installProxyProtocol } from './proxy-protocol.js';
 import { assertSmtpServerSeams, openConnections } from './smtp-server-seams.js';
-
-export interface ListenerTls {
-  readonly manager: TlsManager;
-  /** CA bundle for client certificates, when the listener asks for them. */
-  readonly clientCa?: Buffer;
-}
-
-export interface ClientSettings {
-  readonly timeouts: { readonly command: number; readonly commandLine: number; readonly tlsHandshake: number; readonly data: number; readonly session: number };
-  readonly minCommandRate: number;
-  readonly minCommandRateGrace: number;
-  readonly minDataRate: number;
-  readonly minDataRateGrace: number;
-  readonly maxProtocolErrors: number;
-}
-
-export interface DataSettings {
-  readonly bareLineEndings: BareLineEndingMode;
-  readonly receivedHeader: boolean;
-  readonly authenticatedUserHeader: boolean;
-  readonly maxMessageBytes: number;
-}
-
-export interface ListenerDeps {
-  readonly config: ListenerConfig;
-  /** Rate limits, lockouts and the compromised-account brake. */
-  readonly limits: Limits;
-  /** Groups and allowed addresses of a user (auth.attributes). */
-  readonly attributes: (user: string) => UserAttributes;
-  /** The policy set in force now; a session keeps the one it started with. */
-  readonly policy: () => PolicySet;
-  readonly hostname: string;
-  readonly tls: ListenerTls | undefined;
-  readonly authenticator: Authenticator | undefined;
-  /** Creates the (lazy) backend session for one client session, which logs with `log`. */
-  readonly openBackend: (log: Logger) => BackendSession;
-  readonly data: DataSettings;
-  readonly client: ClientSettings;
-  /** Holds the replies of one event-loop turn so they leave together (optional: tests may write directly). */
-  readonly writes?: WriteBatcher;
-  /** Collects the read buffers relayed client data leaves behind (optional: tests may leave it to V8). */
-  readonly reclaimer?: ReadBufferReclaimer;
-  readonly metrics: Metrics;
-  readonly log: Logger;
-}
-
-/** What smtpgate knows about one client session, beyond smtp-server's own session object. */
-interface SessionState {
-  readonly id: string;
-  readonly log: Logger;
-  readonly backend: Backend;
-  /** The backend transaction of the MAIL accepted last. */
-  transaction?: Transaction;
-  readonly openedAt: number;
-  tlsVersion?: string;
-  user?: string;
-  /** How `user` was established. */
-  authMethod?: 'password' | 'certificate';
-  /** The client is in the listener's trusted networks. */
-  trusted: boolean;
-  /** The policy set captured at connect: a reload never changes the rules mid-session. */
-  readonly policy: PolicySet;
-  /** require_tls / require_auth decided at connect or auth, checked at MAIL. */
-  requirements: Decision[];
-  /**
-   * The last stage the session entered (back to `connect` once a message is answered): the
-   * stage a session-wide refusal (the session cap, an internal error) is counted and logged at.
-   */
-  stage: Stage;
-  /** Session cap and STARTTLS handshake deadline; cleared at close. */
-  timers: NodeJS.Timeout[];
-  /** add_header results: from connect/auth for the whole session, from mail/rcpt per transaction. */
-  sessionHeaders: HeaderToAdd[];
-  txHeaders: HeaderToAdd[];
-  messages: number;
-  bytes: number;
-  lastRefusal?: Refusal;
-  /** The backend accepted the MAIL or RCPT being answered: its reply is the client's. */
-  acceptedReply?: SmtpReply;
-}
-
-const TRACED: EvaluateOptions = { trace: true };
-const UNTRACED: EvaluateOptions = { trace: false };
-
-/** The client's stream failed (reset mid-DATA), or it closed before the final dot. */
-class ClientAbortError extends Error {}
-/** Thrown into the DATA body stream when a data-stage rule refuses: no final dot is sent. */
-class PolicyRefusalError extends Error {
-  constructor(readonly refusal: Refusal, readonly rule: string) {
-    super(refusal.text);
-  }
-}
-
-const AUTH_IDENTITY_FORBIDDEN = /[\r\n\0]/;
 
 export class SmtpListener {
   readonly server: SMTPServer;
   readonly #deps: ListenerDeps;
-  readonly #sessions = new Map<string, SessionState>();
+  readonly #sessions = new Map<string, ClientSession>();
+  readonly #sessionDeps: ClientSessionDeps;
   readonly #disabledCommands: string[];
   readonly #trusted: CidrSet | undefined;
   readonly #message: MessageSettings;
@@ -170,6 +44,7 @@ export class SmtpListener {
     this.#trusted = config.trusted ? new CidrSet(config.trusted.networks) : undefined;
     this.#message = { listener: config.name, bareLineEndings: deps.data.bareLineEndings, maxMessageBytes: deps.data.maxMessageBytes };
     const clientCerts = config.clientCerts;
+    this.#sessionDeps = sessionDeps(deps, (client, r, stage, reply) => this.#kick(client.id, r, stage, reply));
 
     this.server = new SMTPServer({
       name: deps.hostname,
@@ -205,30 +80,12 @@ export class SmtpListener {
       maxCommandLength: MAX_AUTH_LINE_OCTETS + 2,
       logger: false,
       // A hook that throws (a bug) must still answer, or the session would hang.
-      // Each hook first records the stage the session has reached: a timeout or an internal
-      // error is counted and logged at that stage.
       onConnect: (session, cb) => void this.#onConnect(session, cb).catch((err: unknown) => cb(this.#internalError(session, 'connect', err))),
       onSecure: (socket, session, cb) => this.#onSecure(socket, session, cb),
-      onAuth: (auth, session, cb) => {
-        this.#enter(session.id, 'auth');
-        void this.#onAuth(auth, session, cb);
-      },
-      onMailFrom: (address, session, cb) => {
-        this.#enter(session.id, 'mail');
-        void this.#onMailFrom(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, 'mail', err)));
-      },
-      onRcptTo: (address, session, cb) => {
-        this.#enter(session.id, 'rcpt');
-        void this.#onRcptTo(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, 'rcpt', err)));
-      },
-      onData: (stream, session, cb) => {
-        this.#enter(session.id, 'data');
-        // The message is answered: the transaction is over, a later timeout is not DATA's.
-        void this.#onData(stream, session, (err, message) => {
-          this.#enter(session.id, 'connect');
-          cb(err, message);
-        });
-      },
+      onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
+      onMailFrom: (address, session, cb) => void this.#onMailFrom(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, 'mail', err))),
+      onRcptTo: (address, session, cb) => void this.#onRcptTo(address, session, cb).catch((err: unknown) => cb(this.#internalError(session, 'rcpt', err))),
+      onData: (stream, session, cb) => void this.#onData(stream, session, cb),
       onClose: (session) => this.#onClose(session),
     });
     // smtpgate reaches into smtp-server's internals: an untested version must not start.
@@ -246,16 +103,8 @@ export class SmtpListener {
       });
     }
     installCommandGuard(this.server, {
-      onRefusal: (sessionId, r, stage) => {
-        this.#count(r, stage);
-        this.#sessionLog(sessionId).info({ stage, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
-      },
-      onLibraryRefusal: (sessionId, r, stage) => {
-        const state = this.#sessions.get(sessionId);
-        if (state) state.lastRefusal = r;
-        this.#count(r, stage);
-        this.#sessionLog(sessionId).info({ stage, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
-      },
+      onRefusal: (sessionId, r, stage) => this.#guardRefusal(sessionId, r, stage, false),
+      onLibraryRefusal: (sessionId, r, stage) => this.#guardRefusal(sessionId, r, stage, true),
       draining: () => this.#draining,
       maxProtocolErrors: deps.client.maxProtocolErrors,
       greeting: { delayMs: config.greetingDelay, trusted: this.#trusted },
@@ -264,20 +113,8 @@ export class SmtpListener {
       reclaimer: deps.reclaimer,
       onConnection: (conn) => this.#connections.set(conn.id, conn),
       admit: (conn) => this.#admit(conn),
-      onStartTls: (sessionId) => {
-        const state = this.#sessions.get(sessionId);
-        if (!state) return;
-        const timer = setTimeout(() => this.#kick(sessionId, TLS_HANDSHAKE_TIMEOUT, { stage: 'tls', reply: false }), deps.client.timeouts.tlsHandshake);
-        timer.unref();
-        state.timers.push(timer);
-      },
-      takeAcceptedReply: (sessionId) => {
-        const state = this.#sessions.get(sessionId);
-        const reply = state?.acceptedReply;
-        if (!state || !reply) return undefined;
-        state.acceptedReply = undefined;
-        return { code: reply.code, text: replyText(reply) };
-      },
+      onStartTls: (sessionId) => this.#sessions.get(sessionId)?.startingTls(),
+      takeAcceptedReply: (sessionId) => this.#sessions.get(sessionId)?.takeAcceptedReply(),
     });
   }
 
@@ -326,37 +163,19 @@ export class SmtpListener {
     return this.drain(0);
   }
 
-  // ── connect ────────────────────────────────────────────────────────────────────────────
-
   async #onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
     const { config, metrics, log } = this.#deps;
     const sessionLog = log.child({ session: session.id, listener: config.name });
-    const state: SessionState = {
-      id: session.id,
+    const client = new ClientSession(this.#sessionDeps, {
+      connection: new SmtpServerClient(session),
       log: sessionLog,
       backend: new Backend(this.#deps.openBackend(sessionLog), sessionLog, this.#message, metrics),
-      openedAt: Date.now(),
-      stage: 'connect',
-      messages: 0,
-      bytes: 0,
-      trusted: this.#trusted?.has(session.remoteAddress) ?? false,
       policy: this.#deps.policy(),
-      requirements: [],
-      timers: [],
-      sessionHeaders: [],
-      txHeaders: [],
-    };
-    this.#sessions.set(session.id, state);
-    metrics.connectionsOpened.inc({ listener: config.name });
-    metrics.connectionsActive.inc({ listener: config.name });
-    state.log.info({ client: session.remoteAddress, port: session.remotePort, trusted: state.trusted }, 'connect');
-    const cap = setTimeout(() => this.#kick(session.id, SESSION_TIME_LIMIT), this.#deps.client.timeouts.session);
-    cap.unref();
-    state.timers.push(cap);
-    // The connection limits were decided when the connection was accepted (#admit): a
-    // connection over them never gets here.
-    const refused = await this.#policy('connect', () => this.#policyFacts(session, state), state);
-    if (refused) return cb(this.#refuse(state, 'connect', refused.refusal, { rule: refused.rule }));
+      trusted: this.#trusted?.has(session.remoteAddress) ?? false,
+    });
+    this.#sessions.set(session.id, client);
+    const verdict = await client.connect();
+    if (verdict.refusal) return cb(toServerError(verdict.refusal));
     this.#applyCommandVisibility(session);
     cb();
   }
@@ -381,526 +200,97 @@ export class SmtpListener {
     session.disabledCommands = session.secure ? [...this.#disabledCommands] : [...this.#disabledCommands, 'AUTH'];
   }
 
-  // ── tls ────────────────────────────────────────────────────────────────────────────────
-
   /** After the implicit-TLS handshake (right after onConnect) or after STARTTLS. */
   #onSecure(socket: Socket | TLSSocket, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
-    const state = this.#sessions.get(session.id);
-    if (!state) return cb();
-    this.#recordTls(state, session, this.#deps.config.tls === 'implicit' ? 'implicit' : 'starttls');
-    // The handshake finished: its deadline (every timer after the session cap) is over.
-    for (const t of state.timers.splice(1)) clearTimeout(t);
-    // RFC 3207 §4.2: nothing learned before the handshake is trusted after it.
-    state.user = undefined;
-    state.authMethod = undefined;
-    this.#applyCommandVisibility(session);
+    const client = this.#sessions.get(session.id);
+    if (!client) return cb();
     const clientCerts = this.#deps.config.clientCerts;
-    if (clientCerts && 'getPeerCertificate' in socket) {
-      const outcome = this.#clientCertificate(socket, clientCerts, state);
-      if (outcome) return cb(this.#refuse(state, 'tls', outcome));
-    }
-    cb();
+    const verdict = client.secured(this.#deps.config.tls === 'implicit' ? 'implicit' : 'starttls', clientCerts && 'getPeerCertificate' in socket ? peerCertificate(socket) : undefined);
+    this.#applyCommandVisibility(session);
+    cb(verdict.refusal ? toServerError(verdict.refusal) : undefined);
   }
 
-  /** Maps a verified client certificate to a user; refuses when one is required and missing. */
-  #clientCertificate(socket: TLSSocket, opts: NonNullable<ListenerConfig['clientCerts']>, state: SessionState): Refusal | undefined {
-    const cert = socket.getPeerCertificate();
-    const present = Boolean(cert && cert.fingerprint256);
-    if (!present || !socket.authorized) {
-      if (opts.required) {
-        const why = present ? `client certificate not trusted (${String(socket.authorizationError)})` : 'a client certificate is required';
-        return clientCertificateRefused(why);
-      }
-      return undefined;
-    }
-    const cn = typeof cert.subject?.CN === 'string' ? cert.subject.CN : undefined;
-    const match = opts.users.find((m) => (m.fingerprint && m.fingerprint.toUpperCase() === cert.fingerprint256.toUpperCase()) || (m.subjectCN && m.subjectCN === cn));
-    state.log.info({ fingerprint: cert.fingerprint256, subjectCN: cn, user: match?.user }, 'client certificate verified');
-    if (match) {
-      state.user = match.user;
-      state.authMethod = 'certificate';
-      this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism: 'certificate', result: 'success' });
-    }
-    return undefined;
-  }
-
-  #recordTls(state: SessionState, session: SMTPServerSession, kind: 'starttls' | 'implicit'): void {
-    const version = session.tlsOptions ? session.tlsOptions.version : 'unknown';
-    state.tlsVersion = version;
-    this.#deps.metrics.tlsHandshakes.inc({ listener: this.name, kind, version });
-    state.log.debug({ tls: version, cipher: session.tlsOptions ? session.tlsOptions.name : undefined, kind }, 'tls established');
-  }
-
-  // ── auth ───────────────────────────────────────────────────────────────────────────────
-
-  async #onAuth(
-    auth: SMTPServerAuthentication,
-    session: SMTPServerSession,
-    cb: (err: Error | null | undefined, response?: { user?: unknown; message?: string; responseCode?: number }) => void,
-  ): Promise<void> {
-    const state = this.#sessions.get(session.id);
-    const mechanism = auth.method === 'PLAIN' || auth.method === 'LOGIN' ? auth.method : 'other';
-    const fail = (r: Refusal, result: 'failure' | 'refused' | 'error', rule?: string) => {
-      this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism, result });
-      if (state) this.#refuse(state, 'auth', r, { user: printable(auth.username), ...(rule ? { rule } : {}) });
-      cb(null, { responseCode: r.code, message: `${r.enhanced} ${r.text}` });
-    };
-    if (!state) return cb(new Error('unknown session'));
-    if (session.envelope?.mailFrom) {
-      return fail(AUTH_IN_TRANSACTION, 'refused');
-    }
-    // The command guard already refuses AUTH without TLS; this is the backstop for any path
-    // smtp-server might add, because AUTH in cleartext is never acceptable.
-    if (!session.secure) {
-      return fail(AUTH_WITHOUT_TLS, 'refused');
-    }
-    const username = auth.username ?? '';
-    const password = auth.password ?? '';
-    if (mechanism === 'other' || !this.#deps.authenticator) {
-      return fail(AUTH_MECHANISM_UNKNOWN, 'refused');
-    }
-    if (!username || AUTH_IDENTITY_FORBIDDEN.test(username) || AUTH_IDENTITY_FORBIDDEN.test(password) || AUTH_IDENTITY_FORBIDDEN.test(auth.authzid ?? '')) {
-      return fail(AUTH_DATA_INVALID, 'refused');
-    }
-    const limits = this.#deps.limits;
-    const authFacts = { ...this.#facts(session, state), username };
-    // Brute-force lockout is checked before the password is, so a locked-out guesser learns
-    // nothing, not even from timing; the attempt takes its place in the failure counts now, so
-    // parallel guesses can't all be verified before the first failure is counted.
-    const { refusal: locked, reservation } = await limits.authAllowed(authFacts);
-    if (locked) return fail(locked, 'refused');
-    const badCredentials = async () => {
-      const failure = await limits.authFailed(authFacts, reservation);
-      if (failure.lockedOut) {
-        state.log.warn({ client: session.remoteAddress, user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
-      }
-      fail(AUTH_CREDENTIALS_INVALID, 'failure');
-    };
-    // RFC 4616: an authorization identity other than the authentication identity would mean
-    // acting as someone else; smtpgate has no such delegation.
-    if (auth.authzid && auth.authzid !== username) return badCredentials();
-    let outcome;
-    try {
-      outcome = await this.#deps.authenticator.authenticate(
-        { username, password, mechanism, sessionId: session.id, remoteAddress: session.remoteAddress },
-        { backend: state.backend, identity: this.#identity(session, state) },
-      );
-    } catch (err) {
-      state.log.error({ err }, 'auth backend failed');
-      await limits.authAbandoned(reservation);
-      return fail(AUTH_TEMPORARY_FAILURE, 'error');
-    }
-    if (!outcome.ok) {
-      if (outcome.reason !== 'unavailable') return badCredentials();
-      await limits.authAbandoned(reservation);
-      return fail(AUTH_TEMPORARY_FAILURE, 'error');
-    }
-    // A suspended account (compromised-account brake) is told so only once the password is right.
-    // With passthrough auth the backend connection is now logged in as this user: if smtpgate
-    // refuses the login after all, that connection must not carry this session's mail.
-    const refuseLogin = (r: Refusal, rule?: string) => {
-      if (this.#deps.authenticator?.kind === 'backend') state.backend.abort();
-      fail(r, 'refused', rule);
-    };
-    const suspended = await limits.authSucceeded({ ...authFacts, username: outcome.user.username }, reservation);
-    if (suspended) return refuseLogin(suspended);
-    const name = outcome.user.username;
-    const refused = await this.#policy('auth', () => ({ ...this.#policyFacts(session, state), authenticated: true, user: buildUserFacts(name, this.#deps.attributes(name)) }), state);
-    if (refused) return refuseLogin(refused.refusal, refused.rule);
-    state.user = name;
-    state.authMethod = 'password';
-    this.#deps.metrics.authAttempts.inc({ listener: this.name, mechanism, result: 'success' });
-    state.log.info({ user: state.user, mechanism }, 'authenticated');
-    cb(null, { user: outcome.user.username });
-  }
-
-  // ── mail ───────────────────────────────────────────────────────────────────────────────
-
-  async #onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
-    const state = this.#sessions.get(session.id);
-    if (!state) return cb(new Error('unknown session'));
-    const { config } = this.#deps;
-    const requireTls = state.trusted ? (config.trusted?.requireTls ?? config.requireTls) : config.requireTls;
-    if (requireTls && !session.secure) {
-      return cb(this.#refuse(state, 'mail', STARTTLS_REQUIRED));
-    }
-    if (config.requireAuth && !state.user && !state.trusted) {
-      return cb(this.#refuse(state, 'mail', AUTH_REQUIRED));
-    }
-    const badSender = checkSender(address.address, Boolean(address.args && address.args.SMTPUTF8));
-    if (badSender) return cb(this.#refuse(state, 'mail', badSender, { from: address.address }));
-    const size = address.args && typeof address.args.SIZE === 'string' ? Number(address.args.SIZE) || undefined : undefined;
-    const facts = this.#facts(session, state);
-    const limited = await this.#deps.limits.mailFrom({ ...facts, sender: address.address, size });
-    if (limited) return cb(this.#refuse(state, 'mail', limited, { from: address.address }));
-    state.txHeaders = [];
-    state.transaction = undefined;
-    const mailFacts = (): SessionFacts => ({ ...this.#policyFacts(session, state), from: address.address, declaredSize: size });
-    for (const held of state.requirements) {
-      const unmet = unmetRequirement(held, mailFacts());
-      if (unmet) return cb(this.#refuse(state, 'mail', unmet, { from: address.address, rule: held.rule }));
-    }
-    const refused = await this.#policy('mail', mailFacts, state);
-    if (refused) return cb(this.#refuse(state, 'mail', refused.refusal, { from: address.address, rule: refused.rule }));
-    const tx = await state.backend.mail(address, this.#identity(session, state));
-    if (!(tx instanceof Transaction)) return cb(this.#refuse(state, 'mail', tx, { from: address.address }));
-    state.log.debug({ from: address.address }, 'mail accepted');
-    state.transaction = tx;
-    state.acceptedReply = tx.reply;
-    cb();
-  }
-
-  // ── rcpt ───────────────────────────────────────────────────────────────────────────────
-
-  async #onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
-    const state = this.#sessions.get(session.id);
-    if (!state) return cb(new Error('unknown session'));
-    // From the MAIL that was accepted: smtp-server sets envelope.smtpUtf8 even for a MAIL that
-    // was then refused, so that flag may be stale.
-    const mailFrom = session.envelope.mailFrom;
-    const smtputf8 = Boolean(mailFrom && mailFrom.args && mailFrom.args.SMTPUTF8);
-    const tx = state.transaction;
-    if (!tx) return cb(new Error('RCPT without a backend transaction'));
-    const badRecipient = checkRecipient(address.address, smtputf8);
-    if (badRecipient) return cb(this.#refuse(state, 'rcpt', badRecipient, { to: address.address }));
-    const limited = await this.#deps.limits.rcptTo({ ...this.#facts(session, state), recipientsSoFar: session.envelope.rcptTo.length });
-    if (limited) return cb(this.#refuse(state, 'rcpt', limited, { to: address.address }));
-    const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-    const refused = await this.#policy('rcpt', () => ({ ...this.#policyFacts(session, state), from, recipient: address.address }), state);
-    if (refused) return cb(this.#refuse(state, 'rcpt', refused.refusal, { to: address.address, rule: refused.rule }));
-    // A recipient the backend refuses is refused to the client now, with the backend's code.
-    const backendRefused = await tx.rcpt(address);
-    if (backendRefused) return cb(this.#refuse(state, 'rcpt', backendRefused, { to: address.address }));
-    state.acceptedReply = tx.reply;
-    cb();
-  }
-
-  // ── data ───────────────────────────────────────────────────────────────────────────────
-
-  async #onData(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): Promise<void> {
-    const state = this.#sessions.get(session.id);
-    if (!state) {
-      stream.resume();
-      return cb(new Error('unknown session'));
-    }
-    const outcome = await this.#relayMessage(stream, session, state);
-    if ('refusal' in outcome) {
-      this.#deps.metrics.messages.inc({ listener: this.name, result: outcome.refusal.reason === 'client_aborted' ? 'aborted' : 'refused' });
-      return cb(this.#refuse(state, 'data', outcome.refusal, outcome.rule ? { rule: outcome.rule } : {}));
-    }
-    state.messages++;
-    state.bytes += outcome.bytes;
-    this.#deps.metrics.messages.inc({ listener: this.name, result: 'relayed' });
-    this.#deps.metrics.messageBytes.observe(outcome.bytes);
-    this.#deps.metrics.recipientsPerMessage.observe(session.envelope.rcptTo.length);
-    state.log.info({ bytes: outcome.bytes, recipients: session.envelope.rcptTo.length, reply: `${outcome.reply.code} ${outcome.reply.text}` }, 'message relayed');
-    this.#deps.limits.messageBytes(this.#facts(session, state), outcome.bytes).catch((err: unknown) => state.log.error({ err }, 'bytes quota update failed'));
-    cb(null, replyText(outcome.reply));
-  }
-
-  async #relayMessage(
-    stream: SMTPServerDataStream,
-    session: SMTPServerSession,
-    state: SessionState,
-  ): Promise<{ reply: SmtpReply; bytes: number } | { refusal: Refusal; rule?: string }> {
-    // A stream that nobody reads never ends, and smtp-server waits for its end before it
-    // answers: every error path lets the rest of the message flow away.
-    const drain = () => stream.resume();
-    // The client's message stream cut off before its end: the client has left, whatever failed
-    // first (e.g. the backend session, closed by the client's leaving while its 354 was awaited).
-    const clientLeft = () => stream.destroyed && !stream.readableEnded;
-    const tx = state.transaction;
-    if (!tx) {
-      drain();
-      return { refusal: INTERNAL_ERROR };
-    }
-    const notStarted = await tx.data(clientLeft);
-    if (notStarted) {
-      drain();
-      return { refusal: notStarted };
-    }
-
-    // Data-stage rules look at the header block and MIME part headers; the scanner keeps only
-    // those (bounded), never the body.
-    const set = state.policy;
-    const scanner = set.needs.headers || set.needs.attachments ? new MessageScanner() : undefined;
-    const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-    let sink: MessageSink | undefined;
-    const watchdog = this.#dataWatchdog(session.id, () => sink?.bytesIn ?? 0);
-
-    // The client's bytes go into the relay's message sink chunk by chunk as smtp-server hands
-    // them over: the message is never held whole. The sink writes the final dot only at
-    // commit, once the whole message passed every check here; anything else aborts.
-    let failure: unknown;
-    try {
-      const refused = await new Promise<Refusal | undefined>((resolve, reject) => {
-        let settled = false;
-        const fail = (err: unknown): void => {
-          if (settled) return;
-          settled = true;
-          reject(err);
-        };
-        const out = tx.message(fail);
-        sink = out;
-        const header = this.#prependedHeaders(session, state);
-        if (header) out.prepend(header);
-
-        const onData = (chunk: Buffer): void => {
-          if (settled) return;
-          scanner?.write(chunk);
-          let flowing: boolean;
-          try {
-            flowing = out.write(chunk);
-          } catch (err) {
-            return fail(err);
-          }
-          if (!flowing) {
-            stream.pause();
-            out.onDrain(() => stream.resume());
-          }
-        };
-        let ended = false;
-        const onEnd = (): void => {
-          ended = true;
-          // The client's part ends at its final dot; waiting for the backend is not its fault.
-          clearInterval(watchdog);
-          if (settled) return;
-          try {
-            out.end();
-          } catch (err) {
-            return fail(err);
-          }
-          // Before the final dot: a data-stage refusal aborts the backend transaction.
-          const facts = (): SessionFacts => ({ ...this.#policyFacts(session, state), from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: out.bytesIn });
-          this.#policy('data', facts, state).then((refused) => {
-            if (refused) return fail(new PolicyRefusalError(refused.refusal, refused.rule));
-            if (settled) return;
-            settled = true;
-            out.commit().then(resolve, reject);
-          }, fail);
-        };
-        // smtp-server destroys the stream with this error when the client leaves mid-message
-        // (it passes the error only to a stream that has an 'error' listener).
-        stream.on('error', (err) => fail(new ClientAbortError(err.message)));
-        stream.on('close', () => {
-          if (!ended) fail(new ClientAbortError('connection closed during DATA'));
-        });
-        stream.on('data', onData);
-        stream.once('end', onEnd);
-        // The client may have left while the backend's 354 was awaited: its stream was
-        // destroyed before these listeners were there to hear it.
-        if (clientLeft()) fail(new ClientAbortError('connection closed during DATA'));
-      });
-      clearInterval(watchdog);
-      if (refused) return { refusal: refused };
-      return { reply: sink!.reply!, bytes: sink!.bytesIn };
-    } catch (err) {
-      failure = err;
-    }
-
-    clearInterval(watchdog);
-    drain();
-    tx.abort();
-    const err = failure;
-    if (err instanceof PolicyRefusalError) {
-      state.log.info({ rule: err.rule }, 'data-stage policy refusal: backend transaction aborted');
-      return { refusal: err.refusal, rule: err.rule };
-    }
-    return { refusal: tx.refusalFor(err, err instanceof ClientAbortError || clientLeft()) };
-  }
-
-  /** Headers smtpgate adds on top of the message; never built from raw client input. */
-  #prependedHeaders(session: SMTPServerSession, state: SessionState): Buffer | undefined {
-    let text = '';
-    if (this.#deps.data.receivedHeader) text += this.#received(session, state);
-    // Static text from the policy files (validated at load: no CR/LF, no client input).
-    for (const h of [...state.sessionHeaders, ...state.txHeaders]) text += `${h.name}: ${h.value}\r\n`;
-    if (this.#deps.data.authenticatedUserHeader && state.user) text += `X-Authenticated-User: ${headerSafe(state.user, 128)}\r\n`;
-    return text ? Buffer.from(text, 'latin1') : undefined;
-  }
-
-  #received(session: SMTPServerSession, state: SessionState): string {
-    const rcpts = session.envelope.rcptTo;
-    return receivedHeader({
-      helo: session.hostNameAppearsAs || undefined,
-      clientAddress: session.remoteAddress,
-      byHost: this.#deps.hostname,
-      protocol: 'ESMTP' + (session.secure ? 'S' : '') + (state.user ? 'A' : ''),
-      sessionId: session.id,
-      tls: session.tlsOptions ? { version: session.tlsOptions.version, cipher: session.tlsOptions.name } : undefined,
-      recipient: rcpts.length === 1 ? rcpts[0]!.address : undefined,
-      date: new Date(),
+  #onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (err: Error | null | undefined, response?: { user?: unknown; message?: string; responseCode?: number }) => void): void {
+    const client = this.#sessions.get(session.id);
+    if (!client) return cb(new Error('unknown session'));
+    void client.auth(auth).then((verdict) => {
+      const r = verdict.refusal;
+      if (r) cb(null, { responseCode: r.code, message: `${r.enhanced} ${r.text}` });
+      else cb(null, { user: client.user });
     });
   }
 
-  // ── close ──────────────────────────────────────────────────────────────────────────────
+  async #onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
+    const client = this.#sessions.get(session.id);
+    if (!client) return cb(new Error('unknown session'));
+    const verdict = await client.mail(address);
+    cb(verdict.refusal ? toServerError(verdict.refusal) : undefined);
+  }
+
+  async #onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
+    const client = this.#sessions.get(session.id);
+    if (!client) return cb(new Error('unknown session'));
+    const tx = client.transaction;
+    if (!tx) return cb(new Error('RCPT without a backend transaction'));
+    const verdict = await client.rcpt(address, tx);
+    cb(verdict.refusal ? toServerError(verdict.refusal) : undefined);
+  }
+
+  async #onData(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): Promise<void> {
+    const client = this.#sessions.get(session.id);
+    if (!client) {
+      stream.resume();
+      return cb(new Error('unknown session'));
+    }
+    const verdict = await client.data(stream);
+    if (verdict.refusal) return cb(toServerError(verdict.refusal));
+    cb(null, replyText(verdict.reply));
+  }
 
   #onClose(session: SMTPServerSession): void {
-    // First, before anything else: a client that left before onConnect ran has no state, but
+    // First, before anything else: a client that left before onConnect ran has no session, but
     // it was counted by the connection limits when it was accepted.
     this.#connections.delete(session.id);
     this.#deps.limits.connectionClosed({ session: session.id });
-    const state = this.#sessions.get(session.id);
-    if (!state) return;
+    const client = this.#sessions.get(session.id);
+    if (!client) return;
     this.#sessions.delete(session.id);
-    for (const t of state.timers) clearTimeout(t);
-    this.#deps.metrics.connectionsClosed.inc({ listener: this.name });
-    this.#deps.metrics.connectionsActive.dec({ listener: this.name });
-    void state.backend.close();
-    state.log.info(
-      {
-        client: session.remoteAddress,
-        tls: state.tlsVersion ?? 'none',
-        user: state.user,
-        messages: state.messages,
-        bytes: state.bytes,
-        durationMs: Date.now() - state.openedAt,
-        lastRefusal: state.lastRefusal ? `${state.lastRefusal.code} ${state.lastRefusal.enhanced}` : undefined,
-        reason: state.lastRefusal?.reason,
-      },
-      'session closed',
-    );
+    client.close();
   }
 
-  // ── shared ─────────────────────────────────────────────────────────────────────────────
-
-  /**
-   * Closes a session with a 421 (smtp-server closes after any 421). A message in DATA is then
-   * aborted without the final dot by the client-abort path. `reply: false` when no reply can
-   * be written (mid-handshake).
-   */
-  #kick(sessionId: string, r: Refusal, opts: { stage?: Stage; reply?: boolean } = {}): void {
+  /** Ends a session with a 421 (smtp-server closes after any 421; a message in DATA is then
+   *  aborted without the final dot), or with a plain close mid-handshake (`reply: false`). */
+  #kick(sessionId: string, r: Refusal, stage?: Stage, reply = true): void {
     const conn = this.#connections.get(sessionId);
-    const state = this.#sessions.get(sessionId);
+    const client = this.#sessions.get(sessionId);
     if (!conn) return;
-    if (state) this.#refuse(state, opts.stage ?? state.stage, r);
-    if (opts.reply ?? true) conn.send(r.code, `${r.enhanced} ${r.text}`, false);
+    if (client) client.refuse(stage ?? client.stage, r);
+    if (reply) conn.send(r.code, `${r.enhanced} ${r.text}`, false);
     else conn.close();
-  }
-
-  /**
-   * During DATA: the whole phase has a deadline, and after a grace period the client must keep up
-   * `minDataRate` bytes per second (Postfix's smtpd_min_data_rate), so a slow drip can't hold a
-   * session and a backend connection forever.
-   */
-  #dataWatchdog(sessionId: string, bytes: () => number): NodeJS.Timeout {
-    const { data: deadline } = this.#deps.client.timeouts;
-    const { minDataRate: minRate, minDataRateGrace: grace } = this.#deps.client;
-    const start = Date.now();
-    const timer = setInterval(() => {
-      const elapsed = Date.now() - start;
-      if (elapsed > deadline) {
-        clearInterval(timer);
-        this.#kick(sessionId, DATA_TOO_LONG, { stage: 'data' });
-      } else if (minRate > 0 && elapsed > grace && (bytes() * 1000) / elapsed < minRate) {
-        clearInterval(timer);
-        this.#kick(sessionId, dataTooSlow(minRate), { stage: 'data' });
-      }
-    }, 1000);
-    timer.unref();
-    return timer;
-  }
-
-  /** What smtpgate knows about the session now (session/snapshot.ts), for the projections below. */
-  #snapshot(session: SMTPServerSession, state: SessionState): SessionSnapshot {
-    const opening = session.openingCommand;
-    return {
-      id: session.id,
-      listener: this.name,
-      ip: session.remoteAddress,
-      port: session.remotePort,
-      tls: session.secure && session.tlsOptions ? session.tlsOptions.version : undefined,
-      trusted: state.trusted,
-      helo: session.hostNameAppearsAs || undefined,
-      greeting: opening === 'HELO' || opening === 'EHLO' ? opening : undefined,
-      user: state.user,
-      attributes: state.user ? this.#deps.attributes(state.user) : undefined,
-      recipients: session.envelope?.rcptTo?.map((r) => r.address) ?? [],
-      now: new Date(),
-    };
-  }
-
-  /** Facts for the policy engine at any stage; stage-specific ones are added by the caller. */
-  #policyFacts(session: SMTPServerSession, state: SessionState): SessionFacts {
-    return policyView(this.#snapshot(session, state));
-  }
-
-  /**
-   * Evaluates one stage of the session's policy set: counts the decision, logs audit hits
-   * ("would have refused") and the trace, applies the rules' own limits and collects the
-   * headers to add. Returns the refusal, if any, with the rule that made it.
-   */
-  async #policy(stage: PolicyStage, facts: () => SessionFacts, state: SessionState): Promise<{ refusal: Refusal; rule: string } | undefined> {
-    // The trace (a line per rule, with why it matched) is built only when it will be logged.
-    const debug = state.log.isLevelEnabled('debug');
-    const ev = evaluate(state.policy, stage, facts, debug ? TRACED : UNTRACED);
-    this.#deps.metrics.policy.record(ev);
-    if (debug) state.log.debug({ stage, decision: ev.decision.kind, rule: ev.decision.rule, trace: ev.trace }, 'policy evaluated');
-    for (const a of ev.audits) {
-      state.log.warn({ stage, rule: a.rule, code: a.refusal.code, enhanced: a.refusal.enhanced }, `policy audit: would have refused: ${a.refusal.text}`);
-    }
-    const d = ev.decision;
-    if (d.kind === 'refuse') return { refusal: d.refusal, rule: d.rule };
-    if (d.kind === 'require_tls' || d.kind === 'require_auth') state.requirements.push(d);
-    for (const req of ev.limits) {
-      const r = await this.#deps.limits.policyLimit({ bucket: req.bucket, amount: req.rate.amount, windowMs: req.rate.windowMs });
-      if (r === 'unavailable') return { refusal: limiterUnavailableRefusal(stage), rule: req.rule };
-      if (r.limited) return { refusal: limitRefusal(req, r.msBeforeNext), rule: req.rule };
-    }
-    const target = stage === 'connect' || stage === 'auth' ? state.sessionHeaders : state.txHeaders;
-    for (const h of ev.headers) {
-      if (!target.some((t) => t.rule === h.rule && t.name === h.name)) target.push(h);
-    }
-    return undefined;
-  }
-
-  /** What limits and policy know about the client now. */
-  #facts(session: SMTPServerSession, state: SessionState): ClientFacts {
-    return limitsView(this.#snapshot(session, state));
-  }
-
-  #identity(session: SMTPServerSession, state: SessionState): ClientIdentity {
-    return backendIdentity(this.#snapshot(session, state));
   }
 
   /** A bug surfaced in a hook: log it and answer 451 4.3.0, so the client retries later. */
   #internalError(session: SMTPServerSession, stage: Stage, err: unknown): SmtpServerError {
-    const r = INTERNAL_ERROR;
-    const state = this.#sessions.get(session.id);
-    (state?.log ?? this.#deps.log).error({ session: session.id, err }, 'internal error in a session hook');
-    if (state) return this.#refuse(state, stage, r);
-    return toServerError(r);
+    const client = this.#sessions.get(session.id);
+    if (client) return toServerError(client.internalError(stage, err).refusal);
+    this.#deps.log.error({ session: session.id, err }, 'internal error in a session hook');
+    return toServerError(INTERNAL_ERROR);
   }
 
-  /**
-   * The session's logger; before onConnect (a connection refused by the connection limits, an
-   * early talker) one that still names the session, the listener and the client.
-   */
+  /** The session's logger; before onConnect (refused by the connection limits, an early
+   *  talker) one that still names the session, the listener and the client. */
   #sessionLog(sessionId: string): Logger {
-    const state = this.#sessions.get(sessionId);
-    if (state) return state.log;
+    const client = this.#sessions.get(sessionId);
+    if (client) return client.log;
     const conn = this.#connections.get(sessionId);
     return this.#deps.log.child({ session: sessionId, listener: this.name, ...(conn ? { client: conn.remoteAddress, port: conn.remotePort } : {}) });
   }
 
-  /** Records the stage a session has reached, for the refusals made there without a stage of their own. */
-  #enter(sessionId: string, stage: Stage): void {
-    const state = this.#sessions.get(sessionId);
-    if (state) state.stage = stage;
-  }
-
-  #refuse(state: SessionState, stage: Stage, r: Refusal, extra: Record<string, unknown> = {}): SmtpServerError {
-    state.lastRefusal = r;
-    this.#count(r, stage);
-    state.log.info({ stage, code: r.code, enhanced: r.enhanced, reason: r.reason, ...extra }, `refused: ${r.text}`);
-    return toServerError(r);
-  }
-
-  #count(r: Refusal, stage: Stage): void {
+  /** A refusal the command guard made, or smtp-server's own that it saw go out. */
+  #guardRefusal(sessionId: string, r: Refusal, stage: Stage, library: boolean): void {
+    const client = this.#sessions.get(sessionId);
+    if (library && client) client.lastRefusal = r;
     this.#deps.metrics.refusals.inc({ listener: this.name, stage, reason: r.reason, code_class: codeClass(r.code) });
+    this.#sessionLog(sessionId).info({ stage, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
   }
-}
-
-function printable(value: string | undefined): string | undefined {
-  return value === undefined ? undefined : value.replace(/[^\x20-\x7e]/g, '?').slice(0, 128);
 }

@@ -1,0 +1,145 @@
+/**
+ * One checkpoint per client session: at every stage it asks, in this order,
+ *
+ *   built-in limits (MAIL, RCPT) → held requirements (MAIL) → policy rules → the rules' own limits
+ *
+ * and collects the headers the rules add, returning one verdict. The first "no" wins; a refusal
+ * carries the rule that made it, when a rule made it.
+ *
+ * A checkpoint belongs to one session: it keeps the policy set the session started with (a
+ * reload never changes the rules mid-session), the require_tls/require_auth decisions held from
+ * connect and auth until MAIL, and the add_header results (from connect/auth for the whole
+ * session, from MAIL/RCPT for the transaction).
+ */
+import type { Refusal } from '../reply.js';
+import type { Logger } from '../logging/logger.js';
+import type { Limits } from '../limits/limits.js';
+import { limiterUnavailableRefusal } from '../limits/replies.js';
+import { evaluate, unmetRequirement } from '../policy/evaluate.js';
+import type { PolicyMetrics } from '../policy/metrics.js';
+import { limitRefusal } from '../policy/replies.js';
+import type { Decision, EvaluateOptions, HeaderToAdd, PolicySet, PolicyStage, SessionFacts } from '../policy/types.js';
+import { limitsView, policyView, type SessionSnapshot } from './snapshot.js';
+
+/** A stage's answer: go on, or the refusal (and the policy rule behind it, if one). */
+export type Verdict = { readonly ok: true; readonly refusal?: undefined; readonly rule?: undefined } | Refused;
+export type Refused = { readonly ok?: undefined; readonly refusal: Refusal; readonly rule?: string };
+
+/** The one "go on" verdict: shared, so the accepting path allocates nothing for it. */
+export const OK: Verdict = Object.freeze({ ok: true });
+
+/**
+ * What a stage has learnt on top of the session snapshot: the sender and its SIZE= at MAIL, the
+ * recipient at RCPT, the user being logged in at AUTH, the message at DATA. Given as a function
+ * when it costs something to build (the MIME scan's result): it is called only when a rule
+ * needs it.
+ */
+export type StageFacts = Partial<SessionFacts>;
+
+/** Where the checkpoint gets the session snapshot from, when (and only when) it needs one. */
+export interface SnapshotSource {
+  snapshot(): SessionSnapshot;
+}
+
+export interface CheckpointDeps {
+  readonly limits: Pick<Limits, 'mailFrom' | 'rcptTo' | 'policyLimit'>;
+  readonly metrics: Pick<PolicyMetrics, 'record'>;
+  /** The policy set in force when the session started. */
+  readonly policy: PolicySet;
+  /** The session's logger. */
+  readonly log: Logger;
+}
+
+const TRACED: EvaluateOptions = { trace: true };
+const UNTRACED: EvaluateOptions = { trace: false };
+const NO_FACTS: StageFacts = Object.freeze({});
+
+export class Checkpoint {
+  readonly #limits: CheckpointDeps['limits'];
+  readonly #metrics: CheckpointDeps['metrics'];
+  readonly #log: Logger;
+  readonly policy: PolicySet;
+  /** require_tls / require_auth decided at connect or auth, checked at MAIL. */
+  readonly #requirements: Decision[] = [];
+  /** add_header results from connect and auth: every message of the session gets them. */
+  readonly #sessionHeaders: HeaderToAdd[] = [];
+  /** add_header results from MAIL and RCPT: this transaction's message only. */
+  #txHeaders: HeaderToAdd[] = [];
+
+  constructor(deps: CheckpointDeps) {
+    this.#limits = deps.limits;
+    this.#metrics = deps.metrics;
+    this.#log = deps.log;
+    this.policy = deps.policy;
+  }
+
+  /** A new MAIL starts a new transaction: the previous one's headers are forgotten. */
+  startTransaction(): void {
+    this.#txHeaders = [];
+  }
+
+  /** The headers the rules asked for, session ones first, for the message being relayed. */
+  headers(): readonly HeaderToAdd[] {
+    return this.#sessionHeaders.length === 0 ? this.#txHeaders : [...this.#sessionHeaders, ...this.#txHeaders];
+  }
+
+  /**
+   * Asks the stage's limits, requirements and policy. `facts` is what the stage adds to the
+   * snapshot (at MAIL, `from` and `declaredSize` are also what the sender quotas count).
+   */
+  async at(stage: PolicyStage, source: SnapshotSource, facts: StageFacts | (() => StageFacts) = NO_FACTS): Promise<Verdict> {
+    let snapshot: SessionSnapshot | undefined;
+    let stageFacts: StageFacts | undefined = typeof facts === 'function' ? undefined : facts;
+    if (stage === 'mail' || stage === 'rcpt') {
+      snapshot = source.snapshot();
+      stageFacts ??= (facts as () => StageFacts)();
+      const limited =
+        stage === 'mail'
+          ? await this.#limits.mailFrom({ ...limitsView(snapshot), sender: stageFacts.from ?? '', size: stageFacts.declaredSize })
+          : await this.#limits.rcptTo({ ...limitsView(snapshot), recipientsSoFar: snapshot.recipients.length });
+      if (limited) return { refusal: limited };
+    }
+    const policyFacts = (): SessionFacts => {
+      snapshot ??= source.snapshot();
+      stageFacts ??= (facts as () => StageFacts)();
+      return { ...policyView(snapshot), ...stageFacts };
+    };
+    if (stage === 'mail' && this.#requirements.length > 0) {
+      const known = policyFacts();
+      for (const held of this.#requirements) {
+        const unmet = unmetRequirement(held, known);
+        if (unmet) return { refusal: unmet, rule: held.rule };
+      }
+    }
+    return this.#policy(stage, policyFacts);
+  }
+
+  /**
+   * Evaluates one stage of the session's policy set: counts the decision, logs audit hits
+   * ("would have refused") and the trace, applies the rules' own limits and collects the
+   * headers to add.
+   */
+  async #policy(stage: PolicyStage, facts: () => SessionFacts): Promise<Verdict> {
+    // The trace (a line per rule, with why it matched) is built only when it will be logged.
+    const debug = this.#log.isLevelEnabled('debug');
+    const ev = evaluate(this.policy, stage, facts, debug ? TRACED : UNTRACED);
+    this.#metrics.record(ev);
+    if (debug) this.#log.debug({ stage, decision: ev.decision.kind, rule: ev.decision.rule, trace: ev.trace }, 'policy evaluated');
+    for (const a of ev.audits) {
+      this.#log.warn({ stage, rule: a.rule, code: a.refusal.code, enhanced: a.refusal.enhanced }, `policy audit: would have refused: ${a.refusal.text}`);
+    }
+    const d = ev.decision;
+    if (d.kind === 'refuse') return { refusal: d.refusal, rule: d.rule };
+    if (d.kind === 'require_tls' || d.kind === 'require_auth') this.#requirements.push(d);
+    for (const req of ev.limits) {
+      const r = await this.#limits.policyLimit({ bucket: req.bucket, amount: req.rate.amount, windowMs: req.rate.windowMs });
+      if (r === 'unavailable') return { refusal: limiterUnavailableRefusal(stage), rule: req.rule };
+      if (r.limited) return { refusal: limitRefusal(req, r.msBeforeNext), rule: req.rule };
+    }
+    const target = stage === 'connect' || stage === 'auth' ? this.#sessionHeaders : this.#txHeaders;
+    for (const h of ev.headers) {
+      if (!target.some((t) => t.rule === h.rule && t.name === h.name)) target.push(h);
+    }
+    return OK;
+  }
+}

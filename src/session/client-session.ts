@@ -1,0 +1,655 @@
+/**
+ * One client connection's session: its state, its deadlines and its stages.
+ *
+ *   connect → secured → auth → (mail → rcpt → data)* → close
+ *
+ * Each stage method knows its own stage, asks the session's checkpoint (limits, then policy)
+ * and answers a verdict; a refusal is counted (`smtpgate_refusals_total{stage}`) and logged with
+ * the session id here, before it is answered, so the listener only turns the verdict into
+ * smtp-server's reply. The session sees the client through `ClientConnection` (plain values,
+ * no smtp-server types), so unit tests drive it with a fake connection, stage by stage.
+ */
+import type { Readable } from 'node:stream';
+import type { Authenticator } from '../auth/authenticator.js';
+import type { UserAttributes } from '../auth/user-attributes.js';
+import type { ListenerConfig } from '../config/schema.js';
+import type { ClientFacts, Limits } from '../limits/limits.js';
+import type { Logger } from '../logging/logger.js';
+import type { Metrics } from '../metrics/catalogue.js';
+import { buildUserFacts, dataFacts } from '../policy/facts.js';
+import { MessageScanner } from '../policy/mime.js';
+import { headerSafe, receivedHeader } from '../relay/received-header.js';
+import type { PolicySet } from '../policy/types.js';
+import { Transaction, replyText, type Backend, type ClientIdentity, type MessageSink, type SmtpReply } from '../relay/backend.js';
+import { checkRecipient, checkSender } from './address-check.js';
+import { codeClass, type Refusal } from '../reply.js';
+import {
+  AUTH_CREDENTIALS_INVALID,
+  AUTH_DATA_INVALID,
+  AUTH_IN_TRANSACTION,
+  AUTH_MECHANISM_UNKNOWN,
+  AUTH_TEMPORARY_FAILURE,
+  AUTH_WITHOUT_TLS,
+  DATA_TOO_LONG,
+  INTERNAL_ERROR,
+  SESSION_TIME_LIMIT,
+  STARTTLS_REQUIRED,
+  AUTH_REQUIRED,
+  TLS_HANDSHAKE_TIMEOUT,
+  clientCertificateRefused,
+  dataTooSlow,
+} from '../refusals.js';
+import type { Stage } from '../stage.js';
+import { Checkpoint, OK, type Refused, type SnapshotSource, type Verdict } from './checkpoint.js';
+import { backendIdentity, limitsView, type SessionSnapshot } from './snapshot.js';
+
+/** What the session reads of the client's connection, as the protocol library has it now. */
+export interface ClientConnection {
+  readonly id: string;
+  /** The client's address and port (after PROXY protocol). */
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  /** TLS is in place. */
+  secure(): boolean;
+  /** The TLS version ("TLSv1.3") and cipher of the handshake, once there was one. */
+  tlsVersion(): string | undefined;
+  tlsCipher(): string | undefined;
+  /** The EHLO/HELO name, once given. */
+  helo(): string | undefined;
+  greeting(): 'HELO' | 'EHLO' | undefined;
+  /** A MAIL was accepted and the transaction is not over. */
+  inTransaction(): boolean;
+  /** Recipients accepted in the transaction so far. */
+  recipients(): readonly string[];
+  recipientCount(): number;
+}
+
+/** The client certificate of the TLS handshake, as plain values. */
+export interface PeerCertificate {
+  /** SHA-256 fingerprint; empty when the client sent none. */
+  readonly fingerprint256: string;
+  readonly subjectCN: string | undefined;
+  /** It chains to the listener's client CA. */
+  readonly authorized: boolean;
+  readonly authorizationError: string;
+}
+
+/** An AUTH exchange's outcome from smtp-server's SASL code (RFC 4954). */
+export interface AuthCredentials {
+  readonly method: string;
+  readonly username?: string;
+  readonly password?: string | null;
+  readonly authzid?: string | null;
+}
+
+/** What every session of one listener shares. */
+export interface ClientSessionDeps {
+  readonly listener: string;
+  readonly limits: Pick<Limits, 'mailFrom' | 'rcptTo' | 'policyLimit' | 'authAllowed' | 'authFailed' | 'authSucceeded' | 'authAbandoned' | 'messageBytes'>;
+  /** smtpgate's own name, for the Received: header. */
+  readonly hostname: string;
+  /** The headers smtpgate adds to every message. */
+  readonly data: { readonly receivedHeader: boolean; readonly authenticatedUserHeader: boolean };
+  /**
+   * DATA's deadline, and the rate a client must keep up after the grace period (Postfix's
+   * smtpd_min_data_rate; 0: none).
+   */
+  readonly dataPace: { readonly deadline: number; readonly minRate: number; readonly grace: number };
+  /** Groups and allowed addresses of a user (auth.attributes). */
+  readonly attributes: (user: string) => UserAttributes;
+  readonly authenticator: Authenticator | undefined;
+  readonly clientCerts: ListenerConfig['clientCerts'];
+  readonly timeouts: { readonly session: number; readonly tlsHandshake: number };
+  /** MAIL needs TLS first (listener requireTls; trusted networks may have their own setting). */
+  readonly requireTls: { readonly untrusted: boolean; readonly trusted: boolean };
+  /** MAIL needs AUTH first, except from trusted networks. */
+  readonly requireAuth: boolean;
+  readonly metrics: Pick<Metrics, 'refusals' | 'connectionsOpened' | 'connectionsClosed' | 'connectionsActive' | 'tlsHandshakes' | 'authAttempts' | 'policy' | 'messages' | 'messageBytes' | 'recipientsPerMessage'>;
+  /** Milliseconds since the epoch. */
+  readonly clock: () => number;
+  /**
+   * Ends the session at a deadline with `refusal`, counted and logged at `stage`: written as a
+   * reply, or, mid-handshake (`reply: false`), by closing the connection.
+   */
+  readonly hangUp: (session: ClientSession, refusal: Refusal, stage: Stage, reply: boolean) => void;
+}
+
+/** What one session is given when its connection is accepted. */
+export interface ClientSessionStart {
+  readonly connection: ClientConnection;
+  readonly log: Logger;
+  readonly backend: Backend;
+  /** The policy set in force now: a reload never changes the rules mid-session. */
+  readonly policy: PolicySet;
+  /** The client is in the listener's trusted networks. */
+  readonly trusted: boolean;
+}
+
+/** DATA's answer: the backend's final reply, or the refusal. */
+export type DataVerdict = { readonly ok: true; readonly reply: SmtpReply; readonly refusal?: undefined } | Refused;
+
+/** An envelope address with its ESMTP parameters, as the relay takes it. */
+export type EnvelopeAddress = Parameters<Backend['mail']>[0];
+
+/** The client's stream failed (reset mid-DATA), or it closed before the final dot. */
+class ClientAbortError extends Error {}
+/** Thrown into the DATA body stream when a data-stage rule refuses: no final dot is sent. */
+class PolicyRefusalError extends Error {
+  constructor(readonly refusal: Refusal, readonly rule: string | undefined) {
+    super(refusal.text);
+  }
+}
+
+const AUTH_IDENTITY_FORBIDDEN = /[\r\n\0]/;
+
+export class ClientSession implements SnapshotSource {
+  readonly id: string;
+  readonly log: Logger;
+  readonly backend: Backend;
+  readonly checkpoint: Checkpoint;
+  readonly trusted: boolean;
+  readonly #deps: ClientSessionDeps;
+  readonly #connection: ClientConnection;
+  readonly #openedAt: number;
+  /**
+   * The last stage the session entered (back to `connect` once a message is answered): the
+   * stage a session-wide refusal (the session cap, an internal error) is counted and logged at.
+   */
+  stage: Stage = 'connect';
+  /** The authenticated user (password or client certificate), and how they were established. */
+  user: string | undefined;
+  authMethod: 'password' | 'certificate' | undefined;
+  tlsVersion: string | undefined;
+  /** The MAIL accepted last, and its backend transaction. */
+  sender: EnvelopeAddress | undefined;
+  transaction: Transaction | undefined;
+  /** The backend accepted the MAIL or RCPT being answered: its reply is the client's. */
+  acceptedReply: SmtpReply | undefined;
+  messages = 0;
+  bytes = 0;
+  lastRefusal: Refusal | undefined;
+  /** The session cap: the whole session ends at this deadline (timeouts.session). */
+  #sessionDeadline: NodeJS.Timeout | undefined;
+  /** From STARTTLS until the handshake is done (timeouts.tlsHandshake). */
+  #tlsDeadline: NodeJS.Timeout | undefined;
+
+  constructor(deps: ClientSessionDeps, start: ClientSessionStart) {
+    this.#deps = deps;
+    this.#connection = start.connection;
+    this.id = start.connection.id;
+    this.log = start.log;
+    this.backend = start.backend;
+    this.trusted = start.trusted;
+    this.#openedAt = deps.clock();
+    this.checkpoint = new Checkpoint({ limits: deps.limits, metrics: deps.metrics.policy, policy: start.policy, log: start.log });
+  }
+
+  // ── connect ────────────────────────────────────────────────────────────────────────────
+
+  /**
+   * The client was greeted. The connection limits were decided when the connection was
+   * accepted: a connection over them never gets here.
+   */
+  async connect(): Promise<Verdict> {
+    const { metrics, listener } = this.#deps;
+    metrics.connectionsOpened.inc({ listener });
+    metrics.connectionsActive.inc({ listener });
+    this.log.info({ client: this.#connection.remoteAddress, port: this.#connection.remotePort, trusted: this.trusted }, 'connect');
+    this.#sessionDeadline = setTimeout(() => this.#deadline(SESSION_TIME_LIMIT, undefined, true), this.#deps.timeouts.session);
+    this.#sessionDeadline.unref();
+    const verdict = await this.checkpoint.at('connect', this);
+    return verdict.refusal ? this.refuse('connect', verdict.refusal, { rule: verdict.rule }, verdict.rule) : OK;
+  }
+
+  // ── tls ────────────────────────────────────────────────────────────────────────────────
+
+  /** STARTTLS was answered 220: the handshake has its own deadline. */
+  startingTls(): void {
+    this.#tlsDeadline = setTimeout(() => this.#deadline(TLS_HANDSHAKE_TIMEOUT, 'tls', false), this.#deps.timeouts.tlsHandshake);
+    this.#tlsDeadline.unref();
+  }
+
+  /**
+   * After the implicit-TLS handshake (right after connect) or after STARTTLS. `certificate` is
+   * given when the listener asks for client certificates.
+   */
+  secured(kind: 'starttls' | 'implicit', certificate: PeerCertificate | undefined): Verdict {
+    const version = this.#connection.tlsVersion() ?? 'unknown';
+    this.tlsVersion = version;
+    this.#deps.metrics.tlsHandshakes.inc({ listener: this.#deps.listener, kind, version });
+    this.log.debug({ tls: version, cipher: this.#connection.tlsCipher(), kind }, 'tls established');
+    clearTimeout(this.#tlsDeadline);
+    this.#tlsDeadline = undefined;
+    // RFC 3207 §4.2: nothing learned before the handshake is trusted after it.
+    this.user = undefined;
+    this.authMethod = undefined;
+    const clientCerts = this.#deps.clientCerts;
+    if (clientCerts && certificate) {
+      const refused = this.#clientCertificate(certificate, clientCerts);
+      if (refused) return this.refuse('tls', refused);
+    }
+    return OK;
+  }
+
+  /** Maps a verified client certificate to a user; refuses when one is required and missing. */
+  #clientCertificate(cert: PeerCertificate, opts: NonNullable<ListenerConfig['clientCerts']>): Refusal | undefined {
+    const present = Boolean(cert.fingerprint256);
+    if (!present || !cert.authorized) {
+      if (opts.required) {
+        const why = present ? `client certificate not trusted (${cert.authorizationError})` : 'a client certificate is required';
+        return clientCertificateRefused(why);
+      }
+      return undefined;
+    }
+    const cn = cert.subjectCN;
+    const match = opts.users.find((m) => (m.fingerprint && m.fingerprint.toUpperCase() === cert.fingerprint256.toUpperCase()) || (m.subjectCN && m.subjectCN === cn));
+    this.log.info({ fingerprint: cert.fingerprint256, subjectCN: cn, user: match?.user }, 'client certificate verified');
+    if (match) {
+      this.user = match.user;
+      this.authMethod = 'certificate';
+      this.#deps.metrics.authAttempts.inc({ listener: this.#deps.listener, mechanism: 'certificate', result: 'success' });
+    }
+    return undefined;
+  }
+
+  // ── auth ───────────────────────────────────────────────────────────────────────────────
+
+  async auth(credentials: AuthCredentials): Promise<Verdict> {
+    this.stage = 'auth';
+    const { limits, authenticator, metrics, listener } = this.#deps;
+    const method = credentials.method;
+    const mechanism = method === 'PLAIN' || method === 'LOGIN' ? method : 'other';
+    const fail = (r: Refusal, result: 'failure' | 'refused' | 'error', rule?: string): Verdict => {
+      metrics.authAttempts.inc({ listener, mechanism, result });
+      return this.refuse('auth', r, { user: printable(credentials.username), ...(rule ? { rule } : {}) }, rule);
+    };
+    if (this.#connection.inTransaction()) return fail(AUTH_IN_TRANSACTION, 'refused');
+    // The command guard already refuses AUTH without TLS; this is the backstop for any path
+    // smtp-server might add, because AUTH in cleartext is never acceptable.
+    if (!this.#connection.secure()) return fail(AUTH_WITHOUT_TLS, 'refused');
+    const username = credentials.username ?? '';
+    const password = credentials.password ?? '';
+    if (mechanism === 'other' || !authenticator) return fail(AUTH_MECHANISM_UNKNOWN, 'refused');
+    if (!username || AUTH_IDENTITY_FORBIDDEN.test(username) || AUTH_IDENTITY_FORBIDDEN.test(password) || AUTH_IDENTITY_FORBIDDEN.test(credentials.authzid ?? '')) {
+      return fail(AUTH_DATA_INVALID, 'refused');
+    }
+    const authFacts = { ...this.limitsFacts(), username };
+    // Brute-force lockout is checked before the password is, so a locked-out guesser learns
+    // nothing, not even from timing; the attempt takes its place in the failure counts now, so
+    // parallel guesses can't all be verified before the first failure is counted.
+    const { refusal: locked, reservation } = await limits.authAllowed(authFacts);
+    if (locked) return fail(locked, 'refused');
+    const badCredentials = async (): Promise<Verdict> => {
+      const failure = await limits.authFailed(authFacts, reservation);
+      if (failure.lockedOut) {
+        this.log.warn({ client: this.#connection.remoteAddress, user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
+      }
+      return fail(AUTH_CREDENTIALS_INVALID, 'failure');
+    };
+    // RFC 4616: an authorization identity other than the authentication identity would mean
+    // acting as someone else; smtpgate has no such delegation.
+    if (credentials.authzid && credentials.authzid !== username) return badCredentials();
+    let outcome;
+    try {
+      outcome = await authenticator.authenticate(
+        { username, password, mechanism, sessionId: this.id, remoteAddress: this.#connection.remoteAddress },
+        { backend: this.backend, identity: this.identity() },
+      );
+    } catch (err) {
+      this.log.error({ err }, 'auth backend failed');
+      await limits.authAbandoned(reservation);
+      return fail(AUTH_TEMPORARY_FAILURE, 'error');
+    }
+    if (!outcome.ok) {
+      if (outcome.reason !== 'unavailable') return badCredentials();
+      await limits.authAbandoned(reservation);
+      return fail(AUTH_TEMPORARY_FAILURE, 'error');
+    }
+    // A suspended account (compromised-account brake) is told so only once the password is right.
+    // With passthrough auth the backend connection is now logged in as this user: if smtpgate
+    // refuses the login after all, that connection must not carry this session's mail.
+    const refuseLogin = (r: Refusal, rule?: string): Verdict => {
+      if (authenticator.kind === 'backend') this.backend.abort();
+      return fail(r, 'refused', rule);
+    };
+    const name = outcome.user.username;
+    const suspended = await limits.authSucceeded({ ...authFacts, username: name }, reservation);
+    if (suspended) return refuseLogin(suspended);
+    const verdict = await this.checkpoint.at('auth', this, () => ({ authenticated: true, user: buildUserFacts(name, this.#deps.attributes(name)) }));
+    if (verdict.refusal) return refuseLogin(verdict.refusal, verdict.rule);
+    this.user = name;
+    this.authMethod = 'password';
+    metrics.authAttempts.inc({ listener, mechanism, result: 'success' });
+    this.log.info({ user: name, mechanism }, 'authenticated');
+    return OK;
+  }
+
+  // ── mail ───────────────────────────────────────────────────────────────────────────────
+
+  /**
+   * MAIL FROM: the front door's own rules (STARTTLS, AUTH required), the address syntax, the
+   * checkpoint, then the backend's own answer: a transaction, whose reply is the client's.
+   */
+  async mail(address: EnvelopeAddress): Promise<Verdict> {
+    this.stage = 'mail';
+    const { requireTls, requireAuth } = this.#deps;
+    if ((this.trusted ? requireTls.trusted : requireTls.untrusted) && !this.#connection.secure()) return this.refuse('mail', STARTTLS_REQUIRED);
+    if (requireAuth && !this.user && !this.trusted) return this.refuse('mail', AUTH_REQUIRED);
+    const from = address.address;
+    const badSender = checkSender(from, Boolean(address.args && address.args.SMTPUTF8));
+    if (badSender) return this.refuse('mail', badSender, { from });
+    const size = address.args && typeof address.args.SIZE === 'string' ? Number(address.args.SIZE) || undefined : undefined;
+    this.checkpoint.startTransaction();
+    this.transaction = undefined;
+    const verdict = await this.checkpoint.at('mail', this, { from, declaredSize: size });
+    if (verdict.refusal) return this.refuse('mail', verdict.refusal, verdict.rule === undefined ? { from } : { from, rule: verdict.rule }, verdict.rule);
+    const tx = await this.backend.mail(address, this.identity());
+    if (!(tx instanceof Transaction)) return this.refuse('mail', tx, { from });
+    this.log.debug({ from }, 'mail accepted');
+    this.sender = address;
+    this.transaction = tx;
+    this.acceptedReply = tx.reply;
+    return OK;
+  }
+
+  // ── rcpt ───────────────────────────────────────────────────────────────────────────────
+
+  /** RCPT TO, in the transaction of the MAIL accepted last (`transaction` is set). */
+  async rcpt(address: EnvelopeAddress, tx: Transaction): Promise<Verdict> {
+    this.stage = 'rcpt';
+    const to = address.address;
+    // From the MAIL that was accepted: smtp-server sets envelope.smtpUtf8 even for a MAIL that
+    // was then refused, so that flag may be stale.
+    const sender = this.sender;
+    const badRecipient = checkRecipient(to, Boolean(sender && sender.args && sender.args.SMTPUTF8));
+    if (badRecipient) return this.refuse('rcpt', badRecipient, { to });
+    const verdict = await this.checkpoint.at('rcpt', this, { from: sender ? sender.address : '', recipient: to });
+    if (verdict.refusal) return this.refuse('rcpt', verdict.refusal, verdict.rule === undefined ? { to } : { to, rule: verdict.rule }, verdict.rule);
+    // A recipient the backend refuses is refused to the client now, with the backend's code.
+    const backendRefused = await tx.rcpt(address);
+    if (backendRefused) return this.refuse('rcpt', backendRefused, { to });
+    this.acceptedReply = tx.reply;
+    return OK;
+  }
+
+  // ── data ───────────────────────────────────────────────────────────────────────────────
+
+  /**
+   * DATA: the client's message goes through the data-stage checks into the backend
+   * transaction's message sink; the backend's final reply is the client's.
+   */
+  async data(stream: Readable): Promise<DataVerdict> {
+    this.stage = 'data';
+    const { metrics, listener } = this.#deps;
+    const outcome = await this.#relayMessage(stream);
+    let verdict: DataVerdict;
+    if ('refusal' in outcome) {
+      metrics.messages.inc({ listener, result: outcome.refusal.reason === 'client_aborted' ? 'aborted' : 'refused' });
+      verdict = this.refuse('data', outcome.refusal, outcome.rule ? { rule: outcome.rule } : {}, outcome.rule);
+    } else {
+      this.messages++;
+      this.bytes += outcome.bytes;
+      const recipients = this.#connection.recipientCount();
+      metrics.messages.inc({ listener, result: 'relayed' });
+      metrics.messageBytes.observe(outcome.bytes);
+      metrics.recipientsPerMessage.observe(recipients);
+      this.log.info({ bytes: outcome.bytes, recipients, reply: `${outcome.reply.code} ${outcome.reply.text}` }, 'message relayed');
+      this.#deps.limits.messageBytes(this.limitsFacts(), outcome.bytes).catch((err: unknown) => this.log.error({ err }, 'bytes quota update failed'));
+      verdict = { ok: true, reply: outcome.reply };
+    }
+    // The message is answered: the transaction is over, a later timeout is not DATA's.
+    this.stage = 'connect';
+    return verdict;
+  }
+
+  async #relayMessage(stream: Readable): Promise<{ reply: SmtpReply; bytes: number } | { refusal: Refusal; rule?: string }> {
+    // A stream that nobody reads never ends, and smtp-server waits for its end before it
+    // answers: every error path lets the rest of the message flow away.
+    const drain = () => stream.resume();
+    // The client's message stream cut off before its end: the client has left, whatever failed
+    // first (e.g. the backend session, closed by the client's leaving while its 354 was awaited).
+    const clientLeft = () => stream.destroyed && !stream.readableEnded;
+    const tx = this.transaction;
+    if (!tx) {
+      drain();
+      return { refusal: INTERNAL_ERROR };
+    }
+    const notStarted = await tx.data(clientLeft);
+    if (notStarted) {
+      drain();
+      return { refusal: notStarted };
+    }
+
+    // Data-stage rules look at the header block and MIME part headers; the scanner keeps only
+    // those (bounded), never the body.
+    const set = this.checkpoint.policy;
+    const scanner = set.needs.headers || set.needs.attachments ? new MessageScanner() : undefined;
+    const from = this.sender ? this.sender.address : '';
+    let sink: MessageSink | undefined;
+    const watchdog = this.#dataWatchdog(() => sink?.bytesIn ?? 0);
+
+    // The client's bytes go into the relay's message sink chunk by chunk as smtp-server hands
+    // them over: the message is never held whole. The sink writes the final dot only at
+    // commit, once the whole message passed every check here; anything else aborts.
+    let failure: unknown;
+    try {
+      const refused = await new Promise<Refusal | undefined>((resolve, reject) => {
+        let settled = false;
+        const fail = (err: unknown): void => {
+          if (settled) return;
+          settled = true;
+          reject(err);
+        };
+        const out = tx.message(fail);
+        sink = out;
+        const header = this.#prependedHeaders();
+        if (header) out.prepend(header);
+
+        const onData = (chunk: Buffer): void => {
+          if (settled) return;
+          scanner?.write(chunk);
+          let flowing: boolean;
+          try {
+            flowing = out.write(chunk);
+          } catch (err) {
+            return fail(err);
+          }
+          if (!flowing) {
+            stream.pause();
+            out.onDrain(() => stream.resume());
+          }
+        };
+        let ended = false;
+        const onEnd = (): void => {
+          ended = true;
+          // The client's part ends at its final dot; waiting for the backend is not its fault.
+          clearInterval(watchdog);
+          if (settled) return;
+          try {
+            out.end();
+          } catch (err) {
+            return fail(err);
+          }
+          // Before the final dot: a data-stage refusal aborts the backend transaction.
+          const facts = () => ({ from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: out.bytesIn });
+          this.checkpoint.at('data', this, facts).then((verdict) => {
+            if (verdict.refusal) return fail(new PolicyRefusalError(verdict.refusal, verdict.rule));
+            if (settled) return;
+            settled = true;
+            out.commit().then(resolve, reject);
+          }, fail);
+        };
+        // smtp-server destroys the stream with this error when the client leaves mid-message
+        // (it passes the error only to a stream that has an 'error' listener).
+        stream.on('error', (err) => fail(new ClientAbortError(err.message)));
+        stream.on('close', () => {
+          if (!ended) fail(new ClientAbortError('connection closed during DATA'));
+        });
+        stream.on('data', onData);
+        stream.once('end', onEnd);
+        // The client may have left while the backend's 354 was awaited: its stream was
+        // destroyed before these listeners were there to hear it.
+        if (clientLeft()) fail(new ClientAbortError('connection closed during DATA'));
+      });
+      clearInterval(watchdog);
+      if (refused) return { refusal: refused };
+      return { reply: sink!.reply!, bytes: sink!.bytesIn };
+    } catch (err) {
+      failure = err;
+    }
+
+    clearInterval(watchdog);
+    drain();
+    tx.abort();
+    const err = failure;
+    if (err instanceof PolicyRefusalError) {
+      this.log.info({ rule: err.rule }, 'data-stage policy refusal: backend transaction aborted');
+      return { refusal: err.refusal, rule: err.rule };
+    }
+    return { refusal: tx.refusalFor(err, err instanceof ClientAbortError || clientLeft()) };
+  }
+
+  /** Headers smtpgate adds on top of the message; never built from raw client input. */
+  #prependedHeaders(): Buffer | undefined {
+    let text = '';
+    if (this.#deps.data.receivedHeader) text += this.#received();
+    // Static text from the policy files (validated at load: no CR/LF, no client input).
+    for (const h of this.checkpoint.headers()) text += `${h.name}: ${h.value}\r\n`;
+    if (this.#deps.data.authenticatedUserHeader && this.user) text += `X-Authenticated-User: ${headerSafe(this.user, 128)}\r\n`;
+    return text ? Buffer.from(text, 'latin1') : undefined;
+  }
+
+  #received(): string {
+    const c = this.#connection;
+    const version = c.tlsVersion();
+    return receivedHeader({
+      helo: c.helo(),
+      clientAddress: c.remoteAddress,
+      byHost: this.#deps.hostname,
+      protocol: 'ESMTP' + (c.secure() ? 'S' : '') + (this.user ? 'A' : ''),
+      sessionId: this.id,
+      tls: version !== undefined ? { version, cipher: c.tlsCipher() ?? '' } : undefined,
+      recipient: c.recipientCount() === 1 ? c.recipients()[0] : undefined,
+      date: new Date(this.#deps.clock()),
+    });
+  }
+
+  /**
+   * During DATA: the whole phase has a deadline, and after a grace period the client must keep up
+   * `minDataRate` bytes per second (Postfix's smtpd_min_data_rate), so a slow drip can't hold a
+   * session and a backend connection forever.
+   */
+  #dataWatchdog(bytes: () => number): NodeJS.Timeout {
+    const { deadline, minRate, grace } = this.#deps.dataPace;
+    const clock = this.#deps.clock;
+    const start = clock();
+    const timer = setInterval(() => {
+      const elapsed = clock() - start;
+      if (elapsed > deadline) {
+        clearInterval(timer);
+        this.#deps.hangUp(this, DATA_TOO_LONG, 'data', true);
+      } else if (minRate > 0 && elapsed > grace && (bytes() * 1000) / elapsed < minRate) {
+        clearInterval(timer);
+        this.#deps.hangUp(this, dataTooSlow(minRate), 'data', true);
+      }
+    }, 1000);
+    timer.unref();
+    return timer;
+  }
+
+  /** The backend's reply to the MAIL or RCPT being answered, once: the client gets it as is. */
+  takeAcceptedReply(): { code: number; text: string } | undefined {
+    const reply = this.acceptedReply;
+    if (!reply) return undefined;
+    this.acceptedReply = undefined;
+    return { code: reply.code, text: replyText(reply) };
+  }
+
+  // ── close ──────────────────────────────────────────────────────────────────────────────
+
+  /** The connection is gone: deadlines end, the backend session closes, one summary line. */
+  close(): void {
+    clearTimeout(this.#sessionDeadline);
+    clearTimeout(this.#tlsDeadline);
+    const { metrics, listener } = this.#deps;
+    metrics.connectionsClosed.inc({ listener });
+    metrics.connectionsActive.dec({ listener });
+    void this.backend.close();
+    this.log.info(
+      {
+        client: this.#connection.remoteAddress,
+        tls: this.tlsVersion ?? 'none',
+        user: this.user,
+        messages: this.messages,
+        bytes: this.bytes,
+        durationMs: this.#deps.clock() - this.#openedAt,
+        lastRefusal: this.lastRefusal ? `${this.lastRefusal.code} ${this.lastRefusal.enhanced}` : undefined,
+        reason: this.lastRefusal?.reason,
+      },
+      'session closed',
+    );
+  }
+
+  // ── what the session knows ─────────────────────────────────────────────────────────────
+
+  /** What smtpgate knows about the session now (snapshot.ts), for the checkpoint and the backend. */
+  snapshot(): SessionSnapshot {
+    const c = this.#connection;
+    const user = this.user;
+    return {
+      id: this.id,
+      listener: this.#deps.listener,
+      ip: c.remoteAddress,
+      port: c.remotePort,
+      tls: c.secure() ? c.tlsVersion() : undefined,
+      trusted: this.trusted,
+      helo: c.helo(),
+      greeting: c.greeting(),
+      user,
+      attributes: user ? this.#deps.attributes(user) : undefined,
+      recipients: c.recipients(),
+      now: new Date(this.#deps.clock()),
+    };
+  }
+
+  /** What the limits count the client as. */
+  limitsFacts(): ClientFacts {
+    return limitsView(this.snapshot());
+  }
+
+  /** The client as the backend is told about it (XCLIENT/XFORWARD). */
+  identity(): ClientIdentity {
+    return backendIdentity(this.snapshot());
+  }
+
+  // ── refusals ───────────────────────────────────────────────────────────────────────────
+
+  /** Counts and logs a refusal made at `stage`; returns it as the verdict. */
+  refuse(stage: Stage, r: Refusal, extra?: Record<string, unknown>, rule?: string): Refused {
+    this.lastRefusal = r;
+    this.#count(stage, r);
+    this.log.info(extra ? { stage, code: r.code, enhanced: r.enhanced, reason: r.reason, ...extra } : { stage, code: r.code, enhanced: r.enhanced, reason: r.reason }, `refused: ${r.text}`);
+    return rule === undefined ? { refusal: r } : { refusal: r, rule };
+  }
+
+  /** smtpgate_refusals_total, by stage and reason (bounded labels: never the client or the user). */
+  #count(stage: Stage, r: Refusal): void {
+    this.#deps.metrics.refusals.inc({ listener: this.#deps.listener, stage, reason: r.reason, code_class: codeClass(r.code) });
+  }
+
+  /** A bug surfaced in a stage: log it and answer 451 4.3.0, so the client retries later. */
+  internalError(stage: Stage, err: unknown): Refused {
+    this.log.error({ session: this.id, err }, 'internal error in a session hook');
+    return this.refuse(stage, INTERNAL_ERROR);
+  }
+
+  /** A deadline passed: `stage` undefined is the stage the session is in when it does. */
+  #deadline(r: Refusal, stage: Stage | undefined, reply: boolean): void {
+    this.#deps.hangUp(this, r, stage ?? this.stage, reply);
+  }
+}
+
+/** A client-given name for a log line: printable ASCII, bounded. */
+function printable(value: string | undefined): string | undefined {
+  return value === undefined ? undefined : value.replace(/[^\x20-\x7e]/g, '?').slice(0, 128);
+}
