@@ -9,32 +9,12 @@
  * address or "localhost", which no rebound page can send. With a token the page has no way
  * to send the token, so any Host is fine (a Service name in Kubernetes).
  */
-import { writeFile } from 'node:fs/promises';
 import http from 'node:http';
-import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { startGate, type Gate } from '../../helpers/gate.js';
-import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
+import { describe, expect, test } from 'vitest';
+import type { Gate } from '../../helpers/gate.js';
+import { ADMIN_TOKEN, adminGatesForFile } from '../../helpers/admin-gates.js';
 
-const TOKEN = 'a-long-enough-admin-token-0123456789';
-let backend: RecordingBackend;
-let open: Gate;
-let withToken: Gate;
-
-beforeAll(async () => {
-  backend = await startRecordingBackend();
-  open = await startGate({ backendPort: backend.port });
-  withToken = await startGate({
-    backendPort: backend.port,
-    adminTokenFile: 'admin-token',
-    beforeStart: (dir) => writeFile(path.join(dir, 'admin-token'), `${TOKEN}\n`),
-  });
-});
-afterAll(async () => {
-  await open?.stop();
-  await withToken?.stop();
-  await backend?.close();
-});
+const gates = adminGatesForFile();
 
 /** A request to the gate's admin address with exactly these headers (fetch would set Host itself). */
 function request(g: Gate, method: string, route: string, headers: Record<string, string>, body?: string): Promise<{ status: number; body: string }> {
@@ -54,39 +34,39 @@ const REBOUND_HOSTS = ['rebound.example:9464', 'rebound.example', 'REBOUND.examp
 
 describe('without a token, a Host that is neither an IP address nor localhost is refused with 403', () => {
   test.each(REBOUND_HOSTS)('GET /limits with Host %s', async (host) => {
-    const res = await request(open, 'GET', '/limits', { host });
+    const res = await request(gates.open, 'GET', '/limits', { host });
     expect(res.status).toBe(403);
     expect(res.body).toMatch(/Host/);
   });
 
   test.each(REBOUND_HOSTS)('POST /limits/clear with Host %s', async (host) => {
-    const res = await request(open, 'POST', '/limits/clear', { host, 'content-type': 'application/json' }, JSON.stringify({ target: '192.0.2.7' }));
+    const res = await request(gates.open, 'POST', '/limits/clear', { host, 'content-type': 'application/json' }, JSON.stringify({ target: '192.0.2.7' }));
     expect(res.status).toBe(403);
   });
 
   test('a missing Host never gets the state (node answers 400 before the route, the route 403)', async () => {
-    expect([400, 403]).toContain((await request(open, 'GET', '/limits', {})).status);
+    expect([400, 403]).toContain((await request(gates.open, 'GET', '/limits', {})).status);
   });
 
   test('the refusal is logged', async () => {
-    const before = open.logs.length;
-    await request(open, 'GET', '/limits', { host: 'rebound.example:9464' });
-    expect(open.logs.slice(before).find((l) => l.msg === 'admin request refused')).toMatchObject({ status: 403, path: '/limits' });
+    const before = gates.open.logs.length;
+    await request(gates.open, 'GET', '/limits', { host: 'rebound.example:9464' });
+    expect(gates.open.logs.slice(before).find((l) => l.msg === 'admin request refused')).toMatchObject({ status: 403, path: '/limits' });
   });
 });
 
 describe('the addresses an admin types still work', () => {
   test.each(['127.0.0.1:9464', '127.0.0.1', 'localhost:9464', 'LOCALHOST', '[::1]:9464', '[::1]', '192.0.2.10:9464'])('GET /limits with Host %s', async (host) => {
-    expect((await request(open, 'GET', '/limits', { host })).status).toBe(200);
+    expect((await request(gates.open, 'GET', '/limits', { host })).status).toBe(200);
   });
 
   test('with a token, any Host (the page could not send the token)', async () => {
-    expect((await request(withToken, 'GET', '/limits', { host: 'smtpgate-admin.mail.svc:9464', authorization: `Bearer ${TOKEN}` })).status).toBe(200);
-    expect((await request(withToken, 'GET', '/limits', { host: 'rebound.example:9464' })).status).toBe(401);
+    expect((await request(gates.withToken, 'GET', '/limits', { host: 'smtpgate-admin.mail.svc:9464', authorization: `Bearer ${ADMIN_TOKEN}` })).status).toBe(200);
+    expect((await request(gates.withToken, 'GET', '/limits', { host: 'rebound.example:9464' })).status).toBe(401);
   });
 
   test('/metrics and the probes do not look at Host', async () => {
-    expect((await request(open, 'GET', '/metrics', { host: 'prometheus-target.example:9464' })).status).toBe(200);
-    expect((await request(open, 'GET', '/healthz', { host: 'kubelet.example' })).status).toBe(200);
+    expect((await request(gates.open, 'GET', '/metrics', { host: 'prometheus-target.example:9464' })).status).toBe(200);
+    expect((await request(gates.open, 'GET', '/healthz', { host: 'kubelet.example' })).status).toBe(200);
   });
 });
