@@ -6,7 +6,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import type http from 'node:http';
-import { ConfigError, formatPath, type ConfigIssue, type ConfigOrigin } from './config/errors.js';
+import { ConfigError, formatPath, type ConfigIssue, type ConfigOrigin } from './parsing/errors.js';
 import { loadConfigFile, loadConfigSource } from './config/load.js';
 import { openRelayProblems } from './policy/open-relay.js';
 import { anchorIssues, checkReferences, referencedFiles } from './config/referenced-files.js';
@@ -36,7 +36,7 @@ import { emptyPolicySet, loadPolicySet } from './policy/load.js';
 import type { PolicySet } from './policy/types.js';
 import { lintPolicySet } from './policy/lint.js';
 import { formatFinding } from './policy/cli.js';
-import type { HostPort } from './config/units.js';
+import type { HostPort } from './parsing/units.js';
 import { WriteBatcher } from './transport/write-batcher.js';
 import { collectorFromV8, ReadBufferReclaimer, type Collect } from './transport/read-buffer-reclaimer.js';
 import { demoCertificateExists, ensureDemoCertificate, loadCertificateGenerator } from './demo/demo-certificate.js';

@@ -5,7 +5,7 @@
  * the limits' in limits/replies.ts, the policy rules' in policy/replies.ts.
  */
 import { refusal, type Refusal } from './reply.js';
-import { SMUGGLING_KIND_TEXT, type SmugglingKind } from './relay/data-encoder.js';
+import { SMUGGLING_KIND_TEXT, type SmugglingKind } from './smuggling.js';
 
 // ── any stage ──────────────────────────────────────────────────────────────────────────
 

@@ -7,7 +7,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { hash as bcryptHash, verify } from '@node-rs/bcrypt';
-import { ConfigError } from '../config/errors.js';
+import { ConfigError } from '../parsing/errors.js';
 import type { AuthOutcome, AuthRequest, Authenticator } from './authenticator.js';
 import { parseUsersFile, type UserRecord } from './users-file.js';
 

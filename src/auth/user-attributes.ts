@@ -9,8 +9,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { ConfigError } from '../config/errors.js';
-import { describeZodIssues, parseYaml } from '../config/yaml-source.js';
+import { ConfigError } from '../parsing/errors.js';
+import { describeZodIssues, parseYaml } from '../parsing/yaml-source.js';
 
 export interface UserAttributes {
   readonly addresses: readonly string[];

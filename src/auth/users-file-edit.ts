@@ -6,7 +6,7 @@
  * A file with any problem is refused rather than edited: rewriting around a line we cannot
  * read could silently drop or keep a user the operator meant to change.
  */
-import type { ConfigIssue } from '../config/errors.js';
+import type { ConfigIssue } from '../parsing/errors.js';
 import { isValidUsername, parseUsersFile } from './users-file.js';
 
 export type UsersFileEdit =

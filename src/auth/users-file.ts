@@ -6,7 +6,7 @@
  *
  * Parsing is pure (`parseUsersFile`); reading and watching are in `FileAuthenticator`.
  */
-import type { ConfigIssue } from '../config/errors.js';
+import type { ConfigIssue } from '../parsing/errors.js';
 
 export interface UserRecord {
   readonly username: string;

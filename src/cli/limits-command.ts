@@ -9,7 +9,7 @@ import type { Command } from 'commander';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { loadConfigFile } from '../config/load.js';
-import { ConfigError, formatIssue } from '../config/errors.js';
+import { ConfigError, formatIssue } from '../parsing/errors.js';
 import { createLimits } from '../limits/limits.js';
 import { fetchLimitsState, formatClearResult, formatLimitsState, requestLimitsClear, type ClearResult, type LimitsState } from '../limits/admin.js';
 import type { Config } from '../config/schema.js';

@@ -6,7 +6,7 @@
 import { Command } from 'commander';
 import { checkConfigFile, hostPortLabel } from '../app.js';
 import { run } from './run-command.js';
-import { ConfigError, formatIssue } from '../config/errors.js';
+import { ConfigError, formatIssue } from '../parsing/errors.js';
 import type { Config } from '../config/schema.js';
 import { registerUserCommand } from './user-command.js';
 import { registerPolicyCommand } from './policy-command.js';

@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { loadConfigFile } from '../config/load.js';
-import { ConfigError, formatIssue } from '../config/errors.js';
+import { ConfigError, formatIssue } from '../parsing/errors.js';
 import { readUserAttributes, type UserAttributes } from '../auth/user-attributes.js';
 import { runPolicyCheck, runPolicyTest, type CommandResult } from '../policy/cli.js';
 

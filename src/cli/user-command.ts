@@ -14,7 +14,7 @@ import type { ReadStream } from 'node:tty';
 import { hash as bcryptHash } from '@node-rs/bcrypt';
 import type { Command } from 'commander';
 import { applyUsersFileEdit, checkUsersFileEdit, type UsersFileEdit } from '../auth/users-file-edit.js';
-import { ConfigError, formatIssue, type ConfigIssue } from '../config/errors.js';
+import { ConfigError, formatIssue, type ConfigIssue } from '../parsing/errors.js';
 import { loadConfigFile } from '../config/load.js';
 
 const DEFAULT_COST = 12;

@@ -5,7 +5,7 @@
  * and exits 0; `run` logs it at start. Pure.
  */
 import { networkIfHostBitsSet } from '../limits/keys.js';
-import { formatPath, type ConfigOrigin } from './errors.js';
+import { formatPath, type ConfigOrigin } from '../parsing/errors.js';
 import type { Config } from './schema.js';
 
 export function hostBitWarnings(config: Config, origin: ConfigOrigin): string[] {

@@ -6,8 +6,8 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { z } from 'zod';
-import { ConfigError } from './errors.js';
-import { describeZodIssues, parseYaml, type YamlSource } from './yaml-source.js';
+import { ConfigError } from '../parsing/errors.js';
+import { describeZodIssues, parseYaml, type YamlSource } from '../parsing/yaml-source.js';
 import { configSchema, type Config } from './schema.js';
 
 export async function loadConfigFile(file: string): Promise<Config> {

@@ -8,8 +8,8 @@
 import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { formatPath, type ConfigIssue } from './errors.js';
-import type { ConfigOrigin } from './errors.js';
+import { formatPath, type ConfigIssue } from '../parsing/errors.js';
+import type { ConfigOrigin } from '../parsing/errors.js';
 import type { Config } from './schema.js';
 
 export interface FileReference {

@@ -8,8 +8,8 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { parseDuration, parseHostPort } from './units.js';
-import { CidrSet, parseCidr, type Cidr } from './cidr.js';
+import { parseDuration, parseHostPort } from '../parsing/units.js';
+import { CidrSet, parseCidr, type Cidr } from '../parsing/cidr.js';
 import { describeBind, findBindConflicts, type Bind } from './bind-conflicts.js';
 import { limitsSection, resolveStorePaths } from '../limits/config.js';
 

@@ -8,7 +8,7 @@
  */
 import path from 'node:path';
 import { z } from 'zod';
-import { parseDuration, parseHostPort, parseSize } from '../config/units.js';
+import { parseDuration, parseHostPort, parseSize } from '../parsing/units.js';
 import { parseCidr, type Cidr } from './keys.js';
 import { parseRate, type Rate, type RateUnit } from './rate.js';
 

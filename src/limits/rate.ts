@@ -5,7 +5,7 @@
  * Windows are whole seconds: the Redis limiter's Lua script sets `EX` in seconds and would
  * silently treat a 500 ms window as "never expires".
  */
-import { parseSize } from '../config/units.js';
+import { parseSize } from '../parsing/units.js';
 
 export interface Rate {
   /** How many (messages, connections, failures, bytes) per window. Always ≥ 1. */

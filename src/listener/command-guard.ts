@@ -33,7 +33,7 @@
 import type { SMTPServer } from 'smtp-server';
 import type { WriteBatcher } from '../transport/write-batcher.js';
 import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
-import type { CidrSet } from '../config/cidr.js';
+import type { CidrSet } from '../parsing/cidr.js';
 import type { Refusal } from '../reply.js';
 import {
   AUTH_BASE64_INVALID,

@@ -30,7 +30,7 @@ import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { SMTPServer } from 'smtp-server';
 import type { ListenerConfig } from '../config/schema.js';
-import { CidrSet } from '../config/cidr.js';
+import { CidrSet } from '../parsing/cidr.js';
 import { replaceProxyHandler } from './smtp-server-seams.js';
 
 export interface ProxyAddresses {

@@ -15,7 +15,7 @@ import { codeClass, toServerError, type Refusal, type SmtpServerError } from '..
 import { INTERNAL_ERROR, INTERNAL_ERROR_CLOSING, SHUTTING_DOWN } from '../refusals.js';
 import { Backend, replyText, type MessageSettings } from '../relay/backend.js';
 import { MAX_AUTH_LINE_OCTETS, inTransaction, installCommandGuard, type GuardedConnection } from './command-guard.js';
-import { CidrSet } from '../config/cidr.js';
+import { CidrSet } from '../parsing/cidr.js';
 import { ClientSession, type ClientSessionDeps } from '../session/client-session.js';
 import { SmtpServerClient, peerCertificate } from './smtp-server-client.js';
 import { sessionDeps, type ListenerDeps } from './listener-deps.js';

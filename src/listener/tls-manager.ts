@@ -6,8 +6,8 @@
  */
 import tls from 'node:tls';
 import { FileWatcher } from '../config/file-watch.js';
-import type { ConfigIssue } from '../config/errors.js';
-import { formatIssue } from '../config/errors.js';
+import type { ConfigIssue } from '../parsing/errors.js';
+import { formatIssue } from '../parsing/errors.js';
 import { loadTlsMaterial, type TlsMaterial } from './tls-material.js';
 
 export interface CertificateSource {

@@ -5,7 +5,7 @@
  */
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import type { ConfigIssue } from '../config/errors.js';
+import type { ConfigIssue } from '../parsing/errors.js';
 
 export interface TlsMaterial {
   readonly cert: Buffer;

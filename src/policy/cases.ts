@@ -20,13 +20,13 @@
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { formatPath } from '../config/errors.js';
-import { parseSize } from '../config/units.js';
+import { formatPath } from '../parsing/errors.js';
+import { parseSize } from '../parsing/units.js';
 import { buildUserFacts } from './facts.js';
 import { scanMessage } from './mime.js';
 import { headerFromLine, simulateSession, type SessionSpec, type StageReport } from './simulate.js';
 import { POLICY_STAGES, type Decision, type Header, type MimePart, type PolicySet, type PolicyStage } from './types.js';
-import { describeZodIssues, parseYaml, valueAt, type PolicyIssue } from '../config/yaml-source.js';
+import { describeZodIssues, parseYaml, valueAt, type PolicyIssue } from '../parsing/yaml-source.js';
 
 const oneOrMany = z.union([z.string(), z.array(z.string())]);
 const sizeValue = z.union([z.string(), z.number()]);

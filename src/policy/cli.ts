@@ -4,13 +4,13 @@
  * with commander; tests call them directly.
  */
 import path from 'node:path';
-import { ConfigError, formatIssue, type ConfigIssue } from '../config/errors.js';
+import { ConfigError, formatIssue, type ConfigIssue } from '../parsing/errors.js';
 import { loadTestCases, runCase, sessionFromRaw, describeDecision, type RawSession, type SessionDefaults } from './cases.js';
 import { lintPolicySet, type Finding } from './lint.js';
 import { loadPolicySet } from './load.js';
 import { simulateSession, type SessionSpec, type StageReport } from './simulate.js';
 import type { PolicySet, TraceEntry } from './types.js';
-import type { PolicyIssue } from '../config/yaml-source.js';
+import type { PolicyIssue } from '../parsing/yaml-source.js';
 
 export interface CommandResult {
   readonly exitCode: number;

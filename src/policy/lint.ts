@@ -10,7 +10,7 @@
  * - open_relay: relay protection is off, so unauthenticated clients may send anywhere.
  */
 import type { Condition, PolicySet, Rule } from './types.js';
-import type { FindingKind } from '../config/yaml-source.js';
+import type { FindingKind } from '../parsing/yaml-source.js';
 
 export interface Finding {
   readonly kind: FindingKind;

@@ -11,9 +11,9 @@
  */
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { ConfigError, formatPath } from '../config/errors.js';
-import { CidrSet, parseCidr, type Cidr } from '../config/cidr.js';
-import { parseSize } from '../config/units.js';
+import { ConfigError, formatPath } from '../parsing/errors.js';
+import { CidrSet, parseCidr, type Cidr } from '../parsing/cidr.js';
+import { parseSize } from '../parsing/units.js';
 import { parseRate } from '../limits/rate.js';
 import type { z } from 'zod';
 import type { Refusal } from '../reply.js';
@@ -40,7 +40,7 @@ import {
   type RuleMode,
   type TimeRange,
 } from './types.js';
-import { describeZodIssues, parseYaml, valueAt, type FindingKind, type PolicyIssue, type YamlSource } from '../config/yaml-source.js';
+import { describeZodIssues, parseYaml, valueAt, type FindingKind, type PolicyIssue, type YamlSource } from '../parsing/yaml-source.js';
 
 // ── public entry points ───────────────────────────────────────────────────────────────────
 

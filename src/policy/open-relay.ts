@@ -12,7 +12,7 @@
 import { lintPolicySet } from './lint.js';
 import type { PolicySet } from './types.js';
 import type { Config } from '../config/schema.js';
-import type { ConfigIssue, ConfigOrigin } from '../config/errors.js';
+import type { ConfigIssue, ConfigOrigin } from '../parsing/errors.js';
 
 export interface OpenRelay {
   /** Listeners that take mail without AUTH, with their index in `listeners`. */

@@ -5,7 +5,7 @@
  *
  * Everything here is plain data. `evaluate()` is a pure function of (PolicySet, stage, facts).
  */
-import type { CidrSet } from '../config/cidr.js';
+import type { CidrSet } from '../parsing/cidr.js';
 import type { Refusal, RefusalReason } from '../reply.js';
 import type { Stage } from '../stage.js';
 import type { Rate } from '../limits/rate.js';

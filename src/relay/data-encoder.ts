@@ -10,8 +10,10 @@
  * backend never receives a CR or LF outside a CRLF pair, nor a NUL, and that every line is
  * dot-stuffed (RFC 5321 §4.5.2) so that no CRLF.CRLF can appear before the caller's own.
  */
+import { SMUGGLING_KIND_TEXT, type SmugglingKind } from '../smuggling.js';
+
+export { SMUGGLING_KIND_TEXT, type SmugglingKind };
 export type BareLineEndingMode = 'reject' | 'normalize';
-export type SmugglingKind = 'bare_cr' | 'bare_lf' | 'nul';
 
 const CR = 0x0d;
 const LF = 0x0a;
@@ -20,13 +22,6 @@ const DOT = 0x2e;
 /** Fresh Buffers are made from these for every use, so no caller can alias or mutate a shared one. */
 const SPACE = ' ';
 const CRLF = '\r\n';
-
-/** What each kind is called, in the refusal's text (refusals.ts) and in this error's message. */
-export const SMUGGLING_KIND_TEXT: Readonly<Record<SmugglingKind, string>> = {
-  bare_cr: 'bare CR',
-  bare_lf: 'bare LF',
-  nul: 'NUL byte',
-};
 
 /**
  * A CR, LF or NUL outside a CRLF pair. Same policy as Postfix's smtpd_forbid_bare_newline:

@@ -7,9 +7,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
-import { ConfigError } from '../../src/config/errors.js';
+import { ConfigError } from '../../src/parsing/errors.js';
 import { checkConfigFile } from '../../src/app.js';
-import { parseDuration, parseHostPort, parseSize } from '../../src/config/units.js';
+import { parseDuration, parseHostPort, parseSize } from '../../src/parsing/units.js';
 import { makeTestCert } from '../helpers/pki.js';
 
 const MINIMAL = `

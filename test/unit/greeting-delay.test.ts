@@ -6,8 +6,8 @@
 import { describe, expect, test } from 'vitest';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { parseConfig } from '../../src/config/load.js';
-import { ConfigError } from '../../src/config/errors.js';
-import { CidrSet, parseCidr } from '../../src/config/cidr.js';
+import { ConfigError } from '../../src/parsing/errors.js';
+import { CidrSet, parseCidr } from '../../src/parsing/cidr.js';
 import { greetingDelayFor } from '../../src/listener/command-guard.js';
 
 const networks = (...cidrs: string[]) => new CidrSet(cidrs.map((c) => parseCidr(c)!));

@@ -4,9 +4,9 @@
  */
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { ConfigError } from '../../src/config/errors.js';
+import { ConfigError } from '../../src/parsing/errors.js';
 import { loadPolicySet } from '../../src/policy/load.js';
-import type { PolicyIssue } from '../../src/config/yaml-source.js';
+import type { PolicyIssue } from '../../src/parsing/yaml-source.js';
 import { writePolicyDir } from '../fixtures/policy/load-set.js';
 
 async function problems(files: Record<string, string>): Promise<{ dir: string; issues: PolicyIssue[]; message: string }> {

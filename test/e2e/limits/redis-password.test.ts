@@ -11,7 +11,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, test } from 'vitest';
 import { checkConfigFile } from '../../../src/app.js';
-import { ConfigError } from '../../../src/config/errors.js';
+import { ConfigError } from '../../../src/parsing/errors.js';
 import { makeTestCert } from '../../helpers/pki.js';
 import { describeWith } from '../../helpers/programs.js';
 import { limitsHarness, startRedisServer, startSentinel, type LimitsHarness, type RedisProcess } from '../../helpers/redis.js';

@@ -20,7 +20,7 @@ import { parseUserAttributes } from '../../../src/auth/user-attributes.js';
 import { parseUsersFile } from '../../../src/auth/users-file.js';
 import { parseConfig } from '../../../src/config/load.js';
 import type { Config } from '../../../src/config/schema.js';
-import { parseDuration } from '../../../src/config/units.js';
+import { parseDuration } from '../../../src/parsing/units.js';
 import { loadPolicySet } from '../../../src/policy/load.js';
 import { REPO } from '../../helpers/ops-traffic.js';
 import { makeTestCert } from '../../helpers/pki.js';
