@@ -323,7 +323,7 @@ export class App {
     this.metrics = createMetrics(readBuildInfo());
     this.limits = createLimits({ config: config.limits, log: this.log, metrics: this.metrics.limits });
     this.#authenticator =
-      config.auth?.backend === 'backend' ? new BackendAuthenticator() : material.users ? new FileAuthenticator(material.users) : undefined;
+      config.auth?.backend[0] === 'backend' ? new BackendAuthenticator() : material.users ? new FileAuthenticator(material.users) : undefined;
     this.#attributes = material.attributes;
     this.#policy = material.policy;
     this.metrics.policy.setPolicySet(material.policy);

@@ -1,9 +1,12 @@
+import type { Logger } from '../logging/logger.js';
 import type { Backend, ClientIdentity } from '../relay/backend.js';
+import type { UserAttributes } from './user-attributes.js';
 
 /**
- * The auth interface. Each backend (users file, passthrough to the legacy server, and later
- * LDAP bind or an HTTP hook) is one file implementing `Authenticator`; the listener only
- * talks to this interface.
+ * The auth interface. Each source (the users file, passthrough to the legacy server, an LDAP
+ * directory, Dovecot's auth service, an HTTP hook) is one file implementing `Authenticator`;
+ * a list of them is tried in order by `AuthChain` (chain.ts), and `AuthCache` (cache.ts) may
+ * sit in front. The session only talks to this interface.
  */
 
 export interface AuthRequest {
@@ -12,16 +15,37 @@ export interface AuthRequest {
   readonly mechanism: 'PLAIN' | 'LOGIN';
   readonly sessionId: string;
   readonly remoteAddress: string;
+  /** The listener's name from the config. */
+  readonly listener: string;
+  /** The client's TLS (always there: AUTH is refused without it), for sources that want it. */
+  readonly tls: { readonly version: string; readonly cipher: string } | undefined;
 }
 
 export interface AuthenticatedUser {
+  /** The login as the source spells it (a directory may canonicalise case). */
   readonly username: string;
+  /**
+   * What the source knows of the user: the addresses they may send as and their groups
+   * (a directory's mail/proxyAddresses and memberOf). Undefined when the source keeps none;
+   * the attributes file (auth.attributes) adds to it either way.
+   */
+  readonly attributes?: UserAttributes;
 }
 
+/**
+ * Why a sign-in failed:
+ * - `unknown_user`: this source has no such user; the next source in the chain is asked.
+ * - `bad_credentials`: the source knows the user and the password is wrong. Final.
+ * - `disabled`: the source knows the user and the account is disabled or locked. Final.
+ * - `unavailable`: the source could not decide (unreachable, timed out, its own 4xx). The
+ *   client gets 454 4.7.0 and may retry; it is never counted as a wrong password.
+ * The client gets the same 535 for the first three: only the logs tell them apart.
+ */
+export type AuthFailureReason = 'unknown_user' | 'bad_credentials' | 'disabled' | 'unavailable';
+
 export type AuthOutcome =
-  | { readonly ok: true; readonly user: AuthenticatedUser }
-  /** `unavailable`: the backend could not decide (e.g. unreachable); the client gets a 454 and may retry. */
-  | { readonly ok: false; readonly reason: 'bad_credentials' | 'unavailable' };
+  | { readonly ok: true; readonly user: AuthenticatedUser; readonly source?: string }
+  | { readonly ok: false; readonly reason: AuthFailureReason; readonly source?: string; /** For the log, never the client: "ldap://dc1:389: connect ETIMEDOUT". */ readonly detail?: string };
 
 /**
  * What the session offers an authenticator beyond the credentials: passthrough auth uses the
@@ -33,6 +57,26 @@ export interface AuthContext {
 }
 
 export interface Authenticator {
+  /** The source's kind, as in auth.backend ("file", "ldap", …), or "chain" / "cache". */
   readonly kind: string;
+  /**
+   * Checks one sign-in. Never throws for a source problem: a directory that is down is
+   * `{ ok: false, reason: 'unavailable', detail }`. (A throw is a bug, and the session answers
+   * it with 454 too.)
+   */
   authenticate(req: AuthRequest, ctx: AuthContext): Promise<AuthOutcome>;
+  /**
+   * `smtpgate check --probe`: reaches the source once (an LDAP bind with the service account,
+   * Dovecot's handshake, …) and says what it found, in a line or two for the operator. Rejects
+   * with a message naming what failed and the fix.
+   */
+  probe?(): Promise<string>;
+  /** Closes connections and timers; the source is not used after. */
+  close?(): Promise<void>;
+}
+
+/** What every source is built with, besides its own config section and secrets. */
+export interface SourceDeps {
+  /** The app's logger; a source logs with `{ source: kind }` and never a password. */
+  readonly log: Logger;
 }

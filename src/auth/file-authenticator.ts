@@ -49,7 +49,8 @@ export class FileAuthenticator implements Authenticator {
     const record = this.#users.get(req.username);
     const hash = record?.hash ?? (await this.#dummyHash);
     const match = await verify(req.password, hash).catch(() => false);
-    return match && record ? { ok: true, user: { username: record.username } } : { ok: false, reason: 'bad_credentials' };
+    if (!record) return { ok: false, reason: 'unknown_user' };
+    return match ? { ok: true, user: { username: record.username } } : { ok: false, reason: 'bad_credentials' };
   }
 }
 

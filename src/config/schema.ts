@@ -12,6 +12,7 @@ import { parseDuration, parseHostPort } from '../parsing/units.js';
 import { CidrSet, parseCidr, type Cidr } from '../parsing/cidr.js';
 import { describeBind, findBindConflicts, type Bind } from './bind-conflicts.js';
 import { limitsSection, resolveStorePaths } from '../limits/config.js';
+import { authSection } from './auth-section.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
 export const DEFAULT_TLS12_CIPHERS = [
@@ -154,18 +155,7 @@ export function configSchema(baseDir: string) {
     })
     .strict();
 
-  const auth = z
-    .object({
-      /** file: the users file; backend: pass AUTH through to the legacy server's own accounts. */
-      backend: z.enum(['file', 'backend']).default('file'),
-      users: filePath.optional(),
-      /** YAML: per-user addresses (sender binding) and groups, for policy rules. */
-      attributes: filePath.optional(),
-      /** How often the users and attributes files are checked for changes. */
-      reloadInterval: duration.default(5_000),
-    })
-    .strict()
-    .refine((a) => a.backend !== 'file' || a.users !== undefined, { message: 'auth.backend: file needs auth.users (the htpasswd users file)', path: ['users'] });
+  const auth = authSection(baseDir);
 
   const backend = z
     .object({

@@ -292,7 +292,7 @@ export class ClientSession implements SnapshotSource {
     let outcome;
     try {
       outcome = await authenticator.authenticate(
-        { username, password, mechanism, sessionId: this.id, remoteAddress: this.#connection.remoteAddress },
+        { username, password, mechanism, sessionId: this.id, remoteAddress: this.#connection.remoteAddress, listener, tls: this.#tlsFacts() },
         { backend: this.backend, identity: this.identity() },
       );
     } catch (err) {
@@ -613,6 +613,12 @@ export class ClientSession implements SnapshotSource {
   }
 
   /** What the limits count the client as. */
+  /** The client's TLS version and cipher, for auth sources that pass them on (the HTTP hook). */
+  #tlsFacts(): { version: string; cipher: string } | undefined {
+    const version = this.#connection.tlsVersion();
+    return version ? { version, cipher: this.#connection.tlsCipher() ?? '' } : undefined;
+  }
+
   limitsFacts(): ClientFacts {
     return limitsView(this.snapshot());
   }

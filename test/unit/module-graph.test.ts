@@ -76,8 +76,11 @@ describe('module graph', () => {
       for (const [dep] of edges.get(mod) ?? []) {
         const at = path.indexOf(dep);
         if (at >= 0) {
-          const circle = [...path.slice(at), dep];
-          circles.add(circle.slice(0, -1).map((m, i) => edges.get(m)!.get(circle[i + 1]!)).join('; '));
+          // Each circle once, whichever module the walk entered it by: start at its first name.
+          const ring = path.slice(at);
+          const start = ring.indexOf([...ring].sort()[0]!);
+          const circle = [...ring.slice(start), ...ring.slice(0, start)];
+          circles.add(circle.map((m, i) => edges.get(m)!.get(circle[(i + 1) % circle.length]!)).join('; '));
         } else visit(dep, [...path, dep]);
       }
     };

@@ -1,0 +1,192 @@
+/**
+ * The `auth:` section of the config file: where passwords are checked (`backend`, one source
+ * or a list tried in order), each source's settings, and the auth cache.
+ *
+ *   auth:
+ *     backend: [file, ldap]       # service accounts in the users file, then the directory
+ *     users: /etc/smtpgate/users
+ *     ldap: { url: ldaps://dc1.corp.example, bindDn: …, bindPasswordFile: …, userBase: … }
+ *     cache: { ttl: 10m, negativeTtl: 30s }
+ *
+ * Relative paths are resolved against the config file's folder (`authSection(baseDir)`).
+ */
+import path from 'node:path';
+import { z } from 'zod';
+import { parseDuration, parseHostPort } from '../parsing/units.js';
+
+export const AUTH_SOURCES = ['file', 'backend', 'ldap', 'dovecot', 'http'] as const;
+export type AuthSourceKind = (typeof AUTH_SOURCES)[number];
+
+/** The sources that answer from a directory (and so may carry the user's addresses and groups). */
+export const DIRECTORY_SOURCES: ReadonlySet<AuthSourceKind> = new Set(['ldap', 'dovecot', 'http']);
+
+const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const ms = parseDuration(value);
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: `expected a duration such as "5s", "10m" or "1h", found ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+/** An LDAP URL: ldaps:// (TLS from the first byte) or ldap:// (which must then use StartTLS). */
+const ldapUrl = z.string().regex(/^ldaps?:\/\/[^\s/]+\/?$/i, 'expected an LDAP URL such as ldaps://dc1.corp.example:636 or ldap://ldap.corp.example:389 (no path or query)');
+
+/** `{user}` in a filter or DN template is the login, escaped for its place (RFC 4515 / RFC 4514). */
+const USER_PLACEHOLDER = '{user}';
+
+export function authSection(baseDir: string) {
+  const filePath = z
+    .string()
+    .min(1)
+    .transform((p) => path.resolve(baseDir, p));
+
+  const ldap = z
+    .object({
+      /** One server, or several tried in order; ldaps://, or ldap:// with startTls: true. */
+      url: z.union([ldapUrl, z.array(ldapUrl).min(1, 'expected at least one LDAP URL')]).transform((u) => (Array.isArray(u) ? u : [u])),
+      startTls: z.boolean().default(false),
+      /** CA bundle for the directory's certificate (else the system's CAs). */
+      ca: filePath.optional(),
+      /** Certificate verification; off only for a lab, never silently. */
+      verifyCertificate: z.boolean().default(true),
+      /** Search-then-bind: the service account that looks users up. */
+      bindDn: z.string().min(1).optional(),
+      bindPasswordFile: filePath.optional(),
+      /** Direct bind, no service account: the user's DN with {user}, e.g. "uid={user},ou=people,dc=example,dc=org". */
+      userDnTemplate: z.string().includes(USER_PLACEHOLDER, { message: 'expected a DN with {user} in it, e.g. "uid={user},ou=people,dc=example,dc=org"' }).optional(),
+      userBase: z.string().min(1).optional(),
+      userFilter: z.string().includes(USER_PLACEHOLDER, { message: 'expected an LDAP filter with {user} in it, e.g. "(&(objectClass=user)(sAMAccountName={user}))"' }).default('(uid={user})'),
+      /** Directory attributes holding the addresses a user may send as (AD's proxyAddresses: the SMTP:/smtp: values). */
+      addressAttributes: z.array(z.string().min(1)).default(['mail']),
+      /** The attribute listing the user's groups by DN (memberOf); a group is named in policy by its CN or its full DN. */
+      groupAttribute: z.string().min(1).default('memberOf'),
+      /** An LDAP filter an account must NOT match (e.g. "(pwdAccountLockedTime=*)"); AD's ACCOUNTDISABLE bit is always honoured. */
+      disabledFilter: z.string().min(1).optional(),
+      /** Per operation (connect, bind, search). */
+      timeout: duration.default(5_000),
+    })
+    .strict()
+    .superRefine((l, ctx) => {
+      l.url.forEach((u, i) => {
+        if (/^ldap:\/\//i.test(u) && !l.startTls) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['url', ...(l.url.length > 1 ? [i] : [])],
+            message: `${u} would send passwords in cleartext: use ldaps://, or set startTls: true`,
+          });
+        }
+        if (/^ldaps:\/\//i.test(u) && l.startTls) {
+          ctx.addIssue({ code: 'custom', path: ['startTls'], message: `${u} is already TLS (ldaps://): remove startTls, or use ldap:// with startTls: true` });
+        }
+      });
+      const searches = l.bindDn !== undefined || l.bindPasswordFile !== undefined || l.userBase !== undefined;
+      if (l.userDnTemplate === undefined) {
+        for (const key of ['bindDn', 'bindPasswordFile', 'userBase'] as const) {
+          if (l[key] === undefined) {
+            ctx.addIssue({ code: 'custom', path: [key], message: `search-then-bind needs bindDn, bindPasswordFile and userBase (or give userDnTemplate for a direct bind)` });
+          }
+        }
+      } else if (searches && (l.bindDn === undefined || l.bindPasswordFile === undefined)) {
+        ctx.addIssue({ code: 'custom', path: ['bindDn'], message: 'with userDnTemplate, bindDn and bindPasswordFile go together (the service account reads the user\'s entry after the bind)' });
+      }
+    });
+
+  const dovecot = z
+    .object({
+      /** Dovecot's auth-client socket: a unix path, or host:port of an inet_listener. */
+      socket: z.string().min(1).transform((s, ctx) => {
+        if (s.startsWith('/') || s.startsWith('.')) return { kind: 'unix' as const, path: path.resolve(baseDir, s) };
+        const hp = parseHostPort(s);
+        if (!hp) {
+          ctx.addIssue({ code: 'custom', message: `expected a unix socket path (/run/dovecot/auth-client) or host:port, found ${JSON.stringify(s)}` });
+          return z.NEVER;
+        }
+        return { kind: 'inet' as const, host: hp.host, port: hp.port };
+      }),
+      /** The service name Dovecot's passdb sees (%s). */
+      service: z.string().regex(/^[a-z0-9_-]{1,32}$/i, 'expected a service name such as smtp').default('smtp'),
+      timeout: duration.default(5_000),
+    })
+    .strict();
+
+  const http = z
+    .object({
+      /** The hook's URL: https://, or http:// to this machine only (the password travels in the body). */
+      url: z.string().url('expected a URL such as https://auth.corp.example/smtp'),
+      /** Sent as "Authorization: Bearer <token>". */
+      tokenFile: filePath.optional(),
+      /** CA bundle for the hook's certificate (else the system's CAs). */
+      ca: filePath.optional(),
+      timeout: duration.default(5_000),
+    })
+    .strict()
+    .superRefine((h, ctx) => {
+      const u = new URL(h.url);
+      if (u.protocol !== 'https:' && u.protocol !== 'http:') ctx.addIssue({ code: 'custom', path: ['url'], message: `expected an https:// URL, found ${u.protocol}` });
+      if (u.protocol === 'http:' && !['localhost', '127.0.0.1', '[::1]'].includes(u.hostname)) {
+        ctx.addIssue({ code: 'custom', path: ['url'], message: `${h.url} would send passwords in cleartext: use https:// (http:// is allowed to localhost only)` });
+      }
+      if (u.username || u.password) ctx.addIssue({ code: 'custom', path: ['url'], message: 'put no credentials in the URL: use tokenFile' });
+    });
+
+  const cache = z
+    .object({
+      /** How long a successful sign-in is remembered (0 turns caching of successes off). */
+      ttl: duration.default(600_000),
+      /** How long a failed one is remembered (0: never). */
+      negativeTtl: duration.default(30_000),
+      /** Entries kept at most; the least recently used go first. */
+      size: z.number().int().min(1).max(10_000_000).default(100_000),
+    })
+    .strict();
+
+  const backend = z.enum(AUTH_SOURCES);
+
+  return z
+    .object({
+      /** Where passwords are checked: one source, or a list tried in order (see auth/chain.ts). */
+      backend: z
+        .union([backend, z.array(backend).min(1, 'expected at least one auth source')])
+        .default('file')
+        .transform((b) => (Array.isArray(b) ? b : [b])),
+      users: filePath.optional(),
+      /** YAML: per-user addresses (sender binding) and groups, for policy rules. */
+      attributes: filePath.optional(),
+      /** How often the users and attributes files are checked for changes. */
+      reloadInterval: duration.default(5_000),
+      ldap: ldap.optional(),
+      dovecot: dovecot.optional(),
+      http: http.optional(),
+      cache: cache.optional(),
+    })
+    .strict()
+    .superRefine((a, ctx) => {
+      const at = (kind: AuthSourceKind) => ['backend', ...(a.backend.length > 1 ? [a.backend.indexOf(kind)] : [])];
+      const seen = new Set<AuthSourceKind>();
+      a.backend.forEach((kind, i) => {
+        if (seen.has(kind)) ctx.addIssue({ code: 'custom', path: ['backend', i], message: `${kind} is listed twice` });
+        seen.add(kind);
+      });
+      if (seen.has('file') && a.users === undefined) ctx.addIssue({ code: 'custom', path: ['users'], message: 'auth.backend: file needs auth.users (the htpasswd users file)' });
+      for (const kind of ['ldap', 'dovecot', 'http'] as const) {
+        if (seen.has(kind) && a[kind] === undefined) ctx.addIssue({ code: 'custom', path: [kind], message: `auth.backend names ${kind}, so an auth.${kind} section is required` });
+        if (!seen.has(kind) && a[kind] !== undefined) ctx.addIssue({ code: 'custom', path: [kind], message: `auth.${kind} is set but auth.backend does not name ${kind}: add it to auth.backend, or remove this section` });
+      }
+      // The legacy server answers 535 alike for an unknown user and a wrong password, so after
+      // it no other source could be asked: it can only be the last.
+      if (seen.has('backend') && a.backend.at(-1) !== 'backend') {
+        ctx.addIssue({ code: 'custom', path: at('backend'), message: 'backend (passthrough) must be the last source: the legacy server cannot tell an unknown user from a wrong password' });
+      }
+      // A passthrough login is the session's own backend connection: it can't be remembered.
+      if (seen.has('backend') && a.cache !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['cache'], message: 'auth.cache cannot be used with backend (passthrough): each session\'s backend connection must log in itself' });
+      }
+    });
+}
+
+export type AuthConfig = z.output<ReturnType<typeof authSection>>;
+export type LdapConfig = NonNullable<AuthConfig['ldap']>;
+export type DovecotConfig = NonNullable<AuthConfig['dovecot']>;
+export type HttpAuthConfig = NonNullable<AuthConfig['http']>;
+export type AuthCacheConfig = NonNullable<AuthConfig['cache']>;
