@@ -22,6 +22,8 @@ import { readUserAttributes, NO_ATTRIBUTES, type UserAttributes } from './auth/u
 import type { UserRecord } from './auth/users-file.js';
 import { FileWatcher } from './config/file-watch.js';
 import { createAuthStack, readAuthSecrets, type AuthSecrets, type AuthStack } from './auth/sources.js';
+import { authCacheAdminRoute, type CacheClearAnswer } from './auth/admin.js';
+import type { HttpRefusal } from './limits/browser-guard.js';
 import { DIRECTORY_SOURCES } from './config/auth-section.js';
 import { initAuthMetrics } from './metrics/auth-metrics.js';
 import { daysUntilExpiry } from './listener/tls-material.js';
@@ -470,17 +472,7 @@ export class App {
         registry: this.metrics.registry,
         readiness: () => this.readiness(),
         // `smtpgate limits list|clear` reach a memory store through here; loopback by default.
-        routes: [
-          limitsAdminRoutes(this.limits, {
-            ...(this.#material.adminToken ? { token: this.#material.adminToken } : {}),
-            // A browser page reaching the admin routes is a CSRF or DNS-rebinding attempt: worth a line.
-            onRefused: (r, req) =>
-              this.log.warn(
-                { status: r.status, path: req.url, client: req.socket.remoteAddress, origin: req.headers.origin, secFetchSite: req.headers['sec-fetch-site'], contentType: req.headers['content-type'] },
-                'admin request refused',
-              ),
-          }),
-        ],
+        routes: [limitsAdminRoutes(this.limits, this.#adminRouteOptions()), authCacheAdminRoute((user) => Promise.resolve(this.clearAuthCache(user)), this.#adminRouteOptions())],
       });
     } catch (err) {
       await this.stop();
@@ -618,6 +610,30 @@ export class App {
     if (this.#capture) await this.#capture.close();
     await this.#auth?.authenticator.close?.();
     await this.limits.close();
+  }
+
+  /**
+   * Forgets remembered sign-ins (all, or one user's): `smtpgate auth cache clear`. Logged, since
+   * it changes who is let in without a password check.
+   */
+  clearAuthCache(user?: string): CacheClearAnswer {
+    const cache = this.#auth?.cache;
+    if (!cache) return { cacheOff: true };
+    const cleared = cache.clear(user);
+    this.log.info({ user, cleared }, 'auth cache cleared');
+    return user === undefined ? { cleared } : { cleared, user };
+  }
+
+  #adminRouteOptions() {
+    return {
+      ...(this.#material.adminToken ? { token: this.#material.adminToken } : {}),
+      // A browser page reaching the admin routes is a CSRF or DNS-rebinding attempt: worth a line.
+      onRefused: (r: HttpRefusal, req: http.IncomingMessage) =>
+        this.log.warn(
+          { status: r.status, path: req.url, client: req.socket.remoteAddress, origin: req.headers.origin, secFetchSite: req.headers['sec-fetch-site'], contentType: req.headers['content-type'] },
+          'admin request refused',
+        ),
+    };
   }
 
   /** Whether this app should get traffic, and why not: what /readyz answers (the cluster primary asks each worker). */

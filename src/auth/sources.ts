@@ -94,3 +94,33 @@ export function createAuthStack(auth: AuthConfig, deps: AuthStackDeps): AuthStac
   const cache = auth.cache ? new AuthCache(chain, auth.cache, { metrics: deps.metrics }) : undefined;
   return { authenticator: cache ?? chain, chain, cache, file };
 }
+
+/** One source's answer to `smtpgate check --probe`. */
+export interface ProbeResult {
+  readonly source: AuthSourceKind;
+  readonly ok: boolean;
+  /** What it found, or what failed and the fix. */
+  readonly text: string;
+}
+
+/**
+ * `smtpgate check --probe`: reaches each source of the chain that can be reached on its own
+ * (a directory, Dovecot, the HTTP hook) once, and says what it found.
+ */
+export async function probeAuthSources(auth: AuthConfig, deps: AuthStackDeps): Promise<ProbeResult[]> {
+  const stack = createAuthStack(auth, deps);
+  try {
+    const results: ProbeResult[] = [];
+    for (const [i, source] of stack.chain.sources.entries()) {
+      const kind = auth.backend[i]!;
+      if (!source.probe) {
+        results.push({ source: kind, ok: true, text: kind === 'file' ? `${deps.users?.size ?? 0} users in ${auth.users}` : 'checked at each sign-in (passthrough to the backend)' });
+        continue;
+      }
+      results.push(await source.probe().then((text) => ({ source: kind, ok: true, text }), (err: Error) => ({ source: kind, ok: false, text: err.message })));
+    }
+    return results;
+  } finally {
+    await stack.chain.close();
+  }
+}
