@@ -87,16 +87,16 @@ test('with an instance that is not running it exits 1 and names the address it t
 });
 
 describeWith(['redis-server'], 'with workers (a Redis store)', () => {
-test('with workers: 2, every worker\'s cache is emptied through the primary', async () => {
-  const g = await gate({ workers: 2 });
-  // Enough sign-ins that the kernel hands some to each worker.
-  for (let i = 0; i < 8; i++) expect(await signIn(g, ALICE)).toBe(235);
-  const held = await scrapeMetric(g.metricsPort, 'smtpgate_auth_cache_entries');
-  expect(held).toBeGreaterThanOrEqual(1);
-  expect(held).toBeLessThanOrEqual(2);
-  const r = await clear(g, '--json');
-  expect(r.code).toBe(0);
-  expect(JSON.parse(r.stdout)).toEqual({ cleared: held });
-  expect(await scrapeMetric(g.metricsPort, 'smtpgate_auth_cache_entries')).toBe(0);
-});
+  test('with workers: 2, every worker\'s cache is emptied through the primary', async () => {
+    const g = await gate({ workers: 2 });
+    // Enough sign-ins that the kernel hands some to each worker.
+    for (let i = 0; i < 8; i++) expect(await signIn(g, ALICE)).toBe(235);
+    const held = await scrapeMetric(g.metricsPort, 'smtpgate_auth_cache_entries');
+    expect(held).toBeGreaterThanOrEqual(1);
+    expect(held).toBeLessThanOrEqual(2);
+    const r = await clear(g, '--json');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ cleared: held });
+    expect(await scrapeMetric(g.metricsPort, 'smtpgate_auth_cache_entries')).toBe(0);
+  });
 });
