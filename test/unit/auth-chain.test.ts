@@ -31,6 +31,7 @@ type Answer = 'accept' | AuthFailureReason | 'throw';
 /** A source that gives the answer it is set to, and counts how often it was asked. */
 class Source implements Authenticator {
   calls = 0;
+  closed = false;
   constructor(
     readonly kind: string,
     public answer: Answer,
@@ -48,6 +49,10 @@ class Source implements Authenticator {
       default:
         return { ok: false, reason: this.answer };
     }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
   }
 }
 
@@ -110,7 +115,7 @@ async function sample(registry: Registry, name: string, labels: Record<string, s
   const metric = registry.getSingleMetric(name.replace(/_count$/, ''));
   if (!metric) throw new Error(`no metric ${name}`);
   const values = (await metric.get()).values;
-  return values.find((v) => (v.metricName ?? name) === name && Object.entries(labels).every(([k, want]) => v.labels[k] === want))?.value;
+  return values.find((v) => ('metricName' in v ? v.metricName : name) === name && Object.entries(labels).every(([k, want]) => v.labels[k] === want))?.value;
 }
 
 describe('which answer is final', () => {
@@ -276,16 +281,15 @@ describe('health', () => {
   test('close() stops the rechecks and closes every source', async () => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
     const ldap = new ProbedSource('ldap', 'unavailable');
-    const closed: string[] = [];
-    ldap.close = async () => void closed.push('ldap');
-    const { chain } = chainOf([ldap], 10);
+    const file = new Source('file', 'unknown_user');
+    const { chain } = chainOf([ldap, file], 10);
     await chain.authenticate(REQ, CTX);
     expect(vi.getTimerCount()).toBe(1);
     await chain.close();
     expect(vi.getTimerCount()).toBe(0);
     await vi.advanceTimersByTimeAsync(1_000);
     expect(ldap.probes).toBe(0);
-    expect(closed).toEqual(['ldap']);
+    expect([ldap.closed, file.closed]).toEqual([true, true]);
   });
 
   test('a check that was under way when the chain closed changes nothing', async () => {
