@@ -8,13 +8,14 @@
  *   sender binding, a group recipient rule, a recipient cap, a header tag, per-user and per-IP
  *   `limit` rules, size rules, and the header/attachment rules that make the MIME scanner read
  *   every message's header block.
- * - A user attributes file (sender binding: the W5 user `bench` may send as sender@corp.test).
+ * - A user attributes file (sender binding: the W5 users `bench`, `bench2`… may send as sender@corp.test).
  *
  * smtp-source's sessions are unauthenticated but trusted (127.0.0.1), so sender binding and
  * the per-user rules evaluate but don't apply to them; W5 authenticates and gets them all.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { BENCH_USERS } from '../workloads.js';
 
 /**
  * The AUTH lockout's counts, above W5's 30 concurrent sign-ins of one user from 127.0.0.1: an
@@ -178,11 +179,8 @@ relayProtection: on
 `,
 };
 
-/** Sender binding for the W5 user, plus a few others so the map is not trivially small. */
-const ATTRIBUTES = `bench:
-  addresses: [sender@corp.test]
-  groups: [staff]
-intern1:
+/** Sender binding for the W5 users (BENCH_USERS), plus a few others so the map is not trivially small. */
+const ATTRIBUTES = `${BENCH_USERS.map(({ name }) => `${name}:\n  addresses: [sender@corp.test]\n  groups: [staff]\n`).join('')}intern1:
   addresses: [intern1@corp.test]
   groups: [interns]
 mkt1:
