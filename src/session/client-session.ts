@@ -305,7 +305,8 @@ export class ClientSession implements SnapshotSource {
     }
     if (!outcome.ok) {
       // Which source said what, and why: the client hears only 535 or 454.
-      const why: AuthFailureLog = { source: outcome.source, reason: outcome.reason, ...(outcome.detail ? { detail: outcome.detail } : {}), ...(outcome.cached ? { cached: true } : {}) };
+      // `authResult`, not `reason`: the line's `reason` is the refusal's (auth_failed), as in the metric.
+      const why: AuthFailureLog = { source: outcome.source, authResult: outcome.reason, ...(outcome.detail ? { detail: outcome.detail } : {}), ...(outcome.cached ? { cached: true } : {}) };
       if (outcome.reason !== 'unavailable') return badCredentials(why);
       await limits.authAbandoned(reservation);
       return fail(AUTH_TEMPORARY_FAILURE, 'error', undefined, why);
@@ -665,7 +666,7 @@ export class ClientSession implements SnapshotSource {
 
 /** A client-given name for a log line: printable ASCII, bounded. */
 /** What the log says of a failed sign-in: the source, its reason, and why it couldn't decide. */
-type AuthFailureLog = { source?: string; reason: AuthFailureReason; detail?: string; cached?: true };
+type AuthFailureLog = { source?: string; authResult: AuthFailureReason; detail?: string; cached?: true };
 
 /**
  * A user's attributes: the attributes file's, plus what the auth source (a directory) knows.

@@ -96,8 +96,8 @@ gateTest('auth.backend [file] with the cache: an unknown user gets 535, and so d
   await eventually(() => refusals().length === 2, 'both refusals to be logged');
   // No source knew mallory, so none is named (auth/chain.ts).
   expect(refusals()).toEqual([
-    expect.objectContaining({ code: 535, reason: 'unknown_user' }),
-    expect.objectContaining({ code: 535, reason: 'unknown_user', cached: true }),
+    expect.objectContaining({ code: 535, reason: 'auth_failed', authResult: 'unknown_user' }),
+    expect.objectContaining({ code: 535, reason: 'auth_failed', authResult: 'unknown_user', cached: true }),
   ]);
   expect(refusals()[0]).not.toHaveProperty('cached');
 });
