@@ -5,6 +5,7 @@
 import { describe, expect, test } from 'vitest';
 import { FilterParser, EqualityFilter, AndFilter } from 'ldapts';
 import { escapeDnValue, escapeFilterValue, fillTemplate, firstRdn, loginAttribute } from '../../src/auth/ldap-syntax.js';
+import { authSection } from '../../src/config/auth-section.js';
 import { adAccountDisabled, addressesOf, groupsOf, spelledLogin } from '../../src/auth/ldap-entry.js';
 
 describe('a login in a filter (RFC 4515 §3)', () => {
@@ -125,5 +126,23 @@ describe('what an entry says', () => {
     expect(spelledLogin(entry, 'uid', 'ALICE')).toBe('alice');
     expect(spelledLogin(entry, 'UID', ' A.Liddell ')).toBe('a.liddell');
     expect(spelledLogin(entry, 'uid', 'bob')).toBeUndefined();
+  });
+});
+
+describe('the auth.ldap filters in the config', () => {
+  const parse = (ldap: Record<string, unknown>) =>
+    authSection('/').safeParse({ backend: 'ldap', ldap: { url: 'ldaps://dc1.corp.example', bindDn: 'cn=x', bindPasswordFile: 'pw', userBase: 'dc=corp', ...ldap } });
+
+  test('a userFilter or disabledFilter that is no LDAP filter is refused, naming the setting', () => {
+    const bad = parse({ userFilter: '(uid={user}', disabledFilter: '(a=1)(b=2)' });
+    expect(bad.success).toBe(false);
+    expect(bad.error!.issues.map((i) => [i.path.join('.'), i.message.slice(0, 31)])).toEqual([
+      ['ldap.userFilter', 'not an LDAP filter (RFC 4515): '],
+      ['ldap.disabledFilter', 'not an LDAP filter (RFC 4515): '],
+    ]);
+  });
+
+  test('well-formed filters pass', () => {
+    expect(parse({ userFilter: '(&(objectClass=user)(sAMAccountName={user}))', disabledFilter: '(pwdAccountLockedTime=*)' }).success).toBe(true);
   });
 });
