@@ -176,7 +176,7 @@ export class LdapAuthenticator implements Authenticator {
     const entry = entries[0]!;
     const bound = await this.#bindAsUser(entry.dn, req.password);
     if ('refused' in bound) return bound.refused;
-    const matchesDisabledFilter = await this.#withService((conn) => this.#matchesDisabledFilter(conn, entry.dn));
+    const matchesDisabledFilter = this.#disabledFilter !== undefined && (await this.#withService((conn) => this.#matchesDisabledFilter(conn, entry.dn)));
     return this.#decide(req, { entry, matchesDisabledFilter });
   }
 
@@ -322,7 +322,11 @@ function refusedBind(err: unknown, policy: PasswordPolicyValue | undefined): Aut
   return { ok: false, reason: 'bad_credentials' };
 }
 
-/** A password-policy answer that means the account may not sign in, as a log detail. */
+/**
+ * A password-policy answer that means the account may not sign in, as a log detail. slapd
+ * says "locked" before it looks at the password, so a locked account is `disabled` whatever
+ * password was given: the server's decision, not ours.
+ */
 function passwordPolicyRefusal(policy: PasswordPolicyValue | undefined): string | undefined {
   switch (policy?.error) {
     case PasswordPolicyError.AccountLocked:
