@@ -11,6 +11,7 @@
  * Relative paths are resolved against the config file's folder (`authSection(baseDir)`).
  */
 import path from 'node:path';
+import { FilterParser } from 'ldapts';
 import { z } from 'zod';
 import { parseDuration, parseHostPort } from '../parsing/units.js';
 
@@ -80,6 +81,16 @@ export function authSection(baseDir: string) {
           ctx.addIssue({ code: 'custom', path: ['startTls'], message: `${u} is already TLS (ldaps://): remove startTls, or use ldap:// with startTls: true` });
         }
       });
+      // Caught here, with the file and line, rather than as "unavailable" at the first sign-in.
+      for (const key of ['userFilter', 'disabledFilter'] as const) {
+        const filter = l[key];
+        if (filter === undefined) continue;
+        try {
+          FilterParser.parseString(filter.split(USER_PLACEHOLDER).join('x'));
+        } catch (err) {
+          ctx.addIssue({ code: 'custom', path: [key], message: `not an LDAP filter (RFC 4515): ${(err as Error).message}; expected e.g. "(uid={user})"` });
+        }
+      }
       const searches = l.bindDn !== undefined || l.bindPasswordFile !== undefined || l.userBase !== undefined;
       if (l.userDnTemplate === undefined) {
         for (const key of ['bindDn', 'bindPasswordFile', 'userBase'] as const) {

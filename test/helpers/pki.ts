@@ -54,21 +54,31 @@ export async function makeTestCa(commonName = 'smtpgate test CA'): Promise<TestC
 }
 
 /** A TLS client certificate with subject CN `commonName`, signed by `ca`. */
-export async function issueClientCert(ca: TestCert, commonName: string): Promise<TestCert> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-client-'));
+export function issueClientCert(ca: TestCert, commonName: string): Promise<TestCert> {
+  return issueLeafCert(ca, commonName, 'client', [{ name: 'extKeyUsage', clientAuth: true }]);
+}
+
+/** A TLS server certificate for `commonName`, 127.0.0.1 and ::1, signed by `ca` (for servers the tests start, e.g. slapd). */
+export function issueServerCert(ca: TestCert, commonName = 'localhost'): Promise<TestCert> {
+  return issueLeafCert(ca, commonName, 'server', [
+    { name: 'extKeyUsage', serverAuth: true },
+    { name: 'subjectAltName', altNames: [{ type: 2, value: commonName }, { type: 7, ip: '127.0.0.1' }, { type: 7, ip: '::1' }] },
+  ]);
+}
+
+type Extensions = NonNullable<NonNullable<Parameters<typeof generate>[1]>['extensions']>;
+
+async function issueLeafCert(ca: TestCert, commonName: string, role: 'client' | 'server', extensions: Extensions): Promise<TestCert> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), `smtpgate-${role}-`));
   const pems = await generate([{ name: 'commonName', value: commonName }], {
     keyType: 'ec',
     algorithm: 'sha256',
     notBeforeDate: new Date(Date.now() - 60_000),
     ca: { key: ca.key, cert: ca.cert },
-    extensions: [
-      { name: 'basicConstraints', cA: false },
-      { name: 'keyUsage', digitalSignature: true, critical: true },
-      { name: 'extKeyUsage', clientAuth: true },
-    ],
+    extensions: [{ name: 'basicConstraints', cA: false }, { name: 'keyUsage', digitalSignature: true, critical: true }, ...extensions],
   });
-  const certFile = path.join(dir, 'client.pem');
-  const keyFile = path.join(dir, 'client-key.pem');
+  const certFile = path.join(dir, `${role}.pem`);
+  const keyFile = path.join(dir, `${role}-key.pem`);
   await writeFile(certFile, pems.cert);
   await writeFile(keyFile, pems.private);
   return { dir, certFile, keyFile, cert: pems.cert, key: pems.private };

@@ -32,6 +32,9 @@ const INSTALL_HINT: Record<string, string> = {
   promtool: 'apt-get install prometheus',
   'systemd-analyze': 'apt-get install systemd',
   haproxy: 'apt-get install haproxy',
+  slapd: 'apt-get install slapd',
+  slapadd: 'apt-get install slapd',
+  ldapsearch: 'apt-get install ldap-utils',
 };
 
 /**
