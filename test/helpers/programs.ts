@@ -32,6 +32,8 @@ const INSTALL_HINT: Record<string, string> = {
   promtool: 'apt-get install prometheus',
   'systemd-analyze': 'apt-get install systemd',
   haproxy: 'apt-get install haproxy',
+  dovecot: 'apt-get install dovecot-core',
+  doveadm: 'apt-get install dovecot-core',
 };
 
 /**
