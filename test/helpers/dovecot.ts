@@ -163,7 +163,8 @@ ${
   };
 
   const kill = async () => {
-    signalGroup('SIGCONT');
+    // SIGKILL ends stopped processes too; a SIGCONT first would let a frozen Dovecot answer
+    // what it holds before it dies.
     signalGroup('SIGKILL');
     await exited;
   };
