@@ -35,6 +35,8 @@ const INSTALL_HINT: Record<string, string> = {
   slapd: 'apt-get install slapd',
   slapadd: 'apt-get install slapd',
   ldapsearch: 'apt-get install ldap-utils',
+  dovecot: 'apt-get install dovecot-core',
+  doveadm: 'apt-get install dovecot-core',
 };
 
 /**

@@ -1,0 +1,257 @@
+/**
+ * A real Dovecot auth service for the dovecot source's tests, in a temporary directory: no
+ * mail protocols (`protocols =`), only `service auth` with its auth-client socket in the
+ * directory and an inet_listener on a free loopback port. Users come from a passwd-file;
+ * a `deny = yes` passdb makes accounts disabled (FAIL code=user_disabled), and a checkpassword
+ * script that exits 111 makes chosen logins fail temporarily (FAIL code=temp_fail).
+ *
+ * Needs root (Dovecot's master drops to the package's `dovecot` and `dovenull` users) and the
+ * Debian dovecot-core package.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { deadPort } from './sessions.js';
+
+const run = promisify(execFile);
+
+export const DOVECOT = '/usr/sbin/dovecot';
+
+export interface DovecotUser {
+  readonly password: string;
+  /** How the passwd-file stores it; PLAIN by default. The hashes are made with `doveadm pw`. */
+  readonly scheme?: 'PLAIN' | 'SHA512-CRYPT' | 'BLF-CRYPT';
+  /** Dovecot's `nologin` extra field: the password is right, but the user may not log in. */
+  readonly nologin?: boolean;
+}
+
+export interface DovecotOptions {
+  readonly users: Readonly<Record<string, DovecotUser>>;
+  /** Logins listed in a `deny = yes` passdb: refused as disabled whatever the password. */
+  readonly disabled?: readonly string[];
+  /** Logins (not in `users`) whose lookup fails temporarily: checkpassword exits 111. */
+  readonly tempFail?: readonly string[];
+  /** auth_mechanisms; "plain login" by default. */
+  readonly mechanisms?: string;
+  /**
+   * auth_failure_delay; 0 by default, so a wrong password is answered within Dovecot's
+   * 500 ms failure-queue tick rather than after the 2 s production default.
+   */
+  readonly failureDelay?: string;
+}
+
+export interface TestDovecot {
+  readonly dir: string;
+  /** The auth-client unix socket. */
+  readonly socketPath: string;
+  /** The auth service's inet_listener on 127.0.0.1. */
+  readonly port: number;
+  /** Dovecot's log file, as written so far. */
+  log(): Promise<string>;
+  /** SIGKILL to every Dovecot process (a crash); resolves when the master has exited. */
+  kill(): Promise<void>;
+  /** SIGSTOP / SIGCONT to every Dovecot process: sockets stay open, nothing answers. */
+  freeze(): void;
+  thaw(): void;
+  /** Starts it again with the same config, socket and port, once accepting. */
+  start(): Promise<void>;
+  /** Stops it and removes the directory. */
+  stop(): Promise<void>;
+}
+
+export async function startDovecot(opts: DovecotOptions): Promise<TestDovecot> {
+  if (process.getuid?.() !== 0) throw new Error('a test Dovecot needs root: its master runs as root and drops to the dovecot/dovenull users');
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-dovecot-'));
+  // The auth process runs as the `dovecot` user and reads the passwd-files: it must reach them.
+  await chmod(dir, 0o755);
+  const port = await deadPort();
+  const conf = path.join(dir, 'dovecot.conf');
+  const usersFile = path.join(dir, 'users');
+  const deniedFile = path.join(dir, 'denied');
+  const checkpassword = path.join(dir, 'checkpassword.sh');
+  const logFile = path.join(dir, 'dovecot.log');
+  const socketPath = path.join(dir, 'run', 'auth-client');
+
+  await writeFile(
+    conf,
+    `# smtpgate test Dovecot: the auth service only.
+base_dir = ${dir}/run
+state_dir = ${dir}/state
+protocols =
+listen = 127.0.0.1
+ssl = no
+log_path = ${logFile}
+auth_verbose = yes
+default_internal_user = dovecot
+default_login_user = dovenull
+auth_mechanisms = ${opts.mechanisms ?? 'plain login'}
+auth_failure_delay = ${opts.failureDelay ?? '0'}
+passdb {
+  driver = passwd-file
+  args = ${deniedFile}
+  deny = yes
+}
+passdb {
+  driver = passwd-file
+  args = ${usersFile}
+}
+${
+  opts.tempFail?.length
+    ? `passdb {
+  driver = checkpassword
+  args = ${checkpassword}
+  # Only these logins reach it: anyone else would cost a fork per failed sign-in.
+  username_filter = ${opts.tempFail.join(' ')}
+}
+`
+    : ''
+}service auth {
+  unix_listener auth-client {
+    mode = 0666
+  }
+  inet_listener {
+    address = 127.0.0.1
+    port = ${port}
+  }
+}
+`,
+  );
+  const lines: string[] = [];
+  for (const [name, user] of Object.entries(opts.users)) {
+    const scheme = user.scheme ?? 'PLAIN';
+    const stored = scheme === 'PLAIN' ? `{PLAIN}${user.password}` : (await run('doveadm', ['-c', conf, 'pw', '-s', scheme, '-p', user.password])).stdout.trim();
+    lines.push(`${name}:${stored}::::::${user.nologin ? ' nologin reason=moved' : ''}`);
+  }
+  await writeFile(usersFile, `${lines.join('\n')}\n`, { mode: 0o644 });
+  await writeFile(deniedFile, (opts.disabled ?? []).map((n) => `${n}\n`).join(''), { mode: 0o644 });
+  // checkpassword reads "login\0password\0" on fd 3; 111 is "temporary failure", 1 "wrong".
+  const temp = (opts.tempFail ?? []).map((n) => `  ${n}) exit 111 ;;\n`).join('');
+  await writeFile(checkpassword, `#!/bin/sh\nlogin=$(head -c 1024 <&3 | tr '\\0' '\\n' | head -n 1)\ncase "$login" in\n${temp}esac\nexit 1\n`, { mode: 0o755 });
+
+  let child: ChildProcess | undefined;
+  let exited: Promise<void> = Promise.resolve();
+  let output = '';
+
+  const log = () => readFile(logFile, 'utf8').catch(() => '');
+
+  const start = async () => {
+    output = '';
+    // Its own process group (detached), so kill/freeze reach the auth process too.
+    const c = spawn(DOVECOT, ['-F', '-c', conf], { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    child = c;
+    c.stdout!.on('data', (b: Buffer) => (output += b.toString()));
+    c.stderr!.on('data', (b: Buffer) => (output += b.toString()));
+    exited = new Promise((resolve) => c.once('exit', () => resolve()));
+    let gone = false;
+    void exited.then(() => (gone = true));
+    // The master binds every listener before it forks the auth process, which it does on the
+    // first connection: accepting on both is "ready".
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      if (gone) throw new Error(`dovecot exited before it was ready:\n${output}\n${await log()}`);
+      if ((await accepts({ path: socketPath })) && (await accepts({ host: '127.0.0.1', port }))) return;
+      if (Date.now() > deadline) throw new Error(`dovecot did not accept on ${socketPath} and 127.0.0.1:${port} within 15 s:\n${output}\n${await log()}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+
+  const signalGroup = (signal: NodeJS.Signals) => {
+    if (child?.pid !== undefined && child.exitCode === null && child.signalCode === null) process.kill(-child.pid, signal);
+  };
+
+  const kill = async () => {
+    // SIGKILL ends stopped processes too; a SIGCONT first would let a frozen Dovecot answer
+    // what it holds before it dies.
+    signalGroup('SIGKILL');
+    await exited;
+  };
+
+  try {
+    await start();
+  } catch (err) {
+    await kill();
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+
+  return {
+    dir,
+    socketPath,
+    port,
+    log,
+    kill,
+    freeze: () => signalGroup('SIGSTOP'),
+    thaw: () => signalGroup('SIGCONT'),
+    start,
+    stop: async () => {
+      await kill();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Does something accept a connection there (then closed at once)? */
+function accepts(target: { path: string } | { host: string; port: number }): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createConnection(target);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+export const FAKE_HANDSHAKE = 'VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nMECH\tLOGIN\tplaintext\nSPID\t4242\nCUID\t1\nCOOKIE\t0123456789abcdef0123456789abcdef\nDONE\n';
+
+export interface FakeDovecot {
+  readonly port: number;
+  /** Connections accepted so far. */
+  readonly connections: number;
+  /** Every line clients sent, in order, across connections. */
+  readonly received: readonly string[];
+  close(): Promise<void>;
+}
+
+/**
+ * A stand-in auth server on loopback for what a real Dovecot won't do: it sends `handshake`
+ * on connect, then hands each AUTH line to `onAuth` with the request's id, to answer (or not)
+ * on the socket as the test wants.
+ */
+export async function startFakeDovecot(opts: { handshake?: string; onAuth?: (id: string, line: string, socket: net.Socket) => void } = {}): Promise<FakeDovecot> {
+  const received: string[] = [];
+  const sockets = new Set<net.Socket>();
+  let connections = 0;
+  const server = net.createServer((socket) => {
+    connections++;
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket)).on('error', () => undefined);
+    socket.write(opts.handshake ?? FAKE_HANDSHAKE);
+    let buffered = '';
+    socket.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString('utf8');
+      let lf: number;
+      while ((lf = buffered.indexOf('\n')) !== -1) {
+        const line = buffered.slice(0, lf);
+        buffered = buffered.slice(lf + 1);
+        received.push(line);
+        if (line.startsWith('AUTH\t')) opts.onAuth?.(line.split('\t')[1]!, line, socket);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    get connections() {
+      return connections;
+    },
+    received,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
