@@ -54,8 +54,20 @@ export async function makeTestCa(commonName = 'smtpgate test CA'): Promise<TestC
 }
 
 /** A TLS client certificate with subject CN `commonName`, signed by `ca`. */
-export async function issueClientCert(ca: TestCert, commonName: string): Promise<TestCert> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-client-'));
+export function issueClientCert(ca: TestCert, commonName: string): Promise<TestCert> {
+  return issueCert(ca, commonName, 'client');
+}
+
+/**
+ * A TLS server certificate for `commonName` (and 127.0.0.1), signed by `ca`: for a test server
+ * that a client checks against `ca` alone, as it would a private CA's in production.
+ */
+export function issueServerCert(ca: TestCert, commonName = 'localhost'): Promise<TestCert> {
+  return issueCert(ca, commonName, 'server');
+}
+
+async function issueCert(ca: TestCert, commonName: string, role: 'client' | 'server'): Promise<TestCert> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), `smtpgate-${role}-`));
   const pems = await generate([{ name: 'commonName', value: commonName }], {
     keyType: 'ec',
     algorithm: 'sha256',
@@ -64,11 +76,16 @@ export async function issueClientCert(ca: TestCert, commonName: string): Promise
     extensions: [
       { name: 'basicConstraints', cA: false },
       { name: 'keyUsage', digitalSignature: true, critical: true },
-      { name: 'extKeyUsage', clientAuth: true },
+      ...(role === 'client'
+        ? [{ name: 'extKeyUsage' as const, clientAuth: true }]
+        : [
+            { name: 'extKeyUsage' as const, serverAuth: true },
+            { name: 'subjectAltName' as const, altNames: [{ type: 2 as const, value: commonName }, { type: 7 as const, ip: '127.0.0.1' }] },
+          ]),
     ],
   });
-  const certFile = path.join(dir, 'client.pem');
-  const keyFile = path.join(dir, 'client-key.pem');
+  const certFile = path.join(dir, `${role}.pem`);
+  const keyFile = path.join(dir, `${role}-key.pem`);
   await writeFile(certFile, pems.cert);
   await writeFile(keyFile, pems.private);
   return { dir, certFile, keyFile, cert: pems.cert, key: pems.private };
