@@ -48,8 +48,10 @@
  *
  * `smtpgate check --probe` sends the same request, with the header `X-Smtpgate-Probe: 1`, for
  * the user "smtpgate-probe" with an empty password and PLAIN, client address 127.0.0.1, session
- * "probe", listener "probe" and tls null. Any well-formed answer proves the hook works (a hook
- * should say "unknown" or "deny"); "allow" fails the probe, since a hook that lets an empty
+ * "probe", listener "probe" and tls null. The chain probes a source that is down every few
+ * seconds, so a hook may want to answer that header cheaply. A well-formed "unknown", "deny" or
+ * "disabled" proves the hook works; "tempfail" fails the probe (the hook is up but cannot
+ * decide, so sign-ins would get 454), and so does "allow", since a hook that lets an empty
  * password in lets anyone in.
  *
  * Connections to the hook are kept alive and reused (an undici Pool of up to 16); none is
@@ -164,6 +166,10 @@ export class HttpAuthenticator implements Authenticator {
     const { answer, ms } = exchange;
     if (answer.result === 'allow') {
       throw new Error(`auth.http: ${this.#url.href} allowed the made-up user ${PROBE_USER} with an empty password: the hook lets anyone in. Fix the hook before using it`);
+    }
+    // The hook is up but cannot decide (its own directory is down): sign-ins would get 454.
+    if (answer.result === 'tempfail') {
+      throw new Error(`auth.http: ${this.#url.href} answered "tempfail"${answer.reason ? ` (${answer.reason})` : ''}: it cannot decide now. See the hook's own logs`);
     }
     return `${this.#url.href} answered "${answer.result}" for the made-up user ${PROBE_USER} in ${ms} ms (a well-formed answer: the hook works${this.#token ? ' and took the token' : ''})`;
   }

@@ -360,6 +360,11 @@ describe('probe', () => {
     await expect(s.probe()).rejects.toThrow(/allowed the made-up user smtpgate-probe with an empty password/);
   });
 
+  test('rejects a hook that cannot decide now (tempfail), with its reason', async () => {
+    hook.reply = () => ({ body: '{"result":"tempfail","reason":"LDAP down"}' });
+    await expect(source().s.probe()).rejects.toThrow(`auth.http: ${hook.url} answered "tempfail" (LDAP down): it cannot decide now`);
+  });
+
   test('rejects naming the failure and the fix', async () => {
     await expect(source({ token: 'wrong' }).s.probe()).rejects.toThrow(/refused smtpgate's token \(HTTP 401\)\. Check that auth\.http\.tokenFile/);
     await expect(source({ ca: otherCa }).s.probe()).rejects.toThrow(/TLS: .*auth\.http\.ca/);
