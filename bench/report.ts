@@ -116,6 +116,12 @@ function evaluateTarget(w: Workload, t: Target, sg: PeerId, runs: readonly RunRe
       if (value === undefined) return { peer: sg, description, missing: 'no paired runs' };
       return { peer: sg, description, value };
     }
+    case 'workload-ratio': {
+      const value = perRepRatio(byRep(w.id, sg), byRep(t.againstWorkload, sg));
+      const description = `${label} ÷ its ${t.againstWorkload} ${t.op} ${t.threshold}×`;
+      if (value === undefined) return { peer: sg, description, missing: `no paired runs (run ${t.againstWorkload} too)` };
+      return { peer: sg, description, value, pass: value >= t.threshold };
+    }
   }
 }
 

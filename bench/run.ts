@@ -31,7 +31,7 @@ import { NginxPeer } from './peers/nginx.js';
 import type { Peer, PeerId, TlsFiles } from './peers/peer.js';
 import { REPO_ROOT, SMTPGATE_MAIN, SmtpgatePeer } from './peers/smtpgate.js';
 import { renderTable, renderVerdicts, summarize, type PeerStatus } from './report.js';
-import { describeLoad, workloads, type Workload } from './workloads.js';
+import { BENCH_USERS, describeLoad, workloads, type Workload } from './workloads.js';
 
 const run = promisify(execFile);
 
@@ -156,12 +156,14 @@ async function main(): Promise<number> {
   if (profileDir) await mkdir(profileDir, { recursive: true });
 
   const tls = await makeCertificate(workDir);
-  const user = { name: 'bench', password: 'bench-password-123' };
+  const users = BENCH_USERS;
   const usersFiles = { default: path.join(workDir, 'users'), cost4: path.join(workDir, 'users-cost4') };
-  await addUser(usersFiles.default, user.name, user.password);
-  await addUser(usersFiles.cost4, user.name, user.password, 4);
+  for (const u of users) {
+    await addUser(usersFiles.default, u.name, u.password);
+    await addUser(usersFiles.cost4, u.name, u.password, 4);
+  }
   const defaultCost = Number(/^[^:]+:\$2[aby]\$(\d\d)\$/m.exec(await readFile(usersFiles.default, 'utf8'))?.[1]);
-  const env: RunEnv = { workDir, tls, usersFiles, user, profileDir, smtpgateNodeArgs: opts.smtpgateNodeArgs, smtpgateEnv: opts.smtpgateEnv };
+  const env: RunEnv = { workDir, tls, usersFiles, users, profileDir, smtpgateNodeArgs: opts.smtpgateNodeArgs, smtpgateEnv: opts.smtpgateEnv };
   const experiment = [...Object.entries(opts.smtpgateEnv).map(([k, v]) => `${k}=${v}`), ...(opts.smtpgateNodeArgs.length ? ['node', ...opts.smtpgateNodeArgs] : [])].join(' ');
   if (experiment) say(`bench: EXPERIMENT: smtpgate runs with ${experiment}`);
 

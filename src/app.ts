@@ -17,14 +17,17 @@ import { createLogger, prettyAvailable, type Logger } from './logging/logger.js'
 import { createMetrics, initSeries, recordReload, type Metrics } from './metrics/catalogue.js';
 import { readBuildInfo } from './build-info.js';
 import { boundPort, startAdminServer, type Readiness } from './metrics/http-server.js';
-import { FileAuthenticator, readUsersFile } from './auth/file-authenticator.js';
+import { readUsersFile } from './auth/file-authenticator.js';
 import { readUserAttributes, NO_ATTRIBUTES, type UserAttributes } from './auth/user-attributes.js';
 import type { UserRecord } from './auth/users-file.js';
 import { FileWatcher } from './config/file-watch.js';
-import type { Authenticator } from './auth/authenticator.js';
+import { createAuthStack, readAuthSecrets, type AuthSecrets, type AuthStack } from './auth/sources.js';
+import { authCacheAdminRoute, type CacheClearAnswer } from './auth/admin.js';
+import type { HttpRefusal } from './limits/browser-guard.js';
+import { DIRECTORY_SOURCES } from './config/auth-section.js';
+import { initAuthMetrics } from './metrics/auth-metrics.js';
 import { daysUntilExpiry } from './listener/tls-material.js';
 import { TlsManager, describeIssues, loadCertificates, type CertificateSource, type LoadedCertificate } from './listener/tls-manager.js';
-import { BackendAuthenticator } from './auth/backend-authenticator.js';
 import { SmtpListener } from './listener/smtp-listener.js';
 import { BackendPool, BackendSession, type BackendClientOptions, type BackendTarget, type IdentityMode } from './relay/backend.js';
 import { BackendHealth } from './relay/backend-health.js';
@@ -48,6 +51,8 @@ export interface RuntimeMaterial {
   readonly certs?: readonly LoadedCertificate[];
   readonly users?: Awaited<ReturnType<typeof readUsersFile>>;
   readonly attributes: ReadonlyMap<string, UserAttributes>;
+  /** What the auth sources need from files: the LDAP bind password, the HTTP hook's token, CAs. */
+  readonly authSecrets: AuthSecrets;
   readonly backendCa?: Buffer;
   /** backend.auth's password, read from passwordFile when given. */
   readonly backendPassword?: string;
@@ -151,7 +156,9 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   issues.push(...relay.issues);
   warnings.push(...relay.warnings);
   // What `smtpgate policy check` would find, except the open relay, decided above with the listeners.
-  const knownGroups = config.auth?.attributes ? new Set([...attributes.values()].flatMap((a) => a.groups)) : undefined;
+  // Groups can be checked against the attributes file only when no directory adds its own.
+  const directoryGroups = config.auth?.backend.some((k) => DIRECTORY_SOURCES.has(k)) ?? false;
+  const knownGroups = config.auth?.attributes && !directoryGroups ? new Set([...attributes.values()].flatMap((a) => a.groups)) : undefined;
   for (const f of lintPolicySet(policy, knownGroups ? { knownGroups } : {})) if (f.kind !== 'open_relay') warnings.push(formatFinding(f));
   let backendCa: Buffer | undefined;
   if (config.backend.ca) {
@@ -178,11 +185,14 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
       issues.push({ file, path: `limits.store.${field}`, message: (err as Error).message });
     }
   }
+  const auth = await readAuthSecrets(config.auth);
+  issues.push(...auth.issues);
+  if (config.auth?.ldap && !config.auth.ldap.verifyCertificate) warnings.push('auth.ldap.verifyCertificate is false: the directory\'s certificate is not checked, so anyone on the path can read the passwords smtpgate sends it');
   for (const l of config.listeners) {
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
   if (issues.length || unreadable.length) throw new ConfigError([...unreadable, ...anchorIssues(issues, refs, unreadable, origin)]);
-  return { certs, users, attributes, backendCa, backendPassword, clientCas, policy, adminToken, warnings };
+  return { certs, users, attributes, authSecrets: auth.secrets, backendCa, backendPassword, clientCas, policy, adminToken, warnings };
 }
 
 type UserDirectoryLoad =
@@ -300,7 +310,8 @@ export class App {
   readonly metrics: Metrics;
   readonly limits: Limits;
   readonly #material: RuntimeMaterial;
-  readonly #authenticator: Authenticator | undefined;
+  /** The auth sources in order, the cache in front; undefined without an auth section. */
+  readonly #auth: AuthStack | undefined;
   #attributes: ReadonlyMap<string, UserAttributes>;
   #usersWatcher: FileWatcher | undefined;
   #policy: PolicySet;
@@ -322,8 +333,7 @@ export class App {
     this.log = opts.log ?? createLogger({ level: config.log.level, format: config.log.format });
     this.metrics = createMetrics(readBuildInfo());
     this.limits = createLimits({ config: config.limits, log: this.log, metrics: this.metrics.limits });
-    this.#authenticator =
-      config.auth?.backend[0] === 'backend' ? new BackendAuthenticator() : material.users ? new FileAuthenticator(material.users) : undefined;
+    this.#auth = config.auth ? createAuthStack(config.auth, { users: material.users, secrets: material.authSecrets, log: this.log, metrics: this.metrics.auth }) : undefined;
     this.#attributes = material.attributes;
     this.#policy = material.policy;
     this.metrics.policy.setPolicySet(material.policy);
@@ -360,6 +370,12 @@ export class App {
       b.markDownFor,
     );
     initSeries(this.metrics, { listeners: config.listeners.map((l) => l.name), backends: pool.targets.map((t) => t.name), loadedAt: new Date() });
+    if (config.auth) {
+      initAuthMetrics(this.metrics.auth, config.auth.backend, config.auth.cache !== undefined);
+      // Each source that can be reached on its own (a directory) is checked once now, in the
+      // background: a directory that is down at start shows in /readyz and the metrics at once.
+      this.#auth?.chain.checkAll();
+    }
     const identityCommand = identityCommandOf(b.identity);
     this.#health = new BackendHealth(
       pool,
@@ -427,7 +443,7 @@ export class App {
           policy: () => this.#policy,
           hostname: config.hostname,
           tls: tlsManager ? { manager: tlsManager, clientCa: this.#material.clientCas.get(lc.name) } : undefined,
-          authenticator: this.#authenticator,
+          authenticator: this.#auth?.authenticator,
           openBackend: (log) =>
             new BackendSession(pool, { identity: b.identity, auth: backendAuth }, {
               ...events,
@@ -456,17 +472,7 @@ export class App {
         registry: this.metrics.registry,
         readiness: () => this.readiness(),
         // `smtpgate limits list|clear` reach a memory store through here; loopback by default.
-        routes: [
-          limitsAdminRoutes(this.limits, {
-            ...(this.#material.adminToken ? { token: this.#material.adminToken } : {}),
-            // A browser page reaching the admin routes is a CSRF or DNS-rebinding attempt: worth a line.
-            onRefused: (r, req) =>
-              this.log.warn(
-                { status: r.status, path: req.url, client: req.socket.remoteAddress, origin: req.headers.origin, secFetchSite: req.headers['sec-fetch-site'], contentType: req.headers['content-type'] },
-                'admin request refused',
-              ),
-          }),
-        ],
+        routes: [limitsAdminRoutes(this.limits, this.#adminRouteOptions()), authCacheAdminRoute((user) => Promise.resolve(this.clearAuthCache(user)), this.#adminRouteOptions())],
       });
     } catch (err) {
       await this.stop();
@@ -497,10 +503,12 @@ export class App {
       this.log.error({ problems: describeIssues(loaded.issues) }, 'users reload failed; the previous users stay in force');
       return false;
     }
-    if (loaded.users && this.#authenticator instanceof FileAuthenticator) this.#authenticator.replaceUsers(loaded.users);
+    if (loaded.users) this.#auth?.file?.replaceUsers(loaded.users);
     this.#attributes = loaded.attributes;
+    // A remembered sign-in must not outlive a reload: a removed user or a changed password counts now.
+    const forgotten = this.#auth?.cache?.clear();
     recordReload(this.metrics, 'users', true);
-    this.log.info({ users: loaded.users?.size, attributes: loaded.attributes.size }, 'users reloaded');
+    this.log.info({ users: loaded.users?.size, attributes: loaded.attributes.size, authCacheCleared: forgotten }, 'users reloaded');
     return true;
   }
 
@@ -600,7 +608,32 @@ export class App {
       await closed;
     }
     if (this.#capture) await this.#capture.close();
+    await this.#auth?.authenticator.close?.();
     await this.limits.close();
+  }
+
+  /**
+   * Forgets remembered sign-ins (all, or one user's): `smtpgate auth cache clear`. Logged, since
+   * it changes who is let in without a password check.
+   */
+  clearAuthCache(user?: string): CacheClearAnswer {
+    const cache = this.#auth?.cache;
+    if (!cache) return { cacheOff: true };
+    const cleared = cache.clear(user);
+    this.log.info({ user, cleared }, 'auth cache cleared');
+    return user === undefined ? { cleared } : { cleared, user };
+  }
+
+  #adminRouteOptions() {
+    return {
+      ...(this.#material.adminToken ? { token: this.#material.adminToken } : {}),
+      // A browser page reaching the admin routes is a CSRF or DNS-rebinding attempt: worth a line.
+      onRefused: (r: HttpRefusal, req: http.IncomingMessage) =>
+        this.log.warn(
+          { status: r.status, path: req.url, client: req.socket.remoteAddress, origin: req.headers.origin, secFetchSite: req.headers['sec-fetch-site'], contentType: req.headers['content-type'] },
+          'admin request refused',
+        ),
+    };
   }
 
   /** Whether this app should get traffic, and why not: what /readyz answers (the cluster primary asks each worker). */
@@ -617,6 +650,12 @@ export class App {
     const withoutIdentity = interval > 0 && command && this.config.backend.requireIdentity ? this.#health!.withoutIdentity() : [];
     if (withoutIdentity.length > 0) reasons.push(`backend ${withoutIdentity.join(', ')} ${missingIdentityText(command!)}`);
     if (!this.limits.storeUp && this.config.limits.onStoreFailure === 'deny') reasons.push('limiter store unreachable and limits.onStoreFailure is deny');
+    // Nobody can sign in when every auth source is down (cached sign-ins aside). One source of
+    // several being down is in smtpgate_auth_source_up and the log, not here: the others work.
+    const authDown = this.#auth?.chain.down() ?? [];
+    if (authDown.length > 0 && authDown.length === this.#auth!.chain.sources.length) {
+      reasons.push(`no auth source answers: ${authDown.map((d) => `${d.source} (${d.detail})`).join('; ')}`);
+    }
     return { ready: reasons.length === 0, reasons };
   }
 

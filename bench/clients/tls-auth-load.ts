@@ -4,6 +4,7 @@
  *
  * `concurrency` clients each run whole sessions until `sessions` have been started:
  * connect → EHLO → STARTTLS → EHLO → AUTH PLAIN → MAIL → RCPT → DATA (one message) → QUIT.
+ * Session n signs in as `users[n % users.length]`.
  * Prints one JSON line: { ok, failed, seconds, errors }.
  */
 import { SmtpDialogue, messageText } from './smtp-dialogue.js';
@@ -12,8 +13,7 @@ interface Options {
   port: number;
   sessions: number;
   concurrency: number;
-  user: string;
-  password: string;
+  users: { name: string; password: string }[];
   from: string;
   to: string;
   bytes: number;
@@ -28,7 +28,8 @@ async function session(n: number): Promise<void> {
     await d.command('EHLO load.bench.test', 250);
     await d.startTls();
     await d.command('EHLO load.bench.test', 250);
-    const plain = Buffer.from(`\0${opts.user}\0${opts.password}`).toString('base64');
+    const user = opts.users[n % opts.users.length]!;
+    const plain = Buffer.from(`\0${user.name}\0${user.password}`).toString('base64');
     await d.command(`AUTH PLAIN ${plain}`, 235);
     await d.command(`MAIL FROM:<${opts.from}>`, 250);
     await d.command(`RCPT TO:<${opts.to}>`, 250);

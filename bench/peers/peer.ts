@@ -30,6 +30,8 @@ export interface PeerContext {
   readonly tls: TlsFiles;
   /** smtpgate only: the htpasswd users file (W5 picks the bcrypt cost through it). */
   readonly usersFile: string;
+  /** smtpgate only: turn auth.cache on (W5-cached), with the documented example's TTLs. */
+  readonly authCache?: boolean;
   /** smtpgate only: write a V8 CPU profile (node --cpu-prof) into this folder. */
   readonly profileDir?: string;
   /** smtpgate only: extra node arguments (experiments: --max-semi-space-size, --import). */

@@ -8,13 +8,24 @@
  *   sender binding, a group recipient rule, a recipient cap, a header tag, per-user and per-IP
  *   `limit` rules, size rules, and the header/attachment rules that make the MIME scanner read
  *   every message's header block.
- * - A user attributes file (sender binding: the W5 user `bench` may send as sender@corp.test).
+ * - A user attributes file (sender binding: the W5 users `bench`, `bench2`… may send as sender@corp.test).
  *
  * smtp-source's sessions are unauthenticated but trusted (127.0.0.1), so sender binding and
  * the per-user rules evaluate but don't apply to them; W5 authenticates and gets them all.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { BENCH_USERS } from '../workloads.js';
+
+/**
+ * The AUTH lockout's counts, above W5's 30 concurrent sign-ins of one user from 127.0.0.1: an
+ * attempt holds a place in them while its password is verified (limits.ts authAllowed, the
+ * reservation), so at the defaults (5 per user and address, 20 per address) the 6th parallel
+ * sign-in would be refused with 454 although no password is wrong.
+ */
+const AUTH_ABOVE_W5 = `    failuresPerUserIp: 100/15m
+    failuresPerIp: 100/15m
+`;
 
 /** The `limits:` section with every rate on. */
 export const POLICY_LIMITS_YAML = `limits:
@@ -29,23 +40,23 @@ export const POLICY_LIMITS_YAML = `limits:
   recipientsPerMessage: 100
   bytesPerUser: 1000GB/1h
   auth:
-    failuresPerUserIp: 5/15m
-    failuresPerIp: 20/15m
-  brake:
+${AUTH_ABOVE_W5}  brake:
     quotaHits: 3
     window: 1h
 `;
 
 /**
  * Plain: no policy folder, and the connection limits (on by default: 60/1m and 20 per IP)
- * lifted, since every bench client comes from 127.0.0.1. Everything else stays default.
+ * lifted, since every bench client comes from 127.0.0.1; the AUTH lockout's counts raised
+ * above W5's concurrency (AUTH_ABOVE_W5). Everything else stays default.
  */
 export const PLAIN_LIMITS_YAML = `limits:
   maxMessageBytes: 60MB
   connectionRate: "off"
   concurrentPerIp: "off"
   concurrentPerListener: "off"
-`;
+  auth:
+${AUTH_ABOVE_W5}`;
 
 const FILES: Record<string, string> = {
   '00-settings.yaml': `internalDomains:
@@ -168,11 +179,8 @@ relayProtection: on
 `,
 };
 
-/** Sender binding for the W5 user, plus a few others so the map is not trivially small. */
-const ATTRIBUTES = `bench:
-  addresses: [sender@corp.test]
-  groups: [staff]
-intern1:
+/** Sender binding for the W5 users (BENCH_USERS), plus a few others so the map is not trivially small. */
+const ATTRIBUTES = `${BENCH_USERS.map(({ name }) => `${name}:\n  addresses: [sender@corp.test]\n  groups: [staff]\n`).join('')}intern1:
   addresses: [intern1@corp.test]
   groups: [interns]
 mkt1:

@@ -74,7 +74,7 @@ tls:
   key: ${ctx.tls.key}
 auth:
   users: ${ctx.usersFile}
-${attributes}backend:
+${ctx.authCache ? '  cache: { ttl: 10m, negativeTtl: 30s }\n' : ''}${attributes}backend:
   address: 127.0.0.1:${ctx.sinkPort}
 metrics:
   address: 127.0.0.1:0

@@ -43,9 +43,14 @@ export interface AuthenticatedUser {
  */
 export type AuthFailureReason = 'unknown_user' | 'bad_credentials' | 'disabled' | 'unavailable';
 
+/**
+ * One source's answer. `source` (which source answered) is filled in by the chain; `cached`
+ * marks an answer the auth cache remembered; `detail` is for the log, never the client
+ * ("ldaps://dc1:636: connect ETIMEDOUT").
+ */
 export type AuthOutcome =
-  | { readonly ok: true; readonly user: AuthenticatedUser; readonly source?: string }
-  | { readonly ok: false; readonly reason: AuthFailureReason; readonly source?: string; /** For the log, never the client: "ldap://dc1:389: connect ETIMEDOUT". */ readonly detail?: string };
+  | { readonly ok: true; readonly user: AuthenticatedUser; readonly source?: string; readonly cached?: true }
+  | { readonly ok: false; readonly reason: AuthFailureReason; readonly source?: string; readonly cached?: true; readonly detail?: string };
 
 /**
  * What the session offers an authenticator beyond the credentials: passthrough auth uses the

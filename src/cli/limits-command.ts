@@ -13,7 +13,7 @@ import { ConfigError, formatIssue } from '../parsing/errors.js';
 import { createLimits } from '../limits/limits.js';
 import { fetchLimitsState, formatClearResult, formatLimitsState, requestLimitsClear, type ClearResult, type LimitsState } from '../limits/admin.js';
 import type { Config } from '../config/schema.js';
-import { readAdminToken } from '../app.js';
+import { adminEndpoint } from './admin-endpoint.js';
 
 interface LimitsCommandOptions {
   config: string;
@@ -24,10 +24,8 @@ interface LimitsCommandOptions {
 /** Runs `op` against the live store: Redis directly, or the running instance's admin address. */
 async function withStore<T>(config: Config, remote: (base: string, token?: string) => Promise<T>, local: (limits: ReturnType<typeof createLimits>) => Promise<T>): Promise<T> {
   if (config.limits.store.kind === 'memory') {
-    const { host, port } = config.metrics.address;
-    const h = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
-    const token = config.metrics.adminTokenFile ? await readAdminToken(config.metrics.adminTokenFile) : undefined;
-    return remote(`http://${h.includes(':') ? `[${h}]` : h}:${port}`, token);
+    const { base, token } = await adminEndpoint(config);
+    return remote(base, token);
   }
   const limits = createLimits({ config: config.limits, log: pino({ level: 'silent' }), registry: new Registry() });
   try {

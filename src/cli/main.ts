@@ -11,6 +11,11 @@ import type { Config } from '../config/schema.js';
 import { registerUserCommand } from './user-command.js';
 import { registerPolicyCommand } from './policy-command.js';
 import { registerLimitsCommand } from './limits-command.js';
+import { registerAuthCommand } from './auth-command.js';
+import { Registry } from 'prom-client';
+import { probeAuthSources } from '../auth/sources.js';
+import { createAuthMetrics } from '../metrics/auth-metrics.js';
+import { createLogger } from '../logging/logger.js';
 import { readBuildInfo } from '../build-info.js';
 import { smtpServerProblems } from '../listener/smtp-server-seams.js';
 
@@ -44,15 +49,30 @@ program
   .command('check')
   .description('validate the config, certificate, key and users file without opening a port; exit 1 on any problem')
   .requiredOption('-c, --config <file>', 'path to the YAML config file')
-  .action(async (opts: { config: string }) => {
+  .option('--probe', 'also reach each auth source once (LDAP bind with the service account, Dovecot, the HTTP hook) and report what it found')
+  .action(async (opts: { config: string; probe?: boolean }) => {
     const { config, material } = await loadOrExit(opts.config, 'check');
     for (const w of material.warnings) process.stdout.write(`warning: ${w}\n`);
+    if (opts.probe && config.auth) {
+      const results = await probeAuthSources(config.auth, {
+        users: material.users,
+        secrets: material.authSecrets,
+        log: createLogger({ level: 'silent', format: 'json' }),
+        metrics: createAuthMetrics(new Registry()),
+      });
+      for (const r of results) process.stdout.write(`auth.${r.source}: ${r.ok ? 'OK' : 'FAILED'}: ${r.text}\n`);
+      if (results.some((r) => !r.ok)) {
+        process.stderr.write(`${opts.config}: an auth source could not be reached (above)\n`);
+        process.exit(1);
+      }
+    }
     process.stdout.write(`${opts.config}: OK (${config.listeners.length} listener${config.listeners.length === 1 ? '' : 's'}, backend ${config.backend.address.map(hostPortLabel).join(', ')})\n`);
   });
 
 registerUserCommand(program);
 registerPolicyCommand(program);
 registerLimitsCommand(program);
+registerAuthCommand(program);
 
 async function loadOrExit(file: string, mode: 'run' | 'check' = 'run') {
   // smtpgate relies on smtp-server's internals (listener/smtp-server-seams.ts): an untested

@@ -18,7 +18,7 @@ export interface RunOptions {
 
 export async function run(config: Config, material: RuntimeMaterial, opts: RunOptions): Promise<void> {
   const workers = resolveWorkers(config.workers);
-  if (workers > 1 && cluster.isPrimary) return runClusterPrimary(config, workers);
+  if (workers > 1 && cluster.isPrimary) return runClusterPrimary(config, workers, material.adminToken);
   const inCluster = cluster.isWorker;
 
   // A worker's lines carry its pid, the one the primary's "worker died" line names.
@@ -59,9 +59,9 @@ export async function run(config: Config, material: RuntimeMaterial, opts: RunOp
   process.on('unhandledRejection', (err) => app.log.error({ err }, 'unhandled rejection (bug): the session it belonged to may hang'));
 }
 
-async function runClusterPrimary(config: Config, workers: number): Promise<void> {
+async function runClusterPrimary(config: Config, workers: number, adminToken: string | undefined): Promise<void> {
   const log = createLogger({ level: config.log.level, format: config.log.format }).child({ role: 'primary' });
-  const primary = await runPrimary(config, workers, log);
+  const primary = await runPrimary(config, workers, log, adminToken);
   log.info({ workers, metrics: `${config.metrics.address.host}:${primary.metricsPort}`, pid: process.pid }, 'smtpgate primary ready');
   let stopping = false;
   const stop = (signal: 'SIGTERM' | 'SIGINT') => {

@@ -14,6 +14,7 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../logging/logger.js';
 import { boundPort, startAdminServer, type Readiness } from '../metrics/http-server.js';
 import { WorkerReports } from './worker-reports.js';
+import { authCacheAdminRoute } from '../auth/admin.js';
 
 /** Messages a worker sends the primary (besides its reports). */
 export type WorkerMessage = { type: 'smtpgate:ready' } | { type: 'smtpgate:stopping' };
@@ -37,7 +38,7 @@ const METRICS_ANSWER_MS = 3000;
  */
 const READINESS_ANSWER_MS = 1000;
 
-export async function runPrimary(config: Config, workers: number, log: Logger): Promise<PrimaryHandle> {
+export async function runPrimary(config: Config, workers: number, log: Logger, adminToken?: string): Promise<PrimaryHandle> {
   const reports = new WorkerReports({ metricsMs: METRICS_ANSWER_MS, readinessMs: READINESS_ANSWER_MS });
   let stopping = false;
 
@@ -84,6 +85,13 @@ export async function runPrimary(config: Config, workers: number, log: Logger): 
     port: config.metrics.address.port,
     registry: { metrics: () => reports.metrics(), contentType: Registry.PROMETHEUS_CONTENT_TYPE },
     readiness,
+    // Each worker has its own auth cache: `smtpgate auth cache clear` empties them all.
+    routes: [
+      authCacheAdminRoute((user) => reports.clearAuthCache(user), {
+        ...(adminToken ? { token: adminToken } : {}),
+        onRefused: (r, req) => log.warn({ status: r.status, path: req.url, client: req.socket.remoteAddress }, 'admin request refused'),
+      }),
+    ],
   });
 
   return {

@@ -14,18 +14,22 @@ import { AggregatorRegistry, type Registry } from 'prom-client';
 import type { Readiness } from '../metrics/http-server.js';
 import type { Logger } from '../logging/logger.js';
 import { addCumulative, type MetricsJson } from './retained-counts.js';
+import type { CacheClearAnswer } from '../auth/admin.js';
 
-type What = 'metrics' | 'readiness';
+type What = 'metrics' | 'readiness' | 'authCacheClear';
 interface ReportRequest {
   type: 'smtpgate:report-request';
   id: number;
   what: What;
+  /** authCacheClear: only this user's entries. */
+  user?: string;
 }
 interface Report {
   type: 'smtpgate:report';
   id: number;
   metrics?: MetricsJson;
   readiness?: Readiness;
+  authCache?: CacheClearAnswer;
 }
 
 const isRequest = (m: unknown): m is ReportRequest => (m as ReportRequest | undefined)?.type === 'smtpgate:report-request';
@@ -50,7 +54,7 @@ export class WorkerReports {
   readonly #timeoutMs: Readonly<Record<What, number>>;
 
   constructor(timeouts: { metricsMs: number; readinessMs: number }) {
-    this.#timeoutMs = { metrics: timeouts.metricsMs, readiness: timeouts.readinessMs };
+    this.#timeoutMs = { metrics: timeouts.metricsMs, readiness: timeouts.readinessMs, authCacheClear: timeouts.metricsMs };
   }
 
   /** Workers that said they are ready and haven't exited. */
@@ -92,7 +96,21 @@ export class WorkerReports {
     return asked.map((w) => ({ worker: w.id, pid: w.process.pid, readiness: answers.get(w.id)?.readiness }));
   }
 
-  #ask(what: What): Promise<Map<number, Report>> {
+  /**
+   * Empties every ready worker's auth cache (or one user's entries) and adds up what went. A
+   * worker that doesn't answer in time fails the request: the operator must not be told the
+   * cache is clear while a worker still holds entries.
+   */
+  async clearAuthCache(user: string | undefined): Promise<CacheClearAnswer> {
+    const asked = this.#live.size;
+    const answers = [...(await this.#ask('authCacheClear', user)).values()].map((r) => r.authCache);
+    if (answers.length < asked || answers.some((a) => a === undefined)) throw new Error(`only ${answers.length} of ${asked} workers answered; try again`);
+    if (answers.some((a) => a && 'cacheOff' in a)) return { cacheOff: true };
+    const cleared = answers.reduce((n, a) => n + (a && 'cleared' in a ? a.cleared : 0), 0);
+    return user === undefined ? { cleared } : { cleared, user };
+  }
+
+  #ask(what: What, user?: string): Promise<Map<number, Report>> {
     const id = this.#nextId++;
     const asked = new Set([...this.#live.values()].map((l) => l.worker).filter((w) => w.isConnected()));
     const answers = new Map<number, Report>();
@@ -107,7 +125,7 @@ export class WorkerReports {
         answers.set(worker, report);
         if (answers.size >= asked.size) finish();
       });
-      const request: ReportRequest = { type: 'smtpgate:report-request', id, what };
+      const request: ReportRequest = { type: 'smtpgate:report-request', id, what, ...(user === undefined ? {} : { user }) };
       // A worker dying under us fails the send; it then simply doesn't answer.
       for (const w of asked) w.send(request, () => undefined);
       if (asked.size === 0) finish();
@@ -119,6 +137,7 @@ export class WorkerReports {
 export interface ReportingApp {
   readonly metrics: { readonly registry: Registry };
   readiness(): Readiness;
+  clearAuthCache(user?: string): CacheClearAnswer;
 }
 
 /** The worker's side: answers the primary's requests on `channel` (the worker's `process`). */
@@ -126,7 +145,11 @@ export function answerPrimary(app: ReportingApp, channel: NodeJS.Process, log: L
   channel.on('message', (m: unknown) => {
     if (!isRequest(m)) return;
     const report: Promise<Omit<Report, 'type' | 'id'>> =
-      m.what === 'metrics' ? app.metrics.registry.getMetricsAsJSON().then((metrics) => ({ metrics })) : Promise.resolve({ readiness: app.readiness() });
+      m.what === 'metrics'
+        ? app.metrics.registry.getMetricsAsJSON().then((metrics) => ({ metrics }))
+        : m.what === 'readiness'
+          ? Promise.resolve({ readiness: app.readiness() })
+          : Promise.resolve({ authCache: app.clearAuthCache(m.user) });
     report.then(
       // The primary gone means this worker is about to exit too: nothing to do about a failed send.
       (r) => channel.send?.({ type: 'smtpgate:report', id: m.id, ...r } satisfies Report, undefined, undefined, () => undefined),

@@ -39,6 +39,10 @@ export function referencedFiles(config: Config): FileReference[] {
   }
   add(['auth', 'users'], config.auth?.users, 'the users file');
   add(['auth', 'attributes'], config.auth?.attributes, 'the user attributes file');
+  add(['auth', 'ldap', 'bindPasswordFile'], config.auth?.ldap?.bindPasswordFile, 'the LDAP bind password file');
+  add(['auth', 'ldap', 'ca'], config.auth?.ldap?.ca, 'the LDAP CA bundle');
+  add(['auth', 'http', 'tokenFile'], config.auth?.http?.tokenFile, 'the HTTP hook token file');
+  add(['auth', 'http', 'ca'], config.auth?.http?.ca, 'the HTTP hook CA bundle');
   add(['backend', 'ca'], config.backend.ca, 'the CA bundle');
   add(['backend', 'auth', 'passwordFile'], config.backend.auth?.passwordFile, 'the password file');
   add(['policies'], config.policies, 'the policy folder', 'folder');

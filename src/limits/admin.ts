@@ -11,12 +11,11 @@
  *   `fetchLimitsState` / `requestLimitsClear` are the client side.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { cidrContains, ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, userKey, type Cidr } from './keys.js';
 import { formatWindow, retrySeconds } from './rate.js';
 import type { LimiterName } from './replies.js';
 import type { StoredEntry } from './limiter-store.js';
-import { refuseBrowserRequest, refuseRebindingHost, type HttpRefusal } from './browser-guard.js';
+import { refuseAdminRequest, type HttpRefusal } from './browser-guard.js';
 
 export interface LockedIp {
   readonly ip: string;
@@ -253,15 +252,11 @@ export function limitsAdminRoutes(admin: LimitsAdmin, opts: { token?: string; on
     const reply = (status: number, body: unknown) => {
       res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body) + '\n');
     };
-    // CSRF and DNS rebinding: see browser-guard.ts.
-    const refused = refuseBrowserRequest(req) ?? (opts.token ? undefined : refuseRebindingHost(req.headers.host));
+    // CSRF, DNS rebinding and the token: see browser-guard.ts.
+    const refused = refuseAdminRequest(req, opts.token);
     if (refused) {
-      opts.onRefused?.(refused, req);
+      if (refused.status !== 401) opts.onRefused?.(refused, req);
       reply(refused.status, { error: refused.error });
-      return true;
-    }
-    if (opts.token && !sameSecret(req.headers.authorization, `Bearer ${opts.token}`)) {
-      reply(401, { error: 'missing or wrong bearer token' });
       return true;
     }
     if (url.pathname === '/limits') {
@@ -323,10 +318,4 @@ export async function requestLimitsClear(base: string, target: string, opts: { t
 
 function authHeader(token: string | undefined): Record<string, string> {
   return token ? { authorization: `Bearer ${token}` } : {};
-}
-
-/** Compares digests in constant time, so the answer's timing says nothing about how much of the token matched. */
-function sameSecret(given: string | undefined, expected: string): boolean {
-  const digest = (text: string) => createHash('sha256').update(text).digest();
-  return given !== undefined && timingSafeEqual(digest(given), digest(expected));
 }

@@ -16,11 +16,12 @@
  * user typing the URL). A body must be declared application/json, which no simple request can
  * be. Pure: headers in, refusal out.
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { isIP } from 'node:net';
 
 export interface HttpRefusal {
-  readonly status: 403 | 415;
+  readonly status: 401 | 403 | 415;
   readonly error: string;
 }
 
@@ -54,4 +55,21 @@ export function refuseRebindingHost(host: string | undefined): HttpRefusal | und
     status: 403,
     error: `the admin routes without a token answer only a Host that is an IP address or localhost, not ${JSON.stringify(host ?? 'none')} (DNS rebinding); use http://127.0.0.1:PORT, or set metrics.adminTokenFile`,
   };
+}
+
+/**
+ * Every admin route's gate, in order: a browser's marks (CSRF), a rebindable Host when there is
+ * no token (DNS rebinding), then the bearer token when one is set. Undefined: go on.
+ */
+export function refuseAdminRequest(req: { readonly method?: string; readonly headers: IncomingHttpHeaders }, token: string | undefined): HttpRefusal | undefined {
+  const refused = refuseBrowserRequest(req) ?? (token ? undefined : refuseRebindingHost(req.headers.host));
+  if (refused) return refused;
+  if (token && !sameSecret(req.headers.authorization, `Bearer ${token}`)) return { status: 401, error: 'missing or wrong bearer token' };
+  return undefined;
+}
+
+/** Compares digests in constant time, so the answer's timing says nothing about how much of the token matched. */
+function sameSecret(given: string | undefined, expected: string): boolean {
+  const digest = (text: string) => createHash('sha256').update(text).digest();
+  return given !== undefined && timingSafeEqual(digest(given), digest(expected));
 }

@@ -10,6 +10,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { BuildInfo } from '../build-info.js';
 import { createLimitMetrics } from '../limits/metrics.js';
 import { createPolicyMetrics } from '../policy/metrics.js';
+import { createAuthMetrics } from './auth-metrics.js';
 
 /** What SIGHUP and the file watchers reload, each on its own. */
 export const RELOAD_COMPONENTS = ['certificate', 'users', 'config', 'policy'] as const;
@@ -47,6 +48,8 @@ export function createMetrics(build: BuildInfo) {
     limits: createLimitMetrics(registry),
     /** Policy decisions by rule, stage and action, and audit hits (src/policy/metrics.ts). */
     policy: createPolicyMetrics(registry),
+    /** Auth sources' latency, errors and health, and the auth cache (src/auth/metrics.ts). */
+    auth: createAuthMetrics(registry),
     connectionsOpened: new Counter({
       name: 'smtpgate_connections_opened_total',
       help: 'Client connections greeted or refused by connect-stage policy, per listener: those past the connection limits and the greeting wait. Connections refused by the limits are in smtpgate_refusals_total{stage="connect"} only.',

@@ -10,7 +10,7 @@
  * no smtp-server types), so unit tests drive it with a fake connection, stage by stage.
  */
 import type { Readable } from 'node:stream';
-import type { Authenticator } from '../auth/authenticator.js';
+import type { AuthFailureReason, Authenticator } from '../auth/authenticator.js';
 import type { UserAttributes } from '../auth/user-attributes.js';
 import type { ListenerConfig } from '../config/schema.js';
 import type { ClientFacts, Limits } from '../limits/limits.js';
@@ -158,6 +158,8 @@ export class ClientSession implements SnapshotSource {
   stage: Stage = 'connect';
   /** The authenticated user (password or client certificate), and how they were established. */
   user: string | undefined;
+  /** What the auth source knows of the user (a directory's addresses and groups), if anything. */
+  #directoryAttributes: UserAttributes | undefined;
   authMethod: 'password' | 'certificate' | undefined;
   tlsVersion: string | undefined;
   /** The MAIL accepted last, and its backend transaction. */
@@ -222,6 +224,7 @@ export class ClientSession implements SnapshotSource {
     this.#tlsDeadline = undefined;
     // RFC 3207 §4.2: nothing learned before the handshake is trusted after it.
     this.user = undefined;
+    this.#directoryAttributes = undefined;
     this.authMethod = undefined;
     const clientCerts = this.#deps.clientCerts;
     if (clientCerts && certificate) {
@@ -259,9 +262,9 @@ export class ClientSession implements SnapshotSource {
     const { limits, authenticator, metrics, listener } = this.#deps;
     const method = credentials.method;
     const mechanism = method === 'PLAIN' || method === 'LOGIN' ? method : 'other';
-    const fail = (r: Refusal, result: 'failure' | 'refused' | 'error', rule?: string): Verdict => {
+    const fail = (r: Refusal, result: 'failure' | 'refused' | 'error', rule?: string, why?: AuthFailureLog): Verdict => {
       metrics.authAttempts.inc({ listener, mechanism, result });
-      return this.refuse('auth', r, { user: printable(credentials.username), ...(rule ? { rule } : {}) }, rule);
+      return this.refuse('auth', r, { user: printable(credentials.username), ...(rule ? { rule } : {}), ...why }, rule);
     };
     if (this.#connection.inTransaction()) return fail(AUTH_IN_TRANSACTION, 'refused');
     // The command guard already refuses AUTH without TLS; this is the backstop for any path
@@ -279,12 +282,12 @@ export class ClientSession implements SnapshotSource {
     // parallel guesses can't all be verified before the first failure is counted.
     const { refusal: locked, reservation } = await limits.authAllowed(authFacts);
     if (locked) return fail(locked, 'refused');
-    const badCredentials = async (): Promise<Verdict> => {
+    const badCredentials = async (why?: AuthFailureLog): Promise<Verdict> => {
       const failure = await limits.authFailed(authFacts, reservation);
       if (failure.lockedOut) {
         this.log.warn({ client: this.#connection.remoteAddress, user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
       }
-      return fail(AUTH_CREDENTIALS_INVALID, 'failure');
+      return fail(AUTH_CREDENTIALS_INVALID, 'failure', undefined, why);
     };
     // RFC 4616: an authorization identity other than the authentication identity would mean
     // acting as someone else; smtpgate has no such delegation.
@@ -301,26 +304,32 @@ export class ClientSession implements SnapshotSource {
       return fail(AUTH_TEMPORARY_FAILURE, 'error');
     }
     if (!outcome.ok) {
-      if (outcome.reason !== 'unavailable') return badCredentials();
+      // Which source said what, and why: the client hears only 535 or 454.
+      // `authResult`, not `reason`: the line's `reason` is the refusal's (auth_failed), as in the metric.
+      const why: AuthFailureLog = { source: outcome.source, authResult: outcome.reason, ...(outcome.detail ? { detail: outcome.detail } : {}), ...(outcome.cached ? { cached: true } : {}) };
+      if (outcome.reason !== 'unavailable') return badCredentials(why);
       await limits.authAbandoned(reservation);
-      return fail(AUTH_TEMPORARY_FAILURE, 'error');
+      return fail(AUTH_TEMPORARY_FAILURE, 'error', undefined, why);
     }
+    const source = outcome.source;
     // A suspended account (compromised-account brake) is told so only once the password is right.
     // With passthrough auth the backend connection is now logged in as this user: if smtpgate
     // refuses the login after all, that connection must not carry this session's mail.
     const refuseLogin = (r: Refusal, rule?: string): Verdict => {
-      if (authenticator.kind === 'backend') this.backend.abort();
+      if (source === 'backend') this.backend.abort();
       return fail(r, 'refused', rule);
     };
     const name = outcome.user.username;
+    const directory = outcome.user.attributes;
     const suspended = await limits.authSucceeded({ ...authFacts, username: name }, reservation);
     if (suspended) return refuseLogin(suspended);
-    const verdict = await this.checkpoint.at('auth', this, () => ({ authenticated: true, user: buildUserFacts(name, this.#deps.attributes(name)) }));
+    const verdict = await this.checkpoint.at('auth', this, () => ({ authenticated: true, user: buildUserFacts(name, withDirectory(this.#deps.attributes(name), directory)) }));
     if (verdict.refusal) return refuseLogin(verdict.refusal, verdict.rule);
     this.user = name;
+    this.#directoryAttributes = directory;
     this.authMethod = 'password';
     metrics.authAttempts.inc({ listener, mechanism, result: 'success' });
-    this.log.info({ user: name, mechanism }, 'authenticated');
+    this.log.info({ user: name, mechanism, source, ...(outcome.cached ? { cached: true } : {}) }, 'authenticated');
     return OK;
   }
 
@@ -606,7 +615,7 @@ export class ClientSession implements SnapshotSource {
       helo: c.helo(),
       greeting: c.greeting(),
       user,
-      attributes: user ? this.#deps.attributes(user) : undefined,
+      attributes: user ? withDirectory(this.#deps.attributes(user), this.#directoryAttributes) : undefined,
       recipients: c.recipients(),
       now: new Date(this.#deps.clock()),
     };
@@ -656,6 +665,19 @@ export class ClientSession implements SnapshotSource {
 }
 
 /** A client-given name for a log line: printable ASCII, bounded. */
+/** What the log says of a failed sign-in: the source, its reason, and why it couldn't decide. */
+type AuthFailureLog = { source?: string; authResult: AuthFailureReason; detail?: string; cached?: true };
+
+/**
+ * A user's attributes: the attributes file's, plus what the auth source (a directory) knows.
+ * The file can add addresses and groups to a directory user; it can't take any away.
+ */
+function withDirectory(file: UserAttributes, directory: UserAttributes | undefined): UserAttributes {
+  if (!directory) return file;
+  if (file.addresses.length === 0 && file.groups.length === 0) return directory;
+  return { addresses: [...new Set([...directory.addresses, ...file.addresses])], groups: [...new Set([...directory.groups, ...file.groups])] };
+}
+
 function printable(value: string | undefined): string | undefined {
   return value === undefined ? undefined : value.replace(/[^\x20-\x7e]/g, '?').slice(0, 128);
 }

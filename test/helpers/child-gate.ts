@@ -68,6 +68,8 @@ export async function startChildGate(opts: StartGateOptions & { nofile?: number 
   const logs: Record<string, unknown>[] = [];
   const ports: Record<string, number> = {};
   let metricsPort = 0;
+  const workers = typeof opts.config?.workers === 'number' && opts.config.workers > 1 ? opts.config.workers : 0;
+  let workersReady = 0;
   let onLine: (() => void) | undefined;
   child.stdout!.on('data', (chunk: Buffer) => {
     const text = chunk.toString();
@@ -85,7 +87,10 @@ export async function startChildGate(opts: StartGateOptions & { nofile?: number 
       }
       logs.push(parsed);
       if (parsed.msg === 'listening' && typeof parsed.listener === 'string') ports[parsed.listener] = Number(String(parsed.address).split(':').pop());
-      if (parsed.msg === 'smtpgate ready') metricsPort = Number(String(parsed.metrics).split(':').pop());
+      // With `workers`, the primary serves /metrics and each worker says it is ready.
+      if (parsed.msg === 'smtpgate ready' && !workers) metricsPort = Number(String(parsed.metrics).split(':').pop());
+      if (parsed.msg === 'smtpgate primary ready') metricsPort = Number(String(parsed.metrics).split(':').pop());
+      if (parsed.msg === 'smtpgate ready' && workers) workersReady++;
       onLine?.();
     }
   });
@@ -95,7 +100,7 @@ export async function startChildGate(opts: StartGateOptions & { nofile?: number 
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`smtpgate did not get ready within 20 s:\n${out}`)), 20_000);
     onLine = () => {
-      if (metricsPort) {
+      if (metricsPort && workersReady >= workers) {
         clearTimeout(timer);
         onLine = undefined;
         resolve();

@@ -43,7 +43,7 @@ export async function startOpsGates(): Promise<OpsGates> {
   try {
     const healthy = await startGate({
       backend: { address: [`127.0.0.1:${dead}`, `127.0.0.1:${backend.port}`], strategy: 'failover' },
-      auth: { users: 'users', attributes: 'users.yaml' },
+      auth: { users: 'users', attributes: 'users.yaml', cache: { ttl: '10m' } },
       config: { policies: 'policies' },
       logLevel: 'warn',
       beforeStart: async (dir) => {

@@ -93,6 +93,7 @@ class FakeLimits {
   async messageBytes() {}
 }
 
+/** One auth source answering as the chain passes its answers on: with its kind as `source`. */
 class FakeAuthenticator implements Authenticator {
   readonly asked: string[] = [];
   constructor(
@@ -103,7 +104,7 @@ class FakeAuthenticator implements Authenticator {
     this.asked.push(req.username);
     const a = this.answer(req.username, req.password);
     if (a instanceof Error) throw a;
-    return a;
+    return { ...a, source: this.kind };
   }
 }
 

@@ -10,6 +10,8 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { createMetrics } from '../../../src/metrics/catalogue.js';
 import { LIMITER_NAMES } from '../../../src/limits/replies.js';
 import { REFUSAL_REASONS } from '../../../src/reply.js';
+import { AUTH_SOURCES } from '../../../src/config/auth-section.js';
+import { SOURCE_RESULTS } from '../../../src/metrics/auth-metrics.js';
 import { ALICE } from '../../helpers/gate.js';
 import { baseName, parseExposition, type Sample } from '../../helpers/exposition.js';
 import { MALLORY, REPO, driveTraffic, scrape, startOpsGates, type OpsGates } from '../../helpers/ops-traffic.js';
@@ -36,7 +38,10 @@ function allowedValues(gates: OpsGates, policyRules: readonly string[]): Record<
         smtpgate_messages_total: ['relayed', 'refused', 'aborted'],
         smtpgate_reloads_total: ['success', 'failure'],
         smtpgate_limiter_decisions_total: ['allowed', 'limited', 'store_error'],
+        smtpgate_auth_source_seconds: [...SOURCE_RESULTS] as string[],
       })[metric]?.includes(v) ?? false,
+    source: (v) => (AUTH_SOURCES as readonly string[]).includes(v),
+    outcome: oneOf('success', 'failure'),
     kind: (v, metric) =>
       ({
         smtpgate_tls_handshakes_total: ['starttls', 'implicit'],
