@@ -20,7 +20,7 @@ export interface UserAttributes {
 export const NO_ATTRIBUTES: UserAttributes = { addresses: [], groups: [] };
 
 /** An address, or a "*@domain" / "*" style wildcard. */
-const ADDRESS_PATTERN = /^[^\s@]+@[^\s@]+$|^\*$/;
+export const ADDRESS_PATTERN = /^[^\s@]+@[^\s@]+$|^\*$/;
 const GROUP = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
 const schema = z.record(
