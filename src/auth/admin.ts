@@ -8,7 +8,7 @@
  *                                                    or   409 {"error": "auth.cache is off …"}
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { refuseAdminRequest, type HttpRefusal } from '../limits/browser-guard.js';
+import { readAdminBody, refuseAdminRequest, type HttpRefusal } from '../limits/browser-guard.js';
 
 /** What clearing did: how many entries went (in every worker), or that there is no cache. */
 export type CacheClearAnswer = { readonly cleared: number; readonly user?: string } | { readonly cacheOff: true };
@@ -31,25 +31,14 @@ export function authCacheAdminRoute(clear: (user: string | undefined) => Promise
       reply(405, { error: 'use POST' });
       return true;
     }
-    let body = '';
-    req.setEncoding('utf8');
-    req.on('data', (c: string) => {
-      body += c;
-      if (body.length > 4096) req.destroy();
-    });
-    req.on('end', () => {
-      let user: unknown;
-      try {
-        user = body.trim() ? (JSON.parse(body) as { user?: unknown }).user : undefined;
-      } catch {
-        return reply(400, { error: 'expected a JSON body {} or {"user": "NAME"}' });
-      }
+    readAdminBody(req, (body) => {
+      const user = (body as { user?: unknown } | undefined)?.user;
       if (user !== undefined && (typeof user !== 'string' || !user)) return reply(400, { error: 'expected "user" to be a non-empty string' });
       clear(user).then(
         (answer) => ('cacheOff' in answer ? reply(409, { error: CACHE_OFF }) : reply(200, answer)),
         (err: Error) => reply(503, { error: err.message }),
       );
-    });
+    }, () => reply(400, { error: 'expected a JSON body {} or {"user": "NAME"}' }));
     return true;
   };
 }

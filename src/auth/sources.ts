@@ -13,6 +13,9 @@ import { BackendAuthenticator } from './backend-authenticator.js';
 import { AuthCache } from './cache.js';
 import { AuthChain } from './chain.js';
 import { FileAuthenticator } from './file-authenticator.js';
+import { DovecotAuthenticator } from './dovecot-source.js';
+import { HttpAuthenticator } from './http-source.js';
+import { LdapAuthenticator } from './ldap-source.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
 import type { UserRecord } from './users-file.js';
 
@@ -86,8 +89,12 @@ export function createAuthStack(auth: AuthConfig, deps: AuthStackDeps): AuthStac
         return file;
       case 'backend':
         return new BackendAuthenticator();
-      default:
-        throw new Error(`auth source ${kind} is not available in this build`);
+      case 'ldap':
+        return new LdapAuthenticator(auth.ldap!, { log: deps.log, bindPassword: deps.secrets.ldapBindPassword, ca: deps.secrets.ldapCa });
+      case 'dovecot':
+        return new DovecotAuthenticator(auth.dovecot!, { log: deps.log });
+      case 'http':
+        return new HttpAuthenticator(auth.http!, { log: deps.log, token: deps.secrets.httpToken, ca: deps.secrets.httpCa });
     }
   });
   const chain = new AuthChain(sources, { metrics: deps.metrics, log: deps.log });

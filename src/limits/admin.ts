@@ -15,7 +15,7 @@ import { cidrContains, ipKey, parseCidr, parseIp, senderKey, splitUserIpKey, use
 import { formatWindow, retrySeconds } from './rate.js';
 import type { LimiterName } from './replies.js';
 import type { StoredEntry } from './limiter-store.js';
-import { refuseAdminRequest, type HttpRefusal } from './browser-guard.js';
+import { readAdminBody, refuseAdminRequest, type HttpRefusal } from './browser-guard.js';
 
 export interface LockedIp {
   readonly ip: string;
@@ -275,25 +275,15 @@ export function limitsAdminRoutes(admin: LimitsAdmin, opts: { token?: string; on
       reply(405, { error: 'use POST' });
       return true;
     }
-    let body = '';
-    req.setEncoding('utf8');
-    req.on('data', (c: string) => {
-      body += c;
-      if (body.length > 4096) req.destroy();
-    });
-    req.on('end', () => {
-      let target: unknown;
-      try {
-        target = (JSON.parse(body) as { target?: unknown }).target;
-      } catch {
-        return reply(400, { error: 'expected a JSON body {"target": "IP or USER"}' });
-      }
-      if (typeof target !== 'string' || !target.trim()) return reply(400, { error: 'expected a JSON body {"target": "IP or USER"}' });
+    const bad = () => reply(400, { error: 'expected a JSON body {"target": "IP or USER"}' });
+    readAdminBody(req, (body) => {
+      const target = (body as { target?: unknown } | undefined)?.target;
+      if (typeof target !== 'string' || !target.trim()) return bad();
       admin.clear(target).then(
         (r) => reply(200, r),
         (err: Error) => reply(err instanceof RangeError ? 400 : 503, { error: err.message }),
       );
-    });
+    }, bad);
     return true;
   };
 }

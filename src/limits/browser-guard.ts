@@ -17,7 +17,7 @@
  * be. Pure: headers in, refusal out.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { IncomingHttpHeaders } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import { isIP } from 'node:net';
 
 export interface HttpRefusal {
@@ -72,4 +72,26 @@ export function refuseAdminRequest(req: { readonly method?: string; readonly hea
 function sameSecret(given: string | undefined, expected: string): boolean {
   const digest = (text: string) => createHash('sha256').update(text).digest();
   return given !== undefined && timingSafeEqual(digest(given), digest(expected));
+}
+
+/**
+ * The JSON body of an admin POST, at most 4 KiB (a longer one drops the connection): `onBody`
+ * gets the parsed value, or undefined when the body is empty, or `onBad` runs when it is not JSON.
+ */
+export function readAdminBody(req: IncomingMessage, onBody: (value: unknown) => void, onBad: () => void): void {
+  let body = '';
+  req.setEncoding('utf8');
+  req.on('data', (c: string) => {
+    body += c;
+    if (body.length > 4096) req.destroy();
+  });
+  req.on('end', () => {
+    let value: unknown;
+    try {
+      value = body.trim() ? JSON.parse(body) : undefined;
+    } catch {
+      return onBad();
+    }
+    onBody(value);
+  });
 }
