@@ -2,10 +2,11 @@
  * `auth.backend: dovecot` through a real smtpgate, against a real Dovecot: what the client is
  * answered (235, 535, 454), what the log tells apart, the attributes file and the policy rules
  * applied to the user Dovecot names, the auth cache carrying known users through an outage,
- * and the brute-force lockout still counting with the cache on.
+ * the brute-force lockout still counting with the cache on, and `smtpgate check --probe`.
  */
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { ALICE, IVAN, startGate, withShippedPolicies, type Gate, type GateUser } from '../../helpers/gate.js';
+import { ALICE, IVAN, startGate, withShippedPolicies, writeGateFiles, type Gate, type GateUser } from '../../helpers/gate.js';
+import { runCli } from '../../helpers/cli.js';
 import type { AuthInput } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { startDovecot, type TestDovecot } from '../../helpers/dovecot.js';
@@ -121,5 +122,20 @@ describeWith(['dovecot', 'doveadm'], 'the dovecot source down, with the auth cac
     expect(gate.logs.filter((l) => l.stage === 'auth' && l.user === 'alice' && l.cached === true).length).toBeGreaterThanOrEqual(2);
     const owner = await readyForAuth(gate);
     expect((await owner.authPlain(ALICE.name, ALICE.password)).raw).toMatch(/^454 4\.7\.0 Too many failed logins/);
+  });
+});
+
+describeWith(['dovecot', 'doveadm'], 'smtpgate check --probe with the dovecot source', () => {
+  test("reports Dovecot's protocol and mechanisms; with Dovecot down it exits 1, naming the socket and the fix", async () => {
+    const dovecot = await forThisTest(startDovecot({ users: { alice: { password: ALICE.password } } }), (d) => d.stop());
+    const { configFile } = await writeGateFiles({ backendPort: 2525, users: [], auth: { backend: 'dovecot', dovecot: { socket: dovecot.socketPath } } });
+    const at = dovecot.socketPath.replace(/[.]/g, '\\.');
+    const up = await runCli(['check', '--config', configFile, '--probe']);
+    expect(up).toMatchObject({ code: 0, stdout: expect.stringMatching(new RegExp(`^auth\\.dovecot: OK: dovecot auth at ${at}: protocol 1\\.\\d+, auth process \\d+, mechanisms PLAIN LOGIN$`, 'm')) });
+
+    await dovecot.kill();
+    const down = await runCli(['check', '--config', configFile, '--probe']);
+    expect(down.code).toBe(1);
+    expect(down.stdout).toMatch(new RegExp(`^auth\\.dovecot: FAILED: dovecot auth at ${at}: connect ECONNREFUSED .*\\(the socket exists but nobody listens: is Dovecot running\\?\\)$`, 'm'));
   });
 });
