@@ -12,7 +12,7 @@ import { openRelayProblems } from './policy/open-relay.js';
 import { anchorIssues, checkReferences, referencedFiles } from './config/referenced-files.js';
 import { hostBitWarnings } from './config/cidr-host-bits.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
-import type { Config } from './config/schema.js';
+import { isLoopbackHost, type Config } from './config/schema.js';
 import { createLogger, prettyAvailable, type Logger } from './logging/logger.js';
 import { createMetrics, initSeries, recordReload, type Metrics } from './metrics/catalogue.js';
 import { readBuildInfo } from './build-info.js';
@@ -187,6 +187,10 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   }
   const auth = await readAuthSecrets(config.auth);
   issues.push(...auth.issues);
+  const dovecotSocket = config.auth?.dovecot?.socket;
+  if (dovecotSocket?.kind === 'inet' && !isLoopbackHost(dovecotSocket.host)) {
+    warnings.push(`auth.dovecot.socket ${dovecotSocket.host}:${dovecotSocket.port} is another machine: Dovecot's auth protocol has no encryption, so passwords cross the network in cleartext; use a unix socket, or a network you trust (or a TLS tunnel)`);
+  }
   if (config.auth?.ldap && !config.auth.ldap.verifyCertificate) warnings.push('auth.ldap.verifyCertificate is false: the directory\'s certificate is not checked, so anyone on the path can read the passwords smtpgate sends it');
   for (const l of config.listeners) {
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
