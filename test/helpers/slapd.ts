@@ -14,7 +14,7 @@
  * them with Active Directory's OIDs, on an auxiliary class.
  */
 import { rm } from 'node:fs/promises';
-import { startSlapd as startSlapdProcess } from '../../bench/lib/slapd.js';
+import { startSlapd as startSlapdProcess, type SlapdProcess } from '../../bench/lib/slapd.js';
 import { issueServerCert, makeTestCa, type TestCert } from './pki.js';
 import { deadPort } from './sessions.js';
 
@@ -28,20 +28,9 @@ export interface SlapdOptions {
   tls?: boolean;
 }
 
-export interface Slapd {
-  readonly dir: string;
-  /** ldap://127.0.0.1:P, for StartTLS. */
-  readonly ldapUrl: string;
-  /** ldaps://127.0.0.1:Q */
-  readonly ldapsUrl: string;
-  /** The CA that signed slapd's certificate. */
+/** The running slapd (bench/lib/slapd.ts), and the CA that signed its certificate; stop() removes the CA too. */
+export interface Slapd extends Omit<SlapdProcess, 'pid'> {
   readonly ca: TestCert;
-  /** Stops slapd (SIGTERM, and waits for the exit); the data stays for start(). */
-  kill(): Promise<void>;
-  /** Starts it again on the same ports with the same data. */
-  start(): Promise<void>;
-  /** kill() and remove the folder. */
-  stop(): Promise<void>;
 }
 
 /** An LDIF line; values that are not plain ASCII go base64 (RFC 2849 §"SAFE-STRING"). */
