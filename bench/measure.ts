@@ -12,6 +12,7 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { startSink, runSource, SENDER, RECIPIENT } from './lib/postfix-tools.js';
 import { spawnChild, RssSampler, settledRssKb, procCpuSeconds } from './lib/processes.js';
+import { startBenchDirectory, type BenchDirectory } from './lib/bench-directory.js';
 import type { Peer, RunningPeer, TlsFiles } from './peers/peer.js';
 import type { Workload } from './workloads.js';
 import { SmtpDialogue } from './clients/smtp-dialogue.js';
@@ -47,7 +48,10 @@ export async function measure(w: Workload, peer: Peer, rep: number, env: RunEnv)
   const dir = await mkdtemp(path.join(env.workDir, `${w.id}-${peer.id.replace('+', '-')}-r${rep}-`));
   const sink = await startSink({ maxConnections: w.kind === 'idle' ? w.count + 500 : 2000 });
   let running: RunningPeer | undefined;
+  let directory: BenchDirectory | undefined;
   try {
+    // W5-ldap: a fresh directory per run too, like the sink.
+    if (w.kind === 'tls-auth' && w.authSource === 'ldap') directory = await startBenchDirectory(env.users.slice(0, w.users), env.tls, SENDER, dir);
     running = await peer.start({
       dir,
       sinkPort: sink.port,
@@ -55,6 +59,7 @@ export async function measure(w: Workload, peer: Peer, rep: number, env: RunEnv)
       tls: env.tls,
       usersFile: w.kind === 'tls-auth' && w.bcryptCost === 4 ? env.usersFiles.cost4 : env.usersFiles.default,
       authCache: w.kind === 'tls-auth' && w.authCache,
+      ldap: directory,
       profileDir: env.profileDir,
       nodeArgs: env.smtpgateNodeArgs,
       env: env.smtpgateEnv,
@@ -62,7 +67,7 @@ export async function measure(w: Workload, peer: Peer, rep: number, env: RunEnv)
     const outcome = await (w.kind === 'source'
       ? sourceRun(w, running, sink)
       : w.kind === 'tls-auth'
-        ? tlsAuthRun(w, running, sink, env, dir)
+        ? tlsAuthRun(w, running, sink, env, dir, directory)
         : w.kind === 'idle'
           ? idleRun(w, running, dir)
           : greetingRun(w, running));
@@ -72,6 +77,7 @@ export async function measure(w: Workload, peer: Peer, rep: number, env: RunEnv)
     return { ...base, ok: false, extra: {}, error: `${(err as Error).message} (files: ${dir})` };
   } finally {
     await running?.stop().catch(() => undefined);
+    await directory?.stop().catch(() => undefined);
     await sink.stop();
   }
 }
@@ -108,7 +114,7 @@ async function sourceRun(w: Extract<Workload, { kind: 'source' }>, peer: Running
   return { ok: true, value, extra };
 }
 
-async function tlsAuthRun(w: Extract<Workload, { kind: 'tls-auth' }>, peer: RunningPeer, sink: Sink, env: RunEnv, dir: string): Promise<Outcome> {
+async function tlsAuthRun(w: Extract<Workload, { kind: 'tls-auth' }>, peer: RunningPeer, sink: Sink, env: RunEnv, dir: string, directory?: BenchDirectory): Promise<Outcome> {
   if (!peer.startTlsPort) return { ok: false, extra: {}, error: 'the peer has no STARTTLS listener' };
   const users = env.users.slice(0, w.users);
   if (users.length < w.users) return { ok: false, extra: {}, error: `the users file has ${env.users.length} users, the workload wants ${w.users}` };
@@ -123,7 +129,7 @@ async function tlsAuthRun(w: Extract<Workload, { kind: 'tls-auth' }>, peer: Runn
     timeoutMs: 120_000,
   };
   // With the cache on: each user signs in once, one after the other, so the timed run sees
-  // the cache's steady state rather than its first bcrypt verifications.
+  // the cache's steady state rather than its first bcrypt verifications (or directory binds).
   let warm = { ok: 0, seconds: 0 };
   if (w.authCache) {
     const r = await loadGenerator({ ...options, sessions: users.length, concurrency: 1 }, path.join(dir, 'warm-up.log'));
@@ -131,10 +137,18 @@ async function tlsAuthRun(w: Extract<Workload, { kind: 'tls-auth' }>, peer: Runn
     warm = r;
   }
   const cpuBefore = await procCpuSeconds(peer.pid);
+  const slapdCpuBefore = directory ? await procCpuSeconds(directory.pid) : 0;
   const r = await loadGenerator(options, path.join(dir, 'load-generator.log'));
   const cpu = (await procCpuSeconds(peer.pid)) - cpuBefore;
+  const slapdCpu = directory ? (await procCpuSeconds(directory.pid)) - slapdCpuBefore : 0;
   const got = (await sink.waitForMessages(warm.ok + r.ok, 2000)) - warm.ok;
-  const extra = { seconds: r.seconds, peerCpuSeconds: cpu, sessions: r.ok, ...(w.authCache ? { warmUpSeconds: warm.seconds } : {}) };
+  const extra = {
+    seconds: r.seconds,
+    peerCpuSeconds: cpu,
+    sessions: r.ok,
+    ...(w.authCache ? { warmUpSeconds: warm.seconds } : {}),
+    ...(directory ? { slapdCpuSeconds: slapdCpu } : {}),
+  };
   if (r.failed > 0 || r.ok !== w.sessions || got !== r.ok) {
     return { ok: false, extra, error: `${r.ok} of ${w.sessions} sessions completed (sink got ${got}); ${r.errors.join(' | ')}` };
   }

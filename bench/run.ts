@@ -104,13 +104,16 @@ async function machine() {
   };
 }
 
-/** A self-signed ECDSA P-256 certificate for "localhost" (what an ACME client issues by default). */
+/**
+ * A self-signed ECDSA P-256 certificate for "localhost" (what an ACME client issues by default),
+ * also valid for 127.0.0.1: the W5-ldap workloads' slapd serves it at ldaps://127.0.0.1.
+ */
 async function makeCertificate(dir: string): Promise<TlsFiles> {
   const cert = path.join(dir, 'cert.pem');
   const key = path.join(dir, 'key.pem');
   await run('openssl', [
     'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost',
+    '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
   ]);
   return { cert, key };
 }

@@ -5,7 +5,7 @@
 import type { SourceLoad } from './lib/postfix-tools.js';
 import type { PeerId } from './peers/peer.js';
 
-export type WorkloadId = 'W1' | 'W2' | 'W2-greeting' | 'W3' | 'W4' | 'W5' | 'W5-cost4' | 'W5-cached' | 'W6-plain' | 'W6-tls';
+export type WorkloadId = 'W1' | 'W2' | 'W2-greeting' | 'W3' | 'W4' | 'W5' | 'W5-cost4' | 'W5-cached' | 'W5-ldap' | 'W5-ldap-cached' | 'W6-plain' | 'W6-tls';
 
 /** What a run reports as its value, and which way is better. */
 export interface Metric {
@@ -55,8 +55,13 @@ export type Workload =
       readonly sessions: number;
       readonly concurrency: number;
       readonly bytes: number;
-      /** Which users file smtpgate loads: the project default cost, or cost 4. */
+      /** Which users file smtpgate loads: the project default cost, or cost 4 (with `ldap`: unused). */
       readonly bcryptCost: 'default' | 4;
+      /**
+       * Where smtpgate checks passwords: the users file, or (`ldap`) a slapd the run starts with
+       * BENCH_USERS in it (bench/lib/bench-directory.ts), every sign-in a search + bind over ldaps://.
+       */
+      readonly authSource: 'users-file' | 'ldap';
       /** How many of BENCH_USERS the sessions take turns signing in as. */
       readonly users: number;
       /**
@@ -79,7 +84,8 @@ const MSG_PER_SEC: Metric = { unit: 'msg/s', better: 'higher', decimals: 0 };
 
 /**
  * The users in the bench's users files (run.ts writes both, at the default cost and at cost 4):
- * W5 and W5-cost4 sign in as the first, W5-cached as each in turn.
+ * W5 and W5-cost4 sign in as the first, W5-cached as each in turn. The W5-ldap workloads sign
+ * in as the same users, kept in a directory instead.
  */
 export const BENCH_USERS: readonly { readonly name: string; readonly password: string }[] = ['bench', 'bench2', 'bench3', 'bench4'].map((name, i) => ({
   name,
@@ -160,6 +166,7 @@ export function workloads(quick: boolean): Workload[] {
       concurrency: 30,
       bytes: 4096,
       bcryptCost: 'default',
+      authSource: 'users-file',
       users: 1,
       authCache: false,
       metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
@@ -175,6 +182,7 @@ export function workloads(quick: boolean): Workload[] {
       concurrency: 30,
       bytes: 4096,
       bcryptCost: 4,
+      authSource: 'users-file',
       users: 1,
       authCache: false,
       metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
@@ -190,6 +198,7 @@ export function workloads(quick: boolean): Workload[] {
       concurrency: 30,
       bytes: 4096,
       bcryptCost: 'default',
+      authSource: 'users-file',
       users: BENCH_USERS.length,
       authCache: true,
       metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
@@ -197,6 +206,39 @@ export function workloads(quick: boolean): Workload[] {
       notApplicable: 'n/a',
       // Issue 16: a printer or an app that signs in for every message should not pay bcrypt each time.
       targets: [{ kind: 'workload-ratio', againstWorkload: 'W5', op: '>=', threshold: 20 }],
+    },
+    {
+      id: 'W5-ldap',
+      title: 'W5 through an LDAP directory (slapd on this machine, ldaps://): every AUTH a search + bind',
+      kind: 'tls-auth',
+      sessions: q(400, 60),
+      concurrency: 30,
+      bytes: 4096,
+      bcryptCost: 'default',
+      authSource: 'ldap',
+      users: BENCH_USERS.length,
+      authCache: false,
+      metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
+      peers: SMTPGATE_ONLY,
+      notApplicable: 'n/a',
+      targets: [{ kind: 'info-ratio', againstWorkload: 'W5' }],
+    },
+    {
+      id: 'W5-ldap-cached',
+      title: `W5-ldap with auth.cache on: ${BENCH_USERS.length} directory users signing in again and again`,
+      kind: 'tls-auth',
+      sessions: q(1000, 100),
+      concurrency: 30,
+      bytes: 4096,
+      bcryptCost: 'default',
+      authSource: 'ldap',
+      users: BENCH_USERS.length,
+      authCache: true,
+      metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
+      peers: SMTPGATE_ONLY,
+      notApplicable: 'n/a',
+      // Information: the directory's search + bind is cheap next to bcrypt, so no target here.
+      targets: [{ kind: 'info-ratio', againstWorkload: 'W5-ldap' }],
     },
     {
       id: 'W6-plain',
@@ -230,7 +272,9 @@ export function describeLoad(w: Workload): string {
     case 'source':
       return `smtp-source ${w.load.reuse ? '-d ' : ''}-s ${w.load.sessions} -m ${w.load.messages} -l ${w.load.length}`;
     case 'tls-auth':
-      return `${w.sessions} sessions, ${w.concurrency} concurrent, ${w.bytes}-byte message, bcrypt cost ${w.bcryptCost === 'default' ? '12 (default)' : w.bcryptCost}${
+      return `${w.sessions} sessions, ${w.concurrency} concurrent, ${w.bytes}-byte message, ${
+        w.authSource === 'ldap' ? 'LDAP search + bind ({SSHA} passwords, ldaps:// to slapd)' : `bcrypt cost ${w.bcryptCost === 'default' ? '12 (default)' : w.bcryptCost}`
+      }${
         w.users > 1 ? `, ${w.users} users` : ''
       }${w.authCache ? ', auth.cache on (warmed: one sign-in per user first)' : ''}`;
     case 'idle':

@@ -73,8 +73,11 @@ tls:
   cert: ${ctx.tls.cert}
   key: ${ctx.tls.key}
 auth:
-  users: ${ctx.usersFile}
-${ctx.authCache ? '  cache: { ttl: 10m, negativeTtl: 30s }\n' : ''}${attributes}backend:
+${
+  ctx.ldap
+    ? `  backend: ldap\n  ldap: { url: ${ctx.ldap.url}, ca: ${ctx.ldap.ca}, bindDn: "${ctx.ldap.bindDn}", bindPasswordFile: ${ctx.ldap.bindPasswordFile}, userBase: "${ctx.ldap.userBase}" }\n`
+    : `  users: ${ctx.usersFile}\n`
+}${ctx.authCache ? '  cache: { ttl: 10m, negativeTtl: 30s }\n' : ''}${attributes}backend:
   address: 127.0.0.1:${ctx.sinkPort}
 metrics:
   address: 127.0.0.1:0

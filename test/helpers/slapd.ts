@@ -1,8 +1,8 @@
 /**
- * A real OpenLDAP slapd for the LDAP auth source's tests: started from a slapd.conf in a temp
- * folder (mdb backend, the ppolicy overlay), listening on 127.0.0.1 for ldap:// (StartTLS) and
- * ldaps:// with a server certificate from a throwaway CA, and loaded with slapadd from the
- * small directory below. Never the system's slapd.
+ * A real OpenLDAP slapd for the LDAP auth source's tests, started as the bench starts its own
+ * (bench/lib/slapd.ts: a temp folder, mdb, 127.0.0.1 only): here with the ppolicy overlay,
+ * ldap:// (StartTLS) and ldaps:// with a server certificate from a throwaway CA, and the
+ * small directory below.
  *
  * The directory (suffix dc=example,dc=org), every password being "<name>-pw":
  * - cn=smtpgate,ou=services: the service account (reads everything);
@@ -13,15 +13,10 @@
  * OpenLDAP has no proxyAddresses, userAccountControl or memberOf: a tiny schema below defines
  * them with Active Directory's OIDs, on an auxiliary class.
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
-import { promisify } from 'node:util';
+import { rm } from 'node:fs/promises';
+import { startSlapd as startSlapdProcess, type SlapdProcess } from '../../bench/lib/slapd.js';
 import { issueServerCert, makeTestCa, type TestCert } from './pki.js';
 import { deadPort } from './sessions.js';
-
-const run = promisify(execFile);
 
 export const SUFFIX = 'dc=example,dc=org';
 export const PEOPLE = `ou=people,${SUFFIX}`;
@@ -33,20 +28,9 @@ export interface SlapdOptions {
   tls?: boolean;
 }
 
-export interface Slapd {
-  readonly dir: string;
-  /** ldap://127.0.0.1:P, for StartTLS. */
-  readonly ldapUrl: string;
-  /** ldaps://127.0.0.1:Q */
-  readonly ldapsUrl: string;
-  /** The CA that signed slapd's certificate. */
+/** The running slapd (bench/lib/slapd.ts), and the CA that signed its certificate; stop() removes the CA too. */
+export interface Slapd extends Omit<SlapdProcess, 'pid'> {
   readonly ca: TestCert;
-  /** Stops slapd (SIGTERM, and waits for the exit); the data stays for start(). */
-  kill(): Promise<void>;
-  /** Starts it again on the same ports with the same data. */
-  start(): Promise<void>;
-  /** kill() and remove the folder. */
-  stop(): Promise<void>;
 }
 
 /** An LDIF line; values that are not plain ASCII go base64 (RFC 2849 §"SAFE-STRING"). */
@@ -105,90 +89,33 @@ attributetype ( 1.2.840.113556.1.2.102 NAME 'memberOf' EQUALITY distinguishedNam
 objectclass ( 1.3.6.1.4.1.4203.666.11.99.1 NAME 'smtpgateTestAccount' SUP top AUXILIARY MAY ( proxyAddresses $ userAccountControl $ memberOf ) )
 `;
 
-function slapdConf(dir: string, cert: TestCert | undefined, ca: TestCert): string {
-  return `
-include /etc/ldap/schema/core.schema
-include /etc/ldap/schema/cosine.schema
-include /etc/ldap/schema/inetorgperson.schema
-${AD_SCHEMA}
-modulepath /usr/lib/ldap
-moduleload back_mdb
-moduleload ppolicy
-pidfile ${dir}/slapd.pid
-argsfile ${dir}/slapd.args
-${cert ? `TLSCACertificateFile ${ca.certFile}\nTLSCertificateFile ${cert.certFile}\nTLSCertificateKeyFile ${cert.keyFile}` : ''}
-
-database mdb
-suffix "${SUFFIX}"
-rootdn "cn=admin,${SUFFIX}"
-directory ${dir}/data
-maxsize 16777216
-overlay ppolicy
+export async function startSlapd(opts: SlapdOptions = {}): Promise<Slapd> {
+  const ca = await makeTestCa('smtpgate slapd test CA');
+  const cert = opts.tls === false ? undefined : await issueServerCert(ca, 'localhost');
+  const slapd = await startSlapdProcess({
+    suffix: SUFFIX,
+    ldif: DIRECTORY,
+    schema: AD_SCHEMA,
+    modules: ['ppolicy'],
+    database: `overlay ppolicy
 ppolicy_default "cn=default,ou=policies,${SUFFIX}"
 ppolicy_use_lockout
 
 access to attrs=userPassword by anonymous auth by * none
-access to * by dn.exact="${SERVICE_DN}" read by self read by * none
-`;
-}
-
-/** Polls an anonymous root-DSE read until slapd answers; fails early if it exits. */
-async function waitReady(url: string, child: ChildProcess, output: () => string): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`slapd exited (${child.exitCode ?? child.signalCode}) before it was ready:\n${output()}`);
-    try {
-      await run('ldapsearch', ['-x', '-H', url, '-b', '', '-s', 'base', '-o', 'nettimeout=1'], { timeout: 2_000 });
-      return;
-    } catch {
-      if (Date.now() > deadline) throw new Error(`slapd did not answer on ${url} within 10 s:\n${output()}`);
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  }
-}
-
-export async function startSlapd(opts: SlapdOptions = {}): Promise<Slapd> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-slapd-'));
-  await mkdir(path.join(dir, 'data'));
-  const ca = await makeTestCa('smtpgate slapd test CA');
-  const cert = opts.tls === false ? undefined : await issueServerCert(ca, 'localhost');
-  const conf = path.join(dir, 'slapd.conf');
-  await writeFile(conf, slapdConf(dir, cert, ca));
-  await writeFile(path.join(dir, 'directory.ldif'), `${DIRECTORY}\n`);
-  await run('slapadd', ['-f', conf, '-l', path.join(dir, 'directory.ldif')]);
-  const ldapPort = await deadPort();
-  const ldapsPort = await deadPort();
-  const ldapUrl = `ldap://127.0.0.1:${ldapPort}`;
-  const ldapsUrl = `ldaps://127.0.0.1:${ldapsPort}`;
-  const listen = [`${ldapUrl}/`, ...(cert ? [`${ldapsUrl}/`] : [])].join(' ');
-
-  let child: ChildProcess | undefined;
-  let exited: Promise<void> = Promise.resolve();
-  const start = async () => {
-    let out = '';
-    // -d 0: stay in the foreground (so the test owns the process) without debug output.
-    const c = spawn('/usr/sbin/slapd', ['-f', conf, '-h', listen, '-d', '0'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-    c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-    c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-    child = c;
-    exited = new Promise((resolve) => c.once('exit', () => resolve()));
-    await waitReady(ldapUrl, c, () => out);
-  };
-  const kill = async () => {
-    if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-    await exited;
-  };
-  await start();
+access to * by dn.exact="${SERVICE_DN}" read by self read by * none`,
+    ...(cert ? { tls: { caFile: ca.certFile, certFile: cert.certFile, keyFile: cert.keyFile } } : {}),
+    ports: { ldap: await deadPort(), ldaps: await deadPort() },
+  });
   return {
-    dir,
-    ldapUrl,
-    ldapsUrl,
+    dir: slapd.dir,
+    ldapUrl: slapd.ldapUrl,
+    ldapsUrl: slapd.ldapsUrl,
     ca,
-    kill,
-    start,
+    kill: slapd.kill,
+    start: slapd.start,
     stop: async () => {
-      await kill();
-      await Promise.all([dir, ca.dir, ...(cert ? [cert.dir] : [])].map((d) => rm(d, { recursive: true, force: true })));
+      await slapd.stop();
+      await Promise.all([ca.dir, ...(cert ? [cert.dir] : [])].map((d) => rm(d, { recursive: true, force: true })));
     },
   };
 }
