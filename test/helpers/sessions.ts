@@ -16,11 +16,17 @@ import { SmtpTalk, type Reply } from './smtp-talk.js';
  */
 export async function authenticatedSession(gate: Gate, opts: { user?: GateUser; localAddress?: string } = {}): Promise<SmtpTalk> {
   const user = opts.user ?? ALICE;
+  const c = await readyForAuth(gate, opts);
+  expect((await c.authPlain(user.name, user.password)).code).toBe(235);
+  return c;
+}
+
+/** Implicit TLS on the `smtps` listener, greeting and EHLO: ready for AUTH. Closed when the test ends. */
+export async function readyForAuth(gate: Gate, opts: { localAddress?: string } = {}): Promise<SmtpTalk> {
   const c = await SmtpTalk.connect(gate.port('smtps'), { implicitTls: true, localAddress: opts.localAddress });
   onTestFinished(() => c.close());
   expect((await c.read()).code).toBe(220);
   expect((await c.cmd('EHLO client.test')).code).toBe(250);
-  expect((await c.authPlain(user.name, user.password)).code).toBe(235);
   return c;
 }
 

@@ -8,26 +8,16 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { expect, onTestFinished, test } from 'vitest';
+import { expect, test } from 'vitest';
 import { ALICE, metricValue, startGate, type Gate } from '../../helpers/gate.js';
 import { startRecordingBackend } from '../../helpers/backends.js';
-import { closeBackend, eventually, forThisTest, stopGate } from '../../helpers/sessions.js';
+import { closeBackend, eventually, forThisTest, readyForAuth, stopGate } from '../../helpers/sessions.js';
 import { freePort } from '../../helpers/redis.js';
 import { SmtpTalk, type Reply } from '../../helpers/smtp-talk.js';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, '../../..');
 const CLI = path.join(ROOT, 'dist/cli/main.js');
-
-/** Implicit TLS, greeting and EHLO: ready for AUTH. Closed when the test ends. */
-async function readyForAuth(gate: Gate): Promise<SmtpTalk> {
-  const c = await SmtpTalk.connect(gate.port('smtps'), { implicitTls: true });
-  // Registered after the gate's stop, so it runs before it (hooks run last-registered first).
-  onTestFinished(() => c.close());
-  expect((await c.read()).code).toBe(220);
-  expect((await c.cmd('EHLO client.test')).code).toBe(250);
-  return c;
-}
 
 async function gateWithLockout(opts: { lockFor: string; metricsAddress?: string }): Promise<Gate> {
   const backend = await forThisTest(startRecordingBackend(), closeBackend);
