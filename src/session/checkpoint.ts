@@ -13,13 +13,13 @@
  */
 import type { Refusal } from '../reply.js';
 import type { Logger } from '../logging/logger.js';
-import type { Limits } from '../limits/limits.js';
+import type { ClientFacts, Limits } from '../limits/limits.js';
 import { limiterUnavailableRefusal } from '../limits/replies.js';
 import { evaluate, unmetRequirement } from '../policy/evaluate.js';
 import type { PolicyMetrics } from '../policy/metrics.js';
 import { limitRefusal } from '../policy/replies.js';
 import type { Decision, EvaluateOptions, HeaderToAdd, PolicySet, PolicyStage, SessionFacts } from '../policy/types.js';
-import { limitsView, policyView, type SessionSnapshot } from './snapshot.js';
+import { policyView, type SessionSnapshot } from './snapshot.js';
 
 /** A stage's answer: go on, or the refusal (and the policy rule behind it, if one). */
 export type Verdict = { readonly ok: true; readonly refusal?: undefined; readonly rule?: undefined } | Refused;
@@ -36,8 +36,17 @@ export const OK: Verdict = Object.freeze({ ok: true });
  */
 export type StageFacts = Partial<SessionFacts>;
 
-/** Where the checkpoint gets the session snapshot from, when (and only when) it needs one. */
+/**
+ * What the checkpoint asks the session about the client, when (and only when) it needs it. The
+ * built-in limits, asked at every MAIL and RCPT, need only the client they count; the whole
+ * snapshot (the clock, the recipient list, the user's attributes) is built when a policy rule
+ * at the stage can act.
+ */
 export interface SnapshotSource {
+  /** Who the limits count (snapshot.ts `limitsView`). */
+  limitsFacts(): ClientFacts;
+  /** Recipients accepted so far in the transaction: RCPT's per-message limit. */
+  recipientCount(): number;
   snapshot(): SessionSnapshot;
 }
 
@@ -88,22 +97,22 @@ export class Checkpoint {
    * snapshot (at MAIL, `from` and `declaredSize` are also what the sender quotas count).
    */
   async at(stage: PolicyStage, source: SnapshotSource, facts: StageFacts | (() => StageFacts) = NO_FACTS): Promise<Verdict> {
-    let snapshot: SessionSnapshot | undefined;
-    let stageFacts: StageFacts | undefined = typeof facts === 'function' ? undefined : facts;
-    if (stage === 'mail' || stage === 'rcpt') {
-      snapshot = source.snapshot();
-      stageFacts ??= (facts as () => StageFacts)();
-      const limited =
-        stage === 'mail'
-          ? await this.#limits.mailFrom({ ...limitsView(snapshot), sender: stageFacts.from ?? '', size: stageFacts.declaredSize })
-          : await this.#limits.rcptTo({ ...limitsView(snapshot), recipientsSoFar: snapshot.recipients.length });
+    let built: StageFacts | undefined = typeof facts === 'function' ? undefined : facts;
+    const stageFacts = (): StageFacts => (built ??= (facts as () => StageFacts)());
+    // The stage's facts are laid over a fresh projection with Object.assign, not a spread: on
+    // V8 11 (Node 20) an object literal that adds properties after a spread gets a hidden class
+    // of its own every time (~1.5 µs each, and every read of it downstream goes megamorphic).
+    if (stage === 'mail') {
+      const { from, declaredSize } = stageFacts();
+      const limited = await this.#limits.mailFrom(Object.assign(source.limitsFacts(), { sender: from ?? '', size: declaredSize }));
+      if (limited) return { refusal: limited };
+    } else if (stage === 'rcpt') {
+      const limited = await this.#limits.rcptTo(Object.assign(source.limitsFacts(), { recipientsSoFar: source.recipientCount() }));
       if (limited) return { refusal: limited };
     }
-    const policyFacts = (): SessionFacts => {
-      snapshot ??= source.snapshot();
-      stageFacts ??= (facts as () => StageFacts)();
-      return { ...policyView(snapshot), ...stageFacts };
-    };
+    // Built once, at the first rule or held requirement that looks.
+    let sessionFacts: SessionFacts | undefined;
+    const policyFacts = (): SessionFacts => (sessionFacts ??= Object.assign(policyView(source.snapshot()), stageFacts()));
     if (stage === 'mail' && this.#requirements.length > 0) {
       const known = policyFacts();
       for (const held of this.#requirements) {

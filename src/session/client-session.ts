@@ -480,7 +480,8 @@ export class ClientSession implements SnapshotSource {
             return fail(err);
           }
           // Before the final dot: a data-stage refusal aborts the backend transaction.
-          const facts = () => ({ from, ...(scanner ? dataFacts(scanner.end()) : {}), messageSize: out.bytesIn });
+          // Laid over the scan's facts with Object.assign, not a spread: see Checkpoint.at.
+          const facts = () => Object.assign(scanner ? dataFacts(scanner.end()) : {}, { from, messageSize: out.bytesIn });
           this.checkpoint.at('data', this, facts).then((verdict) => {
             if (verdict.refusal) return fail(new PolicyRefusalError(verdict.refusal, verdict.rule));
             if (settled) return;
@@ -615,26 +616,37 @@ export class ClientSession implements SnapshotSource {
       helo: c.helo(),
       greeting: c.greeting(),
       user,
-      attributes: user ? withDirectory(this.#deps.attributes(user), this.#directoryAttributes) : undefined,
+      attributes: user ? this.#attributes(user) : undefined,
       recipients: c.recipients(),
       now: new Date(this.#deps.clock()),
     };
   }
 
-  /** What the limits count the client as. */
   /** The client's TLS version and cipher, for auth sources that pass them on (the HTTP hook). */
   #tlsFacts(): { version: string; cipher: string } | undefined {
     const version = this.#connection.tlsVersion();
     return version ? { version, cipher: this.#connection.tlsCipher() ?? '' } : undefined;
   }
 
+  /** What the limits count the client as (asked at every MAIL, RCPT and message: no whole snapshot). */
   limitsFacts(): ClientFacts {
-    return limitsView(this.snapshot());
+    const user = this.user;
+    return limitsView({ id: this.id, listener: this.#deps.listener, ip: this.#connection.remoteAddress, user, attributes: user ? this.#attributes(user) : undefined });
   }
 
-  /** The client as the backend is told about it (XCLIENT/XFORWARD). */
+  /** The user's groups and addresses: the attributes file's, with what a directory said at AUTH. */
+  #attributes(user: string): UserAttributes {
+    return withDirectory(this.#deps.attributes(user), this.#directoryAttributes);
+  }
+
+  recipientCount(): number {
+    return this.#connection.recipientCount();
+  }
+
+  /** The client as the backend is told about it (XCLIENT/XFORWARD; at every MAIL: no whole snapshot). */
   identity(): ClientIdentity {
-    return backendIdentity(this.snapshot());
+    const c = this.#connection;
+    return backendIdentity({ ip: c.remoteAddress, port: c.remotePort, helo: c.helo(), greeting: c.greeting(), user: this.user });
   }
 
   // ── refusals ───────────────────────────────────────────────────────────────────────────

@@ -4,6 +4,10 @@
  * XCLIENT/XFORWARD identity (`ClientIdentity`). Each projection is pure, so every consumer sees
  * the same client through the same fields. Stage facts (the sender, a recipient, the message)
  * are added by the stage that learns them.
+ *
+ * The limits and the backend identity are asked at every MAIL and RCPT, so their projections
+ * take only the fields they read (`LimitsSubject`, `IdentitySubject`): the session gives those
+ * without building a whole snapshot, whose clock reading and recipient list only the policy uses.
  */
 import type { ClientFacts } from '../limits/limits.js';
 import { buildUserFacts, type UserAttributesLike } from '../policy/facts.js';
@@ -34,8 +38,14 @@ export interface SessionSnapshot {
   readonly now: Date;
 }
 
+/** What the limits read of a snapshot. */
+export type LimitsSubject = Pick<SessionSnapshot, 'id' | 'ip' | 'listener' | 'user' | 'attributes'>;
+
+/** What the backend identity reads of a snapshot. */
+export type IdentitySubject = Pick<SessionSnapshot, 'ip' | 'port' | 'helo' | 'greeting' | 'user'>;
+
 /** For the limits: who to count. */
-export function limitsView(s: SessionSnapshot): ClientFacts {
+export function limitsView(s: LimitsSubject): ClientFacts {
   return { session: s.id, ip: s.ip, listener: s.listener, user: s.user, groups: s.user ? s.attributes?.groups : undefined };
 }
 
@@ -55,6 +65,6 @@ export function policyView(s: SessionSnapshot): SessionFacts {
 }
 
 /** For the backend: the client as XCLIENT/XFORWARD present it (Postfix XCLIENT_README). */
-export function backendIdentity(s: SessionSnapshot): ClientIdentity {
+export function backendIdentity(s: IdentitySubject): ClientIdentity {
   return { addr: s.ip, port: s.port, helo: s.helo, proto: s.greeting === 'HELO' ? 'SMTP' : 'ESMTP', login: s.user };
 }

@@ -3,7 +3,7 @@
  * config written as YAML (so it goes through the same loader as production), and a log
  * stream the test can read back.
  */
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -21,6 +21,30 @@ export interface GateUser {
 }
 
 export const ALICE: GateUser = { name: 'alice', password: 'correct horse battery staple' };
+/** An intern: the shipped policies limit whom `interns` may write to. */
+export const IVAN: GateUser = { name: 'ivan', password: 'intern password 1' };
+
+/** An attributes file for the shipped policies/: alice is staff, ivan an intern, each with one address. */
+export const SHIPPED_POLICY_ATTRIBUTES = `
+alice:
+  addresses: [alice@corp.example]
+  groups: [staff]
+ivan:
+  addresses: [ivan@corp.example]
+  groups: [interns]
+`;
+
+/**
+ * A `beforeStart` that gives the gate the repository's policies/ folder (as `policies`) and
+ * `attributes` as attributes.yaml: pair it with `config: { policies: 'policies' }` and
+ * `auth.attributes: 'attributes.yaml'`.
+ */
+export function withShippedPolicies(attributes = SHIPPED_POLICY_ATTRIBUTES): (dir: string) => Promise<void> {
+  return async (dir) => {
+    await writeFile(path.join(dir, 'attributes.yaml'), attributes);
+    await cp(path.resolve(import.meta.dirname, '../../policies'), path.join(dir, 'policies'), { recursive: true });
+  };
+}
 
 export interface StartGateOptions {
   /** Port of a single backend on 127.0.0.1; ignored when `backend.address` or `backendYaml` is given. */

@@ -6,8 +6,8 @@ import { Writable } from 'node:stream';
 import { describe, expect, test } from 'vitest';
 import { pino } from 'pino';
 import { Checkpoint, OK, type SnapshotSource } from '../../src/session/checkpoint.js';
-import type { SessionSnapshot } from '../../src/session/snapshot.js';
-import type { MailFacts, RcptFacts } from '../../src/limits/limits.js';
+import { limitsView, type SessionSnapshot } from '../../src/session/snapshot.js';
+import type { ClientFacts, MailFacts, RcptFacts } from '../../src/limits/limits.js';
 import type { Evaluation, PolicySet } from '../../src/policy/types.js';
 import { emptyPolicySet } from '../../src/policy/load.js';
 import type { Refusal } from '../../src/reply.js';
@@ -61,10 +61,16 @@ const base: SessionSnapshot = {
   now: new Date('2026-01-02T03:04:05Z'),
 };
 
-/** A snapshot source that counts how often it was asked. */
+/** A snapshot source that counts how often it was asked for the whole snapshot. */
 class Source implements SnapshotSource {
   taken = 0;
   constructor(public current: SessionSnapshot = base) {}
+  limitsFacts(): ClientFacts {
+    return limitsView(this.current);
+  }
+  recipientCount(): number {
+    return this.current.recipients.length;
+  }
   snapshot(): SessionSnapshot {
     this.taken++;
     return this.current;
@@ -109,6 +115,15 @@ describe('built-in limits', () => {
     const { checkpoint, limits } = checkpointWith(emptyPolicySet('UTC'));
     await checkpoint.at('rcpt', new Source({ ...base, recipients: ['a@corp.example', 'b@corp.example'] }), { from: '', recipient: 'c@corp.example' });
     expect(limits.rcptFacts).toMatchObject({ session: 'sess1', recipientsSoFar: 2 });
+  });
+
+  test('the built-in limits take no whole snapshot: MAIL and RCPT without a rule that can act build none', async () => {
+    const { checkpoint, limits } = checkpointWith(await policySet('relayProtection: off\nrules:\n  - { name: r, stage: connect, action: reject }\n'));
+    const source = new Source(alice);
+    expect(await checkpoint.at('mail', source, { from: 'alice@corp.example' })).toBe(OK);
+    expect(await checkpoint.at('rcpt', source, { from: 'alice@corp.example', recipient: 'bob@corp.example' })).toBe(OK);
+    expect(limits.asked).toEqual(['mailFrom', 'rcptTo']);
+    expect(source.taken).toBe(0);
   });
 
   test('connect, auth and data ask no built-in limit', async () => {

@@ -6,26 +6,14 @@
  * A refusal at the data stage must abort the backend transaction: the backend never gets the
  * final dot, so it delivers nothing.
  */
-import { cp, mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ALICE, metricValue, startGate, type Gate, type GateUser } from '../../helpers/gate.js';
+import { ALICE, IVAN, SHIPPED_POLICY_ATTRIBUTES as ATTRIBUTES, metricValue, startGate, withShippedPolicies, type Gate } from '../../helpers/gate.js';
 import { listener } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { authenticatedSession, closeBackend, envelope, eventually, forThisTest, openSession, stopGate } from '../../helpers/sessions.js';
 import type { SmtpTalk, Reply } from '../../helpers/smtp-talk.js';
-
-const ROOT = path.resolve(import.meta.dirname, '../../..');
-const IVAN: GateUser = { name: 'ivan', password: 'intern password 1' };
-
-const ATTRIBUTES = `
-alice:
-  addresses: [alice@corp.example]
-  groups: [staff]
-ivan:
-  addresses: [ivan@corp.example]
-  groups: [interns]
-`;
 
 /** A message: header lines, a blank line, the body; CRLF line ends and the final dot. */
 function message(headers: string[], body: string[]): string {
@@ -53,10 +41,7 @@ describe('the shipped policies/ folder', () => {
       users: [ALICE, IVAN],
       auth: { users: 'users', attributes: 'attributes.yaml' },
       config: { policies: 'policies' },
-      beforeStart: async (dir) => {
-        await writeFile(path.join(dir, 'attributes.yaml'), ATTRIBUTES);
-        await cp(path.join(ROOT, 'policies'), path.join(dir, 'policies'), { recursive: true });
-      },
+      beforeStart: withShippedPolicies(),
     });
   });
   afterAll(async () => {
