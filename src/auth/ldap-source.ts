@@ -294,7 +294,8 @@ export class LdapAuthenticator implements Authenticator {
 
   #outcome(req: AuthRequest, outcome: AuthOutcome): AuthOutcome {
     if (outcome.ok) this.#log.debug({ user: req.username, addresses: outcome.user.attributes?.addresses.length, groups: outcome.user.attributes?.groups.length }, 'LDAP sign-in accepted');
-    else this.#log.debug({ user: req.username, reason: outcome.reason, detail: outcome.detail }, 'LDAP sign-in refused');
+    // `authResult`, as the session's refusal line names the source's answer.
+    else this.#log.debug({ user: req.username, authResult: outcome.reason, detail: outcome.detail }, 'LDAP sign-in refused');
     return outcome;
   }
 }

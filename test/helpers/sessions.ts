@@ -16,18 +16,14 @@ import { SmtpTalk, type Reply } from './smtp-talk.js';
  */
 export async function authenticatedSession(gate: Gate, opts: { user?: GateUser; localAddress?: string } = {}): Promise<SmtpTalk> {
   const user = opts.user ?? ALICE;
-  const c = await SmtpTalk.connect(gate.port('smtps'), { implicitTls: true, localAddress: opts.localAddress });
-  onTestFinished(() => c.close());
-  expect((await c.read()).code).toBe(220);
-  expect((await c.cmd('EHLO client.test')).code).toBe(250);
+  const c = await readyForAuth(gate, opts);
   expect((await c.authPlain(user.name, user.password)).code).toBe(235);
   return c;
 }
 
-/** A plain TCP session on a listener without TLS or AUTH (`openListener()` in config.ts), after EHLO. */
 /** Implicit TLS on the `smtps` listener, greeting and EHLO: ready for AUTH. Closed when the test ends. */
-export async function readyForAuth(gate: Gate): Promise<SmtpTalk> {
-  const c = await SmtpTalk.connect(gate.port('smtps'), { implicitTls: true });
+export async function readyForAuth(gate: Gate, opts: { localAddress?: string } = {}): Promise<SmtpTalk> {
+  const c = await SmtpTalk.connect(gate.port('smtps'), { implicitTls: true, localAddress: opts.localAddress });
   // Registered after the gate's stop, so it runs before it (hooks run last-registered first).
   onTestFinished(() => c.close());
   expect((await c.read()).code).toBe(220);
@@ -35,6 +31,7 @@ export async function readyForAuth(gate: Gate): Promise<SmtpTalk> {
   return c;
 }
 
+/** A plain TCP session on a listener without TLS or AUTH (`openListener()` in config.ts), after EHLO. */
 export async function openSession(gate: Gate, listener = 'open'): Promise<SmtpTalk> {
   const c = await SmtpTalk.connect(gate.port(listener));
   onTestFinished(() => c.close());

@@ -8,7 +8,7 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { expect, onTestFinished, test } from 'vitest';
+import { expect, test } from 'vitest';
 import { ALICE, metricValue, startGate, type Gate } from '../../helpers/gate.js';
 import { startRecordingBackend } from '../../helpers/backends.js';
 import { closeBackend, eventually, forThisTest, readyForAuth, stopGate } from '../../helpers/sessions.js';
