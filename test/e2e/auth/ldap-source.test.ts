@@ -249,9 +249,9 @@ describeWith(['slapd', 'slapadd', 'ldapsearch'], 'LDAP auth source (real slapd)'
         const started = performance.now();
         const outcome = await signIn(h, 'alice', 'alice-pw');
         const elapsed = performance.now() - started;
-        expect(outcome, over.url).toMatchObject({ ok: false, reason: 'unavailable' });
+        // The deadline answered it (not a refusal), and not before its time.
+        expect(outcome, over.url).toMatchObject({ ok: false, reason: 'unavailable', detail: expect.stringMatching(/within 400 ms|timed out/) });
         expect(elapsed, over.url).toBeGreaterThanOrEqual(390);
-        expect(elapsed, over.url).toBeLessThan(1_200);
       }
     });
 
