@@ -187,6 +187,12 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   }
   const auth = await readAuthSecrets(config.auth);
   issues.push(...auth.issues);
+  // Dovecot answers a wrong password and an unknown user alike, so it decides for everyone.
+  const sources = config.auth?.backend ?? [];
+  const afterDovecot = sources.slice(sources.indexOf('dovecot') + 1);
+  if (sources.includes('dovecot') && afterDovecot.length > 0) {
+    warnings.push(`auth.backend lists ${afterDovecot.join(', ')} after dovecot, which refuses every user it doesn't sign in (Dovecot doesn't tell an unknown user from a wrong password): ${afterDovecot.join(', ')} will be asked only while Dovecot is down. Put dovecot last`);
+  }
   const dovecotSocket = config.auth?.dovecot?.socket;
   if (dovecotSocket?.kind === 'inet' && !isLoopbackHost(dovecotSocket.host)) {
     warnings.push(`auth.dovecot.socket ${dovecotSocket.host}:${dovecotSocket.port} is another machine: Dovecot's auth protocol has no encryption, so passwords cross the network in cleartext; use a unix socket, or a network you trust (or a TLS tunnel)`);
