@@ -88,3 +88,37 @@ describe('module graph', () => {
     expect([...circles]).toEqual([]);
   });
 });
+
+describe('file graph', () => {
+  test('no import circle between any two files of src/', () => {
+    // Tarjan's strongly connected components: a component of two or more files is a circle.
+    let next = 0;
+    const index = new Map<string, number>();
+    const low = new Map<string, number>();
+    const stack: string[] = [];
+    const circles: string[][] = [];
+    const connect = (file: string): void => {
+      index.set(file, next);
+      low.set(file, next++);
+      stack.push(file);
+      for (const dep of graph.get(file) ?? []) {
+        if (!graph.has(dep)) continue;
+        if (!index.has(dep)) {
+          connect(dep);
+          low.set(file, Math.min(low.get(file)!, low.get(dep)!));
+        } else if (stack.includes(dep)) low.set(file, Math.min(low.get(file)!, index.get(dep)!));
+      }
+      if (low.get(file) !== index.get(file)) return;
+      const component: string[] = [];
+      let f: string;
+      do {
+        f = stack.pop()!;
+        component.push(f);
+      } while (f !== file);
+      if (component.length > 1) circles.push(component.sort());
+    };
+    for (const file of graph.keys()) if (!index.has(file)) connect(file);
+    expect(graph.size).toBeGreaterThan(100);
+    expect(circles).toEqual([]);
+  });
+});
