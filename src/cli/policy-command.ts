@@ -7,11 +7,14 @@ import type { Command } from 'commander';
 import { loadConfigFile } from '../config/load.js';
 import { ConfigError, formatIssue } from '../parsing/errors.js';
 import { readUserAttributes, type UserAttributes } from '../auth/user-attributes.js';
+import { DIRECTORY_SOURCES } from '../config/auth-section.js';
 import { runPolicyCheck, runPolicyTest, type CommandResult } from '../policy/cli.js';
 
 interface Context {
   dir: string;
   attributes?: Map<string, UserAttributes>;
+  /** An auth source (a directory) supplies groups too: the attributes file doesn't list them all. */
+  directoryGroups?: boolean;
 }
 
 async function context(dirArg: string | undefined, configFile: string | undefined): Promise<Context> {
@@ -22,7 +25,11 @@ async function context(dirArg: string | undefined, configFile: string | undefine
   const config = await loadConfigFile(configFile);
   const dir = dirArg ?? config.policies;
   if (!dir) throw new Error(`${configFile} has no "policies:" folder; give DIR`);
-  return { dir, attributes: config.auth?.attributes ? await readUserAttributes(config.auth.attributes) : undefined };
+  return {
+    dir,
+    attributes: config.auth?.attributes ? await readUserAttributes(config.auth.attributes) : undefined,
+    directoryGroups: config.auth?.backend.some((k) => DIRECTORY_SOURCES.has(k)) ?? false,
+  };
 }
 
 function finish(r: CommandResult): void {
@@ -48,7 +55,13 @@ export function registerPolicyCommand(program: Command): void {
     .action(async (dir: string | undefined, opts: { config?: string }) => {
       try {
         const ctx = await context(dir, opts.config);
-        finish(await runPolicyCheck({ dir: ctx.dir, knownGroups: ctx.attributes ? new Set([...ctx.attributes.values()].flatMap((a) => a.groups)) : undefined }));
+        finish(
+          await runPolicyCheck({
+            dir: ctx.dir,
+            knownGroups: ctx.attributes && !ctx.directoryGroups ? new Set([...ctx.attributes.values()].flatMap((a) => a.groups)) : undefined,
+            ...(ctx.directoryGroups ? { groupsUnknownBecause: 'an auth source of the config (a directory) supplies groups' } : {}),
+          }),
+        );
       } catch (err) {
         fail(err);
       }

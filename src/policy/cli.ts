@@ -24,6 +24,8 @@ export interface PolicyCheckOptions {
   readonly dir: string;
   /** Groups that exist (from the user attributes file); without it the unknown-group check is skipped. */
   readonly knownGroups?: ReadonlySet<string>;
+  /** Why there are no known groups, when it isn't that no attributes file was given. */
+  readonly groupsUnknownBecause?: string;
 }
 
 export async function runPolicyCheck(opts: PolicyCheckOptions): Promise<CommandResult> {
@@ -37,7 +39,7 @@ export async function runPolicyCheck(opts: PolicyCheckOptions): Promise<CommandR
   }
   const findings = lintPolicySet(set, opts.knownGroups ? { knownGroups: opts.knownGroups } : {});
   const summary = `${opts.dir}: ${count(set.files.length, 'file')}, ${count(set.ruleCount, 'rule')}`;
-  const skipped = opts.knownGroups ? '' : '\n(groups not checked: no user attributes given)';
+  const skipped = opts.knownGroups ? '' : `\n(groups not checked: ${opts.groupsUnknownBecause ?? 'no user attributes given'})`;
   if (findings.length === 0) return { exitCode: 0, output: `${summary}, no findings${skipped}\n` };
   return { exitCode: 1, output: `${summary}, ${count(findings.length, 'finding')}:\n${findings.map((f) => `  ${formatFinding(f)}`).join('\n')}${skipped}\n` };
 }

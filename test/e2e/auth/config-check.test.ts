@@ -4,7 +4,7 @@
  * starts, and each problem names the file, the line, the field and the fix; a config that works
  * but has a trap is started with a warning that says what happens.
  */
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, test } from 'vitest';
@@ -16,16 +16,25 @@ beforeAll(async () => {
   cert = await makeTestCert();
 });
 
-/** `smtpgate check` on a config with this auth section (YAML, indented two spaces under auth:). */
-async function check(auth: string): Promise<{ code: number; out: string; file: string }> {
+/** A config with this auth section (YAML, indented two spaces under auth:), its files beside it. */
+async function configWith(auth: string): Promise<string> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-auth-check-'));
   await writeFile(path.join(dir, 'bindpw'), 'service secret\n');
   await writeFile(path.join(dir, 'users'), '');
+  await mkdir(path.join(dir, 'policies'));
+  await writeFile(path.join(dir, 'policies', 'staff.yaml'), 'rules:\n  - { name: staff-only, stage: mail, when: { group: staff }, action: accept }\n');
+  await writeFile(path.join(dir, 'users.yaml'), 'alice:\n  groups: [sales]\n');
   const file = path.join(dir, 'smtpgate.yaml');
   await writeFile(
     file,
     `listeners:\n  - name: submission\n    address: 127.0.0.1:0\ntls:\n  cert: ${cert.certFile}\n  key: ${cert.keyFile}\nbackend:\n  address: 127.0.0.1:2525\nauth:\n${auth}`,
   );
+  return file;
+}
+
+/** `smtpgate check` on a config with this auth section. */
+async function check(auth: string): Promise<{ code: number; out: string; file: string }> {
+  const file = await configWith(auth);
   const r = await runCli(['check', '--config', file]);
   return { code: r.code, out: r.stdout + r.stderr, file };
 }
@@ -71,6 +80,23 @@ describe('started, with a warning that says what happens', () => {
   test('the same sources in a working order: no warning', async () => {
     const r = await check(`  backend: [file, ldap]\n  users: users\n${LDAP}    url: [ldaps://dc1.corp.example, ldaps://dc2.corp.example]\n  cache: { ttl: 10m, negativeTtl: 30s }\n`);
     expect(r.out).not.toMatch(/warning: auth\.(backend|ldap|dovecot|http)/);
+    expect(r.code).toBe(0);
+  });
+});
+
+describe('policy check --config: groups a directory supplies are not "unknown"', () => {
+  test('with the attributes file alone, a group nobody is in is a finding', async () => {
+    const file = await configWith(`  backend: file\n  users: users\n  attributes: users.yaml\npolicies: policies\n`);
+    const r = await runCli(['policy', 'check', '--config', file]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/no user is in group "staff"/);
+  });
+
+  test('with a directory in auth.backend, the group may come from it: not checked, and the output says why', async () => {
+    const file = await configWith(`  backend: [file, ldap]\n  users: users\n  attributes: users.yaml\n${LDAP}    url: ldaps://dc1.corp.example\npolicies: policies\n`);
+    const r = await runCli(['policy', 'check', '--config', file]);
+    expect(r.stdout).not.toMatch(/no user is in group/);
+    expect(r.stdout).toMatch(/\(groups not checked: an auth source of the config \(a directory\) supplies groups\)/);
     expect(r.code).toBe(0);
   });
 });
