@@ -14,6 +14,9 @@
  *   different key: a remembered refusal of a mistyped password doesn't refuse the right one.
  * - at most `size` entries, the least recently used dropped first.
  *
+ * The same sign-in arriving while it is being checked waits for that check's answer instead of
+ * asking the source again, so a burst costs one bcrypt verification or directory round trip.
+ *
  * The cache sits behind the brute-force lockout: the session checks the lockout before it asks
  * here, and a remembered refusal is counted as a failure like any other. It is emptied on every
  * reload (SIGHUP, a changed config or users file) and by `smtpgate auth cache clear`.
@@ -38,6 +41,8 @@ export class AuthCache implements Authenticator {
   /** Made per process and per cache: nothing outside this object can recompute a key. */
   readonly #hmacKey = randomBytes(32);
   readonly #entries: LRUCache<string, Remembered>;
+  /** Sign-ins being checked now, by key: the same sign-in arriving meanwhile waits for that answer. */
+  readonly #inFlight = new Map<string, Promise<AuthOutcome>>();
 
   constructor(inner: Authenticator, config: AuthCacheConfig, deps: CacheDeps) {
     this.inner = inner;
@@ -59,6 +64,19 @@ export class AuthCache implements Authenticator {
       return hit;
     }
     this.#metrics.cacheMisses.inc();
+    // A burst of the same sign-in (a pool opening its connections) costs one check, not one each.
+    const pending = this.#inFlight.get(key);
+    if (pending) return pending;
+    const asked = this.#ask(key, req, ctx);
+    this.#inFlight.set(key, asked);
+    try {
+      return await asked;
+    } finally {
+      this.#inFlight.delete(key);
+    }
+  }
+
+  async #ask(key: string, req: AuthRequest, ctx: AuthContext): Promise<AuthOutcome> {
     const outcome = await this.inner.authenticate(req, ctx);
     const ttl = outcome.ok ? this.#config.ttl : outcome.reason === 'unavailable' ? 0 : this.#config.negativeTtl;
     if (ttl > 0) {

@@ -41,7 +41,7 @@ export function createAuthMetrics(registry: Registry) {
     }),
     cacheMisses: new Counter({
       name: 'smtpgate_auth_cache_misses_total',
-      help: 'Sign-ins the auth cache did not hold, passed on to the auth sources.',
+      help: 'Sign-ins the auth cache did not hold: passed on to the auth sources, or waiting for the same sign-in already being checked.',
       registers,
     }),
     cacheEntries: new Gauge({

@@ -150,6 +150,30 @@ describe('what is remembered', () => {
   });
 });
 
+describe('a burst of the same sign-in', () => {
+  test('sign-ins arriving while the same one is checked wait for that answer: one check for the burst, each caller gets it', async () => {
+    const { cache, inner } = cacheOf();
+    const burst = await Promise.all(Array.from({ length: 10 }, () => cache.authenticate(req('alice', 'alice-pw'), CTX)));
+    expect(inner.calls).toBe(1);
+    expect(burst.every((o) => o.ok)).toBe(true);
+    // A wrong password in the same burst is another sign-in: checked on its own.
+    const mixed = await Promise.all([cache.authenticate(req('bob', 'bob-pw'), CTX), cache.authenticate(req('bob', 'wrong'), CTX), cache.authenticate(req('bob', 'bob-pw'), CTX)]);
+    expect(mixed.map((o) => o.ok)).toEqual([true, false, true]);
+    expect(inner.calls).toBe(3);
+  });
+
+  test('an unavailable answer is shared by the burst that waited for it, and the next sign-in asks again', async () => {
+    const { cache, inner } = cacheOf();
+    inner.down = true;
+    const burst = await Promise.all(Array.from({ length: 5 }, () => cache.authenticate(req('alice', 'alice-pw'), CTX)));
+    expect(burst.map((o) => (o.ok ? 'ok' : o.reason))).toEqual(Array(5).fill('unavailable'));
+    expect(inner.calls).toBe(1);
+    inner.down = false;
+    expect((await cache.authenticate(req('alice', 'alice-pw'), CTX)).ok).toBe(true);
+    expect(inner.calls).toBe(2);
+  });
+});
+
 describe('how long', () => {
   test('a success is remembered for ttl, then the source is asked again', async () => {
     const clock = testClock();
