@@ -11,6 +11,9 @@ import { firstRdn } from './ldap-syntax.js';
 export const USER_ACCOUNT_CONTROL = 'userAccountControl';
 const ACCOUNTDISABLE = 0x2;
 
+/** local@domain, nothing that pattern matching would read as a wildcard, no spaces or controls. */
+const PLAIN_ADDRESS = /^[^\s@*?\x00-\x1f\x7f]+@[^\s@*?\x00-\x1f\x7f]+$/;
+
 /** Every value of `name` (matched without regard to case, as LDAP attribute names are), as text. */
 export function valuesOf(entry: Entry, name: string): string[] {
   const lower = name.toLowerCase();
@@ -26,6 +29,11 @@ export function valuesOf(entry: Entry, name: string): string[] {
  * The addresses in `attributes`, lower-cased and without repeats. AD's proxyAddresses holds
  * "TYPE:value" pairs: only the SMTP ones are addresses ("SMTP:" marks the primary, "smtp:" the
  * others); X400:, SIP:, X500: and the like are dropped.
+ *
+ * Only plain addresses count. A wildcard ("*", "*@corp.example") would let the user send as
+ * anyone under sender binding, and a directory's mail attribute is data that users can
+ * sometimes edit themselves (a `by self write` ACL): wildcards belong in the attributes file,
+ * which only the operator writes. Anything that isn't local@domain is dropped.
  */
 export function addressesOf(entry: Entry, attributes: readonly string[]): string[] {
   const out = new Set<string>();
@@ -37,7 +45,7 @@ export function addressesOf(entry: Entry, attributes: readonly string[]): string
         if (!/^smtp:/i.test(address)) continue;
         address = address.slice(5);
       }
-      if (address !== '') out.add(address.toLowerCase());
+      if (PLAIN_ADDRESS.test(address)) out.add(address.toLowerCase());
     }
   }
   return [...out];
