@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { expect, onTestFinished, test } from 'vitest';
 import { ALICE } from '../../helpers/gate.js';
 import { startRecordingBackend } from '../../helpers/backends.js';
-import { closeBackend, deadPort, forThisTest } from '../../helpers/sessions.js';
+import { closeBackend, deadPort, eventually, forThisTest } from '../../helpers/sessions.js';
 import { scrapeMetric, startChildGate, type ChildGate } from '../../helpers/child-gate.js';
 import { runCli } from '../../helpers/cli.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
@@ -61,7 +61,10 @@ test('clear forgets every remembered sign-in, and --user only that user\'s', asy
   expect(all.code).toBe(0);
   expect(JSON.parse(all.stdout)).toEqual({ cleared: 1 });
   expect(await scrapeMetric(g.metricsPort, 'smtpgate_auth_cache_entries')).toBe(0);
-  expect(g.logs.filter((l) => l.msg === 'auth cache cleared').map((l) => [l.user, l.cleared])).toEqual([
+  // The instance writes its log in batches (up to 250 ms): wait for both lines.
+  const cleared = () => g.logs.filter((l) => l.msg === 'auth cache cleared').map((l) => [l.user, l.cleared]);
+  await eventually(() => cleared().length === 2, 'both clears to be logged');
+  expect(cleared()).toEqual([
     ['alice', 2],
     [undefined, 1],
   ]);
