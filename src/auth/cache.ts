@@ -102,10 +102,6 @@ export class AuthCache implements Authenticator {
     return this.#entries.size;
   }
 
-  probe(): Promise<string> {
-    return this.inner.probe ? this.inner.probe() : Promise.resolve(`${this.inner.kind}: nothing to check`);
-  }
-
   close(): Promise<void> {
     this.#entries.clear();
     return this.inner.close?.() ?? Promise.resolve();
