@@ -21,6 +21,18 @@ export interface AuthRequest {
   readonly tls: { readonly version: string; readonly cipher: string } | undefined;
 }
 
+/**
+ * A lookup without a password: does this user exist here, and may they sign in? An app
+ * password (auth.credentials) proves who the client is; the source of the user's account still
+ * says whether the account exists and is enabled, and what it knows of them (addresses, groups).
+ */
+export interface LookupRequest {
+  readonly username: string;
+  readonly sessionId: string;
+  readonly remoteAddress: string;
+  readonly listener: string;
+}
+
 export interface AuthenticatedUser {
   /** The login as the source spells it (a directory may canonicalise case). */
   readonly username: string;
@@ -70,6 +82,14 @@ export interface Authenticator {
    * it with 454 too.)
    */
   authenticate(req: AuthRequest, ctx: AuthContext): Promise<AuthOutcome>;
+  /**
+   * Looks the user up without checking a password (for an app password, which smtpgate has
+   * already checked): `ok` with what the source knows of them when the account exists and may
+   * sign in, else `unknown_user`, `disabled` or `unavailable`; never `bad_credentials`. A source
+   * that cannot look users up (passthrough) has no `lookup`, and the chain treats it as not
+   * knowing the user. Never throws for a source problem, like `authenticate`.
+   */
+  lookup?(req: LookupRequest): Promise<AuthOutcome>;
   /**
    * `smtpgate check --probe`: reaches the source once (an LDAP bind with the service account,
    * Dovecot's handshake, …) and says what it found, in a line or two for the operator. Rejects

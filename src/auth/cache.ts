@@ -24,7 +24,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { AuthCacheConfig } from '../config/auth-section.js';
-import type { AuthContext, AuthOutcome, AuthRequest, Authenticator } from './authenticator.js';
+import type { AuthContext, AuthOutcome, AuthRequest, Authenticator, LookupRequest } from './authenticator.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
 
 type Remembered = AuthOutcome & { readonly cached: true };
@@ -56,8 +56,22 @@ export class AuthCache implements Authenticator {
     });
   }
 
-  async authenticate(req: AuthRequest, ctx: AuthContext): Promise<AuthOutcome> {
-    const key = this.#keyOf(req);
+  authenticate(req: AuthRequest, ctx: AuthContext): Promise<AuthOutcome> {
+    return this.#remembered(this.#keyOf(req), () => this.inner.authenticate(req, ctx));
+  }
+
+  /**
+   * An account lookup (for an app password) is remembered like a sign-in, under its own key
+   * with no password in it: an app password's own checks (secret, network, expiry) are made
+   * before, every time, and never cached.
+   */
+  lookup(req: LookupRequest): Promise<AuthOutcome> {
+    const inner = this.inner;
+    if (!inner.lookup) return Promise.resolve({ ok: false, reason: 'unknown_user' });
+    return this.#remembered(`${req.listener}\0${req.username}\0lookup`, () => inner.lookup!(req));
+  }
+
+  async #remembered(key: string, ask: () => Promise<AuthOutcome>): Promise<AuthOutcome> {
     const hit = this.#entries.get(key);
     if (hit) {
       this.#metrics.cacheHits.inc({ outcome: hit.ok ? 'success' : 'failure' });
@@ -67,7 +81,7 @@ export class AuthCache implements Authenticator {
     // A burst of the same sign-in (a pool opening its connections) costs one check, not one each.
     const pending = this.#inFlight.get(key);
     if (pending) return pending;
-    const asked = this.#ask(key, req, ctx);
+    const asked = this.#ask(key, ask);
     this.#inFlight.set(key, asked);
     try {
       return await asked;
@@ -76,8 +90,8 @@ export class AuthCache implements Authenticator {
     }
   }
 
-  async #ask(key: string, req: AuthRequest, ctx: AuthContext): Promise<AuthOutcome> {
-    const outcome = await this.inner.authenticate(req, ctx);
+  async #ask(key: string, ask: () => Promise<AuthOutcome>): Promise<AuthOutcome> {
+    const outcome = await ask();
     const ttl = outcome.ok ? this.#config.ttl : outcome.reason === 'unavailable' ? 0 : this.#config.negativeTtl;
     if (ttl > 0) {
       this.#entries.set(key, { ...outcome, cached: true }, { ttl });

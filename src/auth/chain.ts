@@ -17,7 +17,7 @@
  * `probe()`, every few seconds while it is down) reaches it again.
  */
 import type { Logger } from '../logging/logger.js';
-import type { AuthContext, AuthOutcome, AuthRequest, Authenticator } from './authenticator.js';
+import type { AuthContext, AuthOutcome, AuthRequest, Authenticator, LookupRequest } from './authenticator.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
 
 /** How often a source that is down is checked again, while it is down. */
@@ -50,14 +50,30 @@ export class AuthChain implements Authenticator {
     for (const s of sources) this.#health.set(s, { up: true });
   }
 
-  async authenticate(req: AuthRequest, ctx: AuthContext): Promise<AuthOutcome> {
+  authenticate(req: AuthRequest, ctx: AuthContext): Promise<AuthOutcome> {
+    return this.#first(req.sessionId, (source) => source.authenticate(req, ctx));
+  }
+
+  /**
+   * The user's account, by the same rule: the first source that knows the user decides. A
+   * source that can't look users up (passthrough) counts as not knowing them.
+   */
+  lookup(req: LookupRequest): Promise<AuthOutcome> {
+    return this.#first(req.sessionId, (source) =>
+      source.lookup ? source.lookup(req) : Promise.resolve({ ok: false, reason: 'unknown_user', detail: `${source.kind} cannot look a user up without their password` }),
+    );
+  }
+
+  async #first(sessionId: string, ask: (source: Authenticator) => Promise<AuthOutcome>): Promise<AuthOutcome> {
     let unavailable: AuthOutcome | undefined;
+    let unknown: AuthOutcome | undefined;
     for (const source of this.sources) {
-      const outcome = await this.#ask(source, req, ctx);
+      const outcome = await this.#ask(source, sessionId, ask);
       if (outcome.ok || outcome.reason === 'bad_credentials' || outcome.reason === 'disabled') return outcome;
       if (outcome.reason === 'unavailable') unavailable ??= outcome;
+      else if (outcome.detail) unknown ??= outcome;
     }
-    return unavailable ?? { ok: false, reason: 'unknown_user' };
+    return unavailable ?? unknown ?? { ok: false, reason: 'unknown_user' };
   }
 
   /**
@@ -79,15 +95,15 @@ export class AuthChain implements Authenticator {
     await Promise.allSettled(this.sources.map((s) => s.close?.()));
   }
 
-  async #ask(source: Authenticator, req: AuthRequest, ctx: AuthContext): Promise<AuthOutcome> {
+  async #ask(source: Authenticator, sessionId: string, ask: (source: Authenticator) => Promise<AuthOutcome>): Promise<AuthOutcome> {
     const { metrics, log } = this.#deps;
     const started = performance.now();
     let outcome: AuthOutcome;
     try {
-      outcome = await source.authenticate(req, ctx);
+      outcome = await ask(source);
     } catch (err) {
       // A source's contract is to answer `unavailable`; a throw is a bug, logged in full.
-      log.error({ err, source: source.kind, session: req.sessionId }, 'auth source failed');
+      log.error({ err, source: source.kind, session: sessionId }, 'auth source failed');
       outcome = { ok: false, reason: 'unavailable', detail: (err as Error).message };
     }
     metrics.sourceSeconds.observe({ source: source.kind, result: outcome.ok ? 'success' : outcome.reason }, (performance.now() - started) / 1000);

@@ -8,7 +8,7 @@
 import { readFile } from 'node:fs/promises';
 import { hash as bcryptHash, verify } from '@node-rs/bcrypt';
 import { ConfigError } from '../parsing/errors.js';
-import type { AuthOutcome, AuthRequest, Authenticator } from './authenticator.js';
+import type { AuthOutcome, AuthRequest, Authenticator, LookupRequest } from './authenticator.js';
 import { parseUsersFile, type UserRecord } from './users-file.js';
 
 
@@ -51,6 +51,12 @@ export class FileAuthenticator implements Authenticator {
     const match = await verify(req.password, hash).catch(() => false);
     if (!record) return { ok: false, reason: 'unknown_user' };
     return match ? { ok: true, user: { username: record.username } } : { ok: false, reason: 'bad_credentials' };
+  }
+
+  /** A user listed in the file exists and may sign in: the file has no disabled accounts. */
+  async lookup(req: LookupRequest): Promise<AuthOutcome> {
+    const record = this.#users.get(req.username);
+    return record ? { ok: true, user: { username: record.username } } : { ok: false, reason: 'unknown_user' };
   }
 }
 
