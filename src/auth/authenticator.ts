@@ -51,18 +51,22 @@ export interface AuthenticatedUser {
  * - `disabled`: the source knows the user and the account is disabled or locked. Final.
  * - `unavailable`: the source could not decide (unreachable, timed out, its own 4xx). The
  *   client gets 454 4.7.0 and may retry; it is never counted as a wrong password.
+ * - `app_password_required`: the user may sign in with an app password only
+ *   (auth.requireAppPassword) and gave another password, which was not checked. Final; the
+ *   client gets 535 with a text saying so.
  * The client gets the same 535 for the first three: only the logs tell them apart.
  */
-export type AuthFailureReason = 'unknown_user' | 'bad_credentials' | 'disabled' | 'unavailable';
+export type AuthFailureReason = 'unknown_user' | 'bad_credentials' | 'disabled' | 'unavailable' | 'app_password_required';
 
 /**
  * One source's answer. `source` (which source answered) is filled in by the chain; `cached`
  * marks an answer the auth cache remembered; `detail` is for the log, never the client
- * ("ldaps://dc1:636: connect ETIMEDOUT").
+ * ("ldaps://dc1:636: connect ETIMEDOUT"); `credential` is the label of the app password the
+ * client signed in with (or that matched and was refused: expired, wrong network), never the secret.
  */
 export type AuthOutcome =
-  | { readonly ok: true; readonly user: AuthenticatedUser; readonly source?: string; readonly cached?: true }
-  | { readonly ok: false; readonly reason: AuthFailureReason; readonly source?: string; readonly cached?: true; readonly detail?: string };
+  | { readonly ok: true; readonly user: AuthenticatedUser; readonly source?: string; readonly cached?: true; readonly credential?: string }
+  | { readonly ok: false; readonly reason: AuthFailureReason; readonly source?: string; readonly cached?: true; readonly detail?: string; readonly credential?: string };
 
 /**
  * What the session offers an authenticator beyond the credentials: passthrough auth uses the

@@ -170,6 +170,16 @@ export function authSection(baseDir: string) {
       dovecot: dovecot.optional(),
       http: http.optional(),
       cache: cache.optional(),
+      /** App passwords (see auth/credentials-file.ts), written by `smtpgate credential add`; reloaded like the users file. */
+      credentials: filePath.optional(),
+      /** Users and groups whose directory password is refused: they sign in with an app password. */
+      requireAppPassword: z
+        .object({
+          users: z.array(z.string().min(1)).default([]),
+          groups: z.array(z.string().min(1)).default([]),
+        })
+        .strict()
+        .optional(),
     })
     .strict()
     .superRefine((a, ctx) => {
@@ -188,6 +198,15 @@ export function authSection(baseDir: string) {
       // it no other source could be asked: it can only be the last.
       if (seen.has('backend') && a.backend.at(-1) !== 'backend') {
         ctx.addIssue({ code: 'custom', path: at('backend'), message: 'backend (passthrough) must be the last source: the legacy server cannot tell an unknown user from a wrong password' });
+      }
+      if (a.requireAppPassword && a.credentials === undefined) {
+        ctx.addIssue({ code: 'custom', path: ['requireAppPassword'], message: 'requireAppPassword needs auth.credentials (the app passwords file): without it those users could not sign in at all' });
+      }
+      if (a.requireAppPassword && a.requireAppPassword.users.length + a.requireAppPassword.groups.length === 0) {
+        ctx.addIssue({ code: 'custom', path: ['requireAppPassword'], message: 'requireAppPassword names no users and no groups: list some, or remove it' });
+      }
+      if (a.credentials !== undefined && a.backend.length === 1 && a.backend[0] === 'backend') {
+        ctx.addIssue({ code: 'custom', path: ['credentials'], message: 'app passwords need a source that can look a user up without their password (file, ldap, dovecot or http); passthrough (backend) cannot' });
       }
       // A passthrough login is the session's own backend connection: it can't be remembered.
       if (seen.has('backend') && a.cache !== undefined) {

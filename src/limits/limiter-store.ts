@@ -93,6 +93,15 @@ export interface StoreBackend {
    * FLUSHALL) and someone marked it again.
    */
   marker(keyPrefix: string, candidate: string): Promise<string>;
+  /**
+   * A small record kept beside the counters and shared like them (the last use of each app
+   * password): `field` of the table `table` set to `value`, never expiring. A table stays small
+   * (one field per credential), so it is read whole.
+   */
+  setNote(keyPrefix: string, table: string, field: string, value: string): Promise<void>;
+  notes(keyPrefix: string, table: string): Promise<Map<string, string>>;
+  /** Removes fields of a table; resolves with how many existed. */
+  removeNotes(keyPrefix: string, table: string, fields: readonly string[]): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -126,6 +135,7 @@ export class MemoryBackend implements StoreBackend {
   readonly kind = 'memory' as const;
   readonly usable = true;
   readonly #limiters = new Map<string, RateLimiterMemory>();
+  readonly #notes = new Map<string, Map<string, string>>();
 
   createLimiter(keyPrefix: string): RateLimiterMemory {
     let limiter = this.#limiters.get(keyPrefix);
@@ -180,8 +190,25 @@ export class MemoryBackend implements StoreBackend {
     return 'memory';
   }
 
+  async setNote(keyPrefix: string, table: string, field: string, value: string): Promise<void> {
+    const key = `${keyPrefix}:${table}`;
+    let t = this.#notes.get(key);
+    if (!t) this.#notes.set(key, (t = new Map()));
+    t.set(field, value);
+  }
+
+  async notes(keyPrefix: string, table: string): Promise<Map<string, string>> {
+    return new Map(this.#notes.get(`${keyPrefix}:${table}`));
+  }
+
+  async removeNotes(keyPrefix: string, table: string, fields: readonly string[]): Promise<number> {
+    const t = this.#notes.get(`${keyPrefix}:${table}`);
+    return fields.filter((f) => t?.delete(f)).length;
+  }
+
   async close(): Promise<void> {
     this.#limiters.clear();
+    this.#notes.clear();
   }
 }
 
@@ -374,9 +401,37 @@ export class LimiterStore {
 
   /** The store's marker id, placing `candidate` if it has none (see StoreBackend.marker). Throws StoreUnavailableError. */
   async marker(candidate: string): Promise<string> {
+    return this.#admin(() => this.#backend.marker(this.keyPrefix, candidate));
+  }
+
+  /**
+   * Sets a note (see StoreBackend.setNote). Best effort: a store that fails or hangs loses the
+   * note, reported as false; nothing waits longer than the store's deadline.
+   */
+  async setNote(table: string, field: string, value: string): Promise<boolean> {
+    if (!this.#backend.usable) return false;
+    try {
+      await this.#deadline(this.#backend.setNote(this.keyPrefix, table, field, value));
+      return true;
+    } catch (err) {
+      if (err instanceof Error && this.#backend.kind !== 'memory') this.#backend.reportFailure(err);
+      return false;
+    }
+  }
+
+  /** A table's notes. Admin use: throws StoreUnavailableError rather than guessing. */
+  async notes(table: string): Promise<Map<string, string>> {
+    return this.#admin(() => this.#backend.notes(this.keyPrefix, table));
+  }
+
+  async removeNotes(table: string, fields: readonly string[]): Promise<number> {
+    return this.#admin(() => this.#backend.removeNotes(this.keyPrefix, table, fields));
+  }
+
+  async #admin<T>(op: () => Promise<T>): Promise<T> {
     if (!this.#backend.usable) throw new StoreUnavailableError('the store is not reachable');
     try {
-      return await this.#deadline(this.#backend.marker(this.keyPrefix, candidate));
+      return await this.#deadline(op());
     } catch (err) {
       if (err instanceof Error && this.#backend.kind !== 'memory') {
         this.#backend.reportFailure(err);

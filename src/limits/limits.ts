@@ -151,6 +151,11 @@ export class Limits implements LimitsAdmin {
   readonly #policySpecs = new Map<number, Map<number, LimiterSpec>>();
   #wasDown = false;
 
+  /** Small shared records kept beside the counters (the last use of each app password). */
+  get notes(): Pick<LimiterStore, 'kind' | 'setNote' | 'notes' | 'removeNotes'> {
+    return this.#store;
+  }
+
   constructor(deps: LimitsDeps) {
     this.#config = deps.config;
     this.#resolver = new QuotaResolver(deps.config);

@@ -220,6 +220,18 @@ export class RedisBackend implements StoreBackend {
     return String(id);
   }
 
+  async setNote(keyPrefix: string, table: string, field: string, value: string): Promise<void> {
+    await this.client.hset(`${keyPrefix}:${table}`, field, value);
+  }
+
+  async notes(keyPrefix: string, table: string): Promise<Map<string, string>> {
+    return new Map(Object.entries(await this.client.hgetall(`${keyPrefix}:${table}`)));
+  }
+
+  async removeNotes(keyPrefix: string, table: string, fields: readonly string[]): Promise<number> {
+    return fields.length ? this.client.hdel(`${keyPrefix}:${table}`, ...fields) : 0;
+  }
+
   async close(): Promise<void> {
     this.#closing = true;
     this.#stopProbe();

@@ -302,6 +302,9 @@ function downBackend(): StoreBackend {
     entries: fail,
     remove: fail,
     marker: fail,
+    setNote: fail,
+    notes: fail,
+    removeNotes: fail,
     close: async () => {},
   };
 }
