@@ -20,6 +20,8 @@ import { boundPort, startAdminServer, type Readiness } from './metrics/http-serv
 import { readUsersFile } from './auth/file-authenticator.js';
 import { readUserAttributes, NO_ATTRIBUTES, type UserAttributes } from './auth/user-attributes.js';
 import type { UserRecord } from './auth/users-file.js';
+import { CredentialIndex, readCredentialsFile } from './auth/credentials-file.js';
+import { CredentialUsage } from './auth/credential-usage.js';
 import { FileWatcher } from './config/file-watch.js';
 import { createAuthStack, readAuthSecrets, type AuthSecrets, type AuthStack } from './auth/sources.js';
 import { authCacheAdminRoute, type CacheClearAnswer } from './auth/admin.js';
@@ -51,6 +53,8 @@ export interface RuntimeMaterial {
   readonly certs?: readonly LoadedCertificate[];
   readonly users?: Awaited<ReturnType<typeof readUsersFile>>;
   readonly attributes: ReadonlyMap<string, UserAttributes>;
+  /** The app passwords file (auth.credentials), when set. */
+  readonly credentials?: CredentialIndex;
   /** What the auth sources need from files: the LDAP bind password, the HTTP hook's token, CAs. */
   readonly authSecrets: AuthSecrets;
   readonly backendCa?: Buffer;
@@ -117,6 +121,7 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   else if (directory.users && directory.users.size === 0) warnings.push(`auth.users ${config.auth?.users} lists no users: nobody can authenticate`);
   const users = directory.ok ? directory.users : undefined;
   const attributes = directory.ok ? directory.attributes : new Map<string, UserAttributes>();
+  const credentials = directory.ok ? directory.credentials : undefined;
   const clientCas = new Map<string, Buffer>();
   for (const [i, l] of config.listeners.entries()) {
     if (!l.clientCerts) continue;
@@ -202,14 +207,14 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
   if (issues.length || unreadable.length) throw new ConfigError([...unreadable, ...anchorIssues(issues, refs, unreadable, origin)]);
-  return { certs, users, attributes, authSecrets: auth.secrets, backendCa, backendPassword, clientCas, policy, adminToken, warnings };
+  return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, clientCas, policy, adminToken, warnings };
 }
 
 type UserDirectoryLoad =
-  | { ok: true; users?: Map<string, UserRecord>; attributes: Map<string, UserAttributes> }
+  | { ok: true; users?: Map<string, UserRecord>; attributes: Map<string, UserAttributes>; credentials?: CredentialIndex }
   | { ok: false; issues: ConfigIssue[] };
 
-/** The users file (file auth) and the attributes file, both or neither. */
+/** The users file (file auth), the attributes file and the app passwords file: all or none. */
 async function loadUserDirectory(config: Config): Promise<UserDirectoryLoad> {
   const issues: ConfigIssue[] = [];
   let users: Map<string, UserRecord> | undefined;
@@ -220,7 +225,8 @@ async function loadUserDirectory(config: Config): Promise<UserDirectoryLoad> {
   };
   if (config.auth?.users) users = await readUsersFile(config.auth.users).catch((err: unknown) => void collect(err));
   if (config.auth?.attributes) attributes = (await readUserAttributes(config.auth.attributes).catch((err: unknown) => void collect(err))) ?? attributes;
-  return issues.length ? { ok: false, issues } : { ok: true, users, attributes };
+  const credentials = config.auth?.credentials ? await readCredentialsFile(config.auth.credentials).catch((err: unknown) => void collect(err)) : undefined;
+  return issues.length ? { ok: false, issues } : { ok: true, users, attributes, ...(credentials ? { credentials } : {}) };
 }
 
 /** The default pair first, then each SNI pair. */
@@ -323,6 +329,7 @@ export class App {
   /** The auth sources in order, the cache in front; undefined without an auth section. */
   readonly #auth: AuthStack | undefined;
   #attributes: ReadonlyMap<string, UserAttributes>;
+  #credentials: CredentialIndex;
   #usersWatcher: FileWatcher | undefined;
   #policy: PolicySet;
   #policyWatcher: FileWatcher | undefined;
@@ -343,8 +350,21 @@ export class App {
     this.log = opts.log ?? createLogger({ level: config.log.level, format: config.log.format });
     this.metrics = createMetrics(readBuildInfo());
     this.limits = createLimits({ config: config.limits, log: this.log, metrics: this.metrics.limits });
-    this.#auth = config.auth ? createAuthStack(config.auth, { users: material.users, secrets: material.authSecrets, log: this.log, metrics: this.metrics.auth }) : undefined;
     this.#attributes = material.attributes;
+    this.#credentials = material.credentials ?? new CredentialIndex();
+    this.#auth = config.auth
+      ? createAuthStack(config.auth, {
+          users: material.users,
+          secrets: material.authSecrets,
+          log: this.log,
+          metrics: this.metrics.auth,
+          appPasswords: {
+            credentials: () => this.#credentials,
+            attributes: (user) => this.userAttributes(user),
+            usage: new CredentialUsage(this.limits.notes),
+          },
+        })
+      : undefined;
     this.#policy = material.policy;
     this.metrics.policy.setPolicySet(material.policy);
     const collect = opts.collect ?? collectorFromV8();
@@ -438,7 +458,7 @@ export class App {
     // A store that can't be reached yet doesn't stop the start: onStoreFailure decides meanwhile.
     if (!(await limits.start(2000))) this.log.warn({ store: config.limits.store.kind, onStoreFailure: config.limits.onStoreFailure }, 'limiter store not reachable at start');
     const tlsManager = this.#tls;
-    const userFiles = [config.auth?.users, config.auth?.attributes].filter((f): f is string => f !== undefined);
+    const userFiles = [config.auth?.users, config.auth?.attributes, config.auth?.credentials].filter((f): f is string => f !== undefined);
     if (userFiles.length && config.auth) {
       this.#usersWatcher = new FileWatcher(() => userFiles, () => this.reloadUsers().then(() => undefined));
       await this.#usersWatcher.start(config.auth.reloadInterval);
@@ -515,10 +535,11 @@ export class App {
     }
     if (loaded.users) this.#auth?.file?.replaceUsers(loaded.users);
     this.#attributes = loaded.attributes;
+    if (loaded.credentials) this.#credentials = loaded.credentials;
     // A remembered sign-in must not outlive a reload: a removed user or a changed password counts now.
     const forgotten = this.#auth?.cache?.clear();
     recordReload(this.metrics, 'users', true);
-    this.log.info({ users: loaded.users?.size, attributes: loaded.attributes.size, authCacheCleared: forgotten }, 'users reloaded');
+    this.log.info({ users: loaded.users?.size, attributes: loaded.attributes.size, credentials: loaded.credentials?.size, authCacheCleared: forgotten }, 'users reloaded');
     return true;
   }
 

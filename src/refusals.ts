@@ -65,6 +65,8 @@ export const AUTH_DATA_INVALID = refusal(501, '5.5.2', 'Invalid authentication d
 export const AUTH_MECHANISM_UNKNOWN = refusal(504, '5.5.4', 'Unrecognized authentication type', 'auth_malformed');
 export const AUTH_CREDENTIALS_INVALID = refusal(535, '5.7.8', 'Authentication credentials invalid', 'auth_failed');
 export const AUTH_TEMPORARY_FAILURE = refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable');
+/** auth.requireAppPassword: the user gave another password, which was not checked. */
+export const AUTH_APP_PASSWORD_REQUIRED = refusal(535, '5.7.8', 'Authentication credentials invalid: this account must sign in with an app password; ask your mail administrator for one', 'app_password_required');
 
 // ── mail and rcpt ────────────────────────────────────────────────────────────────────────
 

@@ -10,6 +10,7 @@ export const REFUSAL_REASONS = [
   'auth_failed',
   'auth_malformed',
   'auth_unavailable',
+  'app_password_required',
   'relay_denied',
   'backend_refused',
   'backend_unavailable',

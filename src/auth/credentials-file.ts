@@ -26,8 +26,9 @@
  * Parsing, formatting and editing are pure (text in, text out); the CLI and the app do the I/O.
  */
 import { createHmac, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { CidrSet, parseCidr } from '../parsing/cidr.js';
-import type { ConfigIssue } from '../parsing/errors.js';
+import { ConfigError, type ConfigIssue } from '../parsing/errors.js';
 import { isValidUsername } from './users-file.js';
 
 export interface Credential {
@@ -90,20 +91,25 @@ export function isValidLabel(label: string): boolean {
   return LABEL.test(label);
 }
 
-/** The credentials, by user; each user's in file order. */
+/**
+ * The credentials, by user; each user's in file order. A login is matched without regard to
+ * case, as directories match logins ("Alice" signs in with alice's app password); the account
+ * source still decides who that is.
+ */
 export class CredentialIndex {
   readonly #byUser = new Map<string, Credential[]>();
   size = 0;
 
   add(c: Credential): void {
-    const list = this.#byUser.get(c.user);
+    const key = c.user.toLowerCase();
+    const list = this.#byUser.get(key);
     if (list) list.push(c);
-    else this.#byUser.set(c.user, [c]);
+    else this.#byUser.set(key, [c]);
     this.size++;
   }
 
   of(user: string): readonly Credential[] {
-    return this.#byUser.get(user) ?? [];
+    return this.#byUser.get(user.toLowerCase()) ?? [];
   }
 
   /** The user's credential whose secret this is, if any. Checks every one of them, match or not. */
@@ -131,7 +137,7 @@ export function parseCredentialsFile(text: string, file: string): CredentialsPar
       issues.push({ ...at, message: parsed.message });
       return;
     }
-    const key = `${parsed.user}\0${parsed.label}`;
+    const key = `${parsed.user.toLowerCase()}\0${parsed.label}`;
     if (seen.has(key)) {
       issues.push({ ...at, message: `${parsed.user} has two credentials labelled ${JSON.stringify(parsed.label)}: labels are unique per user` });
       return;
@@ -140,6 +146,19 @@ export function parseCredentialsFile(text: string, file: string): CredentialsPar
     index.add(parsed);
   });
   return issues.length ? { ok: false, issues } : { ok: true, credentials: index };
+}
+
+/** Reads and parses the file; a problem is a ConfigError naming the file and line. */
+export async function readCredentialsFile(file: string): Promise<CredentialIndex> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError([{ file, path: 'auth.credentials', message: `cannot read the app passwords file: ${(err as Error).message}` }]);
+  }
+  const parsed = parseCredentialsFile(text, file);
+  if (!parsed.ok) throw new ConfigError(parsed.issues);
+  return parsed.credentials;
 }
 
 function parseLine(line: string): Credential | { message: string } {
@@ -261,6 +280,7 @@ export function applyCredentialsEdit(text: string, file: string, edit: Credentia
     return { ok: false, message: `${file} has ${n} problem${n === 1 ? '' : 's'}; fix ${n === 1 ? 'it' : 'them'} first (nothing was changed):`, issues: parsed.issues };
   }
   const exists = parsed.credentials.of(user).some((c) => c.label === label);
+  const lineUser = (content: string) => content.slice(0, content.indexOf(':')).toLowerCase();
   if (edit.op === 'add') {
     if (exists) return { ok: false, message: `${user} already has a credential labelled ${label}; revoke it first (smtpgate credential revoke ${user} ${label}) or choose another label` };
     const eol = text.includes('\r\n') ? '\r\n' : '\n';
@@ -271,7 +291,7 @@ export function applyCredentialsEdit(text: string, file: string, edit: Credentia
   let out = '';
   for (const line of text.match(/[^\n]*\n|[^\n]+$/g) ?? []) {
     const content = line.replace(/\r?\n$/, '').trim();
-    const isTarget = !content.startsWith('#') && content.startsWith(`${user}:${label}:`);
+    const isTarget = !content.startsWith('#') && lineUser(content) === user.toLowerCase() && content.slice(content.indexOf(':') + 1).startsWith(`${label}:`);
     if (!isTarget) out += line;
   }
   return { ok: true, text: out };

@@ -10,6 +10,7 @@ import type { ConfigIssue } from '../parsing/errors.js';
 import type { Logger } from '../logging/logger.js';
 import type { Authenticator } from './authenticator.js';
 import { BackendAuthenticator } from './backend-authenticator.js';
+import { AppPasswords, type AppPasswordDeps } from './app-passwords.js';
 import { AuthCache } from './cache.js';
 import { AuthChain } from './chain.js';
 import { FileAuthenticator } from './file-authenticator.js';
@@ -75,6 +76,8 @@ export interface AuthStack {
 
 export interface AuthStackDeps {
   readonly users: Map<string, UserRecord> | undefined;
+  /** With auth.credentials: what the app passwords layer reads (the file as last loaded, …). */
+  readonly appPasswords?: Pick<AppPasswordDeps, 'credentials' | 'attributes' | 'usage'>;
   readonly secrets: AuthSecrets;
   readonly log: Logger;
   readonly metrics: AuthMetrics;
@@ -99,7 +102,13 @@ export function createAuthStack(auth: AuthConfig, deps: AuthStackDeps): AuthStac
   });
   const chain = new AuthChain(sources, { metrics: deps.metrics, log: deps.log });
   const cache = auth.cache ? new AuthCache(chain, auth.cache, { metrics: deps.metrics }) : undefined;
-  return { authenticator: cache ?? chain, chain, cache, file };
+  // App passwords are checked in front of the cache, every time; only the account lookup is remembered.
+  const requirement = auth.requireAppPassword;
+  const appPasswords =
+    auth.credentials !== undefined && deps.appPasswords
+      ? new AppPasswords(cache ?? chain, { ...deps.appPasswords, requirement: () => requirement, log: deps.log })
+      : undefined;
+  return { authenticator: appPasswords ?? cache ?? chain, chain, cache, file };
 }
 
 /** One source's answer to `smtpgate check --probe`. */

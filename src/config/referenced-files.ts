@@ -39,6 +39,7 @@ export function referencedFiles(config: Config): FileReference[] {
   }
   add(['auth', 'users'], config.auth?.users, 'the users file');
   add(['auth', 'attributes'], config.auth?.attributes, 'the user attributes file');
+  add(['auth', 'credentials'], config.auth?.credentials, 'the app passwords file (smtpgate credential add creates it; an empty file will do)');
   add(['auth', 'ldap', 'bindPasswordFile'], config.auth?.ldap?.bindPasswordFile, 'the LDAP bind password file');
   add(['auth', 'ldap', 'ca'], config.auth?.ldap?.ca, 'the LDAP CA bundle');
   add(['auth', 'http', 'tokenFile'], config.auth?.http?.tokenFile, 'the HTTP hook token file');

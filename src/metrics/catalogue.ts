@@ -76,8 +76,8 @@ export function createMetrics(build: BuildInfo) {
     }),
     authAttempts: new Counter({
       name: 'smtpgate_auth_attempts_total',
-      help: 'SMTP AUTH attempts by listener, mechanism and result (success|failure|error|refused).',
-      labelNames: ['listener', 'mechanism', 'result'] as const,
+      help: 'SMTP AUTH attempts by listener, mechanism, credential kind (password|app_password|certificate) and result (success|failure|error|refused).',
+      labelNames: ['listener', 'mechanism', 'credential', 'result'] as const,
       registers,
     }),
     refusals: new Counter({

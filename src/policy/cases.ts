@@ -25,7 +25,7 @@ import { parseSize } from '../parsing/units.js';
 import { buildUserFacts } from './facts.js';
 import { scanMessage } from './mime.js';
 import { headerFromLine, simulateSession, type SessionSpec, type StageReport } from './simulate.js';
-import { POLICY_STAGES, type Decision, type Header, type MimePart, type PolicySet, type PolicyStage } from './types.js';
+import { AUTH_METHODS, POLICY_STAGES, type Decision, type Header, type MimePart, type PolicySet, type PolicyStage } from './types.js';
 import { describeZodIssues, parseYaml, valueAt, type PolicyIssue } from '../parsing/yaml-source.js';
 
 const oneOrMany = z.union([z.string(), z.array(z.string())]);
@@ -38,6 +38,8 @@ const sessionSchema = z
     tls: z.union([z.string(), z.literal(false)]).optional(),
     helo: z.string().optional(),
     user: z.string().optional(),
+    /** How the user signed in: password (the default), app_password or certificate. */
+    authMethod: z.enum(AUTH_METHODS).optional(),
     groups: z.array(z.string()).optional(),
     addresses: z.array(z.string()).optional(),
     trusted: z.boolean().optional(),
@@ -231,6 +233,7 @@ export async function sessionFromRaw(raw: RawSession, baseDir: string, problem: 
     tls,
     ...(raw.helo !== undefined ? { helo: raw.helo } : {}),
     ...(user ? { user } : {}),
+    ...(raw.authMethod !== undefined ? { authMethod: raw.authMethod } : {}),
     trusted: raw.trusted ?? false,
     ...(raw.from !== undefined ? { from: raw.from === '<>' ? '' : raw.from } : {}),
     to: raw.to === undefined ? [] : typeof raw.to === 'string' ? [raw.to] : raw.to,

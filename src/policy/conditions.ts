@@ -189,6 +189,11 @@ export function holds(cond: Condition, stage: PolicyStage, facts: SessionFacts, 
     case 'authenticated':
       if (why) why.push(`authenticated: ${facts.authenticated ? `yes (${show(facts.user?.name ?? '')})` : 'no'}`);
       return facts.authenticated === cond.value;
+    case 'authMethod': {
+      const ok = facts.authMethod !== undefined && cond.methods.includes(facts.authMethod);
+      if (why) why.push(`authMethod: ${facts.authMethod === undefined ? 'not authenticated' : `${facts.authMethod} is ${ok ? '' : 'not '}one of ${cond.methods.join(', ')}`}`);
+      return ok;
+    }
     case 'trusted': {
       const t = isTrusted(facts, settings);
       if (why) why.push(`trusted: client ${facts.ip} is ${t ? '' : 'not '}trusted`);

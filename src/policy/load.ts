@@ -22,10 +22,12 @@ import { PatternList } from './patterns.js';
 import { BUILTIN_DEFAULTS, defaultRefusal, parseReply } from './replies.js';
 import { CONDITION_KEYS, FILE_KEYS, RULE_KEYS, SETTING_KEYS, fileSchema, ruleSchema, type RawCondition, type RawPolicyFile, type RawRule, type SettingKey } from './schema.js';
 import {
+  AUTH_METHODS,
   IMPLICIT_RELAY_RULE,
   POLICY_STAGES,
   STAGE_ORDER,
   policyRefusal,
+  type AuthMethod,
   type BuiltinCheck,
   type BuiltinType,
   type Condition,
@@ -269,6 +271,7 @@ const V = {
   cidr: (v: string) => (parseCidr(v) ? undefined : `expected an address or CIDR such as 10.0.0.0/8 or 2001:db8::/32, ${found(v)}`),
   listener: (v: string) => (/^[a-z][a-z0-9_-]{0,31}$/.test(v) ? undefined : `expected a listener name such as "submission", ${found(v)}`),
   tlsVersion: (v: string) => (['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3'].includes(v) ? undefined : `expected one of "TLSv1.2" | "TLSv1.3" (or the old "TLSv1" | "TLSv1.1"), ${found(v)}`),
+  authMethod: (v: string) => ((AUTH_METHODS as readonly string[]).includes(v) ? undefined : `expected one of ${AUTH_METHODS.map((m) => JSON.stringify(m)).join(' | ')}, ${found(v)}`),
   word: (what: string) => (v: string) => (/^\S+$/.test(v) ? undefined : `expected ${what} without spaces, ${found(v)}`),
   group: (v: string) => (/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(v) ? undefined : `expected a group name of letters, digits, "_", "." or "-", ${found(v)}`),
   domain: (v: string) =>
@@ -296,6 +299,7 @@ const FACT_STAGE: Readonly<Record<Exclude<keyof RawCondition, 'not' | 'any' | 'a
   time: 'connect',
   days: 'connect',
   authenticated: 'auth',
+  authMethod: 'auth',
   user: 'auth',
   group: 'auth',
   helo: 'auth',
@@ -358,6 +362,8 @@ function compileLeaf(ctx: Ctx, key: keyof RawCondition, value: unknown, at: read
       return { kind: key, value: value as boolean };
     case 'tlsVersion':
       return { kind: 'tlsVersion', versions: list(V.tlsVersion).values };
+    case 'authMethod':
+      return { kind: 'authMethod', methods: list(V.authMethod).values as AuthMethod[] };
     case 'user':
       return { kind: 'user', list: patternList(list(V.word('a user name'))) };
     case 'group':

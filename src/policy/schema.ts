@@ -31,6 +31,7 @@ export interface RawCondition {
   tls?: boolean;
   tlsVersion?: string | string[];
   authenticated?: boolean;
+  authMethod?: string | string[];
   trusted?: boolean;
   user?: string | string[];
   group?: string | string[];
@@ -63,6 +64,7 @@ export const conditionSchema: z.ZodType<RawCondition> = z.lazy(() =>
       tls: z.boolean().optional(),
       tlsVersion: oneOrMany.optional(),
       authenticated: z.boolean().optional(),
+      authMethod: oneOrMany.optional(),
       trusted: z.boolean().optional(),
       user: oneOrMany.optional(),
       group: oneOrMany.optional(),
@@ -91,7 +93,7 @@ export const conditionSchema: z.ZodType<RawCondition> = z.lazy(() =>
 
 /** Condition keys in the order the docs list them; also the "did you mean" candidates. */
 export const CONDITION_KEYS = [
-  'clientIp', 'listener', 'tls', 'tlsVersion', 'authenticated', 'trusted', 'user', 'group', 'helo',
+  'clientIp', 'listener', 'tls', 'tlsVersion', 'authenticated', 'authMethod', 'trusted', 'user', 'group', 'helo',
   'sender', 'senderDomain', 'senderInternal', 'recipient', 'recipientDomain', 'recipientInternal', 'recipientsOver',
   'declaredSizeOver', 'messageSizeOver', 'header', 'attachmentName', 'attachmentType', 'scanIncomplete', 'time', 'days',
   'not', 'any', 'all',

@@ -11,7 +11,7 @@
  */
 import { evaluate, unmetRequirement } from './evaluate.js';
 import { decodeEncodedWords } from './mime.js';
-import type { Decision, EvaluateOptions, Evaluation, Header, MimePart, PolicySet, PolicyStage, SessionFacts, UserFacts } from './types.js';
+import type { AuthMethod, Decision, EvaluateOptions, Evaluation, Header, MimePart, PolicySet, PolicyStage, SessionFacts, UserFacts } from './types.js';
 
 export interface SessionSpec {
   readonly ip: string;
@@ -20,6 +20,8 @@ export interface SessionSpec {
   readonly tls: string | undefined;
   readonly helo?: string;
   readonly user?: UserFacts;
+  /** How the user signed in (default: password). */
+  readonly authMethod?: AuthMethod;
   /** In the listener's trusted networks. */
   readonly trusted: boolean;
   readonly from?: string;
@@ -63,7 +65,7 @@ export function simulateSession(set: PolicySet, spec: SessionSpec, options?: Eva
   if (!passes(run('connect', facts))) return reports;
   if (spec.helo !== undefined) facts = { ...facts, helo: spec.helo };
   if (spec.user) {
-    facts = { ...facts, authenticated: true, user: spec.user };
+    facts = { ...facts, authenticated: true, authMethod: spec.authMethod ?? 'password', user: spec.user };
     if (!passes(run('auth', facts, spec.user.name))) return reports;
   }
   if (spec.from === undefined) return reports;

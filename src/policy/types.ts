@@ -37,6 +37,10 @@ export function policyRefusal(code: number, enhanced: string, text: string, reas
 
 // ── facts ─────────────────────────────────────────────────────────────────────────────────
 
+/** How a session signed in: a password (checked by the auth source), an app password, a client certificate. */
+export const AUTH_METHODS = ['password', 'app_password', 'certificate'] as const;
+export type AuthMethod = (typeof AUTH_METHODS)[number];
+
 export interface UserFacts {
   /** The login name. */
   readonly name: string;
@@ -84,6 +88,8 @@ export interface SessionFacts {
   /** Present once TLS is up. `version` as node reports it: "TLSv1.2", "TLSv1.3". */
   readonly tls: { readonly version: string } | undefined;
   readonly authenticated: boolean;
+  /** How the user signed in; absent when not authenticated. */
+  readonly authMethod?: AuthMethod;
   readonly user?: UserFacts;
   /** The client is in the listener's trusted networks. The policy's `trustedNetworks` add to this. */
   readonly trusted: boolean;
@@ -130,6 +136,7 @@ export type Condition =
   | { readonly kind: 'tls'; readonly value: boolean }
   | { readonly kind: 'tlsVersion'; readonly versions: readonly string[] }
   | { readonly kind: 'authenticated'; readonly value: boolean }
+  | { readonly kind: 'authMethod'; readonly methods: readonly AuthMethod[] }
   | { readonly kind: 'trusted'; readonly value: boolean }
   | { readonly kind: 'user'; readonly list: PatternList }
   | { readonly kind: 'group'; readonly groups: readonly string[]; readonly source: SourceRef }

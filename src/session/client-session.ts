@@ -11,6 +11,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { AuthFailureReason, Authenticator } from '../auth/authenticator.js';
+import { looksLikeAppPassword } from '../auth/credentials-file.js';
 import type { UserAttributes } from '../auth/user-attributes.js';
 import type { ListenerConfig } from '../config/schema.js';
 import type { ClientFacts, Limits } from '../limits/limits.js';
@@ -19,11 +20,12 @@ import type { Metrics } from '../metrics/catalogue.js';
 import { buildUserFacts, dataFacts } from '../policy/facts.js';
 import { MessageScanner } from '../policy/mime.js';
 import { headerSafe, receivedHeader } from '../relay/received-header.js';
-import type { PolicySet } from '../policy/types.js';
+import type { AuthMethod, PolicySet } from '../policy/types.js';
 import { Transaction, replyText, type Backend, type ClientIdentity, type MessageSink, type SmtpReply } from '../relay/backend.js';
 import { checkRecipient, checkSender } from './address-check.js';
 import { codeClass, type Refusal } from '../reply.js';
 import {
+  AUTH_APP_PASSWORD_REQUIRED,
   AUTH_CREDENTIALS_INVALID,
   AUTH_DATA_INVALID,
   AUTH_IN_TRANSACTION,
@@ -160,7 +162,9 @@ export class ClientSession implements SnapshotSource {
   user: string | undefined;
   /** What the auth source knows of the user (a directory's addresses and groups), if anything. */
   #directoryAttributes: UserAttributes | undefined;
-  authMethod: 'password' | 'certificate' | undefined;
+  authMethod: AuthMethod | undefined;
+  /** The label of the app password the client signed in with (never the secret). */
+  credential: string | undefined;
   tlsVersion: string | undefined;
   /** The MAIL accepted last, and its backend transaction. */
   sender: EnvelopeAddress | undefined;
@@ -226,6 +230,7 @@ export class ClientSession implements SnapshotSource {
     this.user = undefined;
     this.#directoryAttributes = undefined;
     this.authMethod = undefined;
+    this.credential = undefined;
     const clientCerts = this.#deps.clientCerts;
     if (clientCerts && certificate) {
       const refused = this.#clientCertificate(certificate, clientCerts);
@@ -250,7 +255,7 @@ export class ClientSession implements SnapshotSource {
     if (match) {
       this.user = match.user;
       this.authMethod = 'certificate';
-      this.#deps.metrics.authAttempts.inc({ listener: this.#deps.listener, mechanism: 'certificate', result: 'success' });
+      this.#deps.metrics.authAttempts.inc({ listener: this.#deps.listener, mechanism: 'certificate', credential: 'certificate', result: 'success' });
     }
     return undefined;
   }
@@ -262,8 +267,10 @@ export class ClientSession implements SnapshotSource {
     const { limits, authenticator, metrics, listener } = this.#deps;
     const method = credentials.method;
     const mechanism = method === 'PLAIN' || method === 'LOGIN' ? method : 'other';
+    // Which kind of secret the client offered: an app password has a shape of its own.
+    const credential: AuthMethod = looksLikeAppPassword(credentials.password ?? '') ? 'app_password' : 'password';
     const fail = (r: Refusal, result: 'failure' | 'refused' | 'error', rule?: string, why?: AuthFailureLog): Verdict => {
-      metrics.authAttempts.inc({ listener, mechanism, result });
+      metrics.authAttempts.inc({ listener, mechanism, credential, result });
       return this.refuse('auth', r, { user: printable(credentials.username), ...(rule ? { rule } : {}), ...why }, rule);
     };
     if (this.#connection.inTransaction()) return fail(AUTH_IN_TRANSACTION, 'refused');
@@ -287,7 +294,7 @@ export class ClientSession implements SnapshotSource {
       if (failure.lockedOut) {
         this.log.warn({ client: this.#connection.remoteAddress, user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
       }
-      return fail(AUTH_CREDENTIALS_INVALID, 'failure', undefined, why);
+      return fail(why?.authResult === 'app_password_required' ? AUTH_APP_PASSWORD_REQUIRED : AUTH_CREDENTIALS_INVALID, 'failure', undefined, why);
     };
     // RFC 4616: an authorization identity other than the authentication identity would mean
     // acting as someone else; smtpgate has no such delegation.
@@ -306,7 +313,13 @@ export class ClientSession implements SnapshotSource {
     if (!outcome.ok) {
       // Which source said what, and why: the client hears only 535 or 454.
       // `authResult`, not `reason`: the line's `reason` is the refusal's (auth_failed), as in the metric.
-      const why: AuthFailureLog = { source: outcome.source, authResult: outcome.reason, ...(outcome.detail ? { detail: outcome.detail } : {}), ...(outcome.cached ? { cached: true } : {}) };
+      const why: AuthFailureLog = {
+        source: outcome.source,
+        authResult: outcome.reason,
+        ...(outcome.credential ? { credential: outcome.credential } : {}),
+        ...(outcome.detail ? { detail: outcome.detail } : {}),
+        ...(outcome.cached ? { cached: true } : {}),
+      };
       if (outcome.reason !== 'unavailable') return badCredentials(why);
       await limits.authAbandoned(reservation);
       return fail(AUTH_TEMPORARY_FAILURE, 'error', undefined, why);
@@ -323,12 +336,20 @@ export class ClientSession implements SnapshotSource {
     const directory = outcome.user.attributes;
     const suspended = await limits.authSucceeded({ ...authFacts, username: name }, reservation);
     if (suspended) return refuseLogin(suspended);
-    const verdict = await this.checkpoint.at('auth', this, () => ({ authenticated: true, user: buildUserFacts(name, withDirectory(this.#deps.attributes(name), directory)) }));
+    const signedInWith: AuthMethod = outcome.credential ? 'app_password' : 'password';
+    const verdict = await this.checkpoint.at('auth', this, () => ({
+      authenticated: true,
+      authMethod: signedInWith,
+      user: buildUserFacts(name, withDirectory(this.#deps.attributes(name), directory)),
+    }));
     if (verdict.refusal) return refuseLogin(verdict.refusal, verdict.rule);
     this.user = name;
     this.#directoryAttributes = directory;
-    this.authMethod = 'password';
-    metrics.authAttempts.inc({ listener, mechanism, result: 'success' });
+    this.authMethod = signedInWith;
+    this.credential = outcome.credential;
+    // Every later line of the session names the app password it signed in with.
+    if (outcome.credential) this.log.setBindings({ credential: outcome.credential });
+    metrics.authAttempts.inc({ listener, mechanism, credential: signedInWith, result: 'success' });
     this.log.info({ user: name, mechanism, source, ...(outcome.cached ? { cached: true } : {}) }, 'authenticated');
     return OK;
   }
@@ -616,6 +637,7 @@ export class ClientSession implements SnapshotSource {
       helo: c.helo(),
       greeting: c.greeting(),
       user,
+      authMethod: this.authMethod,
       attributes: user ? this.#attributes(user) : undefined,
       recipients: c.recipients(),
       now: new Date(this.#deps.clock()),
@@ -678,7 +700,7 @@ export class ClientSession implements SnapshotSource {
 
 /** A client-given name for a log line: printable ASCII, bounded. */
 /** What the log says of a failed sign-in: the source, its reason, and why it couldn't decide. */
-type AuthFailureLog = { source?: string; authResult: AuthFailureReason; detail?: string; cached?: true };
+type AuthFailureLog = { source?: string; authResult: AuthFailureReason; credential?: string; detail?: string; cached?: true };
 
 /**
  * A user's attributes: the attributes file's, plus what the auth source (a directory) knows.

@@ -11,7 +11,7 @@
  */
 import type { ClientFacts } from '../limits/limits.js';
 import { buildUserFacts, type UserAttributesLike } from '../policy/facts.js';
-import type { SessionFacts } from '../policy/types.js';
+import type { AuthMethod, SessionFacts } from '../policy/types.js';
 import type { ClientIdentity } from '../relay/backend-session.js';
 
 export interface SessionSnapshot {
@@ -32,6 +32,8 @@ export interface SessionSnapshot {
   readonly greeting: 'HELO' | 'EHLO' | undefined;
   /** The authenticated user (password or client certificate), and their attributes. */
   readonly user: string | undefined;
+  /** How the user signed in. */
+  readonly authMethod: AuthMethod | undefined;
   readonly attributes: UserAttributesLike | undefined;
   /** Recipients accepted so far in the transaction. */
   readonly recipients: readonly string[];
@@ -56,6 +58,7 @@ export function policyView(s: SessionSnapshot): SessionFacts {
     listener: s.listener,
     tls: s.tls ? { version: s.tls } : undefined,
     authenticated: s.user !== undefined,
+    authMethod: s.user !== undefined ? s.authMethod : undefined,
     user: s.user ? buildUserFacts(s.user, s.attributes) : undefined,
     trusted: s.trusted,
     helo: s.helo,

@@ -56,6 +56,7 @@ const base: SessionSnapshot = {
   helo: 'client.example',
   greeting: 'EHLO',
   user: undefined,
+  authMethod: undefined,
   attributes: undefined,
   recipients: [],
   now: new Date('2026-01-02T03:04:05Z'),

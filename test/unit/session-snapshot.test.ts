@@ -16,6 +16,7 @@ const anonymous: SessionSnapshot = {
   helo: undefined,
   greeting: undefined,
   user: undefined,
+  authMethod: undefined,
   attributes: undefined,
   recipients: [],
   now,
