@@ -131,16 +131,21 @@ describe('what the hook answers', () => {
   });
 });
 
+/** The hook's last request, checked for what every request is (a JSON POST to the configured path with the token), and its body. */
+function lastRequestBody(): Record<string, unknown> {
+  const seen = hook.requests.at(-1)!;
+  expect(seen.method).toBe('POST');
+  expect(seen.url).toBe('/smtp-auth');
+  expect(seen.headers['content-type']).toBe('application/json');
+  expect(seen.headers.authorization).toBe(`Bearer ${TOKEN}`);
+  return JSON.parse(seen.body) as Record<string, unknown>;
+}
+
 describe('the request', () => {
   test('is a POST of the documented JSON to the configured path, with the bearer token', async () => {
     const { auth } = source();
     await auth('alice');
-    const seen = hook.requests.at(-1)!;
-    expect(seen.method).toBe('POST');
-    expect(seen.url).toBe('/smtp-auth');
-    expect(seen.headers['content-type']).toBe('application/json');
-    expect(seen.headers.authorization).toBe(`Bearer ${TOKEN}`);
-    expect(JSON.parse(seen.body)).toEqual({
+    expect(lastRequestBody()).toEqual({
       user: 'alice',
       password: PASSWORD,
       mechanism: 'PLAIN',
@@ -380,12 +385,7 @@ describe('lookup (no password: an app password smtpgate checked itself)', () => 
   test('is a POST of {lookup: true, user, client, listener} with the token, and no password, mechanism or tls key', async () => {
     const { lookUp } = source();
     await lookUp('alice');
-    const seen = hook.requests.at(-1)!;
-    expect(seen.method).toBe('POST');
-    expect(seen.url).toBe('/smtp-auth');
-    expect(seen.headers['content-type']).toBe('application/json');
-    expect(seen.headers.authorization).toBe(`Bearer ${TOKEN}`);
-    const body = JSON.parse(seen.body) as Record<string, unknown>;
+    const body = lastRequestBody();
     expect(body).toEqual({ lookup: true, user: 'alice', client: { address: '192.0.2.11', session: 'sess-43' }, listener: 'submission' });
     for (const key of ['password', 'mechanism', 'tls']) expect(body, key).not.toHaveProperty(key);
   });
