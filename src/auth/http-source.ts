@@ -1,7 +1,8 @@
 /**
  * `auth.backend: http`: an HTTP hook decides, in the spirit of nginx's auth_http but in JSON.
  * The organisation writes a small service that checks the password wherever its accounts live
- * and answers allow / deny; smtpgate asks it for each sign-in.
+ * and answers allow / deny; smtpgate asks it for each sign-in, and whether a user exists for a
+ * sign-in with an app password (a lookup).
  *
  * The request, for each AUTH:
  *
@@ -25,7 +26,8 @@
  *   {"result": "deny", "reason": "wrong password"}
  *
  *   result     "allow"     the password is right                         → signed in
- *              "deny"      the user exists, the password is wrong        → 535 (bad_credentials)
+ *              "deny"      the user exists, the password is wrong        → 535 (bad_credentials;
+ *                          to a lookup: disabled, see below)
  *              "unknown"   no such user here: the next source is asked   → unknown_user
  *              "disabled"  the account is disabled or locked             → 535 (disabled)
  *              "tempfail"  the hook cannot decide now                    → 454 (unavailable)
@@ -46,7 +48,29 @@
  * auth.http.timeout (connecting, TLS, the request and the whole answer together), or a
  * connection or certificate error.
  *
- * `smtpgate check --probe` sends the same request, with the header `X-Smtpgate-Probe: 1`, for
+ * A lookup, for a client that signed in with an app password (auth.credentials), which
+ * smtpgate has already checked itself: the same POST with the same headers, and a body with
+ * "lookup": true and no password, mechanism or tls keys:
+ *
+ *   {"lookup": true, "user": "alice",
+ *    "client": {"address": "192.0.2.10", "session": "<smtpgate's session id>"},
+ *    "listener": "submission"}
+ *
+ *   The hook says whether the account exists and may sign in, with the same answers:
+ *   "allow" (with user, addresses and groups as for a sign-in), "unknown", "disabled" or
+ *   "tempfail"; anything else is "unavailable", as above.
+ *
+ *   "deny" means nothing to a lookup, since there is no password to be wrong: it is what a
+ *   hook written before lookups answers when it checks the missing password. smtpgate fails
+ *   closed on it: the lookup is refused as "disabled" (535, counted as a failed sign-in, and
+ *   final: no later source is asked), with a warning in the log that the hook answered deny
+ *   to a lookup and so probably does not support lookups. A hook that supports lookups looks
+ *   at "lookup" before anything else.
+ *
+ *   Anyone who can reach the hook could ask it which users exist: set auth.http.tokenFile, and
+ *   let the hook answer only requests that carry the token.
+ *
+ * `smtpgate check --probe` sends the sign-in request, with the header `X-Smtpgate-Probe: 1`, for
  * the user "smtpgate-probe" with an empty password and PLAIN, client address 127.0.0.1, session
  * "probe", listener "probe" and tls null. The chain probes a source that is down every few
  * seconds, so a hook may want to answer that header cheaply. A well-formed "unknown", "deny" or
@@ -61,7 +85,7 @@ import { Pool, errors as undiciErrors } from 'undici';
 import { z } from 'zod';
 import type { HttpAuthConfig } from '../config/auth-section.js';
 import type { Logger } from '../logging/logger.js';
-import type { AuthOutcome, AuthRequest, Authenticator, SourceDeps } from './authenticator.js';
+import type { AuthOutcome, AuthRequest, Authenticator, LookupRequest, SourceDeps } from './authenticator.js';
 import { ADDRESS_PATTERN, type UserAttributes } from './user-attributes.js';
 
 /** A hook's answer is a few hundred bytes; more is a misbehaving hook, not a bigger answer. */
@@ -124,24 +148,45 @@ export class HttpAuthenticator implements Authenticator {
       user: req.username,
       password: req.password,
       mechanism: req.mechanism,
-      client: { address: req.remoteAddress, session: req.sessionId },
+      client: clientOf(req),
       listener: req.listener,
       tls: req.tls ? { version: req.tls.version, cipher: req.tls.cipher } : null,
     };
+    return this.#ask(body, req, req.password, (said) => ({ ok: false, reason: 'bad_credentials', detail: said }));
+  }
+
+  /** Asks the hook whether the user exists and may sign in: a lookup request (see the top of this file). */
+  async lookup(req: LookupRequest): Promise<AuthOutcome> {
+    const body = { lookup: true, user: req.username, client: clientOf(req), listener: req.listener };
+    return this.#ask(body, req, '', (said) => {
+      // Fail closed: a hook that checked the absent password must not let anyone in, nor pass
+      // the login on to a later source.
+      const detail = `${said} (to a lookup, which has no password: the hook probably does not support lookups; refused as disabled)`;
+      this.#log.warn({ user: req.username, session: req.sessionId, detail }, 'auth hook answered deny to a lookup');
+      return { ok: false, reason: 'disabled', detail };
+    });
+  }
+
+  /**
+   * One request and what its answer means. Every answer means the same to a sign-in and a
+   * lookup but "deny", which `denied` turns into an outcome. `password` is kept out of the
+   * log and the details, whatever the hook quotes back.
+   */
+  async #ask(body: object, req: LookupRequest, password: string, denied: (said: string) => AuthOutcome): Promise<AuthOutcome> {
     const exchange = await this.#exchange(body, {});
     if (!exchange.ok) {
-      const detail = redact(exchange.detail, req.password);
+      const detail = redact(exchange.detail, password);
       this.#log.warn({ user: req.username, session: req.sessionId, detail }, 'auth hook unavailable');
       return { ok: false, reason: 'unavailable', detail };
     }
     const { answer, ms } = exchange;
-    const said = `${this.#url.href} said ${answer.result}${answer.reason ? `: ${redact(answer.reason, req.password)}` : ''}`;
+    const said = `${this.#url.href} said ${answer.result}${answer.reason ? `: ${redact(answer.reason, password)}` : ''}`;
     this.#log.debug({ user: req.username, session: req.sessionId, result: answer.result, ms }, 'auth hook answered');
     switch (answer.result) {
       case 'allow':
         return { ok: true, user: { username: answer.user ?? req.username, ...attributesOf(answer) } };
       case 'deny':
-        return { ok: false, reason: 'bad_credentials', detail: said };
+        return denied(said);
       case 'unknown':
         return { ok: false, reason: 'unknown_user', detail: said };
       case 'disabled':
@@ -235,6 +280,11 @@ export class HttpAuthenticator implements Authenticator {
 }
 
 const ANSWER_FIX = 'The hook must answer HTTP 200, Content-Type: application/json, {"result": "allow"|"deny"|"unknown"|"disabled"|"tempfail", ...} (see src/auth/http-source.ts)';
+
+/** Who is signing in, as the hook is told. */
+function clientOf(req: LookupRequest): { address: string; session: string } {
+  return { address: req.remoteAddress, session: req.sessionId };
+}
 
 function attributesOf(answer: HookAnswer): { attributes?: UserAttributes } {
   if (answer.addresses === undefined && answer.groups === undefined) return {};

@@ -10,11 +10,19 @@
  * After the password is proved right, the account is checked: AD's ACCOUNTDISABLE bit, and
  * `disabledFilter` asked of the server. What the server itself says when refusing a bind (a
  * password-policy control, AD's "data 775" and friends) also maps to `disabled`.
+ *
+ * A lookup (no password: an app password smtpgate has checked itself) takes the same steps
+ * without the user's bind: the service account finds the entry as search-then-bind does (or
+ * reads it at the template's DN), then the same account checks and the same attributes. With
+ * no bind the server never says why it would refuse one: an account locked by the password
+ * policy or AD's lockout counts as disabled only if disabledFilter matches it (e.g.
+ * "(pwdAccountLockedTime=*)"). Direct bind without a service account cannot look users up
+ * (ldapLookupProblem in config/auth-section.ts).
  */
 import { FilterParser, InvalidCredentialsError, InvalidDNSyntaxError, NoSuchObjectError, PasswordPolicyControl, PasswordPolicyError, ResultCodeError, type Entry, type Filter, type PasswordPolicyValue } from 'ldapts';
-import type { LdapConfig } from '../config/auth-section.js';
+import { ldapLookupProblem, type LdapConfig } from '../config/auth-section.js';
 import type { Logger } from '../logging/logger.js';
-import type { AuthOutcome, AuthRequest, Authenticator, SourceDeps } from './authenticator.js';
+import type { AuthOutcome, AuthRequest, Authenticator, LookupRequest, SourceDeps } from './authenticator.js';
 import { describeLdapError, LdapConnector, LdapUnreachable, type LdapConnection } from './ldap-connection.js';
 import { adAccountDisabled, directoryAttributes, spelledLogin, USER_ACCOUNT_CONTROL } from './ldap-entry.js';
 import { escapeDnValue, escapeFilterValue, fillTemplate, loginAttribute } from './ldap-syntax.js';
@@ -26,7 +34,7 @@ export interface LdapSourceDeps extends SourceDeps {
   readonly ca: Buffer | undefined;
 }
 
-/** What the directory says of a user whose password was right. */
+/** What the directory says of a user whose password was right (or who is looked up). */
 interface UserFacts {
   /** Undefined when the entry could not be read (a direct-bind template that is no DN, e.g. "{user}@corp.example"). */
   readonly entry: Entry | undefined;
@@ -34,6 +42,9 @@ interface UserFacts {
 }
 
 type BindResult = { readonly refused: AuthOutcome } | { readonly facts: UserFacts | undefined };
+type SearchResult = { readonly refused: AuthOutcome } | { readonly entry: Entry };
+/** What the source was asked, for its log lines. */
+type Asked = 'sign-in' | 'lookup';
 
 /** An operation on a connection that failed: names the server and what was being done. */
 class LdapOperationError extends Error {
@@ -106,16 +117,14 @@ export class LdapAuthenticator implements Authenticator {
   async authenticate(req: AuthRequest): Promise<AuthOutcome> {
     // RFC 4513 §5.1.2: a bind with an empty password is unauthenticated and "succeeds"; it
     // must never reach the server as this user's sign-in.
-    if (req.password === '') return this.#outcome(req, { ok: false, reason: 'bad_credentials', detail: 'empty password (not sent to the directory)' });
-    if (req.username === '') return this.#outcome(req, { ok: false, reason: 'unknown_user', detail: 'empty login' });
-    if (this.#closed) return { ok: false, reason: 'unavailable', detail: 'the LDAP source is closed' };
-    try {
-      return this.#outcome(req, this.#config.userDnTemplate === undefined ? await this.#searchThenBind(req) : await this.#directBind(req, this.#config.userDnTemplate));
-    } catch (err) {
-      const detail = describeLdapError(err);
-      this.#log.warn({ user: req.username, detail }, 'LDAP directory unavailable');
-      return { ok: false, reason: 'unavailable', detail };
-    }
+    if (req.password === '') return this.#outcome('sign-in', req.username, { ok: false, reason: 'bad_credentials', detail: 'empty password (not sent to the directory)' });
+    const template = this.#config.userDnTemplate;
+    return this.#answer('sign-in', req.username, () => (template === undefined ? this.#searchThenBind(req) : this.#directBind(req, template)));
+  }
+
+  /** The user's entry read by the service account, as a sign-in reads it, without binding as the user. */
+  async lookup(req: LookupRequest): Promise<AuthOutcome> {
+    return this.#answer('lookup', req.username, () => this.#lookUp(req.username));
   }
 
   async probe(): Promise<string> {
@@ -160,39 +169,88 @@ export class LdapAuthenticator implements Authenticator {
     await conn?.close();
   }
 
-  async #searchThenBind(req: AuthRequest): Promise<AuthOutcome> {
-    const base = this.#config.userBase!;
-    // RFC 4515 §3: the login is one assertion value, whatever it contains.
-    const filter = fillTemplate(this.#config.userFilter, escapeFilterValue(req.username));
-    const entries = await this.#withService((conn) =>
-      attempt(conn, `search ${base} for ${filter}`, async () => (await conn.client.search(base, { scope: 'sub', filter, sizeLimit: 2, attributes: [...this.#attributes] })).searchEntries),
-    );
-    if (entries.length === 0) return { ok: false, reason: 'unknown_user' };
-    if (entries.length > 1) {
-      // Binding as either could sign one person in as another.
-      this.#log.warn({ user: req.username, filter, dns: entries.map((e) => e.dn) }, 'LDAP userFilter matches more than one entry for this login: refused; make auth.ldap.userFilter match one entry per login');
-      return { ok: false, reason: 'bad_credentials', detail: `${filter} matches more than one entry` };
+  /**
+   * One sign-in or lookup: an empty login is no user, a closed source or a directory that
+   * can't be asked is unavailable, and the outcome is logged.
+   */
+  async #answer(what: Asked, login: string, ask: () => Promise<AuthOutcome>): Promise<AuthOutcome> {
+    if (login === '') return this.#outcome(what, login, { ok: false, reason: 'unknown_user', detail: 'empty login' });
+    if (this.#closed) return { ok: false, reason: 'unavailable', detail: 'the LDAP source is closed' };
+    try {
+      return this.#outcome(what, login, await ask());
+    } catch (err) {
+      const detail = describeLdapError(err);
+      this.#log.warn({ user: login, detail }, 'LDAP directory unavailable');
+      return { ok: false, reason: 'unavailable', detail };
     }
-    const entry = entries[0]!;
-    const bound = await this.#bindAsUser(entry.dn, req.password);
+  }
+
+  async #searchThenBind(req: AuthRequest): Promise<AuthOutcome> {
+    const found = await this.#searchUser(req.username, 'bad_credentials');
+    if ('refused' in found) return found.refused;
+    const bound = await this.#bindAsUser(found.entry.dn, req.password);
     if ('refused' in bound) return bound.refused;
-    const matchesDisabledFilter = this.#disabledFilter !== undefined && (await this.#withService((conn) => this.#matchesDisabledFilter(conn, entry.dn)));
-    return this.#decide(req, { entry, matchesDisabledFilter });
+    return this.#decide(req.username, await this.#checkDisabledFilter(found.entry));
   }
 
   async #directBind(req: AuthRequest, template: string): Promise<AuthOutcome> {
-    // RFC 4514 §2.4: the login is one attribute value of the DN.
-    const dn = fillTemplate(template, escapeDnValue(req.username));
+    const dn = userDn(template, req.username);
     const bound = await this.#bindAsUser(dn, req.password, this.#service === undefined ? (conn) => this.#readUser(conn, dn) : undefined);
     if ('refused' in bound) return bound.refused;
-    return this.#decide(req, bound.facts ?? (await this.#withService((conn) => this.#readUser(conn, dn))));
+    return this.#decide(req.username, bound.facts ?? (await this.#withService((conn) => this.#readUser(conn, dn))));
   }
 
-  #decide(req: AuthRequest, facts: UserFacts): AuthOutcome {
+  /** A sign-in's steps without the user's bind: the service account finds (or reads) the entry. */
+  async #lookUp(login: string): Promise<AuthOutcome> {
+    const problem = ldapLookupProblem(this.#config);
+    if (problem !== undefined) return { ok: false, reason: 'unavailable', detail: problem };
+    const template = this.#config.userDnTemplate;
+    if (template === undefined) {
+      // Refused, not unknown_user: a sign-in ends the chain here too, so no later source may
+      // answer for a login this directory can't tell apart.
+      const found = await this.#searchUser(login, 'disabled');
+      if ('refused' in found) return found.refused;
+      return this.#decide(login, await this.#checkDisabledFilter(found.entry));
+    }
+    const dn = userDn(template, login);
+    const facts = await this.#withService((conn) => this.#readUser(conn, dn));
+    // A sign-in learns this from its bind (noSuchObject); a lookup from the read.
+    if (facts.entry === undefined) return { ok: false, reason: 'unknown_user', detail: `no entry at ${dn}` };
+    return this.#decide(login, facts);
+  }
+
+  /**
+   * The one entry userFilter finds under userBase for the login, searched by the service
+   * account. More than one is refused with `ambiguous` (a sign-in's bad_credentials, a
+   * lookup's disabled): binding as either, or answering for either, could make one person
+   * another.
+   */
+  async #searchUser(login: string, ambiguous: 'bad_credentials' | 'disabled'): Promise<SearchResult> {
+    const base = this.#config.userBase!;
+    // RFC 4515 §3: the login is one assertion value, whatever it contains.
+    const filter = fillTemplate(this.#config.userFilter, escapeFilterValue(login));
+    const entries = await this.#withService((conn) =>
+      attempt(conn, `search ${base} for ${filter}`, async () => (await conn.client.search(base, { scope: 'sub', filter, sizeLimit: 2, attributes: [...this.#attributes] })).searchEntries),
+    );
+    if (entries.length === 0) return { refused: { ok: false, reason: 'unknown_user' } };
+    if (entries.length > 1) {
+      this.#log.warn({ user: login, filter, dns: entries.map((e) => e.dn) }, 'LDAP userFilter matches more than one entry for this login: refused; make auth.ldap.userFilter match one entry per login');
+      return { refused: { ok: false, reason: ambiguous, detail: `${filter} matches more than one entry` } };
+    }
+    return { entry: entries[0]! };
+  }
+
+  /** The entry, and whether it matches disabledFilter (asked of the server by the service account). */
+  async #checkDisabledFilter(entry: Entry): Promise<UserFacts> {
+    const matchesDisabledFilter = this.#disabledFilter !== undefined && (await this.#withService((conn) => this.#matchesDisabledFilter(conn, entry.dn)));
+    return { entry, matchesDisabledFilter };
+  }
+
+  #decide(login: string, facts: UserFacts): AuthOutcome {
     if (facts.entry && adAccountDisabled(facts.entry)) return { ok: false, reason: 'disabled', detail: 'userAccountControl has ACCOUNTDISABLE' };
     if (facts.matchesDisabledFilter) return { ok: false, reason: 'disabled', detail: `the entry matches disabledFilter ${this.#config.disabledFilter}` };
-    if (facts.entry === undefined) return { ok: true, user: { username: req.username } };
-    const username = (this.#loginAttribute && spelledLogin(facts.entry, this.#loginAttribute, req.username)) ?? req.username;
+    if (facts.entry === undefined) return { ok: true, user: { username: login } };
+    const username = (this.#loginAttribute && spelledLogin(facts.entry, this.#loginAttribute, login)) ?? login;
     return { ok: true, user: { username, attributes: directoryAttributes(facts.entry, this.#config) } };
   }
 
@@ -292,12 +350,17 @@ export class LdapAuthenticator implements Authenticator {
     void conn.close();
   }
 
-  #outcome(req: AuthRequest, outcome: AuthOutcome): AuthOutcome {
-    if (outcome.ok) this.#log.debug({ user: req.username, addresses: outcome.user.attributes?.addresses.length, groups: outcome.user.attributes?.groups.length }, 'LDAP sign-in accepted');
+  #outcome(what: Asked, login: string, outcome: AuthOutcome): AuthOutcome {
+    if (outcome.ok) this.#log.debug({ user: login, addresses: outcome.user.attributes?.addresses.length, groups: outcome.user.attributes?.groups.length }, `LDAP ${what} accepted`);
     // `authResult`, as the session's refusal line names the source's answer.
-    else this.#log.debug({ user: req.username, authResult: outcome.reason, detail: outcome.detail }, 'LDAP sign-in refused');
+    else this.#log.debug({ user: login, authResult: outcome.reason, detail: outcome.detail }, `LDAP ${what} refused`);
     return outcome;
   }
+}
+
+/** RFC 4514 §2.4: the login is one attribute value of the DN. */
+function userDn(template: string, login: string): string {
+  return fillTemplate(template, escapeDnValue(login));
 }
 
 /** `fn`'s result, or its error wrapped to name the server and the operation. */

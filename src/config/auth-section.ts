@@ -215,6 +215,27 @@ export function authSection(baseDir: string) {
     });
 }
 
+/**
+ * Why this LDAP section cannot look a user up without their password (for app passwords), as
+ * a line naming the fix; undefined when it can. A lookup reads the user's entry as the service
+ * account: direct bind has no other way in, since it binds as the user with their password.
+ * The entry is read at the template's DN, so the template must be a DN: AD's
+ * "{user}@corp.example" is a sign-in name with no entry at it. Pure, for the config check of
+ * the sections that need lookups and for the LDAP source's lookup() itself.
+ */
+export function ldapLookupProblem(ldap: { readonly bindDn?: string | undefined; readonly userDnTemplate?: string | undefined }): string | undefined {
+  const template = ldap.userDnTemplate;
+  if (template === undefined) return undefined;
+  if (ldap.bindDn === undefined) {
+    return `auth.ldap: a lookup without the user's password needs a service account, and direct bind (userDnTemplate) has none: set bindDn and bindPasswordFile (a service account that may read the users' entries)`;
+  }
+  // RFC 4514 §3: a DN starts with an attribute type (a name or an OID) and "=".
+  if (!/^\s*([A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)*)\s*=/.test(template)) {
+    return `auth.ldap: userDnTemplate ${JSON.stringify(template)} is no DN, so there is no entry to read for a lookup without the user's password: use search-then-bind (userBase and a userFilter such as "(userPrincipalName={user}@corp.example)")`;
+  }
+  return undefined;
+}
+
 export type AuthConfig = z.output<ReturnType<typeof authSection>>;
 export type LdapConfig = NonNullable<AuthConfig['ldap']>;
 export type DovecotConfig = NonNullable<AuthConfig['dovecot']>;

@@ -1,6 +1,7 @@
 /**
  * A real HTTP auth hook for tests (`auth.backend: http`), on a free loopback port: it speaks
- * the protocol documented in src/auth/http-source.ts from a small directory of users, checks
+ * the protocol documented in src/auth/http-source.ts (sign-ins and lookups, or sign-ins only
+ * like a hook written before lookups) from a small directory of users, checks
  * the bearer token when given one, and records every request and TCP connection. A test can
  * make it misbehave (`reply`): any status, headers and body, or no answer at all.
  */
@@ -44,6 +45,11 @@ export interface AuthHookOptions {
   readonly path?: string;
   /** A fixed port, to start a hook again where a stopped one was. */
   readonly port?: number;
+  /**
+   * false: a hook written before lookups, which ignores "lookup" and checks the absent
+   * password (so it answers a known user's lookup with deny). Default true.
+   */
+  readonly lookups?: boolean;
 }
 
 export interface AuthHook {
@@ -97,11 +103,12 @@ export async function startAuthHook(opts: AuthHookOptions = {}): Promise<AuthHoo
     if (opts.token !== undefined && req.headers.authorization !== `Bearer ${opts.token}`) return { status: 401, body: '{"error":"bad token"}' };
     if (req.method !== 'POST' || req.url !== hookPath) return { status: 404, body: '{"error":"not found"}' };
     if (!/^application\/json/.test(req.headers['content-type'] ?? '')) return { status: 415, body: '{"error":"expected JSON"}' };
-    const ask = JSON.parse(req.body) as { user: string; password: string };
+    const ask = JSON.parse(req.body) as { user: string; password?: string; lookup?: boolean };
     const user = users.get(ask.user);
     const json = (o: object) => ({ body: JSON.stringify(o) });
     if (!user) return json({ result: 'unknown' });
-    if (user.password !== ask.password) return json({ result: 'deny', reason: 'wrong password' });
+    const lookup = ask.lookup === true && opts.lookups !== false;
+    if (!lookup && user.password !== ask.password) return json({ result: 'deny', reason: 'wrong password' });
     if (user.disabled) return json({ result: 'disabled', reason: 'account locked' });
     return json({
       result: 'allow',

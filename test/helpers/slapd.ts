@@ -26,6 +26,8 @@ export const SERVICE_PASSWORD = 'smtpgate-pw';
 export interface SlapdOptions {
   /** Without TLS: StartTLS is refused (and ldaps:// does not listen). */
   tls?: boolean;
+  /** Entries after DIRECTORY's (LDIF, e.g. from `person()`), for a test that needs its own. */
+  extraEntries?: readonly string[];
 }
 
 /** The running slapd (bench/lib/slapd.ts), and the CA that signed its certificate; stop() removes the CA too. */
@@ -40,11 +42,11 @@ function ldifLine(name: string, value: string): string {
     : `${name}:: ${Buffer.from(value, 'utf8').toString('base64')}`;
 }
 
-function entry(dn: string, attrs: [string, string][]): string {
+export function entry(dn: string, attrs: [string, string][]): string {
   return [ldifLine('dn', dn), ...attrs.map(([k, v]) => ldifLine(k, v))].join('\n');
 }
 
-function person(uid: string, extra: [string, string][] = [], base = PEOPLE): string {
+export function person(uid: string, extra: [string, string][] = [], base = PEOPLE): string {
   return entry(`uid=${uid},${base}`, [
     ['objectClass', 'inetOrgPerson'],
     ['objectClass', 'smtpgateTestAccount'],
@@ -94,7 +96,7 @@ export async function startSlapd(opts: SlapdOptions = {}): Promise<Slapd> {
   const cert = opts.tls === false ? undefined : await issueServerCert(ca, 'localhost');
   const slapd = await startSlapdProcess({
     suffix: SUFFIX,
-    ldif: DIRECTORY,
+    ldif: [DIRECTORY, ...(opts.extraEntries ?? [])].join('\n\n'),
     schema: AD_SCHEMA,
     modules: ['ppolicy'],
     database: `overlay ppolicy

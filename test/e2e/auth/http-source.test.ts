@@ -1,13 +1,13 @@
 /**
  * The HTTP auth hook source against a real HTTPS hook on loopback (test/helpers/auth-hook.ts),
  * its certificate signed by a test CA: what each answer becomes, that every way the hook can
- * fail is "unavailable" and never "allow", the timeout, connection reuse, and where the
- * password travels (the body only).
+ * fail is "unavailable" and never "allow", the timeout, connection reuse, where the
+ * password travels (the body only), and lookups (no password; a "deny" fails closed).
  */
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
-import type { AuthRequest } from '../../../src/auth/authenticator.js';
+import type { AuthRequest, LookupRequest } from '../../../src/auth/authenticator.js';
 import { HttpAuthenticator, MAX_ANSWER_BYTES, PROBE_USER } from '../../../src/auth/http-source.js';
 import type { HttpAuthConfig } from '../../../src/config/auth-section.js';
 import type { Logger } from '../../../src/logging/logger.js';
@@ -35,6 +35,10 @@ function request(username: string, password = PASSWORD): AuthRequest {
   };
 }
 
+function lookupRequest(username: string): LookupRequest {
+  return { username, sessionId: 'sess-43', remoteAddress: '192.0.2.11', listener: 'submission' };
+}
+
 /** The source's log lines, to check what it says and that the password is never in them. */
 function logSink(): { log: Logger; lines: string[] } {
   const lines: string[] = [];
@@ -58,7 +62,7 @@ function source(opts: { url?: string; token?: string; ca?: TestCert | null; time
   const caPem = opts.ca === null ? undefined : Buffer.from((opts.ca ?? ca).cert);
   const s = new HttpAuthenticator(config, { log, token: 'token' in opts ? opts.token : TOKEN, ca: caPem });
   sources.push(s);
-  return { s, lines, auth: (username: string, password?: string) => s.authenticate(request(username, password)) };
+  return { s, lines, auth: (username: string, password?: string) => s.authenticate(request(username, password)), lookUp: (username: string) => s.lookup(lookupRequest(username)) };
 }
 
 beforeAll(async () => {
@@ -127,16 +131,21 @@ describe('what the hook answers', () => {
   });
 });
 
+/** The hook's last request, checked for what every request is (a JSON POST to the configured path with the token), and its body. */
+function lastRequestBody(): Record<string, unknown> {
+  const seen = hook.requests.at(-1)!;
+  expect(seen.method).toBe('POST');
+  expect(seen.url).toBe('/smtp-auth');
+  expect(seen.headers['content-type']).toBe('application/json');
+  expect(seen.headers.authorization).toBe(`Bearer ${TOKEN}`);
+  return JSON.parse(seen.body) as Record<string, unknown>;
+}
+
 describe('the request', () => {
   test('is a POST of the documented JSON to the configured path, with the bearer token', async () => {
     const { auth } = source();
     await auth('alice');
-    const seen = hook.requests.at(-1)!;
-    expect(seen.method).toBe('POST');
-    expect(seen.url).toBe('/smtp-auth');
-    expect(seen.headers['content-type']).toBe('application/json');
-    expect(seen.headers.authorization).toBe(`Bearer ${TOKEN}`);
-    expect(JSON.parse(seen.body)).toEqual({
+    expect(lastRequestBody()).toEqual({
       user: 'alice',
       password: PASSWORD,
       mechanism: 'PLAIN',
@@ -369,5 +378,74 @@ describe('probe', () => {
     await expect(source({ ca: otherCa }).s.probe()).rejects.toThrow(/TLS: .*auth\.http\.ca/);
     hook.reply = () => ({ body: '{"result":"yes"}' });
     await expect(source().s.probe()).rejects.toThrow(/malformed answer .*The hook must answer HTTP 200/);
+  });
+});
+
+describe('lookup (no password: an app password smtpgate checked itself)', () => {
+  test('is a POST of {lookup: true, user, client, listener} with the token, and no password, mechanism or tls key', async () => {
+    const { lookUp } = source();
+    await lookUp('alice');
+    const body = lastRequestBody();
+    expect(body).toEqual({ lookup: true, user: 'alice', client: { address: '192.0.2.11', session: 'sess-43' }, listener: 'submission' });
+    for (const key of ['password', 'mechanism', 'tls']) expect(body, key).not.toHaveProperty(key);
+  });
+
+  test('allow gives the canonical login, lower-cased addresses and the groups, as for a sign-in', async () => {
+    const { auth, lookUp } = source();
+    const found = await lookUp('alice');
+    expect(found).toEqual({
+      ok: true,
+      user: { username: 'Alice', attributes: { addresses: ['alice@corp.example', '*@sales.corp.example'], groups: ['staff', 'sales'] } },
+    });
+    expect(await auth('alice')).toEqual(found);
+    expect(await lookUp('bob')).toEqual({ ok: true, user: { username: 'bob' } });
+  });
+
+  test('unknown is unknown_user, disabled is disabled, tempfail is unavailable', async () => {
+    const { lookUp } = source();
+    expect(await lookUp('mallory')).toMatchObject({ ok: false, reason: 'unknown_user' });
+    expect(await lookUp('carol')).toMatchObject({ ok: false, reason: 'disabled', detail: `${hook.url} said disabled: account locked` });
+    hook.reply = () => ({ body: '{"result":"tempfail","reason":"directory down"}' });
+    expect(await lookUp('alice')).toMatchObject({ ok: false, reason: 'unavailable', detail: `${hook.url} said tempfail: directory down` });
+  });
+
+  test('deny, from a hook written before lookups that checked the absent password, fails closed: disabled, with a warning that the hook probably does not support lookups', async () => {
+    const old = await startAuthHook({ users: USERS, token: TOKEN, tls: await issueServerCert(ca, 'localhost'), lookups: false });
+    try {
+      const { lookUp, lines } = source({ url: old.url });
+      const outcome = await lookUp('alice');
+      expect(outcome).toEqual({
+        ok: false,
+        reason: 'disabled',
+        detail: `${old.url} said deny: wrong password (to a lookup, which has no password: the hook probably does not support lookups; refused as disabled)`,
+      });
+      expect(JSON.parse(old.requests.at(-1)!.body)).toMatchObject({ lookup: true, user: 'alice' });
+      const warning = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.level === 40);
+      expect(warning).toMatchObject({ msg: 'auth hook answered deny to a lookup', user: 'alice', session: 'sess-43' });
+      // What the old hook does know stays as it was.
+      expect(await lookUp('mallory')).toMatchObject({ ok: false, reason: 'unknown_user' });
+    } finally {
+      await old.stop();
+    }
+  });
+
+  test.each([
+    ['a body that is not JSON', { body: '{"result": allow}' }, /answered with a body that is not JSON/],
+    ['a malformed answer', { body: '{"result":"exists"}' }, /answered with a malformed answer/],
+    ['HTTP 500', { status: 500, body: '{"result":"allow"}' }, /answered HTTP 500$/],
+    ['a refused token', { status: 401, body: '{}' }, /refused smtpgate's token \(HTTP 401\)$/],
+  ])('%s is unavailable, as for a sign-in', async (_name, reply, detail) => {
+    hook.reply = () => reply;
+    const { lookUp } = source();
+    const outcome = await lookUp('alice');
+    expect(outcome).toMatchObject({ ok: false, reason: 'unavailable' });
+    expect(!outcome.ok && outcome.detail).toMatch(detail);
+  });
+
+  test('a hook that is not running is unavailable', async () => {
+    const gone = await startAuthHook();
+    await gone.stop();
+    const { lookUp } = source({ url: gone.url });
+    expect(await lookUp('alice')).toMatchObject({ ok: false, reason: 'unavailable', detail: expect.stringMatching(/ECONNREFUSED/) });
   });
 });

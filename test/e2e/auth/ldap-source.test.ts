@@ -2,19 +2,20 @@
  * The LDAP auth source against a real OpenLDAP slapd on loopback (test/helpers/slapd.ts):
  * search-then-bind and direct bind, over ldaps:// and StartTLS, the directory's attributes,
  * disabled and locked accounts, filter and DN injection, certificate checks, dead and
- * restarted servers, and probe().
+ * restarted servers, probe(), and lookup() (the same steps without the user's bind).
  */
 import net from 'node:net';
 import { Writable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { pino } from 'pino';
 import { authSection, type LdapConfig } from '../../../src/config/auth-section.js';
+import { ldapLookupProblem } from '../../../src/config/auth-section.js';
 import type { AuthOutcome, AuthRequest } from '../../../src/auth/authenticator.js';
 import { LdapAuthenticator } from '../../../src/auth/ldap-source.js';
 import { describeWith } from '../../helpers/programs.js';
 import { makeTestCa } from '../../helpers/pki.js';
 import { deadPort } from '../../helpers/sessions.js';
-import { PEOPLE, SERVICE_DN, SERVICE_PASSWORD, startSlapd, type Slapd } from '../../helpers/slapd.js';
+import { entry, PEOPLE, person, SERVICE_DN, SERVICE_PASSWORD, startSlapd, type Slapd } from '../../helpers/slapd.js';
 
 /** The config section as the config file would give it (defaults and checks included). */
 function ldapConfig(ldap: Record<string, unknown>): LdapConfig {
@@ -59,6 +60,10 @@ function request(username: string, password: string): AuthRequest {
 function signIn(h: Harness, username: string, password: string): Promise<AuthOutcome> {
   // The LDAP source never looks at the session's backend.
   return h.source.authenticate(request(username, password));
+}
+
+function lookUp(h: Harness, username: string): Promise<AuthOutcome> {
+  return h.source.lookup({ username, sessionId: 'test', remoteAddress: '127.0.0.1', listener: 'submission' });
 }
 
 const ALICE_ATTRIBUTES = {
@@ -369,6 +374,140 @@ describeWith(['slapd', 'slapadd', 'ldapsearch'], 'LDAP auth source (real slapd)'
     test('no server up rejects, saying to check the URL', async () => {
       const h = harness(searchConfig({ url: `ldaps://127.0.0.1:${await deadPort()}` }), { ca: slapd.ca.cert });
       await expect(h.source.probe()).rejects.toThrow(/ECONNREFUSED.*check auth\.ldap\.url and that the server listens there/);
+    });
+  });
+
+  describe('lookup() (no password: an app password smtpgate checked itself)', () => {
+    /** A slapd of its own, with two more people, to stop and start. */
+    let directory: Slapd;
+    let lookupConfig: (over?: Record<string, unknown>) => LdapConfig;
+    const template = `uid={user},${PEOPLE}`;
+
+    beforeAll(async () => {
+      directory = await startSlapd({
+        extraEntries: [
+          // Wildcards a user could have written into their own mail attribute.
+          person('wild', [['mail', '*'], ['mail', '*@corp.example'], ['mail', 'Wild@Corp.Example']]),
+          // No userPassword: every bind as this entry fails, so a lookup that finds it bound as nobody.
+          entry(`uid=nopass,${PEOPLE}`, [['objectClass', 'inetOrgPerson'], ['uid', 'nopass'], ['cn', 'nopass'], ['sn', 'nopass'], ['mail', 'nopass@corp.example']]),
+        ],
+      });
+      lookupConfig = (over = {}) => ldapConfig({ url: directory.ldapsUrl, bindDn: SERVICE_DN, userBase: PEOPLE, ca: '/unused', ...over });
+    });
+    afterAll(async () => {
+      await directory?.stop();
+    });
+
+    test('an existing user is ok, with the directory\'s spelling of the login, the addresses and the groups a sign-in gets', async () => {
+      const h = harness(lookupConfig({ addressAttributes: ['mail', 'proxyAddresses'] }), { ca: directory.ca.cert });
+      expect(await lookUp(h, 'ALICE')).toEqual({ ok: true, user: { username: 'alice', attributes: ALICE_ATTRIBUTES } });
+      expect(await lookUp(h, 'bob')).toEqual({ ok: true, user: { username: 'bob', attributes: { addresses: ['bob@corp.example'], groups: [] } } });
+      expect(await lookUp(h, 'jérôme')).toMatchObject({ ok: true, user: { username: 'jérôme' } });
+    });
+
+    test('a login the filter does not find is unknown_user; filter metacharacters find no one', async () => {
+      const h = harness(lookupConfig(), { ca: directory.ca.cert });
+      for (const login of ['mallory', '*', 'al*', ')(uid=*', 'alice)(uid=*', '']) {
+        expect(await lookUp(h, login), JSON.stringify(login)).toMatchObject({ ok: false, reason: 'unknown_user' });
+      }
+    });
+
+    test('an entry matching disabledFilter is disabled, and so is AD\'s ACCOUNTDISABLE', async () => {
+      const h = harness(lookupConfig({ disabledFilter: '(employeeType=suspended)' }), { ca: directory.ca.cert });
+      expect(await lookUp(h, 'dave')).toMatchObject({ ok: false, reason: 'disabled', detail: 'the entry matches disabledFilter (employeeType=suspended)' });
+      expect(await lookUp(h, 'erin')).toMatchObject({ ok: false, reason: 'disabled', detail: 'userAccountControl has ACCOUNTDISABLE' });
+      expect(await lookUp(h, 'alice')).toMatchObject({ ok: true });
+    });
+
+    test('an account the password policy locked is disabled only through disabledFilter: without a bind the server never says "locked"', async () => {
+      const plain = harness(lookupConfig(), { ca: directory.ca.cert });
+      expect(await lookUp(plain, 'carol')).toMatchObject({ ok: true });
+      const h = harness(lookupConfig({ disabledFilter: '(pwdAccountLockedTime=*)' }), { ca: directory.ca.cert });
+      expect(await lookUp(h, 'carol')).toMatchObject({ ok: false, reason: 'disabled', detail: 'the entry matches disabledFilter (pwdAccountLockedTime=*)' });
+    });
+
+    test('wildcards in the directory\'s mail values are dropped, as for a sign-in', async () => {
+      const h = harness(lookupConfig(), { ca: directory.ca.cert });
+      expect(await lookUp(h, 'wild')).toEqual({ ok: true, user: { username: 'wild', attributes: { addresses: ['wild@corp.example'], groups: [] } } });
+      expect(await signIn(h, 'wild', 'wild-pw')).toEqual(await lookUp(h, 'wild'));
+    });
+
+    test('a login that matches two entries is refused as disabled (final, like a sign-in\'s refusal), with the warning naming the filter', async () => {
+      const h = harness(lookupConfig(), { ca: directory.ca.cert });
+      expect(await lookUp(h, 'twin')).toMatchObject({ ok: false, reason: 'disabled', detail: '(uid=twin) matches more than one entry' });
+      expect(h.logs.find((l) => l.level === 40 && /more than one entry/.test(String(l.msg)))).toMatchObject({ source: 'ldap', filter: '(uid=twin)', user: 'twin' });
+    });
+
+    test('never binds as the user: an entry without a password, which no bind can reach, is found', async () => {
+      const h = harness(lookupConfig(), { ca: directory.ca.cert });
+      expect(await signIn(h, 'nopass', 'anything')).toMatchObject({ ok: false, reason: 'bad_credentials' });
+      expect(await lookUp(h, 'nopass')).toEqual({ ok: true, user: { username: 'nopass', attributes: { addresses: ['nopass@corp.example'], groups: [] } } });
+      const direct = harness(lookupConfig({ userDnTemplate: template, userBase: undefined }), { ca: directory.ca.cert });
+      expect(await lookUp(direct, 'nopass')).toMatchObject({ ok: true, user: { username: 'nopass' } });
+    });
+
+    test('a service account that cannot bind is unavailable, naming it', async () => {
+      const h = harness(lookupConfig(), { ca: directory.ca.cert, bindPassword: 'not-the-password' });
+      const outcome = await lookUp(h, 'alice');
+      expect(outcome).toMatchObject({ ok: false, reason: 'unavailable' });
+      expect(!outcome.ok && outcome.detail).toContain(`bind as the service account ${SERVICE_DN}`);
+    });
+
+    test('a port nothing listens on is unavailable, naming the server', async () => {
+      const url = `ldaps://127.0.0.1:${await deadPort()}`;
+      const h = harness(lookupConfig({ url }), { ca: directory.ca.cert });
+      const outcome = await lookUp(h, 'alice');
+      expect(outcome).toMatchObject({ ok: false, reason: 'unavailable' });
+      expect(!outcome.ok && outcome.detail).toMatch(new RegExp(`^${url}: connect ECONNREFUSED`));
+    });
+
+    test('slapd stopped: unavailable, logged as a warning; started again: found again', async () => {
+      const h = harness(lookupConfig(), { ca: directory.ca.cert });
+      expect(await lookUp(h, 'alice')).toMatchObject({ ok: true });
+      await directory.kill();
+      try {
+        const down = await lookUp(h, 'alice');
+        expect(down).toMatchObject({ ok: false, reason: 'unavailable' });
+        expect(!down.ok && down.detail).toContain(directory.ldapsUrl);
+        expect(h.logs.find((l) => l.level === 40)).toMatchObject({ msg: 'LDAP directory unavailable', user: 'alice' });
+      } finally {
+        await directory.start();
+      }
+      expect(await lookUp(h, 'alice')).toMatchObject({ ok: true });
+    });
+
+    describe('direct bind (userDnTemplate)', () => {
+      test('with a service account: reads the entry at the template\'s DN, with the same checks and attributes', async () => {
+        const h = harness(lookupConfig({ userDnTemplate: template, userBase: undefined, disabledFilter: '(employeeType=suspended)', addressAttributes: ['mail', 'proxyAddresses'] }), { ca: directory.ca.cert });
+        expect(await lookUp(h, 'ALICE')).toEqual({ ok: true, user: { username: 'alice', attributes: ALICE_ATTRIBUTES } });
+        expect(await lookUp(h, 'wild')).toMatchObject({ ok: true, user: { attributes: { addresses: ['wild@corp.example'] } } });
+        expect(await lookUp(h, 'dave')).toMatchObject({ ok: false, reason: 'disabled' });
+        expect(await lookUp(h, 'erin')).toMatchObject({ ok: false, reason: 'disabled' });
+        expect(await lookUp(h, 'mallory')).toMatchObject({ ok: false, reason: 'unknown_user', detail: `no entry at uid=mallory,${PEOPLE}` });
+      });
+
+      test('DN metacharacters in the login stay in one RDN value and find no one', async () => {
+        const h = harness(lookupConfig({ userDnTemplate: template, userBase: undefined }), { ca: directory.ca.cert });
+        for (const login of ['alice,ou=people', 'alice+cn=alice', '#alice', 'uid=alice']) {
+          expect(await lookUp(h, login), JSON.stringify(login)).toMatchObject({ ok: false, reason: 'unknown_user' });
+        }
+      });
+
+      test('without a service account: unavailable, naming the fix, and ldapLookupProblem says the same for the config check', async () => {
+        const config = ldapConfig({ url: directory.ldapsUrl, userDnTemplate: template, bindPasswordFile: undefined });
+        const h = harness(config, { ca: directory.ca.cert, bindPassword: undefined });
+        const problem = ldapLookupProblem(config);
+        expect(problem).toMatch(/needs a service account.*set bindDn and bindPasswordFile/);
+        expect(await lookUp(h, 'alice')).toEqual({ ok: false, reason: 'unavailable', detail: problem });
+        // Sign-ins still work: only a lookup needs the service account.
+        expect(await signIn(h, 'alice', 'alice-pw')).toMatchObject({ ok: true });
+      });
+
+      test('a template that is no DN ("{user}@corp.example") is unavailable even with a service account, rather than unknown_user for everyone', async () => {
+        const config = lookupConfig({ userDnTemplate: '{user}@corp.example', userBase: undefined });
+        const h = harness(config, { ca: directory.ca.cert });
+        expect(await lookUp(h, 'alice')).toEqual({ ok: false, reason: 'unavailable', detail: ldapLookupProblem(config) });
+      });
     });
   });
 });
