@@ -205,6 +205,9 @@ export function authSection(baseDir: string) {
       if (a.requireAppPassword && a.requireAppPassword.users.length + a.requireAppPassword.groups.length === 0) {
         ctx.addIssue({ code: 'custom', path: ['requireAppPassword'], message: 'requireAppPassword names no users and no groups: list some, or remove it' });
       }
+      // An app password's account is looked up without a password: each source must be able to.
+      const ldapProblem = a.credentials !== undefined && a.ldap ? ldapLookupProblem(a.ldap) : undefined;
+      if (ldapProblem) ctx.addIssue({ code: 'custom', path: ['ldap', a.ldap!.bindDn === undefined ? 'bindDn' : 'userDnTemplate'], message: `${ldapProblem.replace(/^auth\.ldap: /, '')} (auth.credentials needs it)` });
       if (a.credentials !== undefined && a.backend.length === 1 && a.backend[0] === 'backend') {
         ctx.addIssue({ code: 'custom', path: ['credentials'], message: 'app passwords need a source that can look a user up without their password (file, ldap, dovecot or http); passthrough (backend) cannot' });
       }

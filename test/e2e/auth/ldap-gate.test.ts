@@ -14,6 +14,7 @@ import { startGate, writeGateFiles, type Gate, type StartGateOptions } from '../
 import { runCli } from '../../helpers/cli.js';
 import { describeWith } from '../../helpers/programs.js';
 import { eventually, forThisTest, readyForAuth, stopGate } from '../../helpers/sessions.js';
+import { formatCredentialLine, generateSecret, hashSecret } from '../../../src/auth/credentials-file.js';
 import { PEOPLE, SERVICE_DN, SERVICE_PASSWORD, startSlapd, type Slapd } from '../../helpers/slapd.js';
 
 const POLICY = `internalDomains: [corp.example]
@@ -29,6 +30,9 @@ rules:
 
 interface LdapGateOptions {
   cache?: boolean;
+  /** The app passwords file's lines (auth.credentials), and the rest of the auth section beside it. */
+  credentials?: readonly string[];
+  requireAppPassword?: { users?: string[]; groups?: string[] };
   limits?: NonNullable<StartGateOptions['config']>['limits'];
   /** What bindPasswordFile holds. */
   bindPassword?: string;
@@ -39,7 +43,7 @@ function ldapGate(slapd: Slapd, backend: RecordingBackend, opts: LdapGateOptions
   return startGate(ldapGateOptions(slapd, backend, opts));
 }
 
-function ldapGateOptions(slapd: Slapd, backend: RecordingBackend, { cache, limits, bindPassword = SERVICE_PASSWORD }: LdapGateOptions): StartGateOptions {
+function ldapGateOptions(slapd: Slapd, backend: RecordingBackend, { cache, limits, bindPassword = SERVICE_PASSWORD, credentials, requireAppPassword }: LdapGateOptions): StartGateOptions {
   return {
     backendPort: backend.port,
     auth: {
@@ -54,11 +58,14 @@ function ldapGateOptions(slapd: Slapd, backend: RecordingBackend, { cache, limit
         timeout: '2s',
       },
       ...(cache ? { cache: { ttl: '10m', negativeTtl: '30s' } } : {}),
+      ...(credentials ? { credentials: 'credentials' } : {}),
+      ...(requireAppPassword ? { requireAppPassword } : {}),
     },
     config: { policies: 'policies', ...(limits ? { limits } : {}) },
     beforeStart: async (dir) => {
       await writeFile(path.join(dir, 'ldap-ca.pem'), slapd.ca.cert);
       await writeFile(path.join(dir, 'ldap-bind-password'), `${bindPassword}\n`, { mode: 0o600 });
+      if (credentials) await writeFile(path.join(dir, 'credentials'), credentials.map((l) => `${l}\n`).join(''));
       await mkdir(path.join(dir, 'policies'));
       await writeFile(path.join(dir, 'policies', '10-rules.yaml'), POLICY);
     },
@@ -181,5 +188,41 @@ describeWith(['slapd', 'slapadd', 'ldapsearch'], 'directory sign-in through the 
     expect(await authReply(gate, 'bob', 'bob-pw')).toMatch(/^235 /);
     for (let i = 0; i < 3; i++) expect(await authReply(gate, 'bob', 'same-wrong-password')).toMatch(/^535 5\.7\.8 /);
     expect(await authReply(gate, 'bob', 'bob-pw')).toMatch(/^454 4\.7\.0 /);
+  });
+  describe('app passwords with the directory as the account source', () => {
+    const made = (user: string, label: string) => {
+      const secret = generateSecret();
+      return { secret, line: formatCredentialLine({ user, label, hash: hashSecret(secret), created: new Date() }) };
+    };
+
+    test('an app password signs alice in; the directory (a lookup, no bind) still gives her addresses for sender binding', async () => {
+      const phone = made('alice', 'phone');
+      const gate = await forThisTest(ldapGate(slapd, backend, { credentials: [phone.line] }), stopGate);
+      const c = await readyForAuth(gate);
+      expect((await c.authPlain('alice', phone.secret)).code).toBe(235);
+      expect((await c.cmd('MAIL FROM:<a.liddell@sales.corp.example>')).code).toBe(250);
+      expect((await c.cmd('RSET')).code).toBe(250);
+      expect((await c.cmd('MAIL FROM:<bob@corp.example>')).raw).toMatch(/^553 5\.7\.1 /);
+      await eventually(() => gate.logs.some((l) => l.msg === 'authenticated'), 'the sign-in line');
+      expect(gate.logs.find((l) => l.msg === 'authenticated')).toMatchObject({ user: 'alice', source: 'ldap', credential: 'phone' });
+    });
+
+    test('an app password of a disabled directory account gets 535, and the log says the account is disabled', async () => {
+      const scanner = made('erin', 'scanner');
+      const gate = await forThisTest(ldapGate(slapd, backend, { credentials: [scanner.line] }), stopGate);
+      expect(await authReply(gate, 'erin', scanner.secret)).toMatch(/^535 5\.7\.8 /);
+      const refused = () => gate.logs.find((l) => l.msg === 'refused: Authentication credentials invalid');
+      await eventually(() => refused() !== undefined, 'the refusal line');
+      expect(refused()).toMatchObject({ user: 'erin', credential: 'scanner', authResult: 'disabled', source: 'ldap' });
+      expect(String(refused()!.detail)).toContain('ACCOUNTDISABLE');
+    });
+
+    test('requireAppPassword for the staff group (from memberOf): alice\'s directory password is refused unchecked, her app password works, bob\'s password works', async () => {
+      const phone = made('alice', 'phone');
+      const gate = await forThisTest(ldapGate(slapd, backend, { credentials: [phone.line], requireAppPassword: { groups: ['staff'] } }), stopGate);
+      expect(await authReply(gate, 'alice', 'alice-pw')).toMatch(/^535 5\.7\.8 .*app password/);
+      expect(await authReply(gate, 'alice', phone.secret)).toMatch(/^235 /);
+      expect(await authReply(gate, 'bob', 'bob-pw')).toMatch(/^235 /);
+    });
   });
 });
