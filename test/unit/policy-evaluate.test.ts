@@ -80,6 +80,16 @@ describe('conditions', () => {
     expect(matches(set, 'mail', facts())).toBe(false);
   });
 
+  test('authMethod: how the session signed in; false without AUTH', async () => {
+    const set = await rejectWhen('mail', 'authMethod: [app_password, certificate]');
+    expect(matches(set, 'mail', facts({ authMethod: 'app_password' }))).toBe(true);
+    expect(matches(set, 'mail', facts({ authMethod: 'certificate' }))).toBe(true);
+    expect(matches(set, 'mail', facts({ authMethod: 'password' }))).toBe(false);
+    expect(matches(set, 'mail', facts(noUser))).toBe(false);
+    const trace = evaluate(set, 'mail', facts({ authMethod: 'password' })).trace.flatMap((t) => t.why ?? []);
+    expect(trace).toContain('authMethod: password is not one of app_password, certificate');
+  });
+
   test('trusted: the listener says so, or the client is in trustedNetworks', async () => {
     const set = await policySet({
       '00-settings.yaml': 'trustedNetworks: [10.20.0.0/16]\n',

@@ -112,6 +112,14 @@ describe('problems name file, line, rule and field', () => {
     expect(issues[0]).toMatchObject({ path: 'rules[0].when.authenticated', line: 5, message: 'rule "r": expected boolean, found string "yes"' });
   });
 
+  test('authMethod takes password, app_password or certificate, from the auth stage on', async () => {
+    const bad = await problems({ 'r.yaml': 'rules:\n  - name: r\n    stage: mail\n    when:\n      authMethod: apppassword\n    action: reject\n' });
+    expect(bad.issues[0]).toMatchObject({ path: 'rules[0].when.authMethod', line: 5 });
+    expect(bad.issues[0]!.message).toContain('expected one of "password" | "app_password" | "certificate", found "apppassword"');
+    const early = await problems({ 'r.yaml': 'rules:\n  - name: r\n    stage: connect\n    when: { authMethod: password }\n    action: reject\n' });
+    expect(early.issues[0]!.message).toMatch(/authMethod.*auth/);
+  });
+
   test('an unknown stage or action', async () => {
     const { issues } = await problems({ 'r.yaml': 'rules:\n  - name: r\n    stage: helo\n    action: deny\n' });
     expect(issues.map((i) => [i.path, i.message])).toEqual([

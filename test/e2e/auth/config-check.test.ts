@@ -21,6 +21,8 @@ async function configWith(auth: string): Promise<string> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-auth-check-'));
   await writeFile(path.join(dir, 'bindpw'), 'service secret\n');
   await writeFile(path.join(dir, 'users'), '');
+  await writeFile(path.join(dir, 'credentials'), '# app passwords\n');
+  await writeFile(path.join(dir, 'broken-credentials'), '# app passwords\nalice:phone:not-a-hash\n');
   await mkdir(path.join(dir, 'policies'));
   await writeFile(path.join(dir, 'policies', 'staff.yaml'), 'rules:\n  - { name: staff-only, stage: mail, when: { group: staff }, action: accept }\n');
   await writeFile(path.join(dir, 'users.yaml'), 'alice:\n  groups: [sales]\n');
@@ -49,11 +51,15 @@ describe('refused, with the line and the fix', () => {
     ['the cache with passthrough', `  backend: backend\n  cache: { ttl: 10m }\n`, 11, /auth\.cache: auth\.cache cannot be used with backend \(passthrough\)/],
     ['a source section auth.backend does not name', `  backend: file\n  users: users\n${LDAP}    url: ldaps://dc1.corp.example\n`, 13, /auth\.ldap: auth\.ldap is set but auth\.backend does not name ldap/],
     ['a source named without its section', `  backend: [file, dovecot]\n  users: users\n`, 10, /auth\.dovecot: auth\.backend names dovecot, so an auth\.dovecot section is required/],
+    ['requireAppPassword without a credentials file', `  backend: file\n  users: users\n  requireAppPassword: { users: [alice] }\n`, 12, /auth\.requireAppPassword: requireAppPassword needs auth\.credentials/],
+    ['app passwords with passthrough only', `  backend: backend\n  credentials: credentials\n`, 11, /auth\.credentials: app passwords need a source that can look a user up without their password/],
+    ['app passwords with an LDAP direct bind and no service account', `  backend: ldap\n  credentials: credentials\n  ldap:\n    url: ldaps://dc1.corp.example\n    userDnTemplate: "uid={user},ou=people,dc=example"\n`, 13, /auth\.ldap\.bindDn: .*needs a service account.*set bindDn and bindPasswordFile.*\(auth\.credentials needs it\)/],
+    ['a credentials file with a broken line', `  backend: file\n  users: users\n  credentials: broken-credentials\n`, 0, /broken-credentials:2: alice\/phone: the hash is not an app password hash/],
     ['a userFilter that is no LDAP filter', `  backend: ldap\n${LDAP}    url: ldaps://dc1.corp.example\n    userFilter: "(uid={user}"\n`, 16, /auth\.ldap\.userFilter: /],
   ])('%s', async (_what, auth, line, message) => {
     const r = await check(auth);
     expect(r.code).toBe(1);
-    expect(r.out).toMatch(new RegExp(`${r.file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:${line}: `));
+    if (line) expect(r.out).toMatch(new RegExp(`${r.file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:${line}: `));
     expect(r.out).toMatch(message);
   });
 });
