@@ -85,12 +85,17 @@ export interface RcptFacts extends ClientFacts {
  */
 export interface AuthReservation {
   readonly held: readonly HeldAttempt[];
+  /** An attempt that took no place up front (`reserve: false`): a failure is counted when it happens. */
+  readonly deferred?: readonly AuthCounter[];
 }
 
-interface HeldAttempt {
+interface AuthCounter {
   readonly scope: LockoutScope;
   readonly spec: LimiterSpec;
   readonly key: string;
+}
+
+interface HeldAttempt extends AuthCounter {
   /** The count with this attempt in it: the attempt that takes the last place starts the lockout if it fails. */
   readonly consumed: number;
   readonly source: AnswerSource;
@@ -278,15 +283,16 @@ export class Limits implements LimitsAdmin {
    * attempts still being verified as the limit allows). Reserving first is what bounds the
    * password verifications: an attacker's parallel attempts, on one instance or many, each take
    * a place, so at most the limit's number are verified per window, never all of those in flight.
+   *
+   * With `reserve: false` the attempt only checks that no count is full, and a failure is
+   * counted when it happens (authFailed). For a secret that can't be guessed (an app password:
+   * 130 random bits, never checked anywhere else) parallel attempts gain an attacker nothing,
+   * while reserving would refuse a device's own parallel sign-ins beyond the limit.
    */
-  async authAllowed(f: AuthFacts): Promise<AuthAttempt> {
+  async authAllowed(f: AuthFacts, opts: { reserve?: boolean } = {}): Promise<AuthAttempt> {
     const s = this.#session(f);
-    const { failuresPerIp, failuresPerUserIp, refusalsBeforeDisconnect } = this.config.auth;
-    const user = userKey(f.username);
-    const wanted = [
-      ...(failuresPerIp ? [{ scope: 'ip' as const, spec: this.#spec('auth_ip', failuresPerIp), key: s.ipKey }] : []),
-      ...(failuresPerUserIp ? [{ scope: 'user_ip' as const, spec: this.#spec('auth_user_ip', failuresPerUserIp), key: userIpKey(user, s.ipKey) }] : []),
-    ];
+    const wanted = this.#authCounters(s, f.username);
+    if (opts.reserve === false) return this.#authChecked(f, s, wanted);
     const counts = await Promise.all(wanted.map((w) => this.#store.consume(w.spec, w.key)));
     wanted.forEach((w, i) => this.#decideCount(w.spec.name, counts[i]!));
     const held: HeldAttempt[] = [];
@@ -302,11 +308,35 @@ export class Limits implements LimitsAdmin {
     // Refused: every place this attempt took is given back, so a refusal never counts as a failure.
     await this.#giveBack(held);
     if (unavailable) return { refusal: limiterUnavailableRefusal('auth') };
+    return { refusal: this.#lockedOut(f, s, full) };
+  }
+
+  /** The failure counts an attempt of `username` from this session's client goes into. */
+  #authCounters(s: SessionLimits, username: string): AuthCounter[] {
+    const { failuresPerIp, failuresPerUserIp } = this.config.auth;
+    return [
+      ...(failuresPerIp ? [{ scope: 'ip' as const, spec: this.#spec('auth_ip', failuresPerIp), key: s.ipKey }] : []),
+      ...(failuresPerUserIp ? [{ scope: 'user_ip' as const, spec: this.#spec('auth_user_ip', failuresPerUserIp), key: userIpKey(userKey(username), s.ipKey) }] : []),
+    ];
+  }
+
+  /** `reserve: false`: refused only while a count is full; nothing is taken. */
+  async #authChecked(f: AuthFacts, s: SessionLimits, wanted: readonly AuthCounter[]): Promise<AuthAttempt> {
+    const peeks = await Promise.all(wanted.map((w) => this.#store.get(w.spec, w.key)));
+    if (peeks.some((p) => p.kind === 'unavailable')) return { refusal: limiterUnavailableRefusal('auth') };
+    const full = wanted.flatMap((w, i) => {
+      const p = peeks[i]!;
+      return p.kind === 'found' && p.value >= w.spec.points ? [{ scope: w.scope, msBeforeNext: p.msBeforeNext }] : [];
+    });
+    return full.length ? { refusal: this.#lockedOut(f, s, full) } : { reservation: { held: [], deferred: wanted } };
+  }
+
+  #lockedOut(f: AuthFacts, s: SessionLimits, full: { scope: LockoutScope; msBeforeNext: number }[]): Refusal {
     const lock = full.sort((a, b) => b.msBeforeNext - a.msBeforeNext)[0]!;
     s.lockedRefusals++;
     this.#log.debug({ session: f.session, ip: f.ip, user: f.username, scope: lock.scope, attempt: s.lockedRefusals }, 'AUTH refused: locked out');
-    if (s.lockedRefusals > refusalsBeforeDisconnect) return { refusal: lockedOutDisconnect(lock.msBeforeNext) };
-    return { refusal: lockedOutRefusal(lock.scope, lock.msBeforeNext) };
+    if (s.lockedRefusals > this.config.auth.refusalsBeforeDisconnect) return lockedOutDisconnect(lock.msBeforeNext);
+    return lockedOutRefusal(lock.scope, lock.msBeforeNext);
   }
 
   /**
@@ -319,8 +349,9 @@ export class Limits implements LimitsAdmin {
   async authFailed(f: AuthFacts, reservation: AuthReservation): Promise<AuthFailure> {
     const s = this.#session(f);
     const { lockFor } = this.config.auth;
+    const held = reservation.deferred ? await this.#countFailure(reservation.deferred) : reservation.held;
     const locks = await Promise.all(
-      reservation.held.map(async (h) => {
+      held.map(async (h) => {
         if (h.source === 'none' || h.consumed !== h.spec.points) return undefined;
         await this.#store.expire(h.spec, h.key, lockFor, h.source);
         this.#metrics.lockouts.inc({ scope: h.scope });
@@ -333,6 +364,17 @@ export class Limits implements LimitsAdmin {
     );
     const scope = locks.find((l) => l === 'user_ip') ?? locks.find((l) => l === 'ip');
     return scope ? { lockedOut: true, scope, retryAfterSeconds: retrySeconds(lockFor) } : { lockedOut: false };
+  }
+
+  /** A failure of an attempt that reserved nothing, counted now. */
+  async #countFailure(counters: readonly AuthCounter[]): Promise<HeldAttempt[]> {
+    const counts = await Promise.all(counters.map((c) => this.#store.consume(c.spec, c.key)));
+    counters.forEach((c, i) => this.#decideCount(c.spec.name, counts[i]!));
+    return counters.flatMap((c, i) => {
+      const r = counts[i]!;
+      // The failure that fills the count starts the lockout, as with a reservation.
+      return r.kind === 'unavailable' ? [] : [{ ...c, consumed: Math.min(r.consumed, c.spec.points), source: r.source }];
+    });
   }
 
   /** The password could not be checked (the authenticator failed): the attempt gives its places back. */

@@ -287,7 +287,9 @@ export class ClientSession implements SnapshotSource {
     // Brute-force lockout is checked before the password is, so a locked-out guesser learns
     // nothing, not even from timing; the attempt takes its place in the failure counts now, so
     // parallel guesses can't all be verified before the first failure is counted.
-    const { refusal: locked, reservation } = await limits.authAllowed(authFacts);
+    // An app password can't be guessed, so its attempts need not hold their places while they
+    // are checked: a device's own parallel sign-ins are not refused as if they were failures.
+    const { refusal: locked, reservation } = await limits.authAllowed(authFacts, { reserve: credential !== 'app_password' });
     if (locked) return fail(locked, 'refused');
     const badCredentials = async (why?: AuthFailureLog): Promise<Verdict> => {
       const failure = await limits.authFailed(authFacts, reservation);

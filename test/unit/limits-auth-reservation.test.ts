@@ -42,8 +42,8 @@ class CountingAuthenticator {
 type Outcome = { reply: 235 | 535 } | { reply: 'refused'; refusal: Refusal };
 
 /** One AUTH as the listener runs it. */
-async function login(limits: Limits, facts: AuthFacts, password: string, auth: CountingAuthenticator): Promise<Outcome> {
-  const attempt = await limits.authAllowed(facts);
+async function login(limits: Limits, facts: AuthFacts, password: string, auth: CountingAuthenticator, opts: { reserve?: boolean } = {}): Promise<Outcome> {
+  const attempt = await limits.authAllowed(facts, opts);
   if (attempt.refusal) return { reply: 'refused', refusal: attempt.refusal };
   if (await auth.verify(password)) {
     const refused = await limits.authSucceeded(facts, attempt.reservation);
@@ -168,6 +168,39 @@ function behaviours(instances: (yaml: string, n: number) => Promise<LimitsHarnes
     const [count] = (await limits.listState()).failureCounts;
     expect(count).toMatchObject({ ip: '192.0.2.8', failures: 1, limit: 2 });
     expect(count!.windowEndsInSeconds).toBeGreaterThan(3590);
+  });
+
+  describe('an attempt that reserves nothing (an app password: it cannot be guessed)', () => {
+    const unreserved = { reserve: false };
+
+    test('20 parallel right sign-ins of one device from one address all get 235, with failuresPerUserIp 3', async () => {
+      const hs = await instances(`${QUIET}auth: { failuresPerUserIp: 3/15m, failuresPerIp: 5/15m, lockFor: 10m }`, 2);
+      const auth = new CountingAuthenticator();
+      const running = Array.from({ length: 20 }, (_, i) => login(hs[i % hs.length]!.limits, from('192.0.2.30', 'printer'), 'right', auth, unreserved));
+      await auth.whenWaiting(20);
+      auth.open();
+      expect(tally(await Promise.all(running))).toEqual({ ok: 20, wrong: 0, lockedOut: 0 });
+    });
+
+    test('its failures are counted when they happen and lock out like any other: 3 wrong, then 454 4.7.0 for the next attempt of either kind', async () => {
+      const [h] = await instances(`${QUIET}auth: { failuresPerUserIp: 3/15m, failuresPerIp: 100/15m, lockFor: 10m }`, 1);
+      const auth = new CountingAuthenticator();
+      auth.open();
+      for (let i = 0; i < 3; i++) expect(await login(h!.limits, from('192.0.2.31', 'alice'), `wrong-${i}`, auth, unreserved)).toEqual({ reply: 535 });
+      expect(tally([await login(h!.limits, from('192.0.2.31', 'alice'), 'right', auth, unreserved)]).lockedOut).toBe(1);
+      expect(tally([await login(h!.limits, from('192.0.2.31', 'alice'), 'right', auth)]).lockedOut).toBe(1);
+      expect(auth.verifications).toBe(3);
+    });
+
+    test('failures of both kinds add up in one count', async () => {
+      const [h] = await instances(`${QUIET}auth: { failuresPerUserIp: 3/15m, failuresPerIp: 100/15m, lockFor: 10m }`, 1);
+      const auth = new CountingAuthenticator();
+      auth.open();
+      expect(await login(h!.limits, from('192.0.2.32', 'alice'), 'wrong-a', auth)).toEqual({ reply: 535 });
+      expect(await login(h!.limits, from('192.0.2.32', 'alice'), 'wrong-b', auth, unreserved)).toEqual({ reply: 535 });
+      expect(await login(h!.limits, from('192.0.2.32', 'alice'), 'wrong-c', auth)).toEqual({ reply: 535 });
+      expect(tally([await login(h!.limits, from('192.0.2.32', 'alice'), 'right', auth, unreserved)]).lockedOut).toBe(1);
+    });
   });
 
   test('raising messagesPerUser on reload keeps the messages already counted', async () => {
