@@ -224,7 +224,9 @@ export function initSeries(m: Metrics, known: { listeners: readonly string[]; ba
     for (const result of ['relayed', 'refused', 'aborted']) m.messages.inc({ listener, result }, 0);
     for (const kind of ['bare_cr', 'bare_lf', 'nul']) m.smugglingRejections.inc({ listener, kind }, 0);
     for (const mechanism of ['PLAIN', 'LOGIN']) {
-      for (const result of ['success', 'failure', 'error', 'refused']) m.authAttempts.inc({ listener, mechanism, result }, 0);
+      for (const credential of ['password', 'app_password']) {
+        for (const result of ['success', 'failure', 'error', 'refused']) m.authAttempts.inc({ listener, mechanism, credential, result }, 0);
+      }
     }
   }
 }

@@ -12,6 +12,7 @@ import { LIMITER_NAMES } from '../../../src/limits/replies.js';
 import { REFUSAL_REASONS } from '../../../src/reply.js';
 import { AUTH_SOURCES } from '../../../src/config/auth-section.js';
 import { SOURCE_RESULTS } from '../../../src/metrics/auth-metrics.js';
+import { AUTH_METHODS } from '../../../src/policy/types.js';
 import { ALICE } from '../../helpers/gate.js';
 import { baseName, parseExposition, type Sample } from '../../helpers/exposition.js';
 import { MALLORY, REPO, driveTraffic, scrape, startOpsGates, type OpsGates } from '../../helpers/ops-traffic.js';
@@ -32,6 +33,7 @@ function allowedValues(gates: OpsGates, policyRules: readonly string[]): Record<
     reason: (v) => (REFUSAL_REASONS as readonly string[]).includes(v),
     code_class: (v) => /^[2-5]xx$/.test(v) || v === 'none',
     mechanism: oneOf('PLAIN', 'LOGIN', 'certificate', 'other'),
+    credential: (v) => (AUTH_METHODS as readonly string[]).includes(v),
     result: (v, metric) =>
       ({
         smtpgate_auth_attempts_total: ['success', 'failure', 'error', 'refused'],
