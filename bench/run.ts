@@ -25,6 +25,7 @@ import { promisify } from 'node:util';
 import { measure, type RunEnv, type RunResult } from './measure.js';
 import { installExitHandlers, stopAll } from './lib/processes.js';
 import { POSTFIX_INSTALL, postfixToolsInstalled } from './lib/postfix-tools.js';
+import { writeBenchAppPasswords } from './lib/bench-app-passwords.js';
 import { DirectPeer } from './peers/direct.js';
 import { HarakaPeer } from './peers/haraka.js';
 import { NginxPeer } from './peers/nginx.js';
@@ -166,7 +167,8 @@ async function main(): Promise<number> {
     await addUser(usersFiles.cost4, u.name, u.password, 4);
   }
   const defaultCost = Number(/^[^:]+:\$2[aby]\$(\d\d)\$/m.exec(await readFile(usersFiles.default, 'utf8'))?.[1]);
-  const env: RunEnv = { workDir, tls, usersFiles, users, profileDir, smtpgateNodeArgs: opts.smtpgateNodeArgs, smtpgateEnv: opts.smtpgateEnv };
+  const appPasswords = await writeBenchAppPasswords(users, path.join(workDir, 'credentials'));
+  const env: RunEnv = { workDir, tls, usersFiles, users, appPasswords, profileDir, smtpgateNodeArgs: opts.smtpgateNodeArgs, smtpgateEnv: opts.smtpgateEnv };
   const experiment = [...Object.entries(opts.smtpgateEnv).map(([k, v]) => `${k}=${v}`), ...(opts.smtpgateNodeArgs.length ? ['node', ...opts.smtpgateNodeArgs] : [])].join(' ');
   if (experiment) say(`bench: EXPERIMENT: smtpgate runs with ${experiment}`);
 
