@@ -11,7 +11,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { startSink, runSource, SENDER, RECIPIENT } from './lib/postfix-tools.js';
-import { spawnChild, RssSampler, settledRssKb, procCpuSeconds } from './lib/processes.js';
+import { spawnChild, RssSampler, settledRssKb, procCpuSeconds, idleCpuSeconds } from './lib/processes.js';
 import { startBenchDirectory, type BenchDirectory } from './lib/bench-directory.js';
 import type { BenchAppPasswords } from './lib/bench-app-passwords.js';
 import type { Peer, RunningPeer, TlsFiles } from './peers/peer.js';
@@ -141,7 +141,8 @@ async function tlsAuthRun(w: Extract<Workload, { kind: 'tls-auth' }>, peer: Runn
     if (r.failed > 0 || r.ok !== users.length) return { ok: false, extra: {}, error: `warm-up: ${r.ok} of ${users.length} sessions completed; ${r.errors.join(' | ')}` };
     warm = r;
   }
-  const cpuBefore = await procCpuSeconds(peer.pid);
+  // The peer's start-up work done (smtpgate's dummy bcrypt hash), so that it is neither timed nor counted.
+  const cpuBefore = await idleCpuSeconds(peer.pid);
   const slapdCpuBefore = directory ? await procCpuSeconds(directory.pid) : 0;
   const r = await loadGenerator(options, path.join(dir, 'load-generator.log'));
   const cpu = (await procCpuSeconds(peer.pid)) - cpuBefore;
