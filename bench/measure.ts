@@ -11,8 +11,9 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { startSink, runSource, SENDER, RECIPIENT } from './lib/postfix-tools.js';
-import { spawnChild, RssSampler, settledRssKb, procCpuSeconds } from './lib/processes.js';
+import { spawnChild, RssSampler, settledRssKb, procCpuSeconds, idleCpuSeconds } from './lib/processes.js';
 import { startBenchDirectory, type BenchDirectory } from './lib/bench-directory.js';
+import type { BenchAppPasswords } from './lib/bench-app-passwords.js';
 import type { Peer, RunningPeer, TlsFiles } from './peers/peer.js';
 import type { Workload } from './workloads.js';
 import { SmtpDialogue } from './clients/smtp-dialogue.js';
@@ -25,6 +26,8 @@ export interface RunEnv {
   readonly usersFiles: { readonly default: string; readonly cost4: string };
   /** The users in both users files; a tls-auth workload signs in as the first `users` of them. */
   readonly users: readonly { readonly name: string; readonly password: string }[];
+  /** The same users' app passwords and their file, for the workloads that sign in with them (W5-app). */
+  readonly appPasswords: BenchAppPasswords;
   readonly profileDir?: string;
   readonly smtpgateNodeArgs?: readonly string[];
   readonly smtpgateEnv?: Readonly<Record<string, string>>;
@@ -59,6 +62,7 @@ export async function measure(w: Workload, peer: Peer, rep: number, env: RunEnv)
       tls: env.tls,
       usersFile: w.kind === 'tls-auth' && w.bcryptCost === 4 ? env.usersFiles.cost4 : env.usersFiles.default,
       authCache: w.kind === 'tls-auth' && w.authCache,
+      credentialsFile: w.kind === 'tls-auth' && w.appPasswords ? env.appPasswords.file : undefined,
       ldap: directory,
       profileDir: env.profileDir,
       nodeArgs: env.smtpgateNodeArgs,
@@ -116,8 +120,9 @@ async function sourceRun(w: Extract<Workload, { kind: 'source' }>, peer: Running
 
 async function tlsAuthRun(w: Extract<Workload, { kind: 'tls-auth' }>, peer: RunningPeer, sink: Sink, env: RunEnv, dir: string, directory?: BenchDirectory): Promise<Outcome> {
   if (!peer.startTlsPort) return { ok: false, extra: {}, error: 'the peer has no STARTTLS listener' };
-  const users = env.users.slice(0, w.users);
-  if (users.length < w.users) return { ok: false, extra: {}, error: `the users file has ${env.users.length} users, the workload wants ${w.users}` };
+  const all = w.appPasswords ? env.appPasswords.users : env.users;
+  const users = all.slice(0, w.users);
+  if (users.length < w.users) return { ok: false, extra: {}, error: `the users file has ${all.length} users, the workload wants ${w.users}` };
   const options = {
     port: peer.startTlsPort,
     sessions: w.sessions,
@@ -136,7 +141,8 @@ async function tlsAuthRun(w: Extract<Workload, { kind: 'tls-auth' }>, peer: Runn
     if (r.failed > 0 || r.ok !== users.length) return { ok: false, extra: {}, error: `warm-up: ${r.ok} of ${users.length} sessions completed; ${r.errors.join(' | ')}` };
     warm = r;
   }
-  const cpuBefore = await procCpuSeconds(peer.pid);
+  // The peer's start-up work done (smtpgate's dummy bcrypt hash), so that it is neither timed nor counted.
+  const cpuBefore = await idleCpuSeconds(peer.pid);
   const slapdCpuBefore = directory ? await procCpuSeconds(directory.pid) : 0;
   const r = await loadGenerator(options, path.join(dir, 'load-generator.log'));
   const cpu = (await procCpuSeconds(peer.pid)) - cpuBefore;

@@ -14,8 +14,8 @@ export interface PeerStatus {
   readonly id: PeerId;
   readonly description: string;
   readonly unavailable?: Unavailable;
-  /** Left out on request (--peers). */
-  readonly skipped?: boolean;
+  /** Why it was left out: on request (--peers), or because no selected workload runs it (--only). */
+  readonly skipped?: string;
 }
 
 export interface Cell {
@@ -77,7 +77,7 @@ export function summarize(
       let note: string | undefined;
       if (!w.peers.includes(id)) note = w.notApplicable ?? 'n/a';
       else if (s?.unavailable) note = `not installed: ${s.unavailable.install}`;
-      else if (s?.skipped) note = 'skipped (--peers)';
+      else if (s?.skipped) note = `skipped (${s.skipped})`;
       else if (!good.length && mine.length) note = `failed: ${mine.find((r) => r.error)?.error ?? 'no value'}`;
       cells[id] = { median: median(values), values, okReps: good.length, failedReps: mine.length - good.length, note, extra };
     }

@@ -25,6 +25,7 @@ import { promisify } from 'node:util';
 import { measure, type RunEnv, type RunResult } from './measure.js';
 import { installExitHandlers, stopAll } from './lib/processes.js';
 import { POSTFIX_INSTALL, postfixToolsInstalled } from './lib/postfix-tools.js';
+import { writeBenchAppPasswords } from './lib/bench-app-passwords.js';
 import { DirectPeer } from './peers/direct.js';
 import { HarakaPeer } from './peers/haraka.js';
 import { NginxPeer } from './peers/nginx.js';
@@ -166,16 +167,21 @@ async function main(): Promise<number> {
     await addUser(usersFiles.cost4, u.name, u.password, 4);
   }
   const defaultCost = Number(/^[^:]+:\$2[aby]\$(\d\d)\$/m.exec(await readFile(usersFiles.default, 'utf8'))?.[1]);
-  const env: RunEnv = { workDir, tls, usersFiles, users, profileDir, smtpgateNodeArgs: opts.smtpgateNodeArgs, smtpgateEnv: opts.smtpgateEnv };
+  const appPasswords = await writeBenchAppPasswords(users, path.join(workDir, 'credentials'));
+  const env: RunEnv = { workDir, tls, usersFiles, users, appPasswords, profileDir, smtpgateNodeArgs: opts.smtpgateNodeArgs, smtpgateEnv: opts.smtpgateEnv };
   const experiment = [...Object.entries(opts.smtpgateEnv).map(([k, v]) => `${k}=${v}`), ...(opts.smtpgateNodeArgs.length ? ['node', ...opts.smtpgateNodeArgs] : [])].join(' ');
   if (experiment) say(`bench: EXPERIMENT: smtpgate runs with ${experiment}`);
 
+  const list = workloads(opts.quick).filter((w) => !opts.only || opts.only.includes(w.id));
+  // A peer none of the workloads runs isn't prepared: `--only W5` needs no npm install of Haraka.
+  const wanted = new Set(list.flatMap((w) => w.peers));
   const allPeers: Peer[] = [new DirectPeer(), new SmtpgatePeer(false), new SmtpgatePeer(true), new NginxPeer(), new HarakaPeer(opts.harakaDir)];
   const statuses: PeerStatus[] = [];
   const ready: Peer[] = [];
   for (const p of allPeers) {
-    if (opts.peers && !opts.peers.includes(p.id)) {
-      statuses.push({ id: p.id, description: p.description, skipped: true });
+    const skipped = opts.peers && !opts.peers.includes(p.id) ? '--peers' : !wanted.has(p.id) ? 'no selected workload runs it' : undefined;
+    if (skipped) {
+      statuses.push({ id: p.id, description: p.description, skipped });
       continue;
     }
     const unavailable = await p.prepare(workDir);
@@ -184,7 +190,6 @@ async function main(): Promise<number> {
     statuses.push({ id: p.id, description: p.description, unavailable });
   }
 
-  const list = workloads(opts.quick).filter((w) => !opts.only || opts.only.includes(w.id));
   const describe = (w: Workload) => (w.kind === 'tls-auth' ? describeLoad(w).replace('cost 12 (default)', `cost ${defaultCost} (default)`) : describeLoad(w));
   const runs: RunResult[] = [];
   for (let rep = 1; rep <= opts.reps; rep++) {
@@ -234,7 +239,7 @@ async function main(): Promise<number> {
       `machine: ${info.nproc} × ${info.cpuModel}, node ${info.node}, smtpgate ${info.smtpgateCommit}\n\n` +
       table +
       '\n\nPeers:\n' +
-      statuses.map((s) => `- ${s.id}: ${s.unavailable ? `NOT INSTALLED (${s.unavailable.reason}): ${s.unavailable.install}` : s.skipped ? 'skipped (--peers)' : s.description}`).join('\n') +
+      statuses.map((s) => `- ${s.id}: ${s.unavailable ? `NOT INSTALLED (${s.unavailable.reason}): ${s.unavailable.install}` : s.skipped ? `skipped (${s.skipped})` : s.description}`).join('\n') +
       '\n\nTargets:\n' +
       renderVerdicts(summaries) +
       `\n\nJSON: ${path.relative(process.cwd(), out)}\n` +

@@ -5,7 +5,7 @@
 import type { SourceLoad } from './lib/postfix-tools.js';
 import type { PeerId } from './peers/peer.js';
 
-export type WorkloadId = 'W1' | 'W2' | 'W2-greeting' | 'W3' | 'W4' | 'W5' | 'W5-cost4' | 'W5-cached' | 'W5-ldap' | 'W5-ldap-cached' | 'W6-plain' | 'W6-tls';
+export type WorkloadId = 'W1' | 'W2' | 'W2-greeting' | 'W3' | 'W4' | 'W5' | 'W5-cost4' | 'W5-app' | 'W5-cached' | 'W5-ldap' | 'W5-ldap-cached' | 'W6-plain' | 'W6-tls';
 
 /** What a run reports as its value, and which way is better. */
 export interface Metric {
@@ -69,6 +69,12 @@ export type Workload =
        * untimed, before the timed run: the timed run is the cache's steady state.
        */
       readonly authCache: boolean;
+      /**
+       * Every session signs in with its user's app password (`auth.credentials`, one per bench
+       * user: bench/lib/bench-app-passwords.ts) instead of the account password: a keyed hash
+       * against the file, then the account looked up in the users file, without bcrypt.
+       */
+      readonly appPasswords: boolean;
     })
   | (Common & { readonly kind: 'idle'; readonly count: number; readonly tls: boolean })
   /** Time from connect to the 220 greeting, one connection after the other. */
@@ -82,10 +88,21 @@ const SMALL_WARM_UP: SourceLoad = { reuse: true, sessions: 10, messages: 200, le
 
 const MSG_PER_SEC: Metric = { unit: 'msg/s', better: 'higher', decimals: 0 };
 
+/** What every W5 variant shares: 30 sessions at a time, a 4 KB message each, smtpgate only. */
+const TLS_AUTH = {
+  kind: 'tls-auth',
+  concurrency: 30,
+  bytes: 4096,
+  metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
+  peers: SMTPGATE_ONLY,
+  notApplicable: 'n/a',
+} as const;
+
 /**
  * The users in the bench's users files (run.ts writes both, at the default cost and at cost 4):
  * W5 and W5-cost4 sign in as the first, W5-cached as each in turn. The W5-ldap workloads sign
- * in as the same users, kept in a directory instead.
+ * in as the same users, kept in a directory instead; W5-app as the first, with an app password
+ * (run.ts makes one per user).
  */
 export const BENCH_USERS: readonly { readonly name: string; readonly password: string }[] = ['bench', 'bench2', 'bench3', 'bench4'].map((name, i) => ({
   name,
@@ -161,82 +178,80 @@ export function workloads(quick: boolean): Workload[] {
     {
       id: 'W5',
       title: 'W5 STARTTLS + AUTH PLAIN + 1 message (bcrypt cost 12, the project default)',
-      kind: 'tls-auth',
+      ...TLS_AUTH,
       sessions: q(40, 10),
-      concurrency: 30,
-      bytes: 4096,
       bcryptCost: 'default',
       authSource: 'users-file',
       users: 1,
       authCache: false,
-      metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
-      peers: SMTPGATE_ONLY,
-      notApplicable: 'n/a',
+      appPasswords: false,
       targets: [{ kind: 'info-ratio', againstWorkload: 'W2' }],
     },
     {
       id: 'W5-cost4',
       title: 'W5 same, bcrypt cost 4 (TLS + protocol cost without the hash)',
-      kind: 'tls-auth',
+      ...TLS_AUTH,
       sessions: q(400, 60),
-      concurrency: 30,
-      bytes: 4096,
       bcryptCost: 4,
       authSource: 'users-file',
       users: 1,
       authCache: false,
-      metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
-      peers: SMTPGATE_ONLY,
-      notApplicable: 'n/a',
+      appPasswords: false,
       targets: [{ kind: 'info-ratio', againstWorkload: 'W2' }],
+    },
+    {
+      id: 'W5-app',
+      title: 'W5 with app passwords (auth.credentials): W5-cost4\'s sessions, no bcrypt (the users file at cost 12 only looks the user up)',
+      ...TLS_AUTH,
+      sessions: q(400, 60),
+      // Cost 12 on purpose: a sign-in that reached bcrypt after all would run ~50× slower.
+      bcryptCost: 'default',
+      authSource: 'users-file',
+      // One user, as in W5-cost4, so that the two differ only in how the password is checked.
+      users: 1,
+      authCache: false,
+      appPasswords: true,
+      // Issue 17: within 20% of bcrypt cost 4 (runs right after W5-cost4 in every repetition).
+      targets: [
+        { kind: 'workload-ratio', againstWorkload: 'W5-cost4', op: '>=', threshold: 0.8 },
+        { kind: 'info-ratio', againstWorkload: 'W5' },
+      ],
     },
     {
       id: 'W5-cached',
       title: `W5 with auth.cache on: ${BENCH_USERS.length} users signing in again and again (bcrypt cost 12)`,
-      kind: 'tls-auth',
+      ...TLS_AUTH,
       sessions: q(1000, 100),
-      concurrency: 30,
-      bytes: 4096,
       bcryptCost: 'default',
       authSource: 'users-file',
       users: BENCH_USERS.length,
       authCache: true,
-      metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
-      peers: SMTPGATE_ONLY,
-      notApplicable: 'n/a',
+      appPasswords: false,
       // Issue 16: a printer or an app that signs in for every message should not pay bcrypt each time.
       targets: [{ kind: 'workload-ratio', againstWorkload: 'W5', op: '>=', threshold: 20 }],
     },
     {
       id: 'W5-ldap',
       title: 'W5 through an LDAP directory (slapd on this machine, ldaps://): every AUTH a search + bind',
-      kind: 'tls-auth',
+      ...TLS_AUTH,
       sessions: q(400, 60),
-      concurrency: 30,
-      bytes: 4096,
       bcryptCost: 'default',
       authSource: 'ldap',
       users: BENCH_USERS.length,
       authCache: false,
-      metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
-      peers: SMTPGATE_ONLY,
-      notApplicable: 'n/a',
+      appPasswords: false,
       targets: [{ kind: 'info-ratio', againstWorkload: 'W5' }],
     },
     {
       id: 'W5-ldap-cached',
       title: `W5-ldap with auth.cache on: ${BENCH_USERS.length} directory users signing in again and again`,
-      kind: 'tls-auth',
+      ...TLS_AUTH,
       sessions: q(1000, 100),
-      concurrency: 30,
-      bytes: 4096,
       bcryptCost: 'default',
       authSource: 'ldap',
       users: BENCH_USERS.length,
       authCache: true,
-      metric: { unit: 'sessions/s', better: 'higher', decimals: 1 },
-      peers: SMTPGATE_ONLY,
-      notApplicable: 'n/a',
+      appPasswords: false,
       // Information: the directory's search + bind is cheap next to bcrypt, so no target here.
       targets: [{ kind: 'info-ratio', againstWorkload: 'W5-ldap' }],
     },
@@ -272,9 +287,7 @@ export function describeLoad(w: Workload): string {
     case 'source':
       return `smtp-source ${w.load.reuse ? '-d ' : ''}-s ${w.load.sessions} -m ${w.load.messages} -l ${w.load.length}`;
     case 'tls-auth':
-      return `${w.sessions} sessions, ${w.concurrency} concurrent, ${w.bytes}-byte message, ${
-        w.authSource === 'ldap' ? 'LDAP search + bind ({SSHA} passwords, ldaps:// to slapd)' : `bcrypt cost ${w.bcryptCost === 'default' ? '12 (default)' : w.bcryptCost}`
-      }${
+      return `${w.sessions} sessions, ${w.concurrency} concurrent, ${w.bytes}-byte message, ${describeSignIn(w)}${
         w.users > 1 ? `, ${w.users} users` : ''
       }${w.authCache ? ', auth.cache on (warmed: one sign-in per user first)' : ''}`;
     case 'idle':
@@ -282,4 +295,12 @@ export function describeLoad(w: Workload): string {
     case 'greeting':
       return `${w.connections} connections one after the other, median connect → 220`;
   }
+}
+
+/** How a tls-auth workload's sign-ins are checked. */
+function describeSignIn(w: Extract<Workload, { kind: 'tls-auth' }>): string {
+  const bcrypt = `bcrypt cost ${w.bcryptCost === 'default' ? '12 (default)' : w.bcryptCost}`;
+  if (w.authSource === 'ldap') return 'LDAP search + bind ({SSHA} passwords, ldaps:// to slapd)';
+  if (w.appPasswords) return `app password (HMAC-SHA-256 against auth.credentials; the users file, ${bcrypt}, only looked up)`;
+  return bcrypt;
 }

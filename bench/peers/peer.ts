@@ -32,6 +32,8 @@ export interface PeerContext {
   readonly usersFile: string;
   /** smtpgate only: turn auth.cache on (W5-cached), with the documented example's TTLs. */
   readonly authCache?: boolean;
+  /** smtpgate only: the app passwords file (auth.credentials) in front of the users file (W5-app). */
+  readonly credentialsFile?: string;
   /** smtpgate only: check passwords in this directory (auth.backend: ldap) instead of the users file (W5-ldap). */
   readonly ldap?: { readonly url: string; readonly ca: string; readonly bindDn: string; readonly bindPasswordFile: string; readonly userBase: string };
   /** smtpgate only: write a V8 CPU profile (node --cpu-prof) into this folder. */

@@ -77,7 +77,7 @@ ${
   ctx.ldap
     ? `  backend: ldap\n  ldap: { url: ${ctx.ldap.url}, ca: ${ctx.ldap.ca}, bindDn: "${ctx.ldap.bindDn}", bindPasswordFile: ${ctx.ldap.bindPasswordFile}, userBase: "${ctx.ldap.userBase}" }\n`
     : `  users: ${ctx.usersFile}\n`
-}${ctx.authCache ? '  cache: { ttl: 10m, negativeTtl: 30s }\n' : ''}${attributes}backend:
+}${ctx.credentialsFile ? `  credentials: ${ctx.credentialsFile}\n` : ''}${ctx.authCache ? '  cache: { ttl: 10m, negativeTtl: 30s }\n' : ''}${attributes}backend:
   address: 127.0.0.1:${ctx.sinkPort}
 metrics:
   address: 127.0.0.1:0
