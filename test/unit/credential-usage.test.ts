@@ -7,7 +7,7 @@
  */
 import http, { type Server } from 'node:http';
 import { Registry } from 'prom-client';
-import { afterAll, afterEach, describe, expect, onTestFinished, test } from 'vitest';
+import { afterAll, describe, expect, onTestFinished, test } from 'vitest';
 import { credentialUsageAdminRoute, fetchCredentialUsage } from '../../src/auth/admin.js';
 import { CREDENTIAL_USE_TABLE, CredentialUsage, REFRESH_MS, usageField, type CredentialUse } from '../../src/auth/credential-usage.js';
 import { generateSecret, hashSecret } from '../../src/auth/credentials-file.js';
@@ -24,20 +24,16 @@ const PHONE = { user: 'alice@corp.example', label: 'phone', hash: hashSecret(gen
 const T0 = new Date('2026-12-07T10:00:00.000Z');
 const later = (ms: number) => new Date(T0.getTime() + ms);
 
+/** A store over `backend`, closed when the test ends. */
 function storeOn(backend: StoreBackend, keyPrefix: string): LimiterStore {
-  return new LimiterStore({ backend, onFailure: 'deny', keyPrefix });
+  const store = new LimiterStore({ backend, onFailure: 'deny', keyPrefix });
+  onTestFinished(() => store.close());
+  return store;
 }
 
 function behaviours(make: () => Promise<LimiterStore>): void {
-  let store: LimiterStore | undefined;
-  afterEach(async () => {
-    await store?.close();
-    store = undefined;
-  });
-
   test('a recorded use is listed under the credential\'s field, with its time and client', async () => {
-    store = await make();
-    const usage = new CredentialUsage(store);
+    const usage = new CredentialUsage(await make());
     await usage.record(PRINTER, '10.1.3.7', T0);
     await usage.record(PHONE, '2001:db8::7', later(5));
     expect(await usage.list()).toEqual(
@@ -49,13 +45,11 @@ function behaviours(make: () => Promise<LimiterStore>): void {
   });
 
   test('nothing recorded: an empty list', async () => {
-    store = await make();
-    expect(await new CredentialUsage(store).list()).toEqual(new Map());
+    expect(await new CredentialUsage(await make()).list()).toEqual(new Map());
   });
 
   test('the same client again within a minute is not written again; at a minute it is', async () => {
-    store = await make();
-    const usage = new CredentialUsage(store);
+    const usage = new CredentialUsage(await make());
     await usage.record(PRINTER, '10.1.3.7', T0);
     await usage.record(PRINTER, '10.1.3.7', later(REFRESH_MS - 1));
     expect((await usage.list()).get(usageField(PRINTER))).toEqual({ at: T0.toISOString(), client: '10.1.3.7' });
@@ -64,24 +58,21 @@ function behaviours(make: () => Promise<LimiterStore>): void {
   });
 
   test('another client within the minute is written at once', async () => {
-    store = await make();
-    const usage = new CredentialUsage(store);
+    const usage = new CredentialUsage(await make());
     await usage.record(PRINTER, '10.1.3.7', T0);
     await usage.record(PRINTER, '10.1.3.8', later(1_000));
     expect((await usage.list()).get(usageField(PRINTER))).toEqual({ at: later(1_000).toISOString(), client: '10.1.3.8' });
   });
 
   test('the throttle is per credential: another credential of the same user is written', async () => {
-    store = await make();
-    const usage = new CredentialUsage(store);
+    const usage = new CredentialUsage(await make());
     await usage.record(PRINTER, '10.1.3.7', T0);
     await usage.record(PHONE, '10.1.3.7', later(1));
     expect([...(await usage.list()).keys()].sort()).toEqual([usageField(PHONE), usageField(PRINTER)].sort());
   });
 
   test('forget removes only that credential\'s use, and its next use is written at once', async () => {
-    store = await make();
-    const usage = new CredentialUsage(store);
+    const usage = new CredentialUsage(await make());
     await usage.record(PRINTER, '10.1.3.7', T0);
     await usage.record(PHONE, '10.1.3.9', T0);
     await usage.forget(PRINTER);
@@ -91,8 +82,7 @@ function behaviours(make: () => Promise<LimiterStore>): void {
   });
 
   test('a new credential with a revoked one\'s label starts with no use (the field holds the salt)', async () => {
-    store = await make();
-    const usage = new CredentialUsage(store);
+    const usage = new CredentialUsage(await make());
     await usage.record(PRINTER, '10.1.3.7', T0);
     const replacement = { ...PRINTER, hash: hashSecret(generateSecret()) };
     expect(usageField(replacement)).not.toBe(usageField(PRINTER));
@@ -100,7 +90,7 @@ function behaviours(make: () => Promise<LimiterStore>): void {
   });
 
   test('two writers on one store (two instances): each sees the other\'s writes', async () => {
-    store = await make();
+    const store = await make();
     const a = new CredentialUsage(store);
     const b = new CredentialUsage(store);
     await a.record(PRINTER, '10.1.3.7', T0);
@@ -109,7 +99,7 @@ function behaviours(make: () => Promise<LimiterStore>): void {
   });
 
   test('a value that is not "TIME CLIENT" is left out of the list, not misread', async () => {
-    store = await make();
+    const store = await make();
     await store.setNote(CREDENTIAL_USE_TABLE, usageField(PHONE), 'garbage');
     const usage = new CredentialUsage(store);
     await usage.record(PRINTER, '10.1.3.7', T0);
@@ -139,7 +129,6 @@ describe('a store that is down', () => {
     const config = limitsConfigSchema.parse({ store: { kind: 'redis', url: `redis://127.0.0.1:${await deadPort()}`, keyPrefix: 'down' } });
     const backend = new RedisBackend(createRedisClient(config.store));
     const store = storeOn(backend, 'down');
-    onTestFinished(() => store.close());
     expect(await backend.ready(200)).toBe(false);
     const usage = new CredentialUsage(store);
     await expect(usage.record(PRINTER, '10.1.3.7', T0)).resolves.toBeUndefined();
