@@ -463,7 +463,8 @@ describeWith(['redis-server'], 'last use with a Redis store: read from Redis dir
 /** Whether this process may make a mount namespace (root, or CAP_SYS_ADMIN), to mount a read-only directory. */
 function canMountReadOnly(): boolean {
   try {
-    execFileSync('unshare', ['-m', 'true'], { stdio: 'ignore' });
+    const probe = os.tmpdir();
+    execFileSync('unshare', ['-m', 'sh', '-c', 'mount --bind -o ro "$1" "$1"', 'sh', probe], { stdio: 'ignore' });
     return true;
   } catch {
     return false;
@@ -472,11 +473,11 @@ function canMountReadOnly(): boolean {
 
 const MOUNTS = canMountReadOnly();
 const describeReadOnly = MOUNTS || process.env.SMTPGATE_REQUIRE_ALL === '1' ? describe : describe.skip;
-if (!MOUNTS) process.stderr.write(`\n*** ${process.env.SMTPGATE_REQUIRE_ALL === '1' ? 'FAILING' : 'SKIPPING'} "a read-only credentials directory": unshare -m is not allowed here (needs root)\n\n`);
+if (!MOUNTS) process.stderr.write(`\n*** ${process.env.SMTPGATE_REQUIRE_ALL === '1' ? 'FAILING' : 'SKIPPING'} "a credentials file on a read-only mount": unshare -m with a read-only bind mount is not allowed here (needs root)\n\n`);
 
 describeReadOnly('a credentials file on a read-only mount (a Kubernetes Secret volume)', () => {
   test('add is refused with a clear message and nothing changes', async () => {
-    if (!MOUNTS) throw new Error('SMTPGATE_REQUIRE_ALL=1 and unshare -m is not allowed here (run as root)');
+    if (!MOUNTS) throw new Error('SMTPGATE_REQUIRE_ALL=1 and unshare -m with a read-only bind mount is not allowed here (run as root)');
     // The kubelet's layout: credentials → ..data/credentials, ..data → ..<timestamp>/.
     const mount = path.join(dir, 'secret');
     const version = path.join(mount, '..2026_12_07_10_00_00.123456789');
