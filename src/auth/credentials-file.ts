@@ -225,8 +225,8 @@ function parseOptions(text: string): Options | { message: string } {
   return out;
 }
 
-/** Strict ISO 8601 with a zone (a date alone is midnight UTC). */
-function parseTime(value: string): Date | undefined {
+/** Strict ISO 8601 with a zone (a date alone is midnight UTC); also what `credential add --expires` takes. */
+export function parseTime(value: string): Date | undefined {
   if (!/^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2}))?$/.test(value)) return undefined;
   const date = new Date(value);
   return Number.isNaN(date.getTime()) ? undefined : date;

@@ -6,34 +6,16 @@
  * mistyped address or name is not taken for a lifted lockout.
  */
 import type { Command } from 'commander';
-import { pino } from 'pino';
-import { Registry } from 'prom-client';
 import { loadConfigFile } from '../config/load.js';
 import { ConfigError, formatIssue } from '../parsing/errors.js';
-import { createLimits } from '../limits/limits.js';
 import { fetchLimitsState, formatClearResult, formatLimitsState, requestLimitsClear, type ClearResult, type LimitsState } from '../limits/admin.js';
 import type { Config } from '../config/schema.js';
-import { adminEndpoint } from './admin-endpoint.js';
+import { withStore } from './live-store.js';
 
 interface LimitsCommandOptions {
   config: string;
   top?: string;
   json?: boolean;
-}
-
-/** Runs `op` against the live store: Redis directly, or the running instance's admin address. */
-async function withStore<T>(config: Config, remote: (base: string, token?: string) => Promise<T>, local: (limits: ReturnType<typeof createLimits>) => Promise<T>): Promise<T> {
-  if (config.limits.store.kind === 'memory') {
-    const { base, token } = await adminEndpoint(config);
-    return remote(base, token);
-  }
-  const limits = createLimits({ config: config.limits, log: pino({ level: 'silent' }), registry: new Registry() });
-  try {
-    if (!(await limits.start(3000))) throw new Error(`the limiter store (${config.limits.store.kind}) can't be reached`);
-    return await local(limits);
-  } finally {
-    await limits.close();
-  }
 }
 
 async function run(action: (config: Config) => Promise<void>, opts: LimitsCommandOptions): Promise<void> {

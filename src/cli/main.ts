@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * The smtpgate command line: `run` starts the proxy, `check` validates everything `run` would
- * load without opening a port, `user` edits the users file.
+ * load without opening a port, `user` edits the users file, `credential` the app passwords file.
  */
 import { Command } from 'commander';
 import { checkConfigFile, hostPortLabel } from '../app.js';
@@ -9,6 +9,7 @@ import { run } from './run-command.js';
 import { ConfigError, formatIssue } from '../parsing/errors.js';
 import type { Config } from '../config/schema.js';
 import { registerUserCommand } from './user-command.js';
+import { registerCredentialCommand } from './credential-command.js';
 import { registerPolicyCommand } from './policy-command.js';
 import { registerLimitsCommand } from './limits-command.js';
 import { registerAuthCommand } from './auth-command.js';
@@ -33,6 +34,8 @@ Examples:
   smtpgate check --config /etc/smtpgate/smtpgate.yaml   validate config, certificate and users file
   smtpgate run --config /etc/smtpgate/smtpgate.yaml     start the proxy
   smtpgate user add alice --file /etc/smtpgate/users    add a user (asks for the password)
+  smtpgate credential add alice --label phone --config /etc/smtpgate/smtpgate.yaml
+                                                       make an app password (printed once)
   npm start                                            the demo (smtpgate.demo.yaml)`,
   );
 
@@ -70,6 +73,7 @@ program
   });
 
 registerUserCommand(program);
+registerCredentialCommand(program);
 registerPolicyCommand(program);
 registerLimitsCommand(program);
 registerAuthCommand(program);

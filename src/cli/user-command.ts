@@ -1,21 +1,17 @@
 /**
  * `smtpgate user add|passwd|del NAME`: edits the users file in place.
  *
- * The edit itself is pure (`../auth/users-file-edit.ts`); this file owns the I/O around it:
- * finding the file (`--file`, or `auth.users` of `--config`), reading the password (a hidden
- * prompt on a terminal, the first line of stdin otherwise), hashing, and replacing the file
- * atomically with its mode and owner kept.
+ * The edit itself is pure (`../auth/users-file-edit.ts`); this file reads the password (a
+ * hidden prompt on a terminal, the first line of stdin otherwise) and hashes it. Finding the
+ * file (`--file`, or `auth.users` of `--config`), reading it and replacing it atomically with
+ * its mode and owner kept is `edited-file.ts`, shared with `smtpgate credential`.
  */
-import { randomBytes } from 'node:crypto';
-import type { Stats } from 'node:fs';
-import { open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
-import path from 'node:path';
 import type { ReadStream } from 'node:tty';
 import { hash as bcryptHash } from '@node-rs/bcrypt';
 import type { Command } from 'commander';
 import { applyUsersFileEdit, checkUsersFileEdit, type UsersFileEdit } from '../auth/users-file-edit.js';
-import { ConfigError, formatIssue, type ConfigIssue } from '../parsing/errors.js';
-import { loadConfigFile } from '../config/load.js';
+import { CommandRefusal, refusalsToExitCode } from './command-refusal.js';
+import { chooseFile, followSymlinks, readFileText, replaceFileAtomically, type FileInConfig, type FileOptions } from './edited-file.js';
 
 const DEFAULT_COST = 12;
 const MIN_COST = 4;
@@ -23,26 +19,13 @@ const MAX_COST = 15;
 const MIN_PASSWORD_CHARS = 8;
 /** bcrypt reads at most 72 bytes of the password; anything after them is silently ignored. */
 const MAX_PASSWORD_BYTES = 72;
-/** Mode of a users file that `add` creates: the proxy's group may read it, nobody else. */
-const NEW_FILE_MODE = 0o640;
 const RELOAD_NOTE = '(a running smtpgate picks it up on reload)';
 
-interface UserCommandOptions {
-  file?: string;
-  config?: string;
+interface UserCommandOptions extends FileOptions {
   cost?: string;
 }
 
-/** A refusal the user can act on: printed as `smtpgate: message`, then any issues, exit 1. */
-class UserCommandError extends Error {
-  constructor(
-    message: string,
-    readonly issues: readonly ConfigIssue[] = [],
-  ) {
-    super(message);
-    this.name = 'UserCommandError';
-  }
-}
+const USERS_FILE: FileInConfig = { noun: 'users file', setting: 'auth.users', pick: (config) => config.auth?.users };
 
 export function registerUserCommand(program: Command): void {
   const user = program
@@ -77,27 +60,22 @@ Examples:
 }
 
 async function runUserCommand(op: UsersFileEdit['op'], username: string, opts: UserCommandOptions): Promise<void> {
-  try {
+  await refusalsToExitCode(async () => {
     process.stdout.write(`${await editUser(op, username, opts)}\n`);
-  } catch (err) {
-    if (!(err instanceof UserCommandError)) throw err;
-    process.stderr.write(`smtpgate: ${err.message}\n`);
-    for (const issue of err.issues) process.stderr.write(`  ${formatIssue(issue)}\n`);
-    process.exitCode = 1;
-  }
+  });
 }
 
 /** Performs the edit and returns the confirmation line. */
 async function editUser(op: UsersFileEdit['op'], username: string, opts: UserCommandOptions): Promise<string> {
   const cost = op === 'del' ? DEFAULT_COST : parseCost(opts.cost);
-  const file = await usersFilePath(opts);
+  const { file } = await chooseFile(opts, USERS_FILE);
   const target = await followSymlinks(file);
 
   // Check before asking for a password, so a doomed edit fails before anyone types one.
-  const before = await readUsersText(target, file);
-  if (!before.stats && op !== 'add') throw new UserCommandError(`${file} does not exist; nothing was changed`);
+  const before = await readFileText(target, file);
+  if (!before.stats && op !== 'add') throw new CommandRefusal(`${file} does not exist; nothing was changed`);
   const refusal = checkUsersFileEdit(before.text, file, op, username);
-  if (refusal) throw new UserCommandError(refusal.message, 'issues' in refusal ? refusal.issues : []);
+  if (refusal) throw new CommandRefusal(refusal.message, 'issues' in refusal ? refusal.issues : []);
 
   let edit: UsersFileEdit;
   if (op === 'del') {
@@ -105,15 +83,15 @@ async function editUser(op: UsersFileEdit['op'], username: string, opts: UserCom
   } else {
     const password = await readPassword(username);
     const problem = passwordProblem(password);
-    if (problem) throw new UserCommandError(`${problem}; nothing was changed`);
+    if (problem) throw new CommandRefusal(`${problem}; nothing was changed`);
     edit = { op, username, hash: await bcryptHash(password, cost) };
   }
 
   // Re-read: the file may have changed while the password was typed, and that change must
   // not be lost by writing back the text read before.
-  const current = await readUsersText(target, file);
+  const current = await readFileText(target, file);
   const result = applyUsersFileEdit(current.text, file, edit);
-  if (!result.ok) throw new UserCommandError(result.message, 'issues' in result ? result.issues : []);
+  if (!result.ok) throw new CommandRefusal(result.message, 'issues' in result ? result.issues : []);
   await replaceFileAtomically(target, file, result.text, current.stats);
 
   switch (op) {
@@ -130,51 +108,9 @@ function parseCost(raw: string | undefined): number {
   if (raw === undefined) return DEFAULT_COST;
   const cost = /^\d{1,2}$/.test(raw) ? Number(raw) : NaN;
   if (!(cost >= MIN_COST && cost <= MAX_COST)) {
-    throw new UserCommandError(`--cost: expected a whole number from ${MIN_COST} to ${MAX_COST} (default ${DEFAULT_COST}), found ${JSON.stringify(raw)}`);
+    throw new CommandRefusal(`--cost: expected a whole number from ${MIN_COST} to ${MAX_COST} (default ${DEFAULT_COST}), found ${JSON.stringify(raw)}`);
   }
   return cost;
-}
-
-async function usersFilePath(opts: UserCommandOptions): Promise<string> {
-  if (opts.file !== undefined && opts.config !== undefined) throw new UserCommandError('give either --file or --config, not both');
-  if (opts.file !== undefined) return opts.file;
-  if (opts.config === undefined) {
-    throw new UserCommandError('which users file? Pass --file PATH (the users file itself) or --config FILE (uses its auth.users)');
-  }
-  let config;
-  try {
-    config = await loadConfigFile(opts.config);
-  } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
-    const n = err.issues.length;
-    throw new UserCommandError(`${opts.config}: ${n} problem${n === 1 ? '' : 's'} found; nothing was changed:`, err.issues);
-  }
-  if (!config.auth?.users) {
-    const why = config.auth ? `auth.backend is ${config.auth.backend}` : 'it has no auth section';
-    throw new UserCommandError(`${opts.config} names no users file (auth.users): ${why}; pass --file PATH to edit a users file anyway`);
-  }
-  return config.auth.users;
-}
-
-/** The file a symlink points to, so that replacing it keeps the link (and edits what the proxy reads). */
-async function followSymlinks(file: string): Promise<string> {
-  try {
-    return await realpath(file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return file;
-    throw new UserCommandError(`cannot read ${file}: ${(err as Error).message}`);
-  }
-}
-
-/** The file's text and stats; an empty text and no stats when it does not exist yet. */
-async function readUsersText(target: string, shownAs: string): Promise<{ text: string; stats?: Stats }> {
-  try {
-    const stats = await stat(target);
-    return { text: await readFile(target, 'utf8'), stats };
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { text: '' };
-    throw new UserCommandError(`cannot read ${shownAs}: ${(err as Error).message}`);
-  }
 }
 
 /** Why a password is refused, or undefined when it is acceptable. */
@@ -193,11 +129,11 @@ async function readPassword(username: string): Promise<string> {
   const stdin = process.stdin;
   if (!stdin.isTTY) {
     const line = await readFirstLine(stdin);
-    if (line === undefined) throw new UserCommandError('no password: stdin is not a terminal and is empty (pipe the password as its first line)');
+    if (line === undefined) throw new CommandRefusal('no password: stdin is not a terminal and is empty (pipe the password as its first line)');
     return line;
   }
   const [first = '', again] = await readHiddenAnswers(stdin as ReadStream, [`Password for ${username}: `, 'Again: ']);
-  if (first !== again) throw new UserCommandError('the passwords do not match; nothing was changed');
+  if (first !== again) throw new CommandRefusal('the passwords do not match; nothing was changed');
   return first;
 }
 
@@ -217,12 +153,12 @@ async function readFirstLine(stream: NodeJS.ReadableStream): Promise<string | un
   }
   if (!sawData) return undefined;
   const bytes = Buffer.concat(chunks);
-  if (bytes.length > limit) throw new UserCommandError(`the first line of stdin is longer than ${limit} bytes; it should be the password`);
+  if (bytes.length > limit) throw new CommandRefusal(`the first line of stdin is longer than ${limit} bytes; it should be the password`);
   const line = bytes.at(-1) === 0x0d ? bytes.subarray(0, -1) : bytes;
   try {
     return new TextDecoder('utf-8', { fatal: true }).decode(line);
   } catch {
-    throw new UserCommandError('the password on stdin is not valid UTF-8');
+    throw new CommandRefusal('the password on stdin is not valid UTF-8');
   }
 }
 
@@ -253,7 +189,7 @@ function readHiddenAnswers(input: ReadStream, prompts: readonly string[]): Promi
           if (answers.length === prompts.length) return finish();
           out.write(`\n${prompts[answers.length]}`);
         } else if (ch === '\u0003' || (ch === '\u0004' && value === '')) {
-          return finish(new UserCommandError('aborted; nothing was changed'));
+          return finish(new CommandRefusal('aborted; nothing was changed'));
         } else if (ch === '\u007f' || ch === '\b') {
           value = [...value].slice(0, -1).join('');
         } else if (ch === '\u0015') {
@@ -269,52 +205,4 @@ function readHiddenAnswers(input: ReadStream, prompts: readonly string[]): Promi
     out.write(prompts[0] ?? '');
     input.resume();
   });
-}
-
-/**
- * Replaces `target` with `text` so that a reader (the proxy, or a crash) sees either the old
- * file or the new one, never half of one: a temp file in the same directory, fsync, rename.
- * The old file's mode and owner are kept, so the proxy can still read what it read before.
- */
-async function replaceFileAtomically(target: string, shownAs: string, text: string, previous: Stats | undefined): Promise<void> {
-  const dir = path.dirname(target);
-  const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  let fh;
-  try {
-    fh = await open(tmp, 'wx', 0o600);
-  } catch (err) {
-    throw new UserCommandError(`cannot write ${shownAs}: cannot create a temporary file in ${dir}: ${(err as Error).message}; nothing was changed`);
-  }
-  try {
-    if (previous) {
-      const mine = await fh.stat();
-      if (mine.uid !== previous.uid || mine.gid !== previous.gid) {
-        await fh.chown(previous.uid, previous.gid).catch((err: Error) => {
-          throw new UserCommandError(
-            `cannot keep the owner ${previous.uid}:${previous.gid} of ${shownAs} (${err.message}); run this as that user or as root. Nothing was changed`,
-          );
-        });
-      }
-    }
-    await fh.writeFile(text, 'utf8');
-    // Explicitly, since the mode given to open() is narrowed by the umask.
-    await fh.chmod(previous ? previous.mode & 0o7777 : NEW_FILE_MODE);
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
-    await rename(tmp, target);
-  } catch (err) {
-    await fh?.close().catch(() => undefined);
-    await rm(tmp, { force: true });
-    if (err instanceof UserCommandError) throw err;
-    throw new UserCommandError(`cannot write ${shownAs}: ${(err as Error).message}; nothing was changed`);
-  }
-  // Make the rename itself durable. Best effort: some filesystems refuse fsync on a directory,
-  // and by now the new file is in place either way.
-  try {
-    const d = await open(dir, 'r');
-    await d.sync().finally(() => d.close());
-  } catch {
-    /* see above */
-  }
 }

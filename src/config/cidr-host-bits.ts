@@ -16,10 +16,17 @@ export function hostBitWarnings(config: Config, origin: ConfigOrigin): string[] 
   });
   config.limits.overrides.forEach((o, i) => o.cidrs?.forEach((c, j) => found.push({ segments: ['limits', 'overrides', i, 'cidrs', j], text: c.text })));
   return found.flatMap(({ segments, text }) => {
-    const network = networkIfHostBitsSet(text);
-    if (!network) return [];
+    const advice = hostBitsAdvice(text);
+    if (!advice) return [];
     const line = origin.lineOf(segments);
-    const host = `${text.split('/')[0]}/${text.includes(':') ? 128 : 32}`;
-    return [`${origin.file}${line ? `:${line}` : ''}: ${formatPath(segments)}: ${text} has host bits set, so it means ${network}; write ${network}, or ${host} for the one address`];
+    return [`${origin.file}${line ? `:${line}` : ''}: ${formatPath(segments)}: ${advice}`];
   });
+}
+
+/** What is wrong with a CIDR whose address has host bits set, and the two ways to write it; undefined when it has none. */
+export function hostBitsAdvice(text: string): string | undefined {
+  const network = networkIfHostBitsSet(text);
+  if (!network) return undefined;
+  const host = `${text.split('/')[0]}/${text.includes(':') ? 128 : 32}`;
+  return `${text} has host bits set, so it means ${network}; write ${network}, or ${host} for the one address`;
 }
