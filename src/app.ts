@@ -24,7 +24,7 @@ import { CredentialIndex, readCredentialsFile } from './auth/credentials-file.js
 import { CredentialUsage } from './auth/credential-usage.js';
 import { FileWatcher } from './config/file-watch.js';
 import { createAuthStack, readAuthSecrets, type AuthSecrets, type AuthStack } from './auth/sources.js';
-import { authCacheAdminRoute, type CacheClearAnswer } from './auth/admin.js';
+import { authCacheAdminRoute, credentialUsageAdminRoute, type CacheClearAnswer } from './auth/admin.js';
 import type { HttpRefusal } from './limits/browser-guard.js';
 import { DIRECTORY_SOURCES } from './config/auth-section.js';
 import { initAuthMetrics } from './metrics/auth-metrics.js';
@@ -330,6 +330,8 @@ export class App {
   readonly #auth: AuthStack | undefined;
   #attributes: ReadonlyMap<string, UserAttributes>;
   #credentials: CredentialIndex;
+  /** When and from where each app password was last used (in the limits store). */
+  readonly #credentialUsage: CredentialUsage;
   #usersWatcher: FileWatcher | undefined;
   #policy: PolicySet;
   #policyWatcher: FileWatcher | undefined;
@@ -352,6 +354,7 @@ export class App {
     this.limits = createLimits({ config: config.limits, log: this.log, metrics: this.metrics.limits });
     this.#attributes = material.attributes;
     this.#credentials = material.credentials ?? new CredentialIndex();
+    this.#credentialUsage = new CredentialUsage(this.limits.notes);
     this.#auth = config.auth
       ? createAuthStack(config.auth, {
           users: material.users,
@@ -361,7 +364,7 @@ export class App {
           appPasswords: {
             credentials: () => this.#credentials,
             attributes: (user) => this.userAttributes(user),
-            usage: new CredentialUsage(this.limits.notes),
+            usage: this.#credentialUsage,
           },
         })
       : undefined;
@@ -502,7 +505,9 @@ export class App {
         registry: this.metrics.registry,
         readiness: () => this.readiness(),
         // `smtpgate limits list|clear` reach a memory store through here; loopback by default.
-        routes: [limitsAdminRoutes(this.limits, this.#adminRouteOptions()), authCacheAdminRoute((user) => Promise.resolve(this.clearAuthCache(user)), this.#adminRouteOptions())],
+        routes: [limitsAdminRoutes(this.limits, this.#adminRouteOptions()), authCacheAdminRoute((user) => Promise.resolve(this.clearAuthCache(user)), this.#adminRouteOptions()),
+          credentialUsageAdminRoute(() => this.#credentialUsage.list(), this.#adminRouteOptions()),
+        ],
       });
     } catch (err) {
       await this.stop();
