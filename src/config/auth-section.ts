@@ -103,20 +103,35 @@ export function authSection(baseDir: string) {
       }
     });
 
+  /** A Dovecot auth socket: a unix path (absolute, or relative to the config file), or host:port. */
+  const dovecotSocket = (example: string) =>
+    z.string().min(1).transform((s, ctx) => {
+      if (s.startsWith('/') || s.startsWith('.')) return { kind: 'unix' as const, path: path.resolve(baseDir, s) };
+      const hp = parseHostPort(s);
+      if (!hp) {
+        ctx.addIssue({ code: 'custom', message: `expected a unix socket path (${example}) or host:port, found ${JSON.stringify(s)}` });
+        return z.NEVER;
+      }
+      return { kind: 'inet' as const, host: hp.host, port: hp.port };
+    });
+
   const dovecot = z
     .object({
       /** Dovecot's auth-client socket: a unix path, or host:port of an inet_listener. */
-      socket: z.string().min(1).transform((s, ctx) => {
-        if (s.startsWith('/') || s.startsWith('.')) return { kind: 'unix' as const, path: path.resolve(baseDir, s) };
-        const hp = parseHostPort(s);
-        if (!hp) {
-          ctx.addIssue({ code: 'custom', message: `expected a unix socket path (/run/dovecot/auth-client) or host:port, found ${JSON.stringify(s)}` });
-          return z.NEVER;
-        }
-        return { kind: 'inet' as const, host: hp.host, port: hp.port };
-      }),
+      socket: dovecotSocket('/run/dovecot/auth-client'),
+      /**
+       * Dovecot's auth-userdb socket (or auth-master), for looking users up without a password:
+       * app passwords (auth.credentials) need it, since the auth-client socket can only check
+       * passwords. smtpgate makes passdb lookups there, which Dovecot allows only when the socket
+       * is not mode 0666, or smtpgate owns it or is in its group:
+       *   service auth { unix_listener auth-userdb { mode = 0660  group = smtpgate } }
+       * Or host:port of an `inet_listener auth-userdb`, which Dovecot gives full lookup rights to
+       * anyone who reaches it: listen on loopback or a private network only.
+       */
+      lookupSocket: dovecotSocket('/run/dovecot/auth-userdb').optional(),
       /** The service name Dovecot's passdb sees (%s). */
       service: z.string().regex(/^[a-z0-9_-]{1,32}$/i, 'expected a service name such as smtp').default('smtp'),
+      /** Per sign-in or lookup, connecting included. */
       timeout: duration.default(5_000),
     })
     .strict();
@@ -201,3 +216,19 @@ export type LdapConfig = NonNullable<AuthConfig['ldap']>;
 export type DovecotConfig = NonNullable<AuthConfig['dovecot']>;
 export type HttpAuthConfig = NonNullable<AuthConfig['http']>;
 export type AuthCacheConfig = NonNullable<AuthConfig['cache']>;
+
+/**
+ * Why this auth config can't serve app passwords (auth.credentials), or undefined: each source
+ * is then asked about a user without a password, and Dovecot can only answer that on its
+ * auth-userdb socket (auth.dovecot.lookupSocket). Checked at start, so a config that would
+ * answer every app-password sign-in with 454 is refused instead.
+ */
+export function dovecotLookupProblem(auth: AuthConfig): string | undefined {
+  if (!auth.backend.includes('dovecot') || auth.dovecot?.lookupSocket !== undefined) return undefined;
+  return (
+    'auth.credentials (app passwords) with auth.backend dovecot needs auth.dovecot.lookupSocket: ' +
+    "Dovecot's auth-client socket can only check passwords, so users are looked up on its auth-userdb socket. " +
+    'Set lookupSocket: /run/dovecot/auth-userdb, and let smtpgate make passdb lookups there: ' +
+    'service auth { unix_listener auth-userdb { mode = 0660  group = <smtpgate\'s group> } }'
+  );
+}
