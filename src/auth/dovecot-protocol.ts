@@ -466,7 +466,9 @@ function passFields(fields: readonly string[]): { user: string | undefined; nolo
 
 /**
  * Reads the server's half of the master handshake: VERSION first, then SPID, which ends it
- * (there is no DONE). Other lines before SPID are skipped, as Dovecot's own client does.
+ * (there is no DONE). Other lines before SPID are skipped, as Dovecot's own client does, but
+ * for MECH: the auth-client socket's handshake also has VERSION and SPID, with MECH lines
+ * between, and is told apart by them before a lookup is sent to the wrong protocol.
  */
 export class MasterHandshakeReader {
   #version: { major: number; minor: number } | undefined;
@@ -486,6 +488,7 @@ export class MasterHandshakeReader {
       case 'SPID':
         return { version: this.#version!, serverPid: line.pid || undefined };
       case 'other':
+        if (line.command === 'MECH') throw new DovecotProtocolError('MECH during the handshake: this is an auth-client socket');
         return undefined;
       default:
         throw new DovecotProtocolError(`${line.kind} during the handshake`);

@@ -174,7 +174,7 @@ export class DovecotAuthenticator implements Authenticator {
     try {
       answer = await connection.request((id) => masterLookupLine({ id, command: 'PASS', login, service: this.#config.service, remoteAddress: '', sessionId: 'probe' }), this.#config.timeout);
     } catch (err) {
-      throw new Error(`${link.where}: ${describeError(err)}`);
+      throw new Error(`${link.where}: ${describeError(err)}${fixFor(err, link.socket, 'auth-userdb')}`);
     } finally {
       connection.close(new Error('probe done'));
     }

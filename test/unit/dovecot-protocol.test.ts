@@ -199,6 +199,10 @@ describe('the auth-master handshake', () => {
     expect(() => feed(['VERSION\t1\t1', 'VERSION\t1\t1'])).toThrow(/a second VERSION/);
   });
 
+  test("the auth-client socket's handshake (VERSION, MECH…, SPID) is told apart by its MECH lines", () => {
+    expect(() => feed(['VERSION\t1\t2', 'MECH\tPLAIN\tplaintext', 'SPID\t1'])).toThrow(/MECH during the handshake: this is an auth-client socket/);
+  });
+
   test('smtpgate greets with the version Dovecot\'s own lookup client sends', () => {
     expect(AUTH_MASTER.greeting(123)).toBe('VERSION\t1\t0\n');
   });
