@@ -116,6 +116,19 @@ function uint(value: string | undefined, what: string): number {
   return n;
 }
 
+/** A line's command and its arguments, unescaped; both protocols split lines alike. */
+function splitLine(line: string): [command: string, args: string[]] {
+  if (line === '') throw new DovecotProtocolError('an empty line');
+  const [command, ...args] = line.split('\t').map(tabUnescape) as [string, ...string[]];
+  return [command, args];
+}
+
+/** The VERSION line that starts both protocols' handshakes. */
+function versionLine(args: readonly string[]): { readonly kind: 'VERSION'; readonly major: number; readonly minor: number } {
+  if (args.length < 2) throw new DovecotProtocolError('a VERSION line without major and minor');
+  return { kind: 'VERSION', major: uint(args[0], 'VERSION major'), minor: uint(args[1], 'VERSION minor') };
+}
+
 function parseParams(fields: readonly string[]): Params {
   const params = new Map<string, string>();
   for (const field of fields) {
@@ -132,13 +145,10 @@ function parseParams(fields: readonly string[]): Params {
  * the connection to judge (ignored in the handshake, an error after it).
  */
 export function parseServerLine(line: string): ServerLine {
-  if (line === '') throw new DovecotProtocolError('an empty line');
-  const fields = line.split('\t').map(tabUnescape);
-  const [command, ...args] = fields as [string, ...string[]];
+  const [command, args] = splitLine(line);
   switch (command) {
     case 'VERSION':
-      if (args.length < 2) throw new DovecotProtocolError(`a VERSION line without major and minor: ${JSON.stringify(line)}`);
-      return { kind: 'VERSION', major: uint(args[0], 'VERSION major'), minor: uint(args[1], 'VERSION minor') };
+      return versionLine(args);
     case 'MECH':
       if (!args[0]) throw new DovecotProtocolError('a MECH line without a mechanism');
       return { kind: 'MECH', name: args[0].toUpperCase(), flags: args.slice(1) };
@@ -418,13 +428,10 @@ export type MasterLine =
  * line may hold a secret, and the message goes to the log.
  */
 export function parseMasterLine(line: string): MasterLine {
-  if (line === '') throw new DovecotProtocolError('an empty line');
-  const fields = line.split('\t').map(tabUnescape);
-  const [command, ...args] = fields as [string, ...string[]];
+  const [command, args] = splitLine(line);
   switch (command) {
     case 'VERSION':
-      if (args.length < 2) throw new DovecotProtocolError('a VERSION line without major and minor');
-      return { kind: 'VERSION', major: uint(args[0], 'VERSION major'), minor: uint(args[1], 'VERSION minor') };
+      return versionLine(args);
     case 'SPID':
       return { kind: 'SPID', pid: uint(args[0], 'SPID') };
     case 'PASS':

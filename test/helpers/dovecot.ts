@@ -14,7 +14,12 @@ import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { promisify } from 'node:util';
+import { pino } from 'pino';
+import { onTestFinished } from 'vitest';
+import { DovecotAuthenticator } from '../../src/auth/dovecot-source.js';
+import { authSection } from '../../src/config/auth-section.js';
 import { deadPort } from './sessions.js';
 
 const run = promisify(execFile);
@@ -302,4 +307,22 @@ export async function startFakeDovecot(
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/**
+ * A dovecot source built from an `auth.dovecot` section, the way the config file gives it,
+ * closed when the test ends; its log lines (at debug) are kept for `logs()`.
+ */
+export function dovecotSource(section: Record<string, unknown>): { source: DovecotAuthenticator; logs: () => string } {
+  const config = authSection('/').parse({ backend: 'dovecot', dovecot: section }).dovecot!;
+  const lines: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const l of chunk.toString().split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
+      done();
+    },
+  });
+  const s = new DovecotAuthenticator(config, { log: pino({ level: 'debug' }, sink) });
+  onTestFinished(() => s.close());
+  return { source: s, logs: () => JSON.stringify(lines) };
 }

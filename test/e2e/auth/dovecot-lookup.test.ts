@@ -10,13 +10,10 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
 import { authSection, dovecotLookupProblem } from '../../../src/config/auth-section.js';
 import type { AuthOutcome, LookupRequest } from '../../../src/auth/authenticator.js';
-import { DovecotAuthenticator } from '../../../src/auth/dovecot-source.js';
-import { FAKE_MASTER_HANDSHAKE, startDovecot, startFakeDovecot, type TestDovecot } from '../../helpers/dovecot.js';
+import { FAKE_MASTER_HANDSHAKE, dovecotSource, startDovecot, startFakeDovecot, type TestDovecot } from '../../helpers/dovecot.js';
 import { describeWith } from '../../helpers/programs.js';
 
 const USERS = {
@@ -32,20 +29,9 @@ function lookupOf(username: string, more: Partial<LookupRequest> = {}): LookupRe
   return { username, sessionId: 'sess-1', remoteAddress: '192.0.2.7', listener: 'submission', ...more };
 }
 
-/** A source built from an `auth.dovecot` section, the way the config file gives it; its log lines are kept. */
+/** A source with these sockets (the auth-client one is unused by lookups); its log lines are kept. */
 function source(dovecot: { socket?: string; lookupSocket?: string; timeout?: string }) {
-  const section = { socket: dovecot.socket ?? '127.0.0.1:1', timeout: dovecot.timeout ?? '3s', ...(dovecot.lookupSocket ? { lookupSocket: dovecot.lookupSocket } : {}) };
-  const config = authSection('/').parse({ backend: 'dovecot', dovecot: section }).dovecot!;
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString().split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
-  const s = new DovecotAuthenticator(config, { log: pino({ level: 'debug' }, sink) });
-  onTestFinished(() => s.close());
-  return { source: s, logs: () => JSON.stringify(lines) };
+  return dovecotSource({ socket: dovecot.socket ?? '127.0.0.1:1', timeout: dovecot.timeout ?? '3s', ...(dovecot.lookupSocket ? { lookupSocket: dovecot.lookupSocket } : {}) });
 }
 
 const said = (o: AuthOutcome) => (o.ok ? `ok:${o.user.username}` : o.reason);
