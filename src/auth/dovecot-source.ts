@@ -19,7 +19,7 @@
  * only checks passwords: they use the auth-master protocol on `lookupSocket`, with a kept
  * connection of their own. See `lookup` for what is asked.
  */
-import type { DovecotConfig } from '../config/auth-section.js';
+import { dovecotLookupProblem, type DovecotConfig } from '../config/auth-section.js';
 import type { Logger } from '../logging/logger.js';
 import type { AuthOutcome, AuthRequest, Authenticator, LookupRequest, SourceDeps } from './authenticator.js';
 import { DovecotConnection, SharedConnection, describeSocket, type DovecotSocket } from './dovecot-connection.js';
@@ -122,9 +122,7 @@ export class DovecotAuthenticator implements Authenticator {
 
   async #lookup(req: LookupRequest, started: number): Promise<AuthOutcome> {
     const link = this.#lookups;
-    if (!link) {
-      return { ok: false, reason: 'unavailable', detail: `${this.#where}: auth.dovecot.lookupSocket is not set (the auth-client socket can only check passwords)` };
-    }
+    if (!link) return { ok: false, reason: 'unavailable', detail: dovecotLookupProblem(this.#config) };
     const request = { login: req.username, service: this.#config.service, remoteAddress: req.remoteAddress, sessionId: req.sessionId };
     const refusal = masterLookupRefusal(request);
     if (refusal) return { ok: false, reason: 'unknown_user', detail: `${link.where}: ${refusal}` };
@@ -208,7 +206,7 @@ export class DovecotAuthenticator implements Authenticator {
     return Math.max(1, this.#config.timeout - (Date.now() - started));
   }
 
-  /** One log line per sign-in or lookup; never a password, and nothing else Dovecot sent but the user's name. */
+  /** One log line per sign-in or lookup: never a password, and of what Dovecot sent only the user's name and its reason. */
   #report(req: AuthRequest | LookupRequest, outcome: AuthOutcome, ms: number, success: string): void {
     const fields = { user: req.username, session: req.sessionId, ms };
     if (outcome.ok) this.#log.debug({ ...fields, as: outcome.user.username }, `dovecot: ${success}`);

@@ -218,17 +218,17 @@ export type HttpAuthConfig = NonNullable<AuthConfig['http']>;
 export type AuthCacheConfig = NonNullable<AuthConfig['cache']>;
 
 /**
- * Why this auth config can't serve app passwords (auth.credentials), or undefined: each source
- * is then asked about a user without a password, and Dovecot can only answer that on its
- * auth-userdb socket (auth.dovecot.lookupSocket). Checked at start, so a config that would
- * answer every app-password sign-in with 454 is refused instead.
+ * Why this Dovecot section cannot look a user up without their password (for app passwords,
+ * auth.credentials), as a line naming the fix; undefined when it can. The auth-client socket
+ * only checks passwords; lookups need the auth-userdb socket (lookupSocket). Pure, for the
+ * config check at start (a config that would answer every app-password sign-in with 454 is
+ * refused instead) and for the Dovecot source's lookup() itself.
  */
-export function dovecotLookupProblem(auth: AuthConfig): string | undefined {
-  if (!auth.backend.includes('dovecot') || auth.dovecot?.lookupSocket !== undefined) return undefined;
+export function dovecotLookupProblem(dovecot: { readonly lookupSocket?: unknown }): string | undefined {
+  if (dovecot.lookupSocket !== undefined) return undefined;
   return (
-    'auth.credentials (app passwords) with auth.backend dovecot needs auth.dovecot.lookupSocket: ' +
-    "Dovecot's auth-client socket can only check passwords, so users are looked up on its auth-userdb socket. " +
-    'Set lookupSocket: /run/dovecot/auth-userdb, and let smtpgate make passdb lookups there: ' +
-    'service auth { unix_listener auth-userdb { mode = 0660  group = <smtpgate\'s group> } }'
+    "auth.dovecot: a lookup without the user's password needs lookupSocket, Dovecot's auth-userdb socket (the auth-client socket can only check passwords): " +
+    'set lookupSocket: /run/dovecot/auth-userdb, and let smtpgate make passdb lookups there: ' +
+    "service auth { unix_listener auth-userdb { mode = 0660  group = <smtpgate's group> } }"
   );
 }

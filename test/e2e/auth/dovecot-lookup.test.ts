@@ -185,7 +185,7 @@ describeWith(['dovecot', 'doveadm'], 'dovecot lookups when Dovecot fails', () =>
 
   test('without lookupSocket, a lookup is unavailable and says which setting is missing; sign-ins still work', async () => {
     const { source: s } = source({ socket: dovecot.socketPath });
-    expect(await s.lookup(lookupOf('alice'))).toMatchObject({ ok: false, reason: 'unavailable', detail: expect.stringContaining('auth.dovecot.lookupSocket is not set') });
+    expect(await s.lookup(lookupOf('alice'))).toMatchObject({ ok: false, reason: 'unavailable', detail: expect.stringMatching(/^auth\.dovecot: a lookup without the user's password needs lookupSocket/) });
     const signIn = { username: 'alice', password: 'alice-pw', mechanism: 'PLAIN', sessionId: 's', remoteAddress: '192.0.2.7', listener: 'l', tls: undefined } as const;
     expect(await s.authenticate(signIn)).toEqual({ ok: true, user: { username: 'alice' } });
   });
@@ -313,10 +313,11 @@ describe('auth.dovecot.lookupSocket in the config', () => {
     expect(bad.error?.issues).toEqual([expect.objectContaining({ path: ['dovecot', 'lookupSocket'], message: 'expected a unix socket path (/run/dovecot/auth-userdb) or host:port, found "auth-userdb"' })]);
   });
 
-  test('app passwords with dovecot and no lookupSocket are refused with the field and the fix; with it, or without dovecot, they pass', () => {
-    const auth = (dovecot: Record<string, unknown>, backend: unknown = ['file', 'dovecot']) => authSection('/').parse({ backend, users: '/etc/smtpgate/users', dovecot });
-    expect(dovecotLookupProblem(auth({ socket: '/run/dovecot/auth-client' }))).toMatch(/needs auth\.dovecot\.lookupSocket: .*Set lookupSocket: \/run\/dovecot\/auth-userdb.*unix_listener auth-userdb \{ mode = 0660/);
-    expect(dovecotLookupProblem(auth({ socket: '/run/dovecot/auth-client', lookupSocket: '/run/dovecot/auth-userdb' }))).toBeUndefined();
-    expect(dovecotLookupProblem(authSection('/').parse({ backend: 'file', users: '/etc/smtpgate/users' }))).toBeUndefined();
+  test('without lookupSocket, a lookup without the password is impossible, and the problem names the field and the fix', () => {
+    const dovecot = (section: Record<string, unknown>) => authSection('/').parse({ backend: 'dovecot', dovecot: section }).dovecot!;
+    expect(dovecotLookupProblem(dovecot({ socket: '/run/dovecot/auth-client' }))).toMatch(
+      /^auth\.dovecot: .*needs lookupSocket, Dovecot's auth-userdb socket .*set lookupSocket: \/run\/dovecot\/auth-userdb.*unix_listener auth-userdb \{ mode = 0660/,
+    );
+    expect(dovecotLookupProblem(dovecot({ socket: '/run/dovecot/auth-client', lookupSocket: '/run/dovecot/auth-userdb' }))).toBeUndefined();
   });
 });
