@@ -1,26 +1,19 @@
 /**
- * One connection to Dovecot's auth-client socket (unix or TCP): the handshake, then any number
- * of sign-ins in flight at once, each matched to its reply by id. The lines themselves are
- * parsed in dovecot-protocol.ts; reconnecting is the source's job (dovecot-source.ts).
+ * One connection to a Dovecot auth socket (unix or TCP), in either of its protocols: the
+ * handshake, then any number of requests in flight at once, each matched to its reply by id.
+ * What the lines mean is the dialect's business (dovecot-protocol.ts: AUTH_CLIENT for
+ * sign-ins, AUTH_MASTER for lookups); `SharedConnection` keeps one open and reopens it.
  *
  * Anything the server says that does not fit the protocol (a garbled or over-long line, an
  * unknown command) ends the connection, and every request on it fails: a confused peer's
- * later answers could be matched to the wrong sign-in.
+ * later answers could be matched to the wrong request. No line the server sends is logged:
+ * a lookup's reply can hold a secret.
  */
 import net from 'node:net';
 import { isUtf8 } from 'node:buffer';
 import type { Logger } from '../logging/logger.js';
 import type { DovecotConfig } from '../config/auth-section.js';
-import {
-  DovecotProtocolError,
-  HandshakeReader,
-  MAX_LINE_BYTES,
-  clientHandshake,
-  parseServerLine,
-  type AuthReply,
-  type ServerHandshake,
-  type ServerLine,
-} from './dovecot-protocol.js';
+import { DovecotProtocolError, MAX_LINE_BYTES, type DovecotDialect } from './dovecot-protocol.js';
 
 export type DovecotSocket = DovecotConfig['socket'];
 
@@ -29,25 +22,27 @@ export function describeSocket(socket: DovecotSocket): string {
   return socket.kind === 'unix' ? socket.path : `${socket.host.includes(':') ? `[${socket.host}]` : socket.host}:${socket.port}`;
 }
 
-interface Pending {
-  readonly resolve: (reply: AuthReply) => void;
+interface Pending<Reply> {
+  readonly resolve: (reply: Reply) => void;
   readonly reject: (err: Error) => void;
   readonly timer: NodeJS.Timeout;
 }
 
 const ID_LIMIT = 0xffffffff;
 
-export class DovecotConnection {
-  readonly handshake: ServerHandshake;
+export class DovecotConnection<Handshake, Reply> {
+  readonly handshake: Handshake;
   readonly #socket: net.Socket;
+  readonly #dialect: DovecotDialect<Handshake, Reply>;
   readonly #log: Logger;
-  readonly #pending = new Map<number, Pending>();
+  readonly #pending = new Map<number, Pending<Reply>>();
   readonly #closeListeners: ((err: Error) => void)[] = [];
   #lastId = 0;
   #closedBy: Error | undefined;
 
-  private constructor(socket: net.Socket, handshake: ServerHandshake, log: Logger, lines: LineReader) {
+  private constructor(socket: net.Socket, dialect: DovecotDialect<Handshake, Reply>, handshake: Handshake, log: Logger, lines: LineReader) {
     this.#socket = socket;
+    this.#dialect = dialect;
     this.handshake = handshake;
     this.#log = log;
     lines.onLine = (line, utf8) => this.#onLine(line, utf8);
@@ -60,13 +55,13 @@ export class DovecotConnection {
    * Connects and completes the handshake within `timeoutMs`. Rejects with the socket's error
    * (ENOENT, ECONNREFUSED, EACCES, …), a DovecotProtocolError, or a timeout.
    */
-  static open(target: DovecotSocket, timeoutMs: number, log: Logger): Promise<DovecotConnection> {
+  static open<H, R>(target: DovecotSocket, dialect: DovecotDialect<H, R>, timeoutMs: number, log: Logger): Promise<DovecotConnection<H, R>> {
     return new Promise((resolve, reject) => {
       const socket = target.kind === 'unix' ? net.createConnection({ path: target.path }) : net.createConnection({ host: target.host, port: target.port });
-      const reader = new HandshakeReader();
+      const reader = dialect.handshake();
       const lines = new LineReader(socket);
       let settled = false;
-      const give = (err: Error | undefined, conn?: DovecotConnection) => {
+      const give = (err: Error | undefined, conn?: DovecotConnection<H, R>) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
@@ -83,15 +78,16 @@ export class DovecotConnection {
       const onClose = () => give(new Error('connection closed during the handshake'));
       const onConnect = () => {
         socket.setNoDelay(true);
-        socket.write(clientHandshake(process.pid));
+        socket.write(dialect.greeting(process.pid));
       };
       socket.once('connect', onConnect).on('error', onError).on('close', onClose);
       lines.onError = onError;
       lines.onLine = (line) => {
         try {
-          if (reader.accept(parseServerLine(line))) {
+          const handshake = reader.accept(line);
+          if (handshake !== undefined) {
             lines.onLine = undefined;
-            give(undefined, new DovecotConnection(socket, reader.result(), log, lines));
+            give(undefined, new DovecotConnection(socket, dialect, handshake, log, lines));
           }
         } catch (err) {
           give(err as Error);
@@ -111,18 +107,17 @@ export class DovecotConnection {
   }
 
   /**
-   * Sends the line `build(id)` makes and resolves with the server's final word on that id.
-   * A CONT is handed back as final too: the request is cancelled, since smtpgate only sends
-   * complete sign-ins. Rejects when no reply comes within `timeoutMs` (the request is then
-   * cancelled at the server) or the connection ends first.
+   * Sends the line `build(id)` makes and resolves with the server's reply to that id. Rejects
+   * when no reply comes within `timeoutMs` (the request is then withdrawn at the server, if
+   * the protocol can) or the connection ends first.
    */
-  request(build: (id: number) => string, timeoutMs: number): Promise<AuthReply> {
+  request(build: (id: number) => string, timeoutMs: number): Promise<Reply> {
     if (this.#closedBy) return Promise.reject(this.#closedBy);
     const id = this.#nextId();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
-        this.#write(`CANCEL\t${id}\n`);
+        if (this.#dialect.cancel) this.#write(this.#dialect.cancel(id));
         reject(new Error(`no reply within ${timeoutMs} ms`));
       }, timeoutMs);
       this.#pending.set(id, { resolve, reject, timer });
@@ -148,32 +143,24 @@ export class DovecotConnection {
   }
 
   #onLine(text: string, utf8: boolean): void {
-    let line: ServerLine;
+    let reply;
     try {
-      line = parseServerLine(text);
+      reply = this.#dialect.reply(text, utf8);
     } catch (err) {
       this.#fail(err as Error);
       return;
     }
-    if (line.kind !== 'OK' && line.kind !== 'FAIL' && line.kind !== 'CONT' && line.kind !== 'CANCELLED') {
-      this.#fail(new DovecotProtocolError(`unexpected ${line.kind === 'other' ? JSON.stringify(line.command.slice(0, 40)) : line.kind} line after the handshake`));
-      return;
-    }
-    const pending = this.#pending.get(line.id);
+    const pending = this.#pending.get(reply.id);
     if (!pending) {
       // A reply to a request that timed out (and was cancelled) is harmless: Dovecot's own
       // client ignores unknown ids the same way.
-      this.#log.debug({ id: line.id, reply: line.kind }, 'dovecot reply for a request no longer waiting');
+      this.#log.debug({ id: reply.id, reply: reply.kind }, 'dovecot reply for a request no longer waiting');
       return;
     }
-    this.#pending.delete(line.id);
+    this.#pending.delete(reply.id);
     clearTimeout(pending.timer);
-    if (line.kind === 'CONT') {
-      this.#write(`CANCEL\t${line.id}\n`);
-      pending.resolve({ kind: 'CONT' });
-    } else {
-      pending.resolve({ kind: line.kind, params: line.params, utf8 });
-    }
+    if (reply.answer) this.#write(reply.answer);
+    pending.resolve(reply.reply);
   }
 
   #fail(err: Error): void {
@@ -186,6 +173,50 @@ export class DovecotConnection {
     }
     this.#pending.clear();
     for (const listener of this.#closeListeners.splice(0)) listener(err);
+  }
+}
+
+/**
+ * One connection opened at the first use and shared by the requests after it; when it ends
+ * (Dovecot restarted, a protocol error), the next use opens another. A failed attempt is not
+ * kept either: the next use tries again.
+ */
+export class SharedConnection<Handshake, Reply> {
+  readonly #open: () => Promise<DovecotConnection<Handshake, Reply>>;
+  readonly #log: Logger;
+  #connection: Promise<DovecotConnection<Handshake, Reply>> | undefined;
+  #closed = false;
+
+  /** `open` connects and may check the handshake (rejecting closes nothing: it must close what it opened). */
+  constructor(open: () => Promise<DovecotConnection<Handshake, Reply>>, log: Logger) {
+    this.#open = open;
+    this.#log = log;
+  }
+
+  /** The connection in use, or one being opened; requests that arrive during the handshake wait for it. */
+  get(): Promise<DovecotConnection<Handshake, Reply>> {
+    if (this.#closed) return Promise.reject(new Error('the dovecot source was closed'));
+    if (this.#connection) return this.#connection;
+    const opening = this.#open().then((connection) => {
+      connection.onClose((err) => {
+        if (this.#connection === opening) this.#connection = undefined;
+        if (!this.#closed) this.#log.debug({ err: err.message }, 'dovecot: connection ended; the next request reconnects');
+      });
+      return connection;
+    });
+    this.#connection = opening;
+    opening.catch(() => {
+      if (this.#connection === opening) this.#connection = undefined;
+    });
+    return opening;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    const pending = this.#connection;
+    this.#connection = undefined;
+    const connection = await pending?.catch(() => undefined);
+    connection?.close(new Error('the dovecot source was closed'));
   }
 }
 

@@ -5,7 +5,7 @@
  *
  *   auth:
  *     backend: dovecot
- *     dovecot: { socket: /run/dovecot/auth-client, service: smtp, timeout: 5s }
+ *     dovecot: { socket: /run/dovecot/auth-client, lookupSocket: /run/dovecot/auth-userdb, service: smtp, timeout: 5s }
  *
  * One connection is opened at the first sign-in and kept; sign-ins share it. When it ends
  * (Dovecot restarted, a protocol error) the requests on it fail as `unavailable` and the next
@@ -14,12 +14,39 @@
  *
  * Dovecot holds every failed sign-in back for `auth_failure_delay` (2 s by default) before it
  * answers, so `timeout` must be longer than that, or wrong passwords read as `unavailable`.
+ *
+ * Lookups without a password (`lookup`, for app passwords) can't go over auth-client, which
+ * only checks passwords: they use the auth-master protocol on `lookupSocket`, with a kept
+ * connection of their own. See `lookup` for what is asked.
  */
-import type { DovecotConfig } from '../config/auth-section.js';
+import { dovecotLookupProblem, type DovecotConfig } from '../config/auth-section.js';
 import type { Logger } from '../logging/logger.js';
-import type { AuthOutcome, AuthRequest, Authenticator, SourceDeps } from './authenticator.js';
-import { DovecotConnection, describeSocket } from './dovecot-connection.js';
-import { DovecotProtocolError, authPlainLine, interpretReply, plainCanCarry } from './dovecot-protocol.js';
+import type { AuthOutcome, AuthRequest, Authenticator, LookupRequest, SourceDeps } from './authenticator.js';
+import { DovecotConnection, SharedConnection, describeSocket, type DovecotSocket } from './dovecot-connection.js';
+import {
+  AUTH_CLIENT,
+  AUTH_MASTER,
+  DovecotProtocolError,
+  authPlainLine,
+  interpretPassLookup,
+  interpretReply,
+  interpretUserLookup,
+  masterLookupLine,
+  masterLookupRefusal,
+  plainCanCarry,
+  type AuthReply,
+  type MasterAnswer,
+  type MasterHandshake,
+  type ServerHandshake,
+} from './dovecot-protocol.js';
+
+/** The master socket, as lookups use it. */
+interface LookupLink {
+  readonly socket: DovecotSocket;
+  /** "dovecot lookups at /run/dovecot/auth-userdb", the start of every lookup detail. */
+  readonly where: string;
+  readonly connection: SharedConnection<MasterHandshake, MasterAnswer>;
+}
 
 export class DovecotAuthenticator implements Authenticator {
   readonly kind = 'dovecot';
@@ -27,14 +54,21 @@ export class DovecotAuthenticator implements Authenticator {
   readonly #log: Logger;
   /** "dovecot auth at /run/dovecot/auth-client", the start of every detail and probe message. */
   readonly #where: string;
-  /** The connection in use or being opened; undefined until the first sign-in and after it ends. */
-  #connection: Promise<DovecotConnection> | undefined;
-  #closed = false;
+  readonly #client: SharedConnection<ServerHandshake, AuthReply>;
+  /** Undefined without auth.dovecot.lookupSocket: lookups are then unavailable. */
+  readonly #lookups: LookupLink | undefined;
 
   constructor(config: DovecotConfig, deps: SourceDeps) {
     this.#config = config;
     this.#log = deps.log.child({ source: 'dovecot' });
     this.#where = `dovecot auth at ${describeSocket(config.socket)}`;
+    this.#client = new SharedConnection(() => this.#openClient(), this.#log);
+    const lookupSocket = config.lookupSocket;
+    this.#lookups = lookupSocket && {
+      socket: lookupSocket,
+      where: `dovecot lookups at ${describeSocket(lookupSocket)}`,
+      connection: new SharedConnection(() => DovecotConnection.open(lookupSocket, AUTH_MASTER, this.#config.timeout, this.#log), this.#log),
+    };
   }
 
   async authenticate(req: AuthRequest): Promise<AuthOutcome> {
@@ -45,8 +79,7 @@ export class DovecotAuthenticator implements Authenticator {
     const started = Date.now();
     let outcome: AuthOutcome;
     try {
-      const connection = await this.#connect();
-      const remaining = Math.max(1, this.#config.timeout - (Date.now() - started));
+      const connection = await this.#client.get();
       const reply = await connection.request(
         (id) =>
           authPlainLine({
@@ -58,7 +91,7 @@ export class DovecotAuthenticator implements Authenticator {
             sessionId: req.sessionId,
             tls: req.tls !== undefined,
           }),
-        remaining,
+        this.#remaining(started),
       );
       outcome = interpretReply(reply, req.username);
       if (reply.kind === 'CONT') this.#log.warn({ user: req.username, session: req.sessionId }, 'dovecot: CONT for a complete PLAIN sign-in; refused');
@@ -66,21 +99,56 @@ export class DovecotAuthenticator implements Authenticator {
     } catch (err) {
       outcome = { ok: false, reason: 'unavailable', detail: `${this.#where}: ${describeError(err)}` };
     }
-    this.#report(req, outcome, Date.now() - started);
+    this.#report(req, outcome, Date.now() - started, 'signed in');
     return outcome;
+  }
+
+  /**
+   * Asks the passdb, as a sign-in does but without the password (PASS on the master socket):
+   * found → ok, as Dovecot spells the user; found with `nologin` → disabled. The passdb says
+   * NOTFOUND alike for an unknown user, a denied one (deny = yes) and an expired password,
+   * so then the userdb is asked (USER): a user it knows is disabled, one it doesn't is
+   * unknown_user (see interpretUserLookup for the setups that blur this). Dovecot keeps no
+   * addresses or groups smtpgate could use: the attributes file supplies those.
+   *
+   * `timeout` covers the whole lookup, both questions and connecting included.
+   */
+  async lookup(req: LookupRequest): Promise<AuthOutcome> {
+    const started = Date.now();
+    const outcome = await this.#lookup(req, started);
+    this.#report(req, outcome, Date.now() - started, 'looked up');
+    return outcome;
+  }
+
+  async #lookup(req: LookupRequest, started: number): Promise<AuthOutcome> {
+    const link = this.#lookups;
+    if (!link) return { ok: false, reason: 'unavailable', detail: dovecotLookupProblem(this.#config) };
+    const request = { login: req.username, service: this.#config.service, remoteAddress: req.remoteAddress, sessionId: req.sessionId };
+    const refusal = masterLookupRefusal(request);
+    if (refusal) return { ok: false, reason: 'unknown_user', detail: `${link.where}: ${refusal}` };
+    try {
+      const connection = await link.connection.get();
+      const ask = (command: 'PASS' | 'USER') => connection.request((id) => masterLookupLine({ ...request, id, command }), this.#remaining(started));
+      const passdb = interpretPassLookup(await ask('PASS'), req.username);
+      const outcome = 'askUserdb' in passdb ? interpretUserLookup(await ask('USER')) : passdb;
+      return !outcome.ok && outcome.detail ? { ...outcome, detail: `${link.where}: ${outcome.detail}` } : outcome;
+    } catch (err) {
+      return { ok: false, reason: 'unavailable', detail: `${link.where}: ${describeError(err)}` };
+    }
   }
 
   /**
    * Opens a connection of its own (not the shared one), completes the handshake and reports
    * the protocol version and the mechanisms. Rejects when PLAIN is not among them: smtpgate
-   * could then sign nobody in.
+   * could then sign nobody in. With a lookupSocket, also makes one passdb lookup there, of a
+   * name no one has, which tells whether Dovecot lets smtpgate make passdb lookups at all.
    */
   async probe(): Promise<string> {
-    let connection: DovecotConnection;
+    let connection: DovecotConnection<ServerHandshake, AuthReply>;
     try {
-      connection = await DovecotConnection.open(this.#config.socket, this.#config.timeout, this.#log);
+      connection = await DovecotConnection.open(this.#config.socket, AUTH_CLIENT, this.#config.timeout, this.#log);
     } catch (err) {
-      throw new Error(`${this.#where}: ${describeError(err)}${fixFor(err, this.#config)}`);
+      throw new Error(`${this.#where}: ${describeError(err)}${fixFor(err, this.#config.socket, 'auth-client')}`);
     }
     connection.close(new Error('probe done'));
     const { version, mechanisms, serverPid } = connection.handshake;
@@ -88,44 +156,60 @@ export class DovecotAuthenticator implements Authenticator {
     if (!offered.includes('PLAIN')) {
       throw new Error(`${this.#where} offers no PLAIN mechanism (offers ${offered.join(' ') || 'none'}): add plain to auth_mechanisms in Dovecot's configuration`);
     }
-    return `${this.#where}: protocol ${version.major}.${version.minor}${serverPid ? `, auth process ${serverPid}` : ''}, mechanisms ${offered.join(' ')}`;
+    const auth = `${this.#where}: protocol ${version.major}.${version.minor}${serverPid ? `, auth process ${serverPid}` : ''}, mechanisms ${offered.join(' ')}`;
+    return this.#lookups ? `${auth}; ${await this.#probeLookups(this.#lookups)}` : auth;
+  }
+
+  async #probeLookups(link: LookupLink): Promise<string> {
+    let connection: DovecotConnection<MasterHandshake, MasterAnswer>;
+    try {
+      connection = await DovecotConnection.open(link.socket, AUTH_MASTER, this.#config.timeout, this.#log);
+    } catch (err) {
+      throw new Error(`${link.where}: ${describeError(err)}${fixFor(err, link.socket, 'auth-userdb')}`);
+    }
+    const login = `smtpgate-probe-${process.pid}-${Date.now()}`;
+    let answer: MasterAnswer;
+    try {
+      answer = await connection.request((id) => masterLookupLine({ id, command: 'PASS', login, service: this.#config.service, remoteAddress: '', sessionId: 'probe' }), this.#config.timeout);
+    } catch (err) {
+      throw new Error(`${link.where}: ${describeError(err)}${fixFor(err, link.socket, 'auth-userdb')}`);
+    } finally {
+      connection.close(new Error('probe done'));
+    }
+    if (answer.line.kind === 'FAIL') {
+      throw new Error(
+        `${link.where}: a passdb lookup failed${answer.line.reason ? ` (${answer.line.reason})` : ''}: Dovecot allows passdb lookups on a mode 0666 socket only to its owner and group ` +
+          `(set service auth { unix_listener auth-userdb { mode = 0660  group = <smtpgate's group> } }), and needs a passdb that can look users up without a password (not pam or checkpassword)`,
+      );
+    }
+    const { version, serverPid } = connection.handshake;
+    return `lookups at ${describeSocket(link.socket)}: protocol ${version.major}.${version.minor}${serverPid ? `, auth process ${serverPid}` : ''}, passdb lookups allowed`;
   }
 
   async close(): Promise<void> {
-    this.#closed = true;
-    const pending = this.#connection;
-    this.#connection = undefined;
-    const connection = await pending?.catch(() => undefined);
-    connection?.close(new Error('the dovecot source was closed'));
+    await Promise.all([this.#client.close(), this.#lookups?.connection.close()]);
   }
 
-  /** The shared connection, opened on first use; sign-ins that arrive during the handshake wait for it. */
-  #connect(): Promise<DovecotConnection> {
-    if (this.#closed) return Promise.reject(new Error('the dovecot source was closed'));
-    if (this.#connection) return this.#connection;
-    const opening = DovecotConnection.open(this.#config.socket, this.#config.timeout, this.#log).then(async (connection) => {
-      if (!connection.handshake.mechanisms.some((m) => m.name === 'PLAIN')) {
-        connection.close();
-        throw new Error('Dovecot offers no PLAIN mechanism: add plain to auth_mechanisms');
-      }
-      this.#log.debug({ version: connection.handshake.version, serverPid: connection.handshake.serverPid }, 'dovecot: connected');
-      connection.onClose((err) => {
-        if (this.#connection === opening) this.#connection = undefined;
-        if (!this.#closed) this.#log.debug({ err: err.message }, 'dovecot: connection ended; the next sign-in reconnects');
-      });
-      return connection;
-    });
-    this.#connection = opening;
-    // A failed attempt is not kept: the next sign-in tries again.
-    opening.catch(() => {
-      if (this.#connection === opening) this.#connection = undefined;
-    });
-    return opening;
+  /** Opens an auth-client connection for the shared one, refusing a Dovecot without PLAIN. */
+  async #openClient(): Promise<DovecotConnection<ServerHandshake, AuthReply>> {
+    const connection = await DovecotConnection.open(this.#config.socket, AUTH_CLIENT, this.#config.timeout, this.#log);
+    if (!connection.handshake.mechanisms.some((m) => m.name === 'PLAIN')) {
+      connection.close();
+      throw new Error('Dovecot offers no PLAIN mechanism: add plain to auth_mechanisms');
+    }
+    this.#log.debug({ version: connection.handshake.version, serverPid: connection.handshake.serverPid }, 'dovecot: connected');
+    return connection;
   }
 
-  #report(req: AuthRequest, outcome: AuthOutcome, ms: number): void {
+  /** What is left of the timeout for a request begun at `started`: connecting counts against it. */
+  #remaining(started: number): number {
+    return Math.max(1, this.#config.timeout - (Date.now() - started));
+  }
+
+  /** One log line per sign-in or lookup: never a password, and of what Dovecot sent only the user's name and its reason. */
+  #report(req: AuthRequest | LookupRequest, outcome: AuthOutcome, ms: number, success: string): void {
     const fields = { user: req.username, session: req.sessionId, ms };
-    if (outcome.ok) this.#log.debug({ ...fields, as: outcome.user.username }, 'dovecot: signed in');
+    if (outcome.ok) this.#log.debug({ ...fields, as: outcome.user.username }, `dovecot: ${success}`);
     else if (outcome.reason === 'unavailable') this.#log.warn({ ...fields, detail: outcome.detail }, 'dovecot: unavailable');
     else this.#log.debug({ ...fields, reason: outcome.reason, detail: outcome.detail }, 'dovecot: refused');
   }
@@ -137,21 +221,22 @@ function describeError(err: unknown): string {
   return e.code && !e.message.includes(e.code) ? `${e.code}: ${e.message}` : String(e.message ?? err);
 }
 
-/** What the operator can do about a failed probe, by the socket error. */
-function fixFor(err: unknown, config: DovecotConfig): string {
+/** What the operator can do about a failed probe, by the socket error; `listener` is the socket Dovecot should offer there. */
+function fixFor(err: unknown, socket: DovecotSocket, listener: 'auth-client' | 'auth-userdb'): string {
   const code = (err as NodeJS.ErrnoException).code;
-  const unix = config.socket.kind === 'unix';
+  const other = listener === 'auth-client' ? 'auth-userdb' : 'auth-client';
   switch (code) {
     case 'ENOENT':
-      return ' (is Dovecot running, with service auth { unix_listener auth-client } at this path?)';
+      return ` (is Dovecot running, with service auth { unix_listener ${listener} } at this path?)`;
     case 'EACCES':
-      return ' (give smtpgate\'s user access: service auth { unix_listener auth-client { mode, user, group } })';
+      return ` (give smtpgate's user access: service auth { unix_listener ${listener} { mode, user, group } })`;
     case 'ECONNREFUSED':
-      return unix
+      // Dovecot tells an inet listener's protocol by its name; an unnamed one is auth-client.
+      return socket.kind === 'unix'
         ? ' (the socket exists but nobody listens: is Dovecot running?)'
-        : ` (nothing listens there: add service auth { inet_listener { port = ${config.socket.kind === 'inet' ? config.socket.port : ''} } } to Dovecot)`;
+        : ` (nothing listens there: add service auth { inet_listener${listener === 'auth-client' ? '' : ` ${listener}`} { port = ${socket.port} } } to Dovecot)`;
     default:
-      if (err instanceof DovecotProtocolError) return ' (is this Dovecot\'s auth-client socket, not auth-userdb or another service?)';
+      if (err instanceof DovecotProtocolError) return ` (is this Dovecot's ${listener} socket, not ${other} or another service?)`;
       return '';
   }
 }

@@ -103,20 +103,35 @@ export function authSection(baseDir: string) {
       }
     });
 
+  /** A Dovecot auth socket: a unix path (absolute, or relative to the config file), or host:port. */
+  const dovecotSocket = (example: string) =>
+    z.string().min(1).transform((s, ctx) => {
+      if (s.startsWith('/') || s.startsWith('.')) return { kind: 'unix' as const, path: path.resolve(baseDir, s) };
+      const hp = parseHostPort(s);
+      if (!hp) {
+        ctx.addIssue({ code: 'custom', message: `expected a unix socket path (${example}) or host:port, found ${JSON.stringify(s)}` });
+        return z.NEVER;
+      }
+      return { kind: 'inet' as const, host: hp.host, port: hp.port };
+    });
+
   const dovecot = z
     .object({
       /** Dovecot's auth-client socket: a unix path, or host:port of an inet_listener. */
-      socket: z.string().min(1).transform((s, ctx) => {
-        if (s.startsWith('/') || s.startsWith('.')) return { kind: 'unix' as const, path: path.resolve(baseDir, s) };
-        const hp = parseHostPort(s);
-        if (!hp) {
-          ctx.addIssue({ code: 'custom', message: `expected a unix socket path (/run/dovecot/auth-client) or host:port, found ${JSON.stringify(s)}` });
-          return z.NEVER;
-        }
-        return { kind: 'inet' as const, host: hp.host, port: hp.port };
-      }),
+      socket: dovecotSocket('/run/dovecot/auth-client'),
+      /**
+       * Dovecot's auth-userdb socket (or auth-master), for looking users up without a password:
+       * app passwords (auth.credentials) need it, since the auth-client socket can only check
+       * passwords. smtpgate makes passdb lookups there, which Dovecot allows only when the socket
+       * is not mode 0666, or smtpgate owns it or is in its group:
+       *   service auth { unix_listener auth-userdb { mode = 0660  group = smtpgate } }
+       * Or host:port of an `inet_listener auth-userdb`, which Dovecot gives full lookup rights to
+       * anyone who reaches it: listen on loopback or a private network only.
+       */
+      lookupSocket: dovecotSocket('/run/dovecot/auth-userdb').optional(),
       /** The service name Dovecot's passdb sees (%s). */
       service: z.string().regex(/^[a-z0-9_-]{1,32}$/i, 'expected a service name such as smtp').default('smtp'),
+      /** Per sign-in or lookup, connecting included. */
       timeout: duration.default(5_000),
     })
     .strict();
@@ -244,3 +259,19 @@ export type LdapConfig = NonNullable<AuthConfig['ldap']>;
 export type DovecotConfig = NonNullable<AuthConfig['dovecot']>;
 export type HttpAuthConfig = NonNullable<AuthConfig['http']>;
 export type AuthCacheConfig = NonNullable<AuthConfig['cache']>;
+
+/**
+ * Why this Dovecot section cannot look a user up without their password (for app passwords,
+ * auth.credentials), as a line naming the fix; undefined when it can. The auth-client socket
+ * only checks passwords; lookups need the auth-userdb socket (lookupSocket). Pure, for the
+ * config check at start (a config that would answer every app-password sign-in with 454 is
+ * refused instead) and for the Dovecot source's lookup() itself.
+ */
+export function dovecotLookupProblem(dovecot: { readonly lookupSocket?: unknown }): string | undefined {
+  if (dovecot.lookupSocket !== undefined) return undefined;
+  return (
+    "auth.dovecot: a lookup without the user's password needs lookupSocket, Dovecot's auth-userdb socket (the auth-client socket can only check passwords): " +
+    'set lookupSocket: /run/dovecot/auth-userdb, and let smtpgate make passdb lookups there: ' +
+    "service auth { unix_listener auth-userdb { mode = 0660  group = <smtpgate's group> } }"
+  );
+}

@@ -1,7 +1,8 @@
 /**
  * A real Dovecot auth service for the dovecot source's tests, in a temporary directory: no
  * mail protocols (`protocols =`), only `service auth` with its auth-client socket in the
- * directory and an inet_listener on a free loopback port. Users come from a passwd-file;
+ * directory and an inet_listener on a free loopback port, and the same twice for lookups (the
+ * auth-userdb socket and an `inet_listener auth-userdb`). Users come from a passwd-file;
  * a `deny = yes` passdb makes accounts disabled (FAIL code=user_disabled), and a checkpassword
  * script that exits 111 makes chosen logins fail temporarily (FAIL code=temp_fail).
  *
@@ -13,7 +14,12 @@ import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { promisify } from 'node:util';
+import { pino } from 'pino';
+import { onTestFinished } from 'vitest';
+import { DovecotAuthenticator } from '../../src/auth/dovecot-source.js';
+import { authSection } from '../../src/config/auth-section.js';
 import { deadPort } from './sessions.js';
 
 const run = promisify(execFile);
@@ -26,6 +32,8 @@ export interface DovecotUser {
   readonly scheme?: 'PLAIN' | 'SHA512-CRYPT' | 'BLF-CRYPT';
   /** Dovecot's `nologin` extra field: the password is right, but the user may not log in. */
   readonly nologin?: boolean;
+  /** More extra fields for the passdb, as the passwd-file writes them ("proxy host=… pass=…"). */
+  readonly fields?: string;
 }
 
 export interface DovecotOptions {
@@ -34,6 +42,11 @@ export interface DovecotOptions {
   readonly disabled?: readonly string[];
   /** Logins (not in `users`) whose lookup fails temporarily: checkpassword exits 111. */
   readonly tempFail?: readonly string[];
+  /**
+   * A passwd-file userdb on the users file, as a deployment with a userdb of its own has.
+   * Without it, Dovecot's default userdb (static) asks the passdb whether a user exists.
+   */
+  readonly userdb?: boolean;
   /** auth_mechanisms; "plain login" by default. */
   readonly mechanisms?: string;
   /**
@@ -49,6 +62,10 @@ export interface TestDovecot {
   readonly socketPath: string;
   /** The auth service's inet_listener on 127.0.0.1. */
   readonly port: number;
+  /** The auth-userdb unix socket (mode 0600: full lookup rights for root, which the tests run as). */
+  readonly userdbSocketPath: string;
+  /** The `inet_listener auth-userdb` on 127.0.0.1. */
+  readonly userdbPort: number;
   /** Dovecot's log file, as written so far. */
   log(): Promise<string>;
   /** SIGKILL to every Dovecot process (a crash); resolves when the master has exited. */
@@ -68,12 +85,14 @@ export async function startDovecot(opts: DovecotOptions): Promise<TestDovecot> {
   // The auth process runs as the `dovecot` user and reads the passwd-files: it must reach them.
   await chmod(dir, 0o755);
   const port = await deadPort();
+  const userdbPort = await deadPort();
   const conf = path.join(dir, 'dovecot.conf');
   const usersFile = path.join(dir, 'users');
   const deniedFile = path.join(dir, 'denied');
   const checkpassword = path.join(dir, 'checkpassword.sh');
   const logFile = path.join(dir, 'dovecot.log');
   const socketPath = path.join(dir, 'run', 'auth-client');
+  const userdbSocketPath = path.join(dir, 'run', 'auth-userdb');
 
   await writeFile(
     conf,
@@ -108,6 +127,14 @@ ${
 }
 `
     : ''
+}${
+  opts.userdb
+    ? `userdb {
+  driver = passwd-file
+  args = ${usersFile}
+}
+`
+    : ''
 }service auth {
   unix_listener auth-client {
     mode = 0666
@@ -116,6 +143,15 @@ ${
     address = 127.0.0.1
     port = ${port}
   }
+  # Not 0666: on a 0666 socket Dovecot allows passdb lookups only to its owner and group.
+  unix_listener auth-userdb {
+    mode = 0600
+  }
+  # Dovecot tells an inet listener's protocol by its name.
+  inet_listener auth-userdb {
+    address = 127.0.0.1
+    port = ${userdbPort}
+  }
 }
 `,
   );
@@ -123,7 +159,8 @@ ${
   for (const [name, user] of Object.entries(opts.users)) {
     const scheme = user.scheme ?? 'PLAIN';
     const stored = scheme === 'PLAIN' ? `{PLAIN}${user.password}` : (await run('doveadm', ['-c', conf, 'pw', '-s', scheme, '-p', user.password])).stdout.trim();
-    lines.push(`${name}:${stored}::::::${user.nologin ? ' nologin reason=moved' : ''}`);
+    const fields = [...(user.nologin ? ['nologin reason=moved'] : []), ...(user.fields ? [user.fields] : [])];
+    lines.push(`${name}:${stored}::::::${fields.map((f) => ` ${f}`).join('')}`);
   }
   await writeFile(usersFile, `${lines.join('\n')}\n`, { mode: 0o644 });
   await writeFile(deniedFile, (opts.disabled ?? []).map((n) => `${n}\n`).join(''), { mode: 0o644 });
@@ -131,6 +168,7 @@ ${
   const temp = (opts.tempFail ?? []).map((n) => `  ${n}) exit 111 ;;\n`).join('');
   await writeFile(checkpassword, `#!/bin/sh\nlogin=$(head -c 1024 <&3 | tr '\\0' '\\n' | head -n 1)\ncase "$login" in\n${temp}esac\nexit 1\n`, { mode: 0o755 });
 
+  const listeners = [{ path: socketPath }, { host: '127.0.0.1', port }, { path: userdbSocketPath }, { host: '127.0.0.1', port: userdbPort }];
   let child: ChildProcess | undefined;
   let exited: Promise<void> = Promise.resolve();
   let output = '';
@@ -148,12 +186,12 @@ ${
     let gone = false;
     void exited.then(() => (gone = true));
     // The master binds every listener before it forks the auth process, which it does on the
-    // first connection: accepting on both is "ready".
+    // first connection: accepting on all of them is "ready".
     const deadline = Date.now() + 15_000;
     for (;;) {
       if (gone) throw new Error(`dovecot exited before it was ready:\n${output}\n${await log()}`);
-      if ((await accepts({ path: socketPath })) && (await accepts({ host: '127.0.0.1', port }))) return;
-      if (Date.now() > deadline) throw new Error(`dovecot did not accept on ${socketPath} and 127.0.0.1:${port} within 15 s:\n${output}\n${await log()}`);
+      if ((await Promise.all(listeners.map(accepts))).every(Boolean)) return;
+      if (Date.now() > deadline) throw new Error(`dovecot did not accept on ${socketPath}, ${userdbSocketPath} and 127.0.0.1:${port}/${userdbPort} within 15 s:\n${output}\n${await log()}`);
       await new Promise((r) => setTimeout(r, 20));
     }
   };
@@ -167,6 +205,14 @@ ${
     // what it holds before it dies.
     signalGroup('SIGKILL');
     await exited;
+    // The master is gone, but the auth process may hold the listening sockets a moment longer
+    // (a killed process exits asynchronously), and a connection would then be reset rather
+    // than refused: down is when nothing accepts any more.
+    const deadline = Date.now() + 15_000;
+    while ((await Promise.all(listeners.map(accepts))).some(Boolean)) {
+      if (Date.now() > deadline) throw new Error('dovecot\'s listeners still accept 15 s after it was killed');
+      await new Promise((r) => setTimeout(r, 20));
+    }
   };
 
   try {
@@ -181,6 +227,8 @@ ${
     dir,
     socketPath,
     port,
+    userdbSocketPath,
+    userdbPort,
     log,
     kill,
     freeze: () => signalGroup('SIGSTOP'),
@@ -206,6 +254,8 @@ function accepts(target: { path: string } | { host: string; port: number }): Pro
 }
 
 export const FAKE_HANDSHAKE = 'VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nMECH\tLOGIN\tplaintext\nSPID\t4242\nCUID\t1\nCOOKIE\t0123456789abcdef0123456789abcdef\nDONE\n';
+/** The auth-userdb socket's handshake, as Dovecot 2.3 sends it. */
+export const FAKE_MASTER_HANDSHAKE = 'VERSION\t1\t1\nSPID\t4242\n';
 
 export interface FakeDovecot {
   readonly port: number;
@@ -218,10 +268,12 @@ export interface FakeDovecot {
 
 /**
  * A stand-in auth server on loopback for what a real Dovecot won't do: it sends `handshake`
- * on connect, then hands each AUTH line to `onAuth` with the request's id, to answer (or not)
- * on the socket as the test wants.
+ * on connect, then hands each AUTH line to `onAuth` and each PASS or USER lookup to
+ * `onLookup`, with the request's id, to answer (or not) on the socket as the test wants.
  */
-export async function startFakeDovecot(opts: { handshake?: string; onAuth?: (id: string, line: string, socket: net.Socket) => void } = {}): Promise<FakeDovecot> {
+export async function startFakeDovecot(
+  opts: { handshake?: string; onAuth?: (id: string, line: string, socket: net.Socket) => void; onLookup?: (id: string, line: string, socket: net.Socket) => void } = {},
+): Promise<FakeDovecot> {
   const received: string[] = [];
   const sockets = new Set<net.Socket>();
   let connections = 0;
@@ -239,6 +291,7 @@ export async function startFakeDovecot(opts: { handshake?: string; onAuth?: (id:
         buffered = buffered.slice(lf + 1);
         received.push(line);
         if (line.startsWith('AUTH\t')) opts.onAuth?.(line.split('\t')[1]!, line, socket);
+        if (line.startsWith('PASS\t') || line.startsWith('USER\t')) opts.onLookup?.(line.split('\t')[1]!, line, socket);
       }
     });
   });
@@ -254,4 +307,22 @@ export async function startFakeDovecot(opts: { handshake?: string; onAuth?: (id:
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/**
+ * A dovecot source built from an `auth.dovecot` section, the way the config file gives it,
+ * closed when the test ends; its log lines (at debug) are kept for `logs()`.
+ */
+export function dovecotSource(section: Record<string, unknown>): { source: DovecotAuthenticator; logs: () => string } {
+  const config = authSection('/').parse({ backend: 'dovecot', dovecot: section }).dovecot!;
+  const lines: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const l of chunk.toString().split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
+      done();
+    },
+  });
+  const s = new DovecotAuthenticator(config, { log: pino({ level: 'debug' }, sink) });
+  onTestFinished(() => s.close());
+  return { source: s, logs: () => JSON.stringify(lines) };
 }

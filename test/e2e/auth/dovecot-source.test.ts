@@ -5,13 +5,9 @@
  * and coming back, and `probe`. A fake server on loopback covers what a real Dovecot won't
  * send: garbled and over-long lines, another protocol version, CONT, answers out of order.
  */
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
-import { authSection } from '../../../src/config/auth-section.js';
 import type { AuthOutcome, AuthRequest } from '../../../src/auth/authenticator.js';
-import { DovecotAuthenticator } from '../../../src/auth/dovecot-source.js';
-import { startDovecot, startFakeDovecot, FAKE_HANDSHAKE, type TestDovecot } from '../../helpers/dovecot.js';
+import { dovecotSource, startDovecot, startFakeDovecot, FAKE_HANDSHAKE, type TestDovecot } from '../../helpers/dovecot.js';
 import { describeWith } from '../../helpers/programs.js';
 
 const USERS = {
@@ -35,20 +31,8 @@ function signIn(username: string, password: string, more: Partial<AuthRequest> =
   };
 }
 
-/** A source built from an `auth.dovecot` section, the way the config file gives it; its log lines are kept. */
-function source(socket: string, timeout = '3s') {
-  const config = authSection('/').parse({ backend: 'dovecot', dovecot: { socket, timeout } }).dovecot!;
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString().split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
-  const s = new DovecotAuthenticator(config, { log: pino({ level: 'debug' }, sink) });
-  onTestFinished(() => s.close());
-  return { source: s, logs: () => JSON.stringify(lines) };
-}
+/** A source on `socket`; its log lines are kept. */
+const source = (socket: string, timeout = '3s') => dovecotSource({ socket, timeout });
 
 const failed = (o: AuthOutcome) => (o.ok ? 'ok' : o.reason);
 
