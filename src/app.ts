@@ -202,6 +202,10 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   if (dovecotSocket?.kind === 'inet' && !isLoopbackHost(dovecotSocket.host)) {
     warnings.push(`auth.dovecot.socket ${dovecotSocket.host}:${dovecotSocket.port} is another machine: Dovecot's auth protocol has no encryption, so passwords cross the network in cleartext; use a unix socket, or a network you trust (or a TLS tunnel)`);
   }
+  const lookupSocket = config.auth?.dovecot?.lookupSocket;
+  if (lookupSocket?.kind === 'inet' && !isLoopbackHost(lookupSocket.host)) {
+    warnings.push(`auth.dovecot.lookupSocket ${lookupSocket.host}:${lookupSocket.port} is another machine: Dovecot's auth-userdb protocol has no encryption, and Dovecot answers anyone who reaches that listener; use a unix socket, or a network you trust`);
+  }
   if (config.auth?.ldap && !config.auth.ldap.verifyCertificate) warnings.push('auth.ldap.verifyCertificate is false: the directory\'s certificate is not checked, so anyone on the path can read the passwords smtpgate sends it');
   for (const l of config.listeners) {
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);

@@ -223,6 +223,8 @@ export function authSection(baseDir: string) {
       // An app password's account is looked up without a password: each source must be able to.
       const ldapProblem = a.credentials !== undefined && a.ldap ? ldapLookupProblem(a.ldap) : undefined;
       if (ldapProblem) ctx.addIssue({ code: 'custom', path: ['ldap', a.ldap!.bindDn === undefined ? 'bindDn' : 'userDnTemplate'], message: `${ldapProblem.replace(/^auth\.ldap: /, '')} (auth.credentials needs it)` });
+      const dovecotProblem = a.credentials !== undefined && a.dovecot ? dovecotLookupProblem(a.dovecot) : undefined;
+      if (dovecotProblem) ctx.addIssue({ code: 'custom', path: ['dovecot', 'lookupSocket'], message: `${dovecotProblem.replace(/^auth\.dovecot: /, '')} (auth.credentials needs it)` });
       if (a.credentials !== undefined && a.backend.length === 1 && a.backend[0] === 'backend') {
         ctx.addIssue({ code: 'custom', path: ['credentials'], message: 'app passwords need a source that can look a user up without their password (file, ldap, dovecot or http); passthrough (backend) cannot' });
       }

@@ -54,6 +54,7 @@ describe('refused, with the line and the fix', () => {
     ['requireAppPassword without a credentials file', `  backend: file\n  users: users\n  requireAppPassword: { users: [alice] }\n`, 12, /auth\.requireAppPassword: requireAppPassword needs auth\.credentials/],
     ['app passwords with passthrough only', `  backend: backend\n  credentials: credentials\n`, 11, /auth\.credentials: app passwords need a source that can look a user up without their password/],
     ['app passwords with an LDAP direct bind and no service account', `  backend: ldap\n  credentials: credentials\n  ldap:\n    url: ldaps://dc1.corp.example\n    userDnTemplate: "uid={user},ou=people,dc=example"\n`, 13, /auth\.ldap\.bindDn: .*needs a service account.*set bindDn and bindPasswordFile.*\(auth\.credentials needs it\)/],
+    ['app passwords with Dovecot but no lookup socket', `  backend: dovecot\n  credentials: credentials\n  dovecot:\n    socket: /run/dovecot/auth-client\n`, 13, /auth\.dovecot\.lookupSocket: a lookup without the user's password needs lookupSocket.*\(auth\.credentials needs it\)/],
     ['a credentials file with a broken line', `  backend: file\n  users: users\n  credentials: broken-credentials\n`, 0, /broken-credentials:2: alice\/phone: the hash is not an app password hash/],
     ['a userFilter that is no LDAP filter', `  backend: ldap\n${LDAP}    url: ldaps://dc1.corp.example\n    userFilter: "(uid={user}"\n`, 16, /auth\.ldap\.userFilter: /],
   ])('%s', async (_what, auth, line, message) => {

@@ -4,7 +4,10 @@
  * applied to the user Dovecot names, the auth cache carrying known users through an outage,
  * the brute-force lockout still counting with the cache on, and `smtpgate check --probe`.
  */
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
+import { formatCredentialLine, generateSecret, hashSecret } from '../../../src/auth/credentials-file.js';
 import { ALICE, IVAN, startGate, withShippedPolicies, writeGateFiles, type Gate, type GateUser } from '../../helpers/gate.js';
 import { runCli } from '../../helpers/cli.js';
 import type { AuthInput } from '../../helpers/config.js';
@@ -137,5 +140,45 @@ describeWith(['dovecot', 'doveadm'], 'smtpgate check --probe with the dovecot so
     const down = await runCli(['check', '--config', configFile, '--probe']);
     expect(down.code).toBe(1);
     expect(down.stdout).toMatch(new RegExp(`^auth\\.dovecot: FAILED: dovecot auth at ${at}: connect ECONNREFUSED .*\\(the socket exists but nobody listens: is Dovecot running\\?\\)$`, 'm'));
+  });
+});
+
+describeWith(['dovecot', 'doveadm'], 'app passwords with Dovecot as the account source (auth.dovecot.lookupSocket)', () => {
+  let dovecot: TestDovecot;
+  let backend: RecordingBackend;
+  let gate: Gate;
+  const made = (user: string, label: string) => {
+    const secret = generateSecret();
+    return { secret, line: formatCredentialLine({ user, label, hash: hashSecret(secret), created: new Date() }) };
+  };
+  const alicePhone = made('alice', 'phone');
+  const erinScanner = made('erin', 'scanner');
+  beforeAll(async () => {
+    dovecot = await startDovecot({ users: { alice: { password: ALICE.password }, erin: { password: ERIN.password } }, disabled: ['erin'], userdb: true });
+    backend = await startRecordingBackend();
+    gate = await startGate({
+      backendPort: backend.port,
+      users: [],
+      auth: { backend: 'dovecot', dovecot: { socket: dovecot.socketPath, lookupSocket: dovecot.userdbSocketPath, timeout: '3s' }, credentials: 'credentials' },
+      beforeStart: (dir) => writeFile(path.join(dir, 'credentials'), `${alicePhone.line}\n${erinScanner.line}\n`),
+    });
+  });
+  afterAll(async () => {
+    await gate?.stop();
+    await backend?.close();
+    await dovecot?.stop();
+  });
+
+  test('an app password signs alice in; Dovecot was asked about the account (a passdb lookup), not the secret', async () => {
+    const c = await readyForAuth(gate);
+    expect((await c.authPlain('alice', alicePhone.secret)).code).toBe(235);
+    expect(gate.logs.findLast((l) => l.msg === 'authenticated')).toMatchObject({ user: 'alice', source: 'dovecot', credential: 'phone' });
+    expect(await dovecot.log()).not.toContain(alicePhone.secret);
+  });
+
+  test('an app password of an account Dovecot refuses (deny passdb) gets 535, logged as disabled', async () => {
+    const c = await readyForAuth(gate);
+    expect((await c.authPlain('erin', erinScanner.secret)).raw).toMatch(/^535 5\.7\.8 /);
+    expect(authRefusal(gate, 'erin')).toMatchObject({ source: 'dovecot', authResult: 'disabled', credential: 'scanner' });
   });
 });

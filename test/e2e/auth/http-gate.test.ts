@@ -12,6 +12,7 @@ import { cp, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startGate, type Gate } from '../../helpers/gate.js';
+import { formatCredentialLine, generateSecret, hashSecret } from '../../../src/auth/credentials-file.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { startAuthHook, type AuthHook, type HookUser } from '../../helpers/auth-hook.js';
 import { issueServerCert, makeTestCa, type TestCert } from '../../helpers/pki.js';
@@ -203,5 +204,58 @@ describe('when the hook is down', () => {
 
     hook = await startAuthHook({ users: USERS, token: TOKEN, tls, port: hook.port });
     expect((await authReply(gate, 'frank', PASSWORD)).raw).toMatch(/^235 /);
+  });
+});
+
+describe('app passwords with the hook as the account source', () => {
+  const made = (user: string, label: string) => {
+    const secret = generateSecret();
+    return { secret, line: formatCredentialLine({ user, label, hash: hashSecret(secret), created: new Date() }) };
+  };
+  const alice = made('alice', 'tablet');
+  const carol = made('carol', 'phone');
+
+  async function gateWithCredentials(hook: AuthHook): Promise<Gate> {
+    return startGate({
+      backendPort: backend.port,
+      auth: { backend: ['http'], http: { url: hook.url, tokenFile: 'hook-token', ca: 'hook-ca.pem', timeout: '2s' }, credentials: 'credentials' },
+      beforeStart: async (dir) => {
+        await writeFile(path.join(dir, 'hook-token'), `${TOKEN}\n`);
+        await writeFile(path.join(dir, 'hook-ca.pem'), ca.cert);
+        await writeFile(path.join(dir, 'credentials'), `${alice.line}\n${carol.line}\n`);
+      },
+    });
+  }
+
+  test('the hook is asked to look the account up (no password sent); its addresses bind the sender; a disabled account is refused', async () => {
+    const hook = await startAuthHook({ users: USERS, token: TOKEN, tls: await issueServerCert(ca, 'localhost') });
+    const gate = await gateWithCredentials(hook);
+    try {
+      const before = hook.requests.length;
+      const { c, auth } = await signIn(gate, 'alice', alice.secret);
+      expect(auth.code).toBe(235);
+      expect((await c.cmd('MAIL FROM:<x@sales.corp.example>')).code).toBe(250);
+      c.close();
+      const asked = hook.requests.slice(before).filter((r) => r.headers['x-smtpgate-probe'] === undefined).map((r) => JSON.parse(r.body) as Record<string, unknown>);
+      expect(asked).toEqual([expect.objectContaining({ lookup: true, user: 'alice' })]);
+      expect(asked[0]).not.toHaveProperty('password');
+      expect((await authReply(gate, 'carol', carol.secret)).raw).toMatch(/^535 5\.7\.8 /);
+    } finally {
+      await gate.stop();
+      await hook.stop();
+    }
+  });
+
+  test('a hook written before lookups answers deny: the app password is refused (535), never let in', async () => {
+    const hook = await startAuthHook({ users: USERS, token: TOKEN, tls: await issueServerCert(ca, 'localhost'), lookups: false });
+    const gate = await gateWithCredentials(hook);
+    try {
+      expect((await authReply(gate, 'alice', alice.secret)).raw).toMatch(/^535 5\.7\.8 /);
+      await eventually(() => gate.logs.some((l) => l.stage === 'auth' && l.user === 'alice' && l.authResult === 'disabled'), 'the refusal, logged as disabled');
+      expect(String(gate.logs.find((l) => l.stage === 'auth' && l.user === 'alice' && l.authResult === 'disabled')!.detail)).toContain('does not support lookups');
+    } finally {
+      await gate.stop();
+      await hook.stop();
+    }
   });
 });
