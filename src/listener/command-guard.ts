@@ -259,6 +259,9 @@ function domainLead(domain: string): string | undefined {
  * check does.
  */
 
+/** Commands that end a mail transaction. */
+const RESETS = /^\s*(RSET|EHLO|HELO)\b/i;
+
 /** Replies that mean the client broke the protocol, for the error budget. */
 function isProtocolError(code: number, r?: Refusal): boolean {
   if (r) return r.reason === 'syntax' || r.reason === 'protocol' || r.reason === 'auth_malformed';
@@ -305,6 +308,8 @@ export interface GuardHooks {
   reclaimer?: ReadBufferReclaimer;
   /** STARTTLS was accepted: the handshake deadline starts. */
   onStartTls(sessionId: string): void;
+  /** RSET, HELO or EHLO passed the checks: a mail transaction under way ends (RFC 5321 §4.1.1.1, §4.1.1.5). */
+  onReset?(sessionId: string): void;
   /** The wait before the greeting (see `greetingDelayFor`). */
   readonly greeting: GreetingSettings;
   /** How fast a command line must arrive (see command-pace.ts). */
@@ -440,6 +445,7 @@ class ConnectionGuard {
     const r = checkCommand(line, { secure: conn.secure, continuation, draining: this.#hooks.draining(), inTransaction: inTransaction(conn) });
     if (!r) {
       if (this.#stage === 'tls' && !conn.secure && /^\s*STARTTLS\s*$/i.test(line)) this.#hooks.onStartTls(conn.id);
+      else if (this.#stage === 'connect' && RESETS.test(line)) this.#hooks.onReset?.(conn.id);
       return this.#dispatch(command, callback);
     }
     this.#hooks.onRefusal(conn.id, r, this.#stage);

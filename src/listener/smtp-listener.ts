@@ -114,6 +114,7 @@ export class SmtpListener {
       onConnection: (conn) => this.#connections.set(conn.id, conn),
       admit: (conn) => this.#admit(conn),
       onStartTls: (sessionId) => this.#sessions.get(sessionId)?.startingTls(),
+      onReset: (sessionId) => this.#sessions.get(sessionId)?.transactionReset(),
       takeAcceptedReply: (sessionId) => this.#sessions.get(sessionId)?.takeAcceptedReply(),
     });
   }
@@ -165,7 +166,9 @@ export class SmtpListener {
 
   async #onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
     const { config, metrics, log } = this.#deps;
-    const sessionLog = log.child({ session: session.id, listener: config.name });
+    // Every line of the session names the client (the address behind PROXY), so a refusal or a
+    // failed sign-in can be acted on from its own line (fail2ban) and grepped by address.
+    const sessionLog = log.child({ session: session.id, listener: config.name, client: session.remoteAddress });
     const client = new ClientSession(this.#sessionDeps, {
       connection: new SmtpServerClient(session),
       log: sessionLog,

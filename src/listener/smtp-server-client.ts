@@ -40,6 +40,12 @@ export class SmtpServerClient implements ClientConnection {
     return tls ? tls.name : undefined;
   }
 
+  tlsServername(): string | undefined {
+    // smtp-server sets it from the handshake (implicit TLS and STARTTLS); its typings lack it.
+    const name = (this.#session as { servername?: unknown }).servername;
+    return typeof name === 'string' && name ? name : undefined;
+  }
+
   helo(): string | undefined {
     return this.#session.hostNameAppearsAs || undefined;
   }

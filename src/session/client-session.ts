@@ -22,6 +22,7 @@ import { MessageScanner } from '../policy/mime.js';
 import { headerSafe, receivedHeader } from '../relay/received-header.js';
 import type { AuthMethod, PolicySet } from '../policy/types.js';
 import { Transaction, replyText, type Backend, type ClientIdentity, type MessageSink, type SmtpReply } from '../relay/backend.js';
+import { queueIdOf } from '../relay/backend-replies.js';
 import { checkRecipient, checkSender } from './address-check.js';
 import { codeClass, type Refusal } from '../reply.js';
 import {
@@ -43,6 +44,8 @@ import {
 } from '../refusals.js';
 import type { Stage } from '../stage.js';
 import { Checkpoint, OK, type Refused, type SnapshotSource, type Verdict } from './checkpoint.js';
+import { MessageIdReader } from './message-id.js';
+import { TransactionRecord, type TransactionClient } from './transaction-record.js';
 import { backendIdentity, limitsView, type SessionSnapshot } from './snapshot.js';
 
 /** What the session reads of the client's connection, as the protocol library has it now. */
@@ -56,6 +59,8 @@ export interface ClientConnection {
   /** The TLS version ("TLSv1.3") and cipher of the handshake, once there was one. */
   tlsVersion(): string | undefined;
   tlsCipher(): string | undefined;
+  /** The server name the client asked for in its TLS handshake (SNI), if any. */
+  tlsServername(): string | undefined;
   /** The EHLO/HELO name, once given. */
   helo(): string | undefined;
   greeting(): 'HELO' | 'EHLO' | undefined;
@@ -166,6 +171,8 @@ export class ClientSession implements SnapshotSource {
   /** The label of the app password the client signed in with (never the secret). */
   credential: string | undefined;
   tlsVersion: string | undefined;
+  /** The mail log's record of the transaction under way (from MAIL until it ends). */
+  #record: TransactionRecord | undefined;
   /** The MAIL accepted last, and its backend transaction. */
   sender: EnvelopeAddress | undefined;
   transaction: Transaction | undefined;
@@ -200,7 +207,7 @@ export class ClientSession implements SnapshotSource {
     const { metrics, listener } = this.#deps;
     metrics.connectionsOpened.inc({ listener });
     metrics.connectionsActive.inc({ listener });
-    this.log.info({ client: this.#connection.remoteAddress, port: this.#connection.remotePort, trusted: this.trusted }, 'connect');
+    this.log.info({ port: this.#connection.remotePort, trusted: this.trusted }, 'connect');
     this.#sessionDeadline = setTimeout(() => this.#deadline(SESSION_TIME_LIMIT, undefined, true), this.#deps.timeouts.session);
     this.#sessionDeadline.unref();
     const verdict = await this.checkpoint.at('connect', this);
@@ -294,7 +301,7 @@ export class ClientSession implements SnapshotSource {
     const badCredentials = async (why?: AuthFailureLog): Promise<Verdict> => {
       const failure = await limits.authFailed(authFacts, reservation);
       if (failure.lockedOut) {
-        this.log.warn({ client: this.#connection.remoteAddress, user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
+        this.log.warn({ user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
       }
       return fail(why?.authResult === 'app_password_required' ? AUTH_APP_PASSWORD_REQUIRED : AUTH_CREDENTIALS_INVALID, 'failure', undefined, why);
     };
@@ -363,6 +370,15 @@ export class ClientSession implements SnapshotSource {
    * checkpoint, then the backend's own answer: a transaction, whose reply is the client's.
    */
   async mail(address: EnvelopeAddress): Promise<Verdict> {
+    // A transaction still open ends here: the client reset it (RSET, EHLO) or began another.
+    this.#endRecord({ abandoned: true });
+    this.#record = new TransactionRecord(address.address, this.#transactionClient(), this.#deps.clock());
+    const verdict = await this.#mail(address);
+    if (verdict.refusal) this.#endRecord({ refused: verdict.refusal, stage: 'mail', rule: verdict.rule });
+    return verdict;
+  }
+
+  async #mail(address: EnvelopeAddress): Promise<Verdict> {
     this.stage = 'mail';
     const { requireTls, requireAuth } = this.#deps;
     if ((this.trusted ? requireTls.trusted : requireTls.untrusted) && !this.#connection.secure()) return this.refuse('mail', STARTTLS_REQUIRED);
@@ -384,10 +400,22 @@ export class ClientSession implements SnapshotSource {
     return OK;
   }
 
+  /** RSET, EHLO or HELO: the transaction under way, if any, ends here (its record is written). */
+  transactionReset(): void {
+    this.#endRecord({ abandoned: true });
+  }
+
   // ── rcpt ───────────────────────────────────────────────────────────────────────────────
 
   /** RCPT TO, in the transaction of the MAIL accepted last (`transaction` is set). */
   async rcpt(address: EnvelopeAddress, tx: Transaction): Promise<Verdict> {
+    const verdict = await this.#rcpt(address, tx);
+    if (verdict.refusal) this.#record?.recipientRefused(address.address, verdict.refusal, verdict.rule);
+    else this.#record?.recipientAccepted(address.address, tx.reply);
+    return verdict;
+  }
+
+  async #rcpt(address: EnvelopeAddress, tx: Transaction): Promise<Verdict> {
     this.stage = 'rcpt';
     const to = address.address;
     // From the MAIL that was accepted: smtp-server sets envelope.smtpUtf8 even for a MAIL that
@@ -418,6 +446,7 @@ export class ClientSession implements SnapshotSource {
     if ('refusal' in outcome) {
       metrics.messages.inc({ listener, result: outcome.refusal.reason === 'client_aborted' ? 'aborted' : 'refused' });
       verdict = this.refuse('data', outcome.refusal, outcome.rule ? { rule: outcome.rule } : {}, outcome.rule);
+      this.#endRecord({ refused: outcome.refusal, stage: 'data', rule: outcome.rule });
     } else {
       this.messages++;
       this.bytes += outcome.bytes;
@@ -426,6 +455,8 @@ export class ClientSession implements SnapshotSource {
       metrics.messageBytes.observe(outcome.bytes);
       metrics.recipientsPerMessage.observe(recipients);
       this.log.info({ bytes: outcome.bytes, recipients, reply: `${outcome.reply.code} ${outcome.reply.text}` }, 'message relayed');
+      const reply = replyText(outcome.reply);
+      this.#endRecord({ relayed: { reply: `${outcome.reply.code} ${reply}`, queueId: queueIdOf(reply) } });
       this.#deps.limits.messageBytes(this.limitsFacts(), outcome.bytes).catch((err: unknown) => this.log.error({ err }, 'bytes quota update failed'));
       verdict = { ok: true, reply: outcome.reply };
     }
@@ -457,6 +488,7 @@ export class ClientSession implements SnapshotSource {
     const set = this.checkpoint.policy;
     const scanner = set.needs.headers || set.needs.attachments ? new MessageScanner() : undefined;
     const from = this.sender ? this.sender.address : '';
+    const messageId = new MessageIdReader();
     let sink: MessageSink | undefined;
     const watchdog = this.#dataWatchdog(() => sink?.bytesIn ?? 0);
 
@@ -480,6 +512,7 @@ export class ClientSession implements SnapshotSource {
         const onData = (chunk: Buffer): void => {
           if (settled) return;
           scanner?.write(chunk);
+          messageId.write(chunk);
           let flowing: boolean;
           try {
             flowing = out.write(chunk);
@@ -496,6 +529,7 @@ export class ClientSession implements SnapshotSource {
           ended = true;
           // The client's part ends at its final dot; waiting for the backend is not its fault.
           clearInterval(watchdog);
+          this.#record?.message(out.bytesIn, messageId.value(), this.backend.targetName);
           if (settled) return;
           try {
             out.end();
@@ -602,6 +636,7 @@ export class ClientSession implements SnapshotSource {
 
   /** The connection is gone: deadlines end, the backend session closes, one summary line. */
   close(): void {
+    this.#endRecord({ abandoned: true });
     clearTimeout(this.#sessionDeadline);
     clearTimeout(this.#tlsDeadline);
     const { metrics, listener } = this.#deps;
@@ -610,7 +645,6 @@ export class ClientSession implements SnapshotSource {
     void this.backend.close();
     this.log.info(
       {
-        client: this.#connection.remoteAddress,
         tls: this.tlsVersion ?? 'none',
         user: this.user,
         messages: this.messages,
@@ -676,6 +710,29 @@ export class ClientSession implements SnapshotSource {
   // ── refusals ───────────────────────────────────────────────────────────────────────────
 
   /** Counts and logs a refusal made at `stage`; returns it as the verdict. */
+  /** Writes the open transaction's record, if there is one, as ending this way. */
+  #endRecord(end: Parameters<TransactionRecord['finish']>[0]): void {
+    const record = this.#record;
+    if (!record) return;
+    this.#record = undefined;
+    this.log.info(record.finish(end, this.#deps.clock()), 'transaction');
+  }
+
+  /** The client as the transaction record names it. */
+  #transactionClient(): TransactionClient {
+    const c = this.#connection;
+    const version = c.secure() ? c.tlsVersion() : undefined;
+    const sni = version ? c.tlsServername() : undefined;
+    const user = this.user;
+    return {
+      port: c.remotePort,
+      helo: printable(c.helo()),
+      tls: version ? (sni ? { version, cipher: c.tlsCipher() ?? '', sni: printable(sni)! } : { version, cipher: c.tlsCipher() ?? '' }) : undefined,
+      auth: user && this.authMethod ? (this.credential ? { method: this.authMethod, user, credential: this.credential } : { method: this.authMethod, user }) : undefined,
+      trusted: this.trusted,
+    };
+  }
+
   refuse(stage: Stage, r: Refusal, extra?: Record<string, unknown>, rule?: string): Refused {
     this.lastRefusal = r;
     this.#count(stage, r);

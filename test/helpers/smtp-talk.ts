@@ -53,6 +53,11 @@ export class SmtpTalk {
     return new SmtpTalk(socket);
   }
 
+  /** The client end's port: what the gate logs as the client's `port`. */
+  get localPort(): number | undefined {
+    return this.#socket.localPort;
+  }
+
   get secure(): boolean {
     return this.#socket instanceof tls.TLSSocket;
   }

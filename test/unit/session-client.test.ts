@@ -37,6 +37,9 @@ class FakeConnection implements ClientConnection {
   tlsCipher(): string | undefined {
     return this.version ? 'TLS_AES_256_GCM_SHA384' : undefined;
   }
+  tlsServername(): string | undefined {
+    return this.version ? 'mail.corp.example' : undefined;
+  }
   helo(): string | undefined {
     return this.heloName;
   }
@@ -135,7 +138,7 @@ function sessionWith(opts: Options = {}) {
       done();
     },
   });
-  const log = pino({ level: 'debug' }, sink).child({ session: 'sess1', listener: 'submission' });
+  const log = pino({ level: 'debug' }, sink).child({ session: 'sess1', listener: 'submission', client: '192.0.2.7' });
   const metrics = createMetrics(readBuildInfo());
   const limits = new FakeLimits();
   const hungUp: { refusal: Refusal; stage: Stage; reply: boolean }[] = [];

@@ -46,7 +46,7 @@ test('add → sign in → list shows the last use → revoke → refused after t
     expect(await signIn(gate.port('smtps'), 'alice', secret)).toMatch(/^235 /);
 
     let listed = '';
-    await eventually(async () => (listed = (await runCli(['credential', 'list', 'alice', '--config', config])).stdout).includes('from 127.0.0.1'), 'the last use in the list');
+    await eventually(async () => (listed = (await runCli(['credential', 'list', 'alice', '--config', config])).stdout).includes('from 127.0.0.1'), 'the last use in the list', 20_000);
     expect(listed).toMatch(/printer-3rd-floor\s+127\.0\.0\.0\/8/);
 
     const revoked = await runCli(['credential', 'revoke', 'alice', 'printer-3rd-floor', '--config', config]);
@@ -58,4 +58,5 @@ test('add → sign in → list shows the last use → revoke → refused after t
     await gate.stop();
     await backend.close();
   }
-});
+  // Four CLI runs and two reloads of a child process: seconds each on a loaded machine.
+}, 120_000);

@@ -1,0 +1,36 @@
+/**
+ * The Message-ID of a message as it streams through, for the transaction record: only the
+ * header block is looked at, at most its first 64 KiB, and nothing is kept once it has ended.
+ */
+
+/** Header bytes read at most: a Message-ID further down is not worth holding more for. */
+const MAX_HEADER_BYTES = 64 * 1024;
+/** A Message-ID longer than this is cut: it goes into a log line. */
+const MAX_ID_CHARS = 256;
+
+export class MessageIdReader {
+  #head = '';
+  #done = false;
+
+  write(chunk: Buffer): void {
+    if (this.#done) return;
+    this.#head += chunk.toString('latin1', 0, Math.min(chunk.length, MAX_HEADER_BYTES - this.#head.length));
+    if (this.#head.startsWith('\r\n')) {
+      // No header block at all.
+      this.#head = '';
+      this.#done = true;
+      return;
+    }
+    const end = this.#head.indexOf('\r\n\r\n');
+    if (end >= 0) this.#head = this.#head.slice(0, end + 2);
+    if (end >= 0 || this.#head.length >= MAX_HEADER_BYTES) this.#done = true;
+  }
+
+  /** The first Message-ID header's value, unfolded, in printable ASCII; undefined when there is none. */
+  value(): string | undefined {
+    const m = /(?:^|\r\n)message-id[ \t]*:[ \t]*((?:[^\r]|\r\n[ \t])*)/i.exec(this.#head);
+    if (!m) return undefined;
+    const id = m[1]!.replace(/\r\n[ \t]/g, ' ').replace(/[^\x20-\x7e]/g, '?').trim().slice(0, MAX_ID_CHARS);
+    return id || undefined;
+  }
+}
