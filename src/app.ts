@@ -20,7 +20,7 @@ import { boundPort, startAdminServer, type Readiness } from './metrics/http-serv
 import { readUsersFile } from './auth/file-authenticator.js';
 import { readUserAttributes, NO_ATTRIBUTES, type UserAttributes } from './auth/user-attributes.js';
 import type { UserRecord } from './auth/users-file.js';
-import { CredentialIndex, readCredentialsFile } from './auth/credentials-file.js';
+import { CredentialIndex, parseCredentialLines, readCredentialsFile } from './auth/credentials-file.js';
 import { CredentialUsage } from './auth/credential-usage.js';
 import { FileWatcher } from './config/file-watch.js';
 import { createAuthStack, readAuthSecrets, type AuthSecrets, type AuthStack } from './auth/sources.js';
@@ -218,8 +218,12 @@ type UserDirectoryLoad =
   | { ok: true; users?: Map<string, UserRecord>; attributes: Map<string, UserAttributes>; credentials?: CredentialIndex }
   | { ok: false; issues: ConfigIssue[] };
 
-/** The users file (file auth), the attributes file and the app passwords file: all or none. */
-async function loadUserDirectory(config: Config): Promise<UserDirectoryLoad> {
+/**
+ * The users file (file auth), the attributes file and (at start, `withCredentials`) the app
+ * passwords file: all or none. A reload reads the app passwords file on its own
+ * (App.#reloadCredentials): a broken users file must not keep a revoked app password working.
+ */
+async function loadUserDirectory(config: Config, withCredentials = true): Promise<UserDirectoryLoad> {
   const issues: ConfigIssue[] = [];
   let users: Map<string, UserRecord> | undefined;
   let attributes = new Map<string, UserAttributes>();
@@ -229,7 +233,7 @@ async function loadUserDirectory(config: Config): Promise<UserDirectoryLoad> {
   };
   if (config.auth?.users) users = await readUsersFile(config.auth.users).catch((err: unknown) => void collect(err));
   if (config.auth?.attributes) attributes = (await readUserAttributes(config.auth.attributes).catch((err: unknown) => void collect(err))) ?? attributes;
-  const credentials = config.auth?.credentials ? await readCredentialsFile(config.auth.credentials).catch((err: unknown) => void collect(err)) : undefined;
+  const credentials = withCredentials && config.auth?.credentials ? await readCredentialsFile(config.auth.credentials).catch((err: unknown) => void collect(err)) : undefined;
   return issues.length ? { ok: false, issues } : { ok: true, users, attributes, ...(credentials ? { credentials } : {}) };
 }
 
@@ -536,7 +540,8 @@ export class App {
    * a broken file keeps the old data, logs the problems and counts a failure.
    */
   async reloadUsers(): Promise<boolean> {
-    const loaded = await loadUserDirectory(this.config);
+    await this.#reloadCredentials();
+    const loaded = await loadUserDirectory(this.config, false);
     if (!loaded.ok) {
       recordReload(this.metrics, 'users', false);
       this.log.error({ problems: describeIssues(loaded.issues) }, 'users reload failed; the previous users stay in force');
@@ -544,12 +549,35 @@ export class App {
     }
     if (loaded.users) this.#auth?.file?.replaceUsers(loaded.users);
     this.#attributes = loaded.attributes;
-    if (loaded.credentials) this.#credentials = loaded.credentials;
     // A remembered sign-in must not outlive a reload: a removed user or a changed password counts now.
     const forgotten = this.#auth?.cache?.clear();
     recordReload(this.metrics, 'users', true);
-    this.log.info({ users: loaded.users?.size, attributes: loaded.attributes.size, credentials: loaded.credentials?.size, authCacheCleared: forgotten }, 'users reloaded');
+    this.log.info({ users: loaded.users?.size, attributes: loaded.attributes.size, credentials: this.config.auth?.credentials ? this.#credentials.size : undefined, authCacheCleared: forgotten }, 'users reloaded');
     return true;
+  }
+
+  /**
+   * Re-reads the app passwords file, failing closed: a line that doesn't parse is dropped (its
+   * app password stops working) and the others apply; a file that can't be read means no app
+   * password works until it can. Never the previous contents: that would keep a revoked
+   * credential alive whenever the edit that revoked it also broke something.
+   */
+  async #reloadCredentials(): Promise<void> {
+    const file = this.config.auth?.credentials;
+    if (!file) return;
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      this.#credentials = new CredentialIndex();
+      recordReload(this.metrics, 'credentials', false);
+      this.log.error({ file, err: (err as Error).message }, 'app passwords file unreadable: no app password works until it can be read');
+      return;
+    }
+    const { credentials, issues } = parseCredentialLines(text, file);
+    this.#credentials = credentials;
+    recordReload(this.metrics, 'credentials', issues.length === 0);
+    if (issues.length) this.log.error({ problems: describeIssues(issues), credentials: credentials.size }, 'app passwords file has problems: those lines are ignored (their app passwords do not work) until fixed');
   }
 
   /** The policy set in force for new sessions. */

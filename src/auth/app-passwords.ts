@@ -25,7 +25,7 @@
 import type { Logger } from '../logging/logger.js';
 import type { AuthContext, AuthOutcome, AuthRequest, Authenticator, LookupRequest } from './authenticator.js';
 import type { CredentialUsage } from './credential-usage.js';
-import { credentialRefusal, looksLikeAppPassword, secretMatches, type CredentialIndex } from './credentials-file.js';
+import { appPasswordIn, credentialRefusal, secretMatches, type CredentialIndex } from './credentials-file.js';
 import type { UserAttributes } from './user-attributes.js';
 
 /** Who must sign in with an app password (auth.requireAppPassword). */
@@ -59,67 +59,94 @@ export class AppPasswords implements Authenticator {
   }
 
   authenticate(req: AuthRequest, ctx: AuthContext): Promise<AuthOutcome> {
-    if (looksLikeAppPassword(req.password)) return this.#withAppPassword(req);
+    const secret = appPasswordIn(req.password);
+    if (secret !== undefined) return this.#withAppPassword(req, secret);
     const requirement = this.#deps.requirement();
-    return requirement ? this.#withDirectoryPassword(req, ctx, requirement) : this.inner.authenticate(req, ctx);
+    return requirement ? this.#withOwnPassword(req, ctx, requirement) : this.inner.authenticate(req, ctx);
   }
 
   lookup(req: LookupRequest): Promise<AuthOutcome> {
-    return this.#lookup(req);
+    return this.#lookup(req, req.username);
   }
 
   close(): Promise<void> {
     return this.inner.close?.() ?? Promise.resolve();
   }
 
-  async #withAppPassword(req: AuthRequest): Promise<AuthOutcome> {
+  async #withAppPassword(req: AuthRequest, secret: string): Promise<AuthOutcome> {
     const credentials = this.#deps.credentials();
-    const candidates = credentials.of(req.username);
-    if (candidates.length === 0) secretMatches(req.password, DUMMY_HASH);
-    const credential = credentials.match(req.username, req.password);
+    if (credentials.of(req.username).length === 0) secretMatches(secret, DUMMY_HASH);
+    const credential = credentials.match(req.username, secret);
     if (!credential) {
-      return { ok: false, reason: 'bad_credentials', source: this.kind, detail: `no app password of ${req.username} matches (revoked, mistyped, or made for another user)` };
+      return { ok: false, reason: 'bad_credentials', source: this.kind, detail: `no app password of ${printable(req.username)} matches (revoked, mistyped, or made for another user)` };
     }
     const now = this.#deps.now?.() ?? new Date();
     const refused = credentialRefusal(credential, { remoteAddress: req.remoteAddress, listener: req.listener, now });
     if (refused) return { ok: false, reason: 'bad_credentials', source: this.kind, detail: refused, credential: credential.label };
-    const account = await this.#lookup(req);
+    // The account the credential was made for, as the file spells it: a login typed in another
+    // case must not reach a different account that a case-sensitive source keeps apart.
+    const account = await this.#lookup(req, credential.user);
     if (!account.ok) {
       // The app password alone doesn't let a removed or disabled account in.
       const label = credential.label;
       if (account.reason === 'unavailable' || account.reason === 'disabled') {
         return { ok: false, reason: account.reason, source: account.source, credential: label, detail: `app password ${label} is right, but ${account.detail ?? `the account is ${account.reason}`}` };
       }
-      return { ok: false, reason: 'bad_credentials', source: account.source, credential: label, detail: `app password ${label} is right, but no auth source knows ${req.username}${account.detail ? ` (${account.detail})` : ''}` };
+      return { ok: false, reason: 'bad_credentials', source: account.source, credential: label, detail: `app password ${label} is right, but no auth source knows ${credential.user}${account.detail ? ` (${account.detail})` : ''}` };
     }
     void this.#deps.usage?.record(credential, req.remoteAddress, now);
     return { ok: true, user: account.user, source: account.source, credential: credential.label, ...(account.cached ? { cached: true } : {}) };
   }
 
-  async #withDirectoryPassword(req: AuthRequest, ctx: AuthContext, requirement: AppPasswordRequirement): Promise<AuthOutcome> {
-    const login = req.username.toLowerCase();
-    const byName = requirement.users.some((u) => u.toLowerCase() === login);
-    if (!byName && requirement.groups.length > 0) {
-      const account = await this.#lookup(req);
-      // Fail closed: while the account source can't say which groups the user is in, a group
-      // that must use app passwords can't be told apart, so nobody signs in with a password.
-      if (!account.ok && account.reason === 'unavailable') return account;
-      const groups = new Set(this.#deps.attributes(req.username).groups.map((g) => g.toLowerCase()));
-      if (account.ok) {
-        for (const g of account.user.attributes?.groups ?? []) groups.add(g.toLowerCase());
-        for (const g of this.#deps.attributes(account.user.username).groups) groups.add(g.toLowerCase());
-      }
-      const group = requirement.groups.find((g) => groups.has(g.toLowerCase()));
-      if (group) return required(`${req.username} is in group ${group}, which must use app passwords`);
+  /**
+   * Any other password, when some users must use app passwords. Who the login is, is asked of
+   * the account source first (a directory may take "Alice " or another attribute for alice):
+   * the rule is checked against the account's own name and groups, and the password is checked
+   * only for someone it doesn't cover. Whatever the lookup can't settle (a directory that is
+   * down, a hook that doesn't answer lookups) fails closed. After the password is checked the
+   * rule is checked once more, against the account the sign-in reached.
+   */
+  async #withOwnPassword(req: AuthRequest, ctx: AuthContext, requirement: AppPasswordRequirement): Promise<AuthOutcome> {
+    const account = await this.#lookup(req, req.username);
+    if (!account.ok && account.reason !== 'unknown_user') {
+      return account.reason === 'unavailable'
+        ? account
+        : { ok: false, reason: 'bad_credentials', source: account.source, detail: `requireAppPassword: the account of ${printable(req.username)} could not be looked up (${account.detail ?? account.reason}); the password given was not checked` };
     }
-    if (byName) return required(`${req.username} must use app passwords`);
-    return this.inner.authenticate(req, ctx);
+    const names = [req.username, ...(account.ok ? [account.user.username] : [])];
+    const covered = this.#covered(requirement, names, account.ok ? account.user.attributes?.groups : undefined);
+    if (covered) return required(`${covered}, which must use app passwords`);
+    const outcome = await this.inner.authenticate(req, ctx);
+    if (!outcome.ok) return outcome;
+    const reached = this.#covered(requirement, [outcome.user.username], outcome.user.attributes?.groups);
+    if (!reached) return outcome;
+    // The lookup and the sign-in disagree on who this is. Refused like a wrong password: the
+    // client must not learn that the password was right.
+    this.#deps.log.warn({ session: req.sessionId, user: printable(req.username), account: outcome.user.username }, `requireAppPassword: the sign-in reached ${reached}; refused`);
+    return { ok: false, reason: 'bad_credentials', source: outcome.source, detail: `requireAppPassword: the sign-in reached ${reached}` };
   }
 
-  #lookup(req: LookupRequest): Promise<AuthOutcome> {
-    const lookup = { username: req.username, sessionId: req.sessionId, remoteAddress: req.remoteAddress, listener: req.listener };
+  /** Which requirement covers these names (login and account name) and groups, said for the log; undefined when none does. */
+  #covered(requirement: AppPasswordRequirement, names: readonly string[], sourceGroups: readonly string[] | undefined): string | undefined {
+    const keys = names.map((n) => n.trim().toLowerCase());
+    const user = requirement.users.find((u) => keys.includes(u.trim().toLowerCase()));
+    if (user !== undefined) return `${printable(names.at(-1)!)} is listed`;
+    if (requirement.groups.length === 0) return undefined;
+    const groups = new Set((sourceGroups ?? []).map((g) => g.toLowerCase()));
+    for (const n of names) for (const g of this.#deps.attributes(n.trim()).groups) groups.add(g.toLowerCase());
+    const group = requirement.groups.find((g) => groups.has(g.toLowerCase()));
+    return group === undefined ? undefined : `${printable(names.at(-1)!)} is in group ${group}`;
+  }
+
+  #lookup(req: LookupRequest, username: string): Promise<AuthOutcome> {
+    const lookup = { username, sessionId: req.sessionId, remoteAddress: req.remoteAddress, listener: req.listener };
     return this.inner.lookup ? this.inner.lookup(lookup) : Promise.resolve({ ok: false, reason: 'unknown_user' });
   }
+}
+
+/** A login for a log line: printable ASCII, bounded. */
+function printable(value: string): string {
+  return value.replace(/[^\x20-\x7e]/g, '?').slice(0, 128);
 }
 
 function required(detail: string): AuthOutcome {

@@ -58,9 +58,15 @@ const LISTENER = /^[A-Za-z0-9._-]{1,64}$/;
 const OPTION_KEYS = ['created', 'expires', 'networks', 'listeners'] as const;
 type OptionKey = (typeof OPTION_KEYS)[number];
 
-/** Whether a password has the shape of an app password (and so is checked only against the file). */
-export function looksLikeAppPassword(password: string): boolean {
-  return password.length === SECRET_PREFIX.length + SECRET_CHARS && SECRET_SHAPE.test(password);
+/**
+ * The app password a password is, if it has an app password's shape (and so is checked only
+ * against the file, never sent to an account source): as generated, or typed on a device that
+ * upper-cases it or adds a space around it. Undefined for any other password.
+ */
+export function appPasswordIn(password: string): string | undefined {
+  if (password.length < SECRET_PREFIX.length + SECRET_CHARS || password.length > SECRET_PREFIX.length + SECRET_CHARS + 8) return undefined;
+  const secret = password.trim().toLowerCase();
+  return SECRET_SHAPE.test(secret) ? secret : undefined;
 }
 
 /** A new app password: `sgap` and 26 random base32 characters, from the OS's CSPRNG. */
@@ -125,6 +131,16 @@ export class CredentialIndex {
 }
 
 export function parseCredentialsFile(text: string, file: string): CredentialsParseResult {
+  const { credentials, issues } = parseCredentialLines(text, file);
+  return issues.length ? { ok: false, issues } : { ok: true, credentials };
+}
+
+/**
+ * Every line that parses, and the problems of those that don't. A reload takes the lines that
+ * parse and drops the others (their app passwords stop working), so that a slip in the file
+ * never keeps a revoked credential alive.
+ */
+export function parseCredentialLines(text: string, file: string): { credentials: CredentialIndex; issues: ConfigIssue[] } {
   const index = new CredentialIndex();
   const issues: ConfigIssue[] = [];
   const seen = new Set<string>();
@@ -145,7 +161,7 @@ export function parseCredentialsFile(text: string, file: string): CredentialsPar
     seen.add(key);
     index.add(parsed);
   });
-  return issues.length ? { ok: false, issues } : { ok: true, credentials: index };
+  return { credentials: index, issues };
 }
 
 /** Reads and parses the file; a problem is a ConfigError naming the file and line. */

@@ -102,12 +102,12 @@ export function createAuthStack(auth: AuthConfig, deps: AuthStackDeps): AuthStac
   });
   const chain = new AuthChain(sources, { metrics: deps.metrics, log: deps.log });
   const cache = auth.cache ? new AuthCache(chain, auth.cache, { metrics: deps.metrics }) : undefined;
-  // App passwords are checked in front of the cache, every time; only the account lookup is remembered.
+  // App passwords are checked in front of the cache, every time; only the account lookup is
+  // remembered. The layer is there without auth.credentials too: a password of an app
+  // password's shape is then refused, never sent to an account source (a device still holding
+  // one after app passwords were turned off must not hand it to the directory).
   const requirement = auth.requireAppPassword;
-  const appPasswords =
-    auth.credentials !== undefined && deps.appPasswords
-      ? new AppPasswords(cache ?? chain, { ...deps.appPasswords, requirement: () => requirement, log: deps.log })
-      : undefined;
+  const appPasswords = deps.appPasswords ? new AppPasswords(cache ?? chain, { ...deps.appPasswords, requirement: () => requirement, log: deps.log }) : undefined;
   return { authenticator: appPasswords ?? cache ?? chain, chain, cache, file };
 }
 

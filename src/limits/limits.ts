@@ -385,9 +385,11 @@ export class Limits implements LimitsAdmin {
   /**
    * After a correct password. A suspended account is refused here (535 5.7.8), so the reason
    * is only told to someone who knew the password. Otherwise the user+address failure count
-   * is cleared (the per-address count stays: it guards against spraying many users).
+   * is cleared (the per-address count stays: it guards against spraying many users), unless
+   * `keepFailures`: a sign-in with an app password says nothing about guesses at the user's own
+   * password, so whoever holds a device's app password can't reset their count with it.
    */
-  async authSucceeded(f: AuthFacts, reservation: AuthReservation): Promise<Refusal | undefined> {
+  async authSucceeded(f: AuthFacts, reservation: AuthReservation, opts: { keepFailures?: boolean } = {}): Promise<Refusal | undefined> {
     const s = this.#session(f);
     const user = userKey(f.username);
     // The right password is no failure: the places it took go back.
@@ -399,7 +401,7 @@ export class Limits implements LimitsAdmin {
     }
     s.lockedRefusals = 0;
     const rate = this.config.auth.failuresPerUserIp;
-    if (rate) await this.#store.delete(this.#spec('auth_user_ip', rate), userIpKey(user, s.ipKey));
+    if (rate && !opts.keepFailures) await this.#store.delete(this.#spec('auth_user_ip', rate), userIpKey(user, s.ipKey));
     return undefined;
   }
 

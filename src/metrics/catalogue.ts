@@ -13,7 +13,7 @@ import { createPolicyMetrics } from '../policy/metrics.js';
 import { createAuthMetrics } from './auth-metrics.js';
 
 /** What SIGHUP and the file watchers reload, each on its own. */
-export const RELOAD_COMPONENTS = ['certificate', 'users', 'config', 'policy'] as const;
+export const RELOAD_COMPONENTS = ['certificate', 'users', 'credentials', 'config', 'policy'] as const;
 export type ReloadComponent = (typeof RELOAD_COMPONENTS)[number];
 
 /**
@@ -148,7 +148,7 @@ export function createMetrics(build: BuildInfo) {
     }),
     reloads: new Counter({
       name: 'smtpgate_reloads_total',
-      help: 'Reloads by component (certificate|users|config|policy) and result (success|failure). A failure keeps the old one in force.',
+      help: 'Reloads by component (certificate|users|credentials|config|policy) and result (success|failure). A failure keeps the old one in force; for credentials (app passwords) the lines that fail are dropped instead.',
       labelNames: ['component', 'result'] as const,
       registers,
     }),
@@ -158,7 +158,7 @@ export function createMetrics(build: BuildInfo) {
       name: 'smtpgate_config_last_reload_successful',
       // Across cluster workers: 0 when any worker's last reload failed.
       aggregator: 'min',
-      help: 'Whether the last reload of each component (certificate|users|config|policy) succeeded (1) or failed and left the previous one in force (0). Loading at start counts as a success.',
+      help: 'Whether the last reload of each component (certificate|users|credentials|config|policy) succeeded (1) or failed (0: the previous one stays in force; for credentials, the lines that failed are dropped). Loading at start counts as a success.',
       labelNames: ['component'] as const,
       registers,
     }),
@@ -166,7 +166,7 @@ export function createMetrics(build: BuildInfo) {
       name: 'smtpgate_config_last_reload_success_timestamp_seconds',
       // Across cluster workers: the oldest of their last successes.
       aggregator: 'min',
-      help: 'When each component (certificate|users|config|policy) was last loaded successfully (Unix time): at start, or by a reload.',
+      help: 'When each component (certificate|users|credentials|config|policy) was last loaded successfully (Unix time): at start, or by a reload.',
       labelNames: ['component'] as const,
       registers,
     }),

@@ -11,7 +11,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { AuthFailureReason, Authenticator } from '../auth/authenticator.js';
-import { looksLikeAppPassword } from '../auth/credentials-file.js';
+import { appPasswordIn } from '../auth/credentials-file.js';
 import type { UserAttributes } from '../auth/user-attributes.js';
 import type { ListenerConfig } from '../config/schema.js';
 import type { ClientFacts, Limits } from '../limits/limits.js';
@@ -275,7 +275,7 @@ export class ClientSession implements SnapshotSource {
     const method = credentials.method;
     const mechanism = method === 'PLAIN' || method === 'LOGIN' ? method : 'other';
     // Which kind of secret the client offered: an app password has a shape of its own.
-    const credential: AuthMethod = looksLikeAppPassword(credentials.password ?? '') ? 'app_password' : 'password';
+    const credential: AuthMethod = appPasswordIn(credentials.password ?? '') !== undefined ? 'app_password' : 'password';
     const fail = (r: Refusal, result: 'failure' | 'refused' | 'error', rule?: string, why?: AuthFailureLog): Verdict => {
       metrics.authAttempts.inc({ listener, mechanism, credential, result });
       return this.refuse('auth', r, { user: printable(credentials.username), ...(rule ? { rule } : {}), ...why }, rule);
@@ -343,7 +343,7 @@ export class ClientSession implements SnapshotSource {
     };
     const name = outcome.user.username;
     const directory = outcome.user.attributes;
-    const suspended = await limits.authSucceeded({ ...authFacts, username: name }, reservation);
+    const suspended = await limits.authSucceeded({ ...authFacts, username: name }, reservation, { keepFailures: outcome.credential !== undefined });
     if (suspended) return refuseLogin(suspended);
     const signedInWith: AuthMethod = outcome.credential ? 'app_password' : 'password';
     const verdict = await this.checkpoint.at('auth', this, () => ({

@@ -12,7 +12,7 @@ import {
   formatCredentialLine,
   generateSecret,
   hashSecret,
-  looksLikeAppPassword,
+  appPasswordIn,
   parseCredentialsFile,
   secretMatches,
   type Credential,
@@ -249,7 +249,7 @@ describe('secrets and their hash', () => {
     for (let i = 0; i < 200; i++) {
       const s = generateSecret();
       expect(s).toMatch(/^sgap[a-z2-7]{26}$/);
-      expect(looksLikeAppPassword(s)).toBe(true);
+      expect(appPasswordIn(s)).toBe(s);
     }
   });
 
@@ -263,12 +263,19 @@ describe('secrets and their hash', () => {
     ['the prefix alone', 'sgap'],
     ['one character short', SECRET_A.slice(0, -1)],
     ['one character long', `${SECRET_A}a`],
-    ['upper case', SECRET_A.toUpperCase()],
     ['a digit outside base32', `sgap${'a'.repeat(25)}1`],
     ['another prefix', `sgaq${SECRET_A.slice(4)}`],
-    ['surrounding space', ` ${SECRET_A}`],
+    ['a space inside', `${SECRET_A.slice(0, 10)} ${SECRET_A.slice(10)}`],
   ])('%s does not look like an app password', (_name, password) => {
-    expect(looksLikeAppPassword(password)).toBe(false);
+    expect(appPasswordIn(password)).toBeUndefined();
+  });
+
+  test.each([
+    ['upper case (a device that capitalises)', SECRET_A.toUpperCase()],
+    ['surrounding space', ` ${SECRET_A} `],
+    ['a trailing newline pasted in', `${SECRET_A}\t`],
+  ])('%s is still that app password (so it never reaches the account source)', (_name, password) => {
+    expect(appPasswordIn(password)).toBe(SECRET_A);
   });
 
   test('a hash matches its secret and no other; the same secret hashed twice gives two hashes (fresh salt)', () => {

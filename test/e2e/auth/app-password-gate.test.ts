@@ -6,7 +6,7 @@
  * refused with a 535 that says so, without it being checked. Every later log line of a session
  * names the credential; the metric counts sign-ins by credential kind.
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { startRecordingBackend } from '../../helpers/backends.js';
@@ -31,12 +31,12 @@ function credential(user: string, label: string, opts: { networks?: string[]; li
   return { user, label, secret, line };
 }
 
-async function gateWith(made: readonly Made[], opts: { auth?: Record<string, unknown>; attributes?: string; limits?: Record<string, unknown>; policy?: string } = {}): Promise<Gate> {
+async function gateWith(made: readonly Made[], opts: { auth?: Record<string, unknown>; attributes?: string; limits?: Record<string, unknown>; policy?: string; users?: GateUser[] } = {}): Promise<Gate> {
   const backend = await startRecordingBackend();
   onTestFinished(() => backend.close());
   const options: StartGateOptions = {
     backendPort: backend.port,
-    users: [ALICE, BOB, PRINTER],
+    users: opts.users ?? [ALICE, BOB, PRINTER],
     auth: { users: 'users', credentials: 'credentials', reloadInterval: '100ms', ...(opts.attributes ? { attributes: 'attributes.yaml' } : {}), ...opts.auth },
     config: { ...(opts.limits ? { limits: opts.limits } : {}), ...(opts.policy ? { policies: 'policies' } : {}) } as StartGateOptions['config'],
     beforeStart: async (dir) => {
@@ -146,13 +146,69 @@ describe('app passwords (auth.credentials)', () => {
     expect(await signIn(gate, 'alice', keep.secret)).toMatch(/^235 /);
   });
 
-  test('a broken credentials file on reload keeps the credentials in force', async () => {
-    const m = credential('alice', 'tablet');
+  test('a reload drops the lines of the credentials file that are broken, never keeping an old copy: the good lines keep working', async () => {
+    const keep = credential('alice', 'tablet');
+    const broken = credential('alice', 'phone');
+    const gate = await gateWith([keep, broken]);
+    expect(await signIn(gate, 'alice', broken.secret)).toMatch(/^235 /);
+    // An edit that mangles the phone's line (a half-finished hand edit, a bad merge).
+    await writeFile(path.join(gate.dir, 'credentials'), `${keep.line}\n${broken.line.replace('$sgap1$', '$sgap9$')}\n`);
+    const failed = () => gate.logs.find((l) => l.msg === 'app passwords file has problems: those lines are ignored (their app passwords do not work) until fixed');
+    await eventually(() => failed() !== undefined, 'the reload that found the problem');
+    expect(JSON.stringify(failed())).toContain('not an app password hash');
+    expect(await signIn(gate, 'alice', broken.secret)).toMatch(/^535 /);
+    expect(await signIn(gate, 'alice', keep.secret)).toMatch(/^235 /);
+    expect(await metricValue(gate, 'smtpgate_config_last_reload_successful', { component: 'credentials' })).toBe(0);
+  });
+
+  test('a revoke takes effect even while the users file is broken, and deleting the file revokes every app password', async () => {
+    const revoke = credential('alice', 'revoke-me');
+    const other = credential('bob', 'other');
+    const gate = await gateWith([revoke, other]);
+    await writeFile(path.join(gate.dir, 'users'), 'alice:not-a-bcrypt-hash\n');
+    const file = path.join(gate.dir, 'credentials');
+    await writeFile(file, `${other.line}\n`);
+    await eventually(() => gate.logs.some((l) => l.msg === 'users reload failed; the previous users stay in force'), 'the failed users reload');
+    expect(await signIn(gate, 'alice', revoke.secret)).toMatch(/^535 /);
+    expect(await signIn(gate, 'bob', other.secret)).toMatch(/^235 /);
+    await rm(file);
+    await eventually(() => gate.logs.some((l) => l.msg === 'app passwords file unreadable: no app password works until it can be read'), 'the reload of the deleted file');
+    expect(await signIn(gate, 'bob', other.secret)).toMatch(/^535 /);
+  });
+
+  test('an app password typed in capitals or with a space around it still signs in, and never reaches the users file as a password', async () => {
+    const m = credential('alice', 'old-printer');
     const gate = await gateWith([m]);
-    await writeFile(path.join(gate.dir, 'credentials'), `${m.line}\nalice:tablet2:not-a-hash\n`);
-    await eventually(() => gate.logs.some((l) => l.msg === 'users reload failed; the previous users stay in force'), 'the failed reload');
-    expect(JSON.stringify(gate.logs.find((l) => l.msg === 'users reload failed; the previous users stay in force'))).toContain('not an app password hash');
+    expect(await signIn(gate, 'alice', ` ${m.secret.toUpperCase()} `)).toMatch(/^235 /);
+    expect(await signIn(gate, 'alice', `${generateSecret().toUpperCase()} `)).toMatch(/^535 /);
+    expect(await metricValue(gate, 'smtpgate_auth_source_seconds_count', { source: 'file', result: 'bad_credentials' })).toBe(0);
+  });
+
+  test('one user\'s app password typed with another user\'s spelling reaches only its own account', async () => {
+    // A case-sensitive source with two accounts whose names differ only in case.
+    const m = credential('alice', 'laptop');
+    const gate = await gateWith([m], { users: [ALICE, { name: 'Alice', password: 'another alice entirely' }] });
+    expect(await signIn(gate, 'Alice', m.secret)).toMatch(/^235 /);
+    let line: Record<string, unknown> | undefined;
+    await eventually(() => (line = gate.logs.find((l) => l.msg === 'authenticated')) !== undefined, 'the sign-in line');
+    expect(line).toMatchObject({ user: 'alice', credential: 'laptop' });
+  });
+
+  test('with app passwords off (no auth.credentials), a password of their shape is refused and never sent to the users file', async () => {
+    const m = credential('alice', 'left-over');
+    const gate = await gateWith([m], { auth: { credentials: undefined } });
+    expect(await signIn(gate, 'alice', m.secret)).toMatch(/^535 /);
+    expect(await metricValue(gate, 'smtpgate_auth_source_seconds_count', { source: 'file' })).toBe(0);
+  });
+
+  test('signing in with an app password does not clear the failures counted against the user\'s own password', async () => {
+    const m = credential('alice', 'phone');
+    const gate = await gateWith([m], { limits: { auth: { failuresPerUserIp: '3/15m' } } });
+    expect(await signIn(gate, 'alice', 'guess 1')).toMatch(/^535 /);
+    expect(await signIn(gate, 'alice', 'guess 2')).toMatch(/^535 /);
     expect(await signIn(gate, 'alice', m.secret)).toMatch(/^235 /);
+    expect(await signIn(gate, 'alice', 'guess 3')).toMatch(/^535 /);
+    expect(await signIn(gate, 'alice', ALICE.password)).toMatch(/^454 4\.7\.0 /);
   });
 
   test('an app password of an account that is gone from its source is refused', async () => {
@@ -184,8 +240,8 @@ describe('app passwords (auth.credentials)', () => {
       const line = await failureLine(gate, PRINTER.name);
       expect(line).toMatchObject({ reason: 'app_password_required', authResult: 'app_password_required' });
       expect(String(line.detail)).toContain('the password given was not checked');
-      // Not checked: the users file was never asked.
-      expect(await metricValue(gate, 'smtpgate_auth_source_seconds_count', { source: 'file' })).toBe(0);
+      // Not checked: a wrong password gets the very same answer.
+      expect(await signIn(gate, PRINTER.name, 'not the password at all')).toBe(reply);
       expect(await signIn(gate, PRINTER.name, m.secret)).toMatch(/^235 /);
     });
 

@@ -246,6 +246,26 @@ describe('app passwords with the hook as the account source', () => {
     }
   });
 
+  test('requireAppPassword by group with a hook written before lookups: the group can\'t be learnt, so the password is refused, never checked and let in', async () => {
+    const hook = await startAuthHook({ users: USERS, token: TOKEN, tls: await issueServerCert(ca, 'localhost'), lookups: false });
+    const gate = await startGate({
+      backendPort: backend.port,
+      auth: { backend: ['http'], http: { url: hook.url, tokenFile: 'hook-token', ca: 'hook-ca.pem', timeout: '2s' }, credentials: 'credentials', requireAppPassword: { groups: ['interns'] } },
+      beforeStart: async (dir) => {
+        await writeFile(path.join(dir, 'hook-token'), `${TOKEN}\n`);
+        await writeFile(path.join(dir, 'hook-ca.pem'), ca.cert);
+        await writeFile(path.join(dir, 'credentials'), '');
+      },
+    });
+    try {
+      expect((await authReply(gate, 'ivan', PASSWORD)).raw).toMatch(/^535 5\.7\.8 /);
+      expect(hook.requests.filter((r) => r.headers['x-smtpgate-probe'] === undefined && 'password' in JSON.parse(r.body))).toEqual([]);
+    } finally {
+      await gate.stop();
+      await hook.stop();
+    }
+  });
+
   test('a hook written before lookups answers deny: the app password is refused (535), never let in', async () => {
     const hook = await startAuthHook({ users: USERS, token: TOKEN, tls: await issueServerCert(ca, 'localhost'), lookups: false });
     const gate = await gateWithCredentials(hook);

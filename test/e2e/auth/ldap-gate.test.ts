@@ -217,6 +217,12 @@ describeWith(['slapd', 'slapadd', 'ldapsearch'], 'directory sign-in through the 
       expect(String(refused()!.detail)).toContain('ACCOUNTDISABLE');
     });
 
+    test('requireAppPassword by name holds for every spelling the directory takes for that login ("alice ", " ALICE")', async () => {
+      const gate = await forThisTest(ldapGate(slapd, backend, { credentials: [made('alice', 'phone').line], requireAppPassword: { users: ['alice'] } }), stopGate);
+      for (const login of ['alice', 'alice ', ' ALICE', 'Alice']) expect(await authReply(gate, login, 'alice-pw'), JSON.stringify(login)).toMatch(/^535 5\.7\.8 .*app password/);
+      expect(await authReply(gate, 'bob', 'bob-pw')).toMatch(/^235 /);
+    });
+
     test('requireAppPassword for the staff group (from memberOf): alice\'s directory password is refused unchecked, her app password works, bob\'s password works', async () => {
       const phone = made('alice', 'phone');
       const gate = await forThisTest(ldapGate(slapd, backend, { credentials: [phone.line], requireAppPassword: { groups: ['staff'] } }), stopGate);

@@ -52,7 +52,7 @@ function allowedValues(gates: OpsGates, policyRules: readonly string[]): Record<
       })[metric]?.includes(v) ?? false,
     version: (v, metric) => (metric === 'smtpgate_build_info' ? v === PACKAGE_VERSION : /^TLSv1\.[23]$/.test(v)),
     node_version: (v) => v === process.version,
-    component: oneOf('certificate', 'users', 'config', 'policy'),
+    component: oneOf('certificate', 'users', 'credentials', 'config', 'policy'),
     // "default" or the first name of an SNI entry: host names from the config.
     certificate: (v) => v === 'default' || /^(\*\.)?[a-z0-9.-]+$/i.test(v),
     // host:port of a configured backend (bounded, from the config; see the test below).
@@ -185,7 +185,7 @@ describe('metric catalogue vs /metrics of running gates', () => {
 
   test('each reload component reports its last reload as successful, with when', () => {
     const now = Date.now() / 1000;
-    for (const component of ['certificate', 'users', 'config', 'policy']) {
+    for (const component of ['certificate', 'users', 'credentials', 'config', 'policy']) {
       const ok = samples.filter((s) => s.name === 'smtpgate_config_last_reload_successful' && s.labels.component === component);
       const at = samples.filter((s) => s.name === 'smtpgate_config_last_reload_success_timestamp_seconds' && s.labels.component === component);
       expect(ok.map((s) => s.value), component).toEqual(['1', '1']);
