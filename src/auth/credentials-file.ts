@@ -244,6 +244,9 @@ function parseOptions(text: string): Options | { message: string } {
 /** Strict ISO 8601 with a zone (a date alone is midnight UTC); also what `credential add --expires` takes. */
 export function parseTime(value: string): Date | undefined {
   if (!/^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2}))?$/.test(value)) return undefined;
+  // A day the calendar doesn't have (2027-02-30) is refused, not rolled over into March.
+  const [y, m, d] = value.slice(0, 10).split('-').map(Number) as [number, number, number];
+  if (new Date(Date.UTC(y, m - 1, d)).getUTCDate() !== d) return undefined;
   const date = new Date(value);
   return Number.isNaN(date.getTime()) ? undefined : date;
 }

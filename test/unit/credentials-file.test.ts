@@ -98,6 +98,7 @@ describe('parsing', () => {
     ['a bare option word', `alice:phone:${HASH_A}:networks`, 'networks= has no value'],
     ['a time without a zone', `alice:phone:${HASH_A}:expires=2027-01-01T10:00:00`, 'expires=2027-01-01T10:00:00 is not an ISO 8601 time such as 2027-03-07T10:00:00Z'],
     ['a date that does not exist', `alice:phone:${HASH_A}:created=2027-13-01`, 'created=2027-13-01 is not an ISO 8601 time'],
+    ['a day the month does not have', `alice:phone:${HASH_A}:expires=2027-02-30T10:00:00Z`, 'expires=2027-02-30T10:00:00Z is not an ISO 8601 time'],
     ['a network that is not one', `alice:phone:${HASH_A}:networks=10.1.3.0/24,10.1.3/24`, 'networks: "10.1.3/24" is not an address or CIDR network (10.1.3.0/24, 2001:db8::/48)'],
     ['a prefix too long for IPv4', `alice:phone:${HASH_A}:networks=10.1.3.0/33`, 'networks: "10.1.3.0/33" is not an address or CIDR network'],
     ['an empty network in the list', `alice:phone:${HASH_A}:networks=10.1.3.0/24,`, 'networks: "" is not an address or CIDR network'],
