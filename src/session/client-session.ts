@@ -454,7 +454,6 @@ export class ClientSession implements SnapshotSource {
       metrics.messages.inc({ listener, result: 'relayed' });
       metrics.messageBytes.observe(outcome.bytes);
       metrics.recipientsPerMessage.observe(recipients);
-      this.log.info({ bytes: outcome.bytes, recipients, reply: `${outcome.reply.code} ${outcome.reply.text}` }, 'message relayed');
       const reply = replyText(outcome.reply);
       this.#endRecord({ relayed: { reply: `${outcome.reply.code} ${reply}`, queueId: queueIdOf(reply) } });
       this.#deps.limits.messageBytes(this.limitsFacts(), outcome.bytes).catch((err: unknown) => this.log.error({ err }, 'bytes quota update failed'));

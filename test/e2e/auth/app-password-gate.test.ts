@@ -78,7 +78,7 @@ describe('app passwords (auth.credentials)', () => {
     expect((await c.cmd('Subject: scan\r\n\r\npage 1\r\n.')).code).toBe(250);
     await c.cmd('QUIT');
     c.close();
-    await eventually(() => gate.logs.some((l) => l.msg === 'message relayed'), 'the relayed line');
+    await eventually(() => gate.logs.some((l) => l.msg === 'transaction' && l.outcome === 'relayed'), 'the transaction record');
     const authenticated = gate.logs.find((l) => l.msg === 'authenticated')!;
     expect(authenticated).toMatchObject({ user: 'alice', source: 'file', credential: 'scanner-2nd-floor' });
     const session = authenticated.session;

@@ -155,14 +155,14 @@ describeWith(['redis-server', 'promtool'], 'two workers behind one primary', () 
     expect(await scrape()).toEqual({ status: 200, relayed: 6, opened: 6 });
     const text = await (await fetch(`http://127.0.0.1:${cluster.metricsPort}/metrics`)).text();
     expect(await promtoolCheckMetrics(text)).toEqual({ code: 0, output: '' });
-    const pids = new Set(cluster.logs.filter((l) => l.msg === 'message relayed').map((l) => l.pid));
+    const pids = new Set(cluster.logs.filter((l) => l.msg === 'transaction' && l.outcome === 'relayed').map((l) => l.pid));
     expect(pids.size).toBeGreaterThanOrEqual(1);
     expect((await readyz(cluster)).status).toBe(200);
   });
 
   // Prometheus reads a counter that goes down as a restart and counts everything again.
   test('a worker killed with SIGKILL: every scrape answers 200, and the summed counters never go down', async () => {
-    const relayedBy = cluster.logs.find((l) => l.msg === 'message relayed')!.pid as number;
+    const relayedBy = cluster.logs.find((l) => l.msg === 'transaction' && l.outcome === 'relayed')!.pid as number;
     expect(workerPids()).toContain(relayedBy);
     const seen: Array<{ status: number; relayed: number; opened: number }> = [];
     process.kill(relayedBy, 'SIGKILL');
