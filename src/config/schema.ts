@@ -214,7 +214,15 @@ export function configSchema(baseDir: string) {
     .object({
       /** What to do with a bare CR, bare LF or NUL in a message (SMTP smuggling). */
       bareLineEndings: z.enum(['reject', 'normalize']).default('reject'),
-      receivedHeader: z.boolean().default(true),
+      /**
+       * full: the Received: header names the client (EHLO, address); private: smtpgate's hop
+       * only (relay/received-header.ts); off: none. true and false, from configs written before
+       * private existed, mean full and off.
+       */
+      receivedHeader: z
+        .union([z.boolean(), z.enum(['full', 'private', 'off'])])
+        .transform((v) => (v === true ? ('full' as const) : v === false ? ('off' as const) : v))
+        .default('full'),
       /** Add "X-Authenticated-User: <login>" for the backend's filters. */
       authenticatedUserHeader: z.boolean().default(false),
     })
@@ -242,7 +250,7 @@ export function configSchema(baseDir: string) {
       backend,
       /** Folder of policy rule files (docs/policies.md); without it, only relay protection applies. */
       policies: filePath.optional(),
-      data: data.default({ bareLineEndings: 'reject', receivedHeader: true, authenticatedUserHeader: false }),
+      data: data.default({ bareLineEndings: 'reject', receivedHeader: 'full', authenticatedUserHeader: false }),
       limits: limitsSection.transform((l) => resolveStorePaths(l, baseDir)),
       metrics: z
         .object({

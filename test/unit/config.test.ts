@@ -85,6 +85,27 @@ describe('config schema', () => {
   });
 });
 
+describe('data: the headers smtpgate writes', () => {
+  const withData = (lines: string) => `${MINIMAL}data:\n${lines}`;
+
+  test('by default the Received: header is full', () => {
+    const cfg = parseConfig(MINIMAL, '/etc/smtpgate/smtpgate.yaml');
+    expect(cfg.data).toEqual({ bareLineEndings: 'reject', receivedHeader: 'full', authenticatedUserHeader: false });
+    expect(parseConfig(withData('  bareLineEndings: reject\n'), '/etc/smtpgate/smtpgate.yaml').data.receivedHeader).toBe('full');
+  });
+
+  test('receivedHeader takes full, private or off; true and false (configs from before private) still mean full and off', () => {
+    const mode = (value: string) => parseConfig(withData(`  receivedHeader: ${value}\n`), '/etc/smtpgate/smtpgate.yaml').data.receivedHeader;
+    expect([mode('full'), mode('private'), mode('off'), mode('true'), mode('false')]).toEqual(['full', 'private', 'off', 'full', 'off']);
+  });
+
+  test('another receivedHeader value lists the choices', () => {
+    expect(issuesOf(withData('  receivedHeader: hidden\n'))).toEqual([
+      '/etc/smtpgate/smtpgate.yaml:13: data.receivedHeader: expected one of "full" | "private" | "off", found string "hidden"',
+    ]);
+  });
+});
+
 describe('units', () => {
   test('durations', () => {
     expect(parseDuration('250ms')).toBe(250);
