@@ -35,6 +35,7 @@ export interface DataSettings {
   readonly bareLineEndings: BareLineEndingMode;
   readonly receivedHeader: ReceivedHeaderMode;
   readonly authenticatedUserHeader: boolean;
+  readonly stripHeaders: readonly string[];
   readonly maxMessageBytes: number;
 }
 
