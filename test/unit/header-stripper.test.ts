@@ -8,6 +8,7 @@ import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
 import { BodyEncoder, SmugglingError, isCanonical } from '../../src/relay/data-encoder.js';
 import { HeaderStripper } from '../../src/relay/header-stripper.js';
+import { LEAKY_HEADERS, LEAKY_MESSAGE, LEAKY_MESSAGE_STRIPPED } from '../helpers/leaky-message.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 const s = (bufs: Buffer[]): string => Buffer.concat(bufs).toString('latin1');
@@ -53,41 +54,9 @@ function reference(message: string, names: string[]): string {
   return out.join('') + lines.slice(i).join('');
 }
 
-const LEAKY = ['X-Originating-IP', 'X-Internal-Host'];
-
-const MESSAGE = [
-  'From: Alice <alice@corp.example>',
-  'X-Originating-IP: [10.1.2.3]',
-  'To: bob@corp.example',
-  'x-ORIGINATING-ip: [10.1.2.4],',
-  '\t[10.1.2.5]',
-  'X-Originating-IP-Extra: kept, only starts like a stripped name',
-  'X-Originating-I: kept, a prefix of one',
-  'Subject: hello',
-  ' folded subject',
-  'X-Internal-Host: build-07.corp.internal',
-  'MIME-Version: 1.0',
-  'Content-Type: multipart/mixed; boundary="b1"',
-  '',
-  '--b1',
-  'Content-Type: text/plain',
-  '',
-  'X-Originating-IP: in the body, kept',
-  '--b1',
-  'Content-Type: message/rfc822',
-  '',
-  'From: someone@elsewhere.example',
-  'X-Originating-IP: [192.0.2.9] of the attached message, kept',
-  'Subject: attached',
-  '',
-  'attached body',
-  '--b1--',
-  '',
-].join('\r\n');
-
-const STRIPPED = MESSAGE.replace('X-Originating-IP: [10.1.2.3]\r\n', '')
-  .replace('x-ORIGINATING-ip: [10.1.2.4],\r\n\t[10.1.2.5]\r\n', '')
-  .replace('X-Internal-Host: build-07.corp.internal\r\n', '');
+const LEAKY = LEAKY_HEADERS;
+const MESSAGE = LEAKY_MESSAGE;
+const STRIPPED = LEAKY_MESSAGE_STRIPPED;
 
 describe('which lines go', () => {
   test('a stripped field goes in any case, every time it appears, with its folded continuation lines; every other octet stays', () => {

@@ -12,6 +12,7 @@ import { describeWith } from '../../helpers/programs.js';
 import { authenticatedSession, closeBackend, envelope, forThisTest, stopGate } from '../../helpers/sessions.js';
 import type { SmtpTalk } from '../../helpers/smtp-talk.js';
 import type { DataInput } from '../../helpers/config.js';
+import { LEAKY_HEADERS, LEAKY_MESSAGE, LEAKY_MESSAGE_STRIPPED } from '../../helpers/leaky-message.js';
 
 /** The client's end is bound to this address, so it can't be confused with smtpgate's own 127.0.0.1. */
 const CLIENT_ADDRESS = '127.0.0.2';
@@ -75,43 +76,12 @@ describe('data.receivedHeader: private', () => {
 });
 
 describe('data.stripHeaders', () => {
-  const STRIP = ['X-Originating-IP', 'X-Internal-Host'];
-
-  /** Headers a webmail or an internal app writes, the leaky ones folded, in odd cases and repeated. */
-  const MESSAGE = [
-    'From: Alice <alice@corp.test>',
-    'X-Originating-IP: [10.1.2.3]',
-    'To: bob@corp.test',
-    'x-ORIGINATING-ip: [10.1.2.4],',
-    '\t[10.1.2.5]',
-    'X-Originating-IP-Extra: kept: only starts like a stripped name',
-    'Subject: quarterly',
-    ' numbers',
-    'X-INTERNAL-HOST:',
-    '  build-07.corp.internal',
-    'MIME-Version: 1.0',
-    'Content-Type: multipart/mixed; boundary="b1"',
-    '',
-    '--b1',
-    'Content-Type: text/plain',
-    '',
-    'X-Originating-IP: [10.9.9.9] in the body is text, kept',
-    '.a line that starts with a dot',
-    '--b1',
-    'Content-Type: message/rfc822',
-    '',
-    'From: carol@elsewhere.test',
-    'X-Originating-IP: [192.0.2.9] of the attached message, kept',
-    'Subject: attached',
-    '',
-    'attached body',
-    '--b1--',
-    '',
-  ].join('\r\n');
-
-  const EXPECTED = MESSAGE.replace('X-Originating-IP: [10.1.2.3]\r\n', '')
-    .replace('x-ORIGINATING-ip: [10.1.2.4],\r\n\t[10.1.2.5]\r\n', '')
-    .replace('X-INTERNAL-HOST:\r\n  build-07.corp.internal\r\n', '');
+  const STRIP = LEAKY_HEADERS;
+  /** With a body line that starts with a dot: the client stuffs it, smtpgate unstuffs and stuffs it again. */
+  const dotted = (m: string) => m.replace('attached body', '.attached body');
+  const MESSAGE = dotted(LEAKY_MESSAGE);
+  const EXPECTED = dotted(LEAKY_MESSAGE_STRIPPED);
+  const stuffed = (m: string) => m.replace('\r\n.attached', '\r\n..attached');
 
   /** The client's message as the backend stored it: with the dot-stuffing undone, as the client wrote it. */
   const clientPart = (stored: RecordedMessage) => split(stored, 1).client;
@@ -119,11 +89,11 @@ describe('data.stripHeaders', () => {
   test('the chosen fields are gone (folded, any case, repeated); every other header, the body and an attached message are byte for byte as sent', async () => {
     const { gate, backend } = await gateWith({ stripHeaders: STRIP });
     const c = await authenticatedSession(gate);
-    const stored = await relay(c, backend, MESSAGE.replace('\r\n.a line', '\r\n..a line'));
+    const stored = await relay(c, backend, stuffed(MESSAGE));
     await c.cmd('QUIT');
     expect(clientPart(stored)).toBe(EXPECTED);
     expect(EXPECTED).not.toBe(MESSAGE);
-    expect(EXPECTED).toContain('\r\nX-Originating-IP-Extra: kept: only starts like a stripped name\r\n');
+    expect(EXPECTED).toContain('\r\nX-Originating-IP-Extra: kept, only starts like a stripped name\r\n');
   });
 
   test("smtpgate's own headers are never stripped, even when named; the client's Received: lines are", async () => {
@@ -152,7 +122,7 @@ describe('data.stripHeaders', () => {
     const written = (data: string) => new Promise<void>((resolve, reject) => socket.write(data, 'latin1', (err) => (err ? reject(err) : resolve())));
     await written('MAIL FROM:<alice@corp.test>\r\nRCPT TO:<bob@corp.test>\r\nDATA\r\n');
     expect([(await c.read()).code, (await c.read()).code, (await c.read()).code]).toEqual([250, 250, 354]);
-    const message = MESSAGE.replace('\r\n.a line', '\r\n..a line');
+    const message = stuffed(MESSAGE);
     const headerEnd = message.indexOf('\r\n\r\n') + 4;
     // Each write is its own TLS record, and each record reaches smtp-server as its own chunk.
     for (const octet of message.slice(0, headerEnd)) await written(octet);
