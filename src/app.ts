@@ -494,6 +494,7 @@ export class App {
             bareLineEndings: config.data.bareLineEndings,
             receivedHeader: config.data.receivedHeader,
             authenticatedUserHeader: config.data.authenticatedUserHeader,
+            stripHeaders: config.data.stripHeaders,
             maxMessageBytes: config.limits.maxMessageBytes,
           },
           client: config.client,

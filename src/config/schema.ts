@@ -53,6 +53,18 @@ const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
 });
 
 
+/**
+ * Fields a message can't do without: RFC 5322 §3.6 requires From and Date, and without its
+ * MIME headers the body can no longer be read (RFC 2045 §3).
+ */
+const UNSTRIPPABLE_HEADERS = ['from', 'date', 'mime-version', 'content-type', 'content-transfer-encoding'];
+
+/** A name for data.stripHeaders: a header field name as messages spell it, without the colon. */
+const strippableHeader = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'expected a header name such as X-Originating-IP (letters, digits, "-", "_" or "."; no colon)')
+  .refine((name) => !UNSTRIPPABLE_HEADERS.includes(name.toLowerCase()), { error: (issue) => `${String(issue.input)} can't be stripped: the message needs it` });
+
 const cidr = z.string().transform((value, ctx): Cidr => {
   const c = parseCidr(value);
   if (!c) {
@@ -214,9 +226,22 @@ export function configSchema(baseDir: string) {
     .object({
       /** What to do with a bare CR, bare LF or NUL in a message (SMTP smuggling). */
       bareLineEndings: z.enum(['reject', 'normalize']).default('reject'),
-      receivedHeader: z.boolean().default(true),
+      /**
+       * full: the Received: header names the client (EHLO, address); private: smtpgate's hop
+       * only (relay/received-header.ts); off: none. true and false, from configs written before
+       * private existed, mean full and off.
+       */
+      receivedHeader: z
+        .union([z.boolean(), z.enum(['full', 'private', 'off'])])
+        .transform((v) => (v === true ? ('full' as const) : v === false ? ('off' as const) : v))
+        .default('full'),
       /** Add "X-Authenticated-User: <login>" for the backend's filters. */
       authenticatedUserHeader: z.boolean().default(false),
+      /**
+       * Header fields removed from the client's top-level header block (relay/header-stripper.ts),
+       * e.g. X-Originating-IP; names are matched without regard to case.
+       */
+      stripHeaders: z.array(strippableHeader).default([]),
     })
     .strict();
 
@@ -242,7 +267,7 @@ export function configSchema(baseDir: string) {
       backend,
       /** Folder of policy rule files (docs/policies.md); without it, only relay protection applies. */
       policies: filePath.optional(),
-      data: data.default({ bareLineEndings: 'reject', receivedHeader: true, authenticatedUserHeader: false }),
+      data: data.default({ bareLineEndings: 'reject', receivedHeader: 'full', authenticatedUserHeader: false, stripHeaders: [] }),
       limits: limitsSection.transform((l) => resolveStorePaths(l, baseDir)),
       metrics: z
         .object({

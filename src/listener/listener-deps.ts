@@ -10,6 +10,7 @@ import type { Logger } from '../logging/logger.js';
 import type { Metrics } from '../metrics/catalogue.js';
 import type { PolicySet } from '../policy/types.js';
 import type { BackendSession, BareLineEndingMode } from '../relay/backend.js';
+import type { ReceivedHeaderMode } from '../relay/received-header.js';
 import type { ClientSessionDeps } from '../session/client-session.js';
 import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
 import type { WriteBatcher } from '../transport/write-batcher.js';
@@ -32,8 +33,9 @@ export interface ClientSettings {
 
 export interface DataSettings {
   readonly bareLineEndings: BareLineEndingMode;
-  readonly receivedHeader: boolean;
+  readonly receivedHeader: ReceivedHeaderMode;
   readonly authenticatedUserHeader: boolean;
+  readonly stripHeaders: readonly string[];
   readonly maxMessageBytes: number;
 }
 

@@ -11,6 +11,7 @@ import type { Refusal } from '../reply.js';
 import type { BackendSession } from './backend-session.js';
 import { backendRefusal, isPositive } from './backend-replies.js';
 import { BodyEncoder, type BareLineEndingMode } from './data-encoder.js';
+import { HeaderStripper } from './header-stripper.js';
 import type { DataWriter, SmtpReply } from './smtp-client.js';
 
 export interface MessageSettings {
@@ -18,6 +19,8 @@ export interface MessageSettings {
   readonly listener: string;
   readonly bareLineEndings: BareLineEndingMode;
   readonly maxMessageBytes: number;
+  /** Header fields removed from the client's top-level header block (data.stripHeaders). */
+  readonly stripHeaders: readonly string[];
 }
 
 export type MessageMetrics = Pick<Metrics, 'smugglingRejections' | 'smugglingNormalized' | 'backendFinalReplySeconds'>;
@@ -31,6 +34,7 @@ export class MessageSink {
   readonly #session: BackendSession;
   readonly #writer: DataWriter;
   readonly #encoder: BodyEncoder;
+  readonly #stripper: HeaderStripper | undefined;
   readonly #settings: MessageSettings;
   readonly #metrics: MessageMetrics;
   readonly #started = process.hrtime.bigint();
@@ -42,6 +46,7 @@ export class MessageSink {
     this.#metrics = metrics;
     // RFC 5321 §4.5.3.1.6: the backend never sees a line over 1000 octets.
     this.#encoder = new BodyEncoder({ mode: settings.bareLineEndings, maxLineOctets: 1000 });
+    this.#stripper = settings.stripHeaders.length > 0 ? new HeaderStripper(settings.stripHeaders) : undefined;
   }
 
   /** The client's message bytes taken so far (before encoding). */
@@ -49,7 +54,10 @@ export class MessageSink {
     return this.#encoder.bytesIn;
   }
 
-  /** Headers smtpgate adds on top of the message: canonical already, written as they are. */
+  /**
+   * Headers smtpgate adds on top of the message: canonical already, written as they are, and
+   * never stripped (the stripper reads only the client's bytes).
+   */
   prepend(header: Buffer): void {
     this.#writer.write(header);
   }
@@ -65,7 +73,7 @@ export class MessageSink {
     const max = this.#settings.maxMessageBytes;
     if (this.#encoder.bytesIn > max) throw new MessageTooBigError(`message exceeds ${max} bytes`);
     let flowing = true;
-    for (const piece of pieces) flowing = this.#writer.write(piece) && flowing;
+    for (const piece of this.#strip(pieces)) flowing = this.#writer.write(piece) && flowing;
     return flowing;
   }
 
@@ -76,7 +84,13 @@ export class MessageSink {
 
   /** The client's final dot arrived: flushes the encoder (which may still throw, as write). */
   end(): void {
-    for (const piece of this.#encoder.end()) this.#writer.write(piece);
+    for (const piece of this.#strip(this.#encoder.end())) this.#writer.write(piece);
+    for (const piece of this.#stripper?.end() ?? []) this.#writer.write(piece);
+  }
+
+  /** The encoder's pieces without the stripped header fields (as they are when none are configured). */
+  #strip(pieces: Buffer[]): Buffer[] {
+    return this.#stripper ? this.#stripper.filter(pieces) : pieces;
   }
 
   /**

@@ -19,7 +19,7 @@ import type { Logger } from '../logging/logger.js';
 import type { Metrics } from '../metrics/catalogue.js';
 import { buildUserFacts, dataFacts } from '../policy/facts.js';
 import { MessageScanner } from '../policy/mime.js';
-import { headerSafe, receivedHeader } from '../relay/received-header.js';
+import { headerSafe, receivedHeader, type ReceivedHeaderMode } from '../relay/received-header.js';
 import type { AuthMethod, PolicySet } from '../policy/types.js';
 import { Transaction, replyText, type Backend, type ClientIdentity, type MessageSink, type SmtpReply } from '../relay/backend.js';
 import { queueIdOf } from '../relay/backend-replies.js';
@@ -96,7 +96,7 @@ export interface ClientSessionDeps {
   /** smtpgate's own name, for the Received: header. */
   readonly hostname: string;
   /** The headers smtpgate adds to every message. */
-  readonly data: { readonly receivedHeader: boolean; readonly authenticatedUserHeader: boolean };
+  readonly data: { readonly receivedHeader: ReceivedHeaderMode; readonly authenticatedUserHeader: boolean };
   /**
    * DATA's deadline, and the rate a client must keep up after the grace period (Postfix's
    * smtpd_min_data_rate; 0: none).
@@ -578,14 +578,15 @@ export class ClientSession implements SnapshotSource {
   /** Headers smtpgate adds on top of the message; never built from raw client input. */
   #prependedHeaders(): Buffer | undefined {
     let text = '';
-    if (this.#deps.data.receivedHeader) text += this.#received();
+    const received = this.#deps.data.receivedHeader;
+    if (received !== 'off') text += this.#received(received);
     // Static text from the policy files (validated at load: no CR/LF, no client input).
     for (const h of this.checkpoint.headers()) text += `${h.name}: ${h.value}\r\n`;
     if (this.#deps.data.authenticatedUserHeader && this.user) text += `X-Authenticated-User: ${headerSafe(this.user, 128)}\r\n`;
     return text ? Buffer.from(text, 'latin1') : undefined;
   }
 
-  #received(): string {
+  #received(mode: 'full' | 'private'): string {
     const c = this.#connection;
     const version = c.tlsVersion();
     return receivedHeader({
@@ -597,7 +598,7 @@ export class ClientSession implements SnapshotSource {
       tls: version !== undefined ? { version, cipher: c.tlsCipher() ?? '' } : undefined,
       recipient: c.recipientCount() === 1 ? c.recipients()[0] : undefined,
       date: new Date(this.#deps.clock()),
-    });
+    }, mode);
   }
 
   /**

@@ -85,6 +85,49 @@ describe('config schema', () => {
   });
 });
 
+describe('data: the headers smtpgate writes', () => {
+  const withData = (lines: string) => `${MINIMAL}data:\n${lines}`;
+
+  test('by default the Received: header is full and nothing is stripped', () => {
+    const cfg = parseConfig(MINIMAL, '/etc/smtpgate/smtpgate.yaml');
+    expect(cfg.data).toEqual({ bareLineEndings: 'reject', receivedHeader: 'full', authenticatedUserHeader: false, stripHeaders: [] });
+    expect(parseConfig(withData('  bareLineEndings: reject\n'), '/etc/smtpgate/smtpgate.yaml').data.receivedHeader).toBe('full');
+  });
+
+  test('receivedHeader takes full, private or off; true and false (configs from before private) still mean full and off', () => {
+    const mode = (value: string) => parseConfig(withData(`  receivedHeader: ${value}\n`), '/etc/smtpgate/smtpgate.yaml').data.receivedHeader;
+    expect([mode('full'), mode('private'), mode('off'), mode('true'), mode('false')]).toEqual(['full', 'private', 'off', 'full', 'off']);
+  });
+
+  test('another receivedHeader value lists the choices', () => {
+    expect(issuesOf(withData('  receivedHeader: hidden\n'))).toEqual([
+      '/etc/smtpgate/smtpgate.yaml:13: data.receivedHeader: expected one of "full" | "private" | "off", found string "hidden"',
+    ]);
+  });
+
+  test('stripHeaders takes header names, kept as written', () => {
+    const cfg = parseConfig(withData('  stripHeaders: [X-Originating-IP, x-internal_host.v2]\n'), '/etc/smtpgate/smtpgate.yaml');
+    expect(cfg.data.stripHeaders).toEqual(['X-Originating-IP', 'x-internal_host.v2']);
+  });
+
+  test('a stripHeaders entry with a colon or a space is refused with what a name looks like', () => {
+    const issues = issuesOf(withData('  stripHeaders: ["X-Originating-IP:", "X Originating"]\n'));
+    expect(issues).toEqual([
+      '/etc/smtpgate/smtpgate.yaml:13: data.stripHeaders[0]: expected a header name such as X-Originating-IP (letters, digits, "-", "_" or "."; no colon)',
+      '/etc/smtpgate/smtpgate.yaml:13: data.stripHeaders[1]: expected a header name such as X-Originating-IP (letters, digits, "-", "_" or "."; no colon)',
+    ]);
+  });
+
+  test('fields the message needs (From, Date, the MIME headers) cannot be stripped, in any case', () => {
+    const issues = issuesOf(withData('  stripHeaders: [from, DATE, Mime-Version, Content-Type, content-transfer-encoding, Received]\n'));
+    expect(issues).toEqual(
+      ['from', 'DATE', 'Mime-Version', 'Content-Type', 'content-transfer-encoding'].map(
+        (name, i) => `/etc/smtpgate/smtpgate.yaml:13: data.stripHeaders[${i}]: ${name} can't be stripped: the message needs it`,
+      ),
+    );
+  });
+});
+
 describe('units', () => {
   test('durations', () => {
     expect(parseDuration('250ms')).toBe(250);

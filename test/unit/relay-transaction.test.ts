@@ -34,7 +34,7 @@ function backendOn(port: number, maxMessageBytes = 1_000_000, identity: 'none' |
   const target: BackendTarget = { name: `127.0.0.1:${port}`, options: { host: '127.0.0.1', port, tls: 'none', heloName: 'gate.test', timeouts: TIMEOUTS } };
   const session = new BackendSession(new BackendPool([target], 'failover', 1000), { identity }, { onConnected: () => undefined, onError: (_t, err) => onError(err) });
   const metrics = createMetrics(readBuildInfo());
-  const backend = new Backend(session, pino({ level: 'silent' }), { listener: 'submission', bareLineEndings: 'reject', maxMessageBytes }, metrics);
+  const backend = new Backend(session, pino({ level: 'silent' }), { listener: 'submission', bareLineEndings: 'reject', maxMessageBytes, stripHeaders: [] }, metrics);
   return { backend, metrics };
 }
 

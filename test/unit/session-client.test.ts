@@ -162,7 +162,7 @@ function sessionWith(opts: Options = {}) {
     requireTls: { untrusted: opts.requireTls ?? false, trusted: false },
     requireAuth: opts.requireAuth ?? false,
     hostname: 'gate.test',
-    data: { receivedHeader: true, authenticatedUserHeader: false },
+    data: { receivedHeader: 'full', authenticatedUserHeader: false },
     dataPace: { deadline: 600_000, minRate: 0, grace: 30_000 },
     metrics,
     clock: () => now,
