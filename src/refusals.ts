@@ -65,6 +65,12 @@ export const AUTH_DATA_INVALID = refusal(501, '5.5.2', 'Invalid authentication d
 export const AUTH_MECHANISM_UNKNOWN = refusal(504, '5.5.4', 'Unrecognized authentication type', 'auth_malformed');
 export const AUTH_CREDENTIALS_INVALID = refusal(535, '5.7.8', 'Authentication credentials invalid', 'auth_failed');
 export const AUTH_TEMPORARY_FAILURE = refusal(454, '4.7.0', 'Temporary authentication failure, try again later', 'auth_unavailable');
+/**
+ * A message whose first line is a continuation line (starts with a space or tab): behind the
+ * headers smtpgate prepends, it would read as more of smtpgate's last header (an
+ * X-Authenticated-User the client extends). RFC 5322 §2.2: a header block starts with a field.
+ */
+export const MESSAGE_STARTS_WITH_CONTINUATION = refusal(550, '5.6.0', 'Message must begin with a header field, not a continuation line', 'syntax');
 /** auth.requireAppPassword: the user gave another password, which was not checked. */
 export const AUTH_APP_PASSWORD_REQUIRED = refusal(535, '5.7.8', 'Authentication credentials invalid: this account must sign in with an app password; ask your mail administrator for one', 'app_password_required');
 

@@ -38,6 +38,7 @@ import {
   SESSION_TIME_LIMIT,
   STARTTLS_REQUIRED,
   AUTH_REQUIRED,
+  MESSAGE_STARTS_WITH_CONTINUATION,
   TLS_HANDSHAKE_TIMEOUT,
   clientCertificateRefused,
   dataTooSlow,
@@ -96,7 +97,7 @@ export interface ClientSessionDeps {
   /** smtpgate's own name, for the Received: header. */
   readonly hostname: string;
   /** The headers smtpgate adds to every message. */
-  readonly data: { readonly receivedHeader: ReceivedHeaderMode; readonly authenticatedUserHeader: boolean };
+  readonly data: { readonly receivedHeader: ReceivedHeaderMode; readonly authenticatedUserHeader: boolean; readonly bareLineEndings: 'reject' | 'normalize' };
   /**
    * DATA's deadline, and the rate a client must keep up after the grace period (Postfix's
    * smtpd_min_data_rate; 0: none).
@@ -507,9 +508,15 @@ export class ClientSession implements SnapshotSource {
         sink = out;
         const header = this.#prependedHeaders();
         if (header) out.prepend(header);
+        // Behind smtpgate's own headers, a first line that is a continuation would extend them.
+        let firstByteSeen = header === undefined;
 
         const onData = (chunk: Buffer): void => {
           if (settled) return;
+          if (!firstByteSeen && chunk.length > 0) {
+            firstByteSeen = true;
+            if (startsWithContinuation(chunk, this.#deps.data.bareLineEndings === 'normalize')) return fail(new PolicyRefusalError(MESSAGE_STARTS_WITH_CONTINUATION, undefined));
+          }
           scanner?.write(chunk);
           messageId.write(chunk);
           let flowing: boolean;
@@ -569,7 +576,7 @@ export class ClientSession implements SnapshotSource {
     tx.abort();
     const err = failure;
     if (err instanceof PolicyRefusalError) {
-      this.log.info({ rule: err.rule }, 'data-stage policy refusal: backend transaction aborted');
+      if (err.rule !== undefined) this.log.info({ rule: err.rule }, 'data-stage policy refusal: backend transaction aborted');
       return { refusal: err.refusal, rule: err.rule };
     }
     return { refusal: tx.refusalFor(err, err instanceof ClientAbortError || clientLeft()) };
@@ -758,6 +765,18 @@ export class ClientSession implements SnapshotSource {
 }
 
 /** A client-given name for a log line: printable ASCII, bounded. */
+/**
+ * Whether a message's first bytes make its first line a continuation line: a space or tab; and
+ * with `normalize` (data.bareLineEndings) a NUL, bare LF or bare CR too, since each becomes a
+ * space on the way to the backend. (With `reject` those are refused as smuggling anyway.)
+ */
+function startsWithContinuation(chunk: Buffer, normalize: boolean): boolean {
+  const b = chunk[0];
+  if (b === 0x20 || b === 0x09) return true;
+  if (!normalize) return false;
+  return b === 0x00 || b === 0x0a || (b === 0x0d && chunk.length > 1 && chunk[1] !== 0x0a);
+}
+
 /** What the log says of a failed sign-in: the source, its reason, and why it couldn't decide. */
 type AuthFailureLog = { source?: string; authResult: AuthFailureReason; credential?: string; detail?: string; cached?: true };
 

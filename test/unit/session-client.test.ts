@@ -162,7 +162,7 @@ function sessionWith(opts: Options = {}) {
     requireTls: { untrusted: opts.requireTls ?? false, trusted: false },
     requireAuth: opts.requireAuth ?? false,
     hostname: 'gate.test',
-    data: { receivedHeader: 'full', authenticatedUserHeader: false },
+    data: { receivedHeader: 'full', authenticatedUserHeader: false, bareLineEndings: 'reject' },
     dataPace: { deadline: 600_000, minRate: 0, grace: 30_000 },
     metrics,
     clock: () => now,

@@ -201,3 +201,21 @@ describeWith(['postfix'], 'in front of a real Postfix, whose header_checks log e
     expect(log.some((l) => l.includes(`client=localhost[127.0.0.1], orig_client=unknown[${CLIENT_ADDRESS}]`))).toBe(true);
   });
 });
+
+describe('the headers smtpgate prepends can not be extended by the client', () => {
+  test.each([
+    ['a space', ' admin@corp.test'],
+    ['a tab', '\tadmin@corp.test'],
+  ])('a message whose first line starts with %s (it would continue smtpgate\'s last header) is refused with 550 5.6.0, and nothing reaches the backend', async (_what, first) => {
+    const { gate, backend } = await gateWith({ authenticatedUserHeader: true });
+    const c = await authenticatedSession(gate);
+    const { data } = await envelope(c, 'alice@corp.test', ['bob@corp.test']);
+    expect(data?.code).toBe(354);
+    c.write(`${first}\r\nSubject: x\r\n\r\nbody\r\n`);
+    expect((await c.cmd('.')).raw).toMatch(/^550 5\.6\.0 /);
+    expect(backend.messages).toHaveLength(0);
+    // The session goes on: a well-formed message after it is relayed with alice's header intact.
+    const stored = await relay(c, backend, 'Subject: y\r\n\r\nbody\r\n');
+    expect(stored.data.toString('latin1')).toContain('\r\nX-Authenticated-User: alice\r\nSubject: y\r\n');
+  });
+});
