@@ -262,9 +262,13 @@ export function initSeries(m: Metrics, known: { listeners: readonly string[]; ba
   }
 }
 
-/** The `auth` and `tls` labels of a message, from what its session knows at DATA. */
+/**
+ * The `auth` and `tls` labels of a message, from what its session knows at DATA, read as the
+ * MAIL FROM checks read it (ClientSession.mail): `none` is what requireAuth refuses, `no` what
+ * requireTls refuses.
+ */
 export function howSent(session: { readonly user: string | undefined; readonly trusted: boolean; readonly secure: boolean }): { auth: MessageAuth; tls: MessageTls } {
-  return { auth: session.user !== undefined ? 'user' : session.trusted ? 'trusted' : 'none', tls: session.secure ? 'yes' : 'no' };
+  return { auth: session.user ? 'user' : session.trusted ? 'trusted' : 'none', tls: session.secure ? 'yes' : 'no' };
 }
 
 /**
