@@ -14,7 +14,7 @@ import { hostBitWarnings } from './config/cidr-host-bits.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
 import { isLoopbackHost, type Config } from './config/schema.js';
 import { createLogger, prettyAvailable, type Logger } from './logging/logger.js';
-import { createMetrics, initSeries, recordReload, type Metrics } from './metrics/catalogue.js';
+import { createMetrics, describeListeners, initSeries, recordReload, type Metrics } from './metrics/catalogue.js';
 import { readBuildInfo } from './build-info.js';
 import { boundPort, startAdminServer, type Readiness } from './metrics/http-server.js';
 import { readUsersFile } from './auth/file-authenticator.js';
@@ -411,6 +411,7 @@ export class App {
       b.markDownFor,
     );
     initSeries(this.metrics, { listeners: config.listeners.map((l) => l.name), backends: pool.targets.map((t) => t.name), loadedAt: new Date() });
+    describeListeners(this.metrics, config.listeners);
     if (config.auth) {
       initAuthMetrics(this.metrics.auth, config.auth.backend, config.auth.cache !== undefined);
       // Each source that can be reached on its own (a directory) is checked once now, in the

@@ -3,11 +3,12 @@
  * two instances in one process (tests) don't collide.
  *
  * Labels come only from small, fixed sets: listener (from config), stage, result, reason
- * (REFUSAL_REASONS), code class, mechanism, backend (from config). Never an IP, user, address
- * or EHLO name: those go in logs.
+ * (REFUSAL_REASONS), code class, mechanism, auth (MESSAGE_AUTH), tls (MESSAGE_TLS), backend
+ * (from config). Never an IP, user, address or EHLO name: those go in logs.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { BuildInfo } from '../build-info.js';
+import type { ListenerConfig } from '../config/schema.js';
 import { createLimitMetrics } from '../limits/metrics.js';
 import { createPolicyMetrics } from '../policy/metrics.js';
 import { createAuthMetrics } from './auth-metrics.js';
@@ -15,6 +16,22 @@ import { createAuthMetrics } from './auth-metrics.js';
 /** What SIGHUP and the file watchers reload, each on its own. */
 export const RELOAD_COMPONENTS = ['certificate', 'users', 'credentials', 'config', 'policy'] as const;
 export type ReloadComponent = (typeof RELOAD_COMPONENTS)[number];
+
+const MESSAGE_RESULTS = ['relayed', 'refused', 'aborted'] as const;
+/**
+ * How a message's session was let send: a signed-in `user` (password, app password or client
+ * certificate), a client in the listener's `trusted` networks that did not sign in, or `none`
+ * (a listener with requireAuth: false). A trusted client that signs in counts as `user`: the
+ * mail is someone's.
+ */
+export const MESSAGE_AUTH = ['user', 'trusted', 'none'] as const;
+/**
+ * Whether the session was under TLS when the message came: yes or no. The version is left to
+ * smtpgate_tls_handshakes_total; here it would triple the series for no question anyone asks.
+ */
+export const MESSAGE_TLS = ['yes', 'no'] as const;
+export type MessageAuth = (typeof MESSAGE_AUTH)[number];
+export type MessageTls = (typeof MESSAGE_TLS)[number];
 
 /**
  * prom-client's gauges of the same counts as nodejs_active_{handles,requests,resources}{type},
@@ -88,8 +105,16 @@ export function createMetrics(build: BuildInfo) {
     }),
     messages: new Counter({
       name: 'smtpgate_messages_total',
-      help: 'Messages by final outcome: relayed (backend said 2xx at the final dot), refused, or aborted.',
-      labelNames: ['listener', 'result'] as const,
+      help: 'Messages by final outcome (relayed: backend said 2xx at the final dot; refused; aborted), how the session was let send (auth: user signed in, trusted network, none) and whether it was under TLS (tls: yes|no).',
+      labelNames: ['listener', 'result', 'auth', 'tls'] as const,
+      registers,
+    }),
+    listenerInfo: new Gauge({
+      name: 'smtpgate_listener_info',
+      // Across cluster workers: every worker runs the same listeners.
+      aggregator: 'max',
+      help: 'Always 1, one series per listener; its labels are what the listener enforces: tls_mode (starttls|implicit|none), require_tls and require_auth (untrusted clients), trusted_networks, trusted_require_tls (clients in trusted.networks), client_certs (none|optional|required).',
+      labelNames: ['listener', 'tls_mode', 'require_tls', 'require_auth', 'trusted_networks', 'trusted_require_tls', 'client_certs'] as const,
       registers,
     }),
     messageBytes: new Histogram({
@@ -221,7 +246,13 @@ export function initSeries(m: Metrics, known: { listeners: readonly string[]; ba
     m.connectionsClosed.inc({ listener }, 0);
     m.connectionsActive.inc({ listener }, 0);
     m.smugglingNormalized.inc({ listener }, 0);
-    for (const result of ['relayed', 'refused', 'aborted']) m.messages.inc({ listener, result }, 0);
+    // Every combination, those the listener's settings refuse too: the enforcement alert must see
+    // the first such message, and increase() can't on a series that first appears at 1.
+    for (const result of MESSAGE_RESULTS) {
+      for (const auth of MESSAGE_AUTH) {
+        for (const tls of MESSAGE_TLS) m.messages.inc({ listener, result, auth, tls }, 0);
+      }
+    }
     for (const kind of ['bare_cr', 'bare_lf', 'nul']) m.smugglingRejections.inc({ listener, kind }, 0);
     for (const mechanism of ['PLAIN', 'LOGIN']) {
       for (const credential of ['password', 'app_password']) {
@@ -229,4 +260,40 @@ export function initSeries(m: Metrics, known: { listeners: readonly string[]; ba
       }
     }
   }
+}
+
+/**
+ * The `auth` and `tls` labels of a message, from what its session knows at DATA, read as the
+ * MAIL FROM checks read it (ClientSession.mail): `none` is what requireAuth refuses, `no` what
+ * requireTls refuses.
+ */
+export function howSent(session: { readonly user: string | undefined; readonly trusted: boolean; readonly secure: boolean }): { auth: MessageAuth; tls: MessageTls } {
+  return { auth: session.user ? 'user' : session.trusted ? 'trusted' : 'none', tls: session.secure ? 'yes' : 'no' };
+}
+
+/**
+ * The labels of a listener's smtpgate_listener_info series: its enforcement settings as the
+ * running listener applies them (trusted.requireTls defaults to requireTls; without trusted
+ * networks it is that default, and no client is trusted). Booleans read as in the config file.
+ */
+export function listenerInfoLabels(l: ListenerConfig) {
+  return {
+    listener: l.name,
+    tls_mode: l.tls,
+    require_tls: String(l.requireTls),
+    require_auth: String(l.requireAuth),
+    trusted_networks: String(l.trusted !== undefined),
+    trusted_require_tls: String(l.trusted?.requireTls ?? l.requireTls),
+    client_certs: l.clientCerts === undefined ? 'none' : l.clientCerts.required ? 'required' : 'optional',
+  };
+}
+
+/**
+ * Sets smtpgate_listener_info for the listeners the app runs. Listener settings change only
+ * with a restart (config/diff.ts), so the app sets it once at start: set again from a reloaded
+ * file, it would show an edit that is not in force.
+ */
+export function describeListeners(m: Metrics, listeners: readonly ListenerConfig[]): void {
+  m.listenerInfo.reset();
+  for (const l of listeners) m.listenerInfo.set(listenerInfoLabels(l), 1);
 }

@@ -16,7 +16,7 @@ import type { UserAttributes } from '../auth/user-attributes.js';
 import type { ListenerConfig } from '../config/schema.js';
 import type { ClientFacts, Limits } from '../limits/limits.js';
 import type { Logger } from '../logging/logger.js';
-import type { Metrics } from '../metrics/catalogue.js';
+import { howSent, type Metrics } from '../metrics/catalogue.js';
 import { buildUserFacts, dataFacts } from '../policy/facts.js';
 import { MessageScanner } from '../policy/mime.js';
 import { headerSafe, receivedHeader, type ReceivedHeaderMode } from '../relay/received-header.js';
@@ -442,17 +442,18 @@ export class ClientSession implements SnapshotSource {
   async data(stream: Readable): Promise<DataVerdict> {
     this.stage = 'data';
     const { metrics, listener } = this.#deps;
+    const how = howSent({ user: this.user, trusted: this.trusted, secure: this.#connection.secure() });
     const outcome = await this.#relayMessage(stream);
     let verdict: DataVerdict;
     if ('refusal' in outcome) {
-      metrics.messages.inc({ listener, result: outcome.refusal.reason === 'client_aborted' ? 'aborted' : 'refused' });
+      metrics.messages.inc({ listener, result: outcome.refusal.reason === 'client_aborted' ? 'aborted' : 'refused', ...how });
       verdict = this.refuse('data', outcome.refusal, outcome.rule ? { rule: outcome.rule } : {}, outcome.rule);
       this.#endRecord({ refused: outcome.refusal, stage: 'data', rule: outcome.rule });
     } else {
       this.messages++;
       this.bytes += outcome.bytes;
       const recipients = this.#connection.recipientCount();
-      metrics.messages.inc({ listener, result: 'relayed' });
+      metrics.messages.inc({ listener, result: 'relayed', ...how });
       metrics.messageBytes.observe(outcome.bytes);
       metrics.recipientsPerMessage.observe(recipients);
       const reply = replyText(outcome.reply);

@@ -3,9 +3,12 @@
  * metric catalogue): every metric smtpgate exports ends up with at least one series.
  *
  * - `healthy`: the shipped policies, a user attributes file, a backend list whose first
- *   address is dead (so backend errors exist), reject mode for bare line endings. Traffic:
- *   relayed messages over both TLS kinds, plaintext attempts, AUTH failures up to a lockout,
- *   a sender-binding refusal, a backend refusal, a smuggling rejection, an audit hit, reloads.
+ *   address is dead (so backend errors exist), reject mode for bare line endings, and next to
+ *   the usual three listeners `apps`, which requires STARTTLS and AUTH except of its trusted
+ *   network (TRUSTED_APP, in cleartext: trusted.requireTls false). Traffic: relayed messages
+ *   over both TLS kinds, plaintext attempts, AUTH failures up to a lockout, a sender-binding
+ *   refusal, a backend refusal, a smuggling rejection, an audit hit, reloads, and (on its own,
+ *   sendFromTrustedApp) a trusted app's message without AUTH or TLS.
  * - `troubled`: normalize mode (one stray LF replaced), a certificate that expires in 5 days,
  *   a Redis limiter store nobody listens on, and backend health checks that find the dead
  *   first backend down, so the alerts about them have something to find.
@@ -13,6 +16,7 @@
 import { cp, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { listener } from './config.js';
 import { ALICE, startGate, type Gate } from './gate.js';
 import { startRecordingBackend, type RecordingBackend } from './backends.js';
 import { makeTestCert } from './pki.js';
@@ -35,6 +39,9 @@ export interface OpsGates {
 /** A user that doesn't exist: wrong logins as this user lead to a user_ip lockout. */
 export const MALLORY = { name: 'mallory', password: 'not the password' };
 
+/** The address of an internal app in the healthy gate's `apps` listener's trusted network. */
+export const TRUSTED_APP = '127.0.0.3';
+
 export async function startOpsGates(): Promise<OpsGates> {
   const backend = await startRecordingBackend({ refuseRcpt: { 'nobody@corp.example': '550 5.1.1 No such user here' } });
   const dead = await deadPort();
@@ -44,6 +51,12 @@ export async function startOpsGates(): Promise<OpsGates> {
     const healthy = await startGate({
       backend: { address: [`127.0.0.1:${dead}`, `127.0.0.1:${backend.port}`], strategy: 'failover' },
       auth: { users: 'users', attributes: 'users.yaml', cache: { ttl: '10m' } },
+      listeners: [
+        listener('submission', { tls: 'starttls' }),
+        listener('smtps', { tls: 'implicit' }),
+        listener('plain', { tls: 'none', requireTls: false }),
+        listener('apps', { tls: 'starttls', trusted: { networks: [`${TRUSTED_APP}/32`], requireTls: false } }),
+      ],
       config: { policies: 'policies' },
       logLevel: 'warn',
       beforeStart: async (dir) => {
@@ -181,6 +194,26 @@ export async function driveTraffic(g: OpsGates): Promise<void> {
     expectCode('normalized message', await send(t, 'alice@corp.example', ['bob@corp.example'], message('', 'one\ntwo\r\n')), 250);
   } finally {
     await quit(t);
+  }
+}
+
+/**
+ * An internal app in the `apps` listener's trusted network sends one message without AUTH or
+ * TLS, which that listener allows it; a client outside that network gets 530 for the same MAIL.
+ * On its own, so a test can send it after Prometheus has seen the counters at 0.
+ */
+export async function sendFromTrustedApp(g: OpsGates): Promise<void> {
+  const outsider = await session(g.healthy.port('apps'));
+  try {
+    expectCode('MAIL in cleartext from outside the trusted network', await outsider.cmd('MAIL FROM:<app@corp.example>'), 530);
+  } finally {
+    await quit(outsider);
+  }
+  const app = await session(g.healthy.port('apps'), { localAddress: TRUSTED_APP });
+  try {
+    expectCode('trusted app message', await send(app, 'app@corp.example', ['bob@corp.example'], message()), 250);
+  } finally {
+    await quit(app);
   }
 }
 

@@ -26,8 +26,8 @@ export interface Prometheus {
   readonly port: number;
   /** Everything Prometheus wrote to stderr (its log), for failure messages. */
   readonly log: () => string;
-  /** An instant query, as Grafana's stat and table panels send it. */
-  query(expr: string): Promise<ApiAnswer<{ resultType: string; result: PromResult[] }>>;
+  /** An instant query, as Grafana's stat and table panels send it; now, or `at` (Unix seconds). */
+  query(expr: string, at?: number): Promise<ApiAnswer<{ resultType: string; result: PromResult[] }>>;
   /** GET on the API, e.g. api('rules'), api('alerts'), api('targets'). */
   api<T>(what: string): Promise<ApiAnswer<T>>;
   stop(): Promise<void>;
@@ -84,8 +84,14 @@ export async function startPrometheus(opts: PrometheusOptions): Promise<Promethe
   return {
     port,
     log: () => stderr,
-    query: async (expr) =>
-      answer(await fetch(`${base}/query`, { method: 'POST', body: new URLSearchParams({ query: expr }), headers: { 'content-type': 'application/x-www-form-urlencoded' } })),
+    query: async (expr, at) =>
+      answer(
+        await fetch(`${base}/query`, {
+          method: 'POST',
+          body: new URLSearchParams({ query: expr, ...(at === undefined ? {} : { time: String(at) }) }),
+          headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        }),
+      ),
     api: async <T>(what: string) => answer<T>(await fetch(`${base}/${what}`)),
     stop: async () => {
       if (child.exitCode === null) {

@@ -119,6 +119,8 @@ interface Options {
   clientCerts?: ClientSessionDeps['clientCerts'];
   requireTls?: boolean;
   requireAuth?: boolean;
+  /** The client is in the listener's trusted networks. */
+  trusted?: boolean;
 }
 
 let now = 1_000_000;
@@ -169,7 +171,7 @@ function sessionWith(opts: Options = {}) {
     hangUp: (_s, refusal, stage, reply) => hungUp.push({ refusal, stage, reply }),
   };
   const connection = new FakeConnection();
-  const session = new ClientSession(deps, { connection, log, backend: fakeBackend, policy: opts.policy ?? emptyPolicySet('UTC'), trusted: false });
+  const session = new ClientSession(deps, { connection, log, backend: fakeBackend, policy: opts.policy ?? emptyPolicySet('UTC'), trusted: opts.trusted ?? false });
   return { session, connection, limits, metrics, lines, hungUp, backend };
 }
 
@@ -479,7 +481,28 @@ describe('data', () => {
     expect(seen.committed).toBe(1);
     expect(session.messages).toBe(1);
     expect(session.stage).toBe('connect');
-    expect((await metrics.messages.get()).values).toContainEqual(expect.objectContaining({ labels: { listener: 'submission', result: 'relayed' }, value: 1 }));
+    expect((await metrics.messages.get()).values).toContainEqual(expect.objectContaining({ labels: { listener: 'submission', result: 'relayed', auth: 'user', tls: 'no' }, value: 1 }));
+  });
+
+  // The dashboard's "mail without AUTH" and "mail without TLS", and the enforcement alert, read these labels.
+  test.each([
+    { who: 'a signed-in user under TLS', user: 'alice', trusted: false, secure: true, auth: 'user', tls: 'yes' },
+    { who: 'a signed-in user from a trusted network', user: 'alice', trusted: true, secure: true, auth: 'user', tls: 'yes' },
+    { who: 'a trusted client that did not sign in, in cleartext', user: undefined, trusted: true, secure: false, auth: 'trusted', tls: 'no' },
+    { who: 'an untrusted client that did not sign in, under TLS', user: undefined, trusted: false, secure: true, auth: 'none', tls: 'yes' },
+    { who: 'an untrusted client that did not sign in, in cleartext', user: undefined, trusted: false, secure: false, auth: 'none', tls: 'no' },
+  ])('a message from $who is counted with auth $auth and tls $tls, relayed or refused', async ({ user, trusted, secure, auth, tls }) => {
+    const relayed = await inTransaction({ trusted });
+    relayed.session.user = user;
+    relayed.connection.isSecure = secure;
+    await relayed.session.data(Readable.from([Buffer.from('Subject: hi\r\n\r\nbody\r\n')]));
+    const refused = await inTransaction({ trusted, policy: await policySet('rules:\n  - { name: no-data, stage: data, action: reject }\n') });
+    refused.session.user = user;
+    refused.connection.isSecure = secure;
+    await refused.session.data(Readable.from([Buffer.from('Subject: hi\r\n\r\nbody\r\n')]));
+    const counted = async (m: ReturnType<typeof createMetrics>) => (await m.messages.get()).values.filter((v) => v.value > 0).map((v) => ({ ...v.labels }));
+    expect(await counted(relayed.metrics)).toEqual([{ listener: 'submission', result: 'relayed', auth, tls }]);
+    expect(await counted(refused.metrics)).toEqual([{ listener: 'submission', result: 'refused', auth, tls }]);
   });
 
   test('a data-stage rule’s refusal aborts the backend transaction without the final dot; it is counted at stage data with the rule', async () => {

@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { createMetrics } from '../../../src/metrics/catalogue.js';
+import { MESSAGE_AUTH, MESSAGE_TLS, createMetrics } from '../../../src/metrics/catalogue.js';
 import { LIMITER_NAMES } from '../../../src/limits/replies.js';
 import { REFUSAL_REASONS } from '../../../src/reply.js';
 import { AUTH_SOURCES } from '../../../src/config/auth-section.js';
@@ -15,7 +15,7 @@ import { SOURCE_RESULTS } from '../../../src/metrics/auth-metrics.js';
 import { AUTH_METHODS } from '../../../src/policy/types.js';
 import { ALICE } from '../../helpers/gate.js';
 import { baseName, parseExposition, type Sample } from '../../helpers/exposition.js';
-import { MALLORY, REPO, driveTraffic, scrape, startOpsGates, type OpsGates } from '../../helpers/ops-traffic.js';
+import { MALLORY, REPO, driveTraffic, scrape, sendFromTrustedApp, startOpsGates, type OpsGates } from '../../helpers/ops-traffic.js';
 import { readBuildInfo } from '../../../src/build-info.js';
 
 const PACKAGE_VERSION = (JSON.parse(readFileSync(`${REPO}/package.json`, 'utf8')) as { version: string }).version;
@@ -26,7 +26,8 @@ const IPV6 = /(^|[^0-9a-z])[0-9a-f]{0,4}(:[0-9a-f]{0,4}){2,}/i;
 /** Where a label's values must come from: fixed sets, or names from the config. */
 function allowedValues(gates: OpsGates, policyRules: readonly string[]): Record<string, (v: string, metric: string) => boolean> {
   const listeners = new Set([...Object.keys(gates.healthy.app.addresses.listeners), ...Object.keys(gates.troubled.app.addresses.listeners)]);
-  const oneOf = (...values: string[]) => (v: string) => values.includes(v);
+  const oneOf = (...values: readonly string[]) => (v: string) => values.includes(v);
+  const bool = oneOf('true', 'false');
   return {
     listener: (v) => listeners.has(v),
     stage: oneOf('connect', 'tls', 'auth', 'mail', 'rcpt', 'data'),
@@ -34,6 +35,14 @@ function allowedValues(gates: OpsGates, policyRules: readonly string[]): Record<
     code_class: (v) => /^[2-5]xx$/.test(v) || v === 'none',
     mechanism: oneOf('PLAIN', 'LOGIN', 'certificate', 'other'),
     credential: (v) => (AUTH_METHODS as readonly string[]).includes(v),
+    auth: oneOf(...MESSAGE_AUTH),
+    tls: (v, metric) => metric === 'smtpgate_messages_total' && (MESSAGE_TLS as readonly string[]).includes(v),
+    tls_mode: oneOf('starttls', 'implicit', 'none'),
+    require_tls: bool,
+    require_auth: bool,
+    trusted_networks: bool,
+    trusted_require_tls: bool,
+    client_certs: oneOf('none', 'optional', 'required'),
     result: (v, metric) =>
       ({
         smtpgate_auth_attempts_total: ['success', 'failure', 'error', 'refused'],
@@ -69,16 +78,20 @@ describe('metric catalogue vs /metrics of running gates', () => {
   let gates: OpsGates;
   let types: Map<string, string>;
   let samples: Sample[];
+  /** Each gate's own samples: both have listeners of the same names. */
+  let samplesOf: Record<'healthy' | 'troubled', Sample[]>;
   const catalogue = createMetrics(readBuildInfo());
 
   beforeAll(async () => {
     gates = await startOpsGates();
     await driveTraffic(gates);
+    await sendFromTrustedApp(gates);
     const [a, b] = await Promise.all([scrape(gates.healthy), scrape(gates.troubled)]);
     const pa = parseExposition(a);
     const pb = parseExposition(b);
     types = new Map([...pa.types, ...pb.types]);
     samples = [...pa.samples, ...pb.samples];
+    samplesOf = { healthy: pa.samples, troubled: pb.samples };
   }, 60_000);
 
   afterAll(async () => {
@@ -181,6 +194,42 @@ describe('metric catalogue vs /metrics of running gates', () => {
     const info = samples.filter((s) => s.name === 'smtpgate_build_info');
     expect(info.length).toBeGreaterThan(0);
     for (const s of info) expect(s).toEqual({ name: 'smtpgate_build_info', labels: { version: PACKAGE_VERSION, node_version: process.version }, value: '1' });
+  });
+
+  test('smtpgate_listener_info is 1 per listener and says what each enforces', () => {
+    const info = (gate: 'healthy' | 'troubled') => samplesOf[gate].filter((s) => s.name === 'smtpgate_listener_info').map((s) => ({ ...s.labels, value: s.value }));
+    const row = (listener: string, tls_mode: string, require_tls: string, trusted_networks: string, trusted_require_tls: string) => ({
+      listener,
+      tls_mode,
+      require_tls,
+      require_auth: 'true',
+      trusted_networks,
+      trusted_require_tls,
+      client_certs: 'none',
+      value: '1',
+    });
+    const usual = [row('submission', 'starttls', 'true', 'false', 'true'), row('smtps', 'implicit', 'true', 'false', 'true'), row('plain', 'none', 'false', 'false', 'false')];
+    // Clients in its trusted network may send in cleartext and without AUTH; others may not.
+    expect(info('healthy')).toEqual(expect.arrayContaining([...usual, row('apps', 'starttls', 'true', 'true', 'false')]));
+    expect(info('healthy')).toHaveLength(4);
+    expect(info('troubled')).toEqual(expect.arrayContaining(usual));
+    expect(info('troubled')).toHaveLength(3);
+  });
+
+  test('messages are counted by how their session was let send: signed in or trusted, under TLS or not', () => {
+    const counted = (gate: 'healthy' | 'troubled') =>
+      samplesOf[gate].filter((s) => s.name === 'smtpgate_messages_total' && s.value !== '0').map((s) => `${s.labels.listener} ${s.labels.result} auth=${s.labels.auth} tls=${s.labels.tls}: ${s.value}`);
+    expect(counted('healthy').sort()).toEqual(
+      [
+        'smtps relayed auth=user tls=yes: 2',
+        // The bare LF, refused by the smuggling guard.
+        'smtps refused auth=user tls=yes: 1',
+        'submission relayed auth=user tls=yes: 1',
+        // The trusted app, without AUTH or TLS.
+        'apps relayed auth=trusted tls=no: 1',
+      ].sort(),
+    );
+    expect(counted('troubled')).toEqual(['smtps relayed auth=user tls=yes: 1']);
   });
 
   test('each reload component reports its last reload as successful, with when', () => {

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { parseExposition } from '../../helpers/exposition.js';
-import { REPO, driveTraffic, failUsersReload, scrape, startOpsGates, type OpsGates } from '../../helpers/ops-traffic.js';
+import { REPO, driveTraffic, failUsersReload, scrape, sendFromTrustedApp, startOpsGates, type OpsGates } from '../../helpers/ops-traffic.js';
 import { describeWith } from '../../helpers/programs.js';
 import { promtoolCheckMetrics, startPrometheus, type Prometheus } from '../../helpers/prometheus.js';
 import { dashboardExpressions, metricNames, substituteVariables } from '../../helpers/promql.js';
@@ -33,6 +33,8 @@ describeWith(['prometheus', 'promtool'], 'the dashboard and the alerts, queried 
   let prom: Prometheus;
   /** Metric names (TYPE lines) the gates export. */
   let exported: Set<string>;
+  /** When Prometheus had scraped the trusted app's message (Unix seconds): rate() over 1m sees it then. */
+  let trustedAppSeenAt: number;
   const JOB = 'smtpgate';
   const instance = (port: number) => `127.0.0.1:${port}`;
 
@@ -45,12 +47,19 @@ describeWith(['prometheus', 'promtool'], 'the dashboard and the alerts, queried 
       const r = await prom.query(`count_over_time(up{job="${JOB}"}[1m]) >= 3 and up{job="${JOB}"} == 1`);
       return r.status === 'success' && r.data.result.length === 2;
     }, 'both gates scraped by Prometheus three times', 30_000);
-    // A reload failure only now, after Prometheus has seen the gate without one.
+    // A reload failure and the trusted app's cleartext message only now, after Prometheus has
+    // seen the gate without them: increase() sees them.
     await failUsersReload(gates);
+    await sendFromTrustedApp(gates);
     await eventually(async () => {
       const r = await prom.query('smtpgate_config_last_reload_successful{component="users"} == 0');
       return r.status === 'success' && r.data.result.length > 0;
     }, 'the reload failure scraped', 15_000);
+    await eventually(async () => {
+      const r = await prom.query('smtpgate_messages_total{listener="apps", result="relayed", auth="trusted", tls="no"} == 1');
+      return r.status === 'success' && r.data.result.length > 0;
+    }, "the trusted app's message scraped", 15_000);
+    trustedAppSeenAt = Date.now() / 1000;
     const texts = await Promise.all([scrape(gates.healthy), scrape(gates.troubled)]);
     exported = new Set(texts.flatMap((t) => [...parseExposition(t).types.keys()]));
   }, 90_000);
@@ -109,6 +118,38 @@ describeWith(['prometheus', 'promtool'], 'the dashboard and the alerts, queried 
     expect(Number(r.data.result[0]?.value[1] ?? 0)).toBeGreaterThanOrEqual(1);
   });
 
+  test('"Mail without AUTH" and "Mail without TLS" show the trusted app\'s message on its listener, and nothing else', async () => {
+    for (const title of ['Mail without AUTH', 'Mail without TLS']) {
+      const panel = dashboardExpressions(DASHBOARD).find((e) => e.panel === title);
+      expect(panel, title).toBeDefined();
+      const r = await prom.query(substituteVariables(panel!.expr), trustedAppSeenAt);
+      const sending = r.data.result.filter((s) => Number(s.value[1]) > 0).map((s) => s.metric);
+      expect(sending, title).toEqual([{ listener: 'apps', auth: 'trusted' }]);
+    }
+  });
+
+  test('"Listener enforcement" lists what each listener of each gate requires', async () => {
+    const panel = dashboardExpressions(DASHBOARD).find((e) => e.panel === 'Listener enforcement');
+    expect(panel).toBeDefined();
+    const r = await prom.query(substituteVariables(panel!.expr));
+    const apps = r.data.result.filter((s) => s.metric.listener === 'apps');
+    expect(apps.map((s) => s.metric)).toEqual([
+      { instance: instance(gates.healthy.metricsPort), listener: 'apps', tls_mode: 'starttls', require_tls: 'true', require_auth: 'true', trusted_networks: 'true', trusted_require_tls: 'false', client_certs: 'none' },
+    ]);
+    expect(r.data.result).toHaveLength(4 + 3);
+  });
+
+  // The alert's other side (it fires on mail a listener refuses) is in enforcement-alert.promtool.yml.
+  test('SmtpgateEnforcementBypassed: the trusted app\'s cleartext mail is in its input, and the listener\'s trusted.requireTls: false keeps it quiet', async () => {
+    const rule = RULES.find((r) => r.alert === 'SmtpgateEnforcementBypassed');
+    expect(rule).toBeDefined();
+    const seen = await prom.query('sum by (instance, listener) (increase(smtpgate_messages_total{result="relayed", auth!="user", tls="no"}[10m])) > 0', trustedAppSeenAt);
+    expect(seen.data.result.map((s) => s.metric)).toEqual([{ instance: instance(gates.healthy.metricsPort), listener: 'apps' }]);
+    const fired = await prom.query(rule!.expr, trustedAppSeenAt);
+    expect(fired.status).toBe('success');
+    expect(fired.data.result).toEqual([]);
+  });
+
   test('every alert expression is valid PromQL over metrics smtpgate exports', async () => {
     expect(RULES.length).toBeGreaterThan(5);
     const problems: string[] = [];
@@ -156,5 +197,7 @@ describeWith(['prometheus', 'promtool'], 'the dashboard and the alerts, queried 
     for (const alertname of ['SmtpgateLimiterStoreDown', 'SmtpgateCertificateExpiringSoon', 'SmtpgateBackendDown', 'SmtpgateDown']) {
       expect(has({ alertname, instance: healthy }), `${alertname} on the healthy gate`).toBe(false);
     }
+    // The trusted app's cleartext mail is what its listener allows it.
+    expect(has({ alertname: 'SmtpgateEnforcementBypassed' })).toBe(false);
   });
 });
