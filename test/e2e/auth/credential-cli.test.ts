@@ -358,6 +358,26 @@ describe('credential revoke', () => {
   });
 });
 
+describe('commands at once on one file take turns (the file\'s edit lock)', () => {
+  test('revokes and adds run all at once: every revoked app password stays revoked, every added one is there', { timeout: 120_000 }, async () => {
+    // Without the lock each command read, edited and renamed its own copy over the others': a
+    // revoked app password came back, an added one vanished.
+    const n = 8;
+    const labels = Array.from({ length: n }, (_, i) => i);
+    await writeFile(creds, labels.map((i) => `alice:stolen-${i}:${hashSecret(generateSecret())}\n`).join(''));
+    const runs = await Promise.all(
+      labels.flatMap((i) => [
+        runCli(['credential', 'revoke', 'alice', `stolen-${i}`, '--file', creds], CLI, 0),
+        runCli(['credential', 'add', 'bob', '--label', `new-${i}`, '--file', creds], CLI, 0),
+      ]),
+    );
+    expect(runs.filter((r) => r.code !== 0)).toEqual([]);
+    const left = (await credentialsIn(creds)).map((c) => `${c.user}:${c.label}`);
+    expect(left.filter((c) => c.startsWith('alice:'))).toEqual([]);
+    expect(left.toSorted()).toEqual(labels.map((i) => `bob:new-${i}`).toSorted());
+  });
+});
+
 describe('last use with the memory store: asked of the running instance over its admin address', () => {
   const TOKEN = 'a-long-enough-admin-token-0123456789';
 
