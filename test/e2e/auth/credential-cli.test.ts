@@ -413,7 +413,7 @@ describe('commands at once on one file take turns (the file\'s edit lock)', () =
   test('revokes and adds run all at once: every revoked app password stays revoked, every added one is there', { timeout: 120_000 }, async () => {
     // Without the lock each command read, edited and renamed its own copy over the others': a
     // revoked app password came back, an added one vanished.
-    const n = 8;
+    const n = 5;
     const labels = Array.from({ length: n }, (_, i) => i);
     await writeFile(creds, labels.map((i) => `alice:stolen-${i}:${hashSecret(generateSecret())}\n`).join(''));
     const runs = await Promise.all(
