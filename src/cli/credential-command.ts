@@ -56,6 +56,8 @@ the last use of each app password from that config's limits store). A symlinked 
 followed and the link kept. A file whose directory can't be written is refused with nothing
 changed: a Kubernetes Secret volume is read-only, so edit a copy (--file ./credentials) and
 update the Secret from it. A running smtpgate picks up a change within auth.reloadInterval.
+Commands on one file take turns: each holds FILE.lock beside it while it edits, and another
+waits up to 10 s for it; a lock left by a command that died is taken over.
 
 Exit status: 0 done; 1 refused (the reason on stderr as "smtpgate: ...", and nothing changed).
 

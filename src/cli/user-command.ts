@@ -37,6 +37,10 @@ export function registerUserCommand(program: Command): void {
 On a terminal the password is asked for twice, without echo; otherwise it is the first line
 of stdin. It needs at least 8 characters, at most 72 bytes, and no NUL, CR or LF.
 
+Commands on one file take turns: each holds FILE.lock beside it while it edits (not while the
+password is typed), and another waits up to 10 s for it; a lock left by a command that died
+is taken over.
+
 Examples:
   smtpgate user add alice --config /etc/smtpgate/smtpgate.yaml
   smtpgate user passwd alice --file /etc/smtpgate/users
