@@ -29,7 +29,7 @@ import { formatWindow } from '../limits/rate.js';
 import { parseCidr } from '../parsing/cidr.js';
 import { parseDuration } from '../parsing/units.js';
 import { CommandRefusal, refusalsToExitCode } from './command-refusal.js';
-import { chooseFile, followSymlinks, readFileText, replaceFileAtomically, type FileInConfig, type FileOptions } from './edited-file.js';
+import { chooseFile, editFile, followSymlinks, readFileText, type FileInConfig, type FileOptions } from './edited-file.js';
 import { withStore } from './live-store.js';
 
 const CREDENTIALS_FILE: FileInConfig = { noun: 'credentials file', setting: 'auth.credentials', pick: (config) => config.auth?.credentials };
@@ -56,6 +56,8 @@ the last use of each app password from that config's limits store). A symlinked 
 followed and the link kept. A file whose directory can't be written is refused with nothing
 changed: a Kubernetes Secret volume is read-only, so edit a copy (--file ./credentials) and
 update the Secret from it. A running smtpgate picks up a change within auth.reloadInterval.
+Commands on one file take turns: each holds FILE.lock beside it while it edits, and another
+waits up to 10 s for it; a lock left by a command that died is taken over.
 
 Exit status: 0 done; 1 refused (the reason on stderr as "smtpgate: ...", and nothing changed).
 
@@ -162,11 +164,11 @@ async function addCredential(user: string, opts: AddOptions, now: Date): Promise
   const line = parseCredentialsFile(formatCredentialLine(credential), file);
   if (!line.ok && line.issues[0]) throw new CommandRefusal(`${line.issues[0].message}; nothing was changed`);
 
-  const target = await followSymlinks(file);
-  const current = await readFileText(target, file);
-  const result = applyCredentialsEdit(current.text, file, { op: 'add', credential });
-  if (!result.ok) throw new CommandRefusal(result.message, result.issues ?? []);
-  await replaceFileAtomically(target, file, result.text, current.stats);
+  await editFile(await followSymlinks(file), file, (current) => {
+    const result = applyCredentialsEdit(current.text, file, { op: 'add', credential });
+    if (!result.ok) throw new CommandRefusal(result.message, result.issues ?? []);
+    return result.text;
+  });
 
   // Only now that the file holds its hash: a secret printed for a failed write would never work.
   process.stdout.write(`${secret}\n`);
@@ -357,15 +359,16 @@ function shownTime(d: Date): string {
 
 async function revokeCredential(user: string, label: string, opts: FileOptions): Promise<void> {
   const { file, config } = await chooseFile(opts, CREDENTIALS_FILE);
-  const target = await followSymlinks(file);
-  const current = await readFileText(target, file);
-  if (!current.stats) throw new CommandRefusal(`${file} does not exist; nothing was changed`);
-  const result = applyCredentialsEdit(current.text, file, { op: 'revoke', user, label });
-  if (!result.ok) throw new CommandRefusal(result.message, result.issues ?? []);
-  // The edit succeeded, so the file parsed and holds this credential: its hash keys its last use.
-  const parsed = parseCredentialsFile(current.text, file);
-  const revoked = parsed.ok ? parsed.credentials.of(user).find((c) => c.label === label) : undefined;
-  await replaceFileAtomically(target, file, result.text, current.stats);
+  let revoked: Credential | undefined;
+  await editFile(await followSymlinks(file), file, (current) => {
+    if (!current.stats) throw new CommandRefusal(`${file} does not exist; nothing was changed`);
+    const result = applyCredentialsEdit(current.text, file, { op: 'revoke', user, label });
+    if (!result.ok) throw new CommandRefusal(result.message, result.issues ?? []);
+    // The edit succeeded, so the file parsed and holds this credential: its hash keys its last use.
+    const parsed = parseCredentialsFile(current.text, file);
+    revoked = parsed.ok ? parsed.credentials.of(user).find((c) => c.label === label) : undefined;
+    return result.text;
+  });
   process.stdout.write(`revoked app password ${label} of ${user} in ${file} (a running smtpgate refuses it within auth.reloadInterval)\n`);
   if (config && revoked && config.limits.store.kind !== 'memory') process.stderr.write(`${await forgetLastUse(config, revoked)}\n`);
 }

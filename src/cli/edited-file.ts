@@ -9,6 +9,11 @@
  * written, the edit is refused with nothing changed. That is the normal case for a Kubernetes
  * Secret or ConfigMap volume (read-only, and owned by the kubelet, which swaps its `..data`
  * link on every sync): the fix is to edit a copy and update the Secret, and the message says so.
+ *
+ * An edit (read, change, replace) holds the file's edit lock (edit-lock.ts), so two smtpgate
+ * commands on one file take turns instead of the later one renaming a stale copy over the
+ * other's change. Before the rename the file is read again: a change by something that takes no
+ * lock (an editor, a configuration manager) refuses the edit instead of being lost.
  */
 import { randomBytes } from 'node:crypto';
 import type { Stats } from 'node:fs';
@@ -18,6 +23,7 @@ import { loadConfigFile } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { ConfigError } from '../parsing/errors.js';
 import { CommandRefusal } from './command-refusal.js';
+import { takeEditLock, type LockOptions } from './edit-lock.js';
 
 /** Mode of a file a command creates: the proxy's group may read it, nobody else. */
 export const NEW_FILE_MODE = 0o640;
@@ -69,8 +75,14 @@ export async function followSymlinks(file: string): Promise<string> {
   }
 }
 
+/** A file as read: its text, and its stats (none when it does not exist yet). */
+export interface FileText {
+  readonly text: string;
+  readonly stats?: Stats;
+}
+
 /** The file's text and stats; an empty text and no stats when it does not exist yet. */
-export async function readFileText(target: string, shownAs: string): Promise<{ text: string; stats?: Stats }> {
+export async function readFileText(target: string, shownAs: string): Promise<FileText> {
   try {
     const stats = await stat(target);
     return { text: await readFile(target, 'utf8'), stats };
@@ -81,19 +93,40 @@ export async function readFileText(target: string, shownAs: string): Promise<{ t
 }
 
 /**
+ * Edits `target` (a real path, see followSymlinks) holding its edit lock: reads it, passes it to
+ * `edit`, which returns the new text or throws a CommandRefusal, and replaces the file with it.
+ */
+export async function editFile(target: string, shownAs: string, edit: (current: FileText) => string, lockOptions?: LockOptions): Promise<void> {
+  let lock;
+  try {
+    lock = await takeEditLock(target, shownAs, lockOptions);
+  } catch (err) {
+    if (err instanceof CommandRefusal) throw err;
+    throw new CommandRefusal(unwritableDirectory(shownAs, path.dirname(target), err as NodeJS.ErrnoException, 'its lock file'));
+  }
+  try {
+    const current = await readFileText(target, shownAs);
+    await replaceFileAtomically(target, shownAs, edit(current), current);
+  } finally {
+    await lock.release();
+  }
+}
+
+/**
  * Replaces `target` with `text` so that a reader (the proxy, or a crash) sees either the old
  * file or the new one, never half of one: a temp file in the same directory, fsync, rename.
  * The old file's mode and owner are kept, so the proxy can still read what it read before; a
- * new file gets NEW_FILE_MODE.
+ * new file gets NEW_FILE_MODE. Refused when the file is no longer what was `read`.
  */
-export async function replaceFileAtomically(target: string, shownAs: string, text: string, previous: Stats | undefined): Promise<void> {
+async function replaceFileAtomically(target: string, shownAs: string, text: string, read: FileText): Promise<void> {
   const dir = path.dirname(target);
+  const previous = read.stats;
   const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   let fh;
   try {
     fh = await open(tmp, 'wx', 0o600);
   } catch (err) {
-    throw new CommandRefusal(unwritableDirectory(shownAs, dir, err as NodeJS.ErrnoException));
+    throw new CommandRefusal(unwritableDirectory(shownAs, dir, err as NodeJS.ErrnoException, 'a temporary file'));
   }
   try {
     if (previous) {
@@ -112,6 +145,8 @@ export async function replaceFileAtomically(target: string, shownAs: string, tex
     await fh.sync();
     await fh.close();
     fh = undefined;
+    // As late as can be: the lock keeps smtpgate commands out, not an editor or a config manager.
+    await refuseIfChanged(target, shownAs, read);
     await rename(tmp, target);
   } catch (err) {
     await fh?.close().catch(() => undefined);
@@ -130,12 +165,24 @@ export async function replaceFileAtomically(target: string, shownAs: string, tex
 }
 
 /**
- * Why no temp file could be made beside the file, and what to do. The file is replaced by a
- * rename inside its directory, so that directory must be writable, not only the file.
+ * Refuses when `target` is not what was read: someone wrote it since, without the lock. Written
+ * over, their change would be lost without a word.
  */
-function unwritableDirectory(shownAs: string, dir: string, err: NodeJS.ErrnoException): string {
+async function refuseIfChanged(target: string, shownAs: string, read: FileText): Promise<void> {
+  const now = await readFileText(target, shownAs);
+  if (now.text !== read.text || (now.stats === undefined) !== (read.stats === undefined)) {
+    throw new CommandRefusal(`${shownAs} changed while being edited by something else; nothing was changed; run the command again`);
+  }
+}
+
+/**
+ * Why no lock or temp file (`made`) could be made beside the file, and what to do. The file is
+ * replaced by a rename inside its directory, so that directory must be writable, not only the
+ * file; one message for both, since either is the first thing to fail there.
+ */
+function unwritableDirectory(shownAs: string, dir: string, err: NodeJS.ErrnoException, made: string): string {
   const readOnly = err.code === 'EROFS' || err.code === 'EACCES' || err.code === 'EPERM';
-  if (!readOnly) return `cannot write ${shownAs}: cannot create a temporary file in ${dir}: ${err.message}; nothing was changed`;
+  if (!readOnly) return `cannot write ${shownAs}: cannot create ${made} in ${dir}: ${err.message}; nothing was changed`;
   const what = err.code === 'EROFS' ? 'is on a read-only filesystem' : 'is not writable by this user';
   // The kubelet's atomic writer keeps each version in a "..2026_12_07_10_00_00.123" folder.
   const kubernetes = /(^|\/)\.\.\d{4}_\d\d_\d\d_/.test(dir);

@@ -11,7 +11,7 @@ import { hash as bcryptHash } from '@node-rs/bcrypt';
 import type { Command } from 'commander';
 import { applyUsersFileEdit, checkUsersFileEdit, type UsersFileEdit } from '../auth/users-file-edit.js';
 import { CommandRefusal, refusalsToExitCode } from './command-refusal.js';
-import { chooseFile, followSymlinks, readFileText, replaceFileAtomically, type FileInConfig, type FileOptions } from './edited-file.js';
+import { chooseFile, editFile, followSymlinks, readFileText, type FileInConfig, type FileOptions } from './edited-file.js';
 
 const DEFAULT_COST = 12;
 const MIN_COST = 4;
@@ -36,6 +36,10 @@ export function registerUserCommand(program: Command): void {
       `
 On a terminal the password is asked for twice, without echo; otherwise it is the first line
 of stdin. It needs at least 8 characters, at most 72 bytes, and no NUL, CR or LF.
+
+Commands on one file take turns: each holds FILE.lock beside it while it edits (not while the
+password is typed), and another waits up to 10 s for it; a lock left by a command that died
+is taken over.
 
 Examples:
   smtpgate user add alice --config /etc/smtpgate/smtpgate.yaml
@@ -87,12 +91,14 @@ async function editUser(op: UsersFileEdit['op'], username: string, opts: UserCom
     edit = { op, username, hash: await bcryptHash(password, cost) };
   }
 
-  // Re-read: the file may have changed while the password was typed, and that change must
-  // not be lost by writing back the text read before.
-  const current = await readFileText(target, file);
-  const result = applyUsersFileEdit(current.text, file, edit);
-  if (!result.ok) throw new CommandRefusal(result.message, 'issues' in result ? result.issues : []);
-  await replaceFileAtomically(target, file, result.text, current.stats);
+  // Edited as it is now, under its lock: it may have changed while the password was typed (the
+  // lock is not held then, so a slow typist keeps no one waiting), and that change must not be
+  // lost by writing back the text read before.
+  await editFile(target, file, (current) => {
+    const result = applyUsersFileEdit(current.text, file, edit);
+    if (!result.ok) throw new CommandRefusal(result.message, 'issues' in result ? result.issues : []);
+    return result.text;
+  });
 
   switch (op) {
     case 'add':

@@ -14,9 +14,13 @@ export interface CliResult {
   readonly stderr: string;
 }
 
-/** Runs `smtpgate ARGS`; `cli` points at another copy of main.js (e.g. an install without dev dependencies). */
-export async function runCli(args: readonly string[], cli = CLI): Promise<CliResult> {
-  return exec(process.execPath, [cli, ...args], { timeout: 15_000 }).then(
+/**
+ * Runs `smtpgate ARGS`; `cli` points at another copy of main.js (e.g. an install without dev
+ * dependencies). A run still going after `timeoutMs` is killed (0: never, for many at once on
+ * a busy machine; the test's own timeout still applies).
+ */
+export async function runCli(args: readonly string[], cli = CLI, timeoutMs = 15_000): Promise<CliResult> {
+  return exec(process.execPath, [cli, ...args], { timeout: timeoutMs }).then(
     (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
     (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
   );

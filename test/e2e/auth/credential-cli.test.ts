@@ -5,7 +5,8 @@
  * and from a running instance's admin address (a real admin server holding the memory store's
  * table).
  */
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import os from 'node:os';
@@ -21,7 +22,7 @@ import { limitsConfigSchema } from '../../../src/limits/config.js';
 import { createRedisClient, RedisBackend } from '../../../src/limits/redis-store.js';
 import { boundPort, startAdminServer } from '../../../src/metrics/http-server.js';
 import { CLI } from '../../helpers/child-gate.js';
-import { runCli } from '../../helpers/cli.js';
+import { runCli, type CliResult } from '../../helpers/cli.js';
 import { describeWith } from '../../helpers/programs.js';
 import { dropPrefix, SHARED_REDIS_URL, uniquePrefix } from '../../helpers/redis.js';
 import { deadPort } from '../../helpers/sessions.js';
@@ -358,6 +359,99 @@ describe('credential revoke', () => {
   });
 });
 
+/**
+ * Another smtpgate command holding the edit lock of `target`: a process that took it (with
+ * smtpgate's own code) and waits. release() lets it go; kill() ends the process holding it.
+ */
+async function lockHolder(target: string): Promise<{ pid: number; release: () => Promise<void>; kill: () => Promise<void> }> {
+  const script = `
+    const { takeEditLock } = await import(process.argv[1]);
+    const lock = await takeEditLock(process.argv[2], 'the file');
+    process.stdin.once('data', () => lock.release().then(() => process.exit(0)));
+    process.stdout.write('locked\\n');`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script, path.join(path.dirname(CLI), 'edit-lock.js'), target], { stdio: ['pipe', 'pipe', 'inherit'] });
+  onTestFinished(() => void child.kill('SIGKILL'));
+  const exited = once(child, 'exit');
+  const [line] = (await Promise.race([once(child.stdout, 'data'), exited.then(() => [Buffer.from('exited')])])) as Buffer[];
+  if (String(line) !== 'locked\n') throw new Error(`the lock holder did not take the lock (${String(line)})`);
+  return {
+    pid: child.pid!,
+    release: async () => {
+      child.stdin.end('release\n');
+      await exited;
+    },
+    kill: async () => {
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+/** `smtpgate ARGS` started; heard(text) resolves once its stderr holds the text. */
+function startCli(args: readonly string[]): { heard: (text: string) => Promise<void>; done: Promise<CliResult> } {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const done = once(child, 'close').then(([code]) => ({ code: code as number, stdout, stderr }));
+  const heard = (text: string) =>
+    new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (!stderr.includes(text)) return;
+        child.stderr.off('data', check);
+        resolve();
+      };
+      child.stderr.on('data', check);
+      check();
+      void done.then((r) => reject(new Error(`exited ${r.code} before saying ${JSON.stringify(text)}; stderr: ${r.stderr}`)));
+    });
+  return { heard, done };
+}
+
+describe('commands at once on one file take turns (the file\'s edit lock)', () => {
+  test('revokes and adds run all at once: every revoked app password stays revoked, every added one is there', { timeout: 120_000 }, async () => {
+    // Without the lock each command read, edited and renamed its own copy over the others': a
+    // revoked app password came back, an added one vanished.
+    const n = 5;
+    const labels = Array.from({ length: n }, (_, i) => i);
+    await writeFile(creds, labels.map((i) => `alice:stolen-${i}:${hashSecret(generateSecret())}\n`).join(''));
+    const runs = await Promise.all(
+      labels.flatMap((i) => [
+        runCli(['credential', 'revoke', 'alice', `stolen-${i}`, '--file', creds], CLI, 0),
+        runCli(['credential', 'add', 'bob', '--label', `new-${i}`, '--file', creds], CLI, 0),
+      ]),
+    );
+    expect(runs.filter((r) => r.code !== 0)).toEqual([]);
+    const left = (await credentialsIn(creds)).map((c) => `${c.user}:${c.label}`);
+    expect(left.filter((c) => c.startsWith('alice:'))).toEqual([]);
+    expect(left.toSorted()).toEqual(labels.map((i) => `bob:new-${i}`).toSorted());
+  });
+
+  test('a command finding the lock held waits, says so, and edits once the holder lets go', async () => {
+    await writeFile(creds, `${OTHER}\n`);
+    const holder = await lockHolder(creds);
+    const revoke = startCli(['credential', 'revoke', 'bob', 'phone', '--file', creds]);
+    await revoke.heard(`smtpgate: ${creds} is being edited by another smtpgate command (pid ${holder.pid}); waiting\n`);
+    expect(await readFile(creds, 'utf8')).toBe(`${OTHER}\n`);
+    await holder.release();
+    expect(await revoke.done).toMatchObject({ code: 0, stdout: expect.stringContaining('revoked app password phone of bob') });
+    expect(await readFile(creds, 'utf8')).toBe('');
+    expect(await readdir(dir)).toEqual(['credentials']);
+  });
+
+  test('a lock left by a command that was killed while editing is taken over, with a line on stderr', async () => {
+    await writeFile(creds, `${OTHER}\n`);
+    const holder = await lockHolder(creds);
+    await holder.kill();
+    const r = await credential('add', 'alice', '--label', 'phone', '--file', creds);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain(`smtpgate: taking over ${creds}.lock: pid ${holder.pid}, which took it, is no longer running\n`);
+    expect((await credentialsIn(creds)).map((c) => `${c.user}:${c.label}`)).toEqual(['bob:phone', 'alice:phone']);
+    expect(await readdir(dir)).toEqual(['credentials']);
+  });
+});
+
 describe('last use with the memory store: asked of the running instance over its admin address', () => {
   const TOKEN = 'a-long-enough-admin-token-0123456789';
 
@@ -476,7 +570,11 @@ const describeReadOnly = MOUNTS || process.env.SMTPGATE_REQUIRE_ALL === '1' ? de
 if (!MOUNTS) process.stderr.write(`\n*** ${process.env.SMTPGATE_REQUIRE_ALL === '1' ? 'FAILING' : 'SKIPPING'} "a credentials file on a read-only mount": unshare -m with a read-only bind mount is not allowed here (needs root)\n\n`);
 
 describeReadOnly('a credentials file on a read-only mount (a Kubernetes Secret volume)', () => {
-  test('add is refused with a clear message and nothing changes', async () => {
+  // The edit lock is the first thing created beside the file, so its failure is what says this.
+  test.each([
+    ['add', ['add', 'alice', '--label', 'phone']],
+    ['revoke', ['revoke', 'bob', 'phone']],
+  ])('%s is refused with a clear message, and nothing changes or is left behind', async (_name, args) => {
     if (!MOUNTS) throw new Error('SMTPGATE_REQUIRE_ALL=1 and unshare -m with a read-only bind mount is not allowed here (run as root)');
     // The kubelet's layout: credentials → ..data/credentials, ..data → ..<timestamp>/.
     const mount = path.join(dir, 'secret');
@@ -487,7 +585,7 @@ describeReadOnly('a credentials file on a read-only mount (a Kubernetes Secret v
     await symlink('..data/credentials', path.join(mount, 'credentials'));
     const file = path.join(mount, 'credentials');
     const script = 'mount --bind -o ro "$1" "$1" && shift && exec "$@"';
-    const r = await promisify(execFile)('unshare', ['-m', 'sh', '-c', script, 'sh', mount, process.execPath, CLI, 'credential', 'add', 'alice', '--label', 'phone', '--file', file]).then(
+    const r = await promisify(execFile)('unshare', ['-m', 'sh', '-c', script, 'sh', mount, process.execPath, CLI, 'credential', ...args, '--file', file]).then(
       () => ({ code: 0, stdout: '', stderr: '' }),
       (e: { code: number; stdout: string; stderr: string }) => e,
     );

@@ -259,6 +259,21 @@ describe('smtpgate user (the real binary, password on stdin)', () => {
     expect(await readFile(real, 'utf8')).toBe('');
   });
 
+  test('dels and adds run all at once on one file: every removed user stays removed, every added one is there', { timeout: 120_000 }, async () => {
+    // Each takes the file's edit lock in turn; without it the later rename won with a stale copy.
+    const n = 4;
+    const names = Array.from({ length: n }, (_, i) => i);
+    await writeFile(users, names.map((i) => `old-${i}:${H1}\n`).join(''));
+    const runs = await Promise.all(
+      names.flatMap((i) => [cli(['user', 'del', `old-${i}`, '--file', users]), cli(['user', 'add', `new-${i}`, '--file', users, '--cost', '4'], 'correct horse\n')]),
+    );
+    expect(runs.filter((r) => r.code !== 0)).toEqual([]);
+    const parsed = parseUsersFile(await readFile(users, 'utf8'), users);
+    if (!parsed.ok) throw new Error(`users file refused: ${JSON.stringify(parsed.issues)}`);
+    expect([...parsed.users.keys()].toSorted()).toEqual(names.map((i) => `new-${i}`).toSorted());
+    expect(await readdir(dir)).toEqual(['users']);
+  });
+
   test("the file's mode is kept across passwd and del", async () => {
     await writeFile(users, `alice:${H1}\nbob:${H2}\n`);
     await chmod(users, 0o600);
