@@ -765,7 +765,6 @@ export class ClientSession implements SnapshotSource {
   }
 }
 
-/** A client-given name for a log line: printable ASCII, bounded. */
 /**
  * Whether a message's first bytes make its first line a continuation line: a space or tab; and
  * with `normalize` (data.bareLineEndings) a NUL, bare LF or bare CR too, since each becomes a
@@ -791,6 +790,7 @@ function withDirectory(file: UserAttributes, directory: UserAttributes | undefin
   return { addresses: [...new Set([...directory.addresses, ...file.addresses])], groups: [...new Set([...directory.groups, ...file.groups])] };
 }
 
+/** A client-given name for a log line: printable ASCII, bounded. */
 function printable(value: string | undefined): string | undefined {
   return value === undefined ? undefined : value.replace(/[^\x20-\x7e]/g, '?').slice(0, 128);
 }
