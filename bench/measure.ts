@@ -64,6 +64,7 @@ export async function measure(w: Workload, peer: Peer, rep: number, env: RunEnv)
       authCache: w.kind === 'tls-auth' && w.authCache,
       credentialsFile: w.kind === 'tls-auth' && w.appPasswords ? env.appPasswords.file : undefined,
       ldap: directory,
+      logLevel: w.logLevel,
       profileDir: env.profileDir,
       nodeArgs: env.smtpgateNodeArgs,
       env: env.smtpgateEnv,

@@ -122,6 +122,18 @@ function evaluateTarget(w: Workload, t: Target, sg: PeerId, runs: readonly RunRe
       if (value === undefined) return { peer: sg, description, missing: `no paired runs (run ${t.againstWorkload} too)` };
       return { peer: sg, description, value, pass: value >= t.threshold };
     }
+    case 'cpu-ratio': {
+      const cpuByRep = (workload: string) =>
+        new Map(
+          runs
+            .filter((r) => r.workload === workload && r.peer === sg && r.ok && r.extra.peerCpuSeconds !== undefined && r.extra.messages)
+            .map((r) => [r.rep, r.extra.peerCpuSeconds! / r.extra.messages!]),
+        );
+      const value = perRepRatio(cpuByRep(w.id), cpuByRep(t.againstWorkload));
+      const description = `${label} CPU per message ÷ its ${t.againstWorkload}'s ${t.op} ${t.threshold}×`;
+      if (value === undefined) return { peer: sg, description, missing: `no paired runs (run ${t.againstWorkload} too)` };
+      return { peer: sg, description, value, pass: value <= t.threshold };
+    }
   }
 }
 

@@ -5,7 +5,7 @@
 import type { SourceLoad } from './lib/postfix-tools.js';
 import type { PeerId } from './peers/peer.js';
 
-export type WorkloadId = 'W1' | 'W2' | 'W2-greeting' | 'W3' | 'W4' | 'W5' | 'W5-cost4' | 'W5-app' | 'W5-cached' | 'W5-ldap' | 'W5-ldap-cached' | 'W6-plain' | 'W6-tls';
+export type WorkloadId = 'W1' | 'W1-quiet' | 'W2' | 'W2-greeting' | 'W3' | 'W4' | 'W5' | 'W5-cost4' | 'W5-app' | 'W5-cached' | 'W5-ldap' | 'W5-ldap-cached' | 'W6-plain' | 'W6-tls';
 
 /** What a run reports as its value, and which way is better. */
 export interface Metric {
@@ -22,7 +22,9 @@ export type Target =
   /** smtpgate's value ÷ its own value in another workload (W5 ÷ W2): reported, no threshold. */
   | { readonly kind: 'info-ratio'; readonly againstWorkload: WorkloadId }
   /** smtpgate's value ÷ its own value in another workload (same rep), compared with `threshold`. */
-  | { readonly kind: 'workload-ratio'; readonly againstWorkload: WorkloadId; readonly op: '>='; readonly threshold: number };
+  | { readonly kind: 'workload-ratio'; readonly againstWorkload: WorkloadId; readonly op: '>='; readonly threshold: number }
+  /** smtpgate's CPU seconds per message ÷ its own in another workload (same rep), compared with `threshold`. */
+  | { readonly kind: 'cpu-ratio'; readonly againstWorkload: WorkloadId; readonly op: '<='; readonly threshold: number };
 
 interface Common {
   readonly id: WorkloadId;
@@ -37,6 +39,8 @@ interface Common {
    * otherwise (CPU noise doesn't move it, and the time it takes is better spent on W1–W5).
    */
   readonly memory?: boolean;
+  /** smtpgate's log.level (default info, as the project ships it). */
+  readonly logLevel?: 'info' | 'warn';
 }
 
 export type Workload =
@@ -124,7 +128,23 @@ export function workloads(quick: boolean): Workload[] {
       targets: [
         { kind: 'ratio', against: 'nginx', op: '>=', threshold: 1.2 },
         { kind: 'ratio', against: 'haraka', op: '>=', threshold: 2.5 },
+        // Issue 18: the mail log (a transaction record per message, at info) costs at most 5%
+        // CPU per message. W1-quiet runs right after W1 in every repetition.
+        { kind: 'cpu-ratio', againstWorkload: 'W1-quiet', op: '<=', threshold: 1.05 },
       ],
+    },
+    {
+      id: 'W1-quiet',
+      title: 'W1 with log.level: warn (no transaction records, no connect and close lines): the A/B for the mail log\'s cost',
+      kind: 'source',
+      load: { reuse: true, sessions: 200, messages: q(8000, 800), length: 4096 },
+      warmUp: { reuse: true, sessions: 200, messages: q(4000, 400), length: 4096 },
+      measure: 'msgPerSec',
+      metric: MSG_PER_SEC,
+      peers: SMTPGATE_ONLY,
+      notApplicable: 'n/a',
+      logLevel: 'warn',
+      targets: [],
     },
     {
       id: 'W2',

@@ -82,7 +82,7 @@ ${
 metrics:
   address: 127.0.0.1:0
 log:
-  level: info
+  level: ${ctx.logLevel ?? 'info'}
 shutdown:
   drainSeconds: 1
 ${extra}`,
