@@ -27,6 +27,7 @@ import type { AuthContext, AuthOutcome, AuthRequest, Authenticator, LookupReques
 import type { CredentialUsage } from './credential-usage.js';
 import { appPasswordIn, credentialRefusal, secretMatches, type CredentialIndex } from './credentials-file.js';
 import type { UserAttributes } from './user-attributes.js';
+import { printable } from '../logging/printable.js';
 
 /** Who must sign in with an app password (auth.requireAppPassword). */
 export interface AppPasswordRequirement {
@@ -142,11 +143,6 @@ export class AppPasswords implements Authenticator {
     const lookup = { username, sessionId: req.sessionId, remoteAddress: req.remoteAddress, listener: req.listener };
     return this.inner.lookup ? this.inner.lookup(lookup) : Promise.resolve({ ok: false, reason: 'unknown_user' });
   }
-}
-
-/** A login for a log line: printable ASCII, bounded. */
-function printable(value: string): string {
-  return value.replace(/[^\x20-\x7e]/g, '?').slice(0, 128);
 }
 
 function required(detail: string): AuthOutcome {

@@ -48,6 +48,7 @@ import { Checkpoint, OK, type Refused, type SnapshotSource, type Verdict } from 
 import { MessageIdReader } from './message-id.js';
 import { TransactionRecord, type TransactionClient } from './transaction-record.js';
 import { backendIdentity, limitsView, type SessionSnapshot } from './snapshot.js';
+import { printable } from '../logging/printable.js';
 
 /** What the session reads of the client's connection, as the protocol library has it now. */
 export interface ClientConnection {
@@ -790,7 +791,3 @@ function withDirectory(file: UserAttributes, directory: UserAttributes | undefin
   return { addresses: [...new Set([...directory.addresses, ...file.addresses])], groups: [...new Set([...directory.groups, ...file.groups])] };
 }
 
-/** A client-given name for a log line: printable ASCII, bounded. */
-function printable(value: string | undefined): string | undefined {
-  return value === undefined ? undefined : value.replace(/[^\x20-\x7e]/g, '?').slice(0, 128);
-}
