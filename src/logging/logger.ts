@@ -4,7 +4,7 @@
  * On stdout, lines are written in batches (see createLogger).
  */
 import { createRequire } from 'node:module';
-import { pino, type Logger, type DestinationStream } from 'pino';
+import { pino, type Logger, type DestinationStream, type LoggerOptions as PinoOptions } from 'pino';
 
 export type { Logger };
 
@@ -29,8 +29,16 @@ export function prettyAvailable(resolve: (id: string) => string = createRequire(
   }
 }
 
+/**
+ * What every smtpgate logger shares: `"level":"info"` rather than pino's number (30), so a
+ * line reads the same to a person, jq, Loki or a SIEM without a lookup table; ISO times.
+ */
+export function loggerOptions(level: string): PinoOptions<never> {
+  return { level, base: { app: 'smtpgate' }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } };
+}
+
 export function createLogger(opts: LoggerOptions): Logger {
-  const base = { level: opts.level, base: { app: 'smtpgate' }, timestamp: pino.stdTimeFunctions.isoTime };
+  const base = loggerOptions(opts.level);
   if (opts.destination) return pino(base, opts.destination);
   if (opts.format === 'pretty') {
     return pino({ ...base, transport: { target: 'pino-pretty', options: { colorize: process.stdout.isTTY, ignore: 'app,pid,hostname' } } });
