@@ -1,21 +1,13 @@
 /**
  * Where the log goes, the pure parts: the journald priority prefix and when it is chosen, the
- * RFC 5424 message and its RFC 6587 framing, the syslog sink's bounded buffer, and the log.*
- * config checks (a bad one never starts, and says which field and what to do).
+ * RFC 5424 message and its RFC 6587 framing, and the syslog sink's bounded buffer. (The log.*
+ * config checks are in config.test.ts.)
  */
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { Writable } from 'node:stream';
 import { describe, expect, test } from 'vitest';
 import { createLogger, resolveFormat, stdoutIsJournal } from '../../src/logging/logger.js';
 import { octetCounted, syslogMessage, syslogSeverity } from '../../src/logging/rfc5424.js';
 import { SyslogSink } from '../../src/logging/syslog-sink.js';
-import { parseConfig } from '../../src/config/load.js';
-import { ConfigError } from '../../src/parsing/errors.js';
-import { checkConfigFile } from '../../src/app.js';
-import { diffConfig } from '../../src/config/diff.js';
-import { makeTestCert } from '../helpers/pki.js';
 import { deadPort } from '../helpers/sessions.js';
 
 const WHO = { facility: 2, hostname: 'gate1', appName: 'smtpgate', procId: 4242 };
@@ -91,87 +83,5 @@ describe('syslog sink', () => {
     expect(sink.dropped).toBeLessThan(85);
     expect(drops).toBe(sink.dropped);
     await sink.end(100);
-  });
-});
-
-const MINIMAL = `
-listeners:
-  - name: submission
-    address: 0.0.0.0:587
-tls:
-  cert: cert.pem
-  key: key.pem
-auth:
-  users: users
-backend:
-  address: 10.0.0.5:25
-`;
-
-function issuesOf(text: string): string[] {
-  try {
-    parseConfig(text, '/etc/smtpgate/smtpgate.yaml');
-  } catch (err) {
-    if (err instanceof ConfigError) return err.message.split('\n');
-    throw err;
-  }
-  throw new Error('expected the config to be refused');
-}
-
-describe('log config', () => {
-  test('defaults: level info, format auto, no file, no syslog', () => {
-    expect(parseConfig(MINIMAL, '/etc/smtpgate/smtpgate.yaml').log).toEqual({ level: 'info', format: 'auto' });
-  });
-
-  test('log.file is relative to the config file; syslog gets its port and facility defaults', () => {
-    const cfg = parseConfig(MINIMAL + 'log:\n  file: log/smtpgate.log\n  syslog:\n    transport: tls\n    host: siem.corp.example\n    ca: siem-ca.pem\n', '/etc/smtpgate/smtpgate.yaml');
-    expect(cfg.log.file).toBe('/etc/smtpgate/log/smtpgate.log');
-    expect(cfg.log.syslog).toEqual({ transport: 'tls', host: 'siem.corp.example', port: 6514, facility: 2, appName: 'smtpgate', bufferSize: 1_048_576, ca: '/etc/smtpgate/siem-ca.pem' });
-    expect(parseConfig(MINIMAL + 'log:\n  syslog:\n    transport: udp\n    host: 10.0.0.9\n    facility: local3\n', '/x/a.yaml').log.syslog).toMatchObject({ port: 514, facility: 19 });
-  });
-
-  test('a host with a port in it, a port out of range and a TLS-only field on tcp are refused with the fix', () => {
-    const issues = issuesOf(MINIMAL + 'log:\n  syslog:\n    transport: tcp\n    host: siem:514\n    port: 70000\n    ca: ca.pem\n');
-    expect(issues).toEqual([
-      '/etc/smtpgate/smtpgate.yaml:15: log.syslog.host: expected a host name or an IP address (no port, no brackets: the port goes in log.syslog.port), e.g. siem.corp.example or 10.0.0.9',
-      '/etc/smtpgate/smtpgate.yaml:16: log.syslog.port: expected a port from 1 to 65535',
-      '/etc/smtpgate/smtpgate.yaml:17: log.syslog.ca: ca is only used with transport: tls (this is tcp); use transport: tls, or remove ca',
-    ]);
-  });
-
-  test('journal or pretty with a file, and pretty with syslog, are refused', () => {
-    expect(issuesOf(MINIMAL + 'log:\n  format: journal\n  file: x.log\n')).toEqual(['/etc/smtpgate/smtpgate.yaml:13: log.format: format: journal is for stdout, not for log.file; use format: json (or auto), or remove log.file']);
-    expect(issuesOf(MINIMAL + 'log:\n  format: pretty\n  syslog:\n    transport: udp\n    host: 10.0.0.9\n')[0]).toContain('log.format: format: pretty is for a terminal and cannot be combined with log.syslog');
-  });
-
-  test('a changed file or syslog server takes a restart, and the reload says so', () => {
-    const a = parseConfig(MINIMAL, '/x/a.yaml');
-    const b = parseConfig(MINIMAL + 'log:\n  file: x.log\n  syslog:\n    transport: udp\n    host: 10.0.0.9\n', '/x/a.yaml');
-    expect(diffConfig(a, b).needRestart).toEqual(['log.file', 'log.syslog']);
-  });
-
-  test('check: an unreadable syslog CA and a log folder that does not exist are named with their field and fix', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-check-'));
-    const cert = await makeTestCert('a.test');
-    await writeFile(path.join(dir, 'cert.pem'), cert.cert);
-    await writeFile(path.join(dir, 'key.pem'), cert.key);
-    await writeFile(path.join(dir, 'users'), 'alice:$2y$05$abcdefghijklmnopqrstuu5Zx0Nq6PzGQy4Qb0fxVt7bLqfJ0mB1e\n');
-    await writeFile(path.join(dir, 'not-a-ca.pem'), 'hello\n');
-    const file = path.join(dir, 'smtpgate.yaml');
-    const problems = async (log: string) => {
-      await writeFile(file, MINIMAL + log);
-      try {
-        await checkConfigFile(file, 'check');
-      } catch (err) {
-        if (err instanceof ConfigError) return err.message.split('\n');
-        throw err;
-      }
-      return [];
-    };
-    expect(await problems('log:\n  file: nowhere/smtpgate.log\n  syslog:\n    transport: tls\n    host: 127.0.0.1\n    ca: missing-ca.pem\n')).toEqual([
-      `${file}:17: log.syslog.ca: cannot read the syslog server's CA bundle ${dir}/missing-ca.pem: it does not exist`,
-      `${file}:13: log.file: cannot create ${dir}/nowhere/smtpgate.log: the folder ${dir}/nowhere does not exist; create it and give smtpgate write access (under systemd: LogsDirectory=smtpgate makes /var/log/smtpgate)`,
-    ]);
-    expect((await problems('log:\n  syslog:\n    transport: tls\n    host: 127.0.0.1\n    ca: not-a-ca.pem\n'))[0]).toContain(`log.syslog.ca: not a PEM CA bundle`);
-    expect(await problems('log:\n  file: smtpgate.log\n')).toEqual([]);
   });
 });
