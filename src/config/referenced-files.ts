@@ -48,6 +48,9 @@ export function referencedFiles(config: Config): FileReference[] {
   add(['backend', 'auth', 'passwordFile'], config.backend.auth?.passwordFile, 'the password file');
   add(['policies'], config.policies, 'the policy folder', 'folder');
   add(['metrics', 'adminTokenFile'], config.metrics.adminTokenFile, 'the admin token file');
+  add(['log', 'syslog', 'ca'], config.log.syslog?.ca, "the syslog server's CA bundle");
+  add(['log', 'syslog', 'cert'], config.log.syslog?.cert, 'the syslog client certificate');
+  add(['log', 'syslog', 'key'], config.log.syslog?.key, "the syslog client certificate's key");
   return refs;
 }
 

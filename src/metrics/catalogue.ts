@@ -209,6 +209,11 @@ export function createMetrics(build: BuildInfo) {
       labelNames: ['listener'] as const,
       registers,
     }),
+    logSyslogDropped: new Counter({
+      name: 'smtpgate_log_syslog_dropped_total',
+      help: 'Log lines the syslog server (log.syslog) never got: its buffer (bufferSize) was full while the server was unreachable or slow, or the system refused a datagram.',
+      registers,
+    }),
     readBufferCollections: new Counter({
       name: 'smtpgate_read_buffer_collections_total',
       help: 'Young-generation collections smtpgate asked V8 for, one per 8 MiB read from clients at most, to free relayed socket buffers.',

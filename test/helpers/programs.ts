@@ -37,6 +37,8 @@ const INSTALL_HINT: Record<string, string> = {
   ldapsearch: 'apt-get install ldap-utils',
   dovecot: 'apt-get install dovecot-core',
   doveadm: 'apt-get install dovecot-core',
+  rsyslogd: 'apt-get install rsyslog rsyslog-gnutls',
+  logrotate: 'apt-get install logrotate',
 };
 
 /**

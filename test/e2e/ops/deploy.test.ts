@@ -148,7 +148,7 @@ describe('deploy/smtpgate.yaml', () => {
     for (const p of paths) expect(p?.startsWith(`${ETC}/`), String(p)).toBe(true);
     expect(LISTENER_PORTS).toEqual([25, 465, 587]);
     expect(CONFIG.limits.store.kind).toBe('redis');
-    expect(CONFIG.log.format).toBe('json'); // the images have no pino-pretty
+    expect(CONFIG.log.format).toBe('auto'); // journal under systemd, json in a container; the images have no pino-pretty
   });
 
   test('binds the metrics endpoint to 0.0.0.0 (containers), and says why', () => {
