@@ -37,6 +37,8 @@ const INSTALL_HINT: Record<string, string> = {
   ldapsearch: 'apt-get install ldap-utils',
   dovecot: 'apt-get install dovecot-core',
   doveadm: 'apt-get install dovecot-core',
+  'fail2ban-regex': 'apt-get install fail2ban',
+  'fail2ban-client': 'apt-get install fail2ban',
 };
 
 /**
