@@ -119,13 +119,10 @@ function transaction(r: LogRecord): string {
   const outcome = typeof r.outcome === 'string' ? r.outcome : 'unknown';
   let status = `status=${TRANSACTION_STATUS[outcome] ?? word(outcome)}`;
   if (outcome !== 'relayed') {
-    const detail = pairs([
-      ['stage', r.stage],
-      ['code', r.code === undefined ? undefined : [r.code, r.enhanced].filter((v) => v !== undefined).join(' ')],
-      ['reason', r.reason],
-      ['rule', r.rule],
-    ]);
-    if (detail) status += ` ${detail.replace(/, /g, ' ')}`;
+    if (r.stage !== undefined) status += ` stage=${word(r.stage)}`;
+    for (const v of [r.code, r.enhanced]) if (v !== undefined) status += ` ${word(v)}`;
+    if (r.reason !== undefined) status += ` reason=${word(r.reason)}`;
+    if (r.rule !== undefined) status += ` rule=${word(r.rule)}`;
   }
   if (r.reply !== undefined) status += ` (${text(r.reply)})`;
   parts.push(status);
