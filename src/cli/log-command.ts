@@ -42,6 +42,8 @@ Examples:
   journalctl -u smtpgate -o cat --since today | smtpgate log grep --address bob@corp.example
   smtpgate log grep --client 192.0.2.0/24 --json smtpgate.log.2.gz smtpgate.log.1 smtpgate.log`,
     )
+    // grep's exit codes: a usage error (an unknown option) is 2, not commander's 1.
+    .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
     .action(async (files: string[], opts: GrepCommandOptions) => {
       process.exitCode = await grepCommand(files, opts);
     });
