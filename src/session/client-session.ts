@@ -301,10 +301,9 @@ export class ClientSession implements SnapshotSource {
     const { refusal: locked, reservation } = await limits.authAllowed(authFacts, { reserve: credential !== 'app_password' });
     if (locked) return fail(locked, 'refused');
     const badCredentials = async (why?: AuthFailureLog): Promise<Verdict> => {
-      const failure = await limits.authFailed(authFacts, reservation);
-      if (failure.lockedOut) {
-        this.log.warn({ user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
-      }
+      // A lockout this failure starts is logged once, by the limits ("AUTH lockout: …", with the
+      // session, address, user, scope and duration); this attempt's own line is the refusal.
+      await limits.authFailed(authFacts, reservation);
       return fail(why?.authResult === 'app_password_required' ? AUTH_APP_PASSWORD_REQUIRED : AUTH_CREDENTIALS_INVALID, 'failure', undefined, why);
     };
     // RFC 4616: an authorization identity other than the authentication identity would mean

@@ -39,6 +39,8 @@ const INSTALL_HINT: Record<string, string> = {
   doveadm: 'apt-get install dovecot-core',
   rsyslogd: 'apt-get install rsyslog rsyslog-gnutls',
   logrotate: 'apt-get install logrotate',
+  'fail2ban-regex': 'apt-get install fail2ban',
+  'fail2ban-client': 'apt-get install fail2ban',
 };
 
 /**
