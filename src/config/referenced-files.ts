@@ -48,6 +48,8 @@ export function referencedFiles(config: Config): FileReference[] {
   add(['backend', 'auth', 'passwordFile'], config.backend.auth?.passwordFile, 'the password file');
   add(['policies'], config.policies, 'the policy folder', 'folder');
   add(['metrics', 'adminTokenFile'], config.metrics.adminTokenFile, 'the admin token file');
+  config.dkim?.domains.forEach((d, i) => add(['dkim', 'domains', i, 'key'], d.key, 'the DKIM key'));
+  add(['dkim', 'spoolDir'], config.dkim?.spoolDir, 'the DKIM spool folder', 'folder');
   return refs;
 }
 
