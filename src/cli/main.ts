@@ -13,6 +13,7 @@ import { registerCredentialCommand } from './credential-command.js';
 import { registerPolicyCommand } from './policy-command.js';
 import { registerLimitsCommand } from './limits-command.js';
 import { registerAuthCommand } from './auth-command.js';
+import { registerDkimCommand } from './dkim-command.js';
 import { Registry } from 'prom-client';
 import { probeAuthSources } from '../auth/sources.js';
 import { createAuthMetrics } from '../metrics/auth-metrics.js';
@@ -36,6 +37,7 @@ Examples:
   smtpgate user add alice --file /etc/smtpgate/users    add a user (asks for the password)
   smtpgate credential add alice --label phone --config /etc/smtpgate/smtpgate.yaml
                                                        make an app password (printed once)
+  smtpgate dkim keygen example.com mail2025            write a DKIM key, print its DNS record
   npm start                                            the demo (smtpgate.demo.yaml)`,
   );
 
@@ -77,6 +79,7 @@ registerCredentialCommand(program);
 registerPolicyCommand(program);
 registerLimitsCommand(program);
 registerAuthCommand(program);
+registerDkimCommand(program);
 
 async function loadOrExit(file: string, mode: 'run' | 'check' = 'run') {
   // smtpgate relies on smtp-server's internals (listener/smtp-server-seams.ts): an untested

@@ -40,9 +40,10 @@ export class DotUnstuffer {
   unstuff(piece: Buffer): Buffer[] {
     const out: Buffer[] = [];
     let from = 0;
-    let at = this.#atLineStart ? 0 : piece.indexOf(LF) + 1;
-    while (at > 0 || (at === 0 && from === 0)) {
-      if (at >= piece.length) break;
+    const first = this.#atLineStart ? 0 : piece.indexOf(LF) + 1;
+    // indexOf gave -1 (+1 = 0) when the piece holds no line start at all.
+    let at = first === 0 && !this.#atLineStart ? piece.length : first;
+    while (at < piece.length) {
       if (piece[at] === DOT) {
         if (at > from) out.push(piece.subarray(from, at));
         from = at + 1;

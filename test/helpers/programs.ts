@@ -37,6 +37,7 @@ const INSTALL_HINT: Record<string, string> = {
   ldapsearch: 'apt-get install ldap-utils',
   dovecot: 'apt-get install dovecot-core',
   doveadm: 'apt-get install dovecot-core',
+  dkimverify: 'apt-get install python3-dkim',
 };
 
 /**
