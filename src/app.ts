@@ -431,7 +431,7 @@ export class App {
       b.strategy,
       b.markDownFor,
     );
-    initSeries(this.metrics, { listeners: config.listeners.map((l) => l.name), backends: pool.targets.map((t) => t.name), loadedAt: new Date(), dkim: config.dkim !== undefined });
+    initSeries(this.metrics, { listeners: config.listeners.map((l) => l.name), backends: pool.targets.map((t) => t.name), loadedAt: new Date() });
     describeListeners(this.metrics, config.listeners);
     if (config.auth) {
       initAuthMetrics(this.metrics.auth, config.auth.backend, config.auth.cache !== undefined);

@@ -13,7 +13,7 @@ import { CidrSet, parseCidr, type Cidr } from '../parsing/cidr.js';
 import { describeBind, findBindConflicts, type Bind } from './bind-conflicts.js';
 import { limitsSection, resolveStorePaths } from '../limits/config.js';
 import { authSection } from './auth-section.js';
-import { dkimSection } from '../dkim/config.js';
+import { dkimSection } from './dkim-section.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
 export const DEFAULT_TLS12_CIPHERS = [

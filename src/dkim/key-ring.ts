@@ -8,7 +8,7 @@ import { createPrivateKey, createSign, type KeyObject } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { FileWatcher } from '../config/file-watch.js';
 import type { ConfigIssue } from '../parsing/errors.js';
-import { DEFAULT_SIGNED_HEADERS, type DkimConfig } from './config.js';
+import { DEFAULT_SIGNED_HEADERS, type DkimConfig } from '../config/dkim-section.js';
 
 /** RFC 8301 §3.2: verifiers refuse RSA keys under 1024 bits; 2048 is what signers should use. */
 const MIN_RSA_BITS = 1024;

@@ -238,8 +238,8 @@ export function recordReload(m: Metrics, component: ReloadComponent, ok: boolean
  * before their first event: rate() and increase() can't count an event on a series that
  * first appears already at 1.
  */
-export function initSeries(m: Metrics, known: { listeners: readonly string[]; backends: readonly string[]; loadedAt: Date; dkim?: boolean }): void {
-  if (known.dkim) for (const result of SIGNING_RESULTS) m.dkimSignatures.inc({ result }, 0);
+export function initSeries(m: Metrics, known: { listeners: readonly string[]; backends: readonly string[]; loadedAt: Date }): void {
+  for (const result of SIGNING_RESULTS) m.dkimSignatures.inc({ result }, 0);
   for (const component of RELOAD_COMPONENTS) {
     for (const result of ['success', 'failure']) m.reloads.inc({ component, result }, 0);
     // What the app started with loaded successfully, as Prometheus counts its own start.
