@@ -117,6 +117,15 @@ export const BENCH_USERS: readonly { readonly name: string; readonly password: s
 
 export function workloads(quick: boolean): Workload[] {
   const q = (full: number, small: number) => (quick ? small : full);
+  /** W4 and W4-dkim: two sessions of large messages, one message per connection. */
+  const large = {
+    kind: 'source',
+    load: { reuse: false, sessions: 2, messages: q(4, 2), length: q(50_000_000, 10_000_000) },
+    // Small messages only: RSS growth is measured from the end of the warm-up, as before.
+    warmUp: SMALL_WARM_UP,
+    measure: 'mbPerSec',
+    metric: { unit: 'MB/s', better: 'higher', decimals: 1 },
+  } as const;
   return [
     {
       id: 'W1',
@@ -185,12 +194,7 @@ export function workloads(quick: boolean): Workload[] {
     {
       id: 'W4',
       title: `W4 large messages (${q(50, 10)} MB)`,
-      kind: 'source',
-      load: { reuse: false, sessions: 2, messages: q(4, 2), length: q(50_000_000, 10_000_000) },
-      // Small messages only: RSS growth is measured from the end of the warm-up, as before.
-      warmUp: SMALL_WARM_UP,
-      measure: 'mbPerSec',
-      metric: { unit: 'MB/s', better: 'higher', decimals: 1 },
+      ...large,
       peers: ALL,
       targets: [
         { kind: 'ratio', against: 'direct', op: '>=', threshold: 0.8 },
@@ -200,11 +204,7 @@ export function workloads(quick: boolean): Workload[] {
     {
       id: 'W4-dkim',
       title: `W4 with DKIM signing on (each ${q(50, 10)} MB message held until its body hash is known: 1 MiB in memory, the rest in the spool file)`,
-      kind: 'source',
-      load: { reuse: false, sessions: 2, messages: q(4, 2), length: q(50_000_000, 10_000_000) },
-      warmUp: SMALL_WARM_UP,
-      measure: 'mbPerSec',
-      metric: { unit: 'MB/s', better: 'higher', decimals: 1 },
+      ...large,
       peers: SMTPGATE_ONLY,
       notApplicable: 'n/a',
       dkim: true,

@@ -8,7 +8,8 @@ import { domainToASCII } from 'node:url';
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { parseDuration, parseSize } from '../parsing/units.js';
+import { size } from '../limits/config.js';
+import { duration } from './auth-section.js';
 
 /**
  * Signed unless the config names its own list: the fields whose change alters what the reader
@@ -36,24 +37,6 @@ export const DEFAULT_SIGNED_HEADERS = [
 /** RFC 6376 §3.1: a selector is a dot-separated list of DNS labels. */
 const SELECTOR = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 const HEADER_NAME = /^[!-9;-~]+$/;
-
-const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
-  const bytes = parseSize(value);
-  if (bytes === undefined) {
-    ctx.addIssue({ code: 'custom', message: `expected a size such as "1MB" or "512KiB", found ${JSON.stringify(value)}` });
-    return z.NEVER;
-  }
-  return bytes;
-});
-
-const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
-  const ms = parseDuration(value);
-  if (ms === undefined) {
-    ctx.addIssue({ code: 'custom', message: `expected a duration such as "5s" or "1m", found ${JSON.stringify(value)}` });
-    return z.NEVER;
-  }
-  return ms;
-});
 
 /** A domain as DNS has it: IDNs in their A-label (xn--) form, lower case. */
 const domain = z.string().transform((value, ctx) => {
