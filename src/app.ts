@@ -50,6 +50,7 @@ import { WriteBatcher } from './transport/write-batcher.js';
 import { collectorFromV8, ReadBufferReclaimer, type Collect } from './transport/read-buffer-reclaimer.js';
 import { demoCertificateExists, ensureDemoCertificate, loadCertificateGenerator } from './demo/demo-certificate.js';
 import { startCaptureBackend, type CaptureBackend } from './demo/capture-backend.js';
+import { KeyRing, loadSigningKeys, type KeySet } from './dkim/key-ring.js';
 
 /** Everything the config points to, loaded and checked. */
 export interface RuntimeMaterial {
@@ -72,6 +73,8 @@ export interface RuntimeMaterial {
   readonly adminToken?: string;
   /** log.syslog's CA bundle and client certificate, read. */
   readonly syslogTls?: { readonly ca?: Buffer; readonly cert?: Buffer; readonly key?: Buffer };
+  /** The DKIM signing keys (dkim.domains), when dkim: is configured. */
+  readonly dkimKeys?: KeySet;
   readonly warnings: string[];
 }
 
@@ -219,13 +222,29 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   for (const l of config.listeners) {
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
+  let dkimKeys: KeySet | undefined;
+  if (config.dkim) {
+    const loaded = await loadSigningKeys(config.dkim);
+    if (loaded.ok) {
+      dkimKeys = loaded.keys;
+      warnings.push(...loaded.warnings);
+    } else {
+      issues.push(...loaded.issues);
+    }
+    const spool = config.dkim.spoolDir;
+    if (!unreadable.some((u) => u.path === 'dkim.spoolDir')) {
+      await access(spool, fsConstants.W_OK | fsConstants.X_OK).catch(() =>
+        issues.push({ file: origin.file, line: origin.lineOf(['dkim', 'spoolDir']), path: 'dkim.spoolDir', message: `smtpgate (uid ${process.getuid?.() ?? '?'}) cannot create files in the DKIM spool folder ${spool}: give it write access, or point dkim.spoolDir at a folder it owns` }),
+      );
+    }
+  }
   if (config.log.file) {
     const problem = await logFileProblem(config.log.file);
     if (problem) issues.push({ file: origin.file, line: origin.lineOf(['log', 'file']), path: 'log.file', message: problem });
   }
   const syslogTls = await readSyslogTls(config.log.syslog, issues);
   if (issues.length || unreadable.length) throw new ConfigError([...unreadable, ...anchorIssues(issues, refs, unreadable, origin)]);
-  return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, clientCas, policy, adminToken, syslogTls, warnings };
+  return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, clientCas, policy, adminToken, syslogTls, dkimKeys, warnings };
 }
 
 type UserDirectoryLoad =
@@ -443,6 +462,7 @@ export class App {
   readonly #listeners: SmtpListener[] = [];
   #admin: http.Server | undefined;
   #tls: TlsManager | undefined;
+  #dkim: KeyRing | undefined;
   #capture: CaptureBackend | undefined;
   #addresses: BoundAddresses | undefined;
   #stopping = false;
@@ -566,6 +586,22 @@ export class App {
     const limits = this.limits;
     // A store that can't be reached yet doesn't stop the start: onStoreFailure decides meanwhile.
     if (!(await limits.start(2000))) this.log.warn({ store: config.limits.store.kind, onStoreFailure: config.limits.onStoreFailure }, 'limiter store not reachable at start');
+    if (config.dkim && this.#material.dkimKeys) {
+      this.#dkim = new KeyRing(config.dkim, this.#material.dkimKeys, {
+        onReloaded: (keys, warnings) => {
+          recordReload(this.metrics, 'dkim', true);
+          this.log.info({ domains: keys.size }, 'DKIM keys reloaded');
+          for (const w of warnings) this.log.warn(w);
+        },
+        onReloadFailed: (issues) => {
+          recordReload(this.metrics, 'dkim', false);
+          this.log.error({ problems: describeIssues(issues) }, 'DKIM key reload failed; the previous keys stay in force');
+        },
+      });
+      await this.#dkim.watch();
+    }
+    const dkimRing = this.#dkim;
+    const dkim = config.dkim && dkimRing ? { keys: () => dkimRing.keys, spool: { dir: config.dkim.spoolDir, memoryThreshold: config.dkim.memoryThreshold }, trustedNetworks: config.dkim.trustedNetworks } : undefined;
     const tlsManager = this.#tls;
     const userFiles = [config.auth?.users, config.auth?.attributes, config.auth?.credentials].filter((f): f is string => f !== undefined);
     if (userFiles.length && config.auth) {
@@ -594,6 +630,7 @@ export class App {
             authenticatedUserHeader: config.data.authenticatedUserHeader,
             stripHeaders: config.data.stripHeaders,
             maxMessageBytes: config.limits.maxMessageBytes,
+            dkim,
           },
           client: config.client,
           writes: this.#writes,
@@ -747,6 +784,7 @@ export class App {
     await this.reloadUsers();
     await this.reloadPolicies();
     await this.#tls?.reload();
+    await this.#dkim?.reload();
   }
 
   #recordExpiry(certs: readonly LoadedCertificate[]): void {
@@ -761,6 +799,7 @@ export class App {
   async stop(opts: { drain?: boolean } = {}): Promise<void> {
     this.#stopping = true;
     this.#tls?.stop();
+    this.#dkim?.stop();
     this.#usersWatcher?.stop();
     this.#policyWatcher?.stop();
     this.#health?.stop();

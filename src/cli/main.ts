@@ -15,6 +15,7 @@ import { registerPolicyCommand } from './policy-command.js';
 import { registerLimitsCommand } from './limits-command.js';
 import { registerAuthCommand } from './auth-command.js';
 import { registerLogCommand } from './log-command.js';
+import { registerDkimCommand } from './dkim-command.js';
 import { Registry } from 'prom-client';
 import { probeAuthSources } from '../auth/sources.js';
 import { createAuthMetrics } from '../metrics/auth-metrics.js';
@@ -40,6 +41,7 @@ Examples:
                                                        make an app password (printed once)
   smtpgate log grep --user alice --since 1d /var/log/smtpgate/smtpgate.log
                                                        alice's mail and sign-ins of the last day
+  smtpgate dkim keygen example.com mail2025            write a DKIM key, print its DNS record
   npm start                                            the demo (smtpgate.demo.yaml)`,
   );
 
@@ -82,6 +84,7 @@ registerPolicyCommand(program);
 registerLimitsCommand(program);
 registerAuthCommand(program);
 registerLogCommand(program);
+registerDkimCommand(program);
 
 async function loadOrExit(file: string, mode: 'run' | 'check' = 'run') {
   // smtpgate relies on smtp-server's internals (listener/smtp-server-seams.ts): an untested

@@ -21,7 +21,8 @@ export type AuthSourceKind = (typeof AUTH_SOURCES)[number];
 /** The sources that answer from a directory (and so may carry the user's addresses and groups). */
 export const DIRECTORY_SOURCES: ReadonlySet<AuthSourceKind> = new Set(['ldap', 'dovecot', 'http']);
 
-const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+/** A duration such as "30s" or "5m", in milliseconds. */
+export const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
   const ms = parseDuration(value);
   if (ms === undefined) {
     ctx.addIssue({ code: 'custom', message: `expected a duration such as "5s", "10m" or "1h", found ${JSON.stringify(value)}` });

@@ -51,6 +51,8 @@ export function referencedFiles(config: Config): FileReference[] {
   add(['log', 'syslog', 'ca'], config.log.syslog?.ca, "the syslog server's CA bundle");
   add(['log', 'syslog', 'cert'], config.log.syslog?.cert, 'the syslog client certificate');
   add(['log', 'syslog', 'key'], config.log.syslog?.key, "the syslog client certificate's key");
+  config.dkim?.domains.forEach((d, i) => add(['dkim', 'domains', i, 'key'], d.key, 'the DKIM key'));
+  add(['dkim', 'spoolDir'], config.dkim?.spoolDir, 'the DKIM spool folder', 'folder');
   return refs;
 }
 

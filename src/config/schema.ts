@@ -14,6 +14,7 @@ import { describeBind, findBindConflicts, type Bind } from './bind-conflicts.js'
 import { limitsSection, resolveStorePaths } from '../limits/config.js';
 import { authSection } from './auth-section.js';
 import { logSection } from './log-section.js';
+import { dkimSection } from './dkim-section.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
 export const DEFAULT_TLS12_CIPHERS = [
@@ -269,6 +270,8 @@ export function configSchema(baseDir: string) {
       /** Folder of policy rule files (docs/policies.md); without it, only relay protection applies. */
       policies: filePath.optional(),
       data: data.default({ bareLineEndings: 'reject', receivedHeader: 'full', authenticatedUserHeader: false, stripHeaders: [] }),
+      /** DKIM-sign mail for these From: domains (README "DKIM signing"); off without it. */
+      dkim: dkimSection(baseDir).optional(),
       limits: limitsSection.transform((l) => resolveStorePaths(l, baseDir)),
       metrics: z
         .object({

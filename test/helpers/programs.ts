@@ -41,6 +41,7 @@ const INSTALL_HINT: Record<string, string> = {
   logrotate: 'apt-get install logrotate',
   'fail2ban-regex': 'apt-get install fail2ban',
   'fail2ban-client': 'apt-get install fail2ban',
+  dkimverify: 'apt-get install python3-dkim',
 };
 
 /**
