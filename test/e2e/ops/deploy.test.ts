@@ -133,6 +133,12 @@ describe('every file in deploy/ parses', () => {
       expect(text.split('\n').every((l) => !l.trim().startsWith('/'))).toBe(true);
     } else if (rel.endsWith('.service')) {
       expect(unitFile(text).size).toBeGreaterThan(5);
+    } else if (rel.startsWith('fail2ban/') && rel.endsWith('.conf')) {
+      // fail2ban's INI: sections, `key = value`, indented continuations, # and ; comments
+      // (fail2ban-regex and fail2ban-client read them for real in fail2ban.test.ts).
+      const lines = text.split('\n').filter((l) => l.trim() && !/^[#;]/.test(l.trim()));
+      for (const l of lines) expect(l, rel).toMatch(/^\[[\w-]+\]$|^[\w-]+\s*=|^\s+\S/);
+      expect(lines.some((l) => /^\[[\w-]+\]$/.test(l)), rel).toBe(true);
     } else if (base === 'users') {
       const parsed = parseUsersFile(text, rel);
       expect(parsed.ok, JSON.stringify(parsed)).toBe(true);

@@ -29,7 +29,9 @@ function grepStdin(args: string[], input: string): Promise<CliResult> {
   });
 }
 
-const grep = (...args: string[]) => runCli(['log', 'grep', ...args]);
+const grep = (...args: string[]) => runCli(['log', 'grep', ...args], CLI, 0);
+/** Each test starts the CLI a few times; on a busy shared machine a start can take seconds. */
+const CLI_TESTS = 120_000;
 
 describe('smtpgate log grep on a real gate\'s log', () => {
   let backend: RecordingBackend;
@@ -73,7 +75,7 @@ describe('smtpgate log grep on a real gate\'s log', () => {
     await gate?.stop();
     await backend?.close();
     if (dir) await rm(dir, { recursive: true, force: true });
-  });
+  }, CLI_TESTS);
 
   test('--user finds the user\'s transaction as a Postfix-style line, exit 0; the other lines are counted on stderr, not fatal', async () => {
     const r = await grep('--user', 'alice', '--utc', logFile);
@@ -84,7 +86,7 @@ describe('smtpgate log grep on a real gate\'s log', () => {
     );
     expect(lines.some((l) => / \S+: client=127\.0\.0\.1, sasl_method=PLAIN, sasl_username=alice/.test(l)), 'the sign-in').toBe(true);
     expect(r.stderr).toBe(`smtpgate log grep: ${logFile}: 2 lines skipped (not smtpgate JSON)\n`);
-  });
+  }, CLI_TESTS);
 
   test('a logrotate .gz is read as it is, by --queue-id and --message-id', async () => {
     for (const args of [['--queue-id', queueId], ['--message-id', '<grep-1@laptop.test>'], ['--address', 'BOB@corp.test']]) {
@@ -93,13 +95,13 @@ describe('smtpgate log grep on a real gate\'s log', () => {
       expect(r.stdout.trim().split('\n'), args.join(' ')).toHaveLength(1);
       expect(r.stdout).toContain(`queue_id=${queueId}`);
     }
-  });
+  }, CLI_TESTS);
 
   test('a failed sign-in is a reject line, its user name quoted so that it can\'t pass for more fields', async () => {
     const r = await grep('--client', '127.0.0.0/8', logFile);
     const reject = r.stdout.split('\n').find((l) => l.includes('reject: AUTH'));
     expect(reject).toMatch(/ reject: AUTH from 127\.0\.0\.1: 535 5\.7\.8 Authentication credentials invalid; reason=auth_failed, user="mallory\\", status=sent", result=/);
-  });
+  }, CLI_TESTS);
 
   test('stdin (none given, or "-"), and --json prints the records themselves', async () => {
     const r = await grepStdin(['--json', '--queue-id', queueId], text);
@@ -107,7 +109,7 @@ describe('smtpgate log grep on a real gate\'s log', () => {
     const records = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(records).toEqual([expect.objectContaining({ msg: 'transaction', queueId, outcome: 'relayed' })]);
     expect((await grepStdin(['--user', 'alice', '-'], text)).code).toBe(0);
-  });
+  }, CLI_TESTS);
 
   test('nothing matched: exit 1 and no output; an unreadable file or a bad option: exit 2, named on stderr', async () => {
     const none = await grep('--user', 'nobody', logFile);
@@ -124,5 +126,5 @@ describe('smtpgate log grep on a real gate\'s log', () => {
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/--since: expected a time ago/);
     expect((await grep('--sender', 'alice', logFile)).code, 'an unknown option').toBe(2);
-  });
+  }, CLI_TESTS);
 });
