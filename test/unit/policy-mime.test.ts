@@ -3,6 +3,8 @@
  * streaming attachment scanner (nested multiparts, attached messages, chunks split anywhere,
  * and limits that hold whatever the client sends).
  */
+import fc from 'fast-check';
+import { encodeWord, quoteString } from 'nodemailer/lib/mime-funcs';
 import { describe, expect, test } from 'vitest';
 import { parseAddressList } from '../../src/policy/addresses.js';
 import { MessageScanner, decodeEncodedWords, normalizeFilename, parseHeaderBlock, parseStructuredValue, scanMessage } from '../../src/policy/mime.js';
@@ -109,14 +111,108 @@ describe('parseAddressList', () => {
     expect(parseAddressList('<@relay.example:ceo@corp.example>').addresses).toEqual(['ceo@corp.example']);
   });
 
-  test('a display name that looks like an address does not count', () => {
-    expect(parseAddressList('"alice@corp.example" <ceo@corp.example>').addresses).toEqual(['ceo@corp.example']);
-    expect(parseAddressList('alice@corp.example <ceo@corp.example>').addresses).toEqual(['ceo@corp.example']);
+  test('a display name that only repeats the address passes, as many mail clients write it', () => {
+    expect(parseAddressList('"Alice@Corp.Example" <alice@corp.example>')).toEqual({ addresses: ['alice@corp.example'], invalid: [] });
+    expect(parseAddressList(`"'alice@corp.example'" <alice@corp.example>`)).toEqual({ addresses: ['alice@corp.example'], invalid: [] });
   });
 
   test('entries that are not addresses are reported', () => {
     expect(parseAddressList('undisclosed').invalid).toEqual(['undisclosed']);
-    expect(parseAddressList('Name <>').invalid).toEqual(['Name <>']);
+    expect(parseAddressList('Name <>').invalid).toEqual(['Name']);
+    expect(parseAddressList('<>').invalid).toEqual(['<>']);
+  });
+});
+
+/**
+ * Where smtpgate is stricter than addressparser, which never throws and guesses on garbage:
+ * each guess that could show a reader another address than the one checked is refused.
+ */
+describe('parseAddressList refuses what a reader could show as another address', () => {
+  const refused = (value: string) => {
+    const list = parseAddressList(value);
+    expect(list.invalid.length, value).toBeGreaterThan(0);
+  };
+
+  test('an encoded-word never produces an address (RFC 2047 §5), alone or inside an addr-spec', () => {
+    expect(parseAddressList('=?utf-8?B?YWxpY2VAY29ycC5leGFtcGxl?=')).toEqual({ addresses: [], invalid: ['=?utf-8?B?YWxpY2VAY29ycC5leGFtcGxl?='] });
+    refused('=?utf-8?Q?alice=40corp.example?=');
+    refused('=?utf-8?Q?alice@corp.example?=');
+    refused('=?utf-8?Q?ceo?=@corp.example');
+    refused('Alice <=?utf-8?Q?ceo?=@corp.example>');
+  });
+
+  test('a display name holding another address, raw or encoded, is refused (the display-name spoof)', () => {
+    refused('"ceo@corp.example" <alice@corp.example>');
+    refused('ceo@corp.example <alice@corp.example>');
+    refused('=?utf-8?B?Y2VvQGNvcnAuZXhhbXBsZQ==?= <alice@corp.example>');
+    refused('"=?utf-8?Q?ceo=40corp.example?=" <alice@corp.example>');
+  });
+
+  test('two addresses in one entry, where addressparser takes the first and calls the rest a name', () => {
+    refused('alice@corp.example ceo@corp.example');
+    refused('<alice@corp.example> ceo@corp.example');
+    refused('Alice <alice@corp.example> <ceo@corp.example>');
+  });
+
+  test('group names are display names too; an empty group has no address', () => {
+    refused('ceo@corp.example: alice@corp.example;');
+    expect(parseAddressList('Team:;')).toEqual({ addresses: [], invalid: [] });
+    expect(parseAddressList('Team: a@corp.example;, b@corp.example').addresses).toEqual(['a@corp.example', 'b@corp.example']);
+  });
+
+  test('malformed addresses fail closed: two "@", a needed quoted local part, a control character', () => {
+    refused('alice@corp.example@evil.example');
+    refused('"a b"@corp.example');
+    refused('alice@corp.example\u0000.evil.example');
+    refused('alice@corp.example\rFrom: ceo@corp.example');
+  });
+
+  test('a comment can hide no entry: commas in it do not split the list (RFC 5322 §3.2.2)', () => {
+    // A backslash outside a quoted-string or comment escapes nothing, so "\(" still opens one.
+    expect(parseAddressList('Alice \\(Sales, EMEA) <alice@corp.example>')).toEqual({ addresses: ['alice@corp.example'], invalid: [] });
+    expect(parseAddressList('alice@corp.example \\(first, second)').addresses).toEqual(['alice@corp.example']);
+    expect(parseAddressList('"Smith \\" (not a comment), Bob" <bob@corp.example>')).toEqual({ addresses: ['bob@corp.example'], invalid: [] });
+    expect(parseAddressList('Alice <alice@corp.example> (x, y@evil.example)')).toEqual({ addresses: ['alice@corp.example'], invalid: [] });
+  });
+
+  test('a comment that stands in for the display name and holds an address is refused', () => {
+    refused('(a \\) b, c@evil.example) alice@corp.example');
+    refused('(outer (inner, x@evil.example) still, y@evil.example) alice@corp.example');
+  });
+
+  test('property: no display name, however encoded, makes an address out of anything but the mailbox', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'grapheme', maxLength: 40 }), fc.constantFrom('Q', 'B', 'quoted'), (name, how) => {
+        const shown = how === 'quoted' ? quoteString(name) : encodeWord(name, how);
+        const list = parseAddressList(`${shown} <alice@corp.example>`);
+        expect(list.addresses.every((a) => a === 'alice@corp.example')).toBe(true);
+        expect(list.addresses.length + list.invalid.length).toBeGreaterThan(0);
+      }),
+    );
+  });
+
+  test('property: an encoded-word alone is never an address, whatever it decodes to', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.emailAddress(), fc.string()), fc.constantFrom('Q', 'B'), (text, how) => {
+        expect(parseAddressList(encodeWord(text, how)).addresses).toEqual([]);
+      }),
+    );
+  });
+});
+
+describe('comments in Content-Type and Content-Disposition', () => {
+  test('a comment is dropped, a ";" in it splits nothing, quoted-pairs in quoted-strings are kept', () => {
+    const v = parseStructuredValue('text/plain (x \\( y; name=a.exe); charset=us-ascii');
+    expect(v.params.get('name')).toBeUndefined();
+    expect(v.params.get('charset')).toEqual(['us-ascii']);
+    expect(parseStructuredValue('attachment; filename="a \\" (b).pdf"').params.get('filename')).toEqual(['a " (b).pdf']);
+  });
+
+  test('where the two readers disagree on a stray backslash, both readings are kept', () => {
+    // nodemailer takes "\(" outside quotes as a comment, libmime as text; a rule sees both.
+    const v = parseStructuredValue('text/plain \\(a; name=evil.exe); charset=utf-8');
+    expect(v.params.get('charset')).toEqual(['utf-8']);
+    expect(v.params.get('name')).toEqual(['evil.exe)']);
   });
 });
 
