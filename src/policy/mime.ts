@@ -134,7 +134,7 @@ export interface StructuredValue {
 }
 
 /** Where a parameter's plain value or an RFC 2231 first section ("name*", "name*0", "name*0*") starts. */
-const PARAM_START = /;[ \t]*([^\s=;*()"]+)(?:\*0?\*?)?[ \t]*=/g;
+const PARAM_START = /;[ \t]*([^\s=;*()"]+)(\*0?\*?)?[ \t]*=/g;
 /** Readings of one parameter name looked at beyond the first. */
 const MAX_REPEATS = 8;
 
@@ -172,18 +172,19 @@ function read(text: string, readings: Readings, only?: string): string {
 export function parseStructuredValue(text: string): StructuredValue {
   const readings: Readings = new Map();
   const value = read(text, readings);
-  // A repeated name: both libraries take the first, other readers the last. Each repeat is
-  // read again from where it starts, so every one is seen (a quoted ";x=" found here only
-  // adds a reading, never hides one).
-  const starts = new Map<string, number[]>();
+  // A repeated name (twice plain, or twice an RFC 2231 start): both libraries take the first,
+  // other readers the last. Each repeat is read again from where it starts, so every one is
+  // seen (a quoted ";x=" found here only adds a reading, never hides one).
+  const starts = new Map<string, { name: string; at: number[] }>();
   for (const m of text.matchAll(PARAM_START)) {
     const name = m[1]!.toLowerCase();
-    const list = starts.get(name);
-    if (list) list.push(m.index);
-    else starts.set(name, [m.index]);
+    const key = `${name}${m[2] === undefined ? '' : '*'}`;
+    const entry = starts.get(key);
+    if (entry) entry.at.push(m.index);
+    else starts.set(key, { name, at: [m.index] });
   }
   let incomplete = false;
-  for (const [name, at] of starts) {
+  for (const { name, at } of starts.values()) {
     if (at.length < 2) continue;
     if (at.length - 1 > MAX_REPEATS) incomplete = true;
     for (const i of at.slice(1, MAX_REPEATS + 1)) read(`x${text.slice(i)}`, readings, name);

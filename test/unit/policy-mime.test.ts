@@ -4,7 +4,7 @@
  * and limits that hold whatever the client sends).
  */
 import fc from 'fast-check';
-import { encodeWord, quoteString } from 'nodemailer/lib/mime-funcs';
+import { buildHeaderValue, encodeWord, quoteString } from 'nodemailer/lib/mime-funcs';
 import { describe, expect, test } from 'vitest';
 import { parseAddressList } from '../../src/policy/addresses.js';
 import { MessageScanner, decodeEncodedWords, normalizeFilename, parseHeaderBlock, parseStructuredValue, scanMessage } from '../../src/policy/mime.js';
@@ -94,6 +94,44 @@ describe('encoded words and parameters', () => {
     expect(v.value).toBe('application/octet-stream');
     expect(v.params.get('name')).toEqual(['a;b.txt']);
     expect(parseStructuredValue('application/x-foo; name="=?UTF-8?B?cmVwb3J0LmV4ZQ==?="').params.get('name')).toEqual(['report.exe']);
+  });
+
+  test('a repeated name keeps every reading: first-wins and last-wins readers see different files', () => {
+    expect(parseStructuredValue('attachment; filename="invoice.pdf"; filename="invoice.exe"').params.get('filename')).toEqual(['invoice.pdf', 'invoice.exe']);
+    expect(parseStructuredValue("attachment; filename*=utf-8''invoice.exe; filename=invoice.pdf").params.get('filename')).toEqual(['invoice.pdf', 'invoice.exe']);
+    expect(parseStructuredValue("attachment; filename*0*=utf-8''a.pdf; filename*0*=utf-8''b.e; filename*1=xe").params.get('filename')).toEqual(['a.pdfxe', 'b.exe']);
+  });
+
+  test('RFC 2231 continuations in mixed case, folded, out of order, with a plain decoy', () => {
+    const header = 'Content-Disposition: attachment;\r\n FILENAME*1*=%2Eexe;\r\n\tfilename="report.pdf";\r\n FileName*0*=utf-8\'\'r%C3%A9sum%C3%A9';
+    const scan = scanMessage(crlf(`Content-Type: application/octet-stream\n${header}\n\nMZ\n`));
+    expect(scan.attachments[0]!.filenames).toEqual(['report.pdf', 'résumé.exe']);
+  });
+
+  test('RFC 2047 words hidden in an RFC 2231 value are decoded too, and the literal form kept', () => {
+    expect(parseStructuredValue("attachment; filename*=utf-8''%3D%3Futf-8%3FB%3FZXZpbC5leGU%3D%3F%3D").params.get('filename')).toEqual(['=?utf-8?B?ZXZpbC5leGU=?=', 'evil.exe']);
+  });
+
+  test('a name repeated more often than the scan reads makes the scan incomplete', () => {
+    const many = Array.from({ length: 12 }, (_, i) => `filename=f${i}.txt`).join('; ');
+    expect(parseStructuredValue(`attachment; ${many}`).incomplete).toBe(true);
+    const scan = scanMessage(crlf(`Content-Disposition: attachment; ${many}\n\nx\n`));
+    expect(scan.incomplete).toBe(true);
+    expect(scan.problems).toContain('a MIME parameter repeated more often than the scan reads');
+  });
+
+  test('property: any file name nodemailer encodes (RFC 2231, folded, names in any case) is found by the scanner', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'grapheme', minLength: 1, maxLength: 60 }), fc.array(fc.boolean(), { minLength: 8, maxLength: 8 }), (name, upper) => {
+        fc.pre(normalizeFilename(name) !== '');
+        let i = 0;
+        const value = buildHeaderValue({ value: 'attachment', params: { filename: name } })
+          .replace(/filename/gi, (k) => (upper[i++ % upper.length] ? k.toUpperCase() : k))
+          .replace(/; /g, ';\r\n ');
+        const scan = scanMessage(`Content-Type: application/octet-stream\r\nContent-Disposition: ${value}\r\n\r\nx\r\n`);
+        expect(scan.attachments[0]!.filenames).toContain(normalizeFilename(name));
+      }),
+    );
   });
 
   test('file names lose folders, control characters and the trailing dots Windows ignores', () => {
