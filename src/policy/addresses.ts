@@ -12,11 +12,17 @@
 import addressparser, { type Address } from 'nodemailer/lib/addressparser';
 import { decodeEncodedWords } from './mime.js';
 
+export interface InvalidEntry {
+  /** The entry as addressparser read it. */
+  readonly text: string;
+  /** Why smtpgate can't vouch for it, for the trace: "an encoded-word in the address". */
+  readonly reason: string;
+}
+
 export interface AddressList {
   /** Lower-cased addresses, in order. */
   readonly addresses: readonly string[];
-  /** Entries that are not addresses smtpgate can vouch for, as addressparser read them. */
-  readonly invalid: readonly string[];
+  readonly invalid: readonly InvalidEntry[];
 }
 
 /**
@@ -55,17 +61,17 @@ function problem(name: string, address: string): string | undefined {
   return undefined;
 }
 
-function collect(entries: readonly Address[], addresses: string[], invalid: string[]): void {
+function collect(entries: readonly Address[], addresses: string[], invalid: InvalidEntry[]): void {
   for (const e of entries) {
     if (e.group !== undefined) {
       // RFC 5322 §3.4: a group's name is a display name; `x@y: a@b;` shows x@y to some readers.
-      if (e.name.includes('@') || decodeEncodedWords(e.name).includes('@')) invalid.push(`${e.name}:`);
+      if (e.name.includes('@') || decodeEncodedWords(e.name).includes('@')) invalid.push({ text: `${e.name}:`, reason: 'an address in the group name' });
       collect(e.group, addresses, invalid);
       continue;
     }
     const why = problem(e.name, e.address);
     if (why === undefined) addresses.push(e.address.toLowerCase());
-    else invalid.push(e.name && e.address ? `${e.name} <${e.address}>` : e.address || e.name || '<>');
+    else invalid.push({ text: e.name && e.address ? `${e.name} <${e.address}>` : e.address || e.name || '<>', reason: why });
   }
 }
 
@@ -75,15 +81,15 @@ function collect(entries: readonly Address[], addresses: string[], invalid: stri
  */
 export function parseAddressList(value: string): AddressList {
   // A control character (NUL, a bare CR) is dropped or kept differently by each parser.
-  if (CONTROL.test(value)) return { addresses: [], invalid: [value] };
+  if (CONTROL.test(value)) return { addresses: [], invalid: [{ text: value, reason: 'a control character' }] };
   const addresses: string[] = [];
-  const invalid: string[] = [];
+  const invalid: InvalidEntry[] = [];
   let entries: Address[];
   try {
     entries = addressparser(value);
   } catch {
     // It is documented never to throw; if it ever does, the value is not checkable.
-    return { addresses: [], invalid: [value] };
+    return { addresses: [], invalid: [{ text: value, reason: 'addressparser failed' }] };
   }
   collect(entries, addresses, invalid);
   return { addresses, invalid };

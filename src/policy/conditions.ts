@@ -382,7 +382,7 @@ function builtinHolds(check: BuiltinCheck, stage: PolicyStage, facts: SessionFac
         seen = true;
         const list = parseAddressList(h.value);
         if (list.invalid.length > 0) {
-          if (why) why.push(`sender_binding: From: ${show(list.invalid[0]!)} is not an address`);
+          if (why) why.push(`sender_binding: From: ${show(list.invalid[0]!.text)} is not an address smtpgate can vouch for (${list.invalid[0]!.reason})`);
           return true;
         }
         if (list.addresses.length === 0) {

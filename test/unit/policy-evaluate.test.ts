@@ -532,6 +532,12 @@ describe('sender_binding', () => {
       expect(await judge('=?utf-8?Q?alice=40corp.example?=')).toBe('refuse');
     });
 
+    test('the trace names the entry and why it was not vouched for', async () => {
+      const message = 'From: =?utf-8?Q?ceo?=@corp.example\r\n\r\nbody\r\n';
+      const ev = evaluate(await binding(), 'data', facts({ ...f, ...dataFacts(scanMessage(message)) }));
+      expect(ev.trace.flatMap((t) => t.why ?? [])).toContain('sender_binding: From: "=?utf-8?Q?ceo?=@corp.example" is not an address smtpgate can vouch for (an encoded-word in the address)');
+    });
+
     test('an encoded display name is fine unless it shows another address', async () => {
       expect(await judge('=?utf-8?Q?Alice_M=C3=BCller?= <alice@corp.example>')).toBe('continue');
       expect(await judge('=?utf-8?B?Y2VvQGNvcnAuZXhhbXBsZQ==?= <alice@corp.example>')).toBe('refuse');
