@@ -46,6 +46,8 @@ import { WriteBatcher } from './transport/write-batcher.js';
 import { collectorFromV8, ReadBufferReclaimer, type Collect } from './transport/read-buffer-reclaimer.js';
 import { demoCertificateExists, ensureDemoCertificate, loadCertificateGenerator } from './demo/demo-certificate.js';
 import { startCaptureBackend, type CaptureBackend } from './demo/capture-backend.js';
+import { readNoticeTemplate, type NoticeTemplate } from './notifications/template.js';
+import { SuspensionNotifier, type NoticeRelay } from './notifications/notifier.js';
 
 /** Everything the config points to, loaded and checked. */
 export interface RuntimeMaterial {
@@ -66,6 +68,8 @@ export interface RuntimeMaterial {
   readonly policy: PolicySet;
   /** Bearer token for the admin routes, from metrics.adminTokenFile. */
   readonly adminToken?: string;
+  /** notifications.template, and the relay's CA and password (from their files). */
+  readonly notices?: { readonly template: NoticeTemplate; readonly relayCa?: Buffer; readonly relayPassword?: string };
   readonly warnings: string[];
 }
 
@@ -183,6 +187,7 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
       issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: `cannot read the password file: ${(err as Error).message}` });
     }
   }
+  const notices = await loadNoticeMaterial(config.notifications, issues);
   for (const { field, file } of storeSecretFiles(config.limits.store)) {
     try {
       readRedisPasswordFile(file);
@@ -211,7 +216,38 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
   if (issues.length || unreadable.length) throw new ConfigError([...unreadable, ...anchorIssues(issues, refs, unreadable, origin)]);
-  return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, clientCas, policy, adminToken, warnings };
+  return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, clientCas, policy, adminToken, ...(notices ? { notices } : {}), warnings };
+}
+
+/** notifications.template and the relay's files; problems go to `issues`. */
+async function loadNoticeMaterial(config: Config['notifications'], issues: ConfigIssue[]): Promise<RuntimeMaterial['notices']> {
+  if (!config) return undefined;
+  let template: NoticeTemplate | undefined;
+  try {
+    template = await readNoticeTemplate(config.template);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    issues.push(...err.issues);
+  }
+  let relayCa: Buffer | undefined;
+  if (config.relay?.ca) {
+    try {
+      relayCa = await readFile(config.relay.ca);
+    } catch (err) {
+      issues.push({ file: config.relay.ca, path: 'notifications.relay.ca', message: `cannot read the CA bundle: ${(err as Error).message}` });
+    }
+  }
+  let relayPassword = config.relay?.auth?.password;
+  const passwordFile = config.relay?.auth?.passwordFile;
+  if (passwordFile) {
+    try {
+      relayPassword = (await readFile(passwordFile, 'utf8')).replace(/\r?\n$/, '');
+      if (/[\r\n\0]/.test(relayPassword)) issues.push({ file: passwordFile, path: 'notifications.relay.auth.passwordFile', message: 'the password file must hold one line without CR, LF or NUL' });
+    } catch (err) {
+      issues.push({ file: passwordFile, path: 'notifications.relay.auth.passwordFile', message: `cannot read the password file: ${(err as Error).message}` });
+    }
+  }
+  return template ? { template, ...(relayCa ? { relayCa } : {}), ...(relayPassword !== undefined ? { relayPassword } : {}) } : undefined;
 }
 
 type UserDirectoryLoad =
@@ -349,6 +385,9 @@ export class App {
   #admin: http.Server | undefined;
   #tls: TlsManager | undefined;
   #capture: CaptureBackend | undefined;
+  /** Suspension notices (notifications); undefined without that section. */
+  readonly #notifier: SuspensionNotifier | undefined;
+  #noticeTemplate: NoticeTemplate | undefined;
   #addresses: BoundAddresses | undefined;
   #stopping = false;
 
@@ -378,6 +417,20 @@ export class App {
       : undefined;
     this.#policy = material.policy;
     this.metrics.policy.setPolicySet(material.policy);
+    this.#noticeTemplate = material.notices?.template;
+    if (config.notifications && this.#noticeTemplate) {
+      const notifier = new SuspensionNotifier({
+        config: config.notifications,
+        template: () => this.#noticeTemplate!,
+        relays: this.#noticeRelays(config.notifications),
+        claim: (user) => this.limits.claimSuspensionNotice(user),
+        sent: this.metrics.notifications,
+        log: this.log,
+        hostname: config.hostname,
+      });
+      this.limits.onSuspended((e) => notifier.suspended(e));
+      this.#notifier = notifier;
+    }
     const collect = opts.collect ?? collectorFromV8();
     if (collect) {
       this.#reclaimer = new ReadBufferReclaimer(collect, {
@@ -647,9 +700,46 @@ export class App {
   /** SIGHUP: everything that can change without a restart. Each part keeps its old state on failure. */
   async reload(): Promise<void> {
     await this.reloadConfig();
+    await this.#reloadNoticeTemplate();
     await this.reloadUsers();
     await this.reloadPolicies();
     await this.#tls?.reload();
+  }
+
+  /** The notice template, read again (SIGHUP); a broken one keeps the one in force. */
+  async #reloadNoticeTemplate(): Promise<void> {
+    const file = this.config.notifications?.template;
+    if (!file || !this.#notifier) return;
+    try {
+      this.#noticeTemplate = await readNoticeTemplate(file);
+      this.log.info({ file }, 'suspension notice template reloaded');
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      this.log.error({ problems: describeIssues(err.issues) }, 'suspension notice template reload failed; the previous template stays in force');
+    }
+  }
+
+  /** Where notices go: notifications.relay, else the backend's addresses with its TLS and credentials. */
+  #noticeRelays(n: NonNullable<Config['notifications']>): NoticeRelay[] {
+    const heloName = this.config.backend.heloName ?? this.config.hostname;
+    if (n.relay) {
+      const r = n.relay;
+      const password = this.#material.notices?.relayPassword;
+      return [
+        {
+          address: r.address,
+          tls: r.tls,
+          tlsOptions: { rejectUnauthorized: r.tlsVerify, minVersion: 'TLSv1.2', ...(this.#material.notices?.relayCa ? { ca: this.#material.notices.relayCa } : {}), ...(r.servername ? { servername: r.servername } : {}) },
+          ...(r.auth ? { auth: { user: r.auth.user, password: password ?? '', mechanism: r.auth.mechanism } } : {}),
+          heloName,
+        },
+      ];
+    }
+    const b = this.config.backend;
+    return b.address.map((address) => {
+      const { tls, tlsOptions } = this.#backendOptions(address);
+      return { address, tls, tlsOptions: tlsOptions ?? {}, ...(b.auth ? { auth: { user: b.auth.user, password: this.#material.backendPassword ?? '', mechanism: b.auth.mechanism } } : {}), heloName };
+    });
   }
 
   #recordExpiry(certs: readonly LoadedCertificate[]): void {
@@ -678,6 +768,7 @@ export class App {
       await closed;
     }
     if (this.#capture) await this.#capture.close();
+    this.#notifier?.stop();
     await this.#auth?.authenticator.close?.();
     await this.limits.close();
   }

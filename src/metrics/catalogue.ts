@@ -214,6 +214,12 @@ export function createMetrics(build: BuildInfo) {
       help: 'Young-generation collections smtpgate asked V8 for, one per 8 MiB read from clients at most, to free relayed socket buffers.',
       registers,
     }),
+    notifications: new Counter({
+      name: 'smtpgate_notifications_total',
+      help: 'Suspension notices (notifications): sent (the relay took the message), retried (an attempt failed and will be made again), failed (given up).',
+      labelNames: ['result'] as const,
+      registers,
+    }),
   };
 }
 
