@@ -75,7 +75,7 @@ export function noticeValues(e: SuspensionEvent, hostname: string): NoticeValues
   const window = formatWindow(e.windowMs);
   return {
     user: e.user,
-    reason: `${e.quotaHits} quota hits within ${window} (the last: the ${QUOTA_WORDS[e.limiter]})`,
+    reason: `${e.quotaHits} quota hit${e.quotaHits === 1 ? '' : 's'} within ${window} (the last: the ${QUOTA_WORDS[e.limiter]})`,
     since: new Date(e.since * 1000).toISOString(),
     until: e.suspendForMs === null ? 'until an administrator clears it' : new Date(e.since * 1000 + e.suspendForMs).toISOString(),
     client: e.ip,
@@ -124,7 +124,7 @@ export class SuspensionNotifier {
     const claim = await this.#claim(e);
     if (claim !== 'claimed') {
       if (claim === 'lifted') log.info(at, 'suspension notice not sent: the suspension was lifted first');
-      else if (claim === 'taken') log.debug(at, 'suspension notice: another instance sends it');
+      else if (claim === 'taken') log.info(at, 'suspension notice already claimed for this suspension: not sent again');
       return;
     }
     const rendered = renderNotice(this.#deps.template(), noticeValues(e, this.#deps.hostname));
