@@ -57,9 +57,14 @@ export interface SuspensionNotifierDeps {
   readonly now?: () => number;
 }
 
-/** Pure: where the user's notice goes: their first plain address, else the login when it is one; else nowhere. */
+/**
+ * Pure: where the user's notice goes: their first plain address (the directory's, then the
+ * attributes file's; a wildcard such as *@sales.corp.example is a pattern, not a mailbox), else
+ * the login when it is an address; else nowhere.
+ */
 export function userNoticeAddress(user: string, addresses: readonly string[]): string | undefined {
-  return addresses.find((a) => PLAIN_ADDRESS.test(a)) ?? (PLAIN_ADDRESS.test(user) ? user : undefined);
+  const mailbox = (a: string) => PLAIN_ADDRESS.test(a) && !a.includes('*');
+  return addresses.find(mailbox) ?? (mailbox(user) ? user : undefined);
 }
 
 const QUOTA_WORDS: Record<SuspensionEvent['limiter'], string> = {

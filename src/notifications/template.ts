@@ -61,7 +61,7 @@ export function parseNoticeTemplate(text: string, file: string): NoticeTemplate 
   const head = blank < 0 ? lines : lines.slice(0, blank);
   let subject: string | undefined;
   head.forEach((l, i) => {
-    const m = /^([A-Za-z0-9-]+):[ \t]*(.*)$/.exec(l);
+    const m = /^([A-Za-z0-9-]+):[ \t]*(.*)$/s.exec(l);
     if (!m) return issue(i + 1, /^[ \t]/.test(l) ? 'the subject must be one line (no folded continuation lines)' : `expected "Subject: …" on the first line, then a blank line, then the body; found ${JSON.stringify(printable(l))}`);
     if (m[1]!.toLowerCase() !== 'subject') {
       return issue(i + 1, `only Subject: may be set in the template; ${m[1]} is not (From comes from notifications.from, To from the user and notifications.admins; smtpgate writes Date, Message-ID and Auto-Submitted itself)`);

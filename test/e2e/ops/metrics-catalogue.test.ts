@@ -17,6 +17,7 @@ import { ALICE } from '../../helpers/gate.js';
 import { baseName, parseExposition, type Sample } from '../../helpers/exposition.js';
 import { MALLORY, REPO, driveTraffic, scrape, sendFromTrustedApp, startOpsGates, type OpsGates } from '../../helpers/ops-traffic.js';
 import { readBuildInfo } from '../../../src/build-info.js';
+import { NOTIFICATION_RESULTS } from '../../../src/notifications/notifier.js';
 
 const PACKAGE_VERSION = (JSON.parse(readFileSync(`${REPO}/package.json`, 'utf8')) as { version: string }).version;
 
@@ -50,6 +51,7 @@ function allowedValues(gates: OpsGates, policyRules: readonly string[]): Record<
         smtpgate_reloads_total: ['success', 'failure'],
         smtpgate_limiter_decisions_total: ['allowed', 'limited', 'store_error'],
         smtpgate_auth_source_seconds: [...SOURCE_RESULTS] as string[],
+        smtpgate_notifications_total: [...NOTIFICATION_RESULTS] as string[],
       })[metric]?.includes(v) ?? false,
     source: (v) => (AUTH_SOURCES as readonly string[]).includes(v),
     outcome: oneOf('success', 'failure'),
