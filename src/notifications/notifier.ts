@@ -30,10 +30,6 @@ import { PLAIN_ADDRESS, type NotificationsConfig } from '../config/schema.js';
 import type { HostPort } from '../parsing/units.js';
 import { renderNotice, type NoticeTemplate, type NoticeValues } from './template.js';
 
-/** smtpgate_notifications_total{result}: a notice handed to the relay, an attempt to be tried again, a notice given up. */
-export const NOTIFICATION_RESULTS = ['sent', 'retried', 'failed'] as const;
-export type NotificationResult = (typeof NOTIFICATION_RESULTS)[number];
-
 /** One server the notices may go to (the backend's addresses in order, or the relay). */
 export interface NoticeRelay {
   readonly address: HostPort;
@@ -100,7 +96,6 @@ export class SuspensionNotifier {
   constructor(deps: SuspensionNotifierDeps) {
     this.#deps = deps;
     this.#now = deps.now ?? Date.now;
-    for (const result of NOTIFICATION_RESULTS) deps.sent.inc({ result }, 0);
   }
 
   /** Limits.onSuspended's listener: returns at once; the notice goes out after the session's reply. */

@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { MESSAGE_AUTH, MESSAGE_TLS, createMetrics } from '../../../src/metrics/catalogue.js';
+import { MESSAGE_AUTH, MESSAGE_TLS, NOTIFICATION_RESULTS, createMetrics } from '../../../src/metrics/catalogue.js';
 import { LIMITER_NAMES } from '../../../src/limits/replies.js';
 import { REFUSAL_REASONS } from '../../../src/reply.js';
 import { AUTH_SOURCES } from '../../../src/config/auth-section.js';
@@ -17,7 +17,6 @@ import { ALICE } from '../../helpers/gate.js';
 import { baseName, parseExposition, type Sample } from '../../helpers/exposition.js';
 import { MALLORY, REPO, driveTraffic, scrape, sendFromTrustedApp, startOpsGates, type OpsGates } from '../../helpers/ops-traffic.js';
 import { readBuildInfo } from '../../../src/build-info.js';
-import { NOTIFICATION_RESULTS } from '../../../src/notifications/notifier.js';
 
 const PACKAGE_VERSION = (JSON.parse(readFileSync(`${REPO}/package.json`, 'utf8')) as { version: string }).version;
 
