@@ -169,24 +169,8 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   const directoryGroups = config.auth?.backend.some((k) => DIRECTORY_SOURCES.has(k)) ?? false;
   const knownGroups = config.auth?.attributes && !directoryGroups ? new Set([...attributes.values()].flatMap((a) => a.groups)) : undefined;
   for (const f of lintPolicySet(policy, knownGroups ? { knownGroups } : {})) if (f.kind !== 'open_relay') warnings.push(formatFinding(f));
-  let backendCa: Buffer | undefined;
-  if (config.backend.ca) {
-    try {
-      backendCa = await readFile(config.backend.ca);
-    } catch (err) {
-      issues.push({ file: config.backend.ca, path: 'backend.ca', message: `cannot read the CA bundle: ${(err as Error).message}` });
-    }
-  }
-  let backendPassword = config.backend.auth?.password;
-  const passwordFile = config.backend.auth?.passwordFile;
-  if (passwordFile) {
-    try {
-      backendPassword = (await readFile(passwordFile, 'utf8')).replace(/\r?\n$/, '');
-      if (/[\r\n\0]/.test(backendPassword)) issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: 'the password file must hold one line without CR, LF or NUL' });
-    } catch (err) {
-      issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: `cannot read the password file: ${(err as Error).message}` });
-    }
-  }
+  const backendCa = await readCaBundle(config.backend.ca, 'backend.ca', issues);
+  const backendPassword = await readSmtpPassword(config.backend.auth, 'backend.auth.passwordFile', issues);
   const notices = await loadNoticeMaterial(config.notifications, issues);
   for (const { field, file } of storeSecretFiles(config.limits.store)) {
     try {
@@ -219,6 +203,31 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, clientCas, policy, adminToken, ...(notices ? { notices } : {}), warnings };
 }
 
+/** A CA bundle the config names at `field`, if any; a problem goes to `issues`. */
+async function readCaBundle(file: string | undefined, field: string, issues: ConfigIssue[]): Promise<Buffer | undefined> {
+  if (!file) return undefined;
+  try {
+    return await readFile(file);
+  } catch (err) {
+    issues.push({ file, path: field, message: `cannot read the CA bundle: ${(err as Error).message}` });
+    return undefined;
+  }
+}
+
+/** The password smtpgate gives a server (the backend, the notifications relay): inline, or its passwordFile's one line. */
+async function readSmtpPassword(auth: { password?: string; passwordFile?: string } | undefined, field: string, issues: ConfigIssue[]): Promise<string | undefined> {
+  const file = auth?.passwordFile;
+  if (!file) return auth?.password;
+  try {
+    const password = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+    if (/[\r\n\0]/.test(password)) issues.push({ file, path: field, message: 'the password file must hold one line without CR, LF or NUL' });
+    return password;
+  } catch (err) {
+    issues.push({ file, path: field, message: `cannot read the password file: ${(err as Error).message}` });
+    return undefined;
+  }
+}
+
 /** notifications.template and the relay's files; problems go to `issues`. */
 async function loadNoticeMaterial(config: Config['notifications'], issues: ConfigIssue[]): Promise<RuntimeMaterial['notices']> {
   if (!config) return undefined;
@@ -229,24 +238,8 @@ async function loadNoticeMaterial(config: Config['notifications'], issues: Confi
     if (!(err instanceof ConfigError)) throw err;
     issues.push(...err.issues);
   }
-  let relayCa: Buffer | undefined;
-  if (config.relay?.ca) {
-    try {
-      relayCa = await readFile(config.relay.ca);
-    } catch (err) {
-      issues.push({ file: config.relay.ca, path: 'notifications.relay.ca', message: `cannot read the CA bundle: ${(err as Error).message}` });
-    }
-  }
-  let relayPassword = config.relay?.auth?.password;
-  const passwordFile = config.relay?.auth?.passwordFile;
-  if (passwordFile) {
-    try {
-      relayPassword = (await readFile(passwordFile, 'utf8')).replace(/\r?\n$/, '');
-      if (/[\r\n\0]/.test(relayPassword)) issues.push({ file: passwordFile, path: 'notifications.relay.auth.passwordFile', message: 'the password file must hold one line without CR, LF or NUL' });
-    } catch (err) {
-      issues.push({ file: passwordFile, path: 'notifications.relay.auth.passwordFile', message: `cannot read the password file: ${(err as Error).message}` });
-    }
-  }
+  const relayCa = await readCaBundle(config.relay?.ca, 'notifications.relay.ca', issues);
+  const relayPassword = await readSmtpPassword(config.relay?.auth, 'notifications.relay.auth.passwordFile', issues);
   return template ? { template, ...(relayCa ? { relayCa } : {}), ...(relayPassword !== undefined ? { relayPassword } : {}) } : undefined;
 }
 
