@@ -25,6 +25,7 @@ import { loadPolicySet } from '../../../src/policy/load.js';
 import { REPO } from '../../helpers/ops-traffic.js';
 import { makeTestCert } from '../../helpers/pki.js';
 import { describeWith, findProgram } from '../../helpers/programs.js';
+import { parseNoticeTemplate } from '../../../src/notifications/template.js';
 
 const DEPLOY = path.join(REPO, 'deploy');
 const ETC = '/etc/smtpgate';
@@ -133,6 +134,8 @@ describe('every file in deploy/ parses', () => {
       expect(text.split('\n').every((l) => !l.trim().startsWith('/'))).toBe(true);
     } else if (rel.endsWith('.service')) {
       expect(unitFile(text).size).toBeGreaterThan(5);
+    } else if (rel.startsWith('notifications/') && rel.endsWith('.txt')) {
+      expect(parseNoticeTemplate(text, rel).subject).not.toBe('');
     } else if (base === 'users') {
       const parsed = parseUsersFile(text, rel);
       expect(parsed.ok, JSON.stringify(parsed)).toBe(true);
