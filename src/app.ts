@@ -172,6 +172,7 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   const backendCa = await readCaBundle(config.backend.ca, 'backend.ca', issues);
   const backendPassword = await readSmtpPassword(config.backend.auth, 'backend.auth.passwordFile', issues);
   const notices = await loadNoticeMaterial(config.notifications, issues);
+  if (config.notifications && config.limits.brake.quotaHits === null) warnings.push('notifications is set, but limits.brake.quotaHits is off: no account is ever suspended, so no notice is ever sent');
   for (const { field, file } of storeSecretFiles(config.limits.store)) {
     try {
       readRedisPasswordFile(file);

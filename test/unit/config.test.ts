@@ -313,5 +313,8 @@ describe('notifications', () => {
     ]);
     await writeFile(path.join(dir, 'suspension.txt'), 'Subject: {{user}} suspended\n\nHello {{user}}\n');
     expect(await problems()).toEqual([]);
+    expect((await checkConfigFile(file, 'check')).material.warnings).not.toContainEqual(expect.stringMatching(/^notifications is set/));
+    await writeFile(file, WITH('  from: smtpgate@corp.example\n  admins: [sec@corp.example]\n  template: suspension.txt\n') + 'limits:\n  brake: { quotaHits: off }\n');
+    expect((await checkConfigFile(file, 'check')).material.warnings).toContain('notifications is set, but limits.brake.quotaHits is off: no account is ever suspended, so no notice is ever sent');
   });
 });
