@@ -76,6 +76,14 @@ const cidr = z.string().transform((value, ctx): Cidr => {
   return c;
 });
 
+/**
+ * A plain address (RFC 5321 dot-atom local part, ASCII): no display name, comment or list, so a
+ * value can't become two recipients or carry a header.
+ */
+export const PLAIN_ADDRESS = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$/;
+
+const mailbox = z.string().regex(PLAIN_ADDRESS, 'expected a plain address such as postmaster@corp.example (no display name, no list)');
+
 const HOST_NAME = /^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
 
 const LISTENER_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
@@ -91,6 +99,19 @@ export function configSchema(baseDir: string) {
     .string()
     .min(1)
     .transform((p) => path.resolve(baseDir, p));
+
+  /** Credentials smtpgate itself presents to a server (the backend, the notifications relay). */
+  const smtpAuth = z
+    .object({
+      user: z.string().min(1).regex(/^[^\r\n\0]+$/, 'must not contain CR, LF or NUL'),
+      password: z.string().regex(/^[^\r\n\0]*$/, 'must not contain CR, LF or NUL').optional(),
+      passwordFile: filePath.optional(),
+      mechanism: z.enum(['PLAIN', 'LOGIN']).default('PLAIN'),
+    })
+    .strict()
+    .refine((a) => (a.password === undefined) !== (a.passwordFile === undefined), {
+      message: 'give exactly one of password or passwordFile',
+    });
 
   const listener = z
     .object({
@@ -199,18 +220,7 @@ export function configSchema(baseDir: string) {
       requireIdentity: z.boolean().default(true),
       heloName: z.string().regex(/^[A-Za-z0-9.-]+$/, 'expected a host name').optional(),
       /** Fixed credentials for a backend that demands AUTH from smtpgate itself. */
-      auth: z
-        .object({
-          user: z.string().min(1).regex(/^[^\r\n\0]+$/, 'must not contain CR, LF or NUL'),
-          password: z.string().regex(/^[^\r\n\0]*$/, 'must not contain CR, LF or NUL').optional(),
-          passwordFile: filePath.optional(),
-          mechanism: z.enum(['PLAIN', 'LOGIN']).default('PLAIN'),
-        })
-        .strict()
-        .refine((a) => (a.password === undefined) !== (a.passwordFile === undefined), {
-          message: 'give exactly one of password or passwordFile',
-        })
-        .optional(),
+      auth: smtpAuth.optional(),
       timeouts: z
         .object({
           connect: duration.default(10_000),
@@ -248,6 +258,38 @@ export function configSchema(baseDir: string) {
     .strict();
 
 
+  /**
+   * Suspension notices (src/notifications/): mail smtpgate writes itself, to the suspended user
+   * and the admins, through nodemailer's SMTP transport straight to the backend (or `relay`),
+   * never through smtpgate's own listeners.
+   */
+  const notifications = z
+    .object({
+      from: mailbox,
+      admins: z.array(mailbox).default([]),
+      /** Also tell the user, at their own address (see notifications/recipients.ts). */
+      notifyUser: z.boolean().default(true),
+      /** The notice's text: a Subject: line, a blank line, the body, with {{placeholders}}. */
+      template: filePath,
+      /** Where the notices go instead of the backend (default: backend.address, tls, auth). */
+      relay: z
+        .object({
+          address: hostPort,
+          tls: z.enum(['none', 'starttls', 'implicit']).default('none'),
+          tlsVerify: z.boolean().default(true),
+          ca: filePath.optional(),
+          servername: z.string().optional(),
+          auth: smtpAuth.optional(),
+        })
+        .strict()
+        .optional(),
+      /** Attempts after the first that failed, each after twice the delay of the one before. */
+      retries: z.number().int().min(0).max(10).default(3),
+      retryDelay: duration.default(60_000),
+    })
+    .strict()
+    .refine((n) => n.notifyUser || n.admins.length > 0, { message: 'nobody would be notified: list addresses in admins, or set notifyUser: true', path: ['admins'] });
+
   const demo = z
     .object({
       /** Generate a self-signed certificate at tls.cert/tls.key when they don't exist. */
@@ -273,6 +315,7 @@ export function configSchema(baseDir: string) {
       /** DKIM-sign mail for these From: domains (README "DKIM signing"); off without it. */
       dkim: dkimSection(baseDir).optional(),
       limits: limitsSection.transform((l) => resolveStorePaths(l, baseDir)),
+      notifications: notifications.optional(),
       metrics: z
         .object({
           address: bindAddress,
@@ -372,6 +415,15 @@ export function configSchema(baseDir: string) {
           message: `${describeBind(c.bind)} and ${describeBind(c.other)} cannot both bind port ${c.bind.port}: ${c.why}. Use another port, or one address for both`,
         });
       }
+      const relay = cfg.notifications?.relay?.address;
+      const loop = relay && cfg.listeners.find((l) => l.address.port === relay.port && (l.address.host === relay.host || ['0.0.0.0', '::'].includes(l.address.host)));
+      if (loop) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['notifications', 'relay', 'address'],
+          message: `${relay.host}:${relay.port} is smtpgate's own listener ${JSON.stringify(loop.name)}: notices would come back through the limits that suspended the account. Name the backend or another relay, or leave relay out (notices then go to the backend)`,
+        });
+      }
       const names = new Set<string>();
       cfg.listeners.forEach((l, i) => {
         if (names.has(l.name)) {
@@ -419,3 +471,4 @@ export type Config = z.output<ReturnType<typeof configSchema>>;
 export type ListenerConfig = Config['listeners'][number];
 export type BackendConfig = Config['backend'];
 export type TlsConfig = NonNullable<Config['tls']>;
+export type NotificationsConfig = NonNullable<Config['notifications']>;
