@@ -14,6 +14,7 @@ import path from 'node:path';
 import { FilterParser } from 'ldapts';
 import { z } from 'zod';
 import { parseDuration, parseHostPort } from '../parsing/units.js';
+import { filePathIn } from './file-path.js';
 
 export const AUTH_SOURCES = ['file', 'backend', 'ldap', 'dovecot', 'http'] as const;
 export type AuthSourceKind = (typeof AUTH_SOURCES)[number];
@@ -38,10 +39,7 @@ const ldapUrl = z.string().regex(/^ldaps?:\/\/[^\s/]+\/?$/i, 'expected an LDAP U
 const USER_PLACEHOLDER = '{user}';
 
 export function authSection(baseDir: string) {
-  const filePath = z
-    .string()
-    .min(1)
-    .transform((p) => path.resolve(baseDir, p));
+  const filePath = filePathIn(baseDir);
 
   const ldap = z
     .object({

@@ -6,7 +6,6 @@
  * built per file by `configSchema(baseDir)`.
  */
 import os from 'node:os';
-import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration, parseHostPort } from '../parsing/units.js';
 import { CidrSet, parseCidr, type Cidr } from '../parsing/cidr.js';
@@ -15,6 +14,7 @@ import { limitsSection, resolveStorePaths } from '../limits/config.js';
 import { authSection } from './auth-section.js';
 import { logSection } from './log-section.js';
 import { dkimSection } from './dkim-section.js';
+import { filePathIn } from './file-path.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
 export const DEFAULT_TLS12_CIPHERS = [
@@ -95,10 +95,7 @@ const LISTENER_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
 const MAX_GREETING_DELAY_MS = 30_000;
 
 export function configSchema(baseDir: string) {
-  const filePath = z
-    .string()
-    .min(1)
-    .transform((p) => path.resolve(baseDir, p));
+  const filePath = filePathIn(baseDir);
 
   /** Credentials smtpgate itself presents to a server (the backend, the notifications relay). */
   const smtpAuth = z
