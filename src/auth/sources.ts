@@ -29,7 +29,7 @@ export interface AuthSecrets {
 }
 
 /** A secret file: one line, no CR, LF or NUL inside it; a final newline is dropped. */
-async function readSecretLine(file: string, field: string, what: string, issues: ConfigIssue[]): Promise<string | undefined> {
+export async function readSecretLine(file: string, field: string, what: string, issues: ConfigIssue[]): Promise<string | undefined> {
   try {
     const text = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
     if (!text) issues.push({ file, path: field, message: `${what} is empty: write the secret on one line` });

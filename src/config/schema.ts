@@ -13,6 +13,7 @@ import { CidrSet, parseCidr, type Cidr } from '../parsing/cidr.js';
 import { describeBind, findBindConflicts, type Bind } from './bind-conflicts.js';
 import { limitsSection, resolveStorePaths } from '../limits/config.js';
 import { authSection } from './auth-section.js';
+import { backendAuthSection } from './backend-auth-section.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
 export const DEFAULT_TLS12_CIPHERS = [
@@ -168,6 +169,7 @@ export function configSchema(baseDir: string) {
     .strict();
 
   const auth = authSection(baseDir);
+  const backendAuth = backendAuthSection(baseDir);
 
   const backend = z
     .object({
@@ -196,19 +198,8 @@ export function configSchema(baseDir: string) {
        */
       requireIdentity: z.boolean().default(true),
       heloName: z.string().regex(/^[A-Za-z0-9.-]+$/, 'expected a host name').optional(),
-      /** Fixed credentials for a backend that demands AUTH from smtpgate itself. */
-      auth: z
-        .object({
-          user: z.string().min(1).regex(/^[^\r\n\0]+$/, 'must not contain CR, LF or NUL'),
-          password: z.string().regex(/^[^\r\n\0]*$/, 'must not contain CR, LF or NUL').optional(),
-          passwordFile: filePath.optional(),
-          mechanism: z.enum(['PLAIN', 'LOGIN']).default('PLAIN'),
-        })
-        .strict()
-        .refine((a) => (a.password === undefined) !== (a.passwordFile === undefined), {
-          message: 'give exactly one of password or passwordFile',
-        })
-        .optional(),
+      /** How smtpgate itself signs in to a backend that demands AUTH: a password, or OAuth2 (backend-auth-section.ts). */
+      auth: backendAuth.optional(),
       timeouts: z
         .object({
           connect: duration.default(10_000),
@@ -400,6 +391,11 @@ export function configSchema(baseDir: string) {
             path: ['auth'],
             message: `listener ${JSON.stringify(l.name)} has requireAuth: true, so an auth section (auth.users) is required`,
           });
+        }
+      });
+      cfg.backend.auth?.mailboxes.forEach((r, i) => {
+        if (r.listener !== undefined && !names.has(r.listener)) {
+          ctx.addIssue({ code: 'custom', path: ['backend', 'auth', 'mailboxes', i, 'listener'], message: `no listener is named ${JSON.stringify(r.listener)}; expected one of ${[...names].join(', ')}` });
         }
       });
     });

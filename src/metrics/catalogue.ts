@@ -12,6 +12,7 @@ import type { ListenerConfig } from '../config/schema.js';
 import { createLimitMetrics } from '../limits/metrics.js';
 import { createPolicyMetrics } from '../policy/metrics.js';
 import { createAuthMetrics } from './auth-metrics.js';
+import { TOKEN_RESULTS } from '../relay/upstream-tokens.js';
 
 /** What SIGHUP and the file watchers reload, each on its own. */
 export const RELOAD_COMPONENTS = ['certificate', 'users', 'credentials', 'config', 'policy'] as const;
@@ -165,6 +166,12 @@ export function createMetrics(build: BuildInfo) {
       labelNames: ['backend', 'kind'] as const,
       registers,
     }),
+    backendOAuthTokens: new Counter({
+      name: 'smtpgate_backend_oauth_token_total',
+      help: 'OAuth2 tokens for signing in to the backend (backend.auth mechanism XOAUTH2), by result: issued (the token endpoint gave one), failed (it refused, or could not be reached), backoff (a session refused without asking, after a recent failure), rejected (the backend refused the token). Sessions refused for want of a token get 454 4.7.0.',
+      labelNames: ['result'] as const,
+      registers,
+    }),
     smugglingRejections: new Counter({
       name: 'smtpgate_smuggling_rejections_total',
       help: 'Messages refused by the smuggling guard, by what it found (bare_cr|bare_lf|nul).',
@@ -241,6 +248,7 @@ export function initSeries(m: Metrics, known: { listeners: readonly string[]; ba
   for (const backend of known.backends) {
     for (const kind of ['connect', 'timeout', 'closed', 'tls', 'protocol']) m.backendErrors.inc({ backend, kind }, 0);
   }
+  for (const result of TOKEN_RESULTS) m.backendOAuthTokens.inc({ result }, 0);
   for (const listener of known.listeners) {
     m.connectionsOpened.inc({ listener }, 0);
     m.connectionsClosed.inc({ listener }, 0);
