@@ -94,24 +94,23 @@ interface MailboxTokens {
   lastError?: string;
 }
 
+/** Times are Date.now()'s: XOAuth2 computes a token's expiry with it, so there is one clock. */
 export class UpstreamTokens implements TokenSource {
   readonly #settings: TokenSettings;
   readonly #events: TokenEvents;
-  readonly #now: () => number;
   readonly #endpoint: TokenEndpoint;
   readonly #mailboxes = new Map<string, MailboxTokens>();
 
-  constructor(settings: TokenSettings, events: TokenEvents, now: () => number = Date.now) {
+  constructor(settings: TokenSettings, events: TokenEvents) {
     this.#settings = settings;
     this.#events = events;
-    this.#now = now;
     this.#endpoint = new TokenEndpoint(settings.tokenUrl, settings.timeoutMs);
   }
 
   /** A valid token for `mailbox`, renewed when due; rejects with an UpstreamAuthError. */
   async token(mailbox: string): Promise<string> {
     const m = this.#entry(mailbox);
-    const now = this.#now();
+    const now = Date.now();
     if (m.token !== undefined && !this.#due(m, now)) return m.token;
     const usable = m.token !== undefined && (m.expires === 0 || m.expires > now) ? m.token : undefined;
     if (m.renewal) return m.renewal.catch((err: unknown) => this.#fallBack(usable, err));
@@ -146,7 +145,7 @@ export class UpstreamTokens implements TokenSource {
     m.lastError = `the backend refused the token: ${error}`;
     if (m.failures > 1) {
       const delay = backoff(m.failures - 1);
-      m.retryAt = this.#now() + delay;
+      m.retryAt = Date.now() + delay;
       this.#events.onResult('rejected', mailbox, { error, retryInSeconds: delay / 1000 });
     } else {
       this.#events.onResult('rejected', mailbox, { error });
@@ -177,7 +176,7 @@ export class UpstreamTokens implements TokenSource {
   }
 
   async #renew(mailbox: string, m: MailboxTokens): Promise<string> {
-    const started = this.#now();
+    const started = Date.now();
     let token: string;
     try {
       token = await new Promise<string>((resolve, reject) => m.handler.getToken(true, (err, t) => (err ? reject(err) : resolve(t))));
@@ -219,7 +218,7 @@ export class UpstreamTokens implements TokenSource {
           provisionCallback: (_user, _renew, done) => {
             const form = { grant_type: 'client_credentials', client_id: s.clientId ?? '', client_secret: s.clientSecret ?? '', scope: s.scope ?? '' };
             endpoint.token(form).then(
-              (a) => done(null, a.accessToken, a.expiresIn === undefined ? undefined : this.#now() + a.expiresIn * 1000),
+              (a) => done(null, a.accessToken, a.expiresIn === undefined ? undefined : Date.now() + a.expiresIn * 1000),
               (err: Error) => done(err),
             );
           },
