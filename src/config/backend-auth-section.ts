@@ -23,8 +23,7 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration } from '../parsing/units.js';
-// A cycle (schema.ts builds this section), safe: isLoopbackHost is only called while parsing.
-import { isLoopbackHost } from './schema.js';
+import { isLoopbackHost } from '../parsing/cidr.js';
 
 export const OAUTH2_GRANTS = ['client_credentials', 'refresh_token', 'service_account'] as const;
 export type OAuth2Grant = (typeof OAUTH2_GRANTS)[number];

@@ -9,7 +9,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration, parseHostPort } from '../parsing/units.js';
-import { CidrSet, parseCidr, type Cidr } from '../parsing/cidr.js';
+import { CidrSet, isLoopbackHost, parseCidr, type Cidr } from '../parsing/cidr.js';
+
+export { isLoopbackHost } from '../parsing/cidr.js';
 import { describeBind, findBindConflicts, type Bind } from './bind-conflicts.js';
 import { limitsSection, resolveStorePaths } from '../limits/config.js';
 import { authSection } from './auth-section.js';
@@ -399,13 +401,6 @@ export function configSchema(baseDir: string) {
         }
       });
     });
-}
-
-const LOOPBACK = new CidrSet([parseCidr('127.0.0.0/8')!, parseCidr('::1')!]);
-
-/** Only this machine can reach an address bound here (an IPv4-mapped ::ffff:127.x too). */
-export function isLoopbackHost(host: string): boolean {
-  return host.toLowerCase() === 'localhost' || LOOPBACK.has(host);
 }
 
 /** "auto" is one worker per core. */

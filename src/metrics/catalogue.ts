@@ -12,13 +12,15 @@ import type { ListenerConfig } from '../config/schema.js';
 import { createLimitMetrics } from '../limits/metrics.js';
 import { createPolicyMetrics } from '../policy/metrics.js';
 import { createAuthMetrics } from './auth-metrics.js';
-import { TOKEN_RESULTS } from '../relay/upstream-tokens.js';
 
 /** What SIGHUP and the file watchers reload, each on its own. */
 export const RELOAD_COMPONENTS = ['certificate', 'users', 'credentials', 'config', 'policy'] as const;
 export type ReloadComponent = (typeof RELOAD_COMPONENTS)[number];
 
 const MESSAGE_RESULTS = ['relayed', 'refused', 'aborted'] as const;
+/** smtpgate_backend_oauth_token_total's results (relay/upstream-tokens.ts). */
+export const TOKEN_RESULTS = ['issued', 'failed', 'backoff', 'rejected'] as const;
+export type TokenResult = (typeof TOKEN_RESULTS)[number];
 /**
  * How a message's session was let send: a signed-in `user` (password, app password or client
  * certificate), a client in the listener's `trusted` networks that did not sign in, or `none`

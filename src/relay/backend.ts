@@ -40,7 +40,7 @@ import { UpstreamAuthError } from './upstream-tokens.js';
 export { BackendSession, type BackendLogin, type BackendTarget, type ClientIdentity, type IdentityMode } from './backend-session.js';
 export { BackendPool } from './backend-pool.js';
 export { BackendError, type BackendClientOptions, type SmtpReply } from './smtp-client.js';
-export { UpstreamTokens, TOKEN_RESULTS, parseServiceAccountKey, type TokenResult, type TokenSettings } from './upstream-tokens.js';
+export { UpstreamTokens, parseServiceAccountKey, type TokenSettings } from './upstream-tokens.js';
 export { chooseMailbox } from './upstream-mailbox.js';
 export { MessageSink, type MessageSettings, type MessageMetrics } from './message-sink.js';
 export { replyText } from './backend-replies.js';

@@ -5,7 +5,7 @@
  * never with a secret written in the config itself.
  */
 import { readFile } from 'node:fs/promises';
-import { readSecretLine } from '../auth/sources.js';
+import { readSecretLine } from '../config/secret-file.js';
 import type { BackendAuthConfig } from '../config/backend-auth-section.js';
 import { GOOGLE_MAIL_SCOPE } from '../config/backend-auth-section.js';
 import type { ConfigIssue } from '../parsing/errors.js';

@@ -21,12 +21,10 @@
 import { createPrivateKey } from 'node:crypto';
 import XOAuth2 from 'nodemailer/lib/xoauth2';
 import type { OAuth2Grant } from '../config/backend-auth-section.js';
+import type { TokenResult } from '../metrics/catalogue.js';
 import type { SmtpReply } from './smtp-client.js';
 import { TokenEndpoint } from './token-endpoint.js';
 
-/** Bounded label values of smtpgate_backend_oauth_token_total. */
-export const TOKEN_RESULTS = ['issued', 'failed', 'backoff', 'rejected'] as const;
-export type TokenResult = (typeof TOKEN_RESULTS)[number];
 
 const BACKOFF_FIRST_MS = 5_000;
 const BACKOFF_MAX_MS = 300_000;

@@ -7,7 +7,8 @@
  */
 import http from 'node:http';
 import { afterEach, describe, expect, test, vi } from 'vitest';
-import { UpstreamAuthError, UpstreamTokens, parseServiceAccountKey, type TokenResult, type TokenSettings } from '../../src/relay/upstream-tokens.js';
+import { UpstreamAuthError, UpstreamTokens, parseServiceAccountKey, type TokenSettings } from '../../src/relay/upstream-tokens.js';
+import type { TokenResult } from '../../src/metrics/catalogue.js';
 import { startTokenEndpoint, type TestTokenEndpoint } from '../helpers/token-endpoint.js';
 
 const cleanups: Array<() => Promise<void>> = [];
