@@ -395,6 +395,9 @@ export function configSchema(baseDir: string) {
           });
         }
       });
+      if (cfg.backend.auth?.mechanism === 'XOAUTH2' && cfg.auth?.backend.includes('backend')) {
+        ctx.addIssue({ code: 'custom', path: ['backend', 'auth', 'mechanism'], message: 'auth.backend lists backend (passthrough), which signs each session in to the backend with the client\'s own password: smtpgate can\'t also sign in with XOAUTH2 there (the backend would refuse the second AUTH). Check passwords at smtpgate (file, ldap, dovecot, http) instead' });
+      }
       cfg.backend.auth?.mailboxes.forEach((r, i) => {
         if (r.listener !== undefined && !names.has(r.listener)) {
           ctx.addIssue({ code: 'custom', path: ['backend', 'auth', 'mailboxes', i, 'listener'], message: `no listener is named ${JSON.stringify(r.listener)}; expected one of ${[...names].join(', ')}` });

@@ -113,6 +113,12 @@ describe('backend.auth mechanism XOAUTH2', () => {
     ]);
   });
 
+  test('passthrough auth (auth.backend: backend) signs in with the client\'s password: no XOAUTH2 there', () => {
+    expect(issuesOf(config(MICROSOFT).replace('auth:\n  users: users', 'auth:\n  backend: backend'))).toEqual([
+      `${FILE}:18: backend.auth.mechanism: auth.backend lists backend (passthrough), which signs each session in to the backend with the client's own password: smtpgate can't also sign in with XOAUTH2 there (the backend would refuse the second AUTH). Check passwords at smtpgate (file, ldap, dovecot, http) instead`,
+    ]);
+  });
+
   test('a user with a ^A or a line break is refused (it would add XOAUTH2 fields or end the AUTH line)', () => {
     expect(issuesOf(config(MICROSOFT.replace('user: relay@example.com', 'user: "relay@example.com\\x01auth=Bearer x"')))).toEqual([
       `${FILE}:19: backend.auth.user: must not contain CR, LF, NUL or \\x01`,
