@@ -21,7 +21,8 @@ export type AuthSourceKind = (typeof AUTH_SOURCES)[number];
 /** The sources that answer from a directory (and so may carry the user's addresses and groups). */
 export const DIRECTORY_SOURCES: ReadonlySet<AuthSourceKind> = new Set(['ldap', 'dovecot', 'http']);
 
-const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+/** A duration ("5s", "10m", a bare number of seconds) in milliseconds; the backend.auth section uses it too. */
+export const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
   const ms = parseDuration(value);
   if (ms === undefined) {
     ctx.addIssue({ code: 'custom', message: `expected a duration such as "5s", "10m" or "1h", found ${JSON.stringify(value)}` });
@@ -36,11 +37,16 @@ const ldapUrl = z.string().regex(/^ldaps?:\/\/[^\s/]+\/?$/i, 'expected an LDAP U
 /** `{user}` in a filter or DN template is the login, escaped for its place (RFC 4515 / RFC 4514). */
 const USER_PLACEHOLDER = '{user}';
 
-export function authSection(baseDir: string) {
-  const filePath = z
+/** A path in the config, resolved against the config file's folder. */
+export function filePathIn(baseDir: string) {
+  return z
     .string()
     .min(1)
     .transform((p) => path.resolve(baseDir, p));
+}
+
+export function authSection(baseDir: string) {
+  const filePath = filePathIn(baseDir);
 
   const ldap = z
     .object({

@@ -20,25 +20,15 @@
  * Secrets are only ever read from files. Relative paths are resolved against the config
  * file's folder (`backendAuthSection(baseDir)`).
  */
-import path from 'node:path';
 import { z } from 'zod';
-import { parseDuration } from '../parsing/units.js';
 import { isLoopbackHost } from '../parsing/cidr.js';
+import { duration, filePathIn } from './auth-section.js';
 
 export const OAUTH2_GRANTS = ['client_credentials', 'refresh_token', 'service_account'] as const;
 export type OAuth2Grant = (typeof OAUTH2_GRANTS)[number];
 
 /** Google's scope for SMTP (and IMAP/POP) with a service account's delegated token. */
 export const GOOGLE_MAIL_SCOPE = 'https://mail.google.com/';
-
-const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
-  const ms = parseDuration(value);
-  if (ms === undefined) {
-    ctx.addIssue({ code: 'custom', message: `expected a duration such as "10s" or "5m", found ${JSON.stringify(value)}` });
-    return z.NEVER;
-  }
-  return ms;
-});
 
 /** No CR, LF or NUL (they would end the AUTH line), and no ^A (it separates XOAUTH2's fields). */
 const mailbox = z
@@ -64,10 +54,7 @@ const tokenUrl = z.string().superRefine((value, ctx) => {
 });
 
 export function backendAuthSection(baseDir: string) {
-  const filePath = z
-    .string()
-    .min(1)
-    .transform((p) => path.resolve(baseDir, p));
+  const filePath = filePathIn(baseDir);
 
   const oauth2 = z
     .object({

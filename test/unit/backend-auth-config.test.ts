@@ -7,9 +7,8 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
+import { checkIssues, configIssues } from '../helpers/config.js';
 import { parseConfig } from '../../src/config/load.js';
-import { ConfigError } from '../../src/parsing/errors.js';
-import { checkConfigFile } from '../../src/app.js';
 import { chooseMailbox } from '../../src/relay/upstream-mailbox.js';
 import { makeTestCert } from '../helpers/pki.js';
 
@@ -49,15 +48,7 @@ mailboxes:
   - { listener: printers, user: scanner@example.com }
   - { group: erp, user: erp@example.com }`;
 
-function issuesOf(text: string): string[] {
-  try {
-    parseConfig(text, FILE);
-  } catch (err) {
-    if (err instanceof ConfigError) return err.message.split('\n');
-    throw err;
-  }
-  throw new Error('expected the config to be refused');
-}
+const issuesOf = (text: string): string[] => configIssues(text, FILE);
 
 describe('backend.auth mechanism XOAUTH2', () => {
   test('the README\'s Microsoft 365 example is accepted, secrets resolved as paths, defaults filled in', () => {
@@ -138,32 +129,23 @@ describe('smtpgate check: the secret files of backend.auth.oauth2', () => {
     await writeFile(file, config(files.auth ?? MICROSOFT).replace('address: smtp.office365.com:587', 'address: 127.0.0.1:2587\n  healthCheckInterval: 0'));
     return { dir, file };
   }
-  async function problems(file: string): Promise<string[]> {
-    try {
-      await checkConfigFile(file, 'check');
-    } catch (err) {
-      if (err instanceof ConfigError) return err.message.split('\n');
-      throw err;
-    }
-    return [];
-  }
 
   test('a complete config with its secret file passes', async () => {
     const { file } = await setup({ 'oauth-client-secret': 'abc~secret\n' });
-    expect(await problems(file)).toEqual([]);
+    expect(await checkIssues(file)).toEqual([]);
   });
 
   test('a missing client secret file is reported at the line that names it', async () => {
     const { dir, file } = await setup({});
-    expect(await problems(file)).toEqual([`${file}:25: backend.auth.oauth2.clientSecretFile: cannot read the OAuth2 client secret file ${dir}/oauth-client-secret: it does not exist`]);
+    expect(await checkIssues(file)).toEqual([`${file}:25: backend.auth.oauth2.clientSecretFile: cannot read the OAuth2 client secret file ${dir}/oauth-client-secret: it does not exist`]);
   });
 
   test('an empty secret file, and a key file that is no service account key, say what to write', async () => {
     const empty = await setup({ 'oauth-client-secret': '\n' });
-    expect((await problems(empty.file))[0]).toMatch(/backend\.auth\.oauth2\.clientSecretFile: the OAuth2 client secret file is empty: write the secret on one line/);
+    expect((await checkIssues(empty.file))[0]).toMatch(/backend\.auth\.oauth2\.clientSecretFile: the OAuth2 client secret file is empty: write the secret on one line/);
     const google = 'mechanism: XOAUTH2\nuser: relay@example.com\noauth2:\n  grant: service_account\n  tokenUrl: https://oauth2.googleapis.com/token\n  keyFile: key.json';
     const bad = await setup({ auth: google, 'key.json': '{"client_email": "x@y"}' });
-    expect((await problems(bad.file))[0]).toMatch(/backend\.auth\.oauth2\.keyFile: cannot use the service account key: expected a service account key with client_email and private_key/);
+    expect((await checkIssues(bad.file))[0]).toMatch(/backend\.auth\.oauth2\.keyFile: cannot use the service account key: expected a service account key with client_email and private_key/);
   });
 });
 
