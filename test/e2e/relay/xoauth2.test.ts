@@ -95,8 +95,8 @@ describe('XOAUTH2 to the backend (smtpgate run)', () => {
   });
 
   test('a token about to expire is renewed before it runs out: messages sent back to back across three token lifetimes all relay', async () => {
-    // 5 s tokens: renewed with a fifth of the lifetime (1 s) left; the backend refuses an expired one.
-    const { tokens, backend, gate } = await rig({ clientId: 'app-id', clientSecret: 'abc~client-secret', scope: MS_SCOPE, expiresIn: 5 }, clientCredentials, SECRET);
+    // 8 s tokens: renewed with a fifth of the lifetime (1.6 s) left; the backend refuses an expired one.
+    const { tokens, backend, gate } = await rig({ clientId: 'app-id', clientSecret: 'abc~client-secret', scope: MS_SCOPE, expiresIn: 8 }, clientCredentials, SECRET);
     const finals: number[] = [];
     const deadline = Date.now() + 60_000;
     while (tokens.issued.length < 3 && Date.now() < deadline) finals.push((await send(gate, 'alice@corp.test', { user: ALICE })).final?.code ?? 0);
@@ -105,7 +105,7 @@ describe('XOAUTH2 to the backend (smtpgate run)', () => {
     expect(backend.xoauth2Attempts.filter((a) => a.result !== 'ok')).toEqual([]);
     expect(backend.messages).toHaveLength(finals.length);
     // Each renewal happened before its predecessor ran out.
-    for (let i = 1; i < tokens.issued.length; i++) expect(tokens.issued[i]!.expiresAt - 5000).toBeLessThan(tokens.issued[i - 1]!.expiresAt);
+    for (let i = 1; i < tokens.issued.length; i++) expect(tokens.issued[i]!.expiresAt - 8000).toBeLessThan(tokens.issued[i - 1]!.expiresAt);
   });
 
   test('a revoked grant: 454 4.7.0 to the client, counted and logged with the session; a refused renewal (invalid_grant) is not retried before the backoff', async () => {
