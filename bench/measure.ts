@@ -6,7 +6,8 @@
  * refused message, it just goes on), or every W5 session completed, or every W6 connection
  * opened. Otherwise it is recorded as failed with the reason.
  */
-import { mkdtemp } from 'node:fs/promises';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtemp, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -65,6 +66,7 @@ export async function measure(w: Workload, peer: Peer, rep: number, env: RunEnv)
       credentialsFile: w.kind === 'tls-auth' && w.appPasswords ? env.appPasswords.file : undefined,
       ldap: directory,
       logLevel: w.logLevel,
+      dkim: w.dkim ? await benchDkimKey(dir) : undefined,
       profileDir: env.profileDir,
       nodeArgs: env.smtpgateNodeArgs,
       env: env.smtpgateEnv,
@@ -232,4 +234,12 @@ function firstLine(stream: NodeJS.ReadableStream, timeoutMs: number): Promise<st
       reject(new Error('the load generator ended without a result'));
     });
   });
+}
+
+/** A DKIM key for the sender's domain (W4-dkim), written into the run's folder. */
+async function benchDkimKey(dir: string): Promise<{ domain: string; keyFile: string }> {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048, privateKeyEncoding: { type: 'pkcs8', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' } });
+  const keyFile = path.join(dir, 'dkim.key');
+  await writeFile(keyFile, privateKey, { mode: 0o600 });
+  return { domain: SENDER.slice(SENDER.indexOf('@') + 1), keyFile };
 }

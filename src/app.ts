@@ -4,16 +4,20 @@
  * logger, authenticator, backend factory, listeners, admin endpoint — wires them together,
  * and owns start and stop. Two `App`s can run in one process (the tests do).
  */
-import { readFile } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
+import { access, readFile, stat } from 'node:fs/promises';
 import type http from 'node:http';
+import path from 'node:path';
+import tls from 'node:tls';
 import { ConfigError, formatPath, type ConfigIssue, type ConfigOrigin } from './parsing/errors.js';
 import { loadConfigFile, loadConfigSource } from './config/load.js';
 import { openRelayProblems } from './policy/open-relay.js';
-import { anchorIssues, checkReferences, referencedFiles } from './config/referenced-files.js';
+import { anchorIssues, checkReferences, describeFsError, referencedFiles } from './config/referenced-files.js';
 import { hostBitWarnings } from './config/cidr-host-bits.js';
 import { applyLiveChanges, diffConfig } from './config/diff.js';
 import { isLoopbackHost, type Config } from './config/schema.js';
-import { createLogger, prettyAvailable, type Logger } from './logging/logger.js';
+import { openLog, prettyAvailable, type Logger, type LogOutput } from './logging/logger.js';
 import { createMetrics, describeListeners, initSeries, recordReload, type Metrics } from './metrics/catalogue.js';
 import { readBuildInfo } from './build-info.js';
 import { boundPort, startAdminServer, type Readiness } from './metrics/http-server.js';
@@ -47,6 +51,7 @@ import { WriteBatcher } from './transport/write-batcher.js';
 import { collectorFromV8, ReadBufferReclaimer, type Collect } from './transport/read-buffer-reclaimer.js';
 import { demoCertificateExists, ensureDemoCertificate, loadCertificateGenerator } from './demo/demo-certificate.js';
 import { startCaptureBackend, type CaptureBackend } from './demo/capture-backend.js';
+import { KeyRing, loadSigningKeys, type KeySet } from './dkim/key-ring.js';
 
 /** Everything the config points to, loaded and checked. */
 export interface RuntimeMaterial {
@@ -69,6 +74,10 @@ export interface RuntimeMaterial {
   readonly policy: PolicySet;
   /** Bearer token for the admin routes, from metrics.adminTokenFile. */
   readonly adminToken?: string;
+  /** log.syslog's CA bundle and client certificate, read. */
+  readonly syslogTls?: { readonly ca?: Buffer; readonly cert?: Buffer; readonly key?: Buffer };
+  /** The DKIM signing keys (dkim.domains), when dkim: is configured. */
+  readonly dkimKeys?: KeySet;
   readonly warnings: string[];
 }
 
@@ -87,6 +96,9 @@ export async function readAdminToken(file: string): Promise<string> {
 
 /** For a config built in code: no file, no lines. */
 const UNKNOWN_ORIGIN: ConfigOrigin = { file: 'the config', lineOf: () => undefined };
+
+/** How long stop() waits for the syslog server to take the last lines. */
+const LOG_END_MS = 2_000;
 
 /** How often the policy folder is checked for changes. */
 const POLICY_POLL_MS = 2_000;
@@ -218,8 +230,29 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   for (const l of config.listeners) {
     if (l.tls === 'none') warnings.push(`listener ${l.name} (${l.address.host}:${l.address.port}) has tls: none: AUTH is never offered there, and mail travels in cleartext`);
   }
+  let dkimKeys: KeySet | undefined;
+  if (config.dkim) {
+    const loaded = await loadSigningKeys(config.dkim);
+    if (loaded.ok) {
+      dkimKeys = loaded.keys;
+      warnings.push(...loaded.warnings);
+    } else {
+      issues.push(...loaded.issues);
+    }
+    const spool = config.dkim.spoolDir;
+    if (!unreadable.some((u) => u.path === 'dkim.spoolDir')) {
+      await access(spool, fsConstants.W_OK | fsConstants.X_OK).catch(() =>
+        issues.push({ file: origin.file, line: origin.lineOf(['dkim', 'spoolDir']), path: 'dkim.spoolDir', message: `smtpgate (uid ${process.getuid?.() ?? '?'}) cannot create files in the DKIM spool folder ${spool}: give it write access, or point dkim.spoolDir at a folder it owns` }),
+      );
+    }
+  }
+  if (config.log.file) {
+    const problem = await logFileProblem(config.log.file);
+    if (problem) issues.push({ file: origin.file, line: origin.lineOf(['log', 'file']), path: 'log.file', message: problem });
+  }
+  const syslogTls = await readSyslogTls(config.log.syslog, issues);
   if (issues.length || unreadable.length) throw new ConfigError([...unreadable, ...anchorIssues(issues, refs, unreadable, origin)]);
-  return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, backendTokens: tokens.settings, clientCas, policy, adminToken, warnings };
+  return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, backendTokens: tokens.settings, clientCas, policy, adminToken, syslogTls, dkimKeys, warnings };
 }
 
 type UserDirectoryLoad =
@@ -313,9 +346,89 @@ export async function checkConfigFile(file: string, mode: 'run' | 'check' = 'run
   return { config, material: await loadRuntimeMaterial(config, { origin: source }) };
 }
 
+/**
+ * Why smtpgate couldn't append to log.file, in words with the fix; undefined when it can. Only
+ * looked at, never created: `check` leaves no file behind.
+ */
+async function logFileProblem(file: string): Promise<string | undefined> {
+  try {
+    const s = await stat(file);
+    if (!s.isFile()) return `${file} is not a regular file: name a file in a folder smtpgate may write to`;
+    await access(file, fsConstants.W_OK);
+    return undefined;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return `cannot append to ${file}: ${describeFsError(err)}`;
+  }
+  const dir = path.dirname(file);
+  try {
+    await access(dir, fsConstants.W_OK | fsConstants.X_OK);
+    return undefined;
+  } catch (err) {
+    return `cannot create ${file}: the folder ${dir} ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : `is not writable for this user (uid ${process.getuid?.() ?? '?'})`}; create it and give smtpgate write access (under systemd: LogsDirectory=smtpgate makes /var/log/smtpgate)`;
+  }
+}
+
+/** The files log.syslog names, read; a problem is an issue at its field (that they can be read at all is checked with the other references). */
+async function readSyslogTls(syslog: Config['log']['syslog'], issues: ConfigIssue[]): Promise<RuntimeMaterial['syslogTls']> {
+  if (!syslog) return undefined;
+  const out: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
+  for (const field of ['ca', 'cert', 'key'] as const) {
+    const file = syslog[field];
+    if (!file) continue;
+    try {
+      out[field] = await readFile(file);
+    } catch (err) {
+      issues.push({ file, path: `log.syslog.${field}`, message: `cannot read it: ${(err as Error).message}` });
+    }
+  }
+  if (out.ca) {
+    // A secure context takes a bundle without one certificate in it without complaint.
+    try {
+      if (!out.ca.includes('-----BEGIN CERTIFICATE-----')) throw new Error('no "BEGIN CERTIFICATE" in it');
+      new X509Certificate(out.ca);
+    } catch (err) {
+      issues.push({ file: syslog.ca!, path: 'log.syslog.ca', message: `not a PEM CA bundle (${(err as Error).message}): give the CA certificate that signed the syslog server's certificate` });
+    }
+  }
+  if (out.cert && out.key) {
+    try {
+      tls.createSecureContext({ cert: out.cert, key: out.key });
+    } catch (err) {
+      issues.push({ file: syslog.cert!, path: 'log.syslog.cert', message: `the client certificate and key don't load together (${(err as Error).message}): give a PEM certificate and its own private key` });
+    }
+  }
+  return out;
+}
+
+/** The logger's streams as config.log says: stdout or the file, and the syslog server. */
+export function openLogOutput(log: Config['log'], material: Pick<RuntimeMaterial, 'syslogTls'>): LogOutput {
+  const s = log.syslog;
+  return openLog({
+    level: log.level,
+    format: log.format,
+    ...(log.file ? { file: log.file } : {}),
+    ...(s
+      ? {
+          syslog: {
+            transport: s.transport,
+            host: s.host,
+            port: s.port,
+            facility: s.facility,
+            appName: s.appName,
+            bufferBytes: s.bufferSize,
+            ...material.syslogTls,
+            ...(s.tlsServerName ? { tlsServerName: s.tlsServerName } : {}),
+          },
+        }
+      : {}),
+  });
+}
+
 export interface AppOptions {
-  /** Defaults to a pino logger built from config.log. */
+  /** Defaults to the logger of `logOutput`, else one built from config.log. */
   readonly log?: Logger;
+  /** The streams behind the logger (built from config.log unless given): SIGUSR1 reopens them, stop() sends their last lines. */
+  readonly logOutput?: LogOutput;
   /** Where the config came from, so SIGHUP can re-read it. */
   readonly configFile?: string;
   /** Serve /metrics, /healthz, /readyz (default true; a cluster worker leaves it to the primary). */
@@ -339,6 +452,7 @@ export class App {
   /** The file the config came from, for reloads; undefined for a config built in code. */
   readonly #configFile: string | undefined;
   readonly log: Logger;
+  readonly #logOutput: LogOutput | undefined;
   readonly metrics: Metrics;
   readonly limits: Limits;
   readonly #material: RuntimeMaterial;
@@ -356,6 +470,7 @@ export class App {
   readonly #listeners: SmtpListener[] = [];
   #admin: http.Server | undefined;
   #tls: TlsManager | undefined;
+  #dkim: KeyRing | undefined;
   #capture: CaptureBackend | undefined;
   /** OAuth2 tokens for the backend (backend.auth mechanism XOAUTH2). */
   #tokens: UpstreamTokens | undefined;
@@ -367,8 +482,10 @@ export class App {
     this.#configFile = opts.configFile;
     this.#serveAdmin = opts.admin ?? true;
     this.#material = material;
-    this.log = opts.log ?? createLogger({ level: config.log.level, format: config.log.format });
+    this.#logOutput = opts.logOutput ?? (opts.log ? undefined : openLogOutput(config.log, material));
+    this.log = opts.log ?? this.#logOutput!.log;
     this.metrics = createMetrics(readBuildInfo());
+    this.#logOutput?.onSyslogDrop(() => this.metrics.logSyslogDropped.inc());
     this.limits = createLimits({ config: config.limits, log: this.log, metrics: this.metrics.limits });
     this.#attributes = material.attributes;
     this.#credentials = material.credentials ?? new CredentialIndex();
@@ -479,6 +596,22 @@ export class App {
     const limits = this.limits;
     // A store that can't be reached yet doesn't stop the start: onStoreFailure decides meanwhile.
     if (!(await limits.start(2000))) this.log.warn({ store: config.limits.store.kind, onStoreFailure: config.limits.onStoreFailure }, 'limiter store not reachable at start');
+    if (config.dkim && this.#material.dkimKeys) {
+      this.#dkim = new KeyRing(config.dkim, this.#material.dkimKeys, {
+        onReloaded: (keys, warnings) => {
+          recordReload(this.metrics, 'dkim', true);
+          this.log.info({ domains: keys.size }, 'DKIM keys reloaded');
+          for (const w of warnings) this.log.warn(w);
+        },
+        onReloadFailed: (issues) => {
+          recordReload(this.metrics, 'dkim', false);
+          this.log.error({ problems: describeIssues(issues) }, 'DKIM key reload failed; the previous keys stay in force');
+        },
+      });
+      await this.#dkim.watch();
+    }
+    const dkimRing = this.#dkim;
+    const dkim = config.dkim && dkimRing ? { keys: () => dkimRing.keys, spool: { dir: config.dkim.spoolDir, memoryThreshold: config.dkim.memoryThreshold }, trustedNetworks: config.dkim.trustedNetworks } : undefined;
     const tlsManager = this.#tls;
     const userFiles = [config.auth?.users, config.auth?.attributes, config.auth?.credentials].filter((f): f is string => f !== undefined);
     if (userFiles.length && config.auth) {
@@ -507,6 +640,7 @@ export class App {
             authenticatedUserHeader: config.data.authenticatedUserHeader,
             stripHeaders: config.data.stripHeaders,
             maxMessageBytes: config.limits.maxMessageBytes,
+            dkim,
           },
           client: config.client,
           writes: this.#writes,
@@ -689,6 +823,7 @@ export class App {
     await this.reloadUsers();
     await this.reloadPolicies();
     await this.#tls?.reload();
+    await this.#dkim?.reload();
   }
 
   #recordExpiry(certs: readonly LoadedCertificate[]): void {
@@ -703,6 +838,7 @@ export class App {
   async stop(opts: { drain?: boolean } = {}): Promise<void> {
     this.#stopping = true;
     this.#tls?.stop();
+    this.#dkim?.stop();
     this.#usersWatcher?.stop();
     this.#policyWatcher?.stop();
     this.#health?.stop();
@@ -720,6 +856,18 @@ export class App {
     await this.#tokens?.close();
     await this.#auth?.authenticator.close?.();
     await this.limits.close();
+    await this.#logOutput?.end(LOG_END_MS);
+  }
+
+  /** SIGUSR1: log.file opened anew under its name, after logrotate moved the old one away. */
+  reopenLog(): void {
+    const file = this.config.log.file;
+    if (!file || !this.#logOutput) {
+      this.log.info('SIGUSR1: there is no log.file to reopen');
+      return;
+    }
+    this.#logOutput.reopen();
+    this.log.info({ file }, 'SIGUSR1: log file reopened');
   }
 
   /**

@@ -36,6 +36,8 @@ export interface PeerContext {
   readonly credentialsFile?: string;
   /** smtpgate only: check passwords in this directory (auth.backend: ldap) instead of the users file (W5-ldap). */
   readonly ldap?: { readonly url: string; readonly ca: string; readonly bindDn: string; readonly bindPasswordFile: string; readonly userBase: string };
+  /** smtpgate only: DKIM-sign mail for this domain with this key file (W4-dkim). */
+  readonly dkim?: { readonly domain: string; readonly keyFile: string };
   /** smtpgate only: log.level (W1-quiet turns the info lines off); info when not given. */
   readonly logLevel?: 'info' | 'warn';
   /** smtpgate only: write a V8 CPU profile (node --cpu-prof) into this folder. */

@@ -85,7 +85,7 @@ log:
   level: ${ctx.logLevel ?? 'info'}
 shutdown:
   drainSeconds: 1
-${extra}`,
+${ctx.dkim ? `dkim:\n  spoolDir: ${ctx.dir}\n  domains:\n    - { domain: ${ctx.dkim.domain}, selector: bench, key: ${ctx.dkim.keyFile} }\n` : ''}${extra}`,
     );
     const nodeArgs = [...(ctx.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${ctx.profileDir}`] : []), ...(ctx.nodeArgs ?? [])];
     const child = spawnChild(this.id, process.execPath, [...nodeArgs, SMTPGATE_MAIN, 'run', '--config', configFile], {

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * The smtpgate command line: `run` starts the proxy, `check` validates everything `run` would
- * load without opening a port, `user` edits the users file, `credential` the app passwords file.
+ * load without opening a port, `user` edits the users file, `credential` the app passwords file,
+ * `log grep` searches the mail log.
  */
 import { Command } from 'commander';
 import { checkConfigFile, hostPortLabel } from '../app.js';
@@ -13,6 +14,8 @@ import { registerCredentialCommand } from './credential-command.js';
 import { registerPolicyCommand } from './policy-command.js';
 import { registerLimitsCommand } from './limits-command.js';
 import { registerAuthCommand } from './auth-command.js';
+import { registerLogCommand } from './log-command.js';
+import { registerDkimCommand } from './dkim-command.js';
 import { Registry } from 'prom-client';
 import { probeAuthSources } from '../auth/sources.js';
 import { createAuthMetrics } from '../metrics/auth-metrics.js';
@@ -36,6 +39,9 @@ Examples:
   smtpgate user add alice --file /etc/smtpgate/users    add a user (asks for the password)
   smtpgate credential add alice --label phone --config /etc/smtpgate/smtpgate.yaml
                                                        make an app password (printed once)
+  smtpgate log grep --user alice --since 1d /var/log/smtpgate/smtpgate.log
+                                                       alice's mail and sign-ins of the last day
+  smtpgate dkim keygen example.com mail2025            write a DKIM key, print its DNS record
   npm start                                            the demo (smtpgate.demo.yaml)`,
   );
 
@@ -77,6 +83,8 @@ registerCredentialCommand(program);
 registerPolicyCommand(program);
 registerLimitsCommand(program);
 registerAuthCommand(program);
+registerLogCommand(program);
+registerDkimCommand(program);
 
 async function loadOrExit(file: string, mode: 'run' | 'check' = 'run') {
   // smtpgate relies on smtp-server's internals (listener/smtp-server-seams.ts): an untested

@@ -3,12 +3,11 @@
  * signal handling is the same either way: SIGHUP reloads, SIGTERM drains, SIGINT stops.
  */
 import cluster from 'node:cluster';
-import { App, type BoundAddresses } from '../app.js';
+import { App, openLogOutput, type BoundAddresses } from '../app.js';
 import type { Config } from '../config/schema.js';
 import { resolveWorkers } from '../config/schema.js';
 import type { RuntimeMaterial } from '../app.js';
-import { createLogger } from '../logging/logger.js';
-import { forwardReload, runPrimary, type WorkerMessage } from '../cluster/primary.js';
+import { forwardSignal, runPrimary, type WorkerMessage } from '../cluster/primary.js';
 import { answerPrimary } from '../cluster/worker-reports.js';
 
 export interface RunOptions {
@@ -18,12 +17,13 @@ export interface RunOptions {
 
 export async function run(config: Config, material: RuntimeMaterial, opts: RunOptions): Promise<void> {
   const workers = resolveWorkers(config.workers);
-  if (workers > 1 && cluster.isPrimary) return runClusterPrimary(config, workers, material.adminToken);
+  if (workers > 1 && cluster.isPrimary) return runClusterPrimary(config, workers, material);
   const inCluster = cluster.isWorker;
 
   // A worker's lines carry its pid, the one the primary's "worker died" line names.
-  const log = inCluster ? createLogger({ level: config.log.level, format: config.log.format }).child({ pid: process.pid }) : undefined;
-  const app = new App(config, material, { configFile: opts.configFile, admin: !inCluster, log });
+  const logOutput = openLogOutput(config.log, material);
+  const log = inCluster ? logOutput.log.child({ pid: process.pid }) : logOutput.log;
+  const app = new App(config, material, { configFile: opts.configFile, admin: !inCluster, log, logOutput });
   const bound = await app.start().catch((err: Error) => {
     app.log.fatal({ err }, 'failed to start');
     process.exit(1);
@@ -54,14 +54,18 @@ export async function run(config: Config, material: RuntimeMaterial, opts: RunOp
     app.log.info('SIGHUP: reloading the config, users, attributes, policies and certificates');
     void app.reload();
   });
+  // logrotate's postrotate. Handled always: without a handler, node opens its inspector on
+  // 127.0.0.1:9229 at SIGUSR1.
+  process.on('SIGUSR1', () => app.reopenLog());
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('unhandledRejection', (err) => app.log.error({ err }, 'unhandled rejection (bug): the session it belonged to may hang'));
 }
 
-async function runClusterPrimary(config: Config, workers: number, adminToken: string | undefined): Promise<void> {
-  const log = createLogger({ level: config.log.level, format: config.log.format }).child({ role: 'primary' });
-  const primary = await runPrimary(config, workers, log, adminToken);
+async function runClusterPrimary(config: Config, workers: number, material: RuntimeMaterial): Promise<void> {
+  const logOutput = openLogOutput(config.log, material);
+  const log = logOutput.log.child({ role: 'primary' });
+  const primary = await runPrimary(config, workers, log, material.adminToken);
   log.info({ workers, metrics: `${config.metrics.address.host}:${primary.metricsPort}`, pid: process.pid }, 'smtpgate primary ready');
   let stopping = false;
   const stop = (signal: 'SIGTERM' | 'SIGINT') => {
@@ -69,11 +73,16 @@ async function runClusterPrimary(config: Config, workers: number, adminToken: st
     stopping = true;
     log.info({ signal }, 'stopping the workers');
     primary.stop(signal).then(
-      () => process.exit(0),
+      () => logOutput.end(1000).then(() => process.exit(0)),
       () => process.exit(1),
     );
   };
-  process.on('SIGHUP', () => forwardReload(log));
+  process.on('SIGHUP', () => forwardSignal('SIGHUP', log));
+  // The cluster module passes no signal on: each worker has its own file descriptor to reopen.
+  process.on('SIGUSR1', () => {
+    logOutput.reopen();
+    forwardSignal('SIGUSR1', log);
+  });
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 }

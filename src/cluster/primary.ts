@@ -2,7 +2,7 @@
  * `workers: auto | N`: one smtpgate process per core with the node cluster module. The primary
  * serves no mail: it forks the workers (each a full App that shares the listening sockets),
  * restarts one that crashes, serves /metrics added up across workers and /readyz from theirs
- * (worker-reports.ts), /healthz, and passes SIGHUP and SIGTERM on.
+ * (worker-reports.ts), /healthz, and passes SIGHUP, SIGUSR1 and SIGTERM on.
  *
  * Limits need a shared store here (the config check insists on Redis), so every worker counts
  * against the same numbers.
@@ -111,9 +111,10 @@ export async function runPrimary(config: Config, workers: number, log: Logger, a
 }
 
 /** Forwards SIGHUP to every worker, so each reloads its own state. */
-export function forwardReload(log: Logger): void {
+/** SIGHUP (reload) and SIGUSR1 (reopen the log file) to every live worker. */
+export function forwardSignal(signal: 'SIGHUP' | 'SIGUSR1', log: Logger): void {
   for (const w of Object.values(cluster.workers ?? {})) {
-    if (w && !w.isDead()) w.process.kill('SIGHUP');
+    if (w && !w.isDead()) w.process.kill(signal);
   }
-  log.info('SIGHUP passed on to the workers');
+  log.info(`${signal} passed on to the workers`);
 }

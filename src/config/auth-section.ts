@@ -21,7 +21,7 @@ export type AuthSourceKind = (typeof AUTH_SOURCES)[number];
 /** The sources that answer from a directory (and so may carry the user's addresses and groups). */
 export const DIRECTORY_SOURCES: ReadonlySet<AuthSourceKind> = new Set(['ldap', 'dovecot', 'http']);
 
-/** A duration ("5s", "10m", a bare number of seconds) in milliseconds; the backend.auth section uses it too. */
+/** A duration such as "30s" or "5m", in milliseconds. */
 export const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
   const ms = parseDuration(value);
   if (ms === undefined) {

@@ -24,6 +24,8 @@ export function diffConfig(running: Config, next: Config): ConfigDiff {
     if (key === 'log') {
       if (running.log.level !== next.log.level) applied.push('log.level');
       if (running.log.format !== next.log.format) needRestart.push('log.format');
+      if (running.log.file !== next.log.file) needRestart.push('log.file');
+      if (!same(running.log.syslog, next.log.syslog)) needRestart.push('log.syslog');
     } else if (key === 'limits') {
       // The store, its failure mode and the advertised SIZE are wired at start; the limit
       // numbers can change live.

@@ -53,6 +53,11 @@ export function referencedFiles(config: Config): FileReference[] {
   config.backend.auth?.mailboxes.forEach((r, i) => add(['backend', 'auth', 'mailboxes', i, 'refreshTokenFile'], r.refreshTokenFile, 'the refresh token file'));
   add(['policies'], config.policies, 'the policy folder', 'folder');
   add(['metrics', 'adminTokenFile'], config.metrics.adminTokenFile, 'the admin token file');
+  add(['log', 'syslog', 'ca'], config.log.syslog?.ca, "the syslog server's CA bundle");
+  add(['log', 'syslog', 'cert'], config.log.syslog?.cert, 'the syslog client certificate');
+  add(['log', 'syslog', 'key'], config.log.syslog?.key, "the syslog client certificate's key");
+  config.dkim?.domains.forEach((d, i) => add(['dkim', 'domains', i, 'key'], d.key, 'the DKIM key'));
+  add(['dkim', 'spoolDir'], config.dkim?.spoolDir, 'the DKIM spool folder', 'folder');
   return refs;
 }
 

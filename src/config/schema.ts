@@ -16,6 +16,8 @@ import { describeBind, findBindConflicts, type Bind } from './bind-conflicts.js'
 import { limitsSection, resolveStorePaths } from '../limits/config.js';
 import { authSection } from './auth-section.js';
 import { backendAuthSection } from './backend-auth-section.js';
+import { logSection } from './log-section.js';
+import { dkimSection } from './dkim-section.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
 export const DEFAULT_TLS12_CIPHERS = [
@@ -261,6 +263,8 @@ export function configSchema(baseDir: string) {
       /** Folder of policy rule files (docs/policies.md); without it, only relay protection applies. */
       policies: filePath.optional(),
       data: data.default({ bareLineEndings: 'reject', receivedHeader: 'full', authenticatedUserHeader: false, stripHeaders: [] }),
+      /** DKIM-sign mail for these From: domains (README "DKIM signing"); off without it. */
+      dkim: dkimSection(baseDir).optional(),
       limits: limitsSection.transform((l) => resolveStorePaths(l, baseDir)),
       metrics: z
         .object({
@@ -273,13 +277,7 @@ export function configSchema(baseDir: string) {
         })
         .strict()
         .default({ address: { host: '127.0.0.1', port: 9464 } }),
-      log: z
-        .object({
-          level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
-          format: z.enum(['json', 'pretty']).default('json'),
-        })
-        .strict()
-        .default({ level: 'info', format: 'json' }),
+      log: logSection(baseDir),
       /** Processes serving connections: one per core with "auto" (node cluster). */
       workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)]).default(1),
       /** How long and how badly a client may behave (slow, silent or broken clients). */

@@ -65,7 +65,8 @@ const millis = z.union([z.string(), z.number()]).transform((value, ctx) => {
   return ms;
 });
 
-const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
+/** A size such as "25MB" or "512KiB", in bytes. */
+export const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
   const bytes = parseSize(value);
   if (bytes === undefined) {
     ctx.addIssue({ code: 'custom', message: `expected a size such as "25MB" or "512KiB", found ${JSON.stringify(value)}` });

@@ -9,7 +9,7 @@ import type { Limits } from '../limits/limits.js';
 import type { Logger } from '../logging/logger.js';
 import type { Metrics } from '../metrics/catalogue.js';
 import type { PolicySet } from '../policy/types.js';
-import type { BackendSession, BareLineEndingMode } from '../relay/backend.js';
+import type { BackendSession, BareLineEndingMode, DkimSettings } from '../relay/backend.js';
 import type { ReceivedHeaderMode } from '../relay/received-header.js';
 import type { ClientSessionDeps } from '../session/client-session.js';
 import type { ReadBufferReclaimer } from '../transport/read-buffer-reclaimer.js';
@@ -37,6 +37,8 @@ export interface DataSettings {
   readonly authenticatedUserHeader: boolean;
   readonly stripHeaders: readonly string[];
   readonly maxMessageBytes: number;
+  /** DKIM signing (dkim:); undefined when off. */
+  readonly dkim?: DkimSettings;
 }
 
 export interface ListenerDeps {

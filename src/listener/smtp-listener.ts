@@ -42,7 +42,7 @@ export class SmtpListener {
     // already answers 503.
     this.#disabledCommands = config.tls === 'none' ? ['STARTTLS'] : [];
     this.#trusted = config.trusted ? new CidrSet(config.trusted.networks) : undefined;
-    this.#message = { listener: config.name, bareLineEndings: deps.data.bareLineEndings, maxMessageBytes: deps.data.maxMessageBytes, stripHeaders: deps.data.stripHeaders };
+    this.#message = { listener: config.name, bareLineEndings: deps.data.bareLineEndings, maxMessageBytes: deps.data.maxMessageBytes, stripHeaders: deps.data.stripHeaders, dkim: deps.data.dkim };
     const clientCerts = config.clientCerts;
     this.#sessionDeps = sessionDeps(deps, (client, r, stage, reply) => this.#kick(client.id, r, stage, reply));
 

@@ -1,18 +1,45 @@
 /**
- * Structured logs (pino). JSON for machines by default, `format: pretty` for humans.
- * Every session-scoped line is written through a child logger that carries `session`.
- * On stdout, lines are written in batches (see createLogger).
+ * Structured logs (pino). Every session-scoped line is written through a child logger that
+ * carries `session`.
+ *
+ * Where lines go (log.* in the config): one primary stream, stdout or `file`, in the format
+ * `json` (one JSON object a line), `journal` (the same, each line prefixed with its syslog
+ * priority `<N>` for journald) or `pretty` (for humans); `auto` is `journal` when stdout is the
+ * journal and `json` otherwise. A syslog server, when configured, gets every line as well.
+ * stdout and the file are written in batches (see batchedDestination).
  */
+import { fstatSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { pino, type Logger, type DestinationStream } from 'pino';
+import { pino, type Logger, type DestinationStream, type LoggerOptions as PinoOptions } from 'pino';
+import { syslogSeverity } from './rfc5424.js';
+import { SyslogSink, type SyslogSinkEvents, type SyslogSinkOptions } from './syslog-sink.js';
 
 export type { Logger };
 
+export type LogFormat = 'auto' | 'json' | 'journal' | 'pretty';
+
 export interface LoggerOptions {
   level: string;
-  format: 'json' | 'pretty';
-  /** Where to write; defaults to stdout. Tests pass a stream to read lines back. */
+  format: LogFormat;
+  /** Append to this file instead of stdout; reopen() opens it anew (after logrotate moved it). */
+  file?: string;
+  /** Every line to a syslog server too. */
+  syslog?: SyslogSinkOptions;
+  /** Where to write instead of stdout or the file. Tests pass a stream to read lines back. */
   destination?: DestinationStream;
+}
+
+/** A logger and what the process does to its streams: reopen the file (SIGUSR1), send the last lines on the way out. */
+export interface LogOutput {
+  readonly log: Logger;
+  /** The file opened anew under its name (after logrotate moved it); nothing without a file. */
+  reopen(): void;
+  /** The syslog sink, when there is one (its drop count, events). */
+  readonly syslog?: SyslogSink;
+  /** Called for every line the syslog sink drops. */
+  onSyslogDrop(fn: () => void): void;
+  /** Sends what the syslog server hasn't had yet, waiting at most `ms`. */
+  end(ms: number): Promise<void>;
 }
 
 /**
@@ -29,16 +56,61 @@ export function prettyAvailable(resolve: (id: string) => string = createRequire(
   }
 }
 
-export function createLogger(opts: LoggerOptions): Logger {
-  const base = { level: opts.level, base: { app: 'smtpgate' }, timestamp: pino.stdTimeFunctions.isoTime };
-  if (opts.destination) return pino(base, opts.destination);
-  if (opts.format === 'pretty') {
-    return pino({ ...base, transport: { target: 'pino-pretty', options: { colorize: process.stdout.isTTY, ignore: 'app,pid,hostname' } } });
+/**
+ * Is stdout the journal? systemd sets JOURNAL_STREAM=<dev>:<inode> of the stream it connects
+ * stdout/stderr to (systemd.exec(5)); a child whose stdout was redirected elsewhere inherits the
+ * variable, so it counts only while fd 1 is still that stream.
+ */
+export function stdoutIsJournal(env: NodeJS.ProcessEnv = process.env, stat: () => { dev: bigint; ino: bigint } = () => fstatSync(1, { bigint: true })): boolean {
+  const m = /^(\d+):(\d+)$/.exec(env.JOURNAL_STREAM ?? '');
+  if (!m) return false;
+  try {
+    const s = stat();
+    return s.dev === BigInt(m[1]!) && s.ino === BigInt(m[2]!);
+  } catch {
+    return false;
   }
-  // Lines are gathered up to 4 KiB and written together, at the latest every 250 ms, and on
-  // exit (also after an uncaught exception): one write syscall per busy stretch instead of one
-  // per line, which at thousands of messages a second is a measurable share of the CPU.
-  const dest = pino.destination({ dest: 1, sync: true, minLength: 4096, periodicFlush: 250 });
+}
+
+/** `auto` decided: journal on the journal's stdout, json elsewhere (a file, a pipe, a terminal). */
+export function resolveFormat(format: LogFormat, toFile: boolean, isJournal: () => boolean = stdoutIsJournal): Exclude<LogFormat, 'auto'> {
+  if (format !== 'auto') return format;
+  return !toFile && isJournal() ? 'journal' : 'json';
+}
+
+/**
+ * What every smtpgate logger shares: `"level":"info"` rather than pino's number (30), so a
+ * line reads the same to a person, jq, Loki or a SIEM without a lookup table; ISO times.
+ */
+export function loggerOptions(level: string): PinoOptions<never> {
+  return { level, base: { app: 'smtpgate' }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } };
+}
+
+/**
+ * `<N>` before each line, N its syslog severity: journald (SyslogLevelPrefix=yes, the default)
+ * strips it and files the line at that priority, so `journalctl -p warning` finds warnings.
+ * pino tells the stream each line's level (lastLevel) before writing it: no parsing.
+ */
+class JournalPrefix {
+  readonly [pino.symbols.needsMetadataGsym] = true;
+  lastLevel = 30;
+  readonly #dest: DestinationStream;
+  constructor(dest: DestinationStream) {
+    this.#dest = dest;
+  }
+  write(line: string): void {
+    this.#dest.write(`<${syslogSeverity(this.lastLevel)}>${line}`);
+  }
+}
+
+/**
+ * stdout or a file, written in batches: lines are gathered up to 4 KiB and written together, at
+ * the latest every 250 ms, and on exit (also after an uncaught exception): one write syscall per
+ * busy stretch instead of one per line, which at thousands of messages a second is a
+ * measurable share of the CPU.
+ */
+function batchedDestination(file: string | undefined) {
+  const dest = pino.destination({ dest: file ?? 1, sync: true, minLength: 4096, periodicFlush: 250, ...(file ? { append: true, mkdir: false } : {}) });
   // flush(), not flushSync(): in sync mode it writes at once too, but a reader that is gone
   // (EPIPE) becomes an 'error' that pino swallows, where flushSync() would retry for ever and
   // keep a crashed process from exiting.
@@ -49,5 +121,46 @@ export function createLogger(opts: LoggerOptions): Logger {
       // Nothing left to do on the way out.
     }
   });
-  return pino(base, dest);
+  return dest;
+}
+
+export function openLog(opts: LoggerOptions): LogOutput {
+  const base = loggerOptions(opts.level);
+  const format = resolveFormat(opts.format, opts.file !== undefined);
+  const dropListeners: (() => void)[] = [];
+  let reopen = () => {};
+  let primary: DestinationStream | undefined;
+  if (opts.destination) {
+    primary = opts.destination;
+  } else if (format !== 'pretty') {
+    const dest = batchedDestination(opts.file);
+    // What is still gathered belongs to the old file, where logrotate moved it.
+    if (opts.file) reopen = () => (dest.flush(), dest.reopen());
+    primary = format === 'journal' ? new JournalPrefix(dest) : dest;
+  }
+  if (!opts.syslog) {
+    const log = primary
+      ? pino(base, primary)
+      : pino({ ...base, transport: { target: 'pino-pretty', options: { colorize: process.stdout.isTTY, ignore: 'app,pid,hostname' } } });
+    return { log, reopen, onSyslogDrop: () => {}, end: async () => {} };
+  }
+  // Lines about the syslog server itself go through the same logger: at once to the primary
+  // stream, and into the queue for the server, which has them once it is back.
+  const events: SyslogSinkEvents = {
+    onDown: (err, target) => log.warn({ syslog: target, err: { message: err.message } }, `syslog server unreachable: lines wait in a buffer of ${opts.syslog!.bufferBytes} bytes, then are dropped (smtpgate_log_syslog_dropped_total) until it is back`),
+    onUp: (dropped, target) => log.info({ syslog: target, dropped }, 'syslog server reachable again'),
+    onDrop: () => {
+      for (const fn of dropListeners) fn();
+    },
+  };
+  const syslog = new SyslogSink(opts.syslog, events);
+  // pretty goes through a transport thread, which a multistream can't hold; pretty is for a
+  // terminal, and the config check refuses it together with syslog.
+  const streams = [{ level: 'trace' as const, stream: primary ?? pino.destination(1) }, { level: 'trace' as const, stream: syslog }];
+  const log = pino(base, pino.multistream(streams));
+  return { log, reopen, syslog, onSyslogDrop: (fn) => dropListeners.push(fn), end: (ms) => syslog.end(ms) };
+}
+
+export function createLogger(opts: LoggerOptions): Logger {
+  return openLog(opts).log;
 }

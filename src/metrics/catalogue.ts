@@ -12,9 +12,10 @@ import type { ListenerConfig } from '../config/schema.js';
 import { createLimitMetrics } from '../limits/metrics.js';
 import { createPolicyMetrics } from '../policy/metrics.js';
 import { createAuthMetrics } from './auth-metrics.js';
+import { SIGNING_RESULTS } from '../dkim/outcome.js';
 
 /** What SIGHUP and the file watchers reload, each on its own. */
-export const RELOAD_COMPONENTS = ['certificate', 'users', 'credentials', 'config', 'policy'] as const;
+export const RELOAD_COMPONENTS = ['certificate', 'users', 'credentials', 'config', 'policy', 'dkim'] as const;
 export type ReloadComponent = (typeof RELOAD_COMPONENTS)[number];
 
 const MESSAGE_RESULTS = ['relayed', 'refused', 'aborted'] as const;
@@ -182,7 +183,7 @@ export function createMetrics(build: BuildInfo) {
     }),
     reloads: new Counter({
       name: 'smtpgate_reloads_total',
-      help: 'Reloads by component (certificate|users|credentials|config|policy) and result (success|failure). A failure keeps the old one in force; for credentials (app passwords) the lines that fail are dropped instead.',
+      help: 'Reloads by component (certificate|users|credentials|config|policy|dkim) and result (success|failure). A failure keeps the old one in force; for credentials (app passwords) the lines that fail are dropped instead.',
       labelNames: ['component', 'result'] as const,
       registers,
     }),
@@ -192,7 +193,7 @@ export function createMetrics(build: BuildInfo) {
       name: 'smtpgate_config_last_reload_successful',
       // Across cluster workers: 0 when any worker's last reload failed.
       aggregator: 'min',
-      help: 'Whether the last reload of each component (certificate|users|credentials|config|policy) succeeded (1) or failed (0: the previous one stays in force; for credentials, the lines that failed are dropped). Loading at start counts as a success.',
+      help: 'Whether the last reload of each component (certificate|users|credentials|config|policy|dkim) succeeded (1) or failed (0: the previous one stays in force; for credentials, the lines that failed are dropped). Loading at start counts as a success.',
       labelNames: ['component'] as const,
       registers,
     }),
@@ -200,7 +201,7 @@ export function createMetrics(build: BuildInfo) {
       name: 'smtpgate_config_last_reload_success_timestamp_seconds',
       // Across cluster workers: the oldest of their last successes.
       aggregator: 'min',
-      help: 'When each component (certificate|users|credentials|config|policy) was last loaded successfully (Unix time): at start, or by a reload.',
+      help: 'When each component (certificate|users|credentials|config|policy|dkim) was last loaded successfully (Unix time): at start, or by a reload.',
       labelNames: ['component'] as const,
       registers,
     }),
@@ -216,6 +217,17 @@ export function createMetrics(build: BuildInfo) {
       name: 'smtpgate_smuggling_normalized_total',
       help: 'Stray CR, LF or NUL bytes replaced by a space in normalize mode.',
       labelNames: ['listener'] as const,
+      registers,
+    }),
+    logSyslogDropped: new Counter({
+      name: 'smtpgate_log_syslog_dropped_total',
+      help: 'Log lines the syslog server (log.syslog) never got: its buffer (bufferSize) was full while the server was unreachable or slow, or the system refused a datagram.',
+      registers,
+    }),
+    dkimSignatures: new Counter({
+      name: 'smtpgate_dkim_signatures_total',
+      help: `Messages handed to the backend with dkim: configured, by result (${SIGNING_RESULTS.join('|')}): signed, or why not.`,
+      labelNames: ['result'] as const,
       registers,
     }),
     readBufferCollections: new Counter({
@@ -241,6 +253,7 @@ export function recordReload(m: Metrics, component: ReloadComponent, ok: boolean
  * first appears already at 1.
  */
 export function initSeries(m: Metrics, known: { listeners: readonly string[]; backends: readonly string[]; loadedAt: Date }): void {
+  for (const result of SIGNING_RESULTS) m.dkimSignatures.inc({ result }, 0);
   for (const component of RELOAD_COMPONENTS) {
     for (const result of ['success', 'failure']) m.reloads.inc({ component, result }, 0);
     // What the app started with loaded successfully, as Prometheus counts its own start.

@@ -33,7 +33,8 @@ import type { BackendSession, ClientIdentity } from './backend-session.js';
 import { backendRefusal, isPositive } from './backend-replies.js';
 import { LineTooLongError, SmugglingError } from './data-encoder.js';
 import { mailCommand, rcptCommand } from './envelope.js';
-import { MessageSink, MessageTooBigError, type MessageSettings, type MessageMetrics } from './message-sink.js';
+import { MessageSink, MessageTooBigError, type MessageSettings, type MessageMetrics, type SigningRequest } from './message-sink.js';
+import { SpoolError } from '../dkim/spool.js';
 import { BackendError, type SmtpReply } from './smtp-client.js';
 import { UpstreamAuthError } from './upstream-tokens.js';
 
@@ -42,7 +43,7 @@ export { BackendPool } from './backend-pool.js';
 export { BackendError, type BackendClientOptions, type SmtpReply } from './smtp-client.js';
 export { UpstreamTokens, parseServiceAccountKey, type TokenSettings } from './upstream-tokens.js';
 export { chooseMailbox } from './upstream-mailbox.js';
-export { MessageSink, type MessageSettings, type MessageMetrics } from './message-sink.js';
+export { MessageSink, type MessageSettings, type MessageMetrics, type DkimSettings, type SenderStanding, type SigningRequest } from './message-sink.js';
 export { replyText } from './backend-replies.js';
 export type { BareLineEndingMode } from './data-encoder.js';
 
@@ -143,8 +144,8 @@ export class Backend {
   }
 
   /** For Transaction: the message sink after the backend's 354. */
-  openMessage(session: BackendSession, onFailure: (err: unknown) => void): MessageSink {
-    return new MessageSink(session, session.beginData(onFailure), this.#message, this.#metrics);
+  openMessage(session: BackendSession, onFailure: (err: unknown) => void, signing: SigningRequest | undefined): MessageSink {
+    return new MessageSink(session, session.beginData(onFailure), this.#message, this.#metrics, signing);
   }
 
   /** For Transaction: what the client is told about a message that failed before its final reply. */
@@ -160,6 +161,10 @@ export class Backend {
     if (err instanceof MessageTooBigError) {
       return messageTooBig(this.#message.maxMessageBytes);
     }
+    if (err instanceof SpoolError) {
+      this.#log.error({ err: err.message }, 'DKIM: the message could not be held for signing; backend transaction aborted');
+      return INTERNAL_ERROR;
+    }
     return clientLeft ? this.clientAborted() : this.failure(err);
   }
 }
@@ -172,6 +177,8 @@ export class Transaction {
   readonly #session: BackendSession;
   /** From the accepted MAIL: addresses go to the backend as the client wrote them (RFC 6531). */
   readonly #smtputf8: boolean;
+  /** The message's sink once data() was answered 354, to discard what it holds at the end. */
+  #sink: MessageSink | undefined;
 
   constructor(backend: Backend, session: BackendSession, smtputf8: boolean, reply: SmtpReply) {
     this.#backend = backend;
@@ -215,15 +222,18 @@ export class Transaction {
 
   /**
    * After data(): the sink for the message. `onFailure` hears of a backend failure before
-   * commit(); the message is then lost, and the caller aborts.
+   * commit(); the message is then lost, and the caller aborts. With `signing`, the message is
+   * DKIM-signed when dkim: is configured and the sender and its From: domain qualify.
    */
-  message(onFailure: (err: unknown) => void): MessageSink {
-    return this.#backend.openMessage(this.#session, onFailure);
+  message(onFailure: (err: unknown) => void, signing?: SigningRequest): MessageSink {
+    this.#sink = this.#backend.openMessage(this.#session, onFailure, signing);
+    return this.#sink;
   }
 
-  /** Abandons the message without the final dot: the backend delivers nothing. */
+  /** Abandons the message without the final dot: the backend delivers nothing, and nothing held is kept. */
   abort(): void {
     this.#session.abort();
+    void this.#sink?.discard();
   }
 
   /**

@@ -17,6 +17,7 @@ import type { ListenerConfig } from '../config/schema.js';
 import type { ClientFacts, Limits } from '../limits/limits.js';
 import type { Logger } from '../logging/logger.js';
 import { howSent, type Metrics } from '../metrics/catalogue.js';
+import type { SigningOutcome } from '../dkim/outcome.js';
 import { buildUserFacts, dataFacts } from '../policy/facts.js';
 import { MessageScanner } from '../policy/mime.js';
 import { headerSafe, receivedHeader, type ReceivedHeaderMode } from '../relay/received-header.js';
@@ -301,10 +302,9 @@ export class ClientSession implements SnapshotSource {
     const { refusal: locked, reservation } = await limits.authAllowed(authFacts, { reserve: credential !== 'app_password' });
     if (locked) return fail(locked, 'refused');
     const badCredentials = async (why?: AuthFailureLog): Promise<Verdict> => {
-      const failure = await limits.authFailed(authFacts, reservation);
-      if (failure.lockedOut) {
-        this.log.warn({ user: printable(username), scope: failure.scope, retryAfterSeconds: failure.retryAfterSeconds }, 'auth lockout');
-      }
+      // A lockout this failure starts is logged once, by the limits ("AUTH lockout: …", with the
+      // session, address, user, scope and duration); this attempt's own line is the refusal.
+      await limits.authFailed(authFacts, reservation);
       return fail(why?.authResult === 'app_password_required' ? AUTH_APP_PASSWORD_REQUIRED : AUTH_CREDENTIALS_INVALID, 'failure', undefined, why);
     };
     // RFC 4616: an authorization identity other than the authentication identity would mean
@@ -506,7 +506,7 @@ export class ClientSession implements SnapshotSource {
           settled = true;
           reject(err);
         };
-        const out = tx.message(fail);
+        const out = tx.message(fail, { sender: howSent({ user: this.user, trusted: this.trusted, secure: false }).auth, onOutcome: (o) => this.#signed(o) });
         sink = out;
         const header = this.#prependedHeaders();
         if (header) out.prepend(header);
@@ -582,6 +582,16 @@ export class ClientSession implements SnapshotSource {
       return { refusal: err.refusal, rule: err.rule };
     }
     return { refusal: tx.refusalFor(err, err instanceof ClientAbortError || clientLeft()) };
+  }
+
+  /**
+   * How DKIM signing of the message went: the transaction record's `dkim` when signed, else a
+   * line saying why not (debug for a sender that doesn't qualify: that is every inbound message).
+   */
+  #signed(o: SigningOutcome): void {
+    if (o.signed) return this.#record?.signed(o.domain, o.selectors);
+    const level = o.reason === 'sign_failed' ? 'error' : o.reason === 'not_eligible' ? 'debug' : 'info';
+    this.log[level]({ dkim: { result: o.reason, detail: o.detail } }, 'DKIM: message not signed');
   }
 
   /** Headers smtpgate adds on top of the message; never built from raw client input. */

@@ -44,6 +44,7 @@ export class TransactionRecord {
   #size: number | undefined;
   #messageId: string | undefined;
   #backend: string | undefined;
+  #dkim: { domain: string; selectors: readonly string[] } | undefined;
 
   constructor(from: string, client: TransactionClient, startedAt: number) {
     this.#from = from;
@@ -67,6 +68,11 @@ export class TransactionRecord {
     this.#backend = backend;
   }
 
+  /** The message went to the backend DKIM-signed for `domain` (one signature per selector). */
+  signed(domain: string, selectors: readonly string[]): void {
+    this.#dkim = { domain, selectors };
+  }
+
   /**
    * The line to log, for an ending: `relayed` with the backend's reply; a refusal at a stage;
    * or the client leaving (`abandoned`: a new MAIL, RSET, QUIT, the connection gone). A
@@ -85,6 +91,7 @@ export class TransactionRecord {
     if (this.#size !== undefined) line.size = this.#size;
     if (this.#messageId !== undefined) line.messageId = this.#messageId;
     if (this.#backend !== undefined) line.backend = this.#backend;
+    if (this.#dkim !== undefined) line.dkim = this.#dkim;
     if ('relayed' in end) {
       if (end.relayed.queueId !== undefined) line.queueId = end.relayed.queueId;
       line.reply = end.relayed.reply;

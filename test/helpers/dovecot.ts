@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { promisify } from 'node:util';
-import { pino } from 'pino';
+import { createLogger } from '../../src/logging/logger.js';
 import { onTestFinished } from 'vitest';
 import { DovecotAuthenticator } from '../../src/auth/dovecot-source.js';
 import { authSection } from '../../src/config/auth-section.js';
@@ -322,7 +322,7 @@ export function dovecotSource(section: Record<string, unknown>): { source: Dovec
       done();
     },
   });
-  const s = new DovecotAuthenticator(config, { log: pino({ level: 'debug' }, sink) });
+  const s = new DovecotAuthenticator(config, { log: createLogger({ level: 'debug', format: 'json', destination: sink }) });
   onTestFinished(() => s.close());
   return { source: s, logs: () => JSON.stringify(lines) };
 }

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { hashSync } from '@node-rs/bcrypt';
-import { pino } from 'pino';
+import { createLogger } from '../../src/logging/logger.js';
 import { App, checkConfigFile } from '../../src/app.js';
 import { makeTestCert, type TestCert } from './pki.js';
 import { configYaml, listener, type AuthInput, type BackendInput, type ConfigInput, type ListenerInput, type TlsInput } from './config.js';
@@ -216,7 +216,7 @@ export async function startGate(opts: StartGateOptions): Promise<Gate> {
       cb();
     },
   });
-  const app = new App(config, material, { log: pino({ level: opts.logLevel ?? 'debug' }, sink), configFile, collect: opts.collect });
+  const app = new App(config, material, { log: createLogger({ level: opts.logLevel ?? 'debug', format: 'json', destination: sink }), configFile, collect: opts.collect });
   const bound = await app.start();
   return {
     app,

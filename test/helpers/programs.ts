@@ -37,6 +37,11 @@ const INSTALL_HINT: Record<string, string> = {
   ldapsearch: 'apt-get install ldap-utils',
   dovecot: 'apt-get install dovecot-core',
   doveadm: 'apt-get install dovecot-core',
+  rsyslogd: 'apt-get install rsyslog rsyslog-gnutls',
+  logrotate: 'apt-get install logrotate',
+  'fail2ban-regex': 'apt-get install fail2ban',
+  'fail2ban-client': 'apt-get install fail2ban',
+  dkimverify: 'apt-get install python3-dkim',
 };
 
 /**

@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { Redis } from 'ioredis';
-import { pino } from 'pino';
+import { createLogger } from '../../src/logging/logger.js';
 import { Registry } from 'prom-client';
 import { parse as parseYaml } from 'yaml';
 import { limitsConfigSchema } from '../../src/limits/config.js';
@@ -50,7 +50,7 @@ export function limitsHarness(yaml: string, opts: { now?: () => number; suspensi
       cb();
     },
   });
-  const log = pino({ level: 'debug' }, sink);
+  const log = createLogger({ level: 'debug', format: 'json', destination: sink });
   const limits = createLimits({ config, registry, log, ...(opts.now ? { now: opts.now } : {}), ...(opts.suspensionSyncMs ? { suspensionSyncMs: opts.suspensionSyncMs } : {}) });
   return {
     limits,

@@ -7,7 +7,7 @@
  */
 import { EventEmitter, once } from 'node:events';
 import { Writable } from 'node:stream';
-import { pino } from 'pino';
+import { createLogger } from '../../src/logging/logger.js';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, test, vi } from 'vitest';
 import type { AuthContext, AuthFailureReason, AuthOutcome, AuthRequest, Authenticator } from '../../src/auth/authenticator.js';
@@ -96,7 +96,7 @@ function chainOf(sources: Authenticator[], recheckIntervalMs?: number): Harness 
       done();
     },
   });
-  const chain = new AuthChain(sources, { metrics: createAuthMetrics(registry), log: pino({ level: 'debug' }, sink), recheckIntervalMs });
+  const chain = new AuthChain(sources, { metrics: createAuthMetrics(registry), log: createLogger({ level: 'debug', format: 'json', destination: sink }), recheckIntervalMs });
   open = chain;
   const nextLog = (msg: string) =>
     new Promise<Record<string, unknown>>((resolve) => {
@@ -168,7 +168,7 @@ describe('which answer is final', () => {
     const { chain, logs } = chainOf([new Source('http', 'throw'), new Source('file', 'unknown_user')]);
     expect(await chain.authenticate(REQ, CTX)).toEqual({ ok: false, reason: 'unavailable', source: 'http', detail: 'http blew up' });
     const line = logs.find((l) => l.msg === 'auth source failed');
-    expect(line).toMatchObject({ level: 50, source: 'http', session: 's1', err: { message: 'http blew up' } });
+    expect(line).toMatchObject({ level: 'error', source: 'http', session: 's1', err: { message: 'http blew up' } });
     // The password never reaches the log.
     expect(JSON.stringify(logs)).not.toContain(REQ.password);
   });
@@ -216,7 +216,7 @@ describe('health', () => {
     await chain.authenticate(REQ, CTX);
     expect(chain.down()).toEqual([{ source: 'ldap', detail: 'ldap: connect ETIMEDOUT' }]);
     expect(await sample(registry, 'smtpgate_auth_source_up', { source: 'ldap' })).toBe(0);
-    expect(logs.filter((l) => l.msg === 'auth source down')).toEqual([expect.objectContaining({ level: 40, source: 'ldap', detail: 'ldap: connect ETIMEDOUT' })]);
+    expect(logs.filter((l) => l.msg === 'auth source down')).toEqual([expect.objectContaining({ level: 'warn', source: 'ldap', detail: 'ldap: connect ETIMEDOUT' })]);
   });
 
   test('down() keeps the latest reason while the source stays down', async () => {

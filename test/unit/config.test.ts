@@ -8,6 +8,7 @@ import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { checkIssues, configIssues } from '../helpers/config.js';
 import { parseConfig } from '../../src/config/load.js';
+import { diffConfig } from '../../src/config/diff.js';
 import { parseDuration, parseHostPort, parseSize } from '../../src/parsing/units.js';
 import { makeTestCert } from '../helpers/pki.js';
 
@@ -143,6 +144,39 @@ describe('units', () => {
   });
 });
 
+describe('log config', () => {
+  test('defaults: level info, format auto, no file, no syslog', () => {
+    expect(parseConfig(MINIMAL, '/etc/smtpgate/smtpgate.yaml').log).toEqual({ level: 'info', format: 'auto' });
+  });
+
+  test('log.file is relative to the config file; syslog gets its port and facility defaults', () => {
+    const cfg = parseConfig(MINIMAL + 'log:\n  file: log/smtpgate.log\n  syslog:\n    transport: tls\n    host: siem.corp.example\n    ca: siem-ca.pem\n', '/etc/smtpgate/smtpgate.yaml');
+    expect(cfg.log.file).toBe('/etc/smtpgate/log/smtpgate.log');
+    expect(cfg.log.syslog).toEqual({ transport: 'tls', host: 'siem.corp.example', port: 6514, facility: 2, appName: 'smtpgate', bufferSize: 1_048_576, ca: '/etc/smtpgate/siem-ca.pem' });
+    expect(parseConfig(MINIMAL + 'log:\n  syslog:\n    transport: udp\n    host: 10.0.0.9\n    facility: local3\n', '/x/a.yaml').log.syslog).toMatchObject({ port: 514, facility: 19 });
+  });
+
+  test('a host with a port in it, a port out of range and a TLS-only field on tcp are refused with the fix', () => {
+    const issues = issuesOf(MINIMAL + 'log:\n  syslog:\n    transport: tcp\n    host: siem:514\n    port: 70000\n    ca: ca.pem\n');
+    expect(issues).toEqual([
+      '/etc/smtpgate/smtpgate.yaml:15: log.syslog.host: expected a host name or an IP address (no port, no brackets: the port goes in log.syslog.port), e.g. siem.corp.example or 10.0.0.9',
+      '/etc/smtpgate/smtpgate.yaml:16: log.syslog.port: expected a port from 1 to 65535',
+      '/etc/smtpgate/smtpgate.yaml:17: log.syslog.ca: ca is only used with transport: tls (this is tcp); use transport: tls, or remove ca',
+    ]);
+  });
+
+  test('journal or pretty with a file, and pretty with syslog, are refused', () => {
+    expect(issuesOf(MINIMAL + 'log:\n  format: journal\n  file: x.log\n')).toEqual(['/etc/smtpgate/smtpgate.yaml:13: log.format: format: journal is for stdout, not for log.file; use format: json (or auto), or remove log.file']);
+    expect(issuesOf(MINIMAL + 'log:\n  format: pretty\n  syslog:\n    transport: udp\n    host: 10.0.0.9\n')[0]).toContain('log.format: format: pretty is for a terminal and cannot be combined with log.syslog');
+  });
+
+  test('a changed file or syslog server takes a restart, and the reload says so', () => {
+    const a = parseConfig(MINIMAL, '/x/a.yaml');
+    const b = parseConfig(MINIMAL + 'log:\n  file: x.log\n  syslog:\n    transport: udp\n    host: 10.0.0.9\n', '/x/a.yaml');
+    expect(diffConfig(a, b).needRestart).toEqual(['log.file', 'log.syslog']);
+  });
+});
+
 describe('check: files the config points to', () => {
   async function setup(files: { users?: string; cert?: boolean; wrongKey?: boolean }) {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-check-'));
@@ -161,6 +195,21 @@ describe('check: files the config points to', () => {
   test('a complete config passes', async () => {
     const { file } = await setup({});
     expect(await checkIssues(file)).toEqual([]);
+  });
+
+  test('check: an unreadable syslog CA and a log folder that does not exist are named with their field and fix', async () => {
+    const { dir, file } = await setup({});
+    await writeFile(path.join(dir, 'not-a-ca.pem'), 'hello\n');
+    const withLog = async (log: string) => {
+      await writeFile(file, MINIMAL + log);
+      return checkIssues(file);
+    };
+    expect(await withLog('log:\n  file: nowhere/smtpgate.log\n  syslog:\n    transport: tls\n    host: 127.0.0.1\n    ca: missing-ca.pem\n')).toEqual([
+      `${file}:17: log.syslog.ca: cannot read the syslog server's CA bundle ${dir}/missing-ca.pem: it does not exist`,
+      `${file}:13: log.file: cannot create ${dir}/nowhere/smtpgate.log: the folder ${dir}/nowhere does not exist; create it and give smtpgate write access (under systemd: LogsDirectory=smtpgate makes /var/log/smtpgate)`,
+    ]);
+    expect((await withLog('log:\n  syslog:\n    transport: tls\n    host: 127.0.0.1\n    ca: not-a-ca.pem\n'))[0]).toContain(`log.syslog.ca: not a PEM CA bundle`);
+    expect(await withLog('log:\n  file: smtpgate.log\n')).toEqual([]);
   });
 
   test('a missing certificate file is reported at the config line that names it, with its path', async () => {

@@ -4,7 +4,7 @@
  */
 import { PassThrough, Readable, Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
-import { pino } from 'pino';
+import { createLogger } from '../../src/logging/logger.js';
 import { ClientSession, type ClientConnection, type ClientSessionDeps, type PeerCertificate } from '../../src/session/client-session.js';
 import { OK } from '../../src/session/checkpoint.js';
 import { createMetrics } from '../../src/metrics/catalogue.js';
@@ -140,7 +140,7 @@ function sessionWith(opts: Options = {}) {
       done();
     },
   });
-  const log = pino({ level: 'debug' }, sink).child({ session: 'sess1', listener: 'submission', client: '192.0.2.7' });
+  const log = createLogger({ level: 'debug', format: 'json', destination: sink }).child({ session: 'sess1', listener: 'submission', client: '192.0.2.7' });
   const metrics = createMetrics(readBuildInfo());
   const limits = new FakeLimits();
   const hungUp: { refusal: Refusal; stage: Stage; reply: boolean }[] = [];

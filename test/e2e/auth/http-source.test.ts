@@ -5,7 +5,7 @@
  * password travels (the body only), and lookups (no password; a "deny" fails closed).
  */
 import { Writable } from 'node:stream';
-import { pino } from 'pino';
+import { createLogger } from '../../../src/logging/logger.js';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import type { AuthRequest, LookupRequest } from '../../../src/auth/authenticator.js';
 import { HttpAuthenticator, MAX_ANSWER_BYTES, PROBE_USER } from '../../../src/auth/http-source.js';
@@ -48,7 +48,7 @@ function logSink(): { log: Logger; lines: string[] } {
       cb();
     },
   });
-  return { log: pino({ level: 'debug' }, sink), lines };
+  return { log: createLogger({ level: 'debug', format: 'json', destination: sink }), lines };
 }
 
 let ca: TestCert;
@@ -121,7 +121,7 @@ describe('what the hook answers', () => {
     hook.reply = () => ({ body: '{"result":"tempfail","reason":"directory down"}' });
     const { auth, lines } = source();
     expect(await auth('alice')).toMatchObject({ ok: false, reason: 'unavailable', detail: `${hook.url} said tempfail: directory down` });
-    expect(lines.some((l) => /"level":40/.test(l) && l.includes('directory down'))).toBe(true);
+    expect(lines.some((l) => /"level":"warn"/.test(l) && l.includes('directory down'))).toBe(true);
   });
 
   test('unknown keys in the answer are ignored', async () => {
@@ -188,7 +188,7 @@ describe('the request', () => {
     const out = await auth('alice');
     expect(hook.requests.at(-1)!.headers.authorization).toBe('Bearer not-the-token');
     expect(out).toMatchObject({ ok: false, reason: 'unavailable', detail: `${hook.url} refused smtpgate's token (HTTP 401)` });
-    expect(lines.some((l) => /"level":40/.test(l) && l.includes("refused smtpgate's token"))).toBe(true);
+    expect(lines.some((l) => /"level":"warn"/.test(l) && l.includes("refused smtpgate's token"))).toBe(true);
   });
 
   test('403 from the hook is a refused token too', async () => {
@@ -420,7 +420,7 @@ describe('lookup (no password: an app password smtpgate checked itself)', () => 
         detail: `${old.url} said deny: wrong password (to a lookup, which has no password: the hook probably does not support lookups; refused as disabled)`,
       });
       expect(JSON.parse(old.requests.at(-1)!.body)).toMatchObject({ lookup: true, user: 'alice' });
-      const warning = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.level === 40);
+      const warning = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.level === 'warn');
       expect(warning).toMatchObject({ msg: 'auth hook answered deny to a lookup', user: 'alice', session: 'sess-43' });
       // What the old hook does know stays as it was.
       expect(await lookUp('mallory')).toMatchObject({ ok: false, reason: 'unknown_user' });

@@ -7,7 +7,7 @@
 import net from 'node:net';
 import { Writable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
-import { pino } from 'pino';
+import { createLogger } from '../../../src/logging/logger.js';
 import { authSection, type LdapConfig } from '../../../src/config/auth-section.js';
 import { ldapLookupProblem } from '../../../src/config/auth-section.js';
 import type { AuthOutcome, AuthRequest } from '../../../src/auth/authenticator.js';
@@ -40,7 +40,7 @@ function harness(config: LdapConfig, secrets: { bindPassword?: string | undefine
     },
   });
   const source = new LdapAuthenticator(config, {
-    log: pino({ level: 'debug' }, sink),
+    log: createLogger({ level: 'debug', format: 'json', destination: sink }),
     bindPassword: 'bindPassword' in secrets ? secrets.bindPassword : `${SERVICE_PASSWORD}\n`,
     ca: secrets.ca === undefined ? undefined : Buffer.from(secrets.ca),
   });
@@ -133,7 +133,7 @@ describeWith(['slapd', 'slapadd', 'ldapsearch'], 'LDAP auth source (real slapd)'
   test('a login that matches two entries is refused as bad_credentials, with a warning naming the filter', async () => {
     const h = harness(searchConfig(), { ca: slapd.ca.cert });
     expect(await signIn(h, 'twin', 'twin-pw')).toMatchObject({ ok: false, reason: 'bad_credentials' });
-    const warning = h.logs.find((l) => l.level === 40 && /more than one entry/.test(String(l.msg)));
+    const warning = h.logs.find((l) => l.level === 'warn' && /more than one entry/.test(String(l.msg)));
     expect(warning).toMatchObject({ source: 'ldap', filter: '(uid=twin)', user: 'twin' });
   });
 
@@ -239,7 +239,7 @@ describeWith(['slapd', 'slapadd', 'ldapsearch'], 'LDAP auth source (real slapd)'
       const outcome = await signIn(h, 'alice', 'alice-pw');
       expect(outcome).toMatchObject({ ok: false, reason: 'unavailable' });
       expect(!outcome.ok && outcome.detail).toMatch(new RegExp(`^${url}: connect ECONNREFUSED`));
-      expect(h.logs.find((l) => l.level === 40)).toMatchObject({ msg: 'LDAP directory unavailable', user: 'alice' });
+      expect(h.logs.find((l) => l.level === 'warn')).toMatchObject({ msg: 'LDAP directory unavailable', user: 'alice' });
     });
 
     test('a server that accepts the connection and never answers is unavailable within the timeout, over ldaps:// and StartTLS', async () => {
@@ -435,7 +435,7 @@ describeWith(['slapd', 'slapadd', 'ldapsearch'], 'LDAP auth source (real slapd)'
     test('a login that matches two entries is refused as disabled (final, like a sign-in\'s refusal), with the warning naming the filter', async () => {
       const h = harness(lookupConfig(), { ca: directory.ca.cert });
       expect(await lookUp(h, 'twin')).toMatchObject({ ok: false, reason: 'disabled', detail: '(uid=twin) matches more than one entry' });
-      expect(h.logs.find((l) => l.level === 40 && /more than one entry/.test(String(l.msg)))).toMatchObject({ source: 'ldap', filter: '(uid=twin)', user: 'twin' });
+      expect(h.logs.find((l) => l.level === 'warn' && /more than one entry/.test(String(l.msg)))).toMatchObject({ source: 'ldap', filter: '(uid=twin)', user: 'twin' });
     });
 
     test('never binds as the user: an entry without a password, which no bind can reach, is found', async () => {
@@ -469,7 +469,7 @@ describeWith(['slapd', 'slapadd', 'ldapsearch'], 'LDAP auth source (real slapd)'
         const down = await lookUp(h, 'alice');
         expect(down).toMatchObject({ ok: false, reason: 'unavailable' });
         expect(!down.ok && down.detail).toContain(directory.ldapsUrl);
-        expect(h.logs.find((l) => l.level === 40)).toMatchObject({ msg: 'LDAP directory unavailable', user: 'alice' });
+        expect(h.logs.find((l) => l.level === 'warn')).toMatchObject({ msg: 'LDAP directory unavailable', user: 'alice' });
       } finally {
         await directory.start();
       }

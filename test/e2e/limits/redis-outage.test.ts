@@ -81,7 +81,7 @@ auth: { failuresPerUserIp: 2/15m }
     const second = await checksWhileDown(h);
     expectDown(first);
     expect(h.logged(/limiter store unavailable/), 'the outage is logged once, not per message').toHaveLength(1);
-    expect(h.logged(/limiter store unavailable/)[0]).toMatchObject({ level: 40, onStoreFailure: mode });
+    expect(h.logged(/limiter store unavailable/)[0]).toMatchObject({ level: 'warn', onStoreFailure: mode });
     expect(await h.metric('smtpgate_limiter_store_up')).toBe(0);
     expect(await h.metric('smtpgate_limiter_decisions_total', { limiter: 'messages_user', result: 'store_error' })).toBeGreaterThanOrEqual(12);
 

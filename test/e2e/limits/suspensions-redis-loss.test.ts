@@ -87,7 +87,7 @@ ${extra}
 
     await loseRedis();
     const line = await b.waitForLog(/limiter store lost its data/, 10_000);
-    expect(line).toMatchObject({ level: 50, restoredSuspensions: 1, users: ['alice'] });
+    expect(line).toMatchObject({ level: 'error', restoredSuspensions: 1, users: ['alice'] });
 
     expect(await direct().get('susp:suspension:1-0:alice')).toBe(since);
     expect(await direct().pttl('susp:suspension:1-0:alice')).toBe(-1);

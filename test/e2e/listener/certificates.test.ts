@@ -184,7 +184,7 @@ describe('hot reload of the default certificate (tls.reloadInterval)', () => {
     expect((await open.cmd('NOOP')).code).toBe(250);
     open.close();
 
-    const line = gate.logs.find((l) => l.level === 50 && /certificate reload failed/.test(String(l.msg)));
+    const line = gate.logs.find((l) => l.level === 'error' && /certificate reload failed/.test(String(l.msg)));
     expect(line, 'an error-level log line about the failed reload').toBeDefined();
     expect(JSON.stringify(line)).toContain(gate.cert.certFile);
   });

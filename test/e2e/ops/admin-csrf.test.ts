@@ -58,8 +58,8 @@ describe('a request from a browser is refused with 403', () => {
     await fetch(`${base(gates.open)}/limits/clear`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: BODY });
     const lines = gates.open.logs.slice(before).filter((l) => l.msg === 'admin request refused');
     expect(lines).toEqual([
-      expect.objectContaining({ level: 40, status: 403, path: '/limits/clear', client: '127.0.0.1', origin: 'https://evil.example' }),
-      expect.objectContaining({ level: 40, status: 415, path: '/limits/clear', client: '127.0.0.1', contentType: 'text/plain' }),
+      expect.objectContaining({ level: 'warn', status: 403, path: '/limits/clear', client: '127.0.0.1', origin: 'https://evil.example' }),
+      expect.objectContaining({ level: 'warn', status: 415, path: '/limits/clear', client: '127.0.0.1', contentType: 'text/plain' }),
     ]);
   });
 

@@ -133,6 +133,12 @@ describe('every file in deploy/ parses', () => {
       expect(text.split('\n').every((l) => !l.trim().startsWith('/'))).toBe(true);
     } else if (rel.endsWith('.service')) {
       expect(unitFile(text).size).toBeGreaterThan(5);
+    } else if (rel.startsWith('fail2ban/') && rel.endsWith('.conf')) {
+      // fail2ban's INI: sections, `key = value`, indented continuations, # and ; comments
+      // (fail2ban-regex and fail2ban-client read them for real in fail2ban.test.ts).
+      const lines = text.split('\n').filter((l) => l.trim() && !/^[#;]/.test(l.trim()));
+      for (const l of lines) expect(l, rel).toMatch(/^\[[\w-]+\]$|^[\w-]+\s*=|^\s+\S/);
+      expect(lines.some((l) => /^\[[\w-]+\]$/.test(l)), rel).toBe(true);
     } else if (base === 'users') {
       const parsed = parseUsersFile(text, rel);
       expect(parsed.ok, JSON.stringify(parsed)).toBe(true);
@@ -148,7 +154,7 @@ describe('deploy/smtpgate.yaml', () => {
     for (const p of paths) expect(p?.startsWith(`${ETC}/`), String(p)).toBe(true);
     expect(LISTENER_PORTS).toEqual([25, 465, 587]);
     expect(CONFIG.limits.store.kind).toBe('redis');
-    expect(CONFIG.log.format).toBe('json'); // the images have no pino-pretty
+    expect(CONFIG.log.format).toBe('auto'); // journal under systemd, json in a container; the images have no pino-pretty
   });
 
   test('binds the metrics endpoint to 0.0.0.0 (containers), and says why', () => {

@@ -17,6 +17,7 @@ import { ALICE } from '../../helpers/gate.js';
 import { baseName, parseExposition, type Sample } from '../../helpers/exposition.js';
 import { MALLORY, REPO, driveTraffic, scrape, sendFromTrustedApp, startOpsGates, type OpsGates } from '../../helpers/ops-traffic.js';
 import { readBuildInfo } from '../../../src/build-info.js';
+import { SIGNING_RESULTS } from '../../../src/dkim/outcome.js';
 
 const PACKAGE_VERSION = (JSON.parse(readFileSync(`${REPO}/package.json`, 'utf8')) as { version: string }).version;
 
@@ -51,6 +52,7 @@ function allowedValues(gates: OpsGates, policyRules: readonly string[]): Record<
         smtpgate_limiter_decisions_total: ['allowed', 'limited', 'store_error'],
         smtpgate_auth_source_seconds: [...SOURCE_RESULTS] as string[],
         smtpgate_backend_oauth_token_total: [...TOKEN_RESULTS] as string[],
+        smtpgate_dkim_signatures_total: [...SIGNING_RESULTS] as string[],
       })[metric]?.includes(v) ?? false,
     source: (v) => (AUTH_SOURCES as readonly string[]).includes(v),
     outcome: oneOf('success', 'failure'),
@@ -62,7 +64,7 @@ function allowedValues(gates: OpsGates, policyRules: readonly string[]): Record<
       })[metric]?.includes(v) ?? false,
     version: (v, metric) => (metric === 'smtpgate_build_info' ? v === PACKAGE_VERSION : /^TLSv1\.[23]$/.test(v)),
     node_version: (v) => v === process.version,
-    component: oneOf('certificate', 'users', 'credentials', 'config', 'policy'),
+    component: oneOf('certificate', 'users', 'credentials', 'config', 'policy', 'dkim'),
     // "default" or the first name of an SNI entry: host names from the config.
     certificate: (v) => v === 'default' || /^(\*\.)?[a-z0-9.-]+$/i.test(v),
     // host:port of a configured backend (bounded, from the config; see the test below).
@@ -235,7 +237,7 @@ describe('metric catalogue vs /metrics of running gates', () => {
 
   test('each reload component reports its last reload as successful, with when', () => {
     const now = Date.now() / 1000;
-    for (const component of ['certificate', 'users', 'credentials', 'config', 'policy']) {
+    for (const component of ['certificate', 'users', 'credentials', 'config', 'policy', 'dkim']) {
       const ok = samples.filter((s) => s.name === 'smtpgate_config_last_reload_successful' && s.labels.component === component);
       const at = samples.filter((s) => s.name === 'smtpgate_config_last_reload_success_timestamp_seconds' && s.labels.component === component);
       expect(ok.map((s) => s.value), component).toEqual(['1', '1']);

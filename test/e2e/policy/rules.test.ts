@@ -147,7 +147,7 @@ describe('the shipped policies/ folder', () => {
     expect(backend.messages.at(-1)!.data.toString('latin1')).toContain('X-Mailer: PHPMailer 6.9.1\r\n');
     expect(await metricValue(gate, 'smtpgate_policy_audit_total', { rule: 'phpmailer-audit', stage: 'data' })).toBe(auditsBefore + 1);
     const warn = gate.logs.find((l) => l.rule === 'phpmailer-audit' && /would have refused/.test(String(l.msg)));
-    expect(warn, 'the audit log line').toMatchObject({ level: 40, stage: 'data', code: 550, enhanced: '5.7.1' });
+    expect(warn, 'the audit log line').toMatchObject({ level: 'warn', stage: 'data', code: 550, enhanced: '5.7.1' });
     expect(String(warn!.msg)).toContain('Mail from web scripts must go through the web mail relay');
     await c.cmd('QUIT');
   });

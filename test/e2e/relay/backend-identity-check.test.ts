@@ -26,7 +26,7 @@ async function gateFor(port: number, extra: Partial<BackendInput> = {}): Promise
   return gate;
 }
 
-const identityWarnings = (gate: Gate, command: string) => gate.logs.filter((l) => l.level === 40 && l.msg === `does not advertise ${command} (backend.identity), so it judges smtpgate's address instead of the client's: on Postfix add smtpgate's address to smtpd_authorized_${command.toLowerCase()}_hosts, or set backend.requireIdentity: false to stay ready without it`);
+const identityWarnings = (gate: Gate, command: string) => gate.logs.filter((l) => l.level === 'warn' && l.msg === `does not advertise ${command} (backend.identity), so it judges smtpgate's address instead of the client's: on Postfix add smtpgate's address to smtpd_authorized_${command.toLowerCase()}_hosts, or set backend.requireIdentity: false to stay ready without it`);
 
 /**
  * Postfix's smtp-sink with XCLIENT and XFORWARD turned off (-C -F): an EHLO like a legacy
