@@ -126,15 +126,19 @@ export function workloads(quick: boolean): Workload[] {
     measure: 'mbPerSec',
     metric: { unit: 'MB/s', better: 'higher', decimals: 1 },
   } as const;
+  /** W1 and W1-quiet differ only in smtpgate's log level. */
+  const w1 = {
+    kind: 'source',
+    load: { reuse: true, sessions: 200, messages: q(8000, 800), length: 4096 },
+    warmUp: { reuse: true, sessions: 200, messages: q(4000, 400), length: 4096 },
+    measure: 'msgPerSec',
+    metric: MSG_PER_SEC,
+  } as const;
   return [
     {
       id: 'W1',
       title: 'W1 throughput, reused connections',
-      kind: 'source',
-      load: { reuse: true, sessions: 200, messages: q(8000, 800), length: 4096 },
-      warmUp: { reuse: true, sessions: 200, messages: q(4000, 400), length: 4096 },
-      measure: 'msgPerSec',
-      metric: MSG_PER_SEC,
+      ...w1,
       peers: ALL,
       targets: [
         { kind: 'ratio', against: 'nginx', op: '>=', threshold: 1.2 },
@@ -147,11 +151,7 @@ export function workloads(quick: boolean): Workload[] {
     {
       id: 'W1-quiet',
       title: 'W1 with log.level: warn (no transaction records, no connect and close lines): the A/B for the mail log\'s cost',
-      kind: 'source',
-      load: { reuse: true, sessions: 200, messages: q(8000, 800), length: 4096 },
-      warmUp: { reuse: true, sessions: 200, messages: q(4000, 400), length: 4096 },
-      measure: 'msgPerSec',
-      metric: MSG_PER_SEC,
+      ...w1,
       peers: SMTPGATE_ONLY,
       notApplicable: 'n/a',
       logLevel: 'warn',

@@ -52,6 +52,8 @@ import { collectorFromV8, ReadBufferReclaimer, type Collect } from './transport/
 import { demoCertificateExists, ensureDemoCertificate, loadCertificateGenerator } from './demo/demo-certificate.js';
 import { startCaptureBackend, type CaptureBackend } from './demo/capture-backend.js';
 import { KeyRing, loadSigningKeys, type KeySet } from './dkim/key-ring.js';
+import { readNoticeTemplate, type NoticeTemplate } from './notifications/template.js';
+import { SuspensionNotifier, type NoticeRelay } from './notifications/notifier.js';
 
 /** Everything the config points to, loaded and checked. */
 export interface RuntimeMaterial {
@@ -78,6 +80,8 @@ export interface RuntimeMaterial {
   readonly syslogTls?: { readonly ca?: Buffer; readonly cert?: Buffer; readonly key?: Buffer };
   /** The DKIM signing keys (dkim.domains), when dkim: is configured. */
   readonly dkimKeys?: KeySet;
+  /** notifications.template, and the relay's CA and password (from their files). */
+  readonly notices?: { readonly template: NoticeTemplate; readonly relayCa?: Buffer; readonly relayPassword?: string };
   readonly warnings: string[];
 }
 
@@ -180,24 +184,10 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   const directoryGroups = config.auth?.backend.some((k) => DIRECTORY_SOURCES.has(k)) ?? false;
   const knownGroups = config.auth?.attributes && !directoryGroups ? new Set([...attributes.values()].flatMap((a) => a.groups)) : undefined;
   for (const f of lintPolicySet(policy, knownGroups ? { knownGroups } : {})) if (f.kind !== 'open_relay') warnings.push(formatFinding(f));
-  let backendCa: Buffer | undefined;
-  if (config.backend.ca) {
-    try {
-      backendCa = await readFile(config.backend.ca);
-    } catch (err) {
-      issues.push({ file: config.backend.ca, path: 'backend.ca', message: `cannot read the CA bundle: ${(err as Error).message}` });
-    }
-  }
-  let backendPassword = config.backend.auth?.password;
-  const passwordFile = config.backend.auth?.passwordFile;
-  if (passwordFile) {
-    try {
-      backendPassword = (await readFile(passwordFile, 'utf8')).replace(/\r?\n$/, '');
-      if (/[\r\n\0]/.test(backendPassword)) issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: 'the password file must hold one line without CR, LF or NUL' });
-    } catch (err) {
-      issues.push({ file: passwordFile, path: 'backend.auth.passwordFile', message: `cannot read the password file: ${(err as Error).message}` });
-    }
-  }
+  const backendCa = await readCaBundle(config.backend.ca, 'backend.ca', issues);
+  const backendPassword = await readSmtpPassword(config.backend.auth, 'backend.auth.passwordFile', issues);
+  const notices = await loadNoticeMaterial(config.notifications, issues);
+  if (config.notifications && config.limits.brake.quotaHits === null) warnings.push('notifications is set, but limits.brake.quotaHits is off: no account is ever suspended, so no notice is ever sent');
   const tokens = await loadTokenSettings(config.backend.auth);
   issues.push(...tokens.issues);
   config.backend.auth?.mailboxes.forEach((r, i) => {
@@ -252,7 +242,47 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   }
   const syslogTls = await readSyslogTls(config.log.syslog, issues);
   if (issues.length || unreadable.length) throw new ConfigError([...unreadable, ...anchorIssues(issues, refs, unreadable, origin)]);
-  return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, backendTokens: tokens.settings, clientCas, policy, adminToken, syslogTls, dkimKeys, warnings };
+  return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, backendTokens: tokens.settings, clientCas, policy, adminToken, syslogTls, dkimKeys, ...(notices ? { notices } : {}), warnings };
+}
+
+/** A CA bundle the config names at `field`, if any; a problem goes to `issues`. */
+async function readCaBundle(file: string | undefined, field: string, issues: ConfigIssue[]): Promise<Buffer | undefined> {
+  if (!file) return undefined;
+  try {
+    return await readFile(file);
+  } catch (err) {
+    issues.push({ file, path: field, message: `cannot read the CA bundle: ${(err as Error).message}` });
+    return undefined;
+  }
+}
+
+/** The password smtpgate gives a server (the backend, the notifications relay): inline, or its passwordFile's one line. */
+async function readSmtpPassword(auth: { password?: string; passwordFile?: string } | undefined, field: string, issues: ConfigIssue[]): Promise<string | undefined> {
+  const file = auth?.passwordFile;
+  if (!file) return auth?.password;
+  try {
+    const password = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+    if (/[\r\n\0]/.test(password)) issues.push({ file, path: field, message: 'the password file must hold one line without CR, LF or NUL' });
+    return password;
+  } catch (err) {
+    issues.push({ file, path: field, message: `cannot read the password file: ${(err as Error).message}` });
+    return undefined;
+  }
+}
+
+/** notifications.template and the relay's files; problems go to `issues`. */
+async function loadNoticeMaterial(config: Config['notifications'], issues: ConfigIssue[]): Promise<RuntimeMaterial['notices']> {
+  if (!config) return undefined;
+  let template: NoticeTemplate | undefined;
+  try {
+    template = await readNoticeTemplate(config.template);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    issues.push(...err.issues);
+  }
+  const relayCa = await readCaBundle(config.relay?.ca, 'notifications.relay.ca', issues);
+  const relayPassword = await readSmtpPassword(config.relay?.auth, 'notifications.relay.auth.passwordFile', issues);
+  return template ? { template, ...(relayCa ? { relayCa } : {}), ...(relayPassword !== undefined ? { relayPassword } : {}) } : undefined;
 }
 
 type UserDirectoryLoad =
@@ -474,6 +504,9 @@ export class App {
   #capture: CaptureBackend | undefined;
   /** OAuth2 tokens for the backend (backend.auth mechanism XOAUTH2). */
   #tokens: UpstreamTokens | undefined;
+  /** Suspension notices (notifications); undefined without that section. */
+  readonly #notifier: SuspensionNotifier | undefined;
+  #noticeTemplate: NoticeTemplate | undefined;
   #addresses: BoundAddresses | undefined;
   #stopping = false;
 
@@ -505,6 +538,20 @@ export class App {
       : undefined;
     this.#policy = material.policy;
     this.metrics.policy.setPolicySet(material.policy);
+    this.#noticeTemplate = material.notices?.template;
+    if (config.notifications && this.#noticeTemplate) {
+      const notifier = new SuspensionNotifier({
+        config: config.notifications,
+        template: () => this.#noticeTemplate!,
+        relays: this.#noticeRelays(config.notifications),
+        claim: (user) => this.limits.claimSuspensionNotice(user),
+        sent: this.metrics.notifications,
+        log: this.log,
+        hostname: config.hostname,
+      });
+      this.limits.onSuspended((e) => notifier.suspended(e));
+      this.#notifier = notifier;
+    }
     const collect = opts.collect ?? collectorFromV8();
     if (collect) {
       this.#reclaimer = new ReadBufferReclaimer(collect, {
@@ -820,10 +867,49 @@ export class App {
   /** SIGHUP: everything that can change without a restart. Each part keeps its old state on failure. */
   async reload(): Promise<void> {
     await this.reloadConfig();
+    await this.#reloadNoticeTemplate();
     await this.reloadUsers();
     await this.reloadPolicies();
     await this.#tls?.reload();
     await this.#dkim?.reload();
+  }
+
+  /** The notice template, read again (SIGHUP); a broken one keeps the one in force. */
+  async #reloadNoticeTemplate(): Promise<void> {
+    const file = this.config.notifications?.template;
+    if (!file || !this.#notifier) return;
+    try {
+      this.#noticeTemplate = await readNoticeTemplate(file);
+      this.log.info({ file }, 'suspension notice template reloaded');
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      this.log.error({ problems: describeIssues(err.issues) }, 'suspension notice template reload failed; the previous template stays in force');
+    }
+  }
+
+  /** Where notices go: notifications.relay, else the backend's addresses with its TLS and credentials. */
+  #noticeRelays(n: NonNullable<Config['notifications']>): NoticeRelay[] {
+    const heloName = this.config.backend.heloName ?? this.config.hostname;
+    if (n.relay) {
+      const r = n.relay;
+      const password = this.#material.notices?.relayPassword;
+      return [
+        {
+          address: r.address,
+          tls: r.tls,
+          tlsOptions: { rejectUnauthorized: r.tlsVerify, minVersion: 'TLSv1.2', ...(this.#material.notices?.relayCa ? { ca: this.#material.notices.relayCa } : {}), ...(r.servername ? { servername: r.servername } : {}) },
+          ...(r.auth ? { auth: { user: r.auth.user, password: password ?? '', mechanism: r.auth.mechanism } } : {}),
+          heloName,
+        },
+      ];
+    }
+    const b = this.config.backend;
+    return b.address.map((address) => {
+      const { tls, tlsOptions } = this.#backendOptions(address);
+      // With XOAUTH2 the schema requires notifications.relay: a notice has no token to sign in with.
+      const auth = b.auth && b.auth.mechanism !== 'XOAUTH2' ? { auth: { user: b.auth.user, password: this.#material.backendPassword ?? '', mechanism: b.auth.mechanism } } : {};
+      return { address, tls, tlsOptions: tlsOptions ?? {}, ...auth, heloName };
+    });
   }
 
   #recordExpiry(certs: readonly LoadedCertificate[]): void {
@@ -854,6 +940,7 @@ export class App {
     }
     if (this.#capture) await this.#capture.close();
     await this.#tokens?.close();
+    this.#notifier?.stop();
     await this.#auth?.authenticator.close?.();
     await this.limits.close();
     await this.#logOutput?.end(LOG_END_MS);

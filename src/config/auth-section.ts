@@ -14,6 +14,7 @@ import path from 'node:path';
 import { FilterParser } from 'ldapts';
 import { z } from 'zod';
 import { parseDuration, parseHostPort } from '../parsing/units.js';
+import { filePathIn } from './file-path.js';
 
 export const AUTH_SOURCES = ['file', 'backend', 'ldap', 'dovecot', 'http'] as const;
 export type AuthSourceKind = (typeof AUTH_SOURCES)[number];
@@ -36,14 +37,6 @@ const ldapUrl = z.string().regex(/^ldaps?:\/\/[^\s/]+\/?$/i, 'expected an LDAP U
 
 /** `{user}` in a filter or DN template is the login, escaped for its place (RFC 4515 / RFC 4514). */
 const USER_PLACEHOLDER = '{user}';
-
-/** A path in the config, resolved against the config file's folder. */
-export function filePathIn(baseDir: string) {
-  return z
-    .string()
-    .min(1)
-    .transform((p) => path.resolve(baseDir, p));
-}
 
 export function authSection(baseDir: string) {
   const filePath = filePathIn(baseDir);

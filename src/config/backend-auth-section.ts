@@ -22,7 +22,8 @@
  */
 import { z } from 'zod';
 import { isLoopbackHost } from '../parsing/cidr.js';
-import { duration, filePathIn } from './auth-section.js';
+import { duration } from './auth-section.js';
+import { filePathIn } from './file-path.js';
 
 export const OAUTH2_GRANTS = ['client_credentials', 'refresh_token', 'service_account'] as const;
 export type OAuth2Grant = (typeof OAUTH2_GRANTS)[number];

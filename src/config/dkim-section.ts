@@ -6,10 +6,10 @@
  */
 import { domainToASCII } from 'node:url';
 import os from 'node:os';
-import path from 'node:path';
 import { z } from 'zod';
 import { size } from '../limits/config.js';
 import { duration } from './auth-section.js';
+import { filePathIn } from './file-path.js';
 
 /**
  * Signed unless the config names its own list: the fields whose change alters what the reader
@@ -49,10 +49,7 @@ const domain = z.string().transform((value, ctx) => {
 });
 
 export function dkimSection(baseDir: string) {
-  const filePath = z
-    .string()
-    .min(1)
-    .transform((p) => path.resolve(baseDir, p));
+  const filePath = filePathIn(baseDir);
   const signingDomain = z
     .object({
       /** The From: domain this entry signs for, and the signature's d= tag. */

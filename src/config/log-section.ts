@@ -4,10 +4,10 @@
  * the config file's folder.
  */
 import net from 'node:net';
-import path from 'node:path';
 import { z } from 'zod';
 import { parseSize } from '../parsing/units.js';
 import { SYSLOG_FACILITIES } from '../logging/rfc5424.js';
+import { filePathIn } from './file-path.js';
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
 const FORMATS = ['auto', 'json', 'journal', 'pretty'] as const;
@@ -17,10 +17,7 @@ const HOST_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([
 const DEFAULT_PORTS = { udp: 514, tcp: 514, tls: 6514 } as const;
 
 export function logSection(baseDir: string) {
-  const filePath = z
-    .string()
-    .min(1)
-    .transform((p) => path.resolve(baseDir, p));
+  const filePath = filePathIn(baseDir);
 
   const syslog = z
     .object({

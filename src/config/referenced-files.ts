@@ -52,6 +52,9 @@ export function referencedFiles(config: Config): FileReference[] {
   add(['backend', 'auth', 'oauth2', 'keyFile'], oauth2?.keyFile, 'the service account key file');
   config.backend.auth?.mailboxes.forEach((r, i) => add(['backend', 'auth', 'mailboxes', i, 'refreshTokenFile'], r.refreshTokenFile, 'the refresh token file'));
   add(['policies'], config.policies, 'the policy folder', 'folder');
+  add(['notifications', 'template'], config.notifications?.template, 'the suspension notice template');
+  add(['notifications', 'relay', 'ca'], config.notifications?.relay?.ca, 'the CA bundle');
+  add(['notifications', 'relay', 'auth', 'passwordFile'], config.notifications?.relay?.auth?.passwordFile, 'the password file');
   add(['metrics', 'adminTokenFile'], config.metrics.adminTokenFile, 'the admin token file');
   add(['log', 'syslog', 'ca'], config.log.syslog?.ca, "the syslog server's CA bundle");
   add(['log', 'syslog', 'cert'], config.log.syslog?.cert, 'the syslog client certificate');

@@ -6,7 +6,6 @@
  * built per file by `configSchema(baseDir)`.
  */
 import os from 'node:os';
-import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration, parseHostPort } from '../parsing/units.js';
 import { CidrSet, isLoopbackHost, parseCidr, type Cidr } from '../parsing/cidr.js';
@@ -18,6 +17,7 @@ import { authSection } from './auth-section.js';
 import { backendAuthSection } from './backend-auth-section.js';
 import { logSection } from './log-section.js';
 import { dkimSection } from './dkim-section.js';
+import { filePathIn } from './file-path.js';
 
 /** Mozilla "intermediate" profile for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20 only. */
 export const DEFAULT_TLS12_CIPHERS = [
@@ -79,6 +79,14 @@ const cidr = z.string().transform((value, ctx): Cidr => {
   return c;
 });
 
+/**
+ * A plain address (RFC 5321 dot-atom local part, ASCII): no display name, comment or list, so a
+ * value can't become two recipients or carry a header.
+ */
+export const PLAIN_ADDRESS = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$/;
+
+const mailbox = z.string().regex(PLAIN_ADDRESS, 'expected a plain address such as postmaster@corp.example (no display name, no list)');
+
 const HOST_NAME = /^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
 
 const LISTENER_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
@@ -90,10 +98,20 @@ const LISTENER_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
 const MAX_GREETING_DELAY_MS = 30_000;
 
 export function configSchema(baseDir: string) {
-  const filePath = z
-    .string()
-    .min(1)
-    .transform((p) => path.resolve(baseDir, p));
+  const filePath = filePathIn(baseDir);
+
+  /** Credentials smtpgate itself presents to a server (the backend, the notifications relay). */
+  const smtpAuth = z
+    .object({
+      user: z.string().min(1).regex(/^[^\r\n\0]+$/, 'must not contain CR, LF or NUL'),
+      password: z.string().regex(/^[^\r\n\0]*$/, 'must not contain CR, LF or NUL').optional(),
+      passwordFile: filePath.optional(),
+      mechanism: z.enum(['PLAIN', 'LOGIN']).default('PLAIN'),
+    })
+    .strict()
+    .refine((a) => (a.password === undefined) !== (a.passwordFile === undefined), {
+      message: 'give exactly one of password or passwordFile',
+    });
 
   const listener = z
     .object({
@@ -241,6 +259,38 @@ export function configSchema(baseDir: string) {
     .strict();
 
 
+  /**
+   * Suspension notices (src/notifications/): mail smtpgate writes itself, to the suspended user
+   * and the admins, through nodemailer's SMTP transport straight to the backend (or `relay`),
+   * never through smtpgate's own listeners.
+   */
+  const notifications = z
+    .object({
+      from: mailbox,
+      admins: z.array(mailbox).default([]),
+      /** Also tell the user, at their own address (see notifications/recipients.ts). */
+      notifyUser: z.boolean().default(true),
+      /** The notice's text: a Subject: line, a blank line, the body, with {{placeholders}}. */
+      template: filePath,
+      /** Where the notices go instead of the backend (default: backend.address, tls, auth). */
+      relay: z
+        .object({
+          address: hostPort,
+          tls: z.enum(['none', 'starttls', 'implicit']).default('none'),
+          tlsVerify: z.boolean().default(true),
+          ca: filePath.optional(),
+          servername: z.string().optional(),
+          auth: smtpAuth.optional(),
+        })
+        .strict()
+        .optional(),
+      /** Attempts after the first that failed, each after twice the delay of the one before. */
+      retries: z.number().int().min(0).max(10).default(3),
+      retryDelay: duration.default(60_000),
+    })
+    .strict()
+    .refine((n) => n.notifyUser || n.admins.length > 0, { message: 'nobody would be notified: list addresses in admins, or set notifyUser: true', path: ['admins'] });
+
   const demo = z
     .object({
       /** Generate a self-signed certificate at tls.cert/tls.key when they don't exist. */
@@ -266,6 +316,7 @@ export function configSchema(baseDir: string) {
       /** DKIM-sign mail for these From: domains (README "DKIM signing"); off without it. */
       dkim: dkimSection(baseDir).optional(),
       limits: limitsSection.transform((l) => resolveStorePaths(l, baseDir)),
+      notifications: notifications.optional(),
       metrics: z
         .object({
           address: bindAddress,
@@ -365,6 +416,15 @@ export function configSchema(baseDir: string) {
           message: `${describeBind(c.bind)} and ${describeBind(c.other)} cannot both bind port ${c.bind.port}: ${c.why}. Use another port, or one address for both`,
         });
       }
+      const relay = cfg.notifications?.relay?.address;
+      const loop = relay && cfg.listeners.find((l) => l.address.port === relay.port && (l.address.host === relay.host || ['0.0.0.0', '::'].includes(l.address.host)));
+      if (loop) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['notifications', 'relay', 'address'],
+          message: `${relay.host}:${relay.port} is smtpgate's own listener ${JSON.stringify(loop.name)}: notices would come back through the limits that suspended the account. Name the backend or another relay, or leave relay out (notices then go to the backend)`,
+        });
+      }
       const names = new Set<string>();
       cfg.listeners.forEach((l, i) => {
         if (names.has(l.name)) {
@@ -393,6 +453,9 @@ export function configSchema(baseDir: string) {
           });
         }
       });
+      if (cfg.backend.auth?.mechanism === 'XOAUTH2' && cfg.notifications && !cfg.notifications.relay) {
+        ctx.addIssue({ code: 'custom', path: ['notifications', 'relay'], message: 'backend.auth signs in with XOAUTH2, which suspension notices can\'t: give notifications.relay (a relay that takes them with a password or from smtpgate\'s address)' });
+      }
       if (cfg.backend.auth?.mechanism === 'XOAUTH2' && cfg.auth?.backend.includes('backend')) {
         ctx.addIssue({ code: 'custom', path: ['backend', 'auth', 'mechanism'], message: 'auth.backend lists backend (passthrough), which signs each session in to the backend with the client\'s own password: smtpgate can\'t also sign in with XOAUTH2 there (the backend would refuse the second AUTH). Check passwords at smtpgate (file, ldap, dovecot, http) instead' });
       }
@@ -413,3 +476,4 @@ export type Config = z.output<ReturnType<typeof configSchema>>;
 export type ListenerConfig = Config['listeners'][number];
 export type BackendConfig = Config['backend'];
 export type TlsConfig = NonNullable<Config['tls']>;
+export type NotificationsConfig = NonNullable<Config['notifications']>;

@@ -163,6 +163,8 @@ export function planClear(target: string, ipv6Prefix: number): ClearPlan | undef
     key,
     match: {
       suspension: same,
+      // The claim on the suspension's notice goes with it: the next suspension gets its own notice.
+      suspension_notice: same,
       brake: same,
       auth_user_ip: (k) => splitUserIpKey(k).user === key,
       messages_user: same,

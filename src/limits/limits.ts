@@ -60,7 +60,35 @@ export interface ClientFacts {
   /** The authenticated user, once AUTH succeeded. */
   readonly user?: string;
   readonly groups?: readonly string[];
+  /** The user's addresses (attributes file, directory): where a suspension notice to the user goes. */
+  readonly addresses?: readonly string[];
 }
+
+/** An account this instance has just suspended: what a notice about it says. */
+export interface SuspensionEvent {
+  /** The login as the client gave it (the store keys it as userKey(user)). */
+  readonly user: string;
+  readonly addresses: readonly string[];
+  readonly session: string;
+  readonly ip: string;
+  readonly listener: string;
+  /** The quota whose hit made the count. */
+  readonly limiter: QuotaLimiter;
+  readonly quotaHits: number;
+  readonly windowMs: number;
+  /** Unix seconds. */
+  readonly since: number;
+  /** null: until an admin clears it. */
+  readonly suspendForMs: number | null;
+}
+
+/**
+ * Who sends a suspension's one notice: `claimed` goes to exactly one caller per suspension, over
+ * every instance and worker sharing the store; `taken` when another has it; `lifted` when the
+ * store holds no suspension (cleared or expired first); `unavailable` while the shared store
+ * can't answer (a claim in an instance's own insurance memory would not be shared).
+ */
+export type NoticeClaim = 'claimed' | 'taken' | 'lifted' | 'unavailable';
 
 export interface AuthFacts extends ClientFacts {
   /** The username being tried (AUTH PLAIN/LOGIN authentication identity). */
@@ -155,6 +183,7 @@ export class Limits implements LimitsAdmin {
   /** The same for policy rules' limits, by amount and window: the rates in the policy files. */
   readonly #policySpecs = new Map<number, Map<number, LimiterSpec>>();
   #wasDown = false;
+  readonly #suspendedListeners: ((e: SuspensionEvent) => void)[] = [];
 
   /** Small shared records kept beside the counters (the last use of each app password). */
   get notes(): Pick<LimiterStore, 'kind' | 'setNote' | 'notes' | 'removeNotes'> {
@@ -603,6 +632,36 @@ export class Limits implements LimitsAdmin {
     return { target, kind: plan.kind, key: plan.key, removed, cleared: this.#summarize(cleared, cleared.length) };
   }
 
+  // ── suspension notices ─────────────────────────────────────────────────────────────────
+
+  /**
+   * Called, never awaited, when a quota hit on this instance suspends an account: only the
+   * instance (or worker) whose hit filled the brake count hears of it, once.
+   */
+  onSuspended(listener: (e: SuspensionEvent) => void): void {
+    this.#suspendedListeners.push(listener);
+  }
+
+  /**
+   * Claims the notice of `user`'s suspension as it stands in the store (see NoticeClaim): one
+   * atomic count under the user, which lives as long as the suspension and which `limits clear`
+   * removes with it. So a brake that trips again during the suspension, a second instance, a
+   * restart or a Redis that lost its data and got the suspension written back never give a
+   * second notice; the next suspension, after a clear or an expiry, gets its own.
+   */
+  async claimSuspensionNotice(user: string): Promise<NoticeClaim> {
+    const key = userKey(user);
+    if (!this.#store.up) return 'unavailable';
+    const held = await this.#store.get(SUSPENSION, key);
+    if (held.kind === 'unavailable' || held.source !== 'store') return 'unavailable';
+    if (held.kind === 'none') return 'lifted';
+    // Whole seconds, as the store keeps expiries; 0: no expiry, as the suspension.
+    const windowMs = held.msBeforeNext > 0 ? Math.ceil(held.msBeforeNext / 1000) * 1000 : 0;
+    const r = await this.#store.consume({ name: 'suspension_notice', points: 1, windowMs }, key);
+    if (r.kind === 'unavailable' || r.source !== 'store') return 'unavailable';
+    return r.consumed === 1 ? 'claimed' : 'taken';
+  }
+
   // ── internals ──────────────────────────────────────────────────────────────────────────
 
   /**
@@ -688,6 +747,10 @@ export class Limits implements LimitsAdmin {
       { session: f.session, ip: f.ip, user: f.user, quotaHits, window: window / 1000, suspendForSeconds: suspendFor === null ? null : suspendFor / 1000 },
       `account suspended: ${quotaHits} quota hits within ${window / 1000}s; ${suspendFor === null ? 'until an admin clears it' : `for ${suspendFor / 1000}s`}`,
     );
+    if (this.#suspendedListeners.length > 0 && f.user !== undefined) {
+      const event: SuspensionEvent = { user: f.user, addresses: f.addresses ?? [], session: f.session, ip: f.ip, listener: f.listener, limiter, quotaHits, windowMs: window, since, suspendForMs: suspendFor };
+      for (const l of this.#suspendedListeners) l(event);
+    }
     return true;
   }
 

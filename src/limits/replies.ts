@@ -38,6 +38,8 @@ export const LIMITER_NAMES = [
   'bytes_user',
   'brake',
   'policy',
+  /** Not a limit: the claim on a suspension's one notice (src/notifications/), kept beside the suspension. */
+  'suspension_notice',
 ] as const;
 export type LimiterName = (typeof LIMITER_NAMES)[number];
 

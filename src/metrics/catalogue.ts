@@ -22,6 +22,8 @@ const MESSAGE_RESULTS = ['relayed', 'refused', 'aborted'] as const;
 /** smtpgate_backend_oauth_token_total's results (relay/upstream-tokens.ts). */
 export const TOKEN_RESULTS = ['issued', 'failed', 'backoff', 'rejected'] as const;
 export type TokenResult = (typeof TOKEN_RESULTS)[number];
+/** smtpgate_notifications_total{result}: a notice the relay took, an attempt to be made again, a notice given up. */
+export const NOTIFICATION_RESULTS = ['sent', 'retried', 'failed'] as const;
 /**
  * How a message's session was let send: a signed-in `user` (password, app password or client
  * certificate), a client in the listener's `trusted` networks that did not sign in, or `none`
@@ -62,9 +64,19 @@ export function createMetrics(build: BuildInfo) {
   });
   buildInfo.set({ version: build.version, node_version: build.node }, 1);
 
+  const notifications = new Counter({
+    name: 'smtpgate_notifications_total',
+    help: 'Suspension notices (notifications): sent (the relay took the message), retried (an attempt failed and will be made again), failed (given up).',
+    labelNames: ['result'] as const,
+    registers,
+  });
+  // At zero from the start, with notifications configured or not: an alert on failures needs the series.
+  for (const result of NOTIFICATION_RESULTS) notifications.inc({ result }, 0);
+
   return {
     registry,
     buildInfo,
+    notifications,
     /** Limiter decisions, lockouts, suspensions and the store's health (src/limits/metrics.ts). */
     limits: createLimitMetrics(registry),
     /** Policy decisions by rule, stage and action, and audit hits (src/policy/metrics.ts). */

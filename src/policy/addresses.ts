@@ -1,85 +1,96 @@
 /**
- * Addresses out of an RFC 5322 address-list header (From:, To:), for sender binding. Pure.
+ * Addresses out of an RFC 5322 address-list header (From:), for sender binding. Pure.
  *
  *   From: "Alice (Sales)" <alice@corp.example>, bob@corp.example (Bob)
  *   From: Team: a@corp.example, b@corp.example;
  *
- * Comments are dropped, display names ignored, groups opened; an entry that isn't an address
- * is reported as `invalid`, so a caller can refuse what it can't check rather than wave it on.
+ * nodemailer's addressparser does the tokenizing (quotes, comments, groups, source routes).
+ * It never throws and guesses on garbage, which is right for a mail client and wrong for a
+ * check that binds a sender: every guess below that could let a reader see an address other
+ * than the one checked makes the entry `invalid`, and a caller refuses what it can't check.
  */
-import { withoutComments } from './header-comments.js';
+import addressparser, { type Address } from 'nodemailer/lib/addressparser';
+import { decodeEncodedWords } from './mime.js';
+
+export interface InvalidEntry {
+  /** The entry as addressparser read it. */
+  readonly text: string;
+  /** Why smtpgate can't vouch for it, for the trace: "an encoded-word in the address". */
+  readonly reason: string;
+}
 
 export interface AddressList {
   /** Lower-cased addresses, in order. */
   readonly addresses: readonly string[];
-  /** Entries that are not addresses (no "@"), as written. */
-  readonly invalid: readonly string[];
+  readonly invalid: readonly InvalidEntry[];
 }
 
-/** Splits an address list into entries: on "," outside quotes and <>, and opens groups "name: ...;". */
-function entries(text: string): string[] {
-  const out: string[] = [];
-  let cur = '';
-  let quoted = false;
-  let angle = false;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text[i]!;
-    if (ch === '\\' && quoted) {
-      cur += ch + (text[i + 1] ?? '');
-      i++;
-      continue;
-    }
-    if (ch === '"' && !angle) quoted = !quoted;
-    else if (!quoted && ch === '<') angle = true;
-    else if (!quoted && ch === '>') angle = false;
-    if (!quoted && !angle && (ch === ',' || ch === ';')) {
-      out.push(cur);
-      cur = '';
-      continue;
-    }
-    // A group's display name ends at its colon (RFC 5322 §3.4).
-    if (!quoted && !angle && ch === ':') {
-      cur = '';
-      continue;
-    }
-    cur += ch;
+/**
+ * An addr-spec as smtpgate accepts one: one "@", a local part of atoms and dots (addressparser
+ * has already removed quotes that protect nothing, `"alice"@x` → `alice@x`), and a domain or a
+ * domain literal. A quoted local part that needs its quotes (`"a b"@x`) is refused: no user
+ * owns one, and mail readers disagree on how to show it.
+ */
+const ADDR_SPEC = /^[^\s@"<>(),;:\\[\]]+@(?:[^\s@"<>(),;:\\[\]]+|\[[^\s@"<>\\[\]]+\])$/;
+
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/;
+
+/** `'Alice@Corp.Example'` → `alice@corp.example`: a display name that only repeats the address. */
+const bare = (text: string) =>
+  text
+    .trim()
+    .replace(/^["'<\s]+|["'>\s]+$/g, '')
+    .toLowerCase();
+
+/** Why a mailbox is not one smtpgate can vouch for, or undefined when it is. */
+function problem(name: string, address: string): string | undefined {
+  if (address === '') return 'no address';
+  // RFC 2047 §5: an encoded-word is never part of an addr-spec. A reader that decodes one
+  // anyway would show an address that was never checked ("=?utf-8?Q?ceo=40corp?=@evil").
+  if (address.includes('=?')) return 'an encoded-word in the address';
+  if (!ADDR_SPEC.test(address)) return 'not an address';
+  // addressparser takes the first "@" word as the address and the rest as the display name:
+  // `a@b c@d`, `<a@b> c@d`, `x <a@b> <c@d>` and a comment "(c@d) a@b" all read as a@b named
+  // "c@d", where other readers take c@d. A display name holding an "@", raw or RFC 2047
+  // decoded ("=?utf-8?B?Y2VvQGNvcnAuZXhhbXBsZQ==?= <me@corp>" shows as ceo@corp), passes
+  // only when it is the address itself, as many mail clients write it.
+  for (const n of [name, decodeEncodedWords(name)]) {
+    if (n.includes('@') && bare(n) !== address.toLowerCase()) return 'another address in the display name';
   }
-  out.push(cur);
-  return out.map((e) => e.trim()).filter((e) => e !== '');
+  return undefined;
 }
 
-/** `"alice"@corp.example` → `alice@corp.example` when the quotes protect nothing. */
-function normalizeAddress(addr: string): string {
-  const at = addr.lastIndexOf('@');
-  if (at < 0) return addr.toLowerCase();
-  let local = addr.slice(0, at);
-  const m = /^"((?:[^"\\]|\\.)*)"$/.exec(local);
-  if (m) {
-    const inner = m[1]!.replace(/\\(.)/g, '$1');
-    if (/^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$/.test(inner)) local = inner;
+function collect(entries: readonly Address[], addresses: string[], invalid: InvalidEntry[]): void {
+  for (const e of entries) {
+    if (e.group !== undefined) {
+      // RFC 5322 §3.4: a group's name is a display name; `x@y: a@b;` shows x@y to some readers.
+      if (e.name.includes('@') || decodeEncodedWords(e.name).includes('@')) invalid.push({ text: `${e.name}:`, reason: 'an address in the group name' });
+      collect(e.group, addresses, invalid);
+      continue;
+    }
+    const why = problem(e.name, e.address);
+    if (why === undefined) addresses.push(e.address.toLowerCase());
+    else invalid.push({ text: e.name && e.address ? `${e.name} <${e.address}>` : e.address || e.name || '<>', reason: why });
   }
-  return `${local}@${addr.slice(at + 1)}`.toLowerCase();
 }
 
+/**
+ * Parses an address-list header value as sent, never its RFC 2047-decoded form: decoding
+ * first would let an encoded-word produce an address (RFC 2047 §5 forbids it in addr-spec).
+ */
 export function parseAddressList(value: string): AddressList {
+  // A control character (NUL, a bare CR) is dropped or kept differently by each parser.
+  if (CONTROL.test(value)) return { addresses: [], invalid: [{ text: value, reason: 'a control character' }] };
   const addresses: string[] = [];
-  const invalid: string[] = [];
-  for (const entry of entries(withoutComments(value))) {
-    let addr: string;
-    const lt = entry.lastIndexOf('<');
-    if (lt >= 0) {
-      const gt = entry.indexOf('>', lt);
-      addr = entry.slice(lt + 1, gt < 0 ? undefined : gt).trim();
-      // Obsolete source route "<@a,@b:user@c>" (RFC 5322 §4.4).
-      if (addr.startsWith('@') && addr.includes(':')) addr = addr.slice(addr.lastIndexOf(':') + 1);
-    } else addr = entry;
-    addr = addr.replace(/\s+/g, '');
-    if (addr === '' && lt >= 0) {
-      invalid.push(entry);
-      continue;
-    }
-    if (!addr.includes('@') || addr.startsWith('@') || addr.endsWith('@')) invalid.push(entry);
-    else addresses.push(normalizeAddress(addr));
+  const invalid: InvalidEntry[] = [];
+  let entries: Address[];
+  try {
+    entries = addressparser(value);
+  } catch {
+    // It is documented never to throw; if it ever does, the value is not checkable.
+    return { addresses: [], invalid: [{ text: value, reason: 'addressparser failed' }] };
   }
+  collect(entries, addresses, invalid);
   return { addresses, invalid };
 }

@@ -380,9 +380,9 @@ function builtinHolds(check: BuiltinCheck, stage: PolicyStage, facts: SessionFac
       for (const h of facts.headers ?? NO_HEADERS) {
         if (h.name !== 'from') continue;
         seen = true;
-        const list = parseAddressList(h.decoded);
+        const list = parseAddressList(h.value);
         if (list.invalid.length > 0) {
-          if (why) why.push(`sender_binding: From: ${show(list.invalid[0]!)} is not an address`);
+          if (why) why.push(`sender_binding: From: ${show(list.invalid[0]!.text)} is not an address smtpgate can vouch for (${list.invalid[0]!.reason})`);
           return true;
         }
         if (list.addresses.length === 0) {

@@ -12,7 +12,8 @@
  * by itself, since a From: after the cut was never seen.
  */
 import type { Header, MimePart } from './types.js';
-import { withoutComments } from './header-comments.js';
+import libmime from 'libmime';
+import { parseHeaderValue } from 'nodemailer/lib/mime-funcs';
 
 export interface HeaderLimits {
   /** Header fields kept; further ones are dropped and the block is marked truncated. */
@@ -107,99 +108,15 @@ export function parseHeaderBlock(buf: Buffer, limits: HeaderLimits = DEFAULT_HEA
   return { headers: acc.finish(), complete: false, truncated: acc.truncated };
 }
 
-// ── RFC 2047 and RFC 2231 ─────────────────────────────────────────────────────────────────
-
-function decodeBytes(bytes: Buffer, charset: string): string {
-  const label = charset.trim().toLowerCase();
-  try {
-    return new TextDecoder(label || 'utf-8').decode(bytes);
-  } catch {
-    // An unknown charset: latin1 shows every byte, so an ".exe" still reads as ".exe".
-    return bytes.toString('latin1');
-  }
-}
-
-const ENCODED_WORD = /=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=/g;
-
-function encodedWordBytes(encoding: string, data: string): Buffer {
-  if (encoding.toLowerCase() === 'b') return Buffer.from(data, 'base64');
-  const out: number[] = [];
-  for (let i = 0; i < data.length; i++) {
-    const ch = data[i]!;
-    if (ch === '_') out.push(0x20);
-    else if (ch === '=' && /^[0-9a-fA-F]{2}$/.test(data.slice(i + 1, i + 3))) {
-      out.push(parseInt(data.slice(i + 1, i + 3), 16));
-      i += 2;
-    } else out.push(ch.charCodeAt(0) & 0xff);
-  }
-  return Buffer.from(out);
-}
+// ── RFC 2047 and RFC 2231: libmime and nodemailer's mime-funcs ──────────────────────────
 
 /**
- * Decodes RFC 2047 encoded-words ("=?UTF-8?B?...?=", "=?iso-8859-1?Q?...?="). White space
- * between two encoded-words is dropped (§6.2), and adjacent words in one charset are decoded
- * together, so a character split across words survives.
+ * Decodes RFC 2047 encoded-words ("=?UTF-8?B?...?=", "=?iso-8859-1?Q?...?=") with libmime:
+ * white space between adjacent words dropped (§6.2), a character split across words joined.
+ * An unknown charset decodes as UTF-8, so an ASCII ".exe" still reads as ".exe".
  */
 export function decodeEncodedWords(text: string): string {
-  if (!text.includes('=?')) return text;
-  let out = '';
-  let last = 0;
-  let pending: { charset: string; bytes: Buffer[] } | undefined;
-  const flush = () => {
-    if (pending) out += decodeBytes(Buffer.concat(pending.bytes), pending.charset);
-    pending = undefined;
-  };
-  for (const m of text.matchAll(ENCODED_WORD)) {
-    const between = text.slice(last, m.index);
-    // RFC 2231 §5: a language suffix "charset*lang".
-    const charset = m[1]!.replace(/\*.*$/, '').toLowerCase();
-    const bytes = encodedWordBytes(m[2]!, m[3]!);
-    if (pending && /^[ \t\r\n]*$/.test(between)) {
-      if (pending.charset === charset) pending.bytes.push(bytes);
-      else {
-        flush();
-        pending = { charset, bytes: [bytes] };
-      }
-    } else {
-      flush();
-      out += between;
-      pending = { charset, bytes: [bytes] };
-    }
-    last = m.index + m[0].length;
-  }
-  flush();
-  return out + text.slice(last);
-}
-
-/** Splits on `sep` outside quoted strings (and, optionally, outside <...>). */
-function splitOutside(text: string, sep: string, angles = false): string[] {
-  const parts: string[] = [];
-  let cur = '';
-  let quoted = false;
-  let angle = 0;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text[i]!;
-    if (ch === '\\' && quoted) {
-      cur += ch + (text[i + 1] ?? '');
-      i++;
-      continue;
-    }
-    if (ch === '"') quoted = !quoted;
-    else if (angles && !quoted && ch === '<') angle++;
-    else if (angles && !quoted && ch === '>' && angle > 0) angle--;
-    if (ch === sep && !quoted && angle === 0) {
-      parts.push(cur);
-      cur = '';
-    } else cur += ch;
-  }
-  parts.push(cur);
-  return parts;
-}
-
-function unquote(value: string): string {
-  const v = value.trim();
-  if (v.length >= 2 && v.startsWith('"') && v.endsWith('"')) return v.slice(1, -1).replace(/\\(.)/g, '$1');
-  return v;
+  return text.includes('=?') ? libmime.decodeWords(text) : text;
 }
 
 export interface StructuredValue {
@@ -207,72 +124,72 @@ export interface StructuredValue {
   readonly value: string;
   /**
    * Parameters by lower-cased name, RFC 2231 continuations and charsets decoded, RFC 2047
-   * words (which many mailers put in quoted parameters) decoded. A name given both plain and
-   * extended (`filename` and `filename*`) keeps both values.
+   * words (which many mailers put in quoted parameters) decoded. Every value a receiver may
+   * take is kept: a name given both plain and extended (`filename` and `filename*`), or
+   * given twice, has one entry per reading.
    */
   readonly params: ReadonlyMap<string, readonly string[]>;
+  /** One parameter was given more often than is looked at: the later ones were not read. */
+  readonly incomplete: boolean;
 }
 
-const MAX_PARAM_CHARS = 4096;
+/** Where a parameter's plain value or an RFC 2231 first section ("name*", "name*0", "name*0*") starts. */
+const PARAM_START = /;[ \t]*([^\s=;*()"]+)(\*0?\*?)?[ \t]*=/g;
+/** Readings of one parameter name looked at beyond the first. */
+const MAX_REPEATS = 8;
+
+type Readings = Map<string, string[]>;
+
+function add(readings: Readings, name: string, value: string): void {
+  const list = readings.get(name);
+  if (!list) readings.set(name, [value]);
+  else if (!list.includes(value)) list.push(value);
+}
+
+/**
+ * Both libraries' readings of `text`: nodemailer's takes the plain `filename` over the
+ * RFC 2231 `filename*` and libmime's the other way round, as mail readers differ on it too.
+ * Both take the first of a repeated name. `only` limits what is recorded to one name.
+ */
+function read(text: string, readings: Readings, only?: string): string {
+  const nm = parseHeaderValue(text, { stripComments: true });
+  const lm = libmime.parseHeaderValue(text, { stripComments: true });
+  for (const [name, v] of Object.entries(nm.params)) {
+    // nodemailer hands RFC 2231 values on as encoded-words: "=?utf-8?Q?r=C3=A9sum=C3=A9.pdf?=".
+    if (only === undefined || name === only) add(readings, name, decodeEncodedWords(v));
+  }
+  for (const [name, v] of Object.entries(lm.params)) {
+    if (only !== undefined && name !== only) continue;
+    // libmime has decoded RFC 2231 values already; a reader that decodes RFC 2047 words in
+    // them once more sees the second form.
+    if (lm.decodedParams.includes(name)) add(readings, name, v);
+    add(readings, name, decodeEncodedWords(v));
+  }
+  return nm.value;
+}
 
 /** Parses a Content-Type or Content-Disposition value with its parameters (RFC 2045, RFC 2231). */
 export function parseStructuredValue(text: string): StructuredValue {
-  const [head = '', ...rest] = splitOutside(withoutComments(text), ';');
-  const plain = new Map<string, string[]>();
-  const sections = new Map<string, { index: number; extended: boolean; value: string }[]>();
-  for (const seg of rest) {
-    const eq = seg.indexOf('=');
-    if (eq <= 0) continue;
-    const rawName = seg.slice(0, eq).trim().toLowerCase();
-    const value = unquote(seg.slice(eq + 1)).slice(0, MAX_PARAM_CHARS);
-    const m = /^([^*\s]+)(?:\*(\d{1,3}))?(\*)?$/.exec(rawName);
-    if (!m) continue;
-    const base = m[1]!;
-    if (m[2] === undefined && m[3] === undefined) {
-      plain.set(base, [...(plain.get(base) ?? []), value]);
-      continue;
-    }
-    const list = sections.get(base) ?? [];
-    list.push({ index: m[2] === undefined ? 0 : Number(m[2]), extended: m[3] !== undefined, value });
-    sections.set(base, list);
+  const readings: Readings = new Map();
+  const value = read(text, readings);
+  // A repeated name (twice plain, or twice an RFC 2231 start): both libraries take the first,
+  // other readers the last. Each repeat is read again from where it starts, so every one is
+  // seen (a quoted ";x=" found here only adds a reading, never hides one).
+  const starts = new Map<string, { name: string; at: number[] }>();
+  for (const m of text.matchAll(PARAM_START)) {
+    const name = m[1]!.toLowerCase();
+    const key = `${name}${m[2] === undefined ? '' : '*'}`;
+    const entry = starts.get(key);
+    if (entry) entry.at.push(m.index);
+    else starts.set(key, { name, at: [m.index] });
   }
-  const params = new Map<string, string[]>();
-  for (const [name, values] of plain) params.set(name, values.map(decodeEncodedWords));
-  for (const [name, list] of sections) {
-    list.sort((a, b) => a.index - b.index);
-    let charset = 'utf-8';
-    const bytes: Buffer[] = [];
-    list.forEach((s, i) => {
-      let v = s.value;
-      if (s.extended) {
-        if (i === 0) {
-          // RFC 2231 §4: charset'language'value
-          const q = /^([^']*)'[^']*'(.*)$/s.exec(v);
-          if (q) {
-            charset = q[1] || 'us-ascii';
-            v = q[2]!;
-          }
-        }
-        bytes.push(percentDecode(v));
-      } else bytes.push(Buffer.from(v, 'utf8'));
-    });
-    const decoded = decodeEncodedWords(decodeBytes(Buffer.concat(bytes), charset === 'us-ascii' ? 'utf-8' : charset));
-    const values = params.get(name) ?? [];
-    if (!values.includes(decoded)) values.push(decoded);
-    params.set(name, values);
+  let incomplete = false;
+  for (const { name, at } of starts.values()) {
+    if (at.length < 2) continue;
+    if (at.length - 1 > MAX_REPEATS) incomplete = true;
+    for (const i of at.slice(1, MAX_REPEATS + 1)) read(`x${text.slice(i)}`, readings, name);
   }
-  return { value: head.trim().toLowerCase(), params };
-}
-
-function percentDecode(v: string): Buffer {
-  const out: number[] = [];
-  for (let i = 0; i < v.length; i++) {
-    if (v[i] === '%' && /^[0-9a-fA-F]{2}$/.test(v.slice(i + 1, i + 3))) {
-      out.push(parseInt(v.slice(i + 1, i + 3), 16));
-      i += 2;
-    } else out.push(...Buffer.from(v[i]!, 'utf8'));
-  }
-  return Buffer.from(out);
+  return { value: value.trim().toLowerCase(), params: readings, incomplete };
 }
 
 /**
@@ -499,6 +416,7 @@ export class MessageScanner {
     const field = (name: string) => headers.filter((h) => h.name === name).map((h) => h.value);
     const types = field('content-type').map(parseStructuredValue);
     const dispositions = field('content-disposition').map(parseStructuredValue);
+    if (types.some((t) => t.incomplete) || dispositions.some((d) => d.incomplete)) this.#problems.add('a MIME parameter repeated more often than the scan reads');
     // RFC 2045 §5.2: no (or no usable) Content-Type means text/plain.
     const contentType = types[0]?.value || 'text/plain';
 

@@ -48,7 +48,7 @@ export type IdentitySubject = Pick<SessionSnapshot, 'ip' | 'port' | 'helo' | 'gr
 
 /** For the limits: who to count. */
 export function limitsView(s: LimitsSubject): ClientFacts {
-  return { session: s.id, ip: s.ip, listener: s.listener, user: s.user, groups: s.user ? s.attributes?.groups : undefined };
+  return { session: s.id, ip: s.ip, listener: s.listener, user: s.user, groups: s.user ? s.attributes?.groups : undefined, addresses: s.user ? s.attributes?.addresses : undefined };
 }
 
 /** For the policy engine, at any stage; stage facts are added by the caller. */

@@ -110,6 +110,14 @@ describe('backend.auth mechanism XOAUTH2', () => {
     ]);
   });
 
+  test('suspension notices can\'t sign in with a token: with XOAUTH2 they need notifications.relay', () => {
+    const notices = '\nnotifications:\n  from: smtpgate@example.com\n  template: notice.txt\n';
+    expect(issuesOf(config(MICROSOFT) + notices).filter((l) => l.includes('notifications.relay'))).toEqual([
+      `${FILE}:30: notifications.relay: backend.auth signs in with XOAUTH2, which suspension notices can't: give notifications.relay (a relay that takes them with a password or from smtpgate's address)`,
+    ]);
+    expect(() => parseConfig(config(MICROSOFT) + notices + '  relay:\n    address: 10.0.0.9:25\n', FILE)).not.toThrow();
+  });
+
   test('a user with a ^A or a line break is refused (it would add XOAUTH2 fields or end the AUTH line)', () => {
     expect(issuesOf(config(MICROSOFT.replace('user: relay@example.com', 'user: "relay@example.com\\x01auth=Bearer x"')))).toEqual([
       `${FILE}:19: backend.auth.user: must not contain CR, LF, NUL or \\x01`,

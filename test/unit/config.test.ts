@@ -7,6 +7,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { checkIssues, configIssues } from '../helpers/config.js';
+import { ConfigError } from '../../src/parsing/errors.js';
+import { checkConfigFile } from '../../src/app.js';
 import { parseConfig } from '../../src/config/load.js';
 import { diffConfig } from '../../src/config/diff.js';
 import { parseDuration, parseHostPort, parseSize } from '../../src/parsing/units.js';
@@ -297,5 +299,55 @@ describe('addresses that cannot all be bound are refused before anything binds',
     ['different ports', '0.0.0.0:25', '0.0.0.0:587'],
   ])('%s can be bound together', (_name, a, b) => {
     expect(parseConfig(withListeners(a, b), '/etc/smtpgate/smtpgate.yaml').listeners).toHaveLength(2);
+  });
+});
+
+describe('notifications', () => {
+  const WITH = (section: string) => `${MINIMAL}notifications:\n${section}`;
+
+  test('addresses must be plain ones; a relay that is smtpgate itself and a notice to nobody are refused', () => {
+    expect(issuesOf(WITH('  from: smtpgate@corp.example\n  admins: ["Security <sec@corp.example>"]\n  template: suspension.txt\n')).join('\n')).toMatch(
+      /smtpgate\.yaml:\d+: notifications\.admins\[0\]: expected a plain address such as postmaster@corp\.example \(no display name, no list\)/,
+    );
+    expect(issuesOf(WITH('  from: smtpgate@corp.example\n  template: suspension.txt\n  relay: { address: 127.0.0.1:587 }\n')).join('\n')).toMatch(
+      /notifications\.relay\.address: 127\.0\.0\.1:587 is smtpgate's own listener "submission": notices would come back through the limits that suspended the account/,
+    );
+    expect(issuesOf(WITH('  from: smtpgate@corp.example\n  notifyUser: false\n  template: suspension.txt\n')).join('\n')).toMatch(
+      /notifications\.admins: nobody would be notified: list addresses in admins, or set notifyUser: true/,
+    );
+  });
+
+  test('the defaults: the user is told, three retries a minute apart and doubling, the template beside the config', () => {
+    const cfg = parseConfig(WITH('  from: smtpgate@corp.example\n  template: suspension.txt\n'), '/etc/smtpgate/smtpgate.yaml');
+    expect(cfg.notifications).toEqual({ from: 'smtpgate@corp.example', admins: [], notifyUser: true, template: '/etc/smtpgate/suspension.txt', retries: 3, retryDelay: 60_000 });
+  });
+
+  test('check: a missing template is reported at the line naming it; a broken one at its own line, saying which config line named it', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'smtpgate-check-'));
+    const cert = await makeTestCert('a.test');
+    await writeFile(path.join(dir, 'cert.pem'), cert.cert);
+    await writeFile(path.join(dir, 'key.pem'), cert.key);
+    await writeFile(path.join(dir, 'users'), 'alice:$2y$05$abcdefghijklmnopqrstuu5Zx0Nq6PzGQy4Qb0fxVt7bLqfJ0mB1e\n');
+    const file = path.join(dir, 'smtpgate.yaml');
+    await writeFile(file, WITH('  from: smtpgate@corp.example\n  admins: [sec@corp.example]\n  template: suspension.txt\n'));
+    const problems = async () => {
+      try {
+        await checkConfigFile(file, 'check');
+        return [];
+      } catch (err) {
+        if (err instanceof ConfigError) return err.message.split('\n');
+        throw err;
+      }
+    };
+    expect(await problems()).toEqual([`${file}:15: notifications.template: cannot read the suspension notice template ${dir}/suspension.txt: it does not exist`]);
+    await writeFile(path.join(dir, 'suspension.txt'), 'Subject: {{user}} suspended\nBcc: everyone@corp.example\n\nHello\n');
+    expect(await problems()).toEqual([
+      `${dir}/suspension.txt:2: notifications.template: only Subject: may be set in the template; Bcc is not (From comes from notifications.from, To from the user and notifications.admins; smtpgate writes Date, Message-ID and Auto-Submitted itself) (named by ${file}:15 notifications.template)`,
+    ]);
+    await writeFile(path.join(dir, 'suspension.txt'), 'Subject: {{user}} suspended\n\nHello {{user}}\n');
+    expect(await problems()).toEqual([]);
+    expect((await checkConfigFile(file, 'check')).material.warnings).not.toContainEqual(expect.stringMatching(/^notifications is set/));
+    await writeFile(file, WITH('  from: smtpgate@corp.example\n  admins: [sec@corp.example]\n  template: suspension.txt\n') + 'limits:\n  brake: { quotaHits: off }\n');
+    expect((await checkConfigFile(file, 'check')).material.warnings).toContain('notifications is set, but limits.brake.quotaHits is off: no account is ever suspended, so no notice is ever sent');
   });
 });

@@ -50,10 +50,10 @@ describe('planClear', () => {
     expect(planClear('2001:db8:1:2::/80', 64)!.match.connection_rate!('2001:db8:1:2::/64')).toBe(true);
   });
 
-  test('anything else is a user: suspension, brake, lockouts from any address, quotas', () => {
+  test('anything else is a user: suspension (and the claim on its notice), brake, lockouts from any address, quotas', () => {
     const p = planClear('Alice@Example.com', 64)!;
     expect(p).toMatchObject({ kind: 'user', key: 'alice@example.com' });
-    expect(Object.keys(p.match).sort()).toEqual(['auth_user_ip', 'brake', 'bytes_user', 'messages_sender', 'messages_user', 'recipients_user', 'suspension']);
+    expect(Object.keys(p.match).sort()).toEqual(['auth_user_ip', 'brake', 'bytes_user', 'messages_sender', 'messages_user', 'recipients_user', 'suspension', 'suspension_notice']);
     expect(p.match.auth_user_ip!('alice@example.com|2001:db8::/64')).toBe(true);
     expect(planClear('bob', 64)!.match.messages_sender).toBeUndefined();
     expect(planClear('  ', 64)).toBeUndefined();

@@ -520,6 +520,42 @@ describe('sender_binding', () => {
     expect(evaluate(set, 'data', facts({ headers })).decision.kind).toBe('refuse');
   });
 
+  describe('From: as sent through the scanner: encoded-words, display names, groups, repeats', () => {
+    const f = alice(['alice@corp.example']);
+    const judge = async (...from: string[]) => {
+      const message = `${from.map((v) => `From: ${v}\r\n`).join('')}Subject: x\r\n\r\nbody\r\n`;
+      return evaluate(await binding(), 'data', facts({ ...f, ...dataFacts(scanMessage(message)) })).decision.kind;
+    };
+
+    test('an encoded-word that decodes to the user\'s address is not an address (RFC 2047 §5)', async () => {
+      expect(await judge('=?utf-8?B?YWxpY2VAY29ycC5leGFtcGxl?=')).toBe('refuse');
+      expect(await judge('=?utf-8?Q?alice=40corp.example?=')).toBe('refuse');
+    });
+
+    test('the trace names the entry and why it was not vouched for', async () => {
+      const message = 'From: =?utf-8?Q?ceo?=@corp.example\r\n\r\nbody\r\n';
+      const ev = evaluate(await binding(), 'data', facts({ ...f, ...dataFacts(scanMessage(message)) }));
+      expect(ev.trace.flatMap((t) => t.why ?? [])).toContain('sender_binding: From: "=?utf-8?Q?ceo?=@corp.example" is not an address smtpgate can vouch for (an encoded-word in the address)');
+    });
+
+    test('an encoded display name is fine unless it shows another address', async () => {
+      expect(await judge('=?utf-8?Q?Alice_M=C3=BCller?= <alice@corp.example>')).toBe('continue');
+      expect(await judge('=?utf-8?B?Y2VvQGNvcnAuZXhhbXBsZQ==?= <alice@corp.example>')).toBe('refuse');
+    });
+
+    test('groups and folded lists pass when every address is owned', async () => {
+      expect(await judge('Me: alice@corp.example;')).toBe('continue');
+      expect(await judge('Alice <alice@corp.example>,\r\n Me <Alice@Corp.Example>')).toBe('continue');
+      expect(await judge('Team: alice@corp.example, ceo@corp.example;')).toBe('refuse');
+    });
+
+    test('two addresses in one entry and a second From: header are refused', async () => {
+      expect(await judge('alice@corp.example ceo@corp.example')).toBe('refuse');
+      expect(await judge('Alice <alice@corp.example>', 'ceo@corp.example')).toBe('refuse');
+      expect(await judge('Alice <alice@corp.example>', 'alice@corp.example')).toBe('continue');
+    });
+  });
+
   describe('a header block the scan could not read to its end is refused, not passed (issue 14, item 3)', () => {
     // The set has sender_binding and nothing else: no scanIncomplete rule is needed for this.
     const f = alice(['alice@corp.example']);

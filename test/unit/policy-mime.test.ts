@@ -3,6 +3,8 @@
  * streaming attachment scanner (nested multiparts, attached messages, chunks split anywhere,
  * and limits that hold whatever the client sends).
  */
+import fc from 'fast-check';
+import { buildHeaderValue, encodeWord, quoteString } from 'nodemailer/lib/mime-funcs';
 import { describe, expect, test } from 'vitest';
 import { parseAddressList } from '../../src/policy/addresses.js';
 import { MessageScanner, decodeEncodedWords, normalizeFilename, parseHeaderBlock, parseStructuredValue, scanMessage } from '../../src/policy/mime.js';
@@ -94,6 +96,44 @@ describe('encoded words and parameters', () => {
     expect(parseStructuredValue('application/x-foo; name="=?UTF-8?B?cmVwb3J0LmV4ZQ==?="').params.get('name')).toEqual(['report.exe']);
   });
 
+  test('a repeated name keeps every reading: first-wins and last-wins readers see different files', () => {
+    expect(parseStructuredValue('attachment; filename="invoice.pdf"; filename="invoice.exe"').params.get('filename')).toEqual(['invoice.pdf', 'invoice.exe']);
+    expect(parseStructuredValue("attachment; filename*=utf-8''invoice.exe; filename=invoice.pdf").params.get('filename')).toEqual(['invoice.pdf', 'invoice.exe']);
+    expect(parseStructuredValue("attachment; filename*0*=utf-8''a.pdf; filename*0*=utf-8''b.e; filename*1=xe").params.get('filename')).toEqual(['a.pdfxe', 'b.exe']);
+  });
+
+  test('RFC 2231 continuations in mixed case, folded, out of order, with a plain decoy', () => {
+    const header = 'Content-Disposition: attachment;\r\n FILENAME*1*=%2Eexe;\r\n\tfilename="report.pdf";\r\n FileName*0*=utf-8\'\'r%C3%A9sum%C3%A9';
+    const scan = scanMessage(crlf(`Content-Type: application/octet-stream\n${header}\n\nMZ\n`));
+    expect(scan.attachments[0]!.filenames).toEqual(['report.pdf', 'résumé.exe']);
+  });
+
+  test('RFC 2047 words hidden in an RFC 2231 value are decoded too, and the literal form kept', () => {
+    expect(parseStructuredValue("attachment; filename*=utf-8''%3D%3Futf-8%3FB%3FZXZpbC5leGU%3D%3F%3D").params.get('filename')).toEqual(['=?utf-8?B?ZXZpbC5leGU=?=', 'evil.exe']);
+  });
+
+  test('a name repeated more often than the scan reads makes the scan incomplete', () => {
+    const many = Array.from({ length: 12 }, (_, i) => `filename=f${i}.txt`).join('; ');
+    expect(parseStructuredValue(`attachment; ${many}`).incomplete).toBe(true);
+    const scan = scanMessage(crlf(`Content-Disposition: attachment; ${many}\n\nx\n`));
+    expect(scan.incomplete).toBe(true);
+    expect(scan.problems).toContain('a MIME parameter repeated more often than the scan reads');
+  });
+
+  test('property: any file name nodemailer encodes (RFC 2231, folded, names in any case) is found by the scanner', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'grapheme', minLength: 1, maxLength: 60 }), fc.array(fc.boolean(), { minLength: 8, maxLength: 8 }), (name, upper) => {
+        fc.pre(normalizeFilename(name) !== '');
+        let i = 0;
+        const value = buildHeaderValue({ value: 'attachment', params: { filename: name } })
+          .replace(/filename/gi, (k) => (upper[i++ % upper.length] ? k.toUpperCase() : k))
+          .replace(/; /g, ';\r\n ');
+        const scan = scanMessage(`Content-Type: application/octet-stream\r\nContent-Disposition: ${value}\r\n\r\nx\r\n`);
+        expect(scan.attachments[0]!.filenames).toContain(normalizeFilename(name));
+      }),
+    );
+  });
+
   test('file names lose folders, control characters and the trailing dots Windows ignores', () => {
     expect(normalizeFilename('C:\\Users\\x\\evil.exe. . ')).toBe('evil.exe');
     expect(normalizeFilename('../../etc/passwd')).toBe('passwd');
@@ -109,14 +149,108 @@ describe('parseAddressList', () => {
     expect(parseAddressList('<@relay.example:ceo@corp.example>').addresses).toEqual(['ceo@corp.example']);
   });
 
-  test('a display name that looks like an address does not count', () => {
-    expect(parseAddressList('"alice@corp.example" <ceo@corp.example>').addresses).toEqual(['ceo@corp.example']);
-    expect(parseAddressList('alice@corp.example <ceo@corp.example>').addresses).toEqual(['ceo@corp.example']);
+  test('a display name that only repeats the address passes, as many mail clients write it', () => {
+    expect(parseAddressList('"Alice@Corp.Example" <alice@corp.example>')).toEqual({ addresses: ['alice@corp.example'], invalid: [] });
+    expect(parseAddressList(`"'alice@corp.example'" <alice@corp.example>`)).toEqual({ addresses: ['alice@corp.example'], invalid: [] });
   });
 
   test('entries that are not addresses are reported', () => {
-    expect(parseAddressList('undisclosed').invalid).toEqual(['undisclosed']);
-    expect(parseAddressList('Name <>').invalid).toEqual(['Name <>']);
+    expect(parseAddressList('undisclosed').invalid).toEqual([{ text: 'undisclosed', reason: 'no address' }]);
+    expect(parseAddressList('Name <>').invalid).toEqual([{ text: 'Name', reason: 'no address' }]);
+    expect(parseAddressList('<>').invalid).toEqual([{ text: '<>', reason: 'no address' }]);
+  });
+});
+
+/**
+ * Where smtpgate is stricter than addressparser, which never throws and guesses on garbage:
+ * each guess that could show a reader another address than the one checked is refused.
+ */
+describe('parseAddressList refuses what a reader could show as another address', () => {
+  const refused = (value: string, reason: string) => {
+    const list = parseAddressList(value);
+    expect(list.invalid.map((i) => i.reason), value).toContain(reason);
+  };
+
+  test('an encoded-word never produces an address (RFC 2047 §5), alone or inside an addr-spec', () => {
+    expect(parseAddressList('=?utf-8?B?YWxpY2VAY29ycC5leGFtcGxl?=')).toEqual({ addresses: [], invalid: [{ text: '=?utf-8?B?YWxpY2VAY29ycC5leGFtcGxl?=', reason: 'no address' }] });
+    refused('=?utf-8?Q?alice=40corp.example?=', 'no address');
+    refused('=?utf-8?Q?alice@corp.example?=', 'an encoded-word in the address');
+    refused('=?utf-8?Q?ceo?=@corp.example', 'an encoded-word in the address');
+    refused('Alice <=?utf-8?Q?ceo?=@corp.example>', 'an encoded-word in the address');
+  });
+
+  test('a display name holding another address, raw or encoded, is refused (the display-name spoof)', () => {
+    refused('"ceo@corp.example" <alice@corp.example>', 'another address in the display name');
+    refused('ceo@corp.example <alice@corp.example>', 'another address in the display name');
+    refused('=?utf-8?B?Y2VvQGNvcnAuZXhhbXBsZQ==?= <alice@corp.example>', 'another address in the display name');
+    refused('"=?utf-8?Q?ceo=40corp.example?=" <alice@corp.example>', 'another address in the display name');
+  });
+
+  test('two addresses in one entry, where addressparser takes the first and calls the rest a name', () => {
+    refused('alice@corp.example ceo@corp.example', 'another address in the display name');
+    refused('<alice@corp.example> ceo@corp.example', 'another address in the display name');
+    refused('Alice <alice@corp.example> <ceo@corp.example>', 'another address in the display name');
+  });
+
+  test('group names are display names too; an empty group has no address', () => {
+    refused('ceo@corp.example: alice@corp.example;', 'an address in the group name');
+    expect(parseAddressList('Team:;')).toEqual({ addresses: [], invalid: [] });
+    expect(parseAddressList('Team: a@corp.example;, b@corp.example').addresses).toEqual(['a@corp.example', 'b@corp.example']);
+  });
+
+  test('malformed addresses fail closed: two "@", a needed quoted local part, a control character', () => {
+    refused('alice@corp.example@evil.example', 'not an address');
+    refused('"a b"@corp.example', 'not an address');
+    refused('alice@corp.example\u0000.evil.example', 'a control character');
+    refused('alice@corp.example\rFrom: ceo@corp.example', 'a control character');
+  });
+
+  test('a comment can hide no entry: commas in it do not split the list (RFC 5322 §3.2.2)', () => {
+    // A backslash outside a quoted-string or comment escapes nothing, so "\(" still opens one.
+    expect(parseAddressList('Alice \\(Sales, EMEA) <alice@corp.example>')).toEqual({ addresses: ['alice@corp.example'], invalid: [] });
+    expect(parseAddressList('alice@corp.example \\(first, second)').addresses).toEqual(['alice@corp.example']);
+    expect(parseAddressList('"Smith \\" (not a comment), Bob" <bob@corp.example>')).toEqual({ addresses: ['bob@corp.example'], invalid: [] });
+    expect(parseAddressList('Alice <alice@corp.example> (x, y@evil.example)')).toEqual({ addresses: ['alice@corp.example'], invalid: [] });
+  });
+
+  test('a comment that stands in for the display name and holds an address is refused', () => {
+    refused('(a \\) b, c@evil.example) alice@corp.example', 'another address in the display name');
+    refused('(outer (inner, x@evil.example) still, y@evil.example) alice@corp.example', 'another address in the display name');
+  });
+
+  test('property: no display name, however encoded, makes an address out of anything but the mailbox', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'grapheme', maxLength: 40 }), fc.constantFrom('Q', 'B', 'quoted'), (name, how) => {
+        const shown = how === 'quoted' ? quoteString(name) : encodeWord(name, how);
+        const list = parseAddressList(`${shown} <alice@corp.example>`);
+        expect(list.addresses.every((a) => a === 'alice@corp.example')).toBe(true);
+        expect(list.addresses.length + list.invalid.length).toBeGreaterThan(0);
+      }),
+    );
+  });
+
+  test('property: an encoded-word alone is never an address, whatever it decodes to', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.emailAddress(), fc.string()), fc.constantFrom('Q', 'B'), (text, how) => {
+        expect(parseAddressList(encodeWord(text, how)).addresses).toEqual([]);
+      }),
+    );
+  });
+});
+
+describe('comments in Content-Type and Content-Disposition', () => {
+  test('a comment is dropped, a ";" in it splits nothing, quoted-pairs in quoted-strings are kept', () => {
+    const v = parseStructuredValue('text/plain (x \\( y; name=a.exe); charset=us-ascii');
+    expect(v.params.get('name')).toBeUndefined();
+    expect(v.params.get('charset')).toEqual(['us-ascii']);
+    expect(parseStructuredValue('attachment; filename="a \\" (b).pdf"').params.get('filename')).toEqual(['a " (b).pdf']);
+  });
+
+  test('where the two readers disagree on a stray backslash, both readings are kept', () => {
+    // nodemailer takes "\(" outside quotes as a comment, libmime as text; a rule sees both.
+    const v = parseStructuredValue('text/plain \\(a; name=evil.exe); charset=utf-8');
+    expect(v.params.get('charset')).toEqual(['utf-8']);
+    expect(v.params.get('name')).toEqual(['evil.exe)']);
   });
 });
 

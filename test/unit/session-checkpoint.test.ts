@@ -98,7 +98,7 @@ describe('built-in limits', () => {
     const { checkpoint, limits, metrics } = checkpointWith(await policySet('rules:\n  - { name: tag, stage: mail, action: add_header, header: ["X-A: 1"] }\n'));
     const verdict = await checkpoint.at('mail', new Source(alice), { from: 'alice@corp.example', declaredSize: 1234 });
     expect(verdict).toBe(OK);
-    expect(limits.mailFacts).toEqual({ session: 'sess1', ip: '192.0.2.7', listener: 'submission', user: 'alice', groups: ['sales'], sender: 'alice@corp.example', size: 1234 });
+    expect(limits.mailFacts).toEqual({ session: 'sess1', ip: '192.0.2.7', listener: 'submission', user: 'alice', groups: ['sales'], addresses: ['alice@corp.example'], sender: 'alice@corp.example', size: 1234 });
     expect(metrics.recorded.map((e) => e.stage)).toEqual(['mail']);
   });
 

@@ -33,9 +33,9 @@ const alice: SessionSnapshot = {
 };
 
 describe('limitsView', () => {
-  test('names the session, the address, the listener and, once authenticated, the user and groups', () => {
-    expect(limitsView(anonymous)).toEqual({ session: 'sess1', ip: '192.0.2.7', listener: 'submission', user: undefined, groups: undefined });
-    expect(limitsView(alice)).toEqual({ session: 'sess1', ip: '192.0.2.7', listener: 'submission', user: 'alice', groups: ['sales'] });
+  test('names the session, the address, the listener and, once authenticated, the user, groups and addresses', () => {
+    expect(limitsView(anonymous)).toEqual({ session: 'sess1', ip: '192.0.2.7', listener: 'submission', user: undefined, groups: undefined, addresses: undefined });
+    expect(limitsView(alice)).toEqual({ session: 'sess1', ip: '192.0.2.7', listener: 'submission', user: 'alice', groups: ['sales'], addresses: ['alice@corp.example'] });
   });
 });
 

@@ -25,6 +25,7 @@ import { loadPolicySet } from '../../../src/policy/load.js';
 import { REPO } from '../../helpers/ops-traffic.js';
 import { makeTestCert } from '../../helpers/pki.js';
 import { describeWith, findProgram } from '../../helpers/programs.js';
+import { parseNoticeTemplate } from '../../../src/notifications/template.js';
 
 const DEPLOY = path.join(REPO, 'deploy');
 const ETC = '/etc/smtpgate';
@@ -139,6 +140,8 @@ describe('every file in deploy/ parses', () => {
       const lines = text.split('\n').filter((l) => l.trim() && !/^[#;]/.test(l.trim()));
       for (const l of lines) expect(l, rel).toMatch(/^\[[\w-]+\]$|^[\w-]+\s*=|^\s+\S/);
       expect(lines.some((l) => /^\[[\w-]+\]$/.test(l)), rel).toBe(true);
+    } else if (rel.startsWith('notifications/') && rel.endsWith('.txt')) {
+      expect(parseNoticeTemplate(text, rel).subject).not.toBe('');
     } else if (base === 'users') {
       const parsed = parseUsersFile(text, rel);
       expect(parsed.ok, JSON.stringify(parsed)).toBe(true);
