@@ -35,7 +35,8 @@ import { initAuthMetrics } from './metrics/auth-metrics.js';
 import { daysUntilExpiry } from './listener/tls-material.js';
 import { TlsManager, describeIssues, loadCertificates, type CertificateSource, type LoadedCertificate } from './listener/tls-manager.js';
 import { SmtpListener } from './listener/smtp-listener.js';
-import { BackendPool, BackendSession, type BackendClientOptions, type BackendTarget, type IdentityMode } from './relay/backend.js';
+import { BackendPool, BackendSession, UpstreamTokens, chooseMailbox, type BackendClientOptions, type BackendLogin, type BackendTarget, type IdentityMode, type TokenSettings } from './relay/backend.js';
+import { loadTokenSettings } from './relay/token-settings.js';
 import { BackendHealth } from './relay/backend-health.js';
 import { createLimits, type Limits } from './limits/limits.js';
 import { limitsAdminRoutes } from './limits/admin.js';
@@ -67,6 +68,8 @@ export interface RuntimeMaterial {
   readonly backendCa?: Buffer;
   /** backend.auth's password, read from passwordFile when given. */
   readonly backendPassword?: string;
+  /** backend.auth with mechanism XOAUTH2: the token endpoint and the secrets from their files. */
+  readonly backendTokens?: TokenSettings;
   /** Client-certificate CA bundles by listener name. */
   readonly clientCas: ReadonlyMap<string, Buffer>;
   /** The policy rules (or the built-in set: relay protection only). */
@@ -185,6 +188,11 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   const backendPassword = await readSmtpPassword(config.backend.auth, 'backend.auth.passwordFile', issues);
   const notices = await loadNoticeMaterial(config.notifications, issues);
   if (config.notifications && config.limits.brake.quotaHits === null) warnings.push('notifications is set, but limits.brake.quotaHits is off: no account is ever suspended, so no notice is ever sent');
+  const tokens = await loadTokenSettings(config.backend.auth);
+  issues.push(...tokens.issues);
+  config.backend.auth?.mailboxes.forEach((r, i) => {
+    if (r.group !== undefined && knownGroups && !knownGroups.has(r.group)) warnings.push(`backend.auth.mailboxes[${i}].group ${r.group} is no group of any user in ${config.auth?.attributes}: the rule never matches`);
+  });
   for (const { field, file } of storeSecretFiles(config.limits.store)) {
     try {
       readRedisPasswordFile(file);
@@ -234,7 +242,7 @@ export async function loadRuntimeMaterial(config: Config, opts: { now?: Date; or
   }
   const syslogTls = await readSyslogTls(config.log.syslog, issues);
   if (issues.length || unreadable.length) throw new ConfigError([...unreadable, ...anchorIssues(issues, refs, unreadable, origin)]);
-  return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, clientCas, policy, adminToken, syslogTls, dkimKeys, ...(notices ? { notices } : {}), warnings };
+  return { certs, users, attributes, credentials, authSecrets: auth.secrets, backendCa, backendPassword, backendTokens: tokens.settings, clientCas, policy, adminToken, syslogTls, dkimKeys, ...(notices ? { notices } : {}), warnings };
 }
 
 /** A CA bundle the config names at `field`, if any; a problem goes to `issues`. */
@@ -494,6 +502,8 @@ export class App {
   #tls: TlsManager | undefined;
   #dkim: KeyRing | undefined;
   #capture: CaptureBackend | undefined;
+  /** OAuth2 tokens for the backend (backend.auth mechanism XOAUTH2). */
+  #tokens: UpstreamTokens | undefined;
   /** Suspension notices (notifications); undefined without that section. */
   readonly #notifier: SuspensionNotifier | undefined;
   #noticeTemplate: NoticeTemplate | undefined;
@@ -603,7 +613,7 @@ export class App {
     // The first round runs before the listeners open, so /readyz is right from the start.
     // An interval of 0 turns the probes off (and /readyz then ignores backends).
     if (b.healthCheckInterval > 0) await this.#health.start(b.healthCheckInterval);
-    const backendAuth = b.auth ? { user: b.auth.user, password: this.#material.backendPassword ?? '', mechanism: b.auth.mechanism } : undefined;
+    const backendLogin = this.#backendLogin();
     const events = {
       onConnected: (t: BackendTarget, seconds: number) => this.metrics.backendConnectSeconds.observe({ backend: t.name }, seconds),
       onError: (t: BackendTarget, err: { kind: string }) => this.metrics.backendErrors.inc({ backend: t.name, kind: err.kind }),
@@ -667,7 +677,7 @@ export class App {
           tls: tlsManager ? { manager: tlsManager, clientCa: this.#material.clientCas.get(lc.name) } : undefined,
           authenticator: this.#auth?.authenticator,
           openBackend: (log) =>
-            new BackendSession(pool, { identity: b.identity, auth: backendAuth }, {
+            new BackendSession(pool, { identity: b.identity, auth: backendLogin?.(lc.name) }, {
               ...events,
               onIdentityReplaced: (t, attributes) => log.warn({ backend: t.name, attributes }, 'identity attributes sent to the backend as [UNAVAILABLE]: it could not hold them unchanged'),
             }),
@@ -706,6 +716,35 @@ export class App {
     }
     this.#addresses = { listeners: listenerPorts, metrics: this.#admin ? boundPort(this.#admin) : 0, captureBackend: this.#capture?.port };
     return this.#addresses;
+  }
+
+  /**
+   * How the backend sessions of one listener sign in (backend.auth): the fixed credentials, or
+   * with XOAUTH2 the mailbox backend.auth.mailboxes picks and a token for it.
+   */
+  #backendLogin(): ((listener: string) => BackendLogin) | undefined {
+    const auth = this.config.backend.auth;
+    if (!auth) return undefined;
+    const settings = this.#material.backendTokens;
+    if (auth.mechanism !== 'XOAUTH2' || !settings) {
+      const fixed: BackendLogin = { user: auth.user, password: this.#material.backendPassword ?? '', mechanism: auth.mechanism === 'LOGIN' ? 'LOGIN' : 'PLAIN' };
+      return () => fixed;
+    }
+    const tokens = new UpstreamTokens(settings, {
+      onResult: (result, mailbox, detail) => {
+        this.metrics.backendOAuthTokens.inc({ result });
+        const fields = { mailbox, result, tokenUrl: settings.tokenUrl, ...detail };
+        if (result === 'issued') this.log.info(fields, 'OAuth2 token for the backend obtained');
+        else if (result === 'backoff') this.log.warn(fields, 'OAuth2 token for the backend not asked for: a recent attempt failed');
+        else this.log.error(fields, result === 'failed' ? 'OAuth2 token for the backend: the token endpoint failed' : 'OAuth2 token refused by the backend');
+      },
+    });
+    this.#tokens = tokens;
+    return (listener) => ({
+      mechanism: 'XOAUTH2',
+      tokens,
+      mailbox: (identity) => chooseMailbox(auth.mailboxes, auth.user, { listener, groups: identity.groups ?? (() => []) }),
+    });
   }
 
   /** The TLS manager, for an explicit reload (SIGHUP) or tests. */
@@ -867,7 +906,9 @@ export class App {
     const b = this.config.backend;
     return b.address.map((address) => {
       const { tls, tlsOptions } = this.#backendOptions(address);
-      return { address, tls, tlsOptions: tlsOptions ?? {}, ...(b.auth ? { auth: { user: b.auth.user, password: this.#material.backendPassword ?? '', mechanism: b.auth.mechanism } } : {}), heloName };
+      // With XOAUTH2 the schema requires notifications.relay: a notice has no token to sign in with.
+      const auth = b.auth && b.auth.mechanism !== 'XOAUTH2' ? { auth: { user: b.auth.user, password: this.#material.backendPassword ?? '', mechanism: b.auth.mechanism } } : {};
+      return { address, tls, tlsOptions: tlsOptions ?? {}, ...auth, heloName };
     });
   }
 
@@ -898,6 +939,7 @@ export class App {
       await closed;
     }
     if (this.#capture) await this.#capture.close();
+    await this.#tokens?.close();
     this.#notifier?.stop();
     await this.#auth?.authenticator.close?.();
     await this.limits.close();

@@ -114,6 +114,11 @@ export const CLIENT_GONE = refusal(421, '4.4.2', 'Connection lost', 'client_abor
 export const BACKEND_UNREACHABLE = refusal(451, '4.4.1', 'Mail server temporarily unreachable, try again later', 'backend_unavailable');
 export const BACKEND_TIMED_OUT = refusal(451, '4.4.2', 'Mail server timed out, try again later', 'backend_timeout');
 export const BACKEND_CONNECTION_FAILED = refusal(451, '4.4.2', 'Connection to the mail server failed, try again later', 'backend_failed');
+/**
+ * smtpgate could not sign in to the backend with OAuth2 (no token, or the token refused):
+ * 454 as RFC 4954 §6 has it for a temporary authentication failure, so devices retry later.
+ */
+export const BACKEND_SIGN_IN_FAILED = refusal(454, '4.7.0', 'Temporary authentication failure at the mail server, try again later', 'backend_auth');
 
 /** The backend's own 4xx/5xx, mirrored: same code, its enhanced code and text. Anything else is a confused backend. */
 export function backendRefusal(reply: { readonly code: number; readonly enhanced?: string; readonly text: string }): Refusal {

@@ -16,6 +16,7 @@ export const REFUSAL_REASONS = [
   'backend_unavailable',
   'backend_timeout',
   'backend_failed',
+  'backend_auth',
   'smuggling',
   'message_too_big',
   'param_unsupported',

@@ -6,6 +6,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { AuthConfig, AuthSourceKind } from '../config/auth-section.js';
+import { readSecretLine } from '../config/secret-file.js';
 import type { ConfigIssue } from '../parsing/errors.js';
 import type { Logger } from '../logging/logger.js';
 import type { Authenticator } from './authenticator.js';
@@ -26,19 +27,6 @@ export interface AuthSecrets {
   readonly ldapCa?: Buffer;
   readonly httpToken?: string;
   readonly httpCa?: Buffer;
-}
-
-/** A secret file: one line, no CR, LF or NUL inside it; a final newline is dropped. */
-async function readSecretLine(file: string, field: string, what: string, issues: ConfigIssue[]): Promise<string | undefined> {
-  try {
-    const text = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
-    if (!text) issues.push({ file, path: field, message: `${what} is empty: write the secret on one line` });
-    else if (/[\r\n\0]/.test(text)) issues.push({ file, path: field, message: `${what} must hold one line without CR, LF or NUL` });
-    else return text;
-  } catch (err) {
-    issues.push({ file, path: field, message: `cannot read ${what}: ${(err as Error).message}` });
-  }
-  return undefined;
 }
 
 async function readBundle(file: string, field: string, issues: ConfigIssue[]): Promise<Buffer | undefined> {

@@ -46,6 +46,11 @@ export function referencedFiles(config: Config): FileReference[] {
   add(['auth', 'http', 'ca'], config.auth?.http?.ca, 'the HTTP hook CA bundle');
   add(['backend', 'ca'], config.backend.ca, 'the CA bundle');
   add(['backend', 'auth', 'passwordFile'], config.backend.auth?.passwordFile, 'the password file');
+  const oauth2 = config.backend.auth?.oauth2;
+  add(['backend', 'auth', 'oauth2', 'clientSecretFile'], oauth2?.clientSecretFile, 'the OAuth2 client secret file');
+  add(['backend', 'auth', 'oauth2', 'refreshTokenFile'], oauth2?.refreshTokenFile, 'the refresh token file');
+  add(['backend', 'auth', 'oauth2', 'keyFile'], oauth2?.keyFile, 'the service account key file');
+  config.backend.auth?.mailboxes.forEach((r, i) => add(['backend', 'auth', 'mailboxes', i, 'refreshTokenFile'], r.refreshTokenFile, 'the refresh token file'));
   add(['policies'], config.policies, 'the policy folder', 'folder');
   add(['notifications', 'template'], config.notifications?.template, 'the suspension notice template');
   add(['notifications', 'relay', 'ca'], config.notifications?.relay?.ca, 'the CA bundle');

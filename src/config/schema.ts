@@ -8,10 +8,13 @@
 import os from 'node:os';
 import { z } from 'zod';
 import { parseDuration, parseHostPort } from '../parsing/units.js';
-import { CidrSet, parseCidr, type Cidr } from '../parsing/cidr.js';
+import { CidrSet, isLoopbackHost, parseCidr, type Cidr } from '../parsing/cidr.js';
+
+export { isLoopbackHost } from '../parsing/cidr.js';
 import { describeBind, findBindConflicts, type Bind } from './bind-conflicts.js';
 import { limitsSection, resolveStorePaths } from '../limits/config.js';
 import { authSection } from './auth-section.js';
+import { backendAuthSection } from './backend-auth-section.js';
 import { logSection } from './log-section.js';
 import { dkimSection } from './dkim-section.js';
 import { filePathIn } from './file-path.js';
@@ -188,6 +191,7 @@ export function configSchema(baseDir: string) {
     .strict();
 
   const auth = authSection(baseDir);
+  const backendAuth = backendAuthSection(baseDir);
 
   const backend = z
     .object({
@@ -216,8 +220,8 @@ export function configSchema(baseDir: string) {
        */
       requireIdentity: z.boolean().default(true),
       heloName: z.string().regex(/^[A-Za-z0-9.-]+$/, 'expected a host name').optional(),
-      /** Fixed credentials for a backend that demands AUTH from smtpgate itself. */
-      auth: smtpAuth.optional(),
+      /** How smtpgate itself signs in to a backend that demands AUTH: a password, or OAuth2 (backend-auth-section.ts). */
+      auth: backendAuth.optional(),
       timeouts: z
         .object({
           connect: duration.default(10_000),
@@ -449,14 +453,18 @@ export function configSchema(baseDir: string) {
           });
         }
       });
+      if (cfg.backend.auth?.mechanism === 'XOAUTH2' && cfg.notifications && !cfg.notifications.relay) {
+        ctx.addIssue({ code: 'custom', path: ['notifications', 'relay'], message: 'backend.auth signs in with XOAUTH2, which suspension notices can\'t: give notifications.relay (a relay that takes them with a password or from smtpgate\'s address)' });
+      }
+      if (cfg.backend.auth?.mechanism === 'XOAUTH2' && cfg.auth?.backend.includes('backend')) {
+        ctx.addIssue({ code: 'custom', path: ['backend', 'auth', 'mechanism'], message: 'auth.backend lists backend (passthrough), which signs each session in to the backend with the client\'s own password: smtpgate can\'t also sign in with XOAUTH2 there (the backend would refuse the second AUTH). Check passwords at smtpgate (file, ldap, dovecot, http) instead' });
+      }
+      cfg.backend.auth?.mailboxes.forEach((r, i) => {
+        if (r.listener !== undefined && !names.has(r.listener)) {
+          ctx.addIssue({ code: 'custom', path: ['backend', 'auth', 'mailboxes', i, 'listener'], message: `no listener is named ${JSON.stringify(r.listener)}; expected one of ${[...names].join(', ')}` });
+        }
+      });
     });
-}
-
-const LOOPBACK = new CidrSet([parseCidr('127.0.0.0/8')!, parseCidr('::1')!]);
-
-/** Only this machine can reach an address bound here (an IPv4-mapped ::ffff:127.x too). */
-export function isLoopbackHost(host: string): boolean {
-  return host.toLowerCase() === 'localhost' || LOOPBACK.has(host);
 }
 
 /** "auto" is one worker per core. */

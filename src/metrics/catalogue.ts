@@ -19,6 +19,9 @@ export const RELOAD_COMPONENTS = ['certificate', 'users', 'credentials', 'config
 export type ReloadComponent = (typeof RELOAD_COMPONENTS)[number];
 
 const MESSAGE_RESULTS = ['relayed', 'refused', 'aborted'] as const;
+/** smtpgate_backend_oauth_token_total's results (relay/upstream-tokens.ts). */
+export const TOKEN_RESULTS = ['issued', 'failed', 'backoff', 'rejected'] as const;
+export type TokenResult = (typeof TOKEN_RESULTS)[number];
 /** smtpgate_notifications_total{result}: a notice the relay took, an attempt to be made again, a notice given up. */
 export const NOTIFICATION_RESULTS = ['sent', 'retried', 'failed'] as const;
 /**
@@ -178,6 +181,12 @@ export function createMetrics(build: BuildInfo) {
       labelNames: ['backend', 'kind'] as const,
       registers,
     }),
+    backendOAuthTokens: new Counter({
+      name: 'smtpgate_backend_oauth_token_total',
+      help: 'OAuth2 tokens for signing in to the backend (backend.auth mechanism XOAUTH2), by result: issued (the token endpoint gave one), failed (it refused, or could not be reached), backoff (a session refused without asking, after a recent failure), rejected (the backend refused the token). Sessions refused for want of a token get 454 4.7.0.',
+      labelNames: ['result'] as const,
+      registers,
+    }),
     smugglingRejections: new Counter({
       name: 'smtpgate_smuggling_rejections_total',
       help: 'Messages refused by the smuggling guard, by what it found (bare_cr|bare_lf|nul).',
@@ -266,6 +275,7 @@ export function initSeries(m: Metrics, known: { listeners: readonly string[]; ba
   for (const backend of known.backends) {
     for (const kind of ['connect', 'timeout', 'closed', 'tls', 'protocol']) m.backendErrors.inc({ backend, kind }, 0);
   }
+  for (const result of TOKEN_RESULTS) m.backendOAuthTokens.inc({ result }, 0);
   for (const listener of known.listeners) {
     m.connectionsOpened.inc({ listener }, 0);
     m.connectionsClosed.inc({ listener }, 0);

@@ -40,3 +40,10 @@ export class CidrSet {
     return this.#list.check(ip, version === 4 ? 'ipv4' : 'ipv6');
   }
 }
+
+const LOOPBACK = new CidrSet([parseCidr('127.0.0.0/8')!, parseCidr('::1')!]);
+
+/** Only this machine can reach an address bound here (an IPv4-mapped ::ffff:127.x too). */
+export function isLoopbackHost(host: string): boolean {
+  return host.toLowerCase() === 'localhost' || LOOPBACK.has(host);
+}

@@ -7,6 +7,7 @@
  */
 import { BackendConnection, BackendError, type BackendClientOptions, type DataWriter, type SmtpReply } from './smtp-client.js';
 import type { BackendPool, BackendTarget } from './backend-pool.js';
+import { UpstreamAuthError, type TokenSource } from './upstream-tokens.js';
 
 export type { BackendTarget } from './backend-pool.js';
 
@@ -19,14 +20,25 @@ export interface ClientIdentity {
   readonly helo?: string;
   readonly proto: 'SMTP' | 'ESMTP';
   readonly login?: string;
+  /** The signed-in user's groups, for backend.auth.mailboxes (asked only when a rule names a group). */
+  readonly groups?: () => readonly string[];
 }
 
 export type IdentityMode = 'xclient' | 'xforward' | 'none';
 
+/** How smtpgate itself signs in to a backend that demands AUTH (backend.auth). */
+export type BackendLogin =
+  | { readonly mechanism: 'PLAIN' | 'LOGIN'; readonly user: string; readonly password: string }
+  | {
+      readonly mechanism: 'XOAUTH2';
+      /** The upstream mailbox this session's mail goes out as (upstream-mailbox.ts). */
+      readonly mailbox: (identity: ClientIdentity) => string;
+      readonly tokens: TokenSource;
+    };
+
 export interface BackendSessionSettings {
   readonly identity: IdentityMode;
-  /** Fixed credentials smtpgate itself presents to a backend that demands AUTH. */
-  readonly auth?: { readonly user: string; readonly password: string; readonly mechanism: 'PLAIN' | 'LOGIN' };
+  readonly auth?: BackendLogin;
 }
 
 export interface BackendSessionEvents {
@@ -197,6 +209,15 @@ export class BackendSession {
     if (this.#conn && !this.#conn.closed) return this.#conn;
     this.#conn = undefined;
     this.#inTransaction = false;
+    const login = this.#settings.auth;
+    // The token first: without one there is no point in opening a connection. Each session
+    // opens its own connection, so one never carries two mailboxes' sign-ins.
+    let oauth: { mailbox: string; token: string } | undefined;
+    if (login?.mechanism === 'XOAUTH2') {
+      const mailbox = login.mailbox(identity);
+      oauth = { mailbox, token: await login.tokens.token(mailbox) };
+    }
+    // After the token: smtpgate_backend_connect_seconds times the backend, not the token endpoint.
     const started = process.hrtime.bigint();
     const { conn, target } = await this.#connectFirstAvailable();
     this.#target = target;
@@ -213,9 +234,15 @@ export class BackendSession {
         }
       }
       // After XCLIENT, which resets the backend's session state, so the login sticks.
-      const auth = this.#settings.auth;
-      if (auth) {
-        const reply = auth.mechanism === 'LOGIN' ? await conn.authLogin(auth.user, auth.password) : await conn.authPlain(auth.user, auth.password);
+      if (login?.mechanism === 'XOAUTH2' && oauth) {
+        const { reply, challenge } = await conn.authXOAuth2(oauth.mailbox, oauth.token);
+        if (reply.code !== 235) {
+          login.tokens.rejected(oauth.mailbox, reply, challenge);
+          throw new UpstreamAuthError('refused', oauth.mailbox, `the backend refused the OAuth2 token of ${oauth.mailbox}: ${reply.code} ${reply.text}${challenge ? ` (${challenge})` : ''}`, reply);
+        }
+        login.tokens.accepted(oauth.mailbox);
+      } else if (login && login.mechanism !== 'XOAUTH2') {
+        const reply = login.mechanism === 'LOGIN' ? await conn.authLogin(login.user, login.password) : await conn.authPlain(login.user, login.password);
         if (reply.code !== 235) throw new BackendError('protocol', `backend refused smtpgate's own credentials (backend.auth): ${reply.code} ${reply.text}`);
       }
     } catch (err) {

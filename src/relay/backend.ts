@@ -19,6 +19,7 @@ import type { Logger } from '../logging/logger.js';
 import type { Refusal } from '../reply.js';
 import {
   BACKEND_CONNECTION_FAILED,
+  BACKEND_SIGN_IN_FAILED,
   BACKEND_TIMED_OUT,
   BACKEND_UNREACHABLE,
   CLIENT_GONE,
@@ -35,10 +36,13 @@ import { mailCommand, rcptCommand } from './envelope.js';
 import { MessageSink, MessageTooBigError, type MessageSettings, type MessageMetrics, type SigningRequest } from './message-sink.js';
 import { SpoolError } from '../dkim/spool.js';
 import { BackendError, type SmtpReply } from './smtp-client.js';
+import { UpstreamAuthError } from './upstream-tokens.js';
 
-export { BackendSession, type BackendTarget, type ClientIdentity, type IdentityMode } from './backend-session.js';
+export { BackendSession, type BackendLogin, type BackendTarget, type ClientIdentity, type IdentityMode } from './backend-session.js';
 export { BackendPool } from './backend-pool.js';
 export { BackendError, type BackendClientOptions, type SmtpReply } from './smtp-client.js';
+export { UpstreamTokens, parseServiceAccountKey, type TokenSettings } from './upstream-tokens.js';
+export { chooseMailbox } from './upstream-mailbox.js';
 export { MessageSink, type MessageSettings, type MessageMetrics, type DkimSettings, type SenderStanding, type SigningRequest } from './message-sink.js';
 export { replyText } from './backend-replies.js';
 export type { BareLineEndingMode } from './data-encoder.js';
@@ -109,6 +113,11 @@ export class Backend {
     if (err instanceof BackendError && err.kind === 'refused' && err.reply) {
       this.#log.info({ backend: this.#session.targetName, reply: `${err.reply.code} ${err.reply.text}` }, 'backend refused the client');
       return backendRefusal(err.reply);
+    }
+    if (err instanceof UpstreamAuthError) {
+      // The token's own log line (app.ts) says what the endpoint or the backend answered.
+      this.#log.warn({ backend: this.#session.targetName, mailbox: err.mailbox, kind: err.kind, err: err.message }, 'cannot sign in to the backend with OAuth2');
+      return BACKEND_SIGN_IN_FAILED;
     }
     if (err instanceof BackendError) {
       this.#log.warn({ backend: this.#session.targetName, kind: err.kind, err: err.message }, 'backend failure');

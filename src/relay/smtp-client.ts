@@ -357,6 +357,28 @@ export class BackendConnection extends EventEmitter {
   }
 
   /**
+   * XOAUTH2, the SASL profile Google and Microsoft use for OAuth2 bearer tokens: the initial
+   * response is base64("user=" user ^A "auth=Bearer " token ^A ^A). A refused token gets a 334
+   * whose text is a base64 JSON error (RFC 7628 §3.2.2 does the same for OAUTHBEARER); the
+   * client answers with an empty line and the server gives the final 5xx. That reply is
+   * returned, with the decoded error as `challenge`: left mid-exchange, the server would read
+   * the next command as SASL data.
+   */
+  async authXOAuth2(user: string, token: string): Promise<{ reply: SmtpReply; challenge?: string }> {
+    if (/[\x00-\x1f\x7f]/.test(user) || !/^[\x21-\x7e]+$/.test(token)) {
+      // ^A separates the fields: one inside the user would let it add its own.
+      throw new BackendError('protocol', 'XOAUTH2 user or token contains control characters');
+    }
+    const initial = Buffer.from(`user=${user}\x01auth=Bearer ${token}\x01\x01`, 'utf8').toString('base64');
+    const ms = this.opts.timeouts.commandMs;
+    // The label never includes the line: it carries the token.
+    const reply = await this.send(`AUTH XOAUTH2 ${initial}`, 'AUTH XOAUTH2', ms);
+    if (reply.code !== 334) return { reply };
+    const challenge = Buffer.from(reply.text, 'base64').toString('utf8').replace(/[\x00-\x1f\x7f]/g, ' ').slice(0, 512);
+    return { reply: await this.send('', 'AUTH XOAUTH2 error response', ms), challenge };
+  }
+
+  /**
    * Postfix XCLIENT. Success is 220: the backend starts a new session as if the client had
    * just connected, so EHLO is said again (capabilities refreshed) and the 220 returned.
    * The first reply other than 220, or a failed re-EHLO with smtpgate's name, is returned as is;

@@ -723,7 +723,9 @@ export class ClientSession implements SnapshotSource {
   /** The client as the backend is told about it (XCLIENT/XFORWARD; at every MAIL: no whole snapshot). */
   identity(): ClientIdentity {
     const c = this.#connection;
-    return backendIdentity({ ip: c.remoteAddress, port: c.remotePort, helo: c.helo(), greeting: c.greeting(), user: this.user });
+    const user = this.user;
+    const identity = backendIdentity({ ip: c.remoteAddress, port: c.remotePort, helo: c.helo(), greeting: c.greeting(), user });
+    return user === undefined ? identity : { ...identity, groups: () => this.#attributes(user).groups };
   }
 
   // ── refusals ───────────────────────────────────────────────────────────────────────────

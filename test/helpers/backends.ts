@@ -27,6 +27,11 @@ export interface RecordingBackendOptions {
   xforward?: boolean;
   /** Demand AUTH (PLAIN or LOGIN, cleartext allowed) with exactly these credentials before MAIL. */
   auth?: { user: string; password: string };
+  /**
+   * Demand AUTH XOAUTH2 before MAIL, and accept the bearer token when `check` says 'ok' for
+   * the user. Otherwise answer as Google does: a 334 with a base64 JSON error, then 535.
+   */
+  xoauth2?: { check(token: string, user: string): string };
 }
 
 export interface RecordingBackend {
@@ -34,6 +39,8 @@ export interface RecordingBackend {
   readonly messages: RecordedMessage[];
   /** Commands counted per session: how many sessions were opened. */
   readonly sessions: number;
+  /** Each AUTH XOAUTH2 (with `xoauth2`): the user and what the token check said. */
+  readonly xoauth2Attempts: { user: string; result: string }[];
   close(): Promise<void>;
 }
 
@@ -45,12 +52,15 @@ function replyError(spec: string): Error {
 
 export async function startRecordingBackend(opts: RecordingBackendOptions = {}): Promise<RecordingBackend> {
   const messages: RecordedMessage[] = [];
+  const xoauth2Attempts: { user: string; result: string }[] = [];
   let sessions = 0;
+  const demandsAuth = opts.auth !== undefined || opts.xoauth2 !== undefined;
   const server = new SMTPServer({
     name: 'backend.test',
-    authOptional: !opts.auth,
-    disabledCommands: opts.auth ? ['STARTTLS'] : ['AUTH', 'STARTTLS'],
+    authOptional: !demandsAuth,
+    disabledCommands: demandsAuth ? ['STARTTLS'] : ['AUTH', 'STARTTLS'],
     ...(opts.auth ? { authMethods: ['PLAIN', 'LOGIN'], allowInsecureAuth: true } : {}),
+    ...(opts.xoauth2 ? { authMethods: ['XOAUTH2'], allowInsecureAuth: true } : {}),
     disableReverseLookup: true,
     useXClient: opts.xclient === false || opts.xforward ? false : ['127.0.0.1', '::1'],
     useXForward: opts.xforward ? ['127.0.0.1', '::1'] : false,
@@ -58,6 +68,12 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
     onAuth(auth, _session, cb) {
       // XCLIENT LOGIN=… from an authorised proxy is accepted as smtp-server's default does.
       if (auth.method === 'XCLIENT') return cb(null, { user: auth.username });
+      if (auth.method === 'XOAUTH2' && opts.xoauth2) {
+        const result = opts.xoauth2.check(auth.accessToken ?? '', auth.username ?? '');
+        xoauth2Attempts.push({ user: auth.username ?? '', result });
+        if (result === 'ok') return cb(null, { user: auth.username });
+        return cb(null, { data: { status: '401', schemes: 'bearer', scope: 'https://mail.google.com/' } });
+      }
       const want = opts.auth;
       if (want && auth.username === want.user && auth.password === want.password) return cb(null, { user: auth.username });
       cb(Object.assign(new Error('5.7.8 Authentication credentials invalid'), { responseCode: 535 }));
@@ -100,6 +116,7 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
   return {
     port: addr && typeof addr === 'object' ? addr.port : 0,
     messages,
+    xoauth2Attempts,
     get sessions() {
       return sessions;
     },

@@ -6,7 +6,10 @@
  */
 import { stringify } from 'yaml';
 import type { z } from 'zod';
+import { checkConfigFile } from '../../src/app.js';
+import { parseConfig } from '../../src/config/load.js';
 import type { configSchema } from '../../src/config/schema.js';
+import { ConfigError } from '../../src/parsing/errors.js';
 
 /** What a config file may say: the schema's input (durations as strings, addresses as "host:port"). */
 export type ConfigInput = z.input<ReturnType<typeof configSchema>>;
@@ -41,4 +44,26 @@ export function listener(name: string, overrides: Partial<ListenerInput> = {}): 
 /** The config file's text: keys in the order given, as the production loader reads any file. */
 export function configYaml(config: Partial<ConfigInput>): string {
   return stringify(config, { lineWidth: 0 });
+}
+
+/** The lines of the ConfigError a config text is refused with, as `file`; throws if it is accepted. */
+export function configIssues(text: string, file: string): string[] {
+  try {
+    parseConfig(text, file);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.message.split('\n');
+    throw err;
+  }
+  throw new Error('expected the config to be refused');
+}
+
+/** What `smtpgate check` finds in a config file and the files it names: one line each, none if all is well. */
+export async function checkIssues(file: string): Promise<string[]> {
+  try {
+    await checkConfigFile(file, 'check');
+  } catch (err) {
+    if (err instanceof ConfigError) return err.message.split('\n');
+    throw err;
+  }
+  return [];
 }

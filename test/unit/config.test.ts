@@ -6,9 +6,10 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { parseConfig } from '../../src/config/load.js';
+import { checkIssues, configIssues } from '../helpers/config.js';
 import { ConfigError } from '../../src/parsing/errors.js';
 import { checkConfigFile } from '../../src/app.js';
+import { parseConfig } from '../../src/config/load.js';
 import { diffConfig } from '../../src/config/diff.js';
 import { parseDuration, parseHostPort, parseSize } from '../../src/parsing/units.js';
 import { makeTestCert } from '../helpers/pki.js';
@@ -26,15 +27,7 @@ backend:
   address: 10.0.0.5:25
 `;
 
-function issuesOf(text: string): string[] {
-  try {
-    parseConfig(text, '/etc/smtpgate/smtpgate.yaml');
-  } catch (err) {
-    if (err instanceof ConfigError) return err.message.split('\n');
-    throw err;
-  }
-  throw new Error('expected the config to be refused');
-}
+const issuesOf = (text: string): string[] => configIssues(text, '/etc/smtpgate/smtpgate.yaml');
 
 describe('config schema', () => {
   test('the documented example shape is accepted, with defaults filled in and paths resolved', () => {
@@ -200,19 +193,10 @@ describe('check: files the config points to', () => {
     await writeFile(file, MINIMAL);
     return { dir, file };
   }
-  async function problems(file: string): Promise<string[]> {
-    try {
-      await checkConfigFile(file, 'check');
-    } catch (err) {
-      if (err instanceof ConfigError) return err.message.split('\n');
-      throw err;
-    }
-    return [];
-  }
 
   test('a complete config passes', async () => {
     const { file } = await setup({});
-    expect(await problems(file)).toEqual([]);
+    expect(await checkIssues(file)).toEqual([]);
   });
 
   test('check: an unreadable syslog CA and a log folder that does not exist are named with their field and fix', async () => {
@@ -220,7 +204,7 @@ describe('check: files the config points to', () => {
     await writeFile(path.join(dir, 'not-a-ca.pem'), 'hello\n');
     const withLog = async (log: string) => {
       await writeFile(file, MINIMAL + log);
-      return problems(file);
+      return checkIssues(file);
     };
     expect(await withLog('log:\n  file: nowhere/smtpgate.log\n  syslog:\n    transport: tls\n    host: 127.0.0.1\n    ca: missing-ca.pem\n')).toEqual([
       `${file}:17: log.syslog.ca: cannot read the syslog server's CA bundle ${dir}/missing-ca.pem: it does not exist`,
@@ -232,7 +216,7 @@ describe('check: files the config points to', () => {
 
   test('a missing certificate file is reported at the config line that names it, with its path', async () => {
     const { dir, file } = await setup({ cert: false });
-    const p = await problems(file);
+    const p = await checkIssues(file);
     expect(p).toEqual([
       `${file}:6: tls.cert: cannot read the certificate ${dir}/cert.pem: it does not exist`,
       `${file}:7: tls.key: cannot read the private key ${dir}/key.pem: it does not exist`,
@@ -241,13 +225,13 @@ describe('check: files the config points to', () => {
 
   test('a key that does not match the certificate is refused', async () => {
     const { dir, file } = await setup({ wrongKey: true });
-    const p = await problems(file);
+    const p = await checkIssues(file);
     expect(p[0]).toContain(`${dir}/key.pem: tls.key: this key does not belong to the certificate`);
   });
 
   test('a malformed users file names the line and the fix', async () => {
     const { dir, file } = await setup({ users: '# users\nalice:$apr1$xyz$abc\nbob\n' });
-    const p = await problems(file);
+    const p = await checkIssues(file);
     expect(p).toEqual([
       `${dir}/users:2: user "alice": an MD5 ($apr1$) hash; expected bcrypt ($2y$/$2b$), e.g. "smtpgate user passwd alice" or "htpasswd -B" (named by ${file}:9 auth.users)`,
       `${dir}/users:3: expected "NAME:HASH" (as written by htpasswd -B), found a line without a ":" (named by ${file}:9 auth.users)`,

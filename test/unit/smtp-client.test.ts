@@ -605,6 +605,71 @@ describe('AUTH', () => {
   });
 });
 
+describe('AUTH XOAUTH2', () => {
+  async function bearerServer(): Promise<{ port: number; seen: Array<{ username?: string; accessToken?: string }> }> {
+    const seen: Array<{ username?: string; accessToken?: string }> = [];
+    const { port } = await startSmtpServer({
+      authMethods: ['XOAUTH2'],
+      allowInsecureAuth: true,
+      disabledCommands: ['STARTTLS'],
+      onAuth(auth, _session, callback) {
+        seen.push({ username: auth.username, accessToken: auth.accessToken });
+        if (auth.username === 'scanner@example.com' && auth.accessToken === 'ya29.valid') return callback(null, { user: auth.username });
+        // smtp-server's way of refusing a bearer: 334 with the JSON error, as Google does.
+        return callback(null, { data: { status: '401', schemes: 'bearer', scope: 'https://mail.google.com/' } });
+      },
+    });
+    return { port, seen };
+  }
+
+  it('sends user and bearer token as the initial response; a valid token gets 235', async () => {
+    const { port, seen } = await bearerServer();
+    const { reply, challenge } = await (await connect(port)).authXOAuth2('scanner@example.com', 'ya29.valid');
+    expect(reply.code).toBe(235);
+    expect(challenge).toBeUndefined();
+    expect(seen).toEqual([{ username: 'scanner@example.com', accessToken: 'ya29.valid' }]);
+  });
+
+  it('a refused token: answers the 334 error challenge with an empty line, returns the final 535 and the decoded error; the connection stays usable', async () => {
+    const { port } = await bearerServer();
+    const conn = await connect(port);
+    const { reply, challenge } = await conn.authXOAuth2('scanner@example.com', 'ya29.expired');
+    expect(reply.code).toBe(535);
+    expect(JSON.parse(challenge!)).toEqual({ status: '401', schemes: 'bearer', scope: 'https://mail.google.com/' });
+    expect((await conn.command('NOOP')).code).toBe(250);
+  });
+
+  it('writes the exact RFC 7628-style initial response, and the empty line after a 334', async () => {
+    const { port, connection } = await startScripted(
+      basicScript([], (line, conn) => {
+        if (line.startsWith('AUTH XOAUTH2 ')) {
+          conn.write(`334 ${Buffer.from('{"status":"400"}').toString('base64')}\r\n`);
+          return true;
+        }
+        if (line === '') {
+          conn.write('535 5.7.3 Authentication unsuccessful\r\n');
+          return true;
+        }
+        return false;
+      }),
+    );
+    const { reply } = await (await connect(port)).authXOAuth2('scanner@example.com', 'tok.en-1');
+    expect(reply).toMatchObject({ code: 535, enhanced: '5.7.3' });
+    const lines = (await connection).lines;
+    expect(lines[1]).toBe(`AUTH XOAUTH2 ${Buffer.from('user=scanner@example.com\x01auth=Bearer tok.en-1\x01\x01').toString('base64')}`);
+    expect(lines[2]).toBe('');
+  });
+
+  it('refuses a user or token with control characters (^A would add fields) and sends nothing', async () => {
+    const { port, connection } = await startScripted(basicScript([]));
+    const conn = await connect(port);
+    await expect(conn.authXOAuth2('a@example.com\x01auth=Bearer x', 'tok')).rejects.toMatchObject({ kind: 'protocol' });
+    await expect(conn.authXOAuth2('a@example.com', 'tok en')).rejects.toMatchObject({ kind: 'protocol' });
+    await conn.command('NOOP');
+    expect((await connection).lines).toEqual([`EHLO ${HELO}`, 'NOOP']);
+  });
+});
+
 describe('XCLIENT and XFORWARD', () => {
   it('XCLIENT encodes values, drops unadvertised attributes, and re-sends EHLO after the 220 reset', async () => {
     let ehlos = 0;

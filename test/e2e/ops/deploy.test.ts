@@ -531,7 +531,7 @@ describe('deploy/prometheus/alerts.yml', () => {
 
   test('covers the operational failures that need an admin', () => {
     const exprs = rules.map((r) => r.expr as string).join('\n');
-    for (const needle of ['smtpgate_backend_up', 'smtpgate_backend_errors_total', 'smtpgate_auth_attempts_total{result="failure"}', 'smtpgate_auth_lockouts_total', 'smtpgate_limiter_store_up == 0', 'smtpgate_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400', 'smtpgate_config_last_reload_successful == 0', 'smtpgate_refusals_total', 'smtpgate_messages_total', 'smtpgate_listener_info']) {
+    for (const needle of ['smtpgate_backend_up', 'smtpgate_backend_errors_total', 'smtpgate_auth_attempts_total{result="failure"}', 'smtpgate_auth_lockouts_total', 'smtpgate_limiter_store_up == 0', 'smtpgate_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400', 'smtpgate_config_last_reload_successful == 0', 'smtpgate_refusals_total', 'smtpgate_messages_total', 'smtpgate_listener_info', 'smtpgate_backend_oauth_token_total']) {
       expect(exprs).toContain(needle);
     }
   });
@@ -587,6 +587,12 @@ describeWith(['promtool'], 'promtool', () => {
   // Unit tests for the alert that real gates can't raise: the series are made up there.
   test('promtool test rules: SmtpgateEnforcementBypassed fires on mail a listener refuses, not on what its trusted networks may send', () => {
     const r = spawnSync(promtool, ['test', 'rules', 'test/e2e/ops/enforcement-alert.promtool.yml'], { cwd: REPO, encoding: 'utf8' });
+    expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/SUCCESS/);
+  });
+
+  test('promtool test rules: SmtpgateBackendOAuthFailing fires when OAuth2 sign-in keeps failing, not on one failed renewal', () => {
+    const r = spawnSync(promtool, ['test', 'rules', 'test/e2e/ops/oauth-alert.promtool.yml'], { cwd: REPO, encoding: 'utf8' });
     expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
     expect(r.stdout).toMatch(/SUCCESS/);
   });

@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { MESSAGE_AUTH, MESSAGE_TLS, NOTIFICATION_RESULTS, createMetrics } from '../../../src/metrics/catalogue.js';
+import { MESSAGE_AUTH, MESSAGE_TLS, NOTIFICATION_RESULTS, TOKEN_RESULTS, createMetrics } from '../../../src/metrics/catalogue.js';
 import { LIMITER_NAMES } from '../../../src/limits/replies.js';
 import { REFUSAL_REASONS } from '../../../src/reply.js';
 import { AUTH_SOURCES } from '../../../src/config/auth-section.js';
@@ -51,6 +51,7 @@ function allowedValues(gates: OpsGates, policyRules: readonly string[]): Record<
         smtpgate_reloads_total: ['success', 'failure'],
         smtpgate_limiter_decisions_total: ['allowed', 'limited', 'store_error'],
         smtpgate_auth_source_seconds: [...SOURCE_RESULTS] as string[],
+        smtpgate_backend_oauth_token_total: [...TOKEN_RESULTS] as string[],
         smtpgate_dkim_signatures_total: [...SIGNING_RESULTS] as string[],
         smtpgate_notifications_total: [...NOTIFICATION_RESULTS] as string[],
       })[metric]?.includes(v) ?? false,
