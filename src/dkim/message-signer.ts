@@ -67,6 +67,12 @@ export interface MessageSignerOptions {
    * streams as usual.
    */
   readonly onUnsigned: (held: Buffer[] | undefined) => void;
+  /**
+   * For a signed-in sender: whether the From: address is theirs (the addresses sender_binding
+   * checks). Undefined for a host in the listener's trusted networks, which may sign for every
+   * listed domain (the organisation's own mail server).
+   */
+  readonly owns?: (address: string) => boolean;
 }
 
 export class MessageSigner {
@@ -181,6 +187,10 @@ export class MessageSigner {
     if (!d.ok) return this.#giveUp({ signed: false, reason: d.reason, detail: d.detail });
     const keys = this.#opts.keys.forDomain(d.domain);
     if (keys.length === 0) return this.#giveUp({ signed: false, reason: 'domain_not_listed', detail: `no DKIM key for ${d.domain}` });
+    // The domain's signature vouches for the author: never for a user writing as someone else.
+    if (this.#opts.owns && !this.#opts.owns(d.address)) {
+      return this.#giveUp({ signed: false, reason: 'from_not_owned', detail: `From: ${d.address} is not among the signed-in user's addresses` });
+    }
     this.#domain = d.domain;
     this.#keys = keys;
   }

@@ -4,7 +4,7 @@
  */
 
 /** Signed, or why not (a small fixed set: it is a metric label). */
-export const SIGNING_RESULTS = ['signed', 'not_eligible', 'no_from', 'several_from', 'from_not_address', 'domain_not_listed', 'header_too_large', 'sign_failed'] as const;
+export const SIGNING_RESULTS = ['signed', 'not_eligible', 'no_from', 'several_from', 'from_not_address', 'domain_not_listed', 'from_not_owned', 'header_too_large', 'sign_failed'] as const;
 export type SigningResult = (typeof SIGNING_RESULTS)[number];
 
 export type SigningOutcome =

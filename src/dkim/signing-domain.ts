@@ -13,9 +13,11 @@ export interface RawHeader {
 }
 
 /** Why a message is not signed; these are the metric's `result` values besides `signed`. */
-export type UnsignedReason = 'no_from' | 'several_from' | 'from_not_address' | 'domain_not_listed';
+export type UnsignedReason = 'no_from' | 'several_from' | 'from_not_address' | 'domain_not_listed' | 'from_not_owned';
 
-export type SigningDomain = { readonly ok: true; readonly domain: string } | { readonly ok: false; readonly reason: Exclude<UnsignedReason, 'domain_not_listed'>; readonly detail: string };
+export type SigningDomain =
+  | { readonly ok: true; readonly domain: string; readonly address: string }
+  | { readonly ok: false; readonly reason: Exclude<UnsignedReason, 'domain_not_listed' | 'from_not_owned'>; readonly detail: string };
 
 export function signingDomain(headers: readonly RawHeader[]): SigningDomain {
   const from = headers.filter((h) => h.key === 'from');
@@ -33,5 +35,5 @@ export function signingDomain(headers: readonly RawHeader[]): SigningDomain {
   const at = address.lastIndexOf('@');
   const domain = domainToASCII(address.slice(at + 1).replace(/\.$/, ''));
   if (at < 1 || !domain) return { ok: false, reason: 'from_not_address', detail: 'From: holds no address with a domain' };
-  return { ok: true, domain };
+  return { ok: true, domain, address };
 }

@@ -80,6 +80,11 @@ function groupHit(wanted: readonly string[], have: readonly string[]): string | 
 }
 
 const userPatternCache = new WeakMap<readonly string[], PatternList>();
+/** Whether `address` is one of the user's own (the addresses sender_binding allows them). */
+export function userOwnsAddress(user: UserFacts, address: string): boolean {
+  return allowedAddresses(user).match(address) !== undefined;
+}
+
 function allowedAddresses(user: UserFacts): PatternList {
   let list = userPatternCache.get(user.addresses);
   if (!list) {

@@ -42,6 +42,8 @@ export type SenderStanding = 'user' | 'trusted' | 'none';
 /** What the session asks of signing: who sent it, and where to report how it went. */
 export interface SigningRequest {
   readonly sender: SenderStanding;
+  /** A signed-in sender's addresses (see MessageSignerOptions.owns); undefined for a trusted network's host. */
+  readonly owns?: (address: string) => boolean;
   readonly onOutcome: (outcome: SigningOutcome) => void;
 }
 
@@ -141,6 +143,7 @@ export class MessageSink {
       return undefined;
     }
     return new MessageSigner({
+      ...(signing.owns ? { owns: signing.owns } : {}),
       keys: dkim.keys(),
       spool: dkim.spool,
       // Not signed after all: what was held goes out now, and the rest streams.

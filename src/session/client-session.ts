@@ -19,10 +19,11 @@ import type { Logger } from '../logging/logger.js';
 import { howSent, type Metrics } from '../metrics/catalogue.js';
 import type { SigningOutcome } from '../dkim/outcome.js';
 import { buildUserFacts, dataFacts } from '../policy/facts.js';
+import { userOwnsAddress } from '../policy/conditions.js';
 import { MessageScanner } from '../policy/mime.js';
 import { headerSafe, receivedHeader, type ReceivedHeaderMode } from '../relay/received-header.js';
 import type { AuthMethod, PolicySet } from '../policy/types.js';
-import { Transaction, replyText, type Backend, type ClientIdentity, type MessageSink, type SmtpReply } from '../relay/backend.js';
+import { Transaction, replyText, type Backend, type ClientIdentity, type MessageSink, type SmtpReply, type SigningRequest } from '../relay/backend.js';
 import { queueIdOf } from '../relay/backend-replies.js';
 import { checkRecipient, checkSender } from './address-check.js';
 import { codeClass, type Refusal } from '../reply.js';
@@ -506,7 +507,7 @@ export class ClientSession implements SnapshotSource {
           settled = true;
           reject(err);
         };
-        const out = tx.message(fail, { sender: howSent({ user: this.user, trusted: this.trusted, secure: false }).auth, onOutcome: (o) => this.#signed(o) });
+        const out = tx.message(fail, this.#signingRequest());
         sink = out;
         const header = this.#prependedHeaders();
         if (header) out.prepend(header);
@@ -712,6 +713,16 @@ export class ClientSession implements SnapshotSource {
   }
 
   /** The user's groups and addresses: the attributes file's, with what a directory said at AUTH. */
+  /** Who sends, for DKIM signing: a signed-in user signs only for their own From: addresses. */
+  #signingRequest(): SigningRequest {
+    const user = this.user;
+    const sender = howSent({ user, trusted: this.trusted, secure: false }).auth;
+    const onOutcome = (o: SigningOutcome) => this.#signed(o);
+    if (user === undefined) return { sender, onOutcome };
+    const facts = buildUserFacts(user, this.#attributes(user));
+    return { sender, onOutcome, owns: (address) => userOwnsAddress(facts, address) };
+  }
+
   #attributes(user: string): UserAttributes {
     return withDirectory(this.#deps.attributes(user), this.#directoryAttributes);
   }

@@ -27,17 +27,17 @@ describe('signingDomain', () => {
   const h = (...lines: string[]) => lines.map((line) => ({ key: line.slice(0, line.indexOf(':')).toLowerCase(), line }));
 
   test('is the domain of the one From: address, in lower case', () => {
-    expect(signingDomain(h('From: "Alice" <Alice@Corp.Test>'))).toEqual({ ok: true, domain: 'corp.test' });
+    expect(signingDomain(h('From: "Alice" <Alice@Corp.Test>'))).toEqual({ ok: true, domain: 'corp.test', address: 'alice@corp.test' });
   });
 
   test('reads a folded From: with an 8-bit display name', () => {
     const line = Buffer.from('From: "Jörg Müller"\n  <joerg@corp.test>', 'utf8').toString('latin1');
-    expect(signingDomain([{ key: 'from', line }])).toEqual({ ok: true, domain: 'corp.test' });
+    expect(signingDomain([{ key: 'from', line }])).toEqual({ ok: true, domain: 'corp.test', address: 'joerg@corp.test' });
   });
 
   test('turns an internationalised domain into its A-label', () => {
     const line = Buffer.from('From: a@bücher.test', 'utf8').toString('latin1');
-    expect(signingDomain([{ key: 'from', line }])).toEqual({ ok: true, domain: 'xn--bcher-kva.test' });
+    expect(signingDomain([{ key: 'from', line }])).toEqual({ ok: true, domain: 'xn--bcher-kva.test', address: 'a@bücher.test' });
   });
 
   test('refuses a message without From:, with two, or with two addresses in one', () => {

@@ -115,9 +115,12 @@ describeWith(['dkimverify'], 'DKIM signing through `smtpgate run`', () => {
       backendPort: backend.port,
       listeners: [openListener(), listener('submission', { tls: 'starttls' }), listener('inbound', { tls: 'none', requireTls: false, requireAuth: false })],
       // The inbound listener takes mail for example.net without AUTH (relay protection).
+      // alice owns alice@corp.test: a signed-in user is signed for only their own From: addresses.
+      auth: { users: 'users', attributes: 'attributes.yaml' },
       config: { limits: { maxMessageBytes: '150MB' }, policies: 'policies', dkim },
       beforeStart: async (d) => {
         dir = d;
+        await writeFile(path.join(d, 'attributes.yaml'), 'alice:\n  addresses: [alice@corp.test]\n');
         await keygen(d);
         await mkdir(path.join(d, 'policies'));
         await writeFile(path.join(d, 'policies', '00-settings.yaml'), 'internalDomains: [example.net]\n');
@@ -163,6 +166,16 @@ describeWith(['dkimverify'], 'DKIM signing through `smtpgate run`', () => {
     expect(await send(gate.port('submission'), message('alice@corp.test', 'signed in'), { auth: true })).toBe(250);
     const results = await verifyDkim(backend.messages[before]!.data, records);
     expect(results.map((r) => r.ok)).toEqual([true]);
+  });
+
+  test('never signs a signed-in user\'s message whose From: is not theirs, though its domain has a key', async () => {
+    const before = backend.messages.length;
+    const msg = message('CEO <ceo@corp.test>', 'spoofed');
+    expect(await send(gate.port('submission'), msg, { auth: true })).toBe(250);
+    const stored = backend.messages[before]!.data;
+    expect(stored.toString('latin1')).not.toContain('DKIM-Signature');
+    expect(withoutAddedFields(stored).toString('utf8')).toBe(msg);
+    expect(await scrapeMetric(gate.metricsPort, 'smtpgate_dkim_signatures_total', { result: 'from_not_owned' })).toBeGreaterThanOrEqual(1);
   });
 
   test('a message with 8-bit and folded headers and an 8-bit body verifies', async () => {
