@@ -182,6 +182,19 @@ export class BackendSession {
     }
   }
 
+  /**
+   * The client signed in after a MAIL had opened this connection: the connection carries the
+   * identity it was opened with (XCLIENT without LOGIN, the fallback upstream mailbox), so it
+   * is QUIT and the next MAIL opens one with the new identity. AUTH is refused inside a
+   * transaction, so nothing is in flight here.
+   */
+  releaseIdentity(): void {
+    const conn = this.#conn;
+    this.#conn = undefined;
+    this.#inTransaction = false;
+    if (conn && !conn.closed) void conn.quit();
+  }
+
   /** Abandon the current transaction without a final dot: the only safe abort mid-DATA. */
   abort(): void {
     if (this.#conn) this.#drop(this.#conn);

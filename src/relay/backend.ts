@@ -97,6 +97,11 @@ export class Backend {
     this.#session.abort();
   }
 
+  /** The client's identity changed (it signed in): the next MAIL opens a connection that carries it. */
+  releaseIdentity(): void {
+    this.#session.releaseIdentity();
+  }
+
   /** QUIT politely (or drop a connection in mid-exchange); never throws. */
   close(): Promise<void> {
     return this.#session.close();

@@ -355,6 +355,9 @@ export class ClientSession implements SnapshotSource {
       user: buildUserFacts(name, withDirectory(this.#deps.attributes(name), directory)),
     }));
     if (verdict.refusal) return refuseLogin(verdict.refusal, verdict.rule);
+    // A connection a MAIL opened before this AUTH (RSET, or a finished message, in between)
+    // speaks for the client as it was: not signed in. Passthrough signed in on it just now.
+    if (source !== 'backend') this.backend.releaseIdentity();
     this.user = name;
     this.#directoryAttributes = directory;
     this.authMethod = signedInWith;

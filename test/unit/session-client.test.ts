@@ -144,10 +144,11 @@ function sessionWith(opts: Options = {}) {
   const metrics = createMetrics(readBuildInfo());
   const limits = new FakeLimits();
   const hungUp: { refusal: Refusal; stage: Stage; reply: boolean }[] = [];
-  const backend = { closed: 0, aborted: 0, mails: [] as string[], mailAnswer: undefined as Refusal | undefined };
+  const backend = { closed: 0, aborted: 0, released: 0, mails: [] as string[], mailAnswer: undefined as Refusal | undefined };
   const fakeBackend = {
     close: async () => void backend.closed++,
     abort: () => void backend.aborted++,
+    releaseIdentity: () => void backend.released++,
     // Only refusals here: an accepted MAIL (a Transaction) is the relay's, covered by its own tests.
     mail: async (from: { address: string }) => {
       backend.mails.push(from.address);
@@ -281,10 +282,12 @@ describe('auth', () => {
   }
 
   test('the right password logs the user in: success is counted, the reservation given back', async () => {
-    const { session, limits, metrics } = await securedSession();
+    const { session, limits, metrics, backend } = await securedSession();
     expect(await session.auth({ method: 'PLAIN', username: 'alice', password: 'secret' })).toBe(OK);
     expect(session.user).toBe('alice');
     expect(session.authMethod).toBe('password');
+    // A backend connection opened before the sign-in is given up: the next MAIL opens one as alice.
+    expect(backend.released).toBe(1);
     expect(session.stage).toBe('auth');
     expect(limits.calls).toEqual(['allowed:alice', 'succeeded:alice']);
     expect(await authAttempts(metrics)).toEqual(['PLAIN/success']);

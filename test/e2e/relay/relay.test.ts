@@ -5,10 +5,11 @@
  * relay/failures.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { metricValue, startGate, type Gate } from '../../helpers/gate.js';
+import { ALICE, metricValue, startGate, type Gate } from '../../helpers/gate.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
 import { startRawBackend, type RawBackend } from '../../helpers/raw-backend.js';
-import { authenticatedSession, deadPort, envelope, forThisTest, stopGate, closeBackend } from '../../helpers/sessions.js';
+import { authenticatedSession, deadPort, envelope, forThisTest, readyForAuth, stopGate, closeBackend } from '../../helpers/sessions.js';
+import { listener } from '../../helpers/config.js';
 
 /** The header section of a stored message: everything before the blank line, last CRLF included. */
 function headerBlock(data: Buffer): string {
@@ -272,6 +273,22 @@ describe('identity and credentials towards the backend', () => {
     expect(got.xforward.PROTO).toBe('ESMTP');
     expect(Number(got.xforward.PORT)).toBeGreaterThan(0);
     expect(got.xclient).toEqual({});
+  });
+
+  test('a client that signs in after a MAIL opened the backend connection gets a new one that carries its login', async () => {
+    const backend = await forThisTest(startRecordingBackend(), closeBackend);
+    // MAIL before AUTH: the listener trusts loopback, as one for an office's servers would.
+    const gate = await forThisTest(startGate({ backendPort: backend.port, listeners: [listener('smtps', { tls: 'implicit', trusted: { networks: ['127.0.0.0/8'] } })] }), stopGate);
+    const c = await readyForAuth(gate);
+    expect((await c.cmd('MAIL FROM:<app@corp.test>')).code).toBe(250);
+    expect((await c.cmd('RSET')).code).toBe(250);
+    expect((await c.authPlain(ALICE.name, ALICE.password)).code).toBe(235);
+    await envelope(c, 'alice@corp.test', ['bob@corp.test']);
+    expect((await c.cmd('Subject: signed in later\r\n\r\nx\r\n.')).code).toBe(250);
+    await c.cmd('QUIT');
+    expect(backend.messages).toHaveLength(1);
+    expect(backend.messages[0]!.xclient.LOGIN).toBe('alice');
+    expect(backend.sessions).toBe(2);
   });
 
   // identity: none, as in front of a server that knows no XCLIENT but wants the relay to log in
