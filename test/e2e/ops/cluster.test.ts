@@ -7,7 +7,7 @@ import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, expect, test } from 'vitest';
+import { afterAll, beforeAll, expect, test, vi } from 'vitest';
 import { writeGateFiles } from '../../helpers/gate.js';
 import { openListener, type BackendInput, type LimitsInput } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
@@ -193,7 +193,16 @@ describeWith(['redis-server', 'promtool'], 'two workers behind one primary', () 
   });
 
   test('a worker that stops answering (SIGSTOP): /metrics answers with its last numbers, /readyz names the silent worker', async () => {
-    const pid = [...workerPids()].find(isAlive)!;
+    // A replacement's own "smtpgate ready" line reaches the log after the primary's "worker
+    // ready" (each process's lines are written in batches): wait for a live worker's.
+    const pid = await vi.waitFor(
+      () => {
+        const live = [...workerPids()].find(isAlive);
+        if (live === undefined) throw new Error('no live worker has logged "smtpgate ready" yet');
+        return live;
+      },
+      { timeout: 10_000 },
+    );
     process.kill(pid, 'SIGSTOP');
     try {
       expect(await scrape()).toEqual({ status: 200, relayed: 7, opened: 7 });
