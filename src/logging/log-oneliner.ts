@@ -88,7 +88,8 @@ function body(r: LogRecord): string {
 }
 
 function pairs(fields: [string, unknown][]): string {
-  return fields.filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${word(v)}`).join(', ');
+  // Names too: a generic line's come from the log, which anyone may have written to (logger(1)).
+  return fields.filter(([, v]) => v !== undefined).map(([k, v]) => `${word(k)}=${word(v)}`).join(', ');
 }
 
 function transaction(r: LogRecord): string {
@@ -171,5 +172,5 @@ const HEAD_FIELDS = new Set(['level', 'time', 'app', 'session', 'msg', 'at', 'le
 
 function other(r: LogRecord): string {
   const rest = pairs(Object.entries(r).filter(([k]) => !HEAD_FIELDS.has(k)));
-  return `${r.levelName}: ${text(r.msg)}${rest ? '; ' + rest : ''}`;
+  return `${word(r.levelName)}: ${text(r.msg)}${rest ? '; ' + rest : ''}`;
 }

@@ -142,6 +142,10 @@ describe('the one-liners', () => {
     expect(line).not.toMatch(/[\x00-\x1f\x7f-\x9f]/);
     expect(line).toContain('helo="\\x1b]0;pwned\\x07"');
     expect(line).toContain('sasl_username="eve, status=sent\\n2026-12-07T10:00:00Z fake: line"');
+    // Any line that parses can be a forgery (logger(1) writes to the journal): its level and field names too.
+    const forged = formatRecord(record('{"app":"smtpgate","time":"2026-12-07T10:00:00Z","msg":"x","level":"\\u001b]0;pwn\\u0007","\\u001b[2Jk":1}'), { utc: true });
+    expect(forged).not.toMatch(/[\x00-\x1f\x7f-\x9f]/);
+    expect(forged).toContain('"\\x1b]0;pwn\\x07": x; \\x1b[2Jk=1');
     const address = TRANSACTION.replace('"to":"bob@corp.example"', '"to":"x>, to=<y@z"');
     expect(formatRecord(record(address), { utc: true })).toContain('to="<x>, to=<y@z>"');
   });
