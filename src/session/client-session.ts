@@ -514,8 +514,10 @@ export class ClientSession implements SnapshotSource {
         sink = out;
         const header = this.#prependedHeaders();
         if (header) out.prepend(header);
-        // Behind smtpgate's own headers, a first line that is a continuation would extend them.
-        let firstByteSeen = header === undefined;
+        // A first line that is a continuation is no header field (RFC 5322 §2.2), and behind
+        // any header put above it (smtpgate's, a DKIM-Signature:, the backend's own Received:)
+        // it would extend that one: refused whatever smtpgate prepends.
+        let firstByteSeen = false;
 
         const onData = (chunk: Buffer): void => {
           if (settled) return;

@@ -218,4 +218,14 @@ describe('the headers smtpgate prepends can not be extended by the client', () =
     const stored = await relay(c, backend, 'Subject: y\r\n\r\nbody\r\n');
     expect(stored.data.toString('latin1')).toContain('\r\nX-Authenticated-User: alice\r\nSubject: y\r\n');
   });
+
+  test('it is refused when smtpgate prepends nothing too: the backend\'s own Received:, or a DKIM-Signature:, would be extended instead', async () => {
+    const { gate, backend } = await gateWith({ receivedHeader: 'off', authenticatedUserHeader: false });
+    const c = await authenticatedSession(gate);
+    const { data } = await envelope(c, 'alice@corp.test', ['bob@corp.test']);
+    expect(data?.code).toBe(354);
+    c.write(' From: ceo@corp.test\r\nSubject: x\r\n\r\nbody\r\n');
+    expect((await c.cmd('.')).raw).toMatch(/^550 5\.6\.0 /);
+    expect(backend.messages).toHaveLength(0);
+  });
 });
