@@ -28,6 +28,7 @@ import { ipKeyOf, parseIp, senderKey, userIpKey, userKey, type ParsedIp } from '
 import type { AnswerSource, CountResult, LimiterSpec, LimiterStore, StoredCount, StoredEntry } from './limiter-store.js';
 import { createLimitMetrics, type DecisionResult, type LimitMetrics } from './metrics.js';
 import { QuotaResolver, type Quotas } from './quotas.js';
+import { limitsPlan, type LimitsPlan } from './plan.js';
 import type { Rate } from './rate.js';
 import { retrySeconds } from './rate.js';
 import {
@@ -166,6 +167,8 @@ const MAX_POLICY_RATES = 256;
 export class Limits implements LimitsAdmin {
   #config: LimitsConfig;
   #resolver: QuotaResolver;
+  /** What the config can make the limits do, worked out once per config (plan.ts). */
+  #plan: LimitsPlan;
   readonly #store: LimiterStore;
   readonly #metrics: LimitMetrics;
   readonly #log: Logger;
@@ -193,6 +196,7 @@ export class Limits implements LimitsAdmin {
   constructor(deps: LimitsDeps) {
     this.#config = deps.config;
     this.#resolver = new QuotaResolver(deps.config);
+    this.#plan = limitsPlan(deps.config);
     this.#store = deps.store;
     this.#metrics = deps.metrics;
     this.#log = deps.log;
@@ -242,6 +246,12 @@ export class Limits implements LimitsAdmin {
     }
     this.#config = next;
     this.#resolver = new QuotaResolver(next);
+    this.#plan = limitsPlan(next);
+  }
+
+  /** What the limits in force can do at each stage (see plan.ts): the checkpoint skips what they can't. */
+  get plan(): LimitsPlan {
+    return this.#plan;
   }
 
   get storeUp(): boolean {
@@ -260,10 +270,16 @@ export class Limits implements LimitsAdmin {
 
   // ── connect ────────────────────────────────────────────────────────────────────────────
 
-  async connectionOpened(f: ClientFacts): Promise<Refusal | undefined> {
+  /**
+   * A connection was accepted. Synchronous unless a store must count it (connectionRate): the
+   * connection counters are in this process's memory, and with no connection limit for the
+   * client there is nothing to wait for, so the listener greets without a round through a promise.
+   */
+  connectionOpened(f: ClientFacts): Refusal | undefined | Promise<Refusal | undefined> {
     const s = this.#session(f);
     // Only a connection's opening registers its session; connectionClosed removes it.
     this.#sessions.set(f.session, s);
+    if (!this.#plan.connect) return undefined;
     // At connect the client is known by its address only.
     const quotas = this.#quotasFor(s, undefined, undefined);
     const perListener = this.config.concurrentPerListener;
@@ -285,13 +301,15 @@ export class Limits implements LimitsAdmin {
       s.held.push({ counter: this.#perIp, key: s.ipKey });
       this.#decide('concurrent_ip', 'allowed');
     }
-    if (quotas.connectionRate) {
-      const r = await this.#store.consume(this.#spec('connection_rate', quotas.connectionRate), s.ipKey);
-      this.#decideCount('connection_rate', r);
-      if (r.kind === 'unavailable' || r.kind === 'limited') {
-        this.#release(s);
-        return r.kind === 'unavailable' ? limiterUnavailableRefusal('connect') : connectionRateRefusal(quotas.connectionRate, r.msBeforeNext);
-      }
+    return quotas.connectionRate ? this.#connectionRate(s, quotas.connectionRate) : undefined;
+  }
+
+  async #connectionRate(s: SessionLimits, rate: Rate): Promise<Refusal | undefined> {
+    const r = await this.#store.consume(this.#spec('connection_rate', rate), s.ipKey);
+    this.#decideCount('connection_rate', r);
+    if (r.kind === 'unavailable' || r.kind === 'limited') {
+      this.#release(s);
+      return r.kind === 'unavailable' ? limiterUnavailableRefusal('connect') : connectionRateRefusal(rate, r.msBeforeNext);
     }
     return undefined;
   }
@@ -522,16 +540,11 @@ export class Limits implements LimitsAdmin {
 
   async rcptTo(f: RcptFacts): Promise<Refusal | undefined> {
     const s = this.#session(f);
-    const user = f.user !== undefined ? userKey(f.user) : undefined;
     const quotas = this.#quotasFor(s, f.user, f.groups);
-    const perMessage = quotas.recipientsPerMessage;
-    if (perMessage !== null) {
-      // RFC 5321 §4.5.3.1.10: 452 tells the client to send the rest in a later transaction.
-      const full = f.recipientsSoFar >= perMessage;
-      this.#decide('recipients_message', full ? 'limited' : 'allowed');
-      if (full) return tooManyRecipientsRefusal(perMessage);
-    }
-    if (user === undefined) return undefined;
+    const capped = this.#recipientCap(quotas, f);
+    if (capped) return capped;
+    if (f.user === undefined) return undefined;
+    const user = userKey(f.user);
     const rate = quotas.recipientsPerUser;
     if (!rate) {
       const suspended = await this.#suspension(user);
@@ -556,6 +569,24 @@ export class Limits implements LimitsAdmin {
     if (r.consumed === rate.amount + 1 && (await this.#quotaHit(user, f, 'recipients_user'))) return suspendedMailRefusal();
     this.#log.debug({ session: f.session, ip: f.ip, user: f.user, limiter: 'recipients_user' }, 'RCPT refused: quota reached');
     return quotaRefusal('recipients_user', rate, r.msBeforeNext);
+  }
+
+  /**
+   * RCPT's one check that counts nothing in the store: recipients per message. All of rcptTo
+   * for a client without a user; synchronous, so the checkpoint's fast path asks it directly
+   * when the plan says no other limit can apply to such a client.
+   */
+  recipientCap(f: RcptFacts): Refusal | undefined {
+    return this.#recipientCap(this.#quotasFor(this.#session(f), f.user, f.groups), f);
+  }
+
+  #recipientCap(quotas: Quotas, f: RcptFacts): Refusal | undefined {
+    const perMessage = quotas.recipientsPerMessage;
+    if (perMessage === null) return undefined;
+    // RFC 5321 §4.5.3.1.10: 452 tells the client to send the rest in a later transaction.
+    const full = f.recipientsSoFar >= perMessage;
+    this.#decide('recipients_message', full ? 'limited' : 'allowed');
+    return full ? tooManyRecipientsRefusal(perMessage) : undefined;
   }
 
   // ── data ───────────────────────────────────────────────────────────────────────────────

@@ -299,9 +299,10 @@ export interface GuardHooks {
   onConnection(conn: GuardedConnection): void;
   /**
    * The connection limits for a connection just accepted (its address is the real client's,
-   * PROXY header included): a refusal is sent at once, in place of the greeting. Must not reject.
+   * PROXY header included): a refusal is sent at once, in place of the greeting. A promise
+   * only when the answer has to wait (a store counts the connection); it must not reject.
    */
-  admit(conn: GuardedConnection): Promise<Refusal | undefined>;
+  admit(conn: GuardedConnection): Refusal | undefined | Promise<Refusal | undefined>;
   /** Holds the replies of one event-loop turn so they leave together; none: each is written at once. */
   writes?: WriteBatcher;
   /** Told of every read from the client, to collect the read buffers relayed data leaves behind. */
@@ -391,7 +392,9 @@ class ConnectionGuard {
     const delayMs = greetingDelayFor(conn.remoteAddress, hooks.greeting);
     replaceGreetingWait(conn, (greet) => {
       // No wait at all means none: setTimeout(0) would still cost a millisecond.
-      const waited = new Promise<void>((resolve) => (delayMs === 0 ? setImmediate(resolve) : setTimeout(resolve, delayMs).unref()));
+      const wait = (then: () => void) => (delayMs === 0 ? setImmediate(then) : setTimeout(then, delayMs).unref());
+      if (!(admission instanceof Promise)) return admission ? this.#refuseAtOnce(admission) : void wait(greet);
+      const waited = new Promise<void>((resolve) => wait(resolve));
       void admission.then((r) => (r ? this.#refuseAtOnce(r) : waited.then(greet)));
     });
   }

@@ -189,12 +189,17 @@ export class SmtpListener {
    * command guard. The slots taken here are given back in #onClose, which smtp-server runs for
    * every connection, greeted or not.
    */
-  async #admit(conn: GuardedConnection): Promise<Refusal | undefined> {
-    try {
-      return await this.#deps.limits.connectionOpened({ session: conn.id, ip: conn.remoteAddress, listener: this.name });
-    } catch (err) {
+  #admit(conn: GuardedConnection): Refusal | undefined | Promise<Refusal | undefined> {
+    const failed = (err: unknown): Refusal => {
       this.#sessionLog(conn.id).error({ err }, 'internal error in the connection limits');
       return INTERNAL_ERROR_CLOSING;
+    };
+    try {
+      // Synchronous unless a store counts the connection (Limits.connectionOpened).
+      const admission = this.#deps.limits.connectionOpened({ session: conn.id, ip: conn.remoteAddress, listener: this.name });
+      return admission instanceof Promise ? admission.catch(failed) : admission;
+    } catch (err) {
+      return failed(err);
     }
   }
 

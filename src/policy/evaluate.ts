@@ -13,6 +13,7 @@
  */
 import type { Refusal } from '../reply.js';
 import { ipKey, senderKey, userKey } from '../limits/keys.js';
+import { CLIENT_KINDS, staticValue } from './client-kind.js';
 import { holds } from './conditions.js';
 import { defaultRefusal, formatRefusal } from './replies.js';
 import {
@@ -199,11 +200,14 @@ function planStage(stage: PolicyStage, rules: readonly Rule[], settings: PolicyS
   Object.freeze(fallbackTrace);
   const untraced = settled(stage, fallback, NONE);
   const skipped = rules.every((r) => r.mode === 'off') ? rules.map((r) => Object.freeze(entry(r, 'skipped', undefined, SKIPPED_WHY))) : undefined;
+  // Per kind of client: no rule is on whose conditions such a client could meet.
+  const idle = CLIENT_KINDS.map((kind) => rules.every((r) => r.mode === 'off' || (r.when !== undefined && staticValue(r.when, kind) === false)));
   return Object.freeze({
     steps: Object.freeze(rules.map((r) => planRule(stage, r))),
     fallback,
     fallbackTrace,
     untraced,
+    idle: Object.freeze(idle),
     fixed: skipped && Object.freeze({ traced: settled(stage, fallback, Object.freeze([...skipped, fallbackTrace])), untraced }),
   });
 }

@@ -264,6 +264,12 @@ export interface StagePlan {
   /** The answer without a trace when no rule decides and nothing was collected. */
   readonly untraced: Evaluation;
   /**
+   * By kind of client (client-kind.ts `clientKind`: trusted by the listener, authenticated):
+   * no rule at the stage can match such a client, so without a trace the answer is `untraced`
+   * whatever the other facts are.
+   */
+  readonly idle: readonly boolean[];
+  /**
    * When no rule at the stage can act (none, or all mode: off), the answer doesn't depend on
    * the facts: both forms, ready.
    */

@@ -20,6 +20,7 @@ import type { PolicyMetrics } from '../policy/metrics.js';
 import { limitRefusal } from '../policy/replies.js';
 import type { Decision, EvaluateOptions, HeaderToAdd, PolicySet, PolicyStage, SessionFacts } from '../policy/types.js';
 import { policyView, type SessionSnapshot } from './snapshot.js';
+import { clientKind } from '../policy/client-kind.js';
 
 /** A stage's answer: go on, or the refusal (and the policy rule behind it, if one). */
 export type Verdict = { readonly ok: true; readonly refusal?: undefined; readonly rule?: undefined } | Refused;
@@ -43,6 +44,9 @@ export type StageFacts = Partial<SessionFacts>;
  * at the stage can act.
  */
 export interface SnapshotSource {
+  /** The authenticated user, if any, and whether the listener trusts the client: the plans' client kind. */
+  readonly user: string | undefined;
+  readonly trusted: boolean;
   /** Who the limits count (snapshot.ts `limitsView`). */
   limitsFacts(): ClientFacts;
   /** Recipients accepted so far in the transaction: RCPT's per-message limit. */
@@ -51,7 +55,7 @@ export interface SnapshotSource {
 }
 
 export interface CheckpointDeps {
-  readonly limits: Pick<Limits, 'mailFrom' | 'rcptTo' | 'policyLimit'>;
+  readonly limits: Pick<Limits, 'plan' | 'mailFrom' | 'rcptTo' | 'recipientCap' | 'policyLimit'>;
   readonly metrics: Pick<PolicyMetrics, 'record'>;
   /** The policy set in force when the session started. */
   readonly policy: PolicySet;
@@ -95,8 +99,38 @@ export class Checkpoint {
   /**
    * Asks the stage's limits, requirements and policy. `facts` is what the stage adds to the
    * snapshot (at MAIL, `from` and `declaredSize` are also what the sender quotas count).
+   * Synchronous when the plans say nothing can act on this client at this stage (`#settled`).
    */
-  async at(stage: PolicyStage, source: SnapshotSource, facts: StageFacts | (() => StageFacts) = NO_FACTS): Promise<Verdict> {
+  at(stage: PolicyStage, source: SnapshotSource, facts: StageFacts | (() => StageFacts) = NO_FACTS): Verdict | Promise<Verdict> {
+    return this.#settled(stage, source) ?? this.#check(stage, source, facts);
+  }
+
+  /**
+   * The fast path, decided by plans made when the config and the policy set were loaded: when
+   * no limit can count this client at this stage (limits/plan.ts), no requirement is held, and
+   * no rule at the stage can match a client of its kind (policy/client-kind.ts), the verdict is
+   * the stage's default, counted like any evaluation, with no facts built and no rule evaluated.
+   * At RCPT a client without a user meets only the recipients-per-message cap, asked here.
+   * Undefined: the full check must run. With debug logging the full check runs, for its trace.
+   */
+  #settled(stage: PolicyStage, source: SnapshotSource): Verdict | undefined {
+    // At auth the stage's facts are the user who has just logged in.
+    const authenticated = stage === 'auth' || source.user !== undefined;
+    if (stage === 'mail' && (authenticated || this.#limits.plan.anonymousMail || this.#requirements.length > 0)) return undefined;
+    if (stage === 'rcpt' && authenticated) return undefined;
+    const plan = this.policy.plan[stage];
+    if (!plan.idle[clientKind(source.trusted, authenticated)] || this.#log.isLevelEnabled('debug')) return undefined;
+    if (stage === 'rcpt') {
+      const capped = this.#limits.recipientCap(Object.assign(source.limitsFacts(), { recipientsSoFar: source.recipientCount() }));
+      if (capped) return { refusal: capped };
+    }
+    const ev = plan.untraced;
+    this.#metrics.record(ev);
+    const d = ev.decision;
+    return d.kind === 'refuse' ? { refusal: d.refusal, rule: d.rule } : OK;
+  }
+
+  async #check(stage: PolicyStage, source: SnapshotSource, facts: StageFacts | (() => StageFacts)): Promise<Verdict> {
     let built: StageFacts | undefined = typeof facts === 'function' ? undefined : facts;
     const stageFacts = (): StageFacts => (built ??= (facts as () => StageFacts)());
     // The stage's facts are laid over a fresh projection with Object.assign, not a spread: on

@@ -96,7 +96,7 @@ export interface AuthCredentials {
 /** What every session of one listener shares. */
 export interface ClientSessionDeps {
   readonly listener: string;
-  readonly limits: Pick<Limits, 'mailFrom' | 'rcptTo' | 'policyLimit' | 'authAllowed' | 'authFailed' | 'authSucceeded' | 'authAbandoned' | 'messageBytes'>;
+  readonly limits: Pick<Limits, 'plan' | 'mailFrom' | 'rcptTo' | 'recipientCap' | 'policyLimit' | 'authAllowed' | 'authFailed' | 'authSucceeded' | 'authAbandoned' | 'messageBytes'>;
   /** smtpgate's own name, for the Received: header. */
   readonly hostname: string;
   /** The headers smtpgate adds to every message. */
@@ -553,12 +553,15 @@ export class ClientSession implements SnapshotSource {
           // Before the final dot: a data-stage refusal aborts the backend transaction.
           // Laid over the scan's facts with Object.assign, not a spread: see Checkpoint.at.
           const facts = () => Object.assign(scanner ? dataFacts(scanner.end()) : {}, { from, messageSize: out.bytesIn });
-          this.checkpoint.at('data', this, facts).then((verdict) => {
+          const decided = (verdict: Verdict): void => {
             if (verdict.refusal) return fail(new PolicyRefusalError(verdict.refusal, verdict.rule));
             if (settled) return;
             settled = true;
             out.commit().then(resolve, reject);
-          }, fail);
+          };
+          const verdict = this.checkpoint.at('data', this, facts);
+          if (verdict instanceof Promise) verdict.then(decided, fail);
+          else decided(verdict);
         };
         // smtp-server destroys the stream with this error when the client leaves mid-message
         // (it passes the error only to a stream that has an 'error' listener).

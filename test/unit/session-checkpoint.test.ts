@@ -8,6 +8,7 @@ import { pino } from 'pino';
 import { Checkpoint, OK, type SnapshotSource } from '../../src/session/checkpoint.js';
 import { limitsView, type SessionSnapshot } from '../../src/session/snapshot.js';
 import type { ClientFacts, MailFacts, RcptFacts } from '../../src/limits/limits.js';
+import type { LimitsPlan } from '../../src/limits/plan.js';
 import type { Evaluation, PolicySet } from '../../src/policy/types.js';
 import { emptyPolicySet } from '../../src/policy/load.js';
 import type { Refusal } from '../../src/reply.js';
@@ -21,7 +22,14 @@ class FakeLimits {
   mailFacts?: MailFacts;
   rcptFacts?: RcptFacts;
   buckets: string[] = [];
+  /** Every limit possible unless a test says otherwise: the full check runs. */
+  plan: LimitsPlan = { connect: true, anonymousMail: true };
   constructor(readonly answers: { mail?: Refusal; rcpt?: Refusal; policy?: PolicyLimitAnswer } = {}) {}
+  recipientCap(f: RcptFacts): Refusal | undefined {
+    this.asked.push('recipientCap');
+    this.rcptFacts = f;
+    return this.answers.rcpt;
+  }
   async mailFrom(f: MailFacts): Promise<Refusal | undefined> {
     this.asked.push('mailFrom');
     this.mailFacts = f;
@@ -66,6 +74,12 @@ const base: SessionSnapshot = {
 class Source implements SnapshotSource {
   taken = 0;
   constructor(public current: SessionSnapshot = base) {}
+  get user(): string | undefined {
+    return this.current.user;
+  }
+  get trusted(): boolean {
+    return this.current.trusted;
+  }
   limitsFacts(): ClientFacts {
     return limitsView(this.current);
   }

@@ -12,6 +12,7 @@ import { readBuildInfo } from '../../src/build-info.js';
 import { emptyPolicySet } from '../../src/policy/load.js';
 import type { Authenticator, AuthOutcome } from '../../src/auth/authenticator.js';
 import type { AuthFacts, AuthReservation } from '../../src/limits/limits.js';
+import type { LimitsPlan } from '../../src/limits/plan.js';
 import type { Backend, Transaction } from '../../src/relay/backend.js';
 import type { PolicySet } from '../../src/policy/types.js';
 import type { Refusal } from '../../src/reply.js';
@@ -69,7 +70,11 @@ class FakeLimits {
   readonly calls: string[] = [];
   locked: Refusal | undefined;
   suspended: Refusal | undefined;
+  readonly plan: LimitsPlan = { connect: true, anonymousMail: true };
   async mailFrom(): Promise<Refusal | undefined> {
+    return undefined;
+  }
+  recipientCap(): Refusal | undefined {
     return undefined;
   }
   async rcptTo(): Promise<Refusal | undefined> {

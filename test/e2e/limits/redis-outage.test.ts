@@ -44,7 +44,7 @@ auth: { failuresPerUserIp: 2/15m }
   const alice = (): ClientFacts => ({ session: `o${++n}`, ip: '192.0.2.1', listener: 'submission', user: 'alice' });
 
   /** Every call while Redis is away goes through this: it must answer within the bound. */
-  async function timed<T>(what: string, p: Promise<T>): Promise<T> {
+  async function timed<T>(what: string, p: T | Promise<T>): Promise<T> {
     const started = performance.now();
     const r = await p;
     const ms = performance.now() - started;
