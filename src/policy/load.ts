@@ -17,6 +17,7 @@ import { parseSize } from '../parsing/units.js';
 import { parseRate } from '../limits/rate.js';
 import type { z } from 'zod';
 import type { Refusal } from '../reply.js';
+import { CLIENT_KINDS, staticValue } from './client-kind.js';
 import { planStages } from './evaluate.js';
 import { PatternList } from './patterns.js';
 import { BUILTIN_DEFAULTS, defaultRefusal, parseReply } from './replies.js';
@@ -781,6 +782,8 @@ function compilePolicySet(dir: string, files: readonly ParsedFile[], lists: List
     byStage.rcpt.unshift(implicitRelayRule());
   }
   const dataRules = byStage.data.filter((r) => r.mode !== 'off');
+  const scanned = (rules: readonly Rule[]) =>
+    rules.some((r) => uses(r.when, (c) => c.kind === 'header' || c.kind === 'attachmentName' || c.kind === 'attachmentType' || c.kind === 'scanIncomplete' || (c.kind === 'builtin' && c.check.type === 'sender_binding')));
   return {
     dir,
     files: files.map((f) => f.file),
@@ -793,6 +796,8 @@ function compilePolicySet(dir: string, files: readonly ParsedFile[], lists: List
       headers: dataRules.some((r) => uses(r.when, (c) => c.kind === 'header' || (c.kind === 'builtin' && c.check.type === 'sender_binding'))),
       attachments: dataRules.some((r) => uses(r.when, (c) => c.kind === 'attachmentName' || c.kind === 'attachmentType' || c.kind === 'scanIncomplete')),
     },
+    // Only the rules a client of the kind could meet: sender binding reads From: headers of an authenticated client's message only.
+    scans: Object.freeze(CLIENT_KINDS.map((kind) => scanned(dataRules.filter((r) => r.when === undefined || staticValue(r.when, kind) !== false)))),
   };
 }
 

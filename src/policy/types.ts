@@ -247,6 +247,11 @@ export interface PolicySet {
   readonly byStage: Readonly<Record<PolicyStage, readonly Rule[]>>;
   /** What the data stage needs, so the listener only scans what some rule looks at. */
   readonly needs: { readonly headers: boolean; readonly attachments: boolean };
+  /**
+   * By kind of client (client-kind.ts): some data-stage rule such a client could meet reads the
+   * message's headers or parts, so its message is scanned.
+   */
+  readonly scans: readonly boolean[];
   /** What `evaluate()` works out once per set instead of on every call (built by `planStages`). */
   readonly plan: Readonly<Record<PolicyStage, StagePlan>>;
 }

@@ -21,6 +21,7 @@ import type { SigningOutcome } from '../dkim/outcome.js';
 import { buildUserFacts, dataFacts } from '../policy/facts.js';
 import { userOwnsAddress } from '../policy/conditions.js';
 import { MessageScanner } from '../policy/mime.js';
+import { clientKind } from '../policy/client-kind.js';
 import { headerSafe, receivedHeader, type ReceivedHeaderMode } from '../relay/received-header.js';
 import type { AuthMethod, PolicySet } from '../policy/types.js';
 import { Transaction, replyText, type Backend, type ClientIdentity, type MessageSink, type SmtpReply, type SigningRequest } from '../relay/backend.js';
@@ -492,7 +493,7 @@ export class ClientSession implements SnapshotSource {
     // Data-stage rules look at the header block and MIME part headers; the scanner keeps only
     // those (bounded), never the body.
     const set = this.checkpoint.policy;
-    const scanner = set.needs.headers || set.needs.attachments ? new MessageScanner() : undefined;
+    const scanner = set.scans[clientKind(this.trusted, this.user !== undefined)] ? new MessageScanner() : undefined;
     const from = this.sender ? this.sender.address : '';
     const messageId = new MessageIdReader();
     let sink: MessageSink | undefined;

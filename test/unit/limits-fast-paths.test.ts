@@ -176,6 +176,37 @@ describe('nothing to count, and something to count', () => {
     expect(counted).toEqual([{ labels: { limiter: 'recipients_message', result: 'allowed' }, value: 50 }]);
   });
 
+  test('with no connection limit a connection is admitted synchronously, and still registered for the AUTH lockout’s disconnect count', async () => {
+    const { limits } = setup(QUIET);
+    const relay = client('127.0.0.1');
+    const admitted = limits.connectionOpened(relay);
+    expect(admitted).toBeUndefined();
+    expect(limits.openSessions).toBe(1);
+    limits.connectionClosed(relay);
+    expect(limits.openSessions).toBe(0);
+  });
+
+  test('the connection counters answer synchronously too, a refusal included; only a connection rate waits for the store', async () => {
+    const counters = setup('connectionRate: off\nconcurrentPerIp: 1\nconcurrentPerListener: off\n').limits;
+    expect(counters.connectionOpened(client('192.0.2.1'))).toBeUndefined();
+    expect(code(counters.connectionOpened(client('192.0.2.1')) as Refusal | undefined)).toBe('421 4.7.0');
+    await h!.close();
+    const rated = setup('connectionRate: 1/1m\nconcurrentPerIp: off\nconcurrentPerListener: off\n').limits;
+    const first = rated.connectionOpened(client('192.0.2.1'));
+    expect(first).toBeInstanceOf(Promise);
+    expect(await first).toBeUndefined();
+    expect(code(await rated.connectionOpened(client('192.0.2.1')))).toBe('421 4.7.0');
+  });
+
+  test('the plan follows a reload: a connection rate switched on applies to the next connection', async () => {
+    const { limits } = setup(QUIET);
+    expect(limits.plan).toEqual({ connect: false, anonymousMail: false });
+    limits.reconfigure(config('connectionRate: 1/1m\nconcurrentPerIp: off\nconcurrentPerListener: off\nmessagesPerIp: 5/1h\n'));
+    expect(limits.plan).toEqual({ connect: true, anonymousMail: true });
+    expect(await limits.connectionOpened(client('192.0.2.1'))).toBeUndefined();
+    expect(code(await limits.connectionOpened(client('192.0.2.1')))).toBe('421 4.7.0');
+  });
+
   test('without AUTH, an address quota still refuses at exactly N+1', async () => {
     const { limits } = setup(`${QUIET}messagesPerIp: 3/1h`);
     const relay = client('127.0.0.1');

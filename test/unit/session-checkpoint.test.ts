@@ -249,3 +249,103 @@ describe('headers', () => {
     expect(checkpoint.headers().map((h) => h.name)).toEqual(['X-Session']);
   });
 });
+
+describe('fast path: a stage nothing can act on (issue 20)', () => {
+  /** A trusted relay client (smtp-source's kind in the bench): no user, trusted by the listener. */
+  const relayClient = { ...base, trusted: true };
+  const nothingOn = (): FakeLimits => {
+    const limits = new FakeLimits();
+    limits.plan = { connect: false, anonymousMail: false };
+    return limits;
+  };
+  const asked = (n: { value: number }) => () => {
+    n.value++;
+    return { from: 'a@corp.example', recipient: 'b@corp.example' };
+  };
+
+  test('with no policy folder and no quota for the client, every stage answers at once: no limit asked, no snapshot, no stage facts, no evaluation; the default is still counted', async () => {
+    const { checkpoint, limits, metrics } = checkpointWith(emptyPolicySet('UTC'), nothingOn());
+    const source = new Source(relayClient);
+    const built = { value: 0 };
+    for (const stage of ['connect', 'mail', 'rcpt', 'data'] as const) {
+      const verdict = checkpoint.at(stage, source, asked(built));
+      // Synchronous: the session awaits no promise for it.
+      expect(verdict, stage).toBe(OK);
+    }
+    // RCPT asks the recipients-per-message cap only: it needs no store.
+    expect(limits.asked).toEqual(['recipientCap']);
+    expect(limits.rcptFacts).toMatchObject({ session: 'sess1', recipientsSoFar: 0 });
+    expect(source.taken).toBe(0);
+    expect(built.value).toBe(0);
+    expect(metrics.recorded.map((e) => [e.stage, e.decision.kind, e.decision.rule])).toEqual([
+      ['connect', 'continue', 'default'],
+      ['mail', 'continue', 'default'],
+      ['rcpt', 'continue', 'default'],
+      ['data', 'continue', 'default'],
+    ]);
+  });
+
+  test('the recipients-per-message cap still refuses on the fast path', async () => {
+    const full: Refusal = { code: 452, enhanced: '4.5.3', text: 'Too many recipients', reason: 'too_many_recipients' };
+    const limits = nothingOn();
+    limits.answers.rcpt = full;
+    const { checkpoint, metrics } = checkpointWith(emptyPolicySet('UTC'), limits);
+    expect(await checkpoint.at('rcpt', new Source(relayClient), { from: '', recipient: 'x@elsewhere.example' })).toEqual({ refusal: full });
+    expect(metrics.recorded).toEqual([]);
+  });
+
+  test('relay protection still runs for an untrusted client without a user, and refuses a foreign recipient', async () => {
+    const { checkpoint, limits } = checkpointWith(emptyPolicySet('UTC'), nothingOn());
+    const source = new Source();
+    const verdict = await checkpoint.at('rcpt', source, { from: '', recipient: 'x@elsewhere.example' });
+    expect(verdict).toMatchObject({ refusal: { code: 554, reason: 'relay_denied' }, rule: 'builtin:relay_protection' });
+    expect(limits.asked).toEqual(['rcptTo']);
+    expect(source.taken).toBe(1);
+  });
+
+  test('a quota that can count a client without a user (per sender, per address) is asked at MAIL', async () => {
+    const limits = nothingOn();
+    limits.plan = { connect: false, anonymousMail: true };
+    const { checkpoint } = checkpointWith(emptyPolicySet('UTC'), limits);
+    await checkpoint.at('mail', new Source(relayClient), { from: 'a@corp.example' });
+    expect(limits.asked).toEqual(['mailFrom']);
+  });
+
+  test('an authenticated client takes the full path at MAIL and RCPT (its account may be suspended)', async () => {
+    const { checkpoint, limits } = checkpointWith(await policySet('relayProtection: off\n'), nothingOn());
+    const source = new Source({ ...alice, trusted: true });
+    await checkpoint.at('mail', source, { from: 'alice@corp.example' });
+    await checkpoint.at('rcpt', source, { from: 'alice@corp.example', recipient: 'x@elsewhere.example' });
+    expect(limits.asked).toEqual(['mailFrom', 'rcptTo']);
+  });
+
+  test('a rule the client could meet, or a held requirement, takes the full path', async () => {
+    const tagged = checkpointWith(await policySet('rules:\n  - { name: tag, stage: mail, action: add_header, header: ["X-A: 1"] }\n'), nothingOn());
+    const built = { value: 0 };
+    expect(await tagged.checkpoint.at('mail', new Source(relayClient), asked(built))).toBe(OK);
+    expect(built.value).toBe(1);
+    expect(tagged.checkpoint.headers().map((h) => h.name)).toEqual(['X-A']);
+
+    const held = checkpointWith(await policySet('rules:\n  - { name: tls-for-all, stage: connect, action: require_tls }\n'), nothingOn());
+    expect(await held.checkpoint.at('connect', new Source(relayClient))).toBe(OK);
+    expect(await held.checkpoint.at('mail', new Source(relayClient), { from: '' })).toMatchObject({ refusal: { reason: 'tls_required' }, rule: 'tls-for-all' });
+  });
+
+  test('a stage whose default refuses answers its refusal on the fast path too', async () => {
+    const { checkpoint } = checkpointWith(await policySet('relayProtection: off\ndefault: { data: reject }\n'), nothingOn());
+    expect(await checkpoint.at('data', new Source(relayClient))).toMatchObject({ refusal: { code: expect.any(Number) }, rule: 'default' });
+  });
+
+  test('with debug logging the full path runs, for its trace', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+        done();
+      },
+    });
+    const checkpoint = new Checkpoint({ limits: nothingOn(), metrics: new FakePolicyMetrics(), policy: emptyPolicySet('UTC'), log: pino({ level: 'debug' }, sink) });
+    expect(await checkpoint.at('connect', new Source(relayClient))).toBe(OK);
+    expect(lines).toContainEqual(expect.objectContaining({ msg: 'policy evaluated', stage: 'connect', decision: 'continue' }));
+  });
+});
