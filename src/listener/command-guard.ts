@@ -148,7 +148,13 @@ export function unacceptedParameter(verb: 'MAIL' | 'RCPT', line: string): Refusa
   return undefined;
 }
 
-export function checkCommand(line: string, facts: CommandFacts): Refusal | undefined {
+/** A command line's verb, upper-cased ("MAIL"); undefined when the line doesn't start with one. */
+export function commandVerb(line: string): string | undefined {
+  return /^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase();
+}
+
+/** `verb`: the line's (commandVerb), when the caller has it already. */
+export function checkCommand(line: string, facts: CommandFacts, verb = facts.continuation ? undefined : commandVerb(line)): Refusal | undefined {
   // Bytes first: a NUL or stray CR is never part of a valid line, continuation or not.
   if (line.includes('\0')) return NUL_IN_COMMAND;
   if (line.includes('\r')) return CR_IN_COMMAND;
@@ -156,7 +162,6 @@ export function checkCommand(line: string, facts: CommandFacts): Refusal | undef
     if (line.length > MAX_AUTH_LINE_OCTETS) return LINE_TOO_LONG;
     return isSaslToken(line.trim(), true) ? undefined : AUTH_BASE64_INVALID;
   }
-  const verb = /^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase();
   if (verb === 'MAIL' && line.length > MAX_MAIL_OCTETS) return MAIL_LINE_TOO_LONG;
   if (verb !== 'MAIL' && line.length > (verb === 'AUTH' ? MAX_AUTH_LINE_OCTETS : MAX_COMMAND_OCTETS)) return LINE_TOO_LONG;
   // SMTPUTF8 (RFC 6531) allows UTF-8 only in MAIL/RCPT addresses (and their parameters).
@@ -373,7 +378,7 @@ class ConnectionGuard {
     // At the stage its verb belongs to, while the message (DATA) is left to the DATA watchdog.
     this.#lineWatch = new CommandLineWatch(hooks.commandPace, (r, head) => {
       if (isClosing(conn) || inDataMode(conn)) return;
-      hooks.onRefusal(conn.id, r, inSaslExchange(conn) ? this.#stage : stageOf(/^\s*([A-Za-z]+)/.exec(head)?.[1]?.toUpperCase()));
+      hooks.onRefusal(conn.id, r, inSaslExchange(conn) ? this.#stage : stageOf(commandVerb(head)));
       conn.send(r.code, `${r.enhanced} ${r.text}`, false);
       conn.close();
     });
@@ -441,11 +446,12 @@ class ConnectionGuard {
     if (isUpgrading(conn)) return this.#dispatch(command, callback);
     const line = command.toString('latin1');
     const continuation = inSaslExchange(conn);
-    if (!continuation) this.#stage = stageOf(/^\s*([A-Za-z]+)/.exec(line)?.[1]?.toUpperCase());
+    const verb = continuation ? undefined : commandVerb(line);
+    if (!continuation) this.#stage = stageOf(verb);
     if (this.#bareLf) return this.#closeWith(BARE_LF_IN_COMMAND);
     if (this.#dataRefusedAt === this.#reads) return this.#closeWith(PIPELINING_AFTER_REFUSED_DATA);
     if (this.#stage === 'data' && /^\s*DATA\s*$/i.test(line)) this.#dataAt = this.#reads;
-    const r = checkCommand(line, { secure: conn.secure, continuation, draining: this.#hooks.draining(), inTransaction: inTransaction(conn) });
+    const r = checkCommand(line, { secure: conn.secure, continuation, draining: this.#hooks.draining(), inTransaction: inTransaction(conn) }, verb);
     if (!r) {
       if (this.#stage === 'tls' && !conn.secure && /^\s*STARTTLS\s*$/i.test(line)) this.#hooks.onStartTls(conn.id);
       else if (this.#stage === 'connect' && RESETS.test(line)) this.#hooks.onReset?.(conn.id);

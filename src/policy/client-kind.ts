@@ -27,24 +27,10 @@ const isAuthenticatedKind = (kind: ClientKind) => kind % 2 === 1;
 export function staticValue(cond: Condition, kind: ClientKind): boolean | undefined {
   const authenticated = isAuthenticatedKind(kind);
   switch (cond.kind) {
-    case 'all': {
-      let all: boolean | undefined = true;
-      for (const c of cond.of) {
-        const v = staticValue(c, kind);
-        if (v === false) return false;
-        if (v === undefined) all = undefined;
-      }
-      return all;
-    }
-    case 'any': {
-      let any: boolean | undefined = false;
-      for (const c of cond.of) {
-        const v = staticValue(c, kind);
-        if (v === true) return true;
-        if (v === undefined) any = undefined;
-      }
-      return any;
-    }
+    case 'all':
+      return combined(cond.of, kind, false);
+    case 'any':
+      return combined(cond.of, kind, true);
     case 'not': {
       const v = staticValue(cond.of, kind);
       return v === undefined ? undefined : !v;
@@ -73,4 +59,15 @@ export function staticValue(cond: Condition, kind: ClientKind): boolean | undefi
     default:
       return undefined;
   }
+}
+
+/** `all` (a false part decides) or `any` (a true part decides); undefined parts leave it open. */
+function combined(parts: readonly Condition[], kind: ClientKind, decisive: boolean): boolean | undefined {
+  let value: boolean | undefined = !decisive;
+  for (const c of parts) {
+    const v = staticValue(c, kind);
+    if (v === decisive) return decisive;
+    if (v === undefined) value = undefined;
+  }
+  return value;
 }
