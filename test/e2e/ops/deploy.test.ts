@@ -597,6 +597,12 @@ describeWith(['promtool'], 'promtool', () => {
     expect(r.stdout).toMatch(/SUCCESS/);
   });
 
+  test('promtool test rules: SmtpgateNotificationsFailing fires on a notice given up, SmtpgateDkimSigningFailed on a key that did not sign; neither on what senders cause', () => {
+    const r = spawnSync(promtool, ['test', 'rules', 'test/e2e/ops/notice-dkim-alerts.promtool.yml'], { cwd: REPO, encoding: 'utf8' });
+    expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/SUCCESS/);
+  });
+
   test('promtool check config deploy/prometheus/prometheus.yml passes, with the alert rules', () => {
     const out = run(['check', 'config', 'deploy/prometheus/prometheus.yml']);
     expect(out).toMatch(/SUCCESS: 1 rule files found/);
