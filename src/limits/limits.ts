@@ -385,7 +385,7 @@ export class Limits implements LimitsAdmin {
         await this.#store.expire(h.spec, h.key, lockFor, h.source);
         this.#metrics.lockouts.inc({ scope: h.scope });
         this.#log.warn(
-          { session: f.session, ip: f.ip, network: s.ipKey, user: f.username, scope: h.scope, failures: h.spec.points, lockSeconds: lockFor / 1000 },
+          { session: f.session, client: f.ip, network: s.ipKey, user: f.username, scope: h.scope, failures: h.spec.points, lockSeconds: lockFor / 1000 },
           h.scope === 'ip' ? 'AUTH lockout: too many failed logins from this address' : 'AUTH lockout: too many failed logins for this user from this address',
         );
         return h.scope;

@@ -116,7 +116,7 @@ describe('AUTH lockout', () => {
     expect((await limits.authAllowed({ ...client('192.0.2.2'), username: 'alice' })).refusal).toBeUndefined();
     expect(await metric('smtpgate_auth_lockouts_total', { scope: 'user_ip' })).toBe(1);
     const [line] = logged(/AUTH lockout/);
-    expect(line).toMatchObject({ ip: '192.0.2.1', user: 'Alice', scope: 'user_ip', failures: 3, lockSeconds: 600 });
+    expect(line).toMatchObject({ client: '192.0.2.1', user: 'Alice', scope: 'user_ip', failures: 3, lockSeconds: 600 });
     expect(logged(/AUTH lockout/)).toHaveLength(1);
   });
 
@@ -167,7 +167,7 @@ describe('AUTH lockout', () => {
     const text = refused((await limits.authAllowed({ ...ip, username: 'someone-else' })).refusal, 454, '4.7.0', 'locked_out');
     expect(text).toMatch(/Too many failed logins from your address; try again in \d+ seconds/);
     expect(await metric('smtpgate_auth_lockouts_total', { scope: 'ip' })).toBe(1);
-    expect(logged(/AUTH lockout: too many failed logins from this address/)[0]).toMatchObject({ ip: '192.0.2.7', scope: 'ip' });
+    expect(logged(/AUTH lockout: too many failed logins from this address/)[0]).toMatchObject({ client: '192.0.2.7', scope: 'ip' });
   });
 
   test('a successful login clears the user+address count, not the address count', async () => {
