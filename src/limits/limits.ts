@@ -363,7 +363,7 @@ export class Limits implements LimitsAdmin {
   #lockedOut(f: AuthFacts, s: SessionLimits, full: { scope: LockoutScope; msBeforeNext: number }[]): Refusal {
     const lock = full.sort((a, b) => b.msBeforeNext - a.msBeforeNext)[0]!;
     s.lockedRefusals++;
-    this.#log.debug({ session: f.session, ip: f.ip, user: f.username, scope: lock.scope, attempt: s.lockedRefusals }, 'AUTH refused: locked out');
+    this.#log.debug({ session: f.session, client: f.ip, user: f.username, scope: lock.scope, attempt: s.lockedRefusals }, 'AUTH refused: locked out');
     if (s.lockedRefusals > this.config.auth.refusalsBeforeDisconnect) return lockedOutDisconnect(lock.msBeforeNext);
     return lockedOutRefusal(lock.scope, lock.msBeforeNext);
   }
@@ -425,7 +425,7 @@ export class Limits implements LimitsAdmin {
     const [suspended] = await Promise.all([this.#suspension(user), this.#giveBack(reservation.held)]);
     if (suspended === 'unavailable') return limiterUnavailableRefusal('auth');
     if (suspended) {
-      this.#log.info({ session: f.session, ip: f.ip, user: f.username }, 'AUTH refused: account suspended');
+      this.#log.info({ session: f.session, client: f.ip, user: f.username }, 'AUTH refused: account suspended');
       return suspendedAuthRefusal();
     }
     s.lockedRefusals = 0;
@@ -502,7 +502,7 @@ export class Limits implements LimitsAdmin {
     const [, suspendedNow] = await Promise.all([giveBack(), hit && user !== undefined ? this.#quotaHit(user, f, hit) : false]);
     if (suspendedNow) return suspendedMailRefusal();
     const worst = over.sort((a, b) => b.msBeforeNext - a.msBeforeNext)[0]!;
-    this.#log.debug({ session: f.session, ip: f.ip, user: f.user, limiter: worst.limiter }, 'MAIL refused: quota reached');
+    this.#log.debug({ session: f.session, client: f.ip, user: f.user, limiter: worst.limiter }, 'MAIL refused: quota reached');
     return quotaRefusal(worst.limiter, worst.rate, worst.msBeforeNext);
   }
 
@@ -554,7 +554,7 @@ export class Limits implements LimitsAdmin {
     }
     if (r.kind !== 'limited') return undefined;
     if (r.consumed === rate.amount + 1 && (await this.#quotaHit(user, f, 'recipients_user'))) return suspendedMailRefusal();
-    this.#log.debug({ session: f.session, ip: f.ip, user: f.user, limiter: 'recipients_user' }, 'RCPT refused: quota reached');
+    this.#log.debug({ session: f.session, client: f.ip, user: f.user, limiter: 'recipients_user' }, 'RCPT refused: quota reached');
     return quotaRefusal('recipients_user', rate, r.msBeforeNext);
   }
 
@@ -733,7 +733,7 @@ export class Limits implements LimitsAdmin {
   async #quotaHit(user: string, f: ClientFacts, limiter: QuotaLimiter): Promise<boolean> {
     this.#metrics.quotaExhaustions.inc({ limiter });
     const { quotaHits, window, suspendFor } = this.config.brake;
-    this.#log.warn({ session: f.session, ip: f.ip, user: f.user, limiter }, 'quota exhausted for this window');
+    this.#log.warn({ session: f.session, client: f.ip, user: f.user, limiter }, 'quota exhausted for this window');
     if (quotaHits === null) return false;
     const brake: LimiterSpec = { name: 'brake', points: quotaHits, windowMs: window };
     const r = await this.#store.penalty(brake, user, 1);
@@ -744,7 +744,7 @@ export class Limits implements LimitsAdmin {
     this.#suspensions?.remember(user, since, suspendFor, written);
     this.#metrics.suspensions.inc();
     this.#log.warn(
-      { session: f.session, ip: f.ip, user: f.user, quotaHits, window: window / 1000, suspendForSeconds: suspendFor === null ? null : suspendFor / 1000 },
+      { session: f.session, client: f.ip, user: f.user, quotaHits, window: window / 1000, suspendForSeconds: suspendFor === null ? null : suspendFor / 1000 },
       `account suspended: ${quotaHits} quota hits within ${window / 1000}s; ${suspendFor === null ? 'until an admin clears it' : `for ${suspendFor / 1000}s`}`,
     );
     if (this.#suspendedListeners.length > 0 && f.user !== undefined) {

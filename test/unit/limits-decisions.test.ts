@@ -341,7 +341,7 @@ describe('compromised-account brake', () => {
     const text = refused(await mail(), 550, '5.7.1', 'suspended'); // hit 2: suspended
     expect(text).toMatch(/suspended.*contact your administrator/);
     expect(await metric('smtpgate_account_suspensions_total')).toBe(1);
-    expect(logged(/account suspended/)[0]).toMatchObject({ user: 'alice', ip: '192.0.2.1', quotaHits: 2 });
+    expect(logged(/account suspended/)[0]).toMatchObject({ user: 'alice', client: '192.0.2.1', quotaHits: 2 });
 
     // While suspended: AUTH with the right password gets 535 5.7.8; nothing is relayed.
     vi.advanceTimersByTime(24 * 3_600_000);
