@@ -132,14 +132,19 @@ export function workloads(quick: boolean): Workload[] {
     measure: 'mbPerSec',
     metric: { unit: 'MB/s', better: 'higher', decimals: 1 },
   } as const;
+  /** 200 sessions of 4 KB messages, in msg/s: connections reused or not, `messages` timed after `warmUp`. */
+  const throughput = (reuse: boolean, messages: number, warmUp: number) =>
+    ({
+      kind: 'source',
+      load: { reuse, sessions: 200, messages, length: 4096 },
+      warmUp: { reuse, sessions: 200, messages: warmUp, length: 4096 },
+      measure: 'msgPerSec',
+      metric: MSG_PER_SEC,
+    }) as const;
   /** W1 and W1-quiet differ only in smtpgate's log level. */
-  const w1 = {
-    kind: 'source',
-    load: { reuse: true, sessions: 200, messages: q(8000, 800), length: 4096 },
-    warmUp: { reuse: true, sessions: 200, messages: q(4000, 400), length: 4096 },
-    measure: 'msgPerSec',
-    metric: MSG_PER_SEC,
-  } as const;
+  const w1 = throughput(true, q(8000, 800), q(4000, 400));
+  /** W2 and W2-2proc: one message per connection. */
+  const w2 = throughput(false, q(4000, 400), q(2000, 200));
   return [
     {
       id: 'W1',
@@ -166,11 +171,7 @@ export function workloads(quick: boolean): Workload[] {
     {
       id: 'W2',
       title: 'W2 new connection per message',
-      kind: 'source',
-      load: { reuse: false, sessions: 200, messages: q(4000, 400), length: 4096 },
-      warmUp: { reuse: false, sessions: 200, messages: q(2000, 200), length: 4096 },
-      measure: 'msgPerSec',
-      metric: MSG_PER_SEC,
+      ...w2,
       peers: ALL,
       targets: [
         { kind: 'ratio', against: 'nginx', op: '>=', threshold: 1.0 },
@@ -180,11 +181,7 @@ export function workloads(quick: boolean): Workload[] {
     {
       id: 'W2-2proc',
       title: 'W2 with two processes: smtpgate workers: 2 (kernel-balanced), nginx worker_processes 2',
-      kind: 'source',
-      load: { reuse: false, sessions: 200, messages: q(4000, 400), length: 4096 },
-      warmUp: { reuse: false, sessions: 200, messages: q(2000, 200), length: 4096 },
-      measure: 'msgPerSec',
-      metric: MSG_PER_SEC,
+      ...w2,
       processes: 2,
       peers: ['direct', 'smtpgate', 'nginx'],
       notApplicable: 'n/a',

@@ -25,6 +25,8 @@ type LogLine = Record<string, unknown>;
 
 interface Cluster {
   readonly smtpPort: number;
+  /** A second open listener that takes PROXY protocol headers from 127.0.0.1 (a balancer). */
+  readonly proxyPort: number;
   readonly metricsPort: number;
   readonly logs: LogLine[];
   waitForLog(match: (l: LogLine) => boolean, count?: number): Promise<void>;
@@ -35,10 +37,15 @@ interface Cluster {
 /** `smtpgate run` with `workers: 2` and a Redis store, once the primary and both workers are ready. */
 async function startCluster(opts: { backend: BackendInput; storeUrl?: string; limits?: LimitsInput; env?: Record<string, string> }): Promise<Cluster> {
   const smtpPort = await deadPort();
+  const proxyPort = await deadPort();
   const metricsPort = await deadPort();
   const { configFile } = await writeGateFiles({
     backend: opts.backend,
-    listeners: [openListener({ address: `127.0.0.1:${smtpPort}` })],
+    listeners: [
+      openListener({ address: `127.0.0.1:${smtpPort}` }),
+      // The clients the balancer names (203.0.113.0/24) may relay, as 127.0.0.0/8 may on the other.
+      openListener({ name: 'balanced', address: `127.0.0.1:${proxyPort}`, proxyProtocol: { trusted: ['127.0.0.1/32'] }, trusted: { networks: ['203.0.113.0/24'] } }),
+    ],
     metricsAddress: `127.0.0.1:${metricsPort}`,
     logLevel: 'info',
     config: {
@@ -97,7 +104,7 @@ async function startCluster(opts: { backend: BackendInput; storeUrl?: string; li
     await stop();
     throw err;
   }
-  return { smtpPort, metricsPort, logs, waitForLog, stop };
+  return { smtpPort, proxyPort, metricsPort, logs, waitForLog, stop };
 }
 
 function isAlive(pid: number): boolean {
@@ -134,6 +141,19 @@ async function nodeArgs(pid: number): Promise<string[]> {
   return argv.slice(1, argv.findIndex((a) => a.endsWith('main.js')));
 }
 
+/** One message on its own connection; the reply to the final dot. */
+async function sendOne(port: number, subject: string, proxyHeader?: string): Promise<number> {
+  const c = await SmtpTalk.connect(port, proxyHeader ? { preamble: Buffer.from(proxyHeader, 'latin1') } : {});
+  await c.read();
+  await c.cmd('EHLO client.test');
+  await c.cmd('MAIL FROM:<app@corp.test>');
+  await c.cmd('RCPT TO:<bob@corp.test>');
+  await c.cmd('DATA');
+  const code = (await c.cmd(`Subject: ${subject}\r\n\r\nx\r\n.`)).code;
+  await c.cmd('QUIT');
+  return code;
+}
+
 async function readyz(c: Cluster): Promise<{ status: number; reasons: string[] }> {
   const res = await fetch(`http://127.0.0.1:${c.metricsPort}/readyz`);
   return { status: res.status, reasons: ((await res.json()) as { reasons: string[] }).reasons };
@@ -153,17 +173,7 @@ describeWith(['redis-server', 'promtool'], 'two workers behind one primary', () 
     await backend?.close();
   });
 
-  async function send(subject: string): Promise<number> {
-    const c = await SmtpTalk.connect(cluster.smtpPort);
-    await c.read();
-    await c.cmd('EHLO client.test');
-    await c.cmd('MAIL FROM:<app@corp.test>');
-    await c.cmd('RCPT TO:<bob@corp.test>');
-    await c.cmd('DATA');
-    const code = (await c.cmd(`Subject: ${subject}\r\n\r\nx\r\n.`)).code;
-    await c.cmd('QUIT');
-    return code;
-  }
+  const send = (subject: string) => sendOne(cluster.smtpPort, subject);
 
   /** One scrape of the primary: its status, and the summed counters a dashboard would read. */
   async function scrape(): Promise<{ status: number; relayed: number; opened: number }> {
@@ -257,6 +267,22 @@ describeWith(['redis-server', 'promtool'], 'two workers behind one primary', () 
     expect(await scrape()).toEqual({ status: 200, relayed: 7, opened: 7 });
   });
 
+  test('behind a balancer: the worker reads the PROXY header itself, and the backend sees the client it names', async () => {
+    const before = backend.messages.length;
+    for (let i = 0; i < 4; i++) expect(await sendOne(cluster.proxyPort, `proxied ${i}`, `PROXY TCP4 203.0.113.${i + 1} 127.0.0.1 4242 25\r\n`)).toBe(250);
+    expect(backend.messages.slice(before).map((m) => m.xclient.ADDR)).toEqual(['203.0.113.1', '203.0.113.2', '203.0.113.3', '203.0.113.4']);
+  });
+
+  test('SIGHUP reaches every worker, each reloads, and mail still flows on both listeners', async () => {
+    const primary = cluster.logs.find((l) => l.msg === 'smtpgate primary ready')!.pid as number;
+    const reloaded = cluster.logs.filter((l) => l.msg === 'users reloaded').length;
+    process.kill(primary, 'SIGHUP');
+    await cluster.waitForLog((l) => l.msg === 'users reloaded', reloaded + 2);
+    expect(await send('after reload')).toBe(250);
+    expect(await sendOne(cluster.proxyPort, 'after reload, proxied', 'PROXY TCP4 203.0.113.9 127.0.0.1 4242 25\r\n')).toBe(250);
+    expect(backend.messages.at(-1)!.xclient.ADDR).toBe('203.0.113.9');
+  });
+
   test('SIGTERM drains the workers and the primary exits 0', async () => {
     expect(await cluster.stop()).toBe(0);
   });
@@ -305,14 +331,7 @@ describeWith(['redis-server'], 'an operator\'s NODE_CLUSTER_SCHED_POLICY and NOD
       expect((await nodeArgs(pid)).join(' ')).not.toContain('semi-space');
       expect((await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0')).toContain('NODE_OPTIONS=--max-semi-space-size=8');
     }
-    const c = await SmtpTalk.connect(cluster.smtpPort);
-    await c.read();
-    await c.cmd('EHLO client.test');
-    await c.cmd('MAIL FROM:<app@corp.test>');
-    await c.cmd('RCPT TO:<bob@corp.test>');
-    await c.cmd('DATA');
-    expect((await c.cmd('Subject: rr\r\n\r\nx\r\n.')).code).toBe(250);
-    await c.cmd('QUIT');
+    expect(await sendOne(cluster.smtpPort, 'rr')).toBe(250);
     expect(backend.messages).toHaveLength(1);
   });
 });
