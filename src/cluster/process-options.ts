@@ -52,8 +52,9 @@ export function workerExecArgv(execArgv: readonly string[], nodeOptions: string 
  * How the workers get their connections. `none`: every worker accepts on the one listening
  * socket the primary opened and shares, and the kernel picks which; `rr` (node's default on
  * Linux): the primary accepts each connection and passes it to the next worker over IPC, which
- * cost +35% CPU per connection in W2. smtpgate uses `none` unless NODE_CLUSTER_SCHED_POLICY
- * says otherwise (node has already applied that variable when the cluster module loaded).
+ * cost +22% CPU per connection in W2-2proc (median of 4 A/B rounds; issue 20 measured +35%).
+ * smtpgate uses `none` unless NODE_CLUSTER_SCHED_POLICY says otherwise (node has already
+ * applied that variable when the cluster module loaded).
  */
 export interface SchedulingChoice {
   readonly policy: 'none' | 'rr';

@@ -187,7 +187,7 @@ describeWith(['redis-server', 'promtool'], 'two workers behind one primary', () 
 
   const workerPids = () => new Set(cluster.logs.filter((l) => l.msg === 'smtpgate ready').map((l) => l.pid as number));
 
-  // Round robin made the primary accept every connection and pass it on (+35% CPU in W2).
+  // Round robin made the primary accept every connection and pass it on (+22% CPU per connection in W2-2proc).
   test('the workers accept on the shared listening socket themselves (kernel balancing), with smtpgate\'s semi-space', async () => {
     const primary = cluster.logs.find((l) => l.msg === 'smtpgate primary ready')!;
     expect(primary).toMatchObject({ scheduling: 'none (smtpgate default)', workerSemiSpace: '--max-semi-space-size=64 (added by smtpgate)' });
