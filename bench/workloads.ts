@@ -182,6 +182,9 @@ export function workloads(quick: boolean): Workload[] {
       id: 'W2-2proc',
       title: 'W2 with two processes: smtpgate workers: 2 (kernel-balanced), nginx worker_processes 2',
       ...w2,
+      // W2's warm-up for each process: with half of it each, two workers measured +39% CPU per
+      // message against one process, with all of it +9% (docs/benchmarks.md, issue 20).
+      warmUp: { ...w2.warmUp, messages: 2 * w2.warmUp.messages },
       processes: 2,
       peers: ['direct', 'smtpgate', 'nginx'],
       notApplicable: 'n/a',
