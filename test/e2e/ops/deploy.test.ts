@@ -26,6 +26,7 @@ import { REPO } from '../../helpers/ops-traffic.js';
 import { makeTestCert } from '../../helpers/pki.js';
 import { describeWith, findProgram } from '../../helpers/programs.js';
 import { parseNoticeTemplate } from '../../../src/notifications/template.js';
+import { SEMI_SPACE_FLAG } from '../../../src/cluster/process-options.js';
 
 const DEPLOY = path.join(REPO, 'deploy');
 const ETC = '/etc/smtpgate';
@@ -232,6 +233,11 @@ describe('deploy/Dockerfile', () => {
     const health = DOCKER.find((d) => d.instruction === 'HEALTHCHECK')?.args ?? '';
     expect(health).toContain(`http://127.0.0.1:${METRICS_PORT}/healthz`);
     expect(health).toContain('"node"');
+  });
+
+  // docs/deployment.md, "Node's young generation": the image's processes get smtpgate's semi-space.
+  test('sets NODE_OPTIONS to smtpgate\'s semi-space', () => {
+    expect(DOCKER.filter((d) => d.instruction === 'ENV').map((d) => d.args)).toContain(`NODE_OPTIONS=${SEMI_SPACE_FLAG}`);
   });
 
   test('CMD runs the built CLI with the config at /etc/smtpgate/smtpgate.yaml', () => {
@@ -500,6 +506,10 @@ describe('deploy/systemd/smtpgate.service', () => {
     expect(one('Service.ExecReload')).toBe('/bin/kill -HUP $MAINPID');
     expect(one('Service.KillSignal')).toBe('SIGTERM');
     expect(Number(one('Service.TimeoutStopSec'))).toBeGreaterThan(DRAIN_BOUND_SECONDS);
+  });
+
+  test('sets NODE_OPTIONS to smtpgate\'s semi-space (a drop-in replaces it)', () => {
+    expect(unit.get('Service.Environment')).toContain(`NODE_OPTIONS=${SEMI_SPACE_FLAG}`);
   });
 
   test('is hardened: unprivileged, only CAP_NET_BIND_SERVICE, read-only system and /etc/smtpgate', () => {
