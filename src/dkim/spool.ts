@@ -11,7 +11,7 @@ import path from 'node:path';
 
 /** Bytes queued for the file before write() asks the caller to wait. */
 const FILE_QUEUE_BYTES = 1024 * 1024;
-/** Bytes read back from the file per piece. */
+/** Bytes read back from the file per piece (two such buffers per replay, reused). */
 const READ_BYTES = 256 * 1024;
 
 export interface SpoolSettings {
@@ -81,6 +81,9 @@ export class Spool {
 
   /**
    * Writes everything held to `out` in order, waiting for `drain` whenever it returns false.
+   * `drain` must call back once everything written has left (or the writer has failed and
+   * writes nothing more): the file is read back into two buffers, each reused once its bytes
+   * are gone, so a 50 MB message leaves no 50 MB of read buffers for the garbage collector.
    * Throws SpoolError when the file can't be read back.
    */
   async replay(write: (piece: Buffer) => boolean, drain: (cb: () => void) => void): Promise<void> {
@@ -91,17 +94,36 @@ export class Spool {
     await this.#flushing;
     if (this.#error) throw this.#error;
     const handle = await this.#file;
-    for (let at = 0; at < this.#fileBytes; ) {
-      const piece = Buffer.allocUnsafe(Math.min(READ_BYTES, this.#fileBytes - at));
+    const total = this.#fileBytes;
+    const read = async (into: Buffer, at: number): Promise<number> => {
       let n: number;
       try {
-        ({ bytesRead: n } = await handle.read(piece, 0, piece.length, at));
+        ({ bytesRead: n } = await handle.read(into, 0, Math.min(into.length, total - at), at));
       } catch (err) {
         throw new SpoolError(`cannot read the DKIM spool file back: ${(err as Error).message}`);
       }
       if (n === 0) throw new SpoolError('the DKIM spool file is shorter than what was written to it');
+      return n;
+    };
+    const buffers = [Buffer.allocUnsafeSlow(READ_BYTES), Buffer.allocUnsafeSlow(READ_BYTES)];
+    let current = 0;
+    let at = 0;
+    let reading = read(buffers[0]!, 0);
+    while (at < total) {
+      const n = await reading;
       at += n;
-      if (!write(n === piece.length ? piece : piece.subarray(0, n))) await wait();
+      const flowing = write(buffers[current]!.subarray(0, n));
+      // Written and still queued behind the writer's buffer: not ours to overwrite.
+      if (flowing) buffers[current] = Buffer.allocUnsafeSlow(READ_BYTES);
+      current ^= 1;
+      // The other buffer's bytes are gone (drained below, or it was replaced): the next read
+      // fills it while this piece drains.
+      if (at < total) reading = read(buffers[current]!, at);
+      if (!flowing) {
+        // A read that fails meanwhile is thrown by the await at the top of the loop.
+        reading.catch(() => undefined);
+        await wait();
+      }
     }
   }
 
