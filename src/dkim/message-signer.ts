@@ -29,7 +29,7 @@ import type { KeySet, SigningKey } from './key-ring.js';
 import type { SigningOutcome } from './outcome.js';
 import { RelaxedBodyHash } from './relaxed-body-hash.js';
 import { signingDomain, type RawHeader } from './signing-domain.js';
-import { Spool, type SpoolSettings } from './spool.js';
+import { Spool, type PieceWriter, type SpoolSettings } from './spool.js';
 
 const LF = 0x0a;
 const DOT = 0x2e;
@@ -144,10 +144,10 @@ export class MessageSigner {
    * The client's final dot arrived and the message passed every check: works out the
    * signature and writes it, then the held message, to the backend (waiting on `drain`).
    */
-  async send(write: (piece: Buffer) => boolean, drain: (cb: () => void) => void): Promise<SigningOutcome> {
+  async send(out: PieceWriter): Promise<SigningOutcome> {
     const outcome = this.#unsigned ?? (await this.#sign());
-    if (outcome.signed) for (const field of this.#signatures) write(Buffer.from(field, 'latin1'));
-    await this.#spool.replay(write, drain);
+    if (outcome.signed) for (const field of this.#signatures) out.write(Buffer.from(field, 'latin1'));
+    await this.#spool.replay(out);
     return outcome;
   }
 

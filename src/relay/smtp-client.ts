@@ -834,6 +834,11 @@ export class DataWriter {
     return false;
   }
 
+  /** Bytes written and not yet handed to the kernel (the socket may still reference them). */
+  get pendingBytes(): number {
+    return this.#socket.writableLength;
+  }
+
   /**
    * Runs `cb` once the backend has taken everything written (at once if nothing is pending),
    * or once the connection has failed.

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, expect, test, vi } from 'vitest';
 import { startChildGate, scrapeMetric, type ChildGate } from '../../helpers/child-gate.js';
 import { listener, openListener } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
+import { startFlakyBackend } from '../../helpers/flaky-backend.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 import { runCli } from '../../helpers/cli.js';
 import { describeWith } from '../../helpers/programs.js';
@@ -270,5 +271,31 @@ describeWith(['dkimverify'], 'DKIM signing through `smtpgate run`', () => {
     await vi.waitFor(() => expect(openIn(refusingGate.pid, refusingSpool)).toEqual([]));
     expect(await readdir(refusingSpool)).toEqual([]);
     expect(refusing.messages).toHaveLength(0);
+  });
+
+  test('a backend that stops reading while the signed message goes out: after backend.timeouts.dataIdle the client gets 451 4.4.2 and the spool file is closed', async () => {
+    const stalled = await startFlakyBackend(() => ({ fault: 'stall-read' }));
+    let stalledSpool = '';
+    const stalledGate = await startChildGate({
+      backend: { address: `127.0.0.1:${stalled.port}`, timeouts: { dataIdle: '1s' } },
+      listeners: [openListener()],
+      config: { dkim },
+      beforeStart: async (d) => {
+        stalledSpool = path.join(d, 'spool');
+        await mkdir(stalledSpool);
+        await copyFile(path.join(gate.files.dir, 'corp.key'), path.join(d, 'corp.key'));
+      },
+    });
+    try {
+      const c = await startData(stalledGate.port('open'));
+      // More than the loopback socket buffers hold: the replay from the spool file backs up.
+      await c.writeAll(wire(Buffer.concat([Buffer.from(message('alice@corp.test', 'stalled', ''), 'latin1'), body(16 * MiB)])));
+      expect((await c.read()).raw).toBe('451 4.4.2 Connection to the mail server failed, try again later');
+      await vi.waitFor(() => expect(openIn(stalledGate.pid, stalledSpool)).toEqual([]));
+      expect(stalled.accepted).toHaveLength(0);
+    } finally {
+      await stalledGate.stop();
+      await stalled.close();
+    }
   });
 });
