@@ -199,6 +199,15 @@ describeWith(['dkimverify'], 'DKIM signing through `smtpgate run`', () => {
     expect(withoutAddedFields(stored).toString('utf8')).toBe(msg);
   });
 
+  test('a message that is all header block (no blank line, no body) is signed and verifies', async () => {
+    const before = backend.messages.length;
+    const msg = 'From: alice@corp.test\r\nTo: <bob@example.net>\r\nSubject: headers only\r\nMessage-ID: <headersonly@corp.test>\r\n';
+    expect(await send(gate.port('open'), msg)).toBe(250);
+    const stored = backend.messages[before]!.data;
+    expect((await verifyDkim(stored, records)).map((r) => r.ok)).toEqual([true]);
+    expect(withoutAddedFields(stored).toString('utf8')).toBe(msg);
+  });
+
   test('does not sign a From: domain that has no key; the message is relayed as sent', async () => {
     const before = backend.messages.length;
     const msg = message('someone@elsewhere.test', 'unlisted');
