@@ -834,7 +834,15 @@ export class DataWriter {
     return false;
   }
 
-  /** Runs `cb` once the backend has taken what was written (at once if nothing is pending). */
+  /** Bytes written and not yet handed to the kernel (the socket may still reference them). */
+  get pendingBytes(): number {
+    return this.#socket.writableLength;
+  }
+
+  /**
+   * Runs `cb` once the backend has taken everything written (at once if nothing is pending),
+   * or once the connection has failed.
+   */
   onDrain(cb: () => void): void {
     if (this.#drainTimer === undefined) cb();
     else this.#drainWaiter = cb;
@@ -862,8 +870,13 @@ export class DataWriter {
     this.#host.setOnFail(undefined);
     if (this.#drainTimer) clearTimeout(this.#drainTimer);
     this.#drainTimer = undefined;
-    this.#drainWaiter = undefined;
     this.#socket.off('drain', this.#drained);
+    // Whoever waits to write more learns that nothing more will be written (write() is a
+    // no-op now and finish() rejects) instead of waiting for ever: a DKIM spool replay is
+    // past the point where the session listens for the failure.
+    const waiter = this.#drainWaiter;
+    this.#drainWaiter = undefined;
+    waiter?.();
   }
 
   readonly #uncork = (): void => {
