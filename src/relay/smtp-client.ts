@@ -184,10 +184,62 @@ class ReplyParser {
   }
 }
 
+/**
+ * The reply deadline of the command awaited in a lock-step exchange: one Timeout per
+ * connection, refreshed for each command, where a setTimeout and a clearTimeout per command
+ * cost a timer object and two timer-list updates each. A reply stops it lazily: the timer stays
+ * queued and, if it fires, finds no command waiting. It is started again with `refresh()`, or
+ * replaced when a command's timeout differs (the greeting, the final dot).
+ */
+class ReplyTimer {
+  #timer: NodeJS.Timeout | undefined;
+  #ms = 0;
+  /** The timeout of the command holding the timer; undefined while it holds none. */
+  #onTimeout: (() => void) | undefined;
+
+  /** A command holds the timer, its deadline not yet reached. */
+  get running(): boolean {
+    return this.#onTimeout !== undefined;
+  }
+
+  /** `onTimeout` runs `ms` from now unless stop() or dispose() comes first. */
+  start(ms: number, onTimeout: () => void): void {
+    this.#onTimeout = onTimeout;
+    if (this.#timer !== undefined && this.#ms === ms) {
+      this.#timer.refresh();
+      return;
+    }
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#ms = ms;
+    this.#timer = setTimeout(this.#fire, ms);
+  }
+
+  stop(): void {
+    this.#onTimeout = undefined;
+  }
+
+  /** The connection is gone: nothing stays queued. */
+  dispose(): void {
+    this.#onTimeout = undefined;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  readonly #fire = (): void => {
+    const onTimeout = this.#onTimeout;
+    this.#onTimeout = undefined;
+    onTimeout?.();
+  };
+}
+
 interface Waiter {
   resolve: (reply: SmtpReply) => void;
   reject: (err: BackendError) => void;
-  timer: NodeJS.Timeout | undefined;
+  /**
+   * Its reply deadline: 'shared' while it holds the connection's ReplyTimer (no other command
+   * was awaiting a reply when it was armed), its own Timeout if it was pipelined behind one.
+   */
+  timer: NodeJS.Timeout | 'shared' | undefined;
 }
 
 /** Where the connection is; decides which kind a transport failure gets. */
@@ -238,6 +290,7 @@ export class BackendConnection extends EventEmitter {
   private rawSocket: net.Socket | undefined;
   private readonly parser = new ReplyParser();
   private readonly waiters: Waiter[] = [];
+  private readonly replyTimer = new ReplyTimer();
   private phase: Phase = 'tcp';
   /** Settles when the transport is up (TCP connected, or TLS handshake done). */
   private transportWaiter: { resolve: () => void; reject: (err: BackendError) => void } | undefined;
@@ -627,9 +680,13 @@ export class BackendConnection extends EventEmitter {
     this.waiters.push(waiter);
     const arm = (): void => {
       if (this.failure || waiter.timer) return;
-      waiter.timer = setTimeout(() => {
-        this.fail(new BackendError('timeout', `no reply from backend to ${labelText(label)} within ${timeoutMs} ms`));
-      }, timeoutMs);
+      const onTimeout = () => this.fail(new BackendError('timeout', `no reply from backend to ${labelText(label)} within ${timeoutMs} ms`));
+      if (this.replyTimer.running) {
+        waiter.timer = setTimeout(onTimeout, timeoutMs);
+      } else {
+        this.replyTimer.start(timeoutMs, onTimeout);
+        waiter.timer = 'shared';
+      }
     };
     if (armNow) arm();
     return { promise, arm };
@@ -658,7 +715,8 @@ export class BackendConnection extends EventEmitter {
       this.fail(err);
       return false;
     }
-    if (waiter.timer) clearTimeout(waiter.timer);
+    if (waiter.timer === 'shared') this.replyTimer.stop();
+    else clearTimeout(waiter.timer);
     waiter.resolve(reply);
     return this.failure === undefined;
   }
@@ -717,8 +775,9 @@ export class BackendConnection extends EventEmitter {
     const transport = this.transportWaiter;
     this.transportWaiter = undefined;
     transport?.reject(err);
+    this.replyTimer.dispose();
     for (const waiter of this.waiters.splice(0)) {
-      if (waiter.timer) clearTimeout(waiter.timer);
+      if (waiter.timer !== 'shared') clearTimeout(waiter.timer);
       waiter.reject(err);
     }
     const onFail = this.onFail;

@@ -409,6 +409,58 @@ describe('connect failures and timeouts', () => {
     expect(reasons).toHaveLength(1);
   });
 
+  it('a backend that stops answering mid-session times out commandMs after the unanswered command, not after an earlier one', async () => {
+    let noops = 0;
+    const { port } = await startScripted(basicScript([], (line) => line === 'NOOP' && ++noops > 3));
+    const conn = await connect(port, { timeouts: { ...TIMEOUTS, commandMs: 150 } });
+    for (let i = 0; i < 3; i++) expect((await conn.command('NOOP')).code).toBe(250);
+    // Idle for most of a command timeout: a deadline left over from the last answered command
+    // would fire 50 ms into the next one.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const sent = Date.now();
+    const err = await backendError(conn.command('NOOP'));
+    expect(err.kind).toBe('timeout');
+    expect(err.message).toBe('no reply from backend to NOOP within 150 ms');
+    expect(Date.now() - sent).toBeGreaterThanOrEqual(140);
+    expect(conn.closed).toBe(true);
+  });
+
+  it('an idle connection, with every command answered, outlives commandMs', async () => {
+    const { port } = await startScripted(basicScript([]));
+    const conn = await connect(port, { timeouts: { ...TIMEOUTS, greetingMs: 100, commandMs: 100 } });
+    expect((await conn.command('NOOP')).code).toBe(250);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    expect(conn.closed).toBe(false);
+    expect((await conn.command('NOOP')).code).toBe(250);
+  });
+
+  it('gives each command of a lock-step session its own commandMs, however long the session', async () => {
+    // Each reply comes 100 ms late: 400 ms in all, well past one 150 ms timeout.
+    const { port } = await startScripted(
+      basicScript([], (line, conn) => {
+        if (line !== 'NOOP') return false;
+        setTimeout(() => conn.write('250 2.0.0 ok\r\n'), 100);
+        return true;
+      }),
+    );
+    const conn = await connect(port, { timeouts: { ...TIMEOUTS, commandMs: 150 } });
+    for (let i = 0; i < 4; i++) expect((await conn.command('NOOP')).code).toBe(250);
+    expect(conn.closed).toBe(false);
+  });
+
+  it('times a command pipelined behind another from its own sending, and names it when it times out', async () => {
+    const { port } = await startScripted(basicScript([], (line) => line === 'RSET'));
+    const conn = await connect(port, { timeouts: { ...TIMEOUTS, commandMs: 150 } });
+    const noop = conn.command('NOOP');
+    const sent = Date.now();
+    const rset = backendError(conn.command('RSET'));
+    expect((await noop).code).toBe(250);
+    const err = await rset;
+    expect(err.kind).toBe('timeout');
+    expect(err.message).toBe('no reply from backend to RSET within 150 ms');
+    expect(Date.now() - sent).toBeGreaterThanOrEqual(140);
+  });
+
   it('rejects a pending command with kind closed when the backend drops the connection', async () => {
     const { port } = await startScripted(
       basicScript([], (line, conn) => {
