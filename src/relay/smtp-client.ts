@@ -44,6 +44,12 @@ export class BackendError extends Error {
   }
 }
 
+/**
+ * How every connection ends that said QUIT: one shared value, since it is the same for all and
+ * a new Error per connection would capture a stack trace no one reads. Never changed.
+ */
+const CLOSED_AFTER_QUIT = new BackendError('closed', 'backend connection closed after QUIT');
+
 export interface BackendTimeouts {
   /** TCP connect, plus the TLS handshake for implicit TLS and for STARTTLS. */
   connectMs: number;
@@ -525,7 +531,7 @@ export class BackendConnection extends EventEmitter {
     } catch {
       // Timed out or closed: either way the connection is finished.
     }
-    this.fail(new BackendError('closed', 'backend connection closed after QUIT'), true);
+    this.fail(CLOSED_AFTER_QUIT, true);
   }
 
   // ---- internals ----------------------------------------------------------------------

@@ -1161,9 +1161,11 @@ describe('command safety and lifecycle', () => {
   it('quit sends QUIT, resolves on 221 and closes the connection', async () => {
     const { port, connection } = await startScripted(basicScript([]));
     const conn = await connect(port);
-    const closed = once(conn, 'close');
+    const closed = once(conn, 'close') as Promise<[BackendError]>;
     await conn.quit();
-    await closed;
+    const [reason] = await closed;
+    expect(reason).toBeInstanceOf(BackendError);
+    expect([reason.kind, reason.message]).toEqual(['closed', 'backend connection closed after QUIT']);
     expect(conn.closed).toBe(true);
     expect((await connection).lines).toEqual([`EHLO ${HELO}`, 'QUIT']);
     expect((await backendError(conn.command('NOOP'))).kind).toBe('closed');
