@@ -10,6 +10,7 @@
  */
 import type { WriteBatcher } from '../transport/write-batcher.js';
 import { identityLines, type IdentityLines } from './identity-lines.js';
+import { parseCapabilities, type CapabilityCache } from './ehlo-capabilities.js';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -74,6 +75,8 @@ export interface BackendClientOptions {
   timeouts: BackendTimeouts;
   /** Holds the commands of one event-loop turn so they leave together; none: each is written at once. */
   writes?: WriteBatcher;
+  /** This backend's EHLO replies already parsed; none: each EHLO reply is parsed. */
+  capabilities?: CapabilityCache;
 }
 
 export interface IdentityOptions {
@@ -309,7 +312,7 @@ export class BackendConnection extends EventEmitter {
   private onFail: ((err: BackendError) => void) | undefined;
   private dataInProgress = false;
   private greetingReply: SmtpReply = { code: 0, lines: [], text: '' };
-  private caps: Map<string, string> = new Map();
+  private caps: ReadonlyMap<string, string> = new Map();
   private isSecure = false;
 
   private constructor(opts: BackendClientOptions) {
@@ -384,7 +387,7 @@ export class BackendConnection extends EventEmitter {
     const reply = await this.send(`EHLO ${name}`, 'EHLO', this.opts.timeouts.commandMs);
     // Whatever the server said before no longer holds (RFC 3207 §4.2, XCLIENT_README):
     // keep only what this reply advertises, nothing if it refused.
-    this.caps = reply.code === 250 ? parseCapabilities(reply) : new Map();
+    this.caps = reply.code !== 250 ? new Map() : this.opts.capabilities ? this.opts.capabilities.parse(reply.lines) : parseCapabilities(reply.lines);
     return reply;
   }
 
@@ -826,20 +829,6 @@ export class BackendConnection extends EventEmitter {
 
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-/** EHLO reply → capability map. The first line is the server's name, not a capability. */
-function parseCapabilities(reply: SmtpReply): Map<string, string> {
-  const caps = new Map<string, string>();
-  for (const line of reply.lines.slice(1)) {
-    // "AUTH=PLAIN LOGIN" is the pre-RFC 4954 spelling some servers still send; "=" is not
-    // an ehlo-keyword character, so splitting on it is safe.
-    const m = /^([^\s=]+)[\s=]*(.*)$/.exec(line.trim());
-    if (!m?.[1]) continue;
-    const keyword = m[1].toUpperCase();
-    if (!caps.has(keyword)) caps.set(keyword, (m[2] ?? '').trim());
-  }
-  return caps;
 }
 
 /** Message pieces at least this large are written at once rather than held until the turn ends. */

@@ -17,6 +17,7 @@ import {
   type DataWriter,
   type SmtpReply,
 } from '../../src/relay/smtp-client.js';
+import { CapabilityCache } from '../../src/relay/ehlo-capabilities.js';
 
 const HELO = 'gate.test';
 
@@ -758,6 +759,32 @@ describe('XCLIENT and XFORWARD', () => {
     ]);
     expect(conn.hasCapability('XCLIENT')).toBe(false);
     expect(conn.capabilities.get('SIZE')).toBe('5000');
+  });
+
+  it('connections sharing a capability cache each hold what their own last EHLO advertised, before and after XCLIENT', async () => {
+    const { port } = await startScripted({
+      greeting: '220 backend.test ESMTP\r\n',
+      onLine(line, conn) {
+        if (line.startsWith('EHLO ')) {
+          const ehlos = conn.lines.filter((l) => l.startsWith('EHLO ')).length;
+          conn.write(ehlos === 1 ? '250-backend.test\r\n250-XCLIENT NAME ADDR\r\n250 PIPELINING\r\n' : `250-backend.test greets ${line.slice(5)}\r\n250-SIZE 5000\r\n250 PIPELINING\r\n`);
+        } else if (line.startsWith('XCLIENT ')) {
+          conn.write('220 backend.test ESMTP\r\n');
+        }
+      },
+    });
+    const capabilities = new CapabilityCache();
+    const first = await connect(port, { capabilities });
+    expect(first.hasCapability('XCLIENT')).toBe(true);
+    expect((await first.xclient({ ADDR: '192.0.2.1' }, { clientHelo: 'one.example' })).code).toBe(220);
+    expect(first.hasCapability('XCLIENT')).toBe(false);
+    expect(first.capabilities.get('SIZE')).toBe('5000');
+    const second = await connect(port, { capabilities });
+    expect(second.hasCapability('XCLIENT')).toBe(true);
+    expect(first.hasCapability('XCLIENT')).toBe(false);
+    expect((await second.xclient({ ADDR: '192.0.2.2' }, { clientHelo: 'two.example' })).code).toBe(220);
+    // The same lines after the server's name: the second connection was given the first's map.
+    expect(second.capabilities).toBe(first.capabilities);
   });
 
   it('XCLIENT splits a line that would exceed 512 octets, with EHLO after each 220 and ADDR in the last command', async () => {
