@@ -12,7 +12,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { startSink, runSource, SENDER, RECIPIENT } from './lib/postfix-tools.js';
-import { spawnChild, RssSampler, settledRssKb, procCpuSeconds, idleCpuSeconds } from './lib/processes.js';
+import { spawnChild, RssSampler, settledRssKb, procCpuSeconds, idleCpuSeconds, treeCpuSeconds, sleep } from './lib/processes.js';
 import { startBenchDirectory, type BenchDirectory } from './lib/bench-directory.js';
 import type { BenchAppPasswords } from './lib/bench-app-passwords.js';
 import type { Peer, RunningPeer, TlsFiles } from './peers/peer.js';
@@ -70,6 +70,7 @@ export async function measure(w: Workload, peer: Peer, rep: number, env: RunEnv)
       profileDir: env.profileDir,
       nodeArgs: env.smtpgateNodeArgs,
       env: env.smtpgateEnv,
+      processes: w.processes,
     });
     const outcome = await (w.kind === 'source'
       ? sourceRun(w, running, sink)
@@ -99,14 +100,17 @@ async function sourceRun(w: Extract<Workload, { kind: 'source' }>, peer: Running
   if (warmed !== w.warmUp.messages) return { ok: false, extra: {}, error: `warm-up: sink got ${warmed} of ${w.warmUp.messages} messages; ${warm.stderr.slice(0, 300)}` };
   const sampler = w.measure === 'mbPerSec' ? new RssSampler(peer.pid) : undefined;
   await sampler?.start();
-  const cpuBefore = await procCpuSeconds(peer.pid);
+  // The whole tree: a cluster primary and its workers, nginx's master and its workers.
+  const cpuBefore = await treeCpuSeconds(peer.pid);
   const run = await runSource(w.load, peer.port, 10 * 60_000);
-  const cpu = (await procCpuSeconds(peer.pid)) - cpuBefore;
+  const cpu = (await treeCpuSeconds(peer.pid)) - cpuBefore;
   const rss = await sampler?.stop();
   const expected = w.warmUp.messages + w.load.messages;
   const got = await sink.waitForMessages(expected);
   const extra: Record<string, number> = { seconds: run.seconds, peerCpuSeconds: cpu, messages: w.load.messages };
   if (rss) extra.rssGrowthMb = (rss.peakKb - rss.baselineKb) / 1024;
+  const split = w.processes && w.processes > 1 && !w.load.reuse ? await connectionSplit(peer, expected) : undefined;
+  if (split) Object.assign(extra, split);
   if (got !== expected || run.exitCode !== 0) {
     const problem = got !== expected ? `sink got ${got - w.warmUp.messages} of ${w.load.messages} messages` : `smtp-source exited ${run.exitCode}`;
     return { ok: false, extra, error: `${problem}; ${run.stderr.split('\n').slice(0, 3).join(' | ')}` };
@@ -119,6 +123,23 @@ async function sourceRun(w: Extract<Workload, { kind: 'source' }>, peer: Running
         ? (run.seconds * 1000 * load.sessions) / load.messages
         : (load.messages * load.length) / 1e6 / run.seconds;
   return { ok: true, value, extra };
+}
+
+/**
+ * How evenly the processes shared the connections (warm-up and timed run: one per message
+ * here): the busiest one's share, 0.5 being even with two. Waits for the log to hold them all.
+ */
+async function connectionSplit(peer: RunningPeer, connections: number): Promise<Record<string, number> | undefined> {
+  if (!peer.connectionsPerProcess) return undefined;
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const counts = [...(await peer.connectionsPerProcess()).values()];
+    const total = counts.reduce((a, b) => a + b, 0);
+    if (total >= connections || Date.now() > deadline) {
+      return total ? { busiestProcessShare: Math.max(...counts) / total, processesSeen: counts.length } : undefined;
+    }
+    await sleep(100);
+  }
 }
 
 async function tlsAuthRun(w: Extract<Workload, { kind: 'tls-auth' }>, peer: RunningPeer, sink: Sink, env: RunEnv, dir: string, directory?: BenchDirectory): Promise<Outcome> {

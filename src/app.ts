@@ -38,6 +38,7 @@ import { SmtpListener } from './listener/smtp-listener.js';
 import { BackendPool, BackendSession, UpstreamTokens, chooseMailbox, type BackendClientOptions, type BackendLogin, type BackendTarget, type IdentityMode, type TokenSettings } from './relay/backend.js';
 import { loadTokenSettings } from './relay/token-settings.js';
 import { BackendHealth } from './relay/backend-health.js';
+import { CapabilityCache } from './relay/ehlo-capabilities.js';
 import { createLimits, type Limits } from './limits/limits.js';
 import { limitsAdminRoutes } from './limits/admin.js';
 import { readRedisPasswordFile } from './limits/redis-store.js';
@@ -1018,6 +1019,7 @@ export class App {
       },
       heloName: b.heloName ?? this.config.hostname,
       writes: this.#writes,
+      capabilities: new CapabilityCache(),
       timeouts: {
         connectMs: b.timeouts.connect,
         greetingMs: b.timeouts.greeting,

@@ -8,7 +8,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync, readFileSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 
 /**
@@ -261,4 +261,26 @@ export async function procCpuSeconds(pid: number): Promise<number> {
   // The command name (field 2) may hold spaces; the fields after its ")" are plain.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/**
+ * The pids of a process and everything below it (from /proc/PID/task/TID/children): a
+ * cluster primary and its workers, nginx's master and its worker processes.
+ */
+export async function processTree(pid: number): Promise<number[]> {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    const tasks = await readdir(`/proc/${out[i]}/task`).catch(() => [] as string[]);
+    for (const tid of tasks) {
+      const children = await readFile(`/proc/${out[i]}/task/${tid}/children`, 'utf8').catch(() => '');
+      for (const c of children.split(' ')) if (c.trim()) out.push(Number(c));
+    }
+  }
+  return out;
+}
+
+/** User + system CPU seconds of a process and its descendants (each read from /proc; one that just ended counts 0). */
+export async function treeCpuSeconds(pid: number): Promise<number> {
+  const each = await Promise.all((await processTree(pid)).map((p) => procCpuSeconds(p).catch(() => 0)));
+  return each.reduce((a, b) => a + b, 0);
 }

@@ -1,6 +1,8 @@
 /**
  * nginx's mail proxy (Debian `nginx-light` + `libnginx-mod-mail`), one process
- * (`daemon off; master_process off`) from a temporary prefix, as root, on loopback ports.
+ * (`daemon off; master_process off`) from a temporary prefix, as root, on loopback ports; for
+ * a workload with several processes, a master and that many worker processes (each with its
+ * own accept loop on the shared listening socket; `accept_mutex` is off by default).
  *
  * The mail module needs an auth_http server even for `smtp_auth none`; the bench runs a tiny
  * Node responder (nginx-auth-http.ts) that points every session at the sink. nginx then sends
@@ -23,7 +25,7 @@ export class NginxPeer implements Peer {
   #version = 'nginx';
 
   get description(): string {
-    return `${this.#version} mail proxy, 1 process, smtp_auth none + Node auth_http responder, xclient on`;
+    return `${this.#version} mail proxy, 1 process (W2-2proc: master + 2 worker processes), smtp_auth none + Node auth_http responder, xclient on`;
   }
 
   async prepare(): Promise<Unavailable | undefined> {
@@ -50,8 +52,8 @@ export class NginxPeer implements Peer {
       conf,
       `load_module ${MAIL_MODULE};
 daemon off;
-master_process off;
-worker_processes 1;
+master_process ${(ctx.processes ?? 1) > 1 ? 'on' : 'off'};
+worker_processes ${ctx.processes ?? 1};
 pid ${path.join(ctx.dir, 'nginx.pid')};
 error_log ${errorLog} warn;
 worker_rlimit_nofile ${NOFILE};

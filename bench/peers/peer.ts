@@ -46,15 +46,22 @@ export interface PeerContext {
   readonly nodeArgs?: readonly string[];
   /** smtpgate only: extra environment variables (experiments: MALLOC_ARENA_MAX, …). */
   readonly env?: Readonly<Record<string, string>>;
+  /** Processes serving mail (smtpgate workers, nginx worker processes); 1 when not given. */
+  readonly processes?: number;
 }
 
 export interface RunningPeer {
-  /** The process whose memory is measured (nginx's single process, Haraka's, smtpgate's, smtp-sink's). */
+  /**
+   * The process whose memory is measured (nginx's single process, Haraka's, smtpgate's,
+   * smtp-sink's); with several processes the top one (CPU is counted over its whole tree).
+   */
   readonly pid: number;
   /** Plaintext SMTP without AUTH; 127.0.0.1 may relay (smtp-source's workloads). */
   readonly port: number;
   /** STARTTLS (W6 after TLS, and for smtpgate W5 with AUTH), when the peer has it. */
   readonly startTlsPort?: number;
+  /** With several processes, how many connections each (by pid) has accepted so far (smtpgate: from its log). */
+  connectionsPerProcess?(): Promise<ReadonlyMap<number, number>>;
   stop(): Promise<void>;
 }
 

@@ -9,6 +9,7 @@ import { resolveWorkers } from '../config/schema.js';
 import type { RuntimeMaterial } from '../app.js';
 import { forwardSignal, runPrimary, type WorkerMessage } from '../cluster/primary.js';
 import { answerPrimary } from '../cluster/worker-reports.js';
+import { describeSemiSpace, semiSpaceSource, SEMI_SPACE_FLAG } from '../cluster/process-options.js';
 
 export interface RunOptions {
   readonly configFile: string;
@@ -35,7 +36,14 @@ export async function run(config: Config, material: RuntimeMaterial, opts: RunOp
   } else {
     opts.onReady?.(config, bound);
   }
-  app.log.info({ metrics: inCluster ? 'served by the primary' : `${config.metrics.address.host}:${bound.metrics}`, pid: process.pid }, 'smtpgate ready');
+  app.log.info(
+    {
+      metrics: inCluster ? 'served by the primary' : `${config.metrics.address.host}:${bound.metrics}`,
+      pid: process.pid,
+      semiSpace: describeSemiSpace(semiSpaceSource(process.execArgv, process.env.NODE_OPTIONS)),
+    },
+    'smtpgate ready',
+  );
 
   let stopping = false;
   const stop = (signal: string) => {
@@ -66,7 +74,16 @@ async function runClusterPrimary(config: Config, workers: number, material: Runt
   const logOutput = openLogOutput(config.log, material);
   const log = logOutput.log.child({ role: 'primary' });
   const primary = await runPrimary(config, workers, log, material.adminToken);
-  log.info({ workers, metrics: `${config.metrics.address.host}:${primary.metricsPort}`, pid: process.pid }, 'smtpgate primary ready');
+  log.info(
+    {
+      workers,
+      metrics: `${config.metrics.address.host}:${primary.metricsPort}`,
+      pid: process.pid,
+      scheduling: `${primary.scheduling.policy} (${primary.scheduling.source})`,
+      workerSemiSpace: primary.workerSemiSpace === 'node default' ? `${SEMI_SPACE_FLAG} (added by smtpgate)` : describeSemiSpace(primary.workerSemiSpace),
+    },
+    'smtpgate primary ready',
+  );
   let stopping = false;
   const stop = (signal: 'SIGTERM' | 'SIGINT') => {
     if (stopping) return;

@@ -15,12 +15,17 @@ import type { Logger } from '../logging/logger.js';
 import { boundPort, startAdminServer, type Readiness } from '../metrics/http-server.js';
 import { WorkerReports } from './worker-reports.js';
 import { authCacheAdminRoute } from '../auth/admin.js';
+import { schedulingPolicy, semiSpaceSource, workerExecArgv, type SchedulingChoice, type SemiSpaceSource } from './process-options.js';
 
 /** Messages a worker sends the primary (besides its reports). */
 export type WorkerMessage = { type: 'smtpgate:ready' } | { type: 'smtpgate:stopping' };
 
 export interface PrimaryHandle {
   readonly metricsPort: number;
+  /** How the workers share the listeners, and where that choice came from. */
+  readonly scheduling: SchedulingChoice;
+  /** Where the workers' semi-space setting came from ('node default': smtpgate's was added). */
+  readonly workerSemiSpace: SemiSpaceSource;
   stop(signal: 'SIGTERM' | 'SIGINT'): Promise<void>;
 }
 
@@ -41,6 +46,12 @@ const READINESS_ANSWER_MS = 1000;
 export async function runPrimary(config: Config, workers: number, log: Logger, adminToken?: string): Promise<PrimaryHandle> {
   const reports = new WorkerReports({ metricsMs: METRICS_ANSWER_MS, readinessMs: READINESS_ANSWER_MS });
   let stopping = false;
+
+  // Both before the first fork: node freezes the scheduling policy at setupPrimary().
+  const scheduling = schedulingPolicy(process.env);
+  cluster.schedulingPolicy = scheduling.policy === 'none' ? cluster.SCHED_NONE : cluster.SCHED_RR;
+  const workerSemiSpace = semiSpaceSource(process.execArgv, process.env.NODE_OPTIONS);
+  cluster.setupPrimary({ execArgv: workerExecArgv(process.execArgv, process.env.NODE_OPTIONS) });
 
   const fork = (): Worker => {
     const worker = cluster.fork({ SMTPGATE_WORKER: '1' });
@@ -96,6 +107,8 @@ export async function runPrimary(config: Config, workers: number, log: Logger, a
 
   return {
     metricsPort: boundPort(admin),
+    scheduling,
+    workerSemiSpace,
     async stop(signal) {
       stopping = true;
       const alive = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead());

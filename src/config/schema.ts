@@ -456,8 +456,10 @@ export function configSchema(baseDir: string) {
       if (cfg.backend.auth?.mechanism === 'XOAUTH2' && cfg.notifications && !cfg.notifications.relay) {
         ctx.addIssue({ code: 'custom', path: ['notifications', 'relay'], message: 'backend.auth signs in with XOAUTH2, which suspension notices can\'t: give notifications.relay (a relay that takes them with a password or from smtpgate\'s address)' });
       }
-      if (cfg.backend.auth?.mechanism === 'XOAUTH2' && cfg.auth?.backend.includes('backend')) {
-        ctx.addIssue({ code: 'custom', path: ['backend', 'auth', 'mechanism'], message: 'auth.backend lists backend (passthrough), which signs each session in to the backend with the client\'s own password: smtpgate can\'t also sign in with XOAUTH2 there (the backend would refuse the second AUTH). Check passwords at smtpgate (file, ldap, dovecot, http) instead' });
+      // One backend session holds one login: smtpgate's own would come first, and the client's
+      // passthrough AUTH after it gets 503 (already authenticated), whatever the mechanism.
+      if (cfg.backend.auth && cfg.auth?.backend.includes('backend')) {
+        ctx.addIssue({ code: 'custom', path: ['backend', 'auth', 'mechanism'], message: `auth.backend lists backend (passthrough), which signs each session in to the backend with the client's own password: smtpgate can't also sign in there with its own backend.auth (${cfg.backend.auth.mechanism}); the backend would refuse the second AUTH. Check passwords at smtpgate (file, ldap, dovecot, http), or remove backend.auth` });
       }
       cfg.backend.auth?.mailboxes.forEach((r, i) => {
         if (r.listener !== undefined && !names.has(r.listener)) {

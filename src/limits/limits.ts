@@ -381,7 +381,7 @@ export class Limits implements LimitsAdmin {
   #lockedOut(f: AuthFacts, s: SessionLimits, full: { scope: LockoutScope; msBeforeNext: number }[]): Refusal {
     const lock = full.sort((a, b) => b.msBeforeNext - a.msBeforeNext)[0]!;
     s.lockedRefusals++;
-    this.#log.debug({ session: f.session, ip: f.ip, user: f.username, scope: lock.scope, attempt: s.lockedRefusals }, 'AUTH refused: locked out');
+    this.#log.debug({ session: f.session, client: f.ip, user: f.username, scope: lock.scope, attempt: s.lockedRefusals }, 'AUTH refused: locked out');
     if (s.lockedRefusals > this.config.auth.refusalsBeforeDisconnect) return lockedOutDisconnect(lock.msBeforeNext);
     return lockedOutRefusal(lock.scope, lock.msBeforeNext);
   }
@@ -403,7 +403,7 @@ export class Limits implements LimitsAdmin {
         await this.#store.expire(h.spec, h.key, lockFor, h.source);
         this.#metrics.lockouts.inc({ scope: h.scope });
         this.#log.warn(
-          { session: f.session, ip: f.ip, network: s.ipKey, user: f.username, scope: h.scope, failures: h.spec.points, lockSeconds: lockFor / 1000 },
+          { session: f.session, client: f.ip, network: s.ipKey, user: f.username, scope: h.scope, failures: h.spec.points, lockSeconds: lockFor / 1000 },
           h.scope === 'ip' ? 'AUTH lockout: too many failed logins from this address' : 'AUTH lockout: too many failed logins for this user from this address',
         );
         return h.scope;
@@ -443,7 +443,7 @@ export class Limits implements LimitsAdmin {
     const [suspended] = await Promise.all([this.#suspension(user), this.#giveBack(reservation.held)]);
     if (suspended === 'unavailable') return limiterUnavailableRefusal('auth');
     if (suspended) {
-      this.#log.info({ session: f.session, ip: f.ip, user: f.username }, 'AUTH refused: account suspended');
+      this.#log.info({ session: f.session, client: f.ip, user: f.username }, 'AUTH refused: account suspended');
       return suspendedAuthRefusal();
     }
     s.lockedRefusals = 0;
@@ -520,7 +520,7 @@ export class Limits implements LimitsAdmin {
     const [, suspendedNow] = await Promise.all([giveBack(), hit && user !== undefined ? this.#quotaHit(user, f, hit) : false]);
     if (suspendedNow) return suspendedMailRefusal();
     const worst = over.sort((a, b) => b.msBeforeNext - a.msBeforeNext)[0]!;
-    this.#log.debug({ session: f.session, ip: f.ip, user: f.user, limiter: worst.limiter }, 'MAIL refused: quota reached');
+    this.#log.debug({ session: f.session, client: f.ip, user: f.user, limiter: worst.limiter }, 'MAIL refused: quota reached');
     return quotaRefusal(worst.limiter, worst.rate, worst.msBeforeNext);
   }
 
@@ -567,7 +567,7 @@ export class Limits implements LimitsAdmin {
     }
     if (r.kind !== 'limited') return undefined;
     if (r.consumed === rate.amount + 1 && (await this.#quotaHit(user, f, 'recipients_user'))) return suspendedMailRefusal();
-    this.#log.debug({ session: f.session, ip: f.ip, user: f.user, limiter: 'recipients_user' }, 'RCPT refused: quota reached');
+    this.#log.debug({ session: f.session, client: f.ip, user: f.user, limiter: 'recipients_user' }, 'RCPT refused: quota reached');
     return quotaRefusal('recipients_user', rate, r.msBeforeNext);
   }
 
@@ -764,7 +764,7 @@ export class Limits implements LimitsAdmin {
   async #quotaHit(user: string, f: ClientFacts, limiter: QuotaLimiter): Promise<boolean> {
     this.#metrics.quotaExhaustions.inc({ limiter });
     const { quotaHits, window, suspendFor } = this.config.brake;
-    this.#log.warn({ session: f.session, ip: f.ip, user: f.user, limiter }, 'quota exhausted for this window');
+    this.#log.warn({ session: f.session, client: f.ip, user: f.user, limiter }, 'quota exhausted for this window');
     if (quotaHits === null) return false;
     const brake: LimiterSpec = { name: 'brake', points: quotaHits, windowMs: window };
     const r = await this.#store.penalty(brake, user, 1);
@@ -775,7 +775,7 @@ export class Limits implements LimitsAdmin {
     this.#suspensions?.remember(user, since, suspendFor, written);
     this.#metrics.suspensions.inc();
     this.#log.warn(
-      { session: f.session, ip: f.ip, user: f.user, quotaHits, window: window / 1000, suspendForSeconds: suspendFor === null ? null : suspendFor / 1000 },
+      { session: f.session, client: f.ip, user: f.user, quotaHits, window: window / 1000, suspendForSeconds: suspendFor === null ? null : suspendFor / 1000 },
       `account suspended: ${quotaHits} quota hits within ${window / 1000}s; ${suspendFor === null ? 'until an admin clears it' : `for ${suspendFor / 1000}s`}`,
     );
     if (this.#suspendedListeners.length > 0 && f.user !== undefined) {

@@ -26,12 +26,12 @@
  * - The v1 line must be printable US-ASCII (§2.1: "one line of US-ASCII text"), also in the
  *   part after "UNKNOWN" that is otherwise ignored.
  */
-import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { SMTPServer } from 'smtp-server';
 import type { ListenerConfig } from '../config/schema.js';
 import { CidrSet } from '../parsing/cidr.js';
 import { replaceProxyHandler } from './smtp-server-seams.js';
+import type { SessionIds } from './session-ids.js';
 
 export interface ProxyAddresses {
   /** 'unknown' = v1 "UNKNOWN" or v2 LOCAL / AF_UNSPEC (and UDP / UNIX): use the real peer address. */
@@ -481,11 +481,10 @@ export function readProxyHeader(socket: Socket, opts: { timeoutMs: number }): Pr
  * `onRefused` and disconnected before a byte of SMTP is exchanged. It runs for every accepted
  * socket, before any TLS handshake, through smtp-server's `_handleProxy` seam.
  */
-export function installProxyProtocol(server: SMTPServer, settings: NonNullable<ListenerConfig['proxyProtocol']>, onRefused: (peer: string, why: string) => void): void {
+export function installProxyProtocol(server: SMTPServer, settings: NonNullable<ListenerConfig['proxyProtocol']>, ids: SessionIds, onRefused: (peer: string, why: string) => void): void {
   const peers = new CidrSet(settings.trusted);
   replaceProxyHandler(server, (socket, cb) => {
-    // The session id, made as smtp-server makes its own.
-    const id = BigInt('0x' + randomBytes(10).toString('hex')).toString(32).padStart(16, '0');
+    const id = ids.next();
     const peer = socket.remoteAddress ?? '';
     const refuse = (why: string) => {
       onRefused(peer, why);

@@ -20,6 +20,7 @@ import { ClientSession, type ClientSessionDeps } from '../session/client-session
 import { SmtpServerClient, peerCertificate } from './smtp-server-client.js';
 import { sessionDeps, type ListenerDeps } from './listener-deps.js';
 import { installProxyProtocol } from './proxy-protocol.js';
+import { SessionIds, installSessionIds } from './session-ids.js';
 import { assertSmtpServerSeams, openConnections } from './smtp-server-seams.js';
 
 export class SmtpListener {
@@ -96,11 +97,14 @@ export class SmtpListener {
       this.#deps.log[level]({ listener: config.name, err: { code: err.code, message: err.message } }, 'client connection error');
     });
     if (tls) tls.manager.attach(this.server);
+    const ids = new SessionIds();
     if (config.proxyProtocol) {
-      installProxyProtocol(this.server, config.proxyProtocol, (peer, why) => {
+      installProxyProtocol(this.server, config.proxyProtocol, ids, (peer, why) => {
         this.#deps.log.warn({ listener: this.name, peer, why }, 'PROXY protocol: connection refused');
         this.#deps.metrics.refusals.inc({ listener: this.name, stage: 'connect', reason: 'proxy_protocol', code_class: 'none' });
       });
+    } else {
+      installSessionIds(this.server, ids);
     }
     installCommandGuard(this.server, {
       onRefusal: (sessionId, r, stage) => this.#guardRefusal(sessionId, r, stage, false),

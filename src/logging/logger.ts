@@ -83,7 +83,25 @@ export function resolveFormat(format: LogFormat, toFile: boolean, isJournal: () 
  * line reads the same to a person, jq, Loki or a SIEM without a lookup table; ISO times.
  */
 export function loggerOptions(level: string): PinoOptions<never> {
-  return { level, base: { app: 'smtpgate' }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } };
+  return { level, base: { app: 'smtpgate' }, timestamp: isoTimePerMillisecond(Date.now), formatters: { level: (label) => ({ level: label }) } };
+}
+
+/**
+ * pino's isoTime (`,"time":"2026-12-07T08:21:50.457Z"`), formatted once per millisecond: a
+ * busy gate writes several lines in the same millisecond (a transaction record per message),
+ * and a Date and its ISO string for each was a tenth of a line's cost (issue 18's W1 profile).
+ */
+export function isoTimePerMillisecond(now: () => number): () => string {
+  let last = Number.NaN;
+  let text = '';
+  return () => {
+    const ms = now();
+    if (ms !== last) {
+      last = ms;
+      text = `,"time":"${new Date(ms).toISOString()}"`;
+    }
+    return text;
+  };
 }
 
 /**
@@ -103,25 +121,76 @@ class JournalPrefix {
   }
 }
 
+/** A batch is written once it holds this many characters (about as many bytes: JSON lines are mostly ASCII). */
+const BATCH_CHARS = 4096;
+/** A quiet gate's lines wait at most this long. */
+const BATCH_MS = 250;
+
 /**
  * stdout or a file, written in batches: lines are gathered up to 4 KiB and written together, at
  * the latest every 250 ms, and on exit (also after an uncaught exception): one write syscall per
  * busy stretch instead of one per line, which at thousands of messages a second is a
  * measurable share of the CPU.
+ *
+ * sonic-boom owns the file (the write loop, EAGAIN, EPIPE, reopen) and writes each batch at
+ * once, as one Buffer; the gathering is done here, because sonic-boom's own (minLength) measures
+ * its whole pending string in UTF-8 again at every line and encodes each batch twice: per line
+ * that cost as much as the syscalls it saves (issue 18, callgrind of the record line: see
+ * docs/benchmarks.md "The mail log").
  */
-function batchedDestination(file: string | undefined) {
-  const dest = pino.destination({ dest: file ?? 1, sync: true, minLength: 4096, periodicFlush: 250, ...(file ? { append: true, mkdir: false } : {}) });
-  // flush(), not flushSync(): in sync mode it writes at once too, but a reader that is gone
-  // (EPIPE) becomes an 'error' that pino swallows, where flushSync() would retry for ever and
-  // keep a crashed process from exiting.
+/** sonic-boom in contentMode 'buffer' (its types know only strings). */
+interface ByteDestination {
+  write(bytes: Buffer): boolean;
+  reopen(): void;
+}
+
+class LineBatch {
+  readonly #dest: ByteDestination;
+  #lines: string[] = [];
+  #chars = 0;
+
+  constructor(dest: ByteDestination) {
+    this.#dest = dest;
+  }
+
+  write(line: string): void {
+    this.#lines.push(line);
+    this.#chars += line.length;
+    if (this.#chars >= BATCH_CHARS) this.flush();
+  }
+
+  /** Writes what is gathered now; pino's logger.flush() passes a callback. */
+  flush(cb?: (err?: Error) => void): void {
+    if (this.#lines.length > 0) {
+      const text = this.#lines.length === 1 ? this.#lines[0]! : this.#lines.join('');
+      this.#lines = [];
+      this.#chars = 0;
+      this.#dest.write(Buffer.from(text, 'utf8'));
+    }
+    cb?.();
+  }
+
+  /** The file opened anew under its name; what is gathered belongs to the old one. */
+  reopen(): void {
+    this.flush();
+    this.#dest.reopen();
+  }
+}
+
+function batchedDestination(file: string | undefined): LineBatch {
+  const dest = pino.destination({ dest: file ?? 1, sync: true, minLength: 0, contentMode: 'buffer', ...(file ? { append: true, mkdir: false } : {}) });
+  const batch = new LineBatch(dest as unknown as ByteDestination);
+  setInterval(() => batch.flush(), BATCH_MS).unref();
+  // sonic-boom in sync mode writes at once; a reader that is gone (EPIPE) becomes an 'error'
+  // that pino swallows, so a crashed process still exits.
   process.once('exit', () => {
     try {
-      dest.flush();
+      batch.flush();
     } catch {
       // Nothing left to do on the way out.
     }
   });
-  return dest;
+  return batch;
 }
 
 export function openLog(opts: LoggerOptions): LogOutput {
@@ -134,8 +203,7 @@ export function openLog(opts: LoggerOptions): LogOutput {
     primary = opts.destination;
   } else if (format !== 'pretty') {
     const dest = batchedDestination(opts.file);
-    // What is still gathered belongs to the old file, where logrotate moved it.
-    if (opts.file) reopen = () => (dest.flush(), dest.reopen());
+    if (opts.file) reopen = () => dest.reopen();
     primary = format === 'journal' ? new JournalPrefix(dest) : dest;
   }
   if (!opts.syslog) {

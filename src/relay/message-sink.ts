@@ -172,7 +172,7 @@ export class MessageSink {
     if (this.#ineligible) this.#report(this.#ineligible);
     if (signer) {
       try {
-        const outcome = signer.released ? signer.unsignedOutcome! : await signer.send((p) => this.#writer.write(p), (cb) => this.#writer.onDrain(cb));
+        const outcome = signer.released ? signer.unsignedOutcome! : await signer.send(this.#writer);
         this.#report(outcome);
       } finally {
         await signer.dispose();

@@ -10,6 +10,7 @@
  */
 import type { WriteBatcher } from '../transport/write-batcher.js';
 import { identityLines, type IdentityLines } from './identity-lines.js';
+import { parseCapabilities, type CapabilityCache } from './ehlo-capabilities.js';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -44,6 +45,12 @@ export class BackendError extends Error {
   }
 }
 
+/**
+ * How every connection ends that said QUIT: one shared value, since it is the same for all and
+ * a new Error per connection would capture a stack trace no one reads. Never changed.
+ */
+const CLOSED_AFTER_QUIT = new BackendError('closed', 'backend connection closed after QUIT');
+
 export interface BackendTimeouts {
   /** TCP connect, plus the TLS handshake for implicit TLS and for STARTTLS. */
   connectMs: number;
@@ -68,6 +75,8 @@ export interface BackendClientOptions {
   timeouts: BackendTimeouts;
   /** Holds the commands of one event-loop turn so they leave together; none: each is written at once. */
   writes?: WriteBatcher;
+  /** This backend's EHLO replies already parsed; none: each EHLO reply is parsed. */
+  capabilities?: CapabilityCache;
 }
 
 export interface IdentityOptions {
@@ -184,10 +193,62 @@ class ReplyParser {
   }
 }
 
+/**
+ * The reply deadline of the command awaited in a lock-step exchange: one Timeout per
+ * connection, refreshed for each command, where a setTimeout and a clearTimeout per command
+ * cost a timer object and two timer-list updates each. A reply stops it lazily: the timer stays
+ * queued and, if it fires, finds no command waiting. It is started again with `refresh()`, or
+ * replaced when a command's timeout differs (the greeting, the final dot).
+ */
+class ReplyTimer {
+  #timer: NodeJS.Timeout | undefined;
+  #ms = 0;
+  /** The timeout of the command holding the timer; undefined while it holds none. */
+  #onTimeout: (() => void) | undefined;
+
+  /** A command holds the timer, its deadline not yet reached. */
+  get running(): boolean {
+    return this.#onTimeout !== undefined;
+  }
+
+  /** `onTimeout` runs `ms` from now unless stop() or dispose() comes first. */
+  start(ms: number, onTimeout: () => void): void {
+    this.#onTimeout = onTimeout;
+    if (this.#timer !== undefined && this.#ms === ms) {
+      this.#timer.refresh();
+      return;
+    }
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#ms = ms;
+    this.#timer = setTimeout(this.#fire, ms);
+  }
+
+  stop(): void {
+    this.#onTimeout = undefined;
+  }
+
+  /** The connection is gone: nothing stays queued. */
+  dispose(): void {
+    this.#onTimeout = undefined;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  readonly #fire = (): void => {
+    const onTimeout = this.#onTimeout;
+    this.#onTimeout = undefined;
+    onTimeout?.();
+  };
+}
+
 interface Waiter {
   resolve: (reply: SmtpReply) => void;
   reject: (err: BackendError) => void;
-  timer: NodeJS.Timeout | undefined;
+  /**
+   * Its reply deadline: 'shared' while it holds the connection's ReplyTimer (no other command
+   * was awaiting a reply when it was armed), its own Timeout if it was pipelined behind one.
+   */
+  timer: NodeJS.Timeout | 'shared' | undefined;
 }
 
 /** Where the connection is; decides which kind a transport failure gets. */
@@ -238,6 +299,7 @@ export class BackendConnection extends EventEmitter {
   private rawSocket: net.Socket | undefined;
   private readonly parser = new ReplyParser();
   private readonly waiters: Waiter[] = [];
+  private readonly replyTimer = new ReplyTimer();
   private phase: Phase = 'tcp';
   /** Settles when the transport is up (TCP connected, or TLS handshake done). */
   private transportWaiter: { resolve: () => void; reject: (err: BackendError) => void } | undefined;
@@ -250,7 +312,7 @@ export class BackendConnection extends EventEmitter {
   private onFail: ((err: BackendError) => void) | undefined;
   private dataInProgress = false;
   private greetingReply: SmtpReply = { code: 0, lines: [], text: '' };
-  private caps: Map<string, string> = new Map();
+  private caps: ReadonlyMap<string, string> = new Map();
   private isSecure = false;
 
   private constructor(opts: BackendClientOptions) {
@@ -325,7 +387,7 @@ export class BackendConnection extends EventEmitter {
     const reply = await this.send(`EHLO ${name}`, 'EHLO', this.opts.timeouts.commandMs);
     // Whatever the server said before no longer holds (RFC 3207 §4.2, XCLIENT_README):
     // keep only what this reply advertises, nothing if it refused.
-    this.caps = reply.code === 250 ? parseCapabilities(reply) : new Map();
+    this.caps = reply.code !== 250 ? new Map() : this.opts.capabilities ? this.opts.capabilities.parse(reply.lines) : parseCapabilities(reply.lines);
     return reply;
   }
 
@@ -472,7 +534,7 @@ export class BackendConnection extends EventEmitter {
     } catch {
       // Timed out or closed: either way the connection is finished.
     }
-    this.fail(new BackendError('closed', 'backend connection closed after QUIT'), true);
+    this.fail(CLOSED_AFTER_QUIT, true);
   }
 
   // ---- internals ----------------------------------------------------------------------
@@ -627,9 +689,13 @@ export class BackendConnection extends EventEmitter {
     this.waiters.push(waiter);
     const arm = (): void => {
       if (this.failure || waiter.timer) return;
-      waiter.timer = setTimeout(() => {
-        this.fail(new BackendError('timeout', `no reply from backend to ${labelText(label)} within ${timeoutMs} ms`));
-      }, timeoutMs);
+      const onTimeout = () => this.fail(new BackendError('timeout', `no reply from backend to ${labelText(label)} within ${timeoutMs} ms`));
+      if (this.replyTimer.running) {
+        waiter.timer = setTimeout(onTimeout, timeoutMs);
+      } else {
+        this.replyTimer.start(timeoutMs, onTimeout);
+        waiter.timer = 'shared';
+      }
     };
     if (armNow) arm();
     return { promise, arm };
@@ -658,7 +724,8 @@ export class BackendConnection extends EventEmitter {
       this.fail(err);
       return false;
     }
-    if (waiter.timer) clearTimeout(waiter.timer);
+    if (waiter.timer === 'shared') this.replyTimer.stop();
+    else clearTimeout(waiter.timer);
     waiter.resolve(reply);
     return this.failure === undefined;
   }
@@ -717,8 +784,9 @@ export class BackendConnection extends EventEmitter {
     const transport = this.transportWaiter;
     this.transportWaiter = undefined;
     transport?.reject(err);
+    this.replyTimer.dispose();
     for (const waiter of this.waiters.splice(0)) {
-      if (waiter.timer) clearTimeout(waiter.timer);
+      if (waiter.timer !== 'shared') clearTimeout(waiter.timer);
       waiter.reject(err);
     }
     const onFail = this.onFail;
@@ -761,20 +829,6 @@ export class BackendConnection extends EventEmitter {
 
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-/** EHLO reply → capability map. The first line is the server's name, not a capability. */
-function parseCapabilities(reply: SmtpReply): Map<string, string> {
-  const caps = new Map<string, string>();
-  for (const line of reply.lines.slice(1)) {
-    // "AUTH=PLAIN LOGIN" is the pre-RFC 4954 spelling some servers still send; "=" is not
-    // an ehlo-keyword character, so splitting on it is safe.
-    const m = /^([^\s=]+)[\s=]*(.*)$/.exec(line.trim());
-    if (!m?.[1]) continue;
-    const keyword = m[1].toUpperCase();
-    if (!caps.has(keyword)) caps.set(keyword, (m[2] ?? '').trim());
-  }
-  return caps;
 }
 
 /** Message pieces at least this large are written at once rather than held until the turn ends. */
@@ -834,7 +888,15 @@ export class DataWriter {
     return false;
   }
 
-  /** Runs `cb` once the backend has taken what was written (at once if nothing is pending). */
+  /** Bytes written and not yet handed to the kernel (the socket may still reference them). */
+  get pendingBytes(): number {
+    return this.#socket.writableLength;
+  }
+
+  /**
+   * Runs `cb` once the backend has taken everything written (at once if nothing is pending),
+   * or once the connection has failed.
+   */
   onDrain(cb: () => void): void {
     if (this.#drainTimer === undefined) cb();
     else this.#drainWaiter = cb;
@@ -862,8 +924,13 @@ export class DataWriter {
     this.#host.setOnFail(undefined);
     if (this.#drainTimer) clearTimeout(this.#drainTimer);
     this.#drainTimer = undefined;
-    this.#drainWaiter = undefined;
     this.#socket.off('drain', this.#drained);
+    // Whoever waits to write more learns that nothing more will be written (write() is a
+    // no-op now and finish() rejects) instead of waiting for ever: a DKIM spool replay is
+    // past the point where the session listens for the failure.
+    const waiter = this.#drainWaiter;
+    this.#drainWaiter = undefined;
+    waiter?.();
   }
 
   readonly #uncork = (): void => {

@@ -379,7 +379,9 @@ export class ClientSession implements SnapshotSource {
   async mail(address: EnvelopeAddress): Promise<Verdict> {
     // A transaction still open ends here: the client reset it (RSET, EHLO) or began another.
     this.#endRecord({ abandoned: true });
-    this.#record = new TransactionRecord(address.address, this.#transactionClient(), this.#deps.clock());
+    // Built only when its line will be written: at warn a busy gate would pay for records
+    // (the client's fields, each RCPT, the Message-ID scan) that no one reads.
+    this.#record = this.log.isLevelEnabled('info') ? new TransactionRecord(address.address, this.#transactionClient(), this.#deps.clock()) : undefined;
     const verdict = await this.#mail(address);
     if (verdict.refusal) this.#endRecord({ refused: verdict.refusal, stage: 'mail', rule: verdict.rule });
     return verdict;
@@ -462,8 +464,10 @@ export class ClientSession implements SnapshotSource {
       metrics.messages.inc({ listener, result: 'relayed', ...how });
       metrics.messageBytes.observe(outcome.bytes);
       metrics.recipientsPerMessage.observe(recipients);
-      const reply = replyText(outcome.reply);
-      this.#endRecord({ relayed: { reply: `${outcome.reply.code} ${reply}`, queueId: queueIdOf(reply) } });
+      if (this.#record) {
+        const reply = replyText(outcome.reply);
+        this.#endRecord({ relayed: { reply: `${outcome.reply.code} ${reply}`, queueId: queueIdOf(reply) } });
+      }
       this.#deps.limits.messageBytes(this.limitsFacts(), outcome.bytes).catch((err: unknown) => this.log.error({ err }, 'bytes quota update failed'));
       verdict = { ok: true, reply: outcome.reply };
     }
@@ -495,7 +499,7 @@ export class ClientSession implements SnapshotSource {
     const set = this.checkpoint.policy;
     const scanner = set.scans[clientKind(this.trusted, this.user !== undefined)] ? new MessageScanner() : undefined;
     const from = this.sender ? this.sender.address : '';
-    const messageId = new MessageIdReader();
+    const messageId = this.#record ? new MessageIdReader() : undefined;
     let sink: MessageSink | undefined;
     const watchdog = this.#dataWatchdog(() => sink?.bytesIn ?? 0);
 
@@ -527,7 +531,7 @@ export class ClientSession implements SnapshotSource {
             if (startsWithContinuation(chunk, this.#deps.data.bareLineEndings === 'normalize')) return fail(new PolicyRefusalError(MESSAGE_STARTS_WITH_CONTINUATION, undefined));
           }
           scanner?.write(chunk);
-          messageId.write(chunk);
+          messageId?.write(chunk);
           let flowing: boolean;
           try {
             flowing = out.write(chunk);
@@ -544,7 +548,7 @@ export class ClientSession implements SnapshotSource {
           ended = true;
           // The client's part ends at its final dot; waiting for the backend is not its fault.
           clearInterval(watchdog);
-          this.#record?.message(out.bytesIn, messageId.value(), this.backend.targetName);
+          if (messageId) this.#record?.message(out.bytesIn, messageId.value(), this.backend.targetName);
           if (settled) return;
           try {
             out.end();

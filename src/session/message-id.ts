@@ -14,7 +14,12 @@ export class MessageIdReader {
 
   write(chunk: Buffer): void {
     if (this.#done) return;
-    this.#head += chunk.toString('latin1', 0, Math.min(chunk.length, MAX_HEADER_BYTES - this.#head.length));
+    // Only bytes up to the first blank line this chunk holds become text: the body behind it
+    // (the whole rest of a small message) would be a string made and dropped for every message.
+    // A header block's end split across chunks lies before that blank line, so it is still found.
+    const blank = chunk.indexOf('\r\n\r\n');
+    const upTo = blank >= 0 ? blank + 4 : chunk.length;
+    this.#head += chunk.toString('latin1', 0, Math.min(upTo, MAX_HEADER_BYTES - this.#head.length));
     if (this.#head.startsWith('\r\n')) {
       // No header block at all.
       this.#head = '';

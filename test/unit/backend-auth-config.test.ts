@@ -104,10 +104,16 @@ describe('backend.auth mechanism XOAUTH2', () => {
     ]);
   });
 
-  test('passthrough auth (auth.backend: backend) signs in with the client\'s password: no XOAUTH2 there', () => {
-    expect(issuesOf(config(MICROSOFT).replace('auth:\n  users: users', 'auth:\n  backend: backend'))).toEqual([
-      `${FILE}:18: backend.auth.mechanism: auth.backend lists backend (passthrough), which signs each session in to the backend with the client's own password: smtpgate can't also sign in with XOAUTH2 there (the backend would refuse the second AUTH). Check passwords at smtpgate (file, ldap, dovecot, http) instead`,
+  test('passthrough auth (auth.backend: backend) signs in with the client\'s password: no backend.auth of smtpgate\'s own there, whatever the mechanism', () => {
+    const passthrough = (text: string) => text.replace('auth:\n  users: users', 'auth:\n  backend: backend');
+    expect(issuesOf(passthrough(config(MICROSOFT)))).toEqual([
+      `${FILE}:18: backend.auth.mechanism: auth.backend lists backend (passthrough), which signs each session in to the backend with the client's own password: smtpgate can't also sign in there with its own backend.auth (XOAUTH2); the backend would refuse the second AUTH. Check passwords at smtpgate (file, ldap, dovecot, http), or remove backend.auth`,
     ]);
+    for (const mechanism of ['PLAIN', 'LOGIN']) {
+      expect(issuesOf(passthrough(config(`mechanism: ${mechanism}\nuser: relay\npasswordFile: pw`)))).toEqual([
+        `${FILE}:18: backend.auth.mechanism: auth.backend lists backend (passthrough), which signs each session in to the backend with the client's own password: smtpgate can't also sign in there with its own backend.auth (${mechanism}); the backend would refuse the second AUTH. Check passwords at smtpgate (file, ldap, dovecot, http), or remove backend.auth`,
+      ]);
+    }
   });
 
   test('suspension notices can\'t sign in with a token: with XOAUTH2 they need notifications.relay', () => {

@@ -116,7 +116,7 @@ describe('AUTH lockout', () => {
     expect((await limits.authAllowed({ ...client('192.0.2.2'), username: 'alice' })).refusal).toBeUndefined();
     expect(await metric('smtpgate_auth_lockouts_total', { scope: 'user_ip' })).toBe(1);
     const [line] = logged(/AUTH lockout/);
-    expect(line).toMatchObject({ ip: '192.0.2.1', user: 'Alice', scope: 'user_ip', failures: 3, lockSeconds: 600 });
+    expect(line).toMatchObject({ client: '192.0.2.1', user: 'Alice', scope: 'user_ip', failures: 3, lockSeconds: 600 });
     expect(logged(/AUTH lockout/)).toHaveLength(1);
   });
 
@@ -167,7 +167,7 @@ describe('AUTH lockout', () => {
     const text = refused((await limits.authAllowed({ ...ip, username: 'someone-else' })).refusal, 454, '4.7.0', 'locked_out');
     expect(text).toMatch(/Too many failed logins from your address; try again in \d+ seconds/);
     expect(await metric('smtpgate_auth_lockouts_total', { scope: 'ip' })).toBe(1);
-    expect(logged(/AUTH lockout: too many failed logins from this address/)[0]).toMatchObject({ ip: '192.0.2.7', scope: 'ip' });
+    expect(logged(/AUTH lockout: too many failed logins from this address/)[0]).toMatchObject({ client: '192.0.2.7', scope: 'ip' });
   });
 
   test('a successful login clears the user+address count, not the address count', async () => {
@@ -341,7 +341,7 @@ describe('compromised-account brake', () => {
     const text = refused(await mail(), 550, '5.7.1', 'suspended'); // hit 2: suspended
     expect(text).toMatch(/suspended.*contact your administrator/);
     expect(await metric('smtpgate_account_suspensions_total')).toBe(1);
-    expect(logged(/account suspended/)[0]).toMatchObject({ user: 'alice', ip: '192.0.2.1', quotaHits: 2 });
+    expect(logged(/account suspended/)[0]).toMatchObject({ user: 'alice', client: '192.0.2.1', quotaHits: 2 });
 
     // While suspended: AUTH with the right password gets 535 5.7.8; nothing is relayed.
     vi.advanceTimersByTime(24 * 3_600_000);

@@ -5,7 +5,8 @@
  */
 import { Writable } from 'node:stream';
 import { describe, expect, test } from 'vitest';
-import { createLogger, resolveFormat, stdoutIsJournal } from '../../src/logging/logger.js';
+import { pino } from 'pino';
+import { createLogger, isoTimePerMillisecond, resolveFormat, stdoutIsJournal } from '../../src/logging/logger.js';
 import { octetCounted, syslogMessage, syslogSeverity } from '../../src/logging/rfc5424.js';
 import { SyslogSink } from '../../src/logging/syslog-sink.js';
 import { deadPort } from '../helpers/sessions.js';
@@ -18,6 +19,24 @@ describe('log lines', () => {
     const log = createLogger({ level: 'info', format: 'json', destination: new Writable({ write: (c: Buffer, _e, cb) => (lines.push(c.toString()), cb()) }) });
     log.warn('careful');
     expect(JSON.parse(lines[0]!)).toMatchObject({ level: 'warn', msg: 'careful' });
+  });
+
+  test('carry pino\'s ISO time, formatted anew only when the millisecond changes', () => {
+    let now = Date.UTC(2026, 11, 7, 8, 21, 50, 457);
+    const time = isoTimePerMillisecond(() => now);
+    const first = time();
+    expect(first).toBe(',"time":"2026-12-07T08:21:50.457Z"');
+    expect(time()).toBe(first);
+    now += 1;
+    expect(time()).toBe(',"time":"2026-12-07T08:21:50.458Z"');
+    // The same text as pino's own isoTime for that millisecond.
+    const realNow = Date.now;
+    Date.now = () => now;
+    try {
+      expect(time()).toBe(pino.stdTimeFunctions.isoTime());
+    } finally {
+      Date.now = realNow;
+    }
   });
 });
 

@@ -52,6 +52,13 @@ describe('createLogger on stdout', () => {
     expect(outcome).toBe('exited');
   });
 
+  it('writes a burst of many batches whole and in order, multi-byte characters intact', async () => {
+    // Batches are cut by characters; a line with characters of 2 and 3 bytes in UTF-8 must not
+    // be split or mangled at a batch's edge.
+    const r = await run(`for (let i = 0; i < 500; i++) log.info('line ' + i + ' é✉ ' + 'x'.repeat(i % 97));\nprocess.exit(0);`);
+    expect(r.lines).toEqual(Array.from({ length: 500 }, (_, i) => `line ${i} é✉ ${'x'.repeat(i % 97)}`));
+  });
+
   it('writes a lone line within a second while the process keeps running', async () => {
     const r = await run(`log.info('idle line');\nsetInterval(() => {}, 1000);`, (lines) => lines.includes('idle line'));
     expect(r.lines).toEqual(['idle line']);

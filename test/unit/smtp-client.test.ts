@@ -17,6 +17,7 @@ import {
   type DataWriter,
   type SmtpReply,
 } from '../../src/relay/smtp-client.js';
+import { CapabilityCache } from '../../src/relay/ehlo-capabilities.js';
 
 const HELO = 'gate.test';
 
@@ -409,6 +410,58 @@ describe('connect failures and timeouts', () => {
     expect(reasons).toHaveLength(1);
   });
 
+  it('a backend that stops answering mid-session times out commandMs after the unanswered command, not after an earlier one', async () => {
+    let noops = 0;
+    const { port } = await startScripted(basicScript([], (line) => line === 'NOOP' && ++noops > 3));
+    const conn = await connect(port, { timeouts: { ...TIMEOUTS, commandMs: 150 } });
+    for (let i = 0; i < 3; i++) expect((await conn.command('NOOP')).code).toBe(250);
+    // Idle for most of a command timeout: a deadline left over from the last answered command
+    // would fire 50 ms into the next one.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const sent = Date.now();
+    const err = await backendError(conn.command('NOOP'));
+    expect(err.kind).toBe('timeout');
+    expect(err.message).toBe('no reply from backend to NOOP within 150 ms');
+    expect(Date.now() - sent).toBeGreaterThanOrEqual(140);
+    expect(conn.closed).toBe(true);
+  });
+
+  it('an idle connection, with every command answered, outlives commandMs', async () => {
+    const { port } = await startScripted(basicScript([]));
+    const conn = await connect(port, { timeouts: { ...TIMEOUTS, greetingMs: 100, commandMs: 100 } });
+    expect((await conn.command('NOOP')).code).toBe(250);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    expect(conn.closed).toBe(false);
+    expect((await conn.command('NOOP')).code).toBe(250);
+  });
+
+  it('gives each command of a lock-step session its own commandMs, however long the session', async () => {
+    // Each reply comes 100 ms late: 400 ms in all, well past one 150 ms timeout.
+    const { port } = await startScripted(
+      basicScript([], (line, conn) => {
+        if (line !== 'NOOP') return false;
+        setTimeout(() => conn.write('250 2.0.0 ok\r\n'), 100);
+        return true;
+      }),
+    );
+    const conn = await connect(port, { timeouts: { ...TIMEOUTS, commandMs: 150 } });
+    for (let i = 0; i < 4; i++) expect((await conn.command('NOOP')).code).toBe(250);
+    expect(conn.closed).toBe(false);
+  });
+
+  it('times a command pipelined behind another from its own sending, and names it when it times out', async () => {
+    const { port } = await startScripted(basicScript([], (line) => line === 'RSET'));
+    const conn = await connect(port, { timeouts: { ...TIMEOUTS, commandMs: 150 } });
+    const noop = conn.command('NOOP');
+    const sent = Date.now();
+    const rset = backendError(conn.command('RSET'));
+    expect((await noop).code).toBe(250);
+    const err = await rset;
+    expect(err.kind).toBe('timeout');
+    expect(err.message).toBe('no reply from backend to RSET within 150 ms');
+    expect(Date.now() - sent).toBeGreaterThanOrEqual(140);
+  });
+
   it('rejects a pending command with kind closed when the backend drops the connection', async () => {
     const { port } = await startScripted(
       basicScript([], (line, conn) => {
@@ -706,6 +759,32 @@ describe('XCLIENT and XFORWARD', () => {
     ]);
     expect(conn.hasCapability('XCLIENT')).toBe(false);
     expect(conn.capabilities.get('SIZE')).toBe('5000');
+  });
+
+  it('connections sharing a capability cache each hold what their own last EHLO advertised, before and after XCLIENT', async () => {
+    const { port } = await startScripted({
+      greeting: '220 backend.test ESMTP\r\n',
+      onLine(line, conn) {
+        if (line.startsWith('EHLO ')) {
+          const ehlos = conn.lines.filter((l) => l.startsWith('EHLO ')).length;
+          conn.write(ehlos === 1 ? '250-backend.test\r\n250-XCLIENT NAME ADDR\r\n250 PIPELINING\r\n' : `250-backend.test greets ${line.slice(5)}\r\n250-SIZE 5000\r\n250 PIPELINING\r\n`);
+        } else if (line.startsWith('XCLIENT ')) {
+          conn.write('220 backend.test ESMTP\r\n');
+        }
+      },
+    });
+    const capabilities = new CapabilityCache();
+    const first = await connect(port, { capabilities });
+    expect(first.hasCapability('XCLIENT')).toBe(true);
+    expect((await first.xclient({ ADDR: '192.0.2.1' }, { clientHelo: 'one.example' })).code).toBe(220);
+    expect(first.hasCapability('XCLIENT')).toBe(false);
+    expect(first.capabilities.get('SIZE')).toBe('5000');
+    const second = await connect(port, { capabilities });
+    expect(second.hasCapability('XCLIENT')).toBe(true);
+    expect(first.hasCapability('XCLIENT')).toBe(false);
+    expect((await second.xclient({ ADDR: '192.0.2.2' }, { clientHelo: 'two.example' })).code).toBe(220);
+    // The same lines after the server's name: the second connection was given the first's map.
+    expect(second.capabilities).toBe(first.capabilities);
   });
 
   it('XCLIENT splits a line that would exceed 512 octets, with EHLO after each 220 and ADDR in the last command', async () => {
@@ -1109,9 +1188,11 @@ describe('command safety and lifecycle', () => {
   it('quit sends QUIT, resolves on 221 and closes the connection', async () => {
     const { port, connection } = await startScripted(basicScript([]));
     const conn = await connect(port);
-    const closed = once(conn, 'close');
+    const closed = once(conn, 'close') as Promise<[BackendError]>;
     await conn.quit();
-    await closed;
+    const [reason] = await closed;
+    expect(reason).toBeInstanceOf(BackendError);
+    expect([reason.kind, reason.message]).toEqual(['closed', 'backend connection closed after QUIT']);
     expect(conn.closed).toBe(true);
     expect((await connection).lines).toEqual([`EHLO ${HELO}`, 'QUIT']);
     expect((await backendError(conn.command('NOOP'))).kind).toBe('closed');

@@ -39,6 +39,9 @@ describe('MessageIdReader', () => {
 
   test('a Message-ID in the body, or in an attached message, is not the message\'s', () => {
     expect(read(['Subject: x\r\n\r\nMessage-ID: <in-body@b>\r\n'])).toBeUndefined();
+    // The header block's end split across chunks, another blank line further on.
+    expect(read(['Subject: x\r\n\r', '\nMessage-ID: <in-body@b>\r\n\r\nmore'])).toBeUndefined();
+    expect(read(['Message-ID: <a@b>\r\n\r', '\nbody\r\n\r\nMessage-ID: <in-body@b>\r\n'])).toBe('<a@b>');
     expect(read(['\r\nMessage-ID: <no-headers@b>\r\n'])).toBeUndefined();
   });
 

@@ -61,7 +61,7 @@ test('three wrong passwords lock the user out from that address: 454 4.7.0 with 
   // One lockout, one line (the limits'); each refused AUTH has its own "refused:" line besides.
   const lines = gate.logs.filter((l) => /lockout/i.test(String(l.msg)) && !String(l.msg).startsWith('refused: '));
   expect(lines, 'the lockout log line').toEqual([
-    expect.objectContaining({ msg: 'AUTH lockout: too many failed logins for this user from this address', ip: '127.0.0.1', user: 'alice', scope: 'user_ip', failures: 3, level: 'warn' }),
+    expect.objectContaining({ msg: 'AUTH lockout: too many failed logins for this user from this address', client: '127.0.0.1', user: 'alice', scope: 'user_ip', failures: 3, level: 'warn' }),
   ]);
 
   // lockFor: 2s. Bounded poll, one fresh connection each time, until the right password is admitted.

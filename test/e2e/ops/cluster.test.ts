@@ -5,6 +5,7 @@
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, expect, test, vi } from 'vitest';
@@ -24,6 +25,8 @@ type LogLine = Record<string, unknown>;
 
 interface Cluster {
   readonly smtpPort: number;
+  /** A second open listener that takes PROXY protocol headers from 127.0.0.1 (a balancer). */
+  readonly proxyPort: number;
   readonly metricsPort: number;
   readonly logs: LogLine[];
   waitForLog(match: (l: LogLine) => boolean, count?: number): Promise<void>;
@@ -32,12 +35,17 @@ interface Cluster {
 }
 
 /** `smtpgate run` with `workers: 2` and a Redis store, once the primary and both workers are ready. */
-async function startCluster(opts: { backend: BackendInput; storeUrl?: string; limits?: LimitsInput }): Promise<Cluster> {
+async function startCluster(opts: { backend: BackendInput; storeUrl?: string; limits?: LimitsInput; env?: Record<string, string> }): Promise<Cluster> {
   const smtpPort = await deadPort();
+  const proxyPort = await deadPort();
   const metricsPort = await deadPort();
   const { configFile } = await writeGateFiles({
     backend: opts.backend,
-    listeners: [openListener({ address: `127.0.0.1:${smtpPort}` })],
+    listeners: [
+      openListener({ address: `127.0.0.1:${smtpPort}` }),
+      // The clients the balancer names (203.0.113.0/24) may relay, as 127.0.0.0/8 may on the other.
+      openListener({ name: 'balanced', address: `127.0.0.1:${proxyPort}`, proxyProtocol: { trusted: ['127.0.0.1/32'] }, trusted: { networks: ['203.0.113.0/24'] } }),
+    ],
     metricsAddress: `127.0.0.1:${metricsPort}`,
     logLevel: 'info',
     config: {
@@ -48,7 +56,9 @@ async function startCluster(opts: { backend: BackendInput; storeUrl?: string; li
       },
     },
   });
-  const child: ChildProcess = spawn(process.execPath, [CLI, 'run', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Without the caller's own NODE_OPTIONS or NODE_CLUSTER_SCHED_POLICY: smtpgate's defaults unless `env` sets them.
+  const { NODE_OPTIONS: _o, NODE_CLUSTER_SCHED_POLICY: _p, ...inherited } = process.env;
+  const child: ChildProcess = spawn(process.execPath, [CLI, 'run', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...inherited, ...opts.env } });
   const logs: LogLine[] = [];
   const waiters: Array<() => void> = [];
   let buf = '';
@@ -94,7 +104,7 @@ async function startCluster(opts: { backend: BackendInput; storeUrl?: string; li
     await stop();
     throw err;
   }
-  return { smtpPort, metricsPort, logs, waitForLog, stop };
+  return { smtpPort, proxyPort, metricsPort, logs, waitForLog, stop };
 }
 
 function isAlive(pid: number): boolean {
@@ -104,6 +114,44 @@ function isAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Whether a process holds the socket listening on 127.0.0.1:port. With the kernel balancing
+ * (SCHED_NONE) every worker accepts on it itself; with round robin only the primary holds it
+ * and passes each accepted connection on.
+ */
+async function holdsListeningSocket(pid: number, port: number): Promise<boolean> {
+  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  const listening = (await readFile('/proc/net/tcp', 'utf8'))
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .find((f) => f[1] === `0100007F:${hexPort}` && f[3] === '0A');
+  if (!listening) throw new Error(`nothing listens on 127.0.0.1:${port}`);
+  const inode = listening[9];
+  for (const fd of await readdir(`/proc/${pid}/fd`)) {
+    if ((await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')) === `socket:[${inode}]`) return true;
+  }
+  return false;
+}
+
+/** The node arguments a process was started with (before the script). */
+async function nodeArgs(pid: number): Promise<string[]> {
+  const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+  return argv.slice(1, argv.findIndex((a) => a.endsWith('main.js')));
+}
+
+/** One message on its own connection; the reply to the final dot. */
+async function sendOne(port: number, subject: string, proxyHeader?: string): Promise<number> {
+  const c = await SmtpTalk.connect(port, proxyHeader ? { preamble: Buffer.from(proxyHeader, 'latin1') } : {});
+  await c.read();
+  await c.cmd('EHLO client.test');
+  await c.cmd('MAIL FROM:<app@corp.test>');
+  await c.cmd('RCPT TO:<bob@corp.test>');
+  await c.cmd('DATA');
+  const code = (await c.cmd(`Subject: ${subject}\r\n\r\nx\r\n.`)).code;
+  await c.cmd('QUIT');
+  return code;
 }
 
 async function readyz(c: Cluster): Promise<{ status: number; reasons: string[] }> {
@@ -125,17 +173,7 @@ describeWith(['redis-server', 'promtool'], 'two workers behind one primary', () 
     await backend?.close();
   });
 
-  async function send(subject: string): Promise<number> {
-    const c = await SmtpTalk.connect(cluster.smtpPort);
-    await c.read();
-    await c.cmd('EHLO client.test');
-    await c.cmd('MAIL FROM:<app@corp.test>');
-    await c.cmd('RCPT TO:<bob@corp.test>');
-    await c.cmd('DATA');
-    const code = (await c.cmd(`Subject: ${subject}\r\n\r\nx\r\n.`)).code;
-    await c.cmd('QUIT');
-    return code;
-  }
+  const send = (subject: string) => sendOne(cluster.smtpPort, subject);
 
   /** One scrape of the primary: its status, and the summed counters a dashboard would read. */
   async function scrape(): Promise<{ status: number; relayed: number; opened: number }> {
@@ -148,6 +186,19 @@ describeWith(['redis-server', 'promtool'], 'two workers behind one primary', () 
   }
 
   const workerPids = () => new Set(cluster.logs.filter((l) => l.msg === 'smtpgate ready').map((l) => l.pid as number));
+
+  // Round robin made the primary accept every connection and pass it on (+22% CPU per connection in W2-2proc).
+  test('the workers accept on the shared listening socket themselves (kernel balancing), with smtpgate\'s semi-space', async () => {
+    const primary = cluster.logs.find((l) => l.msg === 'smtpgate primary ready')!;
+    expect(primary).toMatchObject({ scheduling: 'none (smtpgate default)', workerSemiSpace: '--max-semi-space-size=64 (added by smtpgate)' });
+    const started = cluster.logs.filter((l) => l.msg === 'worker started').map((l) => l.pid as number);
+    expect(started).toHaveLength(2);
+    for (const pid of started) {
+      expect(await holdsListeningSocket(pid, cluster.smtpPort)).toBe(true);
+      expect(await nodeArgs(pid)).toContain('--max-semi-space-size=64');
+    }
+    for (const l of cluster.logs.filter((x) => x.msg === 'smtpgate ready')) expect(l.semiSpace).toBe('set (command line)');
+  });
 
   test('both workers serve mail and /metrics on the primary adds them up', async () => {
     for (let i = 0; i < 6; i++) expect(await send(`m${i}`)).toBe(250);
@@ -216,6 +267,22 @@ describeWith(['redis-server', 'promtool'], 'two workers behind one primary', () 
     expect(await scrape()).toEqual({ status: 200, relayed: 7, opened: 7 });
   });
 
+  test('behind a balancer: the worker reads the PROXY header itself, and the backend sees the client it names', async () => {
+    const before = backend.messages.length;
+    for (let i = 0; i < 4; i++) expect(await sendOne(cluster.proxyPort, `proxied ${i}`, `PROXY TCP4 203.0.113.${i + 1} 127.0.0.1 4242 25\r\n`)).toBe(250);
+    expect(backend.messages.slice(before).map((m) => m.xclient.ADDR)).toEqual(['203.0.113.1', '203.0.113.2', '203.0.113.3', '203.0.113.4']);
+  });
+
+  test('SIGHUP reaches every worker, each reloads, and mail still flows on both listeners', async () => {
+    const primary = cluster.logs.find((l) => l.msg === 'smtpgate primary ready')!.pid as number;
+    const reloaded = cluster.logs.filter((l) => l.msg === 'users reloaded').length;
+    process.kill(primary, 'SIGHUP');
+    await cluster.waitForLog((l) => l.msg === 'users reloaded', reloaded + 2);
+    expect(await send('after reload')).toBe(250);
+    expect(await sendOne(cluster.proxyPort, 'after reload, proxied', 'PROXY TCP4 203.0.113.9 127.0.0.1 4242 25\r\n')).toBe(250);
+    expect(backend.messages.at(-1)!.xclient.ADDR).toBe('203.0.113.9');
+  });
+
   test('SIGTERM drains the workers and the primary exits 0', async () => {
     expect(await cluster.stop()).toBe(0);
   });
@@ -239,6 +306,33 @@ describeWith(['redis-server'], 'the primary\'s /readyz reflects its workers\' ba
     for (const reason of ['no backend answered a recent health check', 'limiter store unreachable and limits.onStoreFailure is deny']) {
       expect(r.reasons.filter((x) => x.endsWith(reason)), reason).toHaveLength(2);
     }
+  });
+});
+
+describeWith(['redis-server'], 'an operator\'s NODE_CLUSTER_SCHED_POLICY and NODE_OPTIONS win over smtpgate\'s defaults', () => {
+  let backend: RecordingBackend;
+  let cluster: Cluster;
+  afterAll(async () => {
+    await cluster?.stop();
+    await backend?.close();
+  });
+
+  test('round robin: only the primary holds the listening socket; the workers keep NODE_OPTIONS\' semi-space; mail flows', async () => {
+    backend = await startRecordingBackend();
+    cluster = await startCluster({
+      backend: { address: `127.0.0.1:${backend.port}` },
+      env: { NODE_CLUSTER_SCHED_POLICY: 'rr', NODE_OPTIONS: '--max-semi-space-size=8' },
+    });
+    const primary = cluster.logs.find((l) => l.msg === 'smtpgate primary ready')!;
+    expect(primary).toMatchObject({ scheduling: 'rr (NODE_CLUSTER_SCHED_POLICY)', workerSemiSpace: 'set (NODE_OPTIONS)' });
+    expect(await holdsListeningSocket(primary.pid as number, cluster.smtpPort)).toBe(true);
+    for (const pid of cluster.logs.filter((l) => l.msg === 'worker started').map((l) => l.pid as number)) {
+      expect(await holdsListeningSocket(pid, cluster.smtpPort)).toBe(false);
+      expect((await nodeArgs(pid)).join(' ')).not.toContain('semi-space');
+      expect((await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0')).toContain('NODE_OPTIONS=--max-semi-space-size=8');
+    }
+    expect(await sendOne(cluster.smtpPort, 'rr')).toBe(250);
+    expect(backend.messages).toHaveLength(1);
   });
 });
 

@@ -26,6 +26,7 @@ import { REPO } from '../../helpers/ops-traffic.js';
 import { makeTestCert } from '../../helpers/pki.js';
 import { describeWith, findProgram } from '../../helpers/programs.js';
 import { parseNoticeTemplate } from '../../../src/notifications/template.js';
+import { SEMI_SPACE_FLAG } from '../../../src/cluster/process-options.js';
 
 const DEPLOY = path.join(REPO, 'deploy');
 const ETC = '/etc/smtpgate';
@@ -232,6 +233,11 @@ describe('deploy/Dockerfile', () => {
     const health = DOCKER.find((d) => d.instruction === 'HEALTHCHECK')?.args ?? '';
     expect(health).toContain(`http://127.0.0.1:${METRICS_PORT}/healthz`);
     expect(health).toContain('"node"');
+  });
+
+  // docs/deployment.md, "Node's young generation": the image's processes get smtpgate's semi-space.
+  test('sets NODE_OPTIONS to smtpgate\'s semi-space', () => {
+    expect(DOCKER.filter((d) => d.instruction === 'ENV').map((d) => d.args)).toContain(`NODE_OPTIONS=${SEMI_SPACE_FLAG}`);
   });
 
   test('CMD runs the built CLI with the config at /etc/smtpgate/smtpgate.yaml', () => {
@@ -502,6 +508,10 @@ describe('deploy/systemd/smtpgate.service', () => {
     expect(Number(one('Service.TimeoutStopSec'))).toBeGreaterThan(DRAIN_BOUND_SECONDS);
   });
 
+  test('sets NODE_OPTIONS to smtpgate\'s semi-space (a drop-in replaces it)', () => {
+    expect(unit.get('Service.Environment')).toContain(`NODE_OPTIONS=${SEMI_SPACE_FLAG}`);
+  });
+
   test('is hardened: unprivileged, only CAP_NET_BIND_SERVICE, read-only system and /etc/smtpgate', () => {
     expect(one('Service.DynamicUser')).toBe('yes');
     expect(one('Service.CapabilityBoundingSet')).toBe('CAP_NET_BIND_SERVICE');
@@ -593,6 +603,12 @@ describeWith(['promtool'], 'promtool', () => {
 
   test('promtool test rules: SmtpgateBackendOAuthFailing fires when OAuth2 sign-in keeps failing, not on one failed renewal', () => {
     const r = spawnSync(promtool, ['test', 'rules', 'test/e2e/ops/oauth-alert.promtool.yml'], { cwd: REPO, encoding: 'utf8' });
+    expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/SUCCESS/);
+  });
+
+  test('promtool test rules: SmtpgateNotificationsFailing fires on a notice given up, SmtpgateDkimSigningFailed on a key that did not sign; neither on what senders cause', () => {
+    const r = spawnSync(promtool, ['test', 'rules', 'test/e2e/ops/notice-dkim-alerts.promtool.yml'], { cwd: REPO, encoding: 'utf8' });
     expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
     expect(r.stdout).toMatch(/SUCCESS/);
   });

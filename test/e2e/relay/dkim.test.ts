@@ -10,6 +10,7 @@ import { afterAll, beforeAll, expect, test, vi } from 'vitest';
 import { startChildGate, scrapeMetric, type ChildGate } from '../../helpers/child-gate.js';
 import { listener, openListener } from '../../helpers/config.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
+import { startFlakyBackend } from '../../helpers/flaky-backend.js';
 import { SmtpTalk } from '../../helpers/smtp-talk.js';
 import { runCli } from '../../helpers/cli.js';
 import { describeWith } from '../../helpers/programs.js';
@@ -198,6 +199,15 @@ describeWith(['dkimverify'], 'DKIM signing through `smtpgate run`', () => {
     expect(withoutAddedFields(stored).toString('utf8')).toBe(msg);
   });
 
+  test('a message that is all header block (no blank line, no body) is signed and verifies', async () => {
+    const before = backend.messages.length;
+    const msg = 'From: alice@corp.test\r\nTo: <bob@example.net>\r\nSubject: headers only\r\nMessage-ID: <headersonly@corp.test>\r\n';
+    expect(await send(gate.port('open'), msg)).toBe(250);
+    const stored = backend.messages[before]!.data;
+    expect((await verifyDkim(stored, records)).map((r) => r.ok)).toEqual([true]);
+    expect(withoutAddedFields(stored).toString('utf8')).toBe(msg);
+  });
+
   test('does not sign a From: domain that has no key; the message is relayed as sent', async () => {
     const before = backend.messages.length;
     const msg = message('someone@elsewhere.test', 'unlisted');
@@ -270,5 +280,31 @@ describeWith(['dkimverify'], 'DKIM signing through `smtpgate run`', () => {
     await vi.waitFor(() => expect(openIn(refusingGate.pid, refusingSpool)).toEqual([]));
     expect(await readdir(refusingSpool)).toEqual([]);
     expect(refusing.messages).toHaveLength(0);
+  });
+
+  test('a backend that stops reading while the signed message goes out: after backend.timeouts.dataIdle the client gets 451 4.4.2 and the spool file is closed', async () => {
+    const stalled = await startFlakyBackend(() => ({ fault: 'stall-read' }));
+    let stalledSpool = '';
+    const stalledGate = await startChildGate({
+      backend: { address: `127.0.0.1:${stalled.port}`, timeouts: { dataIdle: '1s' } },
+      listeners: [openListener()],
+      config: { dkim },
+      beforeStart: async (d) => {
+        stalledSpool = path.join(d, 'spool');
+        await mkdir(stalledSpool);
+        await copyFile(path.join(gate.files.dir, 'corp.key'), path.join(d, 'corp.key'));
+      },
+    });
+    try {
+      const c = await startData(stalledGate.port('open'));
+      // More than the loopback socket buffers hold: the replay from the spool file backs up.
+      await c.writeAll(wire(Buffer.concat([Buffer.from(message('alice@corp.test', 'stalled', ''), 'latin1'), body(16 * MiB)])));
+      expect((await c.read()).raw).toBe('451 4.4.2 Connection to the mail server failed, try again later');
+      await vi.waitFor(() => expect(openIn(stalledGate.pid, stalledSpool)).toEqual([]));
+      expect(stalled.accepted).toHaveLength(0);
+    } finally {
+      await stalledGate.stop();
+      await stalled.close();
+    }
   });
 });
