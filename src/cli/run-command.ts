@@ -39,7 +39,8 @@ export async function run(config: Config, material: RuntimeMaterial, opts: RunOp
   app.log.info(
     {
       metrics: inCluster ? 'served by the primary' : `${config.metrics.address.host}:${bound.metrics}`,
-      pid: process.pid,
+      // A worker's logger already carries its pid (the child above): once per line is enough.
+      ...(inCluster ? {} : { pid: process.pid }),
       semiSpace: describeSemiSpace(semiSpaceSource(process.execArgv, process.env.NODE_OPTIONS)),
     },
     'smtpgate ready',
