@@ -30,6 +30,8 @@ export interface PieceWriter {
   onDrain(cb: () => void): void;
   /** Bytes written that have not left yet (0: no piece written so far is referenced any more). */
   readonly pendingBytes: number;
+  /** False once the writer has failed: it writes nothing more, so the rest need not be read. */
+  readonly open: boolean;
 }
 
 export interface SpoolSettings {
@@ -143,6 +145,8 @@ export class Spool {
     let reading = read(buffers[0]!, 0);
     while (at < total) {
       const n = await reading;
+      // The backend failed (the writer woke the wait below): reading the rest is wasted work.
+      if (!out.open) return;
       at += n;
       const flowing = out.write(buffers[current]!.subarray(0, n));
       // Usually the socket takes a piece at once (pendingBytes 0) or asks to wait for its

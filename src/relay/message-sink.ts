@@ -173,7 +173,9 @@ export class MessageSink {
     if (signer) {
       try {
         const outcome = signer.released ? signer.unsignedOutcome! : await signer.send(this.#writer);
-        this.#report(outcome);
+        // A backend that failed during the send got no signed message: finishData() below
+        // rejects with that failure, and nothing is counted as signed.
+        if (this.#writer.open) this.#report(outcome);
       } finally {
         await signer.dispose();
       }

@@ -888,6 +888,11 @@ export class DataWriter {
     return false;
   }
 
+  /** False once the connection has failed or the message was finished: write() then writes nothing. */
+  get open(): boolean {
+    return this.#open && !this.#host.failure();
+  }
+
   /** Bytes written and not yet handed to the kernel (the socket may still reference them). */
   get pendingBytes(): number {
     return this.#socket.writableLength;

@@ -18,6 +18,8 @@ import { Spool, type PieceWriter } from '../../src/dkim/spool.js';
 class RecordingWriter implements PieceWriter {
   readonly held: Buffer[] = [];
   #pending = 0;
+  /** Set false to play a backend that failed: the drain then comes at once, as DataWriter's does. */
+  open = true;
   constructor(readonly mode: 'holds' | 'drains') {}
 
   get pendingBytes(): number {
@@ -31,6 +33,7 @@ class RecordingWriter implements PieceWriter {
   }
 
   onDrain(cb: () => void): void {
+    if (!this.open) return cb();
     setImmediate(() => {
       // The socket has copied what it held into the kernel: the bytes are taken as they are now.
       for (let i = this.held.length - 1; i >= 0 && this.#pending > 0; i--) {
@@ -86,4 +89,25 @@ describe('Spool', () => {
       });
     }
   }
+
+  test('a writer that fails during the replay of a spooled message stops the replay: the rest of the file is not read', async () => {
+    const content = randomBytes(3_000_000);
+    const spool = new Spool({ dir, memoryThreshold: 0 });
+    for (let at = 0; at < content.length; at += 65_536) {
+      if (!spool.write(content.subarray(at, at + 65_536))) await new Promise<void>((resolve) => spool.onDrain(resolve));
+    }
+    const out = new RecordingWriter('drains');
+    const write = out.write.bind(out);
+    // The backend fails after the second piece: from then on the writer is closed.
+    out.write = (piece) => {
+      const flowing = write(piece);
+      if (out.held.length === 2) out.open = false;
+      return flowing;
+    };
+    await spool.replay(out);
+    expect(out.held.length).toBeLessThanOrEqual(3);
+    expect(Buffer.concat(out.held).length).toBeLessThan(content.length);
+    await spool.dispose();
+    expect(await readdir(dir)).toEqual([]);
+  });
 });

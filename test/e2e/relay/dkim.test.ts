@@ -302,6 +302,8 @@ describeWith(['dkimverify'], 'DKIM signing through `smtpgate run`', () => {
       expect((await c.read()).raw).toBe('451 4.4.2 Connection to the mail server failed, try again later');
       await vi.waitFor(() => expect(openIn(stalledGate.pid, stalledSpool)).toEqual([]));
       expect(stalled.accepted).toHaveLength(0);
+      // The backend got no signed message: nothing is counted as signed.
+      expect(await scrapeMetric(stalledGate.metricsPort, 'smtpgate_dkim_signatures_total', { result: 'signed' })).toBe(0);
     } finally {
       await stalledGate.stop();
       await stalled.close();
