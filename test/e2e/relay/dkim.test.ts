@@ -158,7 +158,8 @@ describeWith(['dkimverify'], 'DKIM signing through `smtpgate run`', () => {
     expect(results[0]!.signature).toMatch(/d=corp\.test;.*s=sel1;/s);
     expect(results[0]!.signature).toContain('c=relaxed/relaxed');
     expect(withoutAddedFields(stored).toString('utf8')).toBe(msg);
-    expect(gate.logs.some((l) => l.msg === 'transaction' && (l.dkim as { domain?: string } | undefined)?.domain === 'corp.test')).toBe(true);
+    // The log reaches the test in batches (at the latest every 250 ms): wait for the record.
+    await vi.waitFor(() => expect(gate.logs.some((l) => l.msg === 'transaction' && (l.dkim as { domain?: string } | undefined)?.domain === 'corp.test')).toBe(true));
     expect(await scrapeMetric(gate.metricsPort, 'smtpgate_dkim_signatures_total', { result: 'signed' })).toBeGreaterThanOrEqual(1);
   });
 
