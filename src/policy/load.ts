@@ -792,10 +792,6 @@ function compilePolicySet(dir: string, files: readonly ParsedFile[], lists: List
     ruleCount: names.size,
     byStage,
     plan: planStages(byStage, settings),
-    needs: {
-      headers: dataRules.some((r) => uses(r.when, (c) => c.kind === 'header' || (c.kind === 'builtin' && c.check.type === 'sender_binding'))),
-      attachments: dataRules.some((r) => uses(r.when, (c) => c.kind === 'attachmentName' || c.kind === 'attachmentType' || c.kind === 'scanIncomplete')),
-    },
     // Only the rules a client of the kind could meet: sender binding reads From: headers of an authenticated client's message only.
     scans: Object.freeze(CLIENT_KINDS.map((kind) => scanned(dataRules.filter((r) => r.when === undefined || staticValue(r.when, kind) !== false)))),
   };

@@ -245,8 +245,6 @@ export interface PolicySet {
   readonly ruleCount: number;
   /** The rules evaluated at each stage, in order, with the implicit relay rule where it applies. */
   readonly byStage: Readonly<Record<PolicyStage, readonly Rule[]>>;
-  /** What the data stage needs, so the listener only scans what some rule looks at. */
-  readonly needs: { readonly headers: boolean; readonly attachments: boolean };
   /**
    * By kind of client (client-kind.ts): some data-stage rule such a client could meet reads the
    * message's headers or parts, so its message is scanned.

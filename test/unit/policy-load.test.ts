@@ -39,7 +39,8 @@ describe('loading a policy folder', () => {
     expect(set.byStage.mail.map((r) => r.name)).toEqual(['sb']);
     expect(set.byStage.data.map((r) => r.name)).toEqual(['sb']);
     expect(set.ruleCount).toBe(1);
-    expect(set.needs).toEqual({ headers: true, attachments: false });
+    // Sender binding reads From: of a signed-in client's message only (kinds: untrusted/trusted × anonymous/signed in).
+    expect(set.scans).toEqual([false, true, false, true]);
   });
 
   test('a folder that can\'t be read is a ConfigError naming it', async () => {
