@@ -49,6 +49,7 @@ import {
 import type { Stage } from '../stage.js';
 import { Checkpoint, OK, type Refused, type SnapshotSource, type Verdict } from './checkpoint.js';
 import { MessageIdReader } from './message-id.js';
+import { infoLine } from '../logging/json-line.js';
 import { TransactionRecord, type TransactionClient } from './transaction-record.js';
 import { backendIdentity, limitsView, type SessionSnapshot } from './snapshot.js';
 import { printable } from '../logging/printable.js';
@@ -760,7 +761,8 @@ export class ClientSession implements SnapshotSource {
     const record = this.#record;
     if (!record) return;
     this.#record = undefined;
-    this.log.info(record.finish(end, this.#deps.clock()), 'transaction');
+    // One line per message: V8's JSON.stringify instead of pino's per-key serialiser (json-line.ts).
+    infoLine(this.log, record.finish(end, this.#deps.clock()), 'transaction');
   }
 
   /** The client as the transaction record names it. */
