@@ -22,8 +22,19 @@ export function parseCidr(text: string): Cidr | undefined {
   return { address, prefix, family: version === 4 ? 'ipv4' : 'ipv6' };
 }
 
+/** Addresses a CidrSet remembers its answer for before it starts again. */
+const MEMO_LIMIT = 1024;
+
 export class CidrSet {
   readonly #list = new net.BlockList();
+  /**
+   * Answers by address. BlockList.check builds a SocketAddress at every call (several µs: a W2
+   * profile showed two calls per connection, trusted networks and the greeting delay), while a
+   * gate sees the same clients again and again. A set never changes once built, so a remembered
+   * answer stays right; when MEMO_LIMIT addresses are held the memo starts again, so many
+   * addresses cost what they did before and no more memory.
+   */
+  readonly #memo = new Map<string, boolean>();
   readonly size: number;
 
   constructor(cidrs: readonly Cidr[]) {
@@ -32,6 +43,15 @@ export class CidrSet {
   }
 
   has(ip: string): boolean {
+    const known = this.#memo.get(ip);
+    if (known !== undefined) return known;
+    const answer = this.#check(ip);
+    if (this.#memo.size >= MEMO_LIMIT) this.#memo.clear();
+    this.#memo.set(ip, answer);
+    return answer;
+  }
+
+  #check(ip: string): boolean {
     const version = net.isIP(ip);
     if (version === 0) return false;
     // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.

@@ -50,6 +50,8 @@ const RESET_UNLESS_REPEATED = new Set(['HELO', 'PROTO', 'LOGIN']);
  * xtext allows "+HH" for any byte, and Postfix's tokenizer would otherwise read them as quoting.
  */
 export function xtextEncode(value: string): string {
+  // Most values (addresses, ports, host names, logins) need no "+HH" at all.
+  if (XTEXT_AS_IS_RE.test(value)) return value;
   let out = '';
   for (const byte of Buffer.from(value, 'utf8')) {
     if (byte >= 0x21 && byte <= 0x7e && !ENCODED_PRINTABLE.has(byte)) out += String.fromCharCode(byte);
@@ -60,6 +62,9 @@ export function xtextEncode(value: string): string {
 
 /** '+' and '=' (RFC 3461), then '"', '<', '>', '\' (Postfix smtpd_token.c quoting). */
 const ENCODED_PRINTABLE = new Set([0x2b, 0x3d, 0x22, 0x3c, 0x3e, 0x5c]);
+
+/** A value of only "!".."~" without ENCODED_PRINTABLE's bytes: its xtext is itself. */
+const XTEXT_AS_IS_RE = /^[\x21\x23-\x2a\x2c-\x3b\x3f-\x5b\x5d-\x7e]*$/;
 
 export interface IdentityLines {
   /** The commands to send, in order; never empty. */
@@ -77,14 +82,16 @@ export interface IdentityLines {
  * none of the attributes is advertised.
  */
 export function identityLines(verb: 'XCLIENT' | 'XFORWARD', attrs: Readonly<Record<string, string | undefined>>, advertised: string): IdentityLines {
-  const allowed = new Set(advertised.toUpperCase().split(/\s+/).filter(Boolean));
+  const allowed = advertisedNames(advertised);
   const values = new Map<string, string>();
   const replaced: string[] = [];
   for (const [rawName, raw] of Object.entries(attrs)) {
     if (!KEYWORD_RE.test(rawName)) throw new Error(`invalid ${verb} attribute name ${JSON.stringify(rawName)}`);
     const name = rawName.toUpperCase();
     if (!allowed.has(name)) continue;
-    const value = raw === undefined || raw === '' ? UNAVAILABLE : representable(name, raw) ? xtextEncode(raw) : undefined;
+    const missing = raw === undefined || raw === '';
+    const encoded = missing ? UNAVAILABLE : xtextEncode(raw);
+    const value = missing || representable(name, raw, encoded) ? encoded : undefined;
     if (value === undefined) replaced.push(name);
     values.set(name, value ?? UNAVAILABLE);
   }
@@ -126,10 +133,18 @@ export function identityLines(verb: 'XCLIENT' | 'XFORWARD', attrs: Readonly<Reco
   return { lines, replaced };
 }
 
-/** Whether Postfix would hold `value` of attribute `name` exactly as given. */
-function representable(name: string, value: string): boolean {
+/** The attribute names of a capability line, upper-case; the last line's kept (one backend's line, every connection). */
+let lastAdvertised: { line: string; names: ReadonlySet<string> } | undefined;
+
+function advertisedNames(line: string): ReadonlySet<string> {
+  if (lastAdvertised?.line !== line) lastAdvertised = { line, names: new Set(line.toUpperCase().split(/\s+/).filter(Boolean)) };
+  return lastAdvertised.names;
+}
+
+/** Whether Postfix would hold `value` of attribute `name` (xtext: `encoded`) exactly as given. */
+function representable(name: string, value: string, encoded: string): boolean {
   if (SPECIAL_RE.test(value)) return true;
-  if (LONE_SURROGATE_RE.test(value) || xtextEncode(value).length > MAX_VALUE) return false;
+  if (encoded.length > MAX_VALUE || LONE_SURROGATE_RE.test(value)) return false;
   switch (name) {
     case 'LOGIN':
       return !CONTROL_RE.test(value);

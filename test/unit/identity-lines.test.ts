@@ -3,6 +3,7 @@
  * The real Postfix check is test/e2e/relay/postfix-identity-encoding.test.ts; this pins the rules
  * for every generated value, including those no Postfix in the test machine would show.
  */
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { identityAddr } from '../../src/relay/backend-session.js';
 import { identityLines, UNAVAILABLE, xtextEncode } from '../../src/relay/identity-lines.js';
@@ -56,6 +57,16 @@ describe('xtextEncode', () => {
 
   it("also encodes the characters Postfix's command tokenizer reads as quoting: \" < > \\", () => {
     expect(xtextEncode('a"b<c>d\\e')).toBe('a+22b+3Cc+3Ed+5Ce');
+  });
+  it('gives every byte of every value its encoding, values that need none (returned as they are) among them', () => {
+    // The definition, byte by byte: the fast path for values that need no +HH must agree with it.
+    const byByte = (v: string) =>
+      [...Buffer.from(v, 'utf8')].map((b) => (b >= 0x21 && b <= 0x7e && !'+="<>\\'.includes(String.fromCharCode(b)) ? String.fromCharCode(b) : `+${b.toString(16).toUpperCase().padStart(2, '0')}`)).join('');
+    const printable = fc.string({ unit: fc.integer({ min: 0x20, max: 0x7f }).map((c) => String.fromCharCode(c)), maxLength: 40 });
+    fc.assert(fc.property(fc.oneof(printable, fc.string({ unit: 'binary', maxLength: 20 })), (v) => {
+      expect(xtextEncode(v)).toBe(byByte(v));
+    }), { numRuns: 2000 });
+    for (let b = 0; b < 0x80; b++) expect(xtextEncode(`a${String.fromCharCode(b)}z`)).toBe(byByte(`a${String.fromCharCode(b)}z`));
   });
 });
 
