@@ -18,7 +18,8 @@
  * The compromised-account brake: every time a per-user quota (messages, recipients, bytes)
  * runs out in its window, the user gets a "quota hit". At `brake.quotaHits` hits within
  * `brake.window` the account is suspended: a record in the store (so every instance sees
- * it) that lasts until an admin clears it, or `brake.suspendFor`.
+ * it) that lasts until an admin clears it, or `brake.suspendFor`. A brake that trips again
+ * during a suspension (a session open since before it) leaves the suspension as it is.
  */
 import type { Registry } from 'prom-client';
 import type { Refusal } from '../reply.js';
@@ -760,7 +761,10 @@ export class Limits implements LimitsAdmin {
     return r.kind === 'found' ? { since: r.value, msBeforeNext: r.msBeforeNext } : false;
   }
 
-  /** A per-user quota ran out. Returns true when this hit suspended the account. */
+  /**
+   * A per-user quota ran out. Returns true when the account is suspended now: by this hit, or
+   * already (the caller refuses either way).
+   */
   async #quotaHit(user: string, f: ClientFacts, limiter: QuotaLimiter): Promise<boolean> {
     this.#metrics.quotaExhaustions.inc({ limiter });
     const { quotaHits, window, suspendFor } = this.config.brake;
@@ -770,8 +774,19 @@ export class Limits implements LimitsAdmin {
     const r = await this.#store.penalty(brake, user, 1);
     this.#decideCount('brake', r);
     if (r.kind === 'unavailable' || r.source === 'none' || r.consumed !== quotaHits) return false;
+    // Sessions open at the suspension can trip the brake again: that must not restart the
+    // suspension (a new start time, a later expiry), count it twice or send a second notice.
+    const [held] = await Promise.all([this.#store.get(SUSPENSION, user, { mirror: true }), this.#store.delete(brake, user)]);
+    if (held.kind === 'found') {
+      this.#log.info(
+        { session: f.session, client: f.ip, user: f.user, limiter },
+        `quota ran out while the account is suspended (since ${new Date(held.value * 1000).toISOString()})`,
+      );
+      return true;
+    }
+    // Not suspended, or the store can't say: suspend.
     const since = Math.floor(this.#now() / 1000);
-    const [written] = await Promise.all([this.#store.set(SUSPENSION, user, since, suspendFor ?? 0, { mirror: true }), this.#store.delete(brake, user)]);
+    const written = await this.#store.set(SUSPENSION, user, since, suspendFor ?? 0, { mirror: true });
     this.#suspensions?.remember(user, since, suspendFor, written);
     this.#metrics.suspensions.inc();
     this.#log.warn(

@@ -5,7 +5,7 @@
  */
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import type { Refusal } from '../../src/reply.js';
-import type { ClientFacts } from '../../src/limits/limits.js';
+import type { ClientFacts, SuspensionEvent } from '../../src/limits/limits.js';
 import { resolveQuotas } from '../../src/limits/quotas.js';
 import { limitsConfigSchema } from '../../src/limits/config.js';
 import { parseIp } from '../../src/limits/keys.js';
@@ -384,6 +384,31 @@ describe('compromised-account brake', () => {
     refused(await mail(), 550, '5.7.1', 'suspended');
     expect((await limits.listState()).suspendedUsers[0]!.until).not.toBeNull();
     vi.advanceTimersByTime(2 * 3_600_000 + 1000);
+    expect(await mail()).toBeUndefined();
+  });
+
+  test('a brake that trips again during the suspension leaves it as it is: same start, same expiry, counted and announced once', async () => {
+    const { limits, metric, logged } = setup(`${QUIET}messagesPerUser: 1/1m\nbytesPerUser: 100/1m\nbrake: { quotaHits: 1, window: 1h, suspendFor: 2h }`);
+    const heard: SuspensionEvent[] = [];
+    limits.onSuspended((e) => heard.push(e));
+    const inData = alice(); // a session whose message is under way when the account is suspended
+    const mail = () => limits.mailFrom({ ...alice(), sender: 'a@example.com' });
+    await mail();
+    refused(await mail(), 550, '5.7.1', 'suspended'); // the hit that suspends
+    const [before] = (await limits.listState()).suspendedUsers;
+
+    vi.advanceTimersByTime(10 * 60_000);
+    await limits.messageBytes(inData, 150); // its message is relayed: the byte quota runs out, the brake trips again
+    expect((await limits.listState()).suspendedUsers).toEqual([before]);
+    expect(await metric('smtpgate_account_suspensions_total')).toBe(1);
+    expect(heard).toHaveLength(1);
+    expect(logged(/account suspended/)).toHaveLength(1);
+    expect(logged(/quota ran out while the account is suspended/)).toEqual([
+      expect.objectContaining({ level: 'info', session: inData.session, client: '192.0.2.1', user: 'alice', limiter: 'bytes_user', msg: `quota ran out while the account is suspended (since ${before!.since})` }),
+    ]);
+
+    // It lifts 2h after it began, not 2h after the second trip.
+    vi.advanceTimersByTime(110 * 60_000 + 1000);
     expect(await mail()).toBeUndefined();
   });
 

@@ -7,7 +7,7 @@
  */
 import { afterAll, afterEach, beforeAll, expect, test } from 'vitest';
 import { Redis } from 'ioredis';
-import type { ClientFacts } from '../../../src/limits/limits.js';
+import type { ClientFacts, SuspensionEvent } from '../../../src/limits/limits.js';
 import { describeWith } from '../../helpers/programs.js';
 import { dropPrefix, failedLogin, limitsHarness, SHARED_REDIS_URL, succeededLogin, uniquePrefix, type LimitsHarness } from '../../helpers/redis.js';
 
@@ -36,8 +36,8 @@ describeWith(['redis-server'], 'limits shared through Redis', () => {
   });
 
   /** One smtpgate instance's limits; `tag` keeps each test's keys apart. */
-  async function instance(tag: string, yaml: string): Promise<LimitsHarness> {
-    const h = limitsHarness(`store: { kind: redis, url: "${SHARED_REDIS_URL}", keyPrefix: "${prefix}-${tag}" }\nconnectionRate: off\n${yaml}`);
+  async function instance(tag: string, yaml: string, opts: { now?: () => number } = {}): Promise<LimitsHarness> {
+    const h = limitsHarness(`store: { kind: redis, url: "${SHARED_REDIS_URL}", keyPrefix: "${prefix}-${tag}" }\nconnectionRate: off\n${yaml}`, opts);
     open.push(h);
     expect(await h.limits.start(2000)).toBe(true);
     return h;
@@ -88,6 +88,30 @@ describeWith(['redis-server'], 'limits shared through Redis', () => {
     expect(await succeededLogin(a.limits, { ...facts('203.0.113.1'), username: 'mallory' })).toBeUndefined();
     expect(await mail(a)).toBeUndefined();
     expect((await a.limits.listState()).suspendedUsers).toEqual([]);
+  });
+
+  test('a brake that trips again on another instance during the suspension leaves it as it is: one start, counted and announced once', async () => {
+    const yaml = 'messagesPerUser: 1/1h\nbytesPerUser: 100/1h\nbrake: { quotaHits: 1, window: 1h }';
+    const a = await instance('retrip', yaml);
+    // B's clock is ten minutes on: a suspension written again there would start later.
+    const b = await instance('retrip', yaml, { now: () => Date.now() + 600_000 });
+    const heard: SuspensionEvent[] = [];
+    for (const h of [a, b]) h.limits.onSuspended((e) => heard.push(e));
+    const inDataOnB = facts('192.0.2.1', { user: 'mallory' }); // a session on B whose message is under way
+    const mail = (h: LimitsHarness) => h.limits.mailFrom({ ...facts('192.0.2.1', { user: 'mallory' }), sender: 'm@example.com' });
+    expect(await mail(a)).toBeUndefined();
+    expect(await mail(a)).toMatchObject({ code: 550, reason: 'suspended' }); // the hit that suspends
+    const [before] = (await a.limits.listState()).suspendedUsers;
+
+    await b.limits.messageBytes(inDataOnB, 150); // its message is relayed: the byte quota runs out, the brake trips again
+    expect((await b.limits.listState()).suspendedUsers.map((s) => [s.user, s.since])).toEqual([['mallory', before!.since]]);
+    expect(await a.metric('smtpgate_account_suspensions_total')).toBe(1);
+    expect(await b.metric('smtpgate_account_suspensions_total')).toBe(0);
+    expect(heard).toHaveLength(1);
+    expect(b.logged(/account suspended/)).toHaveLength(0);
+    expect(b.logged(/quota ran out while the account is suspended/)).toEqual([
+      expect.objectContaining({ level: 'info', session: inDataOnB.session, client: '192.0.2.1', user: 'mallory', limiter: 'bytes_user', msg: `quota ran out while the account is suspended (since ${before!.since})` }),
+    ]);
   });
 
   test('listState reads lockouts and top senders from Redis; clear IP removes them there', async () => {
