@@ -10,8 +10,9 @@
  * it to pino's own output for random records. It goes to pino's stream the way pino's own write()
  * does (through pino.symbols, pino's published interface for this), with the line's metadata for
  * streams that ask for it (the journal prefix, the syslog multistream). Where a logger has
- * anything that changes a line (a mixin, a log formatter, a serializer for one of the fields, a
- * stream-write hook, a nested key), the line goes through pino instead.
+ * anything that changes a line (a mixin, a log formatter, a serializer for one of the fields,
+ * redaction, a message prefix, a log-method or stream-write hook, a nested key), or fields that
+ * JSON.stringify can't take (a BigInt, a cycle), the line goes through pino instead.
  *
  * One difference, on purpose: a lone UTF-16 surrogate in a short string is written escaped
  * (`\ud800`), where pino writes it raw and the UTF-8 encoder turns it into U+FFFD. smtpgate's
@@ -31,7 +32,8 @@ interface PinoInternals {
   [S.mixinSym]: unknown;
   [S.formattersSym]: { log?: unknown };
   [S.serializersSym]: Record<string, unknown>;
-  [S.hooksSym]: { streamWrite?: unknown };
+  [S.hooksSym]: { streamWrite?: unknown; logMethod?: unknown };
+  [S.stringifiersSym]: object;
   [S.messageKeySym]: string;
   [S.nestedKeySym]: unknown;
   [S.endSym]: string;
@@ -48,8 +50,12 @@ interface MetadataStream {
 }
 
 /** Whether a line of `fields` can skip pino's serialiser on this logger and come out the same. */
-function plain(p: PinoInternals, fields: Record<string, unknown>): boolean {
-  if (p[S.mixinSym] || p[S.formattersSym].log || p[S.hooksSym].streamWrite || p[S.nestedKeySym] || p[S.messageKeySym] !== 'msg') return false;
+function plain(log: Logger, p: PinoInternals, fields: Record<string, unknown>): boolean {
+  if (p[S.mixinSym] || p[S.formattersSym].log || p[S.nestedKeySym] || p[S.messageKeySym] !== 'msg' || log.msgPrefix) return false;
+  const hooks = p[S.hooksSym];
+  if (hooks.streamWrite || hooks.logMethod) return false;
+  // `redact` paths become stringifiers: a redacted field must never be written as it is.
+  if (Reflect.ownKeys(p[S.stringifiersSym]).length > 0) return false;
   const serializers = p[S.serializersSym];
   for (const key in fields) if (serializers[key]) return false;
   return true;
@@ -59,11 +65,18 @@ function plain(p: PinoInternals, fields: Record<string, unknown>): boolean {
 export function infoLine(log: Logger, fields: Record<string, unknown>, msg: string): void {
   if (!log.isLevelEnabled('info')) return;
   const p = log as unknown as PinoInternals;
-  if (!plain(p, fields)) {
+  let body: string | undefined;
+  if (plain(log, p, fields)) {
+    try {
+      body = JSON.stringify(fields);
+    } catch {
+      // A BigInt or a cycle: pino's own serialiser has its answer for those.
+    }
+  }
+  if (body === undefined) {
     log.info(fields, msg);
     return;
   }
-  const body = JSON.stringify(fields);
   const time = p[S.timeSym]();
   // `{}` has no fields to splice in; otherwise its braces come off and a comma goes before.
   const line = `${p[S.lsCacheSym][INFO]}${time}${p[S.chindingsSym]}${body.length > 2 ? `,${body.slice(1, -1)}` : ''},"msg":${JSON.stringify(msg)}${p[S.endSym]}`;

@@ -122,20 +122,31 @@ class JournalPrefix {
 }
 
 /**
- * A batch is written once it holds this many characters (about as many bytes: JSON lines are
- * mostly ASCII). Inside a gate under W1 a 4 KiB write took about 30 µs of wall time, every ninth
- * record; 64 KiB batches cut the record's mean cost by a fifth (issue 18, docs/benchmarks.md
- * "The mail log"). At 4,000 messages a second a batch fills in about 35 ms.
+ * How large a batch may grow before it is written, in bytes. To a regular file: 64 KiB (appends
+ * land whole there whatever their size; inside a gate under W1 a 4 KiB write took about 30 µs of
+ * wall time, every ninth record, so larger batches cut the record's mean cost by a fifth: issue
+ * 18, docs/benchmarks.md "The mail log"). To a pipe or a socket (journald's stdout, docker,
+ * `| logger`): PIPE_BUF, 4 KiB, the most the kernel writes in one piece. With `workers` every
+ * process writes to the same inherited stdout, and a larger write is split where another
+ * process's write can land in between, breaking lines in the middle.
  */
-const BATCH_CHARS = 64 * 1024;
+const FILE_BATCH_BYTES = 64 * 1024;
+const PIPE_BATCH_BYTES = 4096;
 /** A quiet gate's lines wait at most this long. */
 const BATCH_MS = 250;
 
+/** sonic-boom in contentMode 'buffer' (its types know only strings). */
+interface ByteDestination {
+  write(bytes: Buffer): boolean;
+  reopen(): void;
+}
+
 /**
- * stdout or a file, written in batches: lines are gathered up to 64 KiB and written together, at
- * the latest every 250 ms, and on exit (also after an uncaught exception): one write syscall per
- * busy stretch instead of one per line, which at thousands of messages a second is a
- * measurable share of the CPU.
+ * stdout or a file, written in batches: lines are gathered and written together, at the latest
+ * every 250 ms, and on exit (also after an uncaught exception): one write syscall per busy
+ * stretch instead of one per line, which at thousands of messages a second is a measurable share
+ * of the CPU. A batch is written before a line would take it past its size, so each write holds
+ * whole lines and stays within that size (a single longer line goes alone).
  *
  * sonic-boom owns the file (the write loop, EAGAIN, EPIPE, reopen) and writes each batch at
  * once, as one Buffer; the gathering is done here, because sonic-boom's own (minLength) measures
@@ -143,25 +154,23 @@ const BATCH_MS = 250;
  * that cost as much as the syscalls it saves (issue 18, callgrind of the record line: see
  * docs/benchmarks.md "The mail log").
  */
-/** sonic-boom in contentMode 'buffer' (its types know only strings). */
-interface ByteDestination {
-  write(bytes: Buffer): boolean;
-  reopen(): void;
-}
-
-class LineBatch {
+export class LineBatch {
   readonly #dest: ByteDestination;
+  readonly #maxBytes: number;
   #lines: string[] = [];
-  #chars = 0;
+  #bytes = 0;
 
-  constructor(dest: ByteDestination) {
+  constructor(dest: ByteDestination, maxBytes: number) {
     this.#dest = dest;
+    this.#maxBytes = maxBytes;
   }
 
   write(line: string): void {
+    const bytes = Buffer.byteLength(line, 'utf8');
+    if (this.#bytes > 0 && this.#bytes + bytes > this.#maxBytes) this.flush();
     this.#lines.push(line);
-    this.#chars += line.length;
-    if (this.#chars >= BATCH_CHARS) this.flush();
+    this.#bytes += bytes;
+    if (this.#bytes >= this.#maxBytes) this.flush();
   }
 
   /** Writes what is gathered now; pino's logger.flush() passes a callback. */
@@ -169,7 +178,7 @@ class LineBatch {
     if (this.#lines.length > 0) {
       const text = this.#lines.length === 1 ? this.#lines[0]! : this.#lines.join('');
       this.#lines = [];
-      this.#chars = 0;
+      this.#bytes = 0;
       this.#dest.write(Buffer.from(text, 'utf8'));
     }
     cb?.();
@@ -182,9 +191,18 @@ class LineBatch {
   }
 }
 
+/** Is stdout a regular file (`>> smtpgate.log`), rather than a pipe, a socket or a terminal? */
+export function stdoutIsFile(stat: () => { isFile(): boolean } = () => fstatSync(1)): boolean {
+  try {
+    return stat().isFile();
+  } catch {
+    return false;
+  }
+}
+
 function batchedDestination(file: string | undefined): LineBatch {
   const dest = pino.destination({ dest: file ?? 1, sync: true, minLength: 0, contentMode: 'buffer', ...(file ? { append: true, mkdir: false } : {}) });
-  const batch = new LineBatch(dest as unknown as ByteDestination);
+  const batch = new LineBatch(dest as unknown as ByteDestination, file !== undefined || stdoutIsFile() ? FILE_BATCH_BYTES : PIPE_BATCH_BYTES);
   setInterval(() => batch.flush(), BATCH_MS).unref();
   // sonic-boom in sync mode writes at once; a reader that is gone (EPIPE) becomes an 'error'
   // that pino swallows, so a crashed process still exits.

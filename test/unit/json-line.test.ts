@@ -110,17 +110,38 @@ describe('infoLine: the transaction record without pino’s serialiser', () => {
     expect(lines(true).warn).toHaveLength(0);
   });
 
+  it('leaves fields JSON.stringify refuses (a BigInt, a cycle) to pino, which writes them its own way', () => {
+    const cyclic: Record<string, unknown> = { from: 'a@b.test' };
+    cyclic.self = cyclic;
+    for (const f of [{ size: 10n }, cyclic]) {
+      const { viaPino, viaLine } = both(f, 'transaction');
+      expect(viaLine.lines).toEqual(viaPino.lines);
+      expect(viaLine.lines).toHaveLength(1);
+    }
+  });
+
   it('writes nothing when the logger is above info', () => {
     const out = new Capture(false);
     infoLine(sessionLogger(out, {}, 'warn'), W1_RECORD, 'transaction');
     expect(out.lines).toEqual([]);
   });
 
-  it('leaves the line to pino where the logger changes lines: a mixin, a log formatter, a serializer for a field', () => {
+  it('leaves the line to pino where the logger changes lines: a mixin, a log formatter, a serializer for a field, redaction, a message prefix, hooks', () => {
     const changers: pino.LoggerOptions[] = [
       { mixin: () => ({ extra: 1 }) },
       { formatters: { level: (label) => ({ level: label }), log: (o) => ({ ...o, formatted: true }) } },
       { serializers: { rcpt: (r: unknown[]) => r.length } },
+      { redact: ['from'] },
+      { redact: ['rcpt[*].to'] },
+      { msgPrefix: '[gate] ' },
+      {
+        hooks: {
+          logMethod(args, method) {
+            method.apply(this, [args[0], `hooked ${String(args[1])}`] as never);
+          },
+        },
+      },
+      { hooks: { streamWrite: (s) => s.replace('"info"', '"INFO"') } },
     ];
     for (const extra of changers) {
       const { viaPino, viaLine } = both(W1_RECORD, 'transaction', false, extra);

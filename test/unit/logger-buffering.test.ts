@@ -5,7 +5,9 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { LineBatch, stdoutIsFile } from '../../src/logging/logger.js';
 
 const LOGGER = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../dist/logging/logger.js')).href;
 
@@ -64,4 +66,69 @@ describe('createLogger on stdout', () => {
     expect(r.lines).toEqual(['idle line']);
     expect(r.ms).toBeLessThan(5000);
   });
+});
+
+describe('LineBatch: how lines are gathered into writes', () => {
+  /** Every write a batch makes, as text. */
+  function batchOf(maxBytes: number) {
+    const writes: string[] = [];
+    const batch = new LineBatch({ write: (b: Buffer) => writes.push(b.toString('utf8')) > 0, reopen: () => {} }, maxBytes);
+    return { batch, writes };
+  }
+  const line = fc.string({ unit: fc.constantFrom('a', 'é', '✉', '😀', ' '), maxLength: 300 }).map((t) => `${t}\n`);
+
+  it('writes whole lines, in order, each write within the size unless one line alone is longer', () => {
+    fc.assert(
+      fc.property(fc.array(line, { maxLength: 200 }), fc.constantFrom(64, 512, 4096), (lines, max) => {
+        const { batch, writes } = batchOf(max);
+        for (const l of lines) batch.write(l);
+        batch.flush();
+        expect(writes.join('')).toBe(lines.join(''));
+        for (const w of writes) {
+          expect(w.endsWith('\n')).toBe(true);
+          // Over the size only as a single line: bytes, not characters (é is 2, ✉ 3, 😀 4).
+          if (Buffer.byteLength(w) > max) expect(w.indexOf('\n')).toBe(w.length - 1);
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('knows a regular file from a pipe or a socket on stdout (a file gets the large batches)', () => {
+    expect(stdoutIsFile(() => ({ isFile: () => true }))).toBe(true);
+    expect(stdoutIsFile(() => ({ isFile: () => false }))).toBe(false);
+    expect(
+      stdoutIsFile(() => {
+        throw new Error('EBADF');
+      }),
+    ).toBe(false);
+  });
+
+  it('keeps lines whole when two processes write to one pipe (workers share stdout) and the reader is slow', async () => {
+    // Each process writes 8,000 record-sized lines; the reader takes a pause after each read, so
+    // the pipe fills and a write larger than PIPE_BUF would be split around the other's.
+    const child = `import { createLogger } from ${JSON.stringify(LOGGER)};\nconst log = createLogger({ level: 'info', format: 'json' });\nconst pad = 'x'.repeat(350);\nfor (let i = 0; i < 8000; i++) log.info({ w: process.pid, i, pad }, 'transaction');`;
+    const both = spawn('sh', ['-c', 'node --input-type=module -e "$CHILD" & node --input-type=module -e "$CHILD" & wait'], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+      env: { ...process.env, CHILD: child, PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}` },
+    });
+    const chunks: Buffer[] = [];
+    both.stdout.on('data', (d: Buffer) => {
+      chunks.push(d);
+      both.stdout.pause();
+      setTimeout(() => both.stdout.resume(), 1);
+    });
+    await new Promise((resolve) => both.on('close', resolve));
+    const lines = Buffer.concat(chunks).toString('utf8').split('\n').slice(0, -1);
+    const broken = lines.filter((l) => {
+      try {
+        JSON.parse(l);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+    expect(broken).toEqual([]);
+    expect(lines).toHaveLength(16000);
+  }, 60_000);
 });
