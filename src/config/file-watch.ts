@@ -14,12 +14,19 @@ export async function statFingerprint(files: readonly string[]): Promise<string>
   return parts.join('|');
 }
 
+/** Whether a fingerprint (statFingerprint) names a file of size 0. */
+function hasEmptyFile(fingerprint: string): boolean {
+  return fingerprint.split('|').some((part) => part.split(':')[1] === '0');
+}
+
 export class FileWatcher {
   readonly #files: () => readonly string[];
   readonly #onChange: () => Promise<void>;
   #fingerprint = '';
   #timer: NodeJS.Timeout | undefined;
   #busy = false;
+  /** A change seen with a file cut to nothing: acted on only if the next poll sees it unchanged. */
+  #emptySeen: string | undefined;
 
   /** `files` is re-read on every poll, so the set may change after a reload. */
   constructor(files: () => readonly string[], onChange: () => Promise<void>) {
@@ -44,7 +51,18 @@ export class FileWatcher {
     this.#busy = true;
     try {
       const fp = await statFingerprint(this.#files());
-      if (fp === this.#fingerprint) return false;
+      if (fp === this.#fingerprint) {
+        this.#emptySeen = undefined;
+        return false;
+      }
+      // A file rewritten in place is first cut to nothing, then written: a poll in between
+      // would load an empty users or credentials file (everyone signed out, and a broken
+      // rewrite would then keep that). An empty file counts once it has stayed so for a poll.
+      if (hasEmptyFile(fp) && fp !== this.#emptySeen) {
+        this.#emptySeen = fp;
+        return false;
+      }
+      this.#emptySeen = undefined;
       this.#fingerprint = fp;
       await this.#onChange();
       return true;
