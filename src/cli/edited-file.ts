@@ -25,6 +25,14 @@ import { ConfigError } from '../parsing/errors.js';
 import { CommandRefusal } from './command-refusal.js';
 import { takeEditLock, type LockOptions } from './edit-lock.js';
 
+/**
+ * What an edit that removes the last entry leaves: never an empty file. A running smtpgate takes
+ * a file it finds empty only if it is still empty at its next check (a file rewritten in place
+ * is empty for a moment: config/file-watch.ts), and a revoked app password or a deleted user
+ * must count at the first.
+ */
+export const EMPTIED = '# No entries left: the last one was removed. This line keeps the file from being empty.\n';
+
 /** Mode of a file a command creates: the proxy's group may read it, nobody else. */
 export const NEW_FILE_MODE = 0o640;
 
@@ -106,7 +114,8 @@ export async function editFile(target: string, shownAs: string, edit: (current: 
   }
   try {
     const current = await readFileText(target, shownAs);
-    await replaceFileAtomically(target, shownAs, edit(current), current);
+    const text = edit(current);
+    await replaceFileAtomically(target, shownAs, text === '' ? EMPTIED : text, current);
   } finally {
     await lock.release();
   }
