@@ -31,7 +31,7 @@ import { takeEditLock, type LockOptions } from './edit-lock.js';
  * is empty for a moment: config/file-watch.ts), and a revoked app password or a deleted user
  * must count at the first.
  */
-export const EMPTIED = '# No entries left: the last one was removed. This line keeps the file from being empty.\n';
+const EMPTIED = '# No entries left: the last one was removed. This line keeps the file from being empty.\n';
 
 /** Mode of a file a command creates: the proxy's group may read it, nobody else. */
 export const NEW_FILE_MODE = 0o640;

@@ -82,7 +82,7 @@ export interface IdentityLines {
  * none of the attributes is advertised.
  */
 export function identityLines(verb: 'XCLIENT' | 'XFORWARD', attrs: Readonly<Record<string, string | undefined>>, advertised: string): IdentityLines {
-  const allowed = advertisedNames(advertised);
+  const allowed = new Set(advertised.toUpperCase().split(/\s+/).filter(Boolean));
   const values = new Map<string, string>();
   const replaced: string[] = [];
   for (const [rawName, raw] of Object.entries(attrs)) {
@@ -131,14 +131,6 @@ export function identityLines(verb: 'XCLIENT' | 'XFORWARD', attrs: Readonly<Reco
   for (const [name, value] of final) line += ` ${name}=${value}`;
   lines.push(line);
   return { lines, replaced };
-}
-
-/** The attribute names of a capability line, upper-case; the last line's kept (one backend's line, every connection). */
-let lastAdvertised: { line: string; names: ReadonlySet<string> } | undefined;
-
-function advertisedNames(line: string): ReadonlySet<string> {
-  if (lastAdvertised?.line !== line) lastAdvertised = { line, names: new Set(line.toUpperCase().split(/\s+/).filter(Boolean)) };
-  return lastAdvertised.names;
 }
 
 /** Whether Postfix would hold `value` of attribute `name` (xtext: `encoded`) exactly as given. */
