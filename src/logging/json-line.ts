@@ -1,8 +1,9 @@
 /**
- * One `info` line of plain JSON fields, serialised by V8's JSON.stringify in one call instead of
- * pino's generic per-key serialiser: for the transaction record, the one line a busy gate writes
- * per message. Timed inside the running gate under W1 (issue 18), pino's serialiser took a
- * median 5.5 µs per record, this about half of that (docs/benchmarks.md, "The mail log").
+ * One `info` line of plain JSON fields, written without pino's generic per-key serialiser: for
+ * the transaction record, the one line a busy gate writes per message. Timed inside the running
+ * gate under W1 (issue 18), pino's serialiser took a median 5.5 µs per record, JSON.stringify in
+ * one call about half of that; the record's own writer of the same text (recordMembers in
+ * transaction-record.ts, passed as `members`) less again (docs/benchmarks.md, "The mail log").
  *
  * The line is what `log.info(fields, msg)` writes, byte for byte, for fields that are plain JSON
  * values (strings, finite numbers, booleans, null, and arrays and objects of them): pino's level
@@ -50,36 +51,46 @@ interface MetadataStream {
 }
 
 /** Whether a line of `fields` can skip pino's serialiser on this logger and come out the same. */
-function plain(log: Logger, p: PinoInternals, fields: Record<string, unknown>): boolean {
+function plain(log: Logger, p: PinoInternals, fields: object): boolean {
   if (p[S.mixinSym] || p[S.formattersSym].log || p[S.nestedKeySym] || p[S.messageKeySym] !== 'msg' || log.msgPrefix) return false;
   const hooks = p[S.hooksSym];
   if (hooks.streamWrite || hooks.logMethod) return false;
   // `redact` paths become stringifiers: a redacted field must never be written as it is.
   if (Reflect.ownKeys(p[S.stringifiersSym]).length > 0) return false;
+  // A logger has a serializer or two, a line a dozen fields or more: look up the fewer.
   const serializers = p[S.serializersSym];
-  for (const key in fields) if (serializers[key]) return false;
+  for (const key in serializers) if (serializers[key] && (fields as Record<string, unknown>)[key] !== undefined) return false;
   return true;
 }
 
-/** Writes `fields` and `msg` as one info line, as `log.info(fields, msg)` would. */
-export function infoLine(log: Logger, fields: Record<string, unknown>, msg: string): void {
+/** The members of `fields` as JSON.stringify writes them, without the braces: `"a":1,"b":"x"`. */
+export function jsonMembers(fields: object): string {
+  return JSON.stringify(fields).slice(1, -1);
+}
+
+/**
+ * Writes `fields` and `msg` as one info line, as `log.info(fields, msg)` would. `members` is
+ * jsonMembers, or a faster writer of the same text for the one shape of fields it knows (the
+ * transaction record's recordMembers); it may throw where JSON.stringify would.
+ */
+export function infoLine<F extends object>(log: Logger, fields: F, msg: string, members: (fields: F) => string = jsonMembers): void {
   if (!log.isLevelEnabled('info')) return;
   const p = log as unknown as PinoInternals;
   let body: string | undefined;
   if (plain(log, p, fields)) {
     try {
-      body = JSON.stringify(fields);
+      body = members(fields);
     } catch {
       // A BigInt or a cycle: pino's own serialiser has its answer for those.
     }
   }
   if (body === undefined) {
-    log.info(fields, msg);
+    log.info(fields as Record<string, unknown>, msg);
     return;
   }
   const time = p[S.timeSym]();
-  // `{}` has no fields to splice in; otherwise its braces come off and a comma goes before.
-  const line = `${p[S.lsCacheSym][INFO]}${time}${p[S.chindingsSym]}${body.length > 2 ? `,${body.slice(1, -1)}` : ''},"msg":${JSON.stringify(msg)}${p[S.endSym]}`;
+  // The members go in as they are, a rope or not: the line is made flat once, when it is written.
+  const line = `${p[S.lsCacheSym][INFO]}${time}${p[S.chindingsSym]}${body === '' ? '' : `,${body}`},"msg":${jsonString(msg)}${p[S.endSym]}`;
   const stream = p[S.streamSym];
   if (stream[S.needsMetadataGsym] === true) {
     stream.lastLevel = INFO;
@@ -89,4 +100,17 @@ export function infoLine(log: Logger, fields: Record<string, unknown>, msg: stri
     stream.lastLogger = log;
   }
   stream.write(line);
+}
+
+/** A string as JSON.stringify writes it, without its call when nothing in it needs escaping. */
+export function jsonString(s: string): string {
+  return AS_IS_IN_JSON.test(s) ? `"${s}"` : JSON.stringify(s);
+}
+
+/** No quote, backslash, control character or surrogate (JSON.stringify escapes a lone one). */
+const AS_IS_IN_JSON = /^[^"\\\u0000-\u001f\ud800-\udfff]*$/;
+
+/** A number as JSON.stringify writes it: `null` for NaN and the infinities. */
+export function jsonNumber(n: number): string {
+  return Number.isFinite(n) ? `${n}` : 'null';
 }

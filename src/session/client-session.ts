@@ -50,7 +50,7 @@ import type { Stage } from '../stage.js';
 import { Checkpoint, OK, type Refused, type SnapshotSource, type Verdict } from './checkpoint.js';
 import { MessageIdReader } from './message-id.js';
 import { infoLine } from '../logging/json-line.js';
-import { TransactionRecord, type TransactionClient } from './transaction-record.js';
+import { recordMembers, TransactionRecord, type TransactionClient } from './transaction-record.js';
 import { backendIdentity, limitsView, type SessionSnapshot } from './snapshot.js';
 import { printable } from '../logging/printable.js';
 
@@ -761,8 +761,8 @@ export class ClientSession implements SnapshotSource {
     const record = this.#record;
     if (!record) return;
     this.#record = undefined;
-    // One line per message: V8's JSON.stringify instead of pino's per-key serialiser (json-line.ts).
-    infoLine(this.log, record.finish(end, this.#deps.clock()), 'transaction');
+    // One line per message: written by recordMembers, not pino's per-key serialiser (json-line.ts).
+    infoLine(this.log, record.finish(end, this.#deps.clock()), 'transaction', recordMembers);
   }
 
   /** The client as the transaction record names it. */

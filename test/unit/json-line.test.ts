@@ -5,7 +5,7 @@
 import fc from 'fast-check';
 import { pino, type DestinationStream, type Logger } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { infoLine } from '../../src/logging/json-line.js';
+import { infoLine, jsonNumber, jsonString } from '../../src/logging/json-line.js';
 import { loggerOptions } from '../../src/logging/logger.js';
 
 const TIME = ',"time":"2026-12-07T12:00:00.000Z"';
@@ -34,12 +34,12 @@ function sessionLogger(stream: DestinationStream, extra: pino.LoggerOptions = {}
   return root.child({ session: 'r9tfh1gs2oqi030j', listener: 'open', client: '127.0.0.1' });
 }
 
-/** Both ways, each into its own stream. */
-function both(fields: Record<string, unknown>, msg: string, metadata = false, extra: pino.LoggerOptions = {}) {
+/** Both ways, each into its own stream; infoLine with JSON.stringify unless told another serialiser. */
+function both(fields: Record<string, unknown>, msg: string, metadata = false, extra: pino.LoggerOptions = {}, serialise?: (f: Record<string, unknown>) => string) {
   const viaPino = new Capture(metadata);
   const viaLine = new Capture(metadata);
   sessionLogger(viaPino, extra).info(fields, msg);
-  infoLine(sessionLogger(viaLine, extra), fields, msg);
+  infoLine(sessionLogger(viaLine, extra), fields, msg, serialise);
   return { viaPino, viaLine };
 }
 
@@ -143,10 +143,42 @@ describe('infoLine: the transaction record without pino’s serialiser', () => {
       },
       { hooks: { streamWrite: (s) => s.replace('"info"', '"INFO"') } },
     ];
+    // The record's own serialiser is not used either: a serialiser that writes something else shows it.
+    const wrong = () => '"not":"the record"';
     for (const extra of changers) {
-      const { viaPino, viaLine } = both(W1_RECORD, 'transaction', false, extra);
-      expect(viaLine.lines).toEqual(viaPino.lines);
-      expect(viaLine.lines[0]).not.toEqual(both(W1_RECORD, 'transaction').viaPino.lines[0]);
+      for (const serialise of [undefined, wrong]) {
+        const { viaPino, viaLine } = both(W1_RECORD, 'transaction', false, extra, serialise);
+        expect(viaLine.lines).toEqual(viaPino.lines);
+        expect(viaLine.lines[0]).not.toEqual(both(W1_RECORD, 'transaction').viaPino.lines[0]);
+      }
     }
+  });
+
+  it('writes the members a given serialiser makes, in place of JSON.stringify’s', () => {
+    const out = new Capture(false);
+    infoLine(sessionLogger(out), W1_RECORD, 'transaction', () => '"size":1');
+    expect(out.lines).toEqual([`{"level":"info"${TIME},"app":"smtpgate","session":"r9tfh1gs2oqi030j","listener":"open","client":"127.0.0.1","size":1,"msg":"transaction"}\n`]);
+  });
+});
+
+describe('jsonString and jsonNumber: JSON.stringify’s text, without its call where nothing needs escaping', () => {
+  it('for any string, lone surrogates and every character JSON escapes among them', () => {
+    const anyText = fc.oneof(text, fc.string({ unit: fc.constantFrom('\ud800', '\udbff', '\udc00', '\udfff', 'a', '"'), maxLength: 8 }));
+    fc.assert(
+      fc.property(anyText, (s) => {
+        expect(jsonString(s)).toBe(JSON.stringify(s));
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('for any number, NaN and the infinities among them', () => {
+    const anyNumber = fc.oneof(fc.double(), fc.integer(), fc.constantFrom(-0, Number.MAX_SAFE_INTEGER, 1e21, 5e-324));
+    fc.assert(
+      fc.property(anyNumber, (n) => {
+        expect(jsonNumber(n)).toBe(JSON.stringify(n));
+      }),
+      { numRuns: 2000 },
+    );
   });
 });
