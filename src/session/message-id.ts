@@ -7,6 +7,10 @@
 const MAX_HEADER_BYTES = 64 * 1024;
 /** A Message-ID longer than this is cut: it goes into a log line. */
 const MAX_ID_CHARS = 256;
+/** The header block's end. A Buffer: indexOf would make one from a string at every call. */
+const BLANK_LINE = Buffer.from('\r\n\r\n');
+
+const PRINTABLE = /^[\x20-\x7e]*$/;
 
 export class MessageIdReader {
   #head = '';
@@ -17,7 +21,14 @@ export class MessageIdReader {
     // Only bytes up to the first blank line this chunk holds become text: the body behind it
     // (the whole rest of a small message) would be a string made and dropped for every message.
     // A header block's end split across chunks lies before that blank line, so it is still found.
-    const blank = chunk.indexOf('\r\n\r\n');
+    const blank = chunk.indexOf(BLANK_LINE);
+    if (blank > 0 && this.#head === '' && !(chunk[0] === 0x0d && chunk[1] === 0x0a)) {
+      // The whole header block in the first chunk, as for nearly every message: no joining, no
+      // second search.
+      this.#head = chunk.toString('latin1', 0, Math.min(blank + 2, MAX_HEADER_BYTES));
+      this.#done = true;
+      return;
+    }
     const upTo = blank >= 0 ? blank + 4 : chunk.length;
     this.#head += chunk.toString('latin1', 0, Math.min(upTo, MAX_HEADER_BYTES - this.#head.length));
     if (this.#head.startsWith('\r\n')) {
@@ -35,7 +46,9 @@ export class MessageIdReader {
   value(): string | undefined {
     const m = /(?:^|\r\n)message-id[ \t]*:[ \t]*((?:[^\r]|\r\n[ \t])*)/i.exec(this.#head);
     if (!m) return undefined;
-    const id = m[1]!.replace(/\r\n[ \t]/g, ' ').replace(/[^\x20-\x7e]/g, '?').trim().slice(0, MAX_ID_CHARS);
+    const raw = m[1]!;
+    // Unfolded and made printable only when it needs to be; most IDs are one printable word.
+    const id = (PRINTABLE.test(raw) ? raw : raw.replace(/\r\n[ \t]/g, ' ').replace(/[^\x20-\x7e]/g, '?')).trim().slice(0, MAX_ID_CHARS);
     return id || undefined;
   }
 }

@@ -3,6 +3,7 @@
  * RFC 5424 message and its RFC 6587 framing, and the syslog sink's bounded buffer. (The log.*
  * config checks are in config.test.ts.)
  */
+import fc from 'fast-check';
 import { Writable } from 'node:stream';
 import { describe, expect, test } from 'vitest';
 import { pino } from 'pino';
@@ -37,6 +38,22 @@ describe('log lines', () => {
     } finally {
       Date.now = realNow;
     }
+  });
+
+  test('carry the time toISOString gives, for any millisecond after any other (the second formatted once, the millisecond added)', () => {
+    const ms = fc.integer({ min: -62_167_219_200_000, max: 253_402_300_799_999 }); // years 0000 to 9999
+    const near = fc.tuple(ms, fc.array(fc.integer({ min: -2500, max: 2500 }), { maxLength: 6 }));
+    fc.assert(
+      fc.property(near, ([start, steps]) => {
+        let now = start;
+        const time = isoTimePerMillisecond(() => now);
+        for (const step of [0, ...steps]) {
+          now += step;
+          expect(time()).toBe(`,"time":"${new Date(now).toISOString()}"`);
+        }
+      }),
+      { numRuns: 1000 },
+    );
   });
 });
 

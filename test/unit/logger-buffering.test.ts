@@ -77,7 +77,7 @@ describe('LineBatch: how lines are gathered into writes', () => {
   }
   const line = fc.string({ unit: fc.constantFrom('a', 'é', '✉', '😀', ' '), maxLength: 300 }).map((t) => `${t}\n`);
 
-  it('writes whole lines, in order, each write within the size unless one line alone is longer', () => {
+  it('writes whole lines, in order, each write within the size unless one line alone is longer, and as full as it can be', () => {
     fc.assert(
       fc.property(fc.array(line, { maxLength: 200 }), fc.constantFrom(64, 512, 4096), (lines, max) => {
         const { batch, writes } = batchOf(max);
@@ -88,6 +88,11 @@ describe('LineBatch: how lines are gathered into writes', () => {
           expect(w.endsWith('\n')).toBe(true);
           // Over the size only as a single line: bytes, not characters (é is 2, ✉ 3, 😀 4).
           if (Buffer.byteLength(w) > max) expect(w.indexOf('\n')).toBe(w.length - 1);
+        }
+        // And no batch is written early: the next write's first line would not have fitted.
+        for (let i = 0; i + 1 < writes.length; i++) {
+          const next = writes[i + 1]!.slice(0, writes[i + 1]!.indexOf('\n') + 1);
+          expect(Buffer.byteLength(writes[i]!) + Buffer.byteLength(next)).toBeGreaterThan(max);
         }
       }),
       { numRuns: 300 },
