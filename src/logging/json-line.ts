@@ -36,6 +36,7 @@ interface PinoInternals {
   [S.hooksSym]: { streamWrite?: unknown; logMethod?: unknown };
   [S.stringifiersSym]: object;
   [S.messageKeySym]: string;
+  [S.errorKeySym]: string;
   [S.nestedKeySym]: unknown;
   [S.endSym]: string;
 }
@@ -57,8 +58,10 @@ function plain(log: Logger, p: PinoInternals, fields: object): boolean {
   if (hooks.streamWrite || hooks.logMethod) return false;
   // `redact` paths become stringifiers: a redacted field must never be written as it is.
   if (Reflect.ownKeys(p[S.stringifiersSym]).length > 0) return false;
-  // A logger has a serializer or two, a line a dozen fields or more: look up the fewer.
+  // A logger has a serializer or two, a line a dozen fields or more: look up the fewer. pino also
+  // passes the message through a `msg` serializer, and the errorKey field through `err`'s.
   const serializers = p[S.serializersSym];
+  if (serializers.msg || (serializers.err && p[S.errorKeySym] !== 'err')) return false;
   for (const key in serializers) if (serializers[key] && (fields as Record<string, unknown>)[key] !== undefined) return false;
   return true;
 }

@@ -126,11 +126,13 @@ describe('infoLine: the transaction record without pino’s serialiser', () => {
     expect(out.lines).toEqual([]);
   });
 
-  it('leaves the line to pino where the logger changes lines: a mixin, a log formatter, a serializer for a field, redaction, a message prefix, hooks', () => {
+  it('leaves the line to pino where the logger changes lines: a mixin, a log formatter, a serializer for a field (or for the message, or err’s for another errorKey), redaction, a message prefix, hooks', () => {
     const changers: pino.LoggerOptions[] = [
       { mixin: () => ({ extra: 1 }) },
       { formatters: { level: (label) => ({ level: label }), log: (o) => ({ ...o, formatted: true }) } },
       { serializers: { rcpt: (r: unknown[]) => r.length } },
+      { serializers: { msg: () => 'serialised' } },
+      { errorKey: 'outcome', serializers: { err: () => 'serialised' } },
       { redact: ['from'] },
       { redact: ['rcpt[*].to'] },
       { msgPrefix: '[gate] ' },
