@@ -10,7 +10,7 @@
  * Debian dovecot-core package.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -201,10 +201,18 @@ ${
   };
 
   const kill = async () => {
+    const group = child?.pid;
     // SIGKILL ends stopped processes too; a SIGCONT first would let a frozen Dovecot answer
     // what it holds before it dies.
     signalGroup('SIGKILL');
     await exited;
+    // Its other processes die a moment later. Until the config process is gone, its socket
+    // still accepts, and a Dovecot started now refuses to start ("Socket already exists").
+    const gone = Date.now() + 15_000;
+    while (group !== undefined && (await runningInGroup(group)) > 0) {
+      if (Date.now() > gone) throw new Error(`dovecot's processes (group ${group}) still run 15 s after it was killed`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
     // The master is gone, but the auth process may hold the listening sockets a moment longer
     // (a killed process exits asynchronously), and a connection would then be reset rather
     // than refused: down is when nothing accepts any more.
@@ -239,6 +247,19 @@ ${
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** How many processes of a process group still run (a zombie holds no socket: not counted). Linux /proc. */
+async function runningInGroup(group: number): Promise<number> {
+  let n = 0;
+  for (const pid of await readdir('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+    // "pid (comm) state ppid pgrp ...": comm may hold anything, so read from its last ')'.
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (state !== undefined && state !== 'Z' && Number(pgrp) === group) n++;
+  }
+  return n;
 }
 
 /** Does something accept a connection there (then closed at once)? */
