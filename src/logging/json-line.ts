@@ -2,8 +2,9 @@
  * One `info` line of plain JSON fields, written without pino's generic per-key serialiser: for
  * the transaction record, the one line a busy gate writes per message. Timed inside the running
  * gate under W1 (issue 18), pino's serialiser took a median 5.5 µs per record, JSON.stringify in
- * one call about half of that; the record's own writer of the same text (recordMembers in
- * transaction-record.ts, passed as `members`) less again (docs/benchmarks.md, "The mail log").
+ * one call about half of that. The record now comes from its own writer of the same text
+ * (recordMembers in transaction-record.ts, passed as `members`); with session 10's other cuts the
+ * record's end took 12–20% less inside the gate (docs/benchmarks.md, "The mail log").
  *
  * The line is what `log.info(fields, msg)` writes, byte for byte, for fields that are plain JSON
  * values (strings, finite numbers, booleans, null, and arrays and objects of them): pino's level

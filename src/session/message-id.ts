@@ -10,6 +10,7 @@ const MAX_ID_CHARS = 256;
 /** The header block's end. A Buffer: indexOf would make one from a string at every call. */
 const BLANK_LINE = Buffer.from('\r\n\r\n');
 
+/** A value that needs neither unfolding nor its unprintable characters replaced. */
 const PRINTABLE = /^[\x20-\x7e]*$/;
 
 export class MessageIdReader {
