@@ -8,8 +8,8 @@
 #   bench/experiments/paired-cpu.sh [--w2] [--pairs N] [--messages N] A_DIST A_LEVEL B_DIST B_LEVEL
 #
 # A_DIST and B_DIST are repository roots with a build (`npm run build`: their dist/cli/main.js);
-# the levels are log.level (info, warn, ...). Each pair runs twice, A on the first port and then
-# on the second, and prints smtpgate's utime+stime per message (from /proc/PID/stat) of both
+# the levels are log.level (info, warn, ...). Each pair runs twice, A started (gate and load)
+# first and then B, and prints smtpgate's utime+stime per message (from /proc/PID/stat) of both
 # sides and A ÷ B; the last line is the median of the ratios. W1 (`smtp-source -d -s 200`, 4 KiB)
 # by default, W2 (a connection per message) with --w2. NODE_OPTIONS is deploy/'s
 # (--max-semi-space-size=64) unless set. Needs postfix's smtp-sink and smtp-source.
@@ -83,9 +83,12 @@ for _ in $(seq 1 "$pairs"); do
   for order in ab ba; do
     if [ $order = ab ]; then read -r ga sa pa < <(start "$a_dist" "$a_level" a); read -r gb sb pb < <(start "$b_dist" "$b_level" b)
     else read -r gb sb pb < <(start "$b_dist" "$b_level" b); read -r ga sa pa < <(start "$a_dist" "$a_level" a); fi
-    both $((messages / 4)) "$pa" "$pb"
+    # The side started first also gets its load first (session 10 saw the first load's gate
+    # use up to 8% more CPU when it was always A's), so ab and ba cancel that out.
+    if [ $order = ab ]; then first=$pa second=$pb; else first=$pb second=$pa; fi
+    both $((messages / 4)) "$first" "$second"
     ca=$(cpu "$ga"); cb=$(cpu "$gb")
-    both "$messages" "$pa" "$pb"
+    both "$messages" "$first" "$second"
     ca=$(( $(cpu "$ga") - ca )); cb=$(( $(cpu "$gb") - cb ))
     kill "$ga" "$gb" "$sa" "$sb" 2>/dev/null || true
     # Not this shell's children (started in a subshell): wait until they are gone.
