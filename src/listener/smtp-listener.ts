@@ -172,6 +172,8 @@ export class SmtpListener {
     const { config, metrics, log } = this.#deps;
     // Every line of the session names the client (the address behind PROXY), so a refusal or a
     // failed sign-in can be acted on from its own line (fail2ban) and grepped by address.
+    // A pino child made without options (no level of its own) follows its parent's level, so a
+    // reloaded log.level reaches the connections already open (config-reload.test.ts).
     const sessionLog = log.child({ session: session.id, listener: config.name, client: session.remoteAddress });
     const client = new ClientSession(this.#sessionDeps, {
       connection: new SmtpServerClient(session),

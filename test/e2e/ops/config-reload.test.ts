@@ -7,6 +7,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { metricValue, startGate, type Gate } from '../../helpers/gate.js';
 import { startRecordingBackend, type RecordingBackend } from '../../helpers/backends.js';
+import { authenticatedSession, envelope, eventually } from '../../helpers/sessions.js';
+import type { SmtpTalk } from '../../helpers/smtp-talk.js';
 import { diffConfig } from '../../../src/config/diff.js';
 import { parseConfig } from '../../../src/config/load.js';
 
@@ -72,4 +74,33 @@ test('smtpgate_config_last_reload_successful and its timestamp follow the last c
   expect(await gate.app.reloadConfig()).toBeDefined();
   expect(await successful()).toBe(1);
   expect(await lastSuccess()).toBeGreaterThanOrEqual(good);
+});
+
+test('a log level reload reaches the connections already open: a session begun at warn gets transaction records once info is reloaded, and none after warn again', async () => {
+  const reloadLevel = async (level: string) => {
+    await writeFile(configFile(), original.replace('level: debug', `level: ${level}`));
+    expect((await gate.app.reloadConfig())?.applied).toContain('log.level');
+  };
+  const send = async (c: SmtpTalk, id: string) => {
+    const { data } = await envelope(c, 'alice@corp.test', ['bob@corp.test']);
+    expect(data?.code).toBe(354);
+    expect((await c.cmd(`Message-ID: <${id}@client.test>\r\n\r\nhello\r\n.`)).code).toBe(250);
+  };
+  // The session's records, by the client's port: at warn there is no connect line to name it.
+  const records = (c: SmtpTalk) => gate.logs.filter((l) => l.msg === 'transaction' && l.port === c.localPort).map((l) => l.messageId);
+
+  await reloadLevel('warn');
+  const c = await authenticatedSession(gate);
+  await send(c, 'at-warn-1');
+  await reloadLevel('info');
+  await send(c, 'at-info-1');
+  await eventually(() => records(c).length >= 1, 'the record of the message sent at info');
+  await reloadLevel('warn');
+  await send(c, 'at-warn-2');
+  await reloadLevel('info');
+  await send(c, 'at-info-2');
+  await eventually(() => records(c).length >= 2, 'the record of the second message sent at info');
+  expect(records(c)).toEqual(['<at-info-1@client.test>', '<at-info-2@client.test>']);
+  await writeFile(configFile(), original);
+  await gate.app.reloadConfig();
 });
