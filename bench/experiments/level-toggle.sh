@@ -44,25 +44,11 @@ work=$(mktemp -d)
 cleanup() { [ -f "$work/pids" ] && kill $(cat "$work/pids") 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+. "$(dirname "$0")/w1-gate.sh"
 port=$(free_port); sink=$(free_port); metrics=$(free_port)
 
 config() {
-  cat >"$work/gate.yaml.new" <<EOF
-hostname: gate.bench.test
-listeners:
-  - name: open
-    address: 127.0.0.1:$port
-    tls: none
-    requireTls: false
-    requireAuth: false
-    trusted: { networks: [127.0.0.0/8] }
-backend: { address: 127.0.0.1:$sink }
-metrics: { address: 127.0.0.1:$metrics }
-log: { level: $1 }
-shutdown: { drainSeconds: 1 }
-limits: { connectionRate: "off", concurrentPerIp: "off", concurrentPerListener: "off" }
-EOF
+  w1_gate_config "$port" "$sink" "127.0.0.1:$metrics" "$1" >"$work/gate.yaml.new"
   mv "$work/gate.yaml.new" "$work/gate.yaml"
 }
 

@@ -37,7 +37,7 @@ work=$(mktemp -d)
 cleanup() { [ -f "$work/pids" ] && kill $(cat "$work/pids") 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+. "$(dirname "$0")/w1-gate.sh"
 
 # Starts a sink and a gate; prints "GATE_PID SINK_PID PORT".
 start() {
@@ -46,21 +46,7 @@ start() {
   /usr/sbin/smtp-sink -u nobody -c -m 1000 "127.0.0.1:$sink" 4096 >/dev/null 2>&1 &
   local sink_pid=$!
   echo "$sink_pid" >>"$work/pids"
-  cat >"$work/$name.yaml" <<EOF
-hostname: gate.bench.test
-listeners:
-  - name: open
-    address: 127.0.0.1:$port
-    tls: none
-    requireTls: false
-    requireAuth: false
-    trusted: { networks: [127.0.0.0/8] }
-backend: { address: 127.0.0.1:$sink }
-metrics: { address: 127.0.0.1:0 }
-log: { level: $level }
-shutdown: { drainSeconds: 1 }
-limits: { connectionRate: "off", concurrentPerIp: "off", concurrentPerListener: "off" }
-EOF
+  w1_gate_config "$port" "$sink" 127.0.0.1:0 "$level" >"$work/$name.yaml"
   node "$dist/dist/cli/main.js" run --config "$work/$name.yaml" >"$work/$name.log" 2>&1 &
   local gate=$!
   echo "$gate" >>"$work/pids"
