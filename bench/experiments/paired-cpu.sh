@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-[ $# -eq 4 ] || { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -eq 4 ] || { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 a_dist=$(cd "$1" && pwd); a_level=$2; b_dist=$(cd "$3" && pwd); b_level=$4
 export NODE_OPTIONS=${NODE_OPTIONS---max-semi-space-size=64}
 work=$(mktemp -d)
