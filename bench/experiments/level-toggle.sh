@@ -47,14 +47,9 @@ trap cleanup EXIT
 . "$(dirname "$0")/w1-gate.sh"
 port=$(free_port); sink=$(free_port); metrics=$(free_port)
 
-config() {
-  w1_gate_config "$port" "$sink" "127.0.0.1:$metrics" "$1" >"$work/gate.yaml.new"
-  mv "$work/gate.yaml.new" "$work/gate.yaml"
-}
-
 /usr/sbin/smtp-sink -u nobody -c -m 1000 "127.0.0.1:$sink" 4096 >/dev/null 2>&1 &
 echo $! >>"$work/pids"
-config "$level_a"
+w1_gate_config "$port" "$sink" "127.0.0.1:$metrics" "$level_a" >"$work/gate.yaml"
 node "$dist/dist/cli/main.js" run --config "$work/gate.yaml" >"$work/gate.log" 2>&1 &
 gate=$!
 echo "$gate" >>"$work/pids"
